@@ -1,0 +1,560 @@
+//! Arrivals and metadata rows: recording what came in and deciding, in the same transaction,
+//! which conversations became complete.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use sha2::{Digest, Sha256};
+
+use super::{Catalog, ConvState, Result, Via};
+use crate::dropbox::{FileKind, RelPath};
+use crate::matching::{RecordingRef, RowVerdict};
+
+/// What recording an arrival did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// The same path, size and mtime is already recorded as present: nothing to do.
+    Duplicate,
+    /// A recording; `completed` conversations became ready (or identical re-sends) because of
+    /// it; `decided` files are no longer needed (identical re-sends) and may leave.
+    Recording {
+        file_id: i64,
+        completed: usize,
+        decided: Vec<i64>,
+    },
+    /// A metadata file, to be parsed into rows.
+    Metadata { file_id: i64, metadata_file_id: i64 },
+    /// A zip batch, to be unpacked.
+    Zip { file_id: i64, metadata_file_id: i64 },
+    /// A file we do not ingest; already rejected with a reason.
+    Unknown { file_id: i64 },
+}
+
+/// One row of a metadata file, checked by the matcher.
+#[derive(Debug, Clone)]
+pub struct RowInput {
+    pub row_no: u64,
+    pub verdict: RowVerdict,
+}
+
+/// A file that has arrived in a drop folder.
+pub struct NewFile<'a> {
+    pub tenant: &'a str,
+    pub rel: &'a RelPath,
+    pub kind: FileKind,
+    pub via: Via,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub sha256: Option<String>,
+}
+
+fn kind_str(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::Recording => "recording",
+        FileKind::Metadata(_) => "metadata",
+        FileKind::Zip => "zip",
+        FileKind::Unknown => "unknown",
+    }
+}
+
+fn stem_of(name: &str) -> &str {
+    match name.rfind('.') {
+        Some(i) if i > 0 => &name[..i],
+        _ => name,
+    }
+}
+
+impl Catalog {
+    /// Records an arrival. A recording is attached to every waiting row that names it in the
+    /// same folder; a metadata, zip or unknown file gets an entry that will carry its report.
+    pub fn register_file(&self, f: &NewFile<'_>, now: i64, unknown_reason: &str) -> Result<Registered> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let existing: Option<(i64, i64, i64, String)> = tx
+            .prepare_cached(
+                "SELECT id, size, mtime_ns, kind FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'",
+            )?
+            .query_row(params![f.tenant, f.rel.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let kind = kind_str(f.kind);
+        let name = f.rel.file_name();
+        if let Some((id, size, mtime_ns, old_kind)) = &existing {
+            if *size == f.size as i64 && *mtime_ns == f.mtime_ns {
+                return Ok(Registered::Duplicate);
+            }
+            if old_kind == "recording" && kind == "recording" {
+                // Overwritten in place: same record, new content. Rows that were complete with
+                // the old content are decided again with the new one.
+                tx.prepare_cached(
+                    "UPDATE files SET size = ?2, mtime_ns = ?3, sha256 = ?4, arrived_at = ?5, via = ?6, orphan_since = NULL WHERE id = ?1",
+                )?
+                .execute(params![id, f.size as i64, f.mtime_ns, f.sha256, now, f.via.as_str()])?;
+                let convs: Vec<i64> = tx
+                    .prepare_cached(
+                        "SELECT c.id FROM recordings r JOIN conversations c ON c.id = r.conversation
+                         WHERE r.file_id = ?1 AND c.state = 'ready'",
+                    )?
+                    .query_map([id], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut decided = Vec::new();
+                for c in &convs {
+                    make_ready(&tx, *c, now, &mut decided)?;
+                }
+                tx.commit()?;
+                return Ok(Registered::Recording {
+                    file_id: *id,
+                    completed: convs.len(),
+                    decided,
+                });
+            }
+            // Any other overwrite is a new file; the old record is closed.
+            tx.prepare_cached("UPDATE files SET state = 'gone', left_at = ?2 WHERE id = ?1")?
+                .execute(params![id, now])?;
+        }
+        tx.prepare_cached(
+            "INSERT INTO files (tenant, rel_path, dir, name, stem, kind, via, size, mtime_ns, sha256, arrived_at, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'present')",
+        )?
+        .execute(params![
+            f.tenant,
+            f.rel.as_str(),
+            f.rel.dir(),
+            name,
+            stem_of(name),
+            kind,
+            f.via.as_str(),
+            f.size as i64,
+            f.mtime_ns,
+            f.sha256,
+            now
+        ])?;
+        let file_id = tx.last_insert_rowid();
+        let outcome = match f.kind {
+            FileKind::Recording => {
+                let mut decided = Vec::new();
+                let completed = attach_arrival(&tx, file_id, f.tenant, f.rel.dir(), name, now, &mut decided)?;
+                Registered::Recording {
+                    file_id,
+                    completed,
+                    decided,
+                }
+            }
+            FileKind::Metadata(format) => Registered::Metadata {
+                file_id,
+                metadata_file_id: insert_metadata_file(&tx, file_id, f, format.as_str(), "parsing", None, now)?,
+            },
+            FileKind::Zip => Registered::Zip {
+                file_id,
+                metadata_file_id: insert_metadata_file(&tx, file_id, f, "zip", "parsing", None, now)?,
+            },
+            FileKind::Unknown => {
+                insert_metadata_file(&tx, file_id, f, "unknown", "rejected", Some(unknown_reason), now)?;
+                Registered::Unknown { file_id }
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// Commits a chunk of rows of a metadata file that is being parsed, with the resume point.
+    /// Returns how many conversations the chunk completed, and the files identical re-sends no
+    /// longer need.
+    pub fn add_rows(
+        &self,
+        metadata_file_id: i64,
+        rows: &[RowInput],
+        now: i64,
+        grace_ms: i64,
+    ) -> Result<(usize, Vec<i64>)> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let (tenant, dir, via, file_name): (String, String, String, String) = tx
+            .prepare_cached("SELECT tenant, dir, via, rel_path FROM metadata_files WHERE id = ?1")?
+            .query_row([metadata_file_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        let mut ready = 0;
+        let mut decided = Vec::new();
+        for row in rows {
+            ready += add_row(
+                &tx,
+                metadata_file_id,
+                &tenant,
+                &dir,
+                &via,
+                &file_name,
+                row,
+                now,
+                grace_ms,
+                &mut decided,
+            )?;
+        }
+        if let Some(last) = rows.last() {
+            tx.prepare_cached("UPDATE metadata_files SET rows_done = ?2 WHERE id = ?1")?
+                .execute(params![metadata_file_id, last.row_no as i64])?;
+        }
+        tx.commit()?;
+        Ok((ready, decided))
+    }
+
+    /// Ends parsing: the file is `parsed`, or rejected as a whole (its rows, if a resumed parse
+    /// had committed any, are withdrawn).
+    pub fn finish_metadata(&self, metadata_file_id: i64, outcome: std::result::Result<(), String>) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        match outcome {
+            Ok(()) => {
+                tx.execute(
+                    "UPDATE metadata_files SET status = 'parsed' WHERE id = ?1",
+                    [metadata_file_id],
+                )?;
+            }
+            Err(reason) => {
+                tx.execute(
+                    "DELETE FROM recordings WHERE conversation IN (SELECT id FROM conversations WHERE metadata_file_id = ?1)",
+                    [metadata_file_id],
+                )?;
+                tx.execute(
+                    "DELETE FROM conversations WHERE metadata_file_id = ?1",
+                    [metadata_file_id],
+                )?;
+                tx.execute(
+                    "UPDATE metadata_files SET status = 'rejected', reason = ?2, report_stale = report_stale + 1 WHERE id = ?1",
+                    params![metadata_file_id, reason],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records what unpacking a zip batch gave: refused entries, or why the archive was rejected.
+    pub fn finish_zip(
+        &self,
+        metadata_file_id: i64,
+        outcome: std::result::Result<&[(String, String)], String>,
+    ) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        match outcome {
+            Ok(refused) => {
+                for (i, (name, reason)) in refused.iter().enumerate() {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO refusals (metadata_file_id, line, name, reason) VALUES (?1, ?2, ?3, ?4)",
+                        params![metadata_file_id, i as i64 + 1, name, reason],
+                    )?;
+                }
+                tx.execute(
+                    "UPDATE metadata_files SET status = 'parsed', report_stale = report_stale + 1 WHERE id = ?1",
+                    [metadata_file_id],
+                )?;
+            }
+            Err(reason) => {
+                tx.execute(
+                    "UPDATE metadata_files SET status = 'rejected', reason = ?2, report_stale = report_stale + 1 WHERE id = ?1",
+                    params![metadata_file_id, reason],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether `rel` is recorded as present with this size and mtime (a repeated event).
+    pub fn is_present_unchanged(&self, tenant: &str, rel: &RelPath, size: u64, mtime_ns: i64) -> Result<bool> {
+        let conn = self.lock();
+        let found: Option<(i64, i64)> = conn
+            .prepare_cached(
+                "SELECT size, mtime_ns FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'",
+            )?
+            .query_row(params![tenant, rel.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(found == Some((size as i64, mtime_ns)))
+    }
+
+    /// Metadata files and zips whose parsing a crash interrupted:
+    /// (file_id, metadata_file_id, tenant, rel_path, format, rows_done).
+    #[allow(clippy::type_complexity)]
+    pub fn interrupted_parses(&self) -> Result<Vec<(i64, i64, String, String, String, u64)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT m.file_id, m.id, m.tenant, m.rel_path, m.format, m.rows_done FROM metadata_files m JOIN files f ON f.id = m.file_id
+             WHERE m.status = 'parsing' AND f.state = 'present' ORDER BY m.id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get::<_, i64>(5)? as u64,
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Waiting rows past their grace become `expired`; recordings nobody claimed within grace
+    /// become orphans. Returns (expired, orphaned).
+    pub fn expire(&self, now: i64, grace_ms: i64) -> Result<(usize, usize)> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let expired = tx.execute(
+            "UPDATE conversations SET state = 'expired', changed_at = ?1,
+                detail = 'recording never arrived in the same folder within the grace period: ' ||
+                    (SELECT group_concat(coalesce(r.name, r.stem || '.*'), ', ') FROM recordings r
+                     WHERE r.conversation = conversations.id AND r.file_id IS NULL)
+             WHERE state = 'waiting' AND deadline <= ?1",
+            [now],
+        )?;
+        let orphaned = tx.execute(
+            "UPDATE files SET orphan_since = ?1
+             WHERE state = 'present' AND kind = 'recording' AND orphan_since IS NULL AND arrived_at <= ?1 - ?2
+               AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.file_id = files.id)",
+            params![now, grace_ms],
+        )?;
+        tx.commit()?;
+        Ok((expired, orphaned))
+    }
+}
+
+fn insert_metadata_file(
+    tx: &Transaction<'_>,
+    file_id: i64,
+    f: &NewFile<'_>,
+    format: &str,
+    status: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<i64> {
+    tx.prepare_cached(
+        "INSERT INTO metadata_files (file_id, tenant, rel_path, dir, format, via, status, reason, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        file_id,
+        f.tenant,
+        f.rel.as_str(),
+        f.rel.dir(),
+        format,
+        f.via.as_str(),
+        status,
+        reason,
+        now
+    ])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Attaches a newly arrived recording to the open recordings that name it; decides every
+/// conversation that is now complete. Expired rows are revived: a late recording is still
+/// forwarded rather than lost.
+fn attach_arrival(
+    tx: &Transaction<'_>,
+    file_id: i64,
+    tenant: &str,
+    dir: &str,
+    name: &str,
+    now: i64,
+    decided: &mut Vec<i64>,
+) -> Result<usize> {
+    let convs: Vec<i64> = tx
+        .prepare_cached(
+            "UPDATE recordings SET file_id = ?1
+             WHERE tenant = ?2 AND dir = ?3 AND file_id IS NULL AND (name = ?4 OR stem = ?5)
+               AND conversation IN (SELECT id FROM conversations WHERE state IN ('waiting', 'expired'))
+             RETURNING conversation",
+        )?
+        .query_map(params![file_id, tenant, dir, name, stem_of(name)], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut completed = 0;
+    for conv in convs {
+        if is_complete(tx, conv)? {
+            make_ready(tx, conv, now, decided)?;
+            completed += 1;
+        }
+    }
+    Ok(completed)
+}
+
+fn is_complete(tx: &Transaction<'_>, conv: i64) -> Result<bool> {
+    let open: i64 = tx
+        .prepare_cached("SELECT count(*) FROM recordings WHERE conversation = ?1 AND file_id IS NULL")?
+        .query_row([conv], |r| r.get(0))?;
+    Ok(open == 0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add_row(
+    tx: &Transaction<'_>,
+    metadata_file_id: i64,
+    tenant: &str,
+    dir: &str,
+    via: &str,
+    file_name: &str,
+    row: &RowInput,
+    now: i64,
+    grace_ms: i64,
+    decided: &mut Vec<i64>,
+) -> Result<usize> {
+    let insert_rejected = |conv_id: Option<&str>, recording: Option<&str>, reason: &str| -> Result<usize> {
+        tx.prepare_cached(
+            "INSERT INTO conversations (tenant, conversation_id, metadata_file_id, row_no, dir, recording_text, state, detail, via, received_at, changed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'rejected', ?7, ?8, ?9, ?9)",
+        )?
+        .execute(params![tenant, conv_id, metadata_file_id, row.row_no as i64, dir, recording, reason, via, now])?;
+        Ok(0)
+    };
+    let sub = match &row.verdict {
+        RowVerdict::Rejected {
+            conversation_id,
+            recording,
+            reason,
+        } => {
+            return insert_rejected(conversation_id.as_deref(), recording.as_deref(), reason);
+        }
+        RowVerdict::Accepted(sub) => sub,
+    };
+    let recording_text: Vec<String> = sub.recordings.iter().map(RecordingRef::display).collect();
+    let recording_text = recording_text.join(";");
+    let earlier: Option<i64> = tx
+        .prepare_cached(
+            "SELECT row_no FROM conversations WHERE metadata_file_id = ?1 AND conversation_id = ?2 AND state != 'rejected' LIMIT 1",
+        )?
+        .query_row(params![metadata_file_id, sub.conversation_id], |r| r.get(0))
+        .optional()?;
+    if let Some(earlier) = earlier {
+        let reason = format!(
+            "conversation_id {:?} is already used by row {earlier} of this file",
+            sub.conversation_id
+        );
+        return insert_rejected(Some(&sub.conversation_id), Some(&recording_text), &reason);
+    }
+    // A later send of the same conversation replaces an earlier one that has not gone out yet.
+    tx.prepare_cached(
+        "UPDATE conversations SET state = 'rejected', changed_at = ?4, detail = ?3
+         WHERE tenant = ?1 AND conversation_id = ?2 AND state IN ('waiting', 'ready', 'failed', 'expired')",
+    )?
+    .execute(params![
+        tenant,
+        sub.conversation_id,
+        format!("replaced by a later send: row {} of {file_name}", row.row_no),
+        now
+    ])?;
+    let fields = serde_json::Value::Object(
+        sub.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+    );
+    tx.prepare_cached(
+        "INSERT INTO conversations (tenant, conversation_id, metadata_file_id, row_no, dir, recording_text, state, agent, contact_time, fields, via, received_at, deadline, changed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'waiting', ?7, ?8, ?9, ?10, ?11, ?12, ?11)",
+    )?
+    .execute(params![
+        tenant,
+        sub.conversation_id,
+        metadata_file_id,
+        row.row_no as i64,
+        dir,
+        recording_text,
+        sub.agent,
+        sub.contact_time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        fields.to_string(),
+        via,
+        now,
+        now.saturating_add(grace_ms)
+    ])?;
+    let conv = tx.last_insert_rowid();
+    let mut all_present = true;
+    for (pos, rec) in sub.recordings.iter().enumerate() {
+        let (name, stem) = match rec {
+            RecordingRef::Exact(n) => (Some(n.as_str()), None),
+            RecordingRef::Stem(s) => (None, Some(s.as_str())),
+        };
+        // The newest present recording of that name (or stem) in the same folder.
+        let file: Option<i64> = tx
+            .prepare_cached(
+                "SELECT id FROM files WHERE tenant = ?1 AND dir = ?2 AND state = 'present' AND kind = 'recording'
+                   AND (name = ?3 OR stem = ?4) ORDER BY arrived_at DESC, id DESC LIMIT 1",
+            )?
+            .query_row(params![tenant, dir, name, stem], |r| r.get(0))
+            .optional()?;
+        if let Some(file) = file {
+            tx.prepare_cached("UPDATE files SET orphan_since = NULL WHERE id = ?1 AND orphan_since IS NOT NULL")?
+                .execute([file])?;
+        }
+        all_present &= file.is_some();
+        tx.prepare_cached(
+            "INSERT INTO recordings (conversation, position, tenant, dir, name, stem, file_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![conv, pos as i64, tenant, dir, name, stem, file])?;
+    }
+    if all_present {
+        make_ready(tx, conv, now, decided)?;
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// A conversation whose recordings are all in: identical to the one already forwarded (then it
+/// is done, nothing is sent), or `ready` to forward (reported `updated` if an earlier, different
+/// version went out). Appends to `decided` the files an identical re-send no longer needs.
+pub(super) fn make_ready(tx: &Transaction<'_>, conv: i64, now: i64, decided: &mut Vec<i64>) -> Result<()> {
+    let (tenant, conversation_id, agent, contact_time, fields): (String, String, String, String, String) = tx
+        .prepare_cached("SELECT tenant, conversation_id, agent, contact_time, fields FROM conversations WHERE id = ?1")?
+        .query_row([conv], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+    let recordings: Vec<(String, Option<String>)> = tx
+        .prepare_cached(
+            "SELECT f.name, f.sha256 FROM recordings r JOIN files f ON f.id = r.file_id WHERE r.conversation = ?1 ORDER BY r.position",
+        )?
+        .query_map([conv], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut h = Sha256::new();
+    for part in [agent.as_str(), contact_time.as_str(), fields.as_str()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    for (name, sha) in &recordings {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(sha.as_deref().unwrap_or("").as_bytes());
+    }
+    let hash = hex::encode(h.finalize());
+    let previous: Option<(String, String, i64)> = tx
+        .prepare_cached(
+            "SELECT c.content_hash, m.rel_path, c.row_no FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
+             WHERE c.tenant = ?1 AND c.conversation_id = ?2 AND c.state = 'forwarded' AND c.id != ?3
+             ORDER BY c.forwarded_at DESC, c.id DESC LIMIT 1",
+        )?
+        .query_row(params![tenant, conversation_id, conv], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    match previous {
+        Some((prev_hash, file, row)) if prev_hash == hash => {
+            tx.prepare_cached(
+                "UPDATE conversations SET state = 'forwarded', content_hash = ?2, forwarded_at = ?3, changed_at = ?3, detail = ?4 WHERE id = ?1",
+            )?
+            .execute(params![
+                conv,
+                hash,
+                now,
+                format!("identical to the conversation already forwarded from row {row} of {file}; nothing sent again")
+            ])?;
+            let files = tx
+                .prepare_cached(
+                    "SELECT file_id FROM recordings WHERE conversation = ?1 AND file_id IS NOT NULL
+                     UNION SELECT m.file_id FROM metadata_files m JOIN conversations c ON c.metadata_file_id = m.id WHERE c.id = ?1",
+                )?
+                .query_map([conv], |r| r.get::<_, i64>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            decided.extend(files);
+        }
+        previous => {
+            tx.prepare_cached(
+                "UPDATE conversations SET state = ?2, content_hash = ?3, updated = ?4, next_attempt_at = ?5, attempts = 0,
+                        detail = NULL, changed_at = ?5 WHERE id = ?1",
+            )?
+            .execute(params![conv, ConvState::Ready.as_str(), hash, previous.is_some(), now])?;
+        }
+    }
+    Ok(())
+}

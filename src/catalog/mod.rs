@@ -1,0 +1,214 @@
+//! The catalog: every file, metadata row, conversation and delivery, in SQLite. The only module
+//! that touches the database.
+//!
+//! It is also the durable work queue: a conversation in state `ready` with `next_attempt_at` due
+//! is work for the forwarder; channels elsewhere are only wake-up hints.
+//!
+//! # Crash ordering (record before effect)
+//! Every transition is committed before the side effect that depends on it is trusted, and every
+//! step is safe to replay:
+//! - **Arrival**: the file is on disk (closed or renamed into place) before it is recorded. A crash
+//!   before the record is healed by the start-up scan, which records it then.
+//! - **Metadata parsing**: rows are committed in chunks together with `rows_done`; a crash
+//!   mid-file resumes after the last committed row. Readiness of a conversation is decided in
+//!   the same transaction as the arrival or row that completes it.
+//! - **Forwarding**: `ready -> forwarding` is committed, then objects are written (recordings,
+//!   then `metadata.json` last) under keys that depend only on the conversation, then
+//!   `forwarding -> forwarded` is committed. A crash in between leaves `forwarding`, which start-up
+//!   turns back into `ready`; the replay overwrites the same keys, so nothing is sent twice under
+//!   two keys, and `metadata.json` never exists without its recordings.
+//! - **Archiving**: files leave the drop folder only after `forwarded` is committed; the move is
+//!   replayed at start-up if the crash fell between the move and its record.
+//! - **Reports**: the "stale" flag is set by triggers in the same transaction as the change.
+
+mod intake;
+mod queue;
+mod schema;
+mod views;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use intake::{NewFile, Registered, RowInput};
+pub use queue::{Forwarded, ToArchive, ToPurge, Work, WorkRecording};
+pub use views::{ConversationView, OrphanLine, ReportLine, StaleReport, StatusView, TenantStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("catalog database {path} was written by a newer dropsync (schema {found}, this one knows {known})")]
+    TooNew { path: String, found: i64, known: i64 },
+    #[error("catalog: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, CatalogError>;
+
+/// How a file reached its drop folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Sftp,
+    Ftp,
+    Local,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Sftp => "sftp",
+            Via::Ftp => "ftp",
+            Via::Local => "local",
+        }
+    }
+    pub fn parse(s: &str) -> Via {
+        match s {
+            "sftp" => Via::Sftp,
+            "ftp" => Via::Ftp,
+            _ => Via::Local,
+        }
+    }
+}
+
+/// Conversation states (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ConvState {
+    Waiting,
+    Ready,
+    Forwarding,
+    Forwarded,
+    Rejected,
+    Expired,
+    Failed,
+}
+
+impl ConvState {
+    pub const ALL: [ConvState; 7] = [
+        ConvState::Waiting,
+        ConvState::Ready,
+        ConvState::Forwarding,
+        ConvState::Forwarded,
+        ConvState::Rejected,
+        ConvState::Expired,
+        ConvState::Failed,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConvState::Waiting => "waiting",
+            ConvState::Ready => "ready",
+            ConvState::Forwarding => "forwarding",
+            ConvState::Forwarded => "forwarded",
+            ConvState::Rejected => "rejected",
+            ConvState::Expired => "expired",
+            ConvState::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<ConvState> {
+        ConvState::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// A handle on the catalog. Clones share one connection; callers on the async runtime call it
+/// from `spawn_blocking` (see [`Catalog::run`]). One writer connection is what SQLite wants
+/// anyway, and the lock is held only for one short transaction at a time.
+#[derive(Clone)]
+pub struct Catalog {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Catalog> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| CatalogError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)?;
+        configure(&conn)?;
+        migrate(&conn, path)?;
+        Ok(Catalog {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Opens an existing database read-only (CLI views while the daemon runs).
+    pub fn open_read_only(path: &Path) -> Result<Catalog> {
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > schema::MIGRATIONS.len() as i64 {
+            return Err(CatalogError::TooNew {
+                path: path.display().to_string(),
+                found: version,
+                known: schema::MIGRATIONS.len() as i64,
+            });
+        }
+        Ok(Catalog {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-done transaction behind (rusqlite
+        // rolls back on drop), so a poisoned lock is still a usable connection.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a blocking thread, for callers on the async runtime.
+    pub async fn run<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Catalog) -> Result<R> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| CatalogError::Corrupt(format!("catalog task failed: {e}")))?
+    }
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    // WAL lets the CLI read while the daemon writes. synchronous=FULL: a commit is on disk when
+    // it returns, which is what "recorded before the side effect" relies on across power loss.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = schema::MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(CatalogError::TooNew {
+            path: path.display().to_string(),
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, the catalog's clock.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,388 @@
+//! The forwarding queue and the life of files after forwarding: claim, complete, retry, fail,
+//! archive, purge, and recovery at start-up.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{Catalog, CatalogError, Result, Via};
+
+/// A conversation claimed for forwarding, with everything the sink needs.
+#[derive(Debug, Clone)]
+pub struct Work {
+    pub id: i64,
+    pub tenant: String,
+    pub conversation_id: String,
+    pub agent: String,
+    pub contact_time: DateTime<Utc>,
+    /// Every original column, in file order.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub metadata_file: String,
+    pub row_no: i64,
+    pub via: Via,
+    pub received_at: i64,
+    pub attempts: i64,
+    pub recordings: Vec<WorkRecording>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkRecording {
+    pub position: i64,
+    pub file_id: i64,
+    /// Inside the tenant's drop folder.
+    pub rel_path: String,
+    pub name: String,
+    pub size: i64,
+    pub mtime_ns: i64,
+}
+
+/// One recording as it was written to the sink.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    pub position: i64,
+    pub key: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// A file to move out of the drop folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToArchive {
+    pub file_id: i64,
+    pub tenant: String,
+    pub rel_path: String,
+}
+
+/// A file to delete for good: an archived copy, or an orphan left in a drop folder.
+#[derive(Debug, Clone)]
+pub struct ToPurge {
+    pub file_id: i64,
+    pub tenant: String,
+    /// Absolute for archived files; inside the drop folder for orphans.
+    pub path: String,
+    pub archived: bool,
+}
+
+/// States whose files must stay in the drop folder.
+const OPEN_STATES: &str = "('waiting', 'ready', 'forwarding', 'failed')";
+
+impl Catalog {
+    /// Start-up recovery: a conversation left `forwarding` by a crash is `ready` again. Its
+    /// replay overwrites the same keys. Returns how many were recovered.
+    pub fn recover(&self, now: i64) -> Result<usize> {
+        let conn = self.lock();
+        Ok(conn.execute(
+            "UPDATE conversations SET state = 'ready', next_attempt_at = ?1, changed_at = ?1 WHERE state = 'forwarding'",
+            [now],
+        )?)
+    }
+
+    /// Claims up to `limit` due conversations (`ready -> forwarding`, committed before any byte
+    /// is sent). A conversation is not claimed while another send of the same conversation is
+    /// being forwarded, so two versions never race for the same keys.
+    pub fn claim(&self, now: i64, limit: usize) -> Result<Vec<Work>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let ids: Vec<i64> = tx
+            .prepare_cached(
+                "SELECT c.id FROM conversations c WHERE c.state = 'ready' AND c.next_attempt_at <= ?1
+                   AND NOT EXISTS (SELECT 1 FROM conversations o WHERE o.tenant = c.tenant
+                                   AND o.conversation_id = c.conversation_id AND o.state = 'forwarding')
+                 ORDER BY c.next_attempt_at, c.id LIMIT ?2",
+            )?
+            .query_map(params![now, limit as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut claimed_keys = std::collections::HashSet::new();
+        for id in ids {
+            let work = load_work(&tx, id)?;
+            // Two sends of one conversation in the same batch: take the older, leave the other.
+            if !claimed_keys.insert((work.tenant.clone(), work.conversation_id.clone())) {
+                continue;
+            }
+            tx.prepare_cached(
+                "UPDATE conversations SET state = 'forwarding', attempts = attempts + 1, changed_at = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id, now])?;
+            out.push(Work {
+                attempts: work.attempts + 1,
+                ..work
+            });
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// When the next queued conversation is due, if any.
+    pub fn next_due(&self) -> Result<Option<i64>> {
+        let conn = self.lock();
+        Ok(conn
+            .prepare_cached("SELECT min(next_attempt_at) FROM conversations WHERE state = 'ready'")?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    /// `forwarding -> forwarded`, committed after the sink wrote everything. Returns the files
+    /// that may now leave the drop folder.
+    pub fn complete(
+        &self,
+        conv: i64,
+        recordings: &[Forwarded],
+        sink: &str,
+        key_prefix: &str,
+        started_at: i64,
+        now: i64,
+    ) -> Result<Vec<ToArchive>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for r in recordings {
+            tx.prepare_cached(
+                "UPDATE recordings SET key = ?3, bytes = ?4, sha256 = ?5 WHERE conversation = ?1 AND position = ?2",
+            )?
+            .execute(params![conv, r.position, r.key, r.bytes as i64, r.sha256])?;
+        }
+        let changed = tx
+            .prepare_cached(
+                "UPDATE conversations SET state = 'forwarded', forwarded_at = ?2, changed_at = ?2, detail = NULL
+                 WHERE id = ?1 AND state = 'forwarding'",
+            )?
+            .execute(params![conv, now])?;
+        if changed != 1 {
+            return Err(CatalogError::Corrupt(format!(
+                "conversation {conv} was not being forwarded"
+            )));
+        }
+        tx.prepare_cached("INSERT INTO deliveries (conversation, sink, key_prefix, started_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![conv, sink, key_prefix, started_at, now])?;
+        let candidates: Vec<i64> = tx
+            .prepare_cached(
+                "SELECT file_id FROM recordings WHERE conversation = ?1 AND file_id IS NOT NULL
+                 UNION SELECT m.file_id FROM metadata_files m JOIN conversations c ON c.metadata_file_id = m.id WHERE c.id = ?1",
+            )?
+            .query_map([conv], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let out = archivable(&tx, &candidates)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// A transient failure: back to `ready`, due again at `retry_at`.
+    pub fn retry_later(&self, conv: i64, error: &str, retry_at: i64, now: i64) -> Result<()> {
+        let conn = self.lock();
+        conn.prepare_cached(
+            "UPDATE conversations SET state = 'ready', next_attempt_at = ?3, detail = ?2, changed_at = ?4 WHERE id = ?1 AND state = 'forwarding'",
+        )?
+        .execute(params![conv, error, retry_at, now])?;
+        Ok(())
+    }
+
+    /// A permanent failure: `failed`, until `dropsync retry`.
+    pub fn fail(&self, conv: i64, error: &str, now: i64) -> Result<()> {
+        let conn = self.lock();
+        conn.prepare_cached("UPDATE conversations SET state = 'failed', detail = ?2, changed_at = ?3 WHERE id = ?1 AND state = 'forwarding'")?
+            .execute(params![conv, error, now])?;
+        Ok(())
+    }
+
+    /// A recording disappeared from the drop folder (deleted, or replaced while we read it):
+    /// the file is gone, and the conversation waits for it again.
+    pub fn recording_vanished(&self, conv: i64, file_id: i64, why: &str, now: i64, grace_ms: i64) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        mark_gone(&tx, file_id, now)?;
+        tx.prepare_cached(
+            "UPDATE conversations SET state = 'waiting', detail = ?2, deadline = max(coalesce(deadline, 0), ?3), changed_at = ?4
+             WHERE id = ?1 AND state = 'forwarding'",
+        )?
+        .execute(params![conv, why, now.saturating_add(grace_ms), now])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Files that vanished from the drop folders behind our back (seen by a scan).
+    pub fn files_gone(&self, file_ids: &[i64], now: i64) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for id in file_ids {
+            mark_gone(&tx, *id, now)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Present files of a tenant, as (file_id, rel_path, size, mtime_ns), for reconciliation.
+    pub fn present_files(&self, tenant: &str) -> Result<Vec<(i64, String, i64, i64)>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT id, rel_path, size, mtime_ns FROM files WHERE tenant = ?1 AND state = 'present'")?;
+        let rows = stmt
+            .query_map([tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Every present file that may leave its drop folder (start-up pass; files of zips, unknown
+    /// files and fully decided metadata files included).
+    pub fn all_archivable(&self) -> Result<Vec<ToArchive>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let candidates: Vec<i64> = tx
+            .prepare("SELECT id FROM files WHERE state = 'present' AND kind != 'recording' OR (state = 'present' AND EXISTS (SELECT 1 FROM recordings r WHERE r.file_id = files.id))")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let out = archivable(&tx, &candidates)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Whether these files may leave their drop folder now.
+    pub fn archivable_among(&self, file_ids: &[i64]) -> Result<Vec<ToArchive>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let out = archivable(&tx, file_ids)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Records that a file was moved to the archive.
+    pub fn mark_archived(&self, file_id: i64, archive_path: &str, now: i64) -> Result<()> {
+        let conn = self.lock();
+        conn.prepare_cached(
+            "UPDATE files SET state = 'archived', archive_path = ?2, left_at = ?3 WHERE id = ?1 AND state = 'present'",
+        )?
+        .execute(params![file_id, archive_path, now])?;
+        Ok(())
+    }
+
+    /// Archived copies older than `keep_ms`, and orphans unclaimed for `keep_ms`.
+    pub fn purgeable(&self, now: i64, keep_ms: i64, limit: usize) -> Result<Vec<ToPurge>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, tenant, archive_path, 1 FROM files WHERE state = 'archived' AND left_at <= ?1 - ?2
+             UNION ALL
+             SELECT id, tenant, rel_path, 0 FROM files WHERE state = 'present' AND orphan_since IS NOT NULL AND orphan_since <= ?1 - ?2
+             LIMIT ?3",
+        )?;
+        let rows = stmt
+            .query_map(params![now, keep_ms, limit as i64], |r| {
+                Ok(ToPurge {
+                    file_id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    path: r.get(2)?,
+                    archived: r.get::<_, i64>(3)? == 1,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    pub fn mark_purged(&self, file_id: i64, now: i64) -> Result<()> {
+        let conn = self.lock();
+        conn.prepare_cached("UPDATE files SET state = 'purged', left_at = coalesce(left_at, ?2) WHERE id = ?1")?
+            .execute(params![file_id, now])?;
+        Ok(())
+    }
+}
+
+fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
+    let mut work = tx
+        .prepare_cached(
+            "SELECT c.tenant, c.conversation_id, c.agent, c.contact_time, c.fields, m.rel_path, c.row_no, c.via, c.received_at, c.attempts
+             FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id WHERE c.id = ?1",
+        )?
+        .query_row([id], |r| {
+            let contact_time: String = r.get(3)?;
+            let fields: String = r.get(4)?;
+            Ok((
+                Work {
+                    id,
+                    tenant: r.get(0)?,
+                    conversation_id: r.get(1)?,
+                    agent: r.get(2)?,
+                    contact_time: DateTime::<Utc>::UNIX_EPOCH,
+                    fields: serde_json::Map::new(),
+                    metadata_file: r.get(5)?,
+                    row_no: r.get(6)?,
+                    via: Via::parse(&r.get::<_, String>(7)?),
+                    received_at: r.get(8)?,
+                    attempts: r.get(9)?,
+                    recordings: Vec::new(),
+                },
+                contact_time,
+                fields,
+            ))
+        })
+        .optional()?
+        .ok_or_else(|| CatalogError::Corrupt(format!("conversation {id} vanished")))
+        .and_then(|(mut w, t, f)| {
+            w.contact_time = DateTime::parse_from_rfc3339(&t)
+                .map_err(|e| CatalogError::Corrupt(format!("conversation {id}: bad contact_time {t:?}: {e}")))?
+                .with_timezone(&Utc);
+            w.fields = serde_json::from_str(&f).map_err(|e| CatalogError::Corrupt(format!("conversation {id}: bad fields: {e}")))?;
+            Ok(w)
+        })?;
+    work.recordings = tx
+        .prepare_cached(
+            "SELECT r.position, f.id, f.rel_path, f.name, f.size, f.mtime_ns FROM recordings r JOIN files f ON f.id = r.file_id
+             WHERE r.conversation = ?1 ORDER BY r.position",
+        )?
+        .query_map([id], |r| {
+            Ok(WorkRecording {
+                position: r.get(0)?,
+                file_id: r.get(1)?,
+                rel_path: r.get(2)?,
+                name: r.get(3)?,
+                size: r.get(4)?,
+                mtime_ns: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(work)
+}
+
+fn mark_gone(tx: &Transaction<'_>, file_id: i64, now: i64) -> Result<()> {
+    tx.prepare_cached("UPDATE files SET state = 'gone', left_at = ?2 WHERE id = ?1 AND state = 'present'")?
+        .execute(params![file_id, now])?;
+    // Conversations that counted on it wait for it again; finished ones keep their record.
+    tx.prepare_cached(
+        "UPDATE conversations SET state = 'waiting', changed_at = ?2 WHERE state = 'ready'
+           AND id IN (SELECT conversation FROM recordings WHERE file_id = ?1)",
+    )?
+    .execute(params![file_id, now])?;
+    tx.prepare_cached(
+        "UPDATE recordings SET file_id = NULL WHERE file_id = ?1
+           AND conversation IN (SELECT id FROM conversations WHERE state IN ('waiting', 'expired', 'forwarding'))",
+    )?
+    .execute([file_id])?;
+    Ok(())
+}
+
+/// Of `candidates`, the present files no open conversation needs any more: recordings that a
+/// forwarded conversation used, and metadata, zip and unknown files whose rows are all decided.
+fn archivable(tx: &Transaction<'_>, candidates: &[i64]) -> Result<Vec<ToArchive>> {
+    let mut out = Vec::new();
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT f.id, f.tenant, f.rel_path FROM files f WHERE f.id = ?1 AND f.state = 'present' AND (
+           (f.kind = 'recording'
+              AND EXISTS (SELECT 1 FROM recordings r JOIN conversations c ON c.id = r.conversation
+                          WHERE r.file_id = f.id AND c.state = 'forwarded')
+              AND NOT EXISTS (SELECT 1 FROM recordings r JOIN conversations c ON c.id = r.conversation
+                              WHERE r.file_id = f.id AND c.state IN {OPEN_STATES}))
+           OR (f.kind != 'recording'
+              AND EXISTS (SELECT 1 FROM metadata_files m WHERE m.file_id = f.id AND m.status IN ('parsed', 'rejected')
+                          AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.metadata_file_id = m.id AND c.state IN {OPEN_STATES}))))"
+    ))?;
+    for id in candidates {
+        if let Some(a) = stmt
+            .query_row([id], |r| {
+                Ok(ToArchive {
+                    file_id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    rel_path: r.get(2)?,
+                })
+            })
+            .optional()?
+        {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,136 @@
+//! The SQLite schema, as numbered migrations applied under `PRAGMA user_version`.
+//!
+//! Append a migration; never edit one that has shipped.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+CREATE TABLE files (
+    id           INTEGER PRIMARY KEY,
+    tenant       TEXT NOT NULL,
+    rel_path     TEXT NOT NULL,            -- inside the tenant's drop folder, '/'-separated
+    dir          TEXT NOT NULL,            -- folder part of rel_path, '' at the root
+    name         TEXT NOT NULL,
+    stem         TEXT NOT NULL,            -- name without its extension
+    kind         TEXT NOT NULL,            -- recording | metadata | zip | unknown
+    via          TEXT NOT NULL,            -- sftp | ftp | local
+    size         INTEGER NOT NULL,
+    mtime_ns     INTEGER NOT NULL,
+    sha256       TEXT,                     -- recordings, hashed at arrival
+    arrived_at   INTEGER NOT NULL,         -- unix ms
+    state        TEXT NOT NULL,            -- present | archived | gone | purged
+    archive_path TEXT,
+    left_at      INTEGER,                  -- when it left the drop folder
+    orphan_since INTEGER                   -- a recording no row claimed within grace
+);
+CREATE UNIQUE INDEX files_present ON files(tenant, rel_path) WHERE state = 'present';
+CREATE INDEX files_by_name ON files(tenant, dir, name) WHERE state = 'present';
+CREATE INDEX files_by_stem ON files(tenant, dir, stem) WHERE state = 'present';
+CREATE INDEX files_archived ON files(left_at) WHERE state = 'archived';
+
+-- Files that get a report: metadata files, zip batches, files of unknown kind.
+CREATE TABLE metadata_files (
+    id          INTEGER PRIMARY KEY,
+    file_id     INTEGER NOT NULL REFERENCES files(id),
+    tenant      TEXT NOT NULL,
+    rel_path    TEXT NOT NULL,
+    dir         TEXT NOT NULL,
+    format      TEXT NOT NULL,             -- csv | tsv | json | jsonl | zip | unknown
+    via         TEXT NOT NULL,
+    status      TEXT NOT NULL,             -- parsing | parsed | rejected
+    reason      TEXT,                      -- why the whole file was rejected
+    rows_done   INTEGER NOT NULL DEFAULT 0,-- last row committed while parsing (crash resume)
+    received_at INTEGER NOT NULL,
+    report_stale INTEGER NOT NULL DEFAULT 1   -- changes not yet in the report (0 = up to date)
+);
+CREATE INDEX metadata_stale ON metadata_files(id) WHERE report_stale > 0;
+CREATE INDEX metadata_parsing ON metadata_files(id) WHERE status = 'parsing';
+
+-- Lines of a report that are not conversations (zip entries that were refused).
+CREATE TABLE refusals (
+    metadata_file_id INTEGER NOT NULL REFERENCES metadata_files(id),
+    line        INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    PRIMARY KEY (metadata_file_id, line)
+);
+
+-- One row of one metadata file: a submission of conversation (tenant, conversation_id).
+-- The same conversation sent again is a new submission; the latest one forwarded wins.
+CREATE TABLE conversations (
+    id              INTEGER PRIMARY KEY,
+    tenant          TEXT NOT NULL,
+    conversation_id TEXT,                  -- NULL when the row was rejected before it had one
+    metadata_file_id INTEGER NOT NULL REFERENCES metadata_files(id),
+    row_no          INTEGER NOT NULL,
+    dir             TEXT NOT NULL,
+    recording_text  TEXT,                  -- the recording column as written, for reports
+    state           TEXT NOT NULL,         -- waiting|ready|forwarding|forwarded|rejected|expired|failed
+    detail          TEXT,                  -- rejection reason, last error, or a note
+    agent           TEXT,
+    contact_time    TEXT,                  -- RFC 3339, UTC
+    fields          TEXT,                  -- JSON object, every original column in order
+    content_hash    TEXT,                  -- set when ready: decides "identical" vs "updated"
+    updated         INTEGER NOT NULL DEFAULT 0,
+    via             TEXT NOT NULL,
+    received_at     INTEGER NOT NULL,
+    deadline        INTEGER,               -- waiting until (grace)
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,               -- the durable queue: due time of the next attempt
+    forwarded_at    INTEGER,
+    changed_at      INTEGER NOT NULL
+);
+CREATE INDEX conv_key ON conversations(tenant, conversation_id, state);
+CREATE INDEX conv_file ON conversations(metadata_file_id, conversation_id);
+CREATE INDEX conv_queue ON conversations(next_attempt_at) WHERE state = 'ready';
+CREATE INDEX conv_deadline ON conversations(deadline) WHERE state = 'waiting';
+CREATE INDEX conv_state ON conversations(state, tenant);
+
+CREATE TABLE recordings (
+    conversation INTEGER NOT NULL REFERENCES conversations(id),
+    position     INTEGER NOT NULL,
+    tenant       TEXT NOT NULL,
+    dir          TEXT NOT NULL,
+    name         TEXT,                     -- an exact file name, or
+    stem         TEXT,                     -- <stem>.<any recording extension>
+    file_id      INTEGER REFERENCES files(id),
+    key          TEXT,                     -- object key, bytes and sha256 as forwarded
+    bytes        INTEGER,
+    sha256       TEXT,
+    PRIMARY KEY (conversation, position)
+);
+CREATE INDEX rec_file ON recordings(file_id);
+CREATE INDEX rec_open_name ON recordings(tenant, dir, name) WHERE file_id IS NULL;
+CREATE INDEX rec_open_stem ON recordings(tenant, dir, stem) WHERE file_id IS NULL;
+
+CREATE TABLE deliveries (
+    id           INTEGER PRIMARY KEY,
+    conversation INTEGER NOT NULL REFERENCES conversations(id),
+    sink         TEXT NOT NULL,
+    key_prefix   TEXT NOT NULL,
+    started_at   INTEGER NOT NULL,
+    finished_at  INTEGER NOT NULL
+);
+CREATE INDEX deliveries_conv ON deliveries(conversation);
+
+CREATE TABLE tenant_reports (
+    tenant        TEXT PRIMARY KEY,
+    orphans_stale INTEGER NOT NULL DEFAULT 1
+);
+
+-- A report is rewritten whenever one of its rows changes state. The counter is bumped in the
+-- same transaction as the change, and cleared only if it still holds the value the writer read,
+-- so neither a crash nor a change during the write leaves a report silently out of date.
+CREATE TRIGGER conv_report_insert AFTER INSERT ON conversations BEGIN
+    UPDATE metadata_files SET report_stale = report_stale + 1 WHERE id = NEW.metadata_file_id;
+END;
+CREATE TRIGGER conv_report_update AFTER UPDATE OF state, detail ON conversations BEGIN
+    UPDATE metadata_files SET report_stale = report_stale + 1 WHERE id = NEW.metadata_file_id;
+END;
+CREATE TRIGGER orphan_report AFTER UPDATE OF orphan_since, state ON files
+WHEN OLD.orphan_since IS NOT NULL OR NEW.orphan_since IS NOT NULL BEGIN
+    INSERT INTO tenant_reports(tenant, orphans_stale) VALUES (NEW.tenant, 1)
+    ON CONFLICT(tenant) DO UPDATE SET orphans_stale = orphans_stale + 1;
+END;
+"#,
+];

@@ -1,0 +1,318 @@
+//! Read models for the CLI and the reports, and the one operator action: retry.
+
+use std::collections::BTreeMap;
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{Catalog, ConvState, Result};
+
+/// One line of `<metadata file>.report.csv`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportLine {
+    pub row: Option<i64>,
+    pub conversation_id: String,
+    pub recording: String,
+    /// forwarded, updated, waiting, rejected, expired, failed
+    pub status: &'static str,
+    pub detail: String,
+}
+
+/// A report that must be rewritten.
+#[derive(Debug, Clone)]
+pub struct StaleReport {
+    pub metadata_file_id: i64,
+    /// The change counter read with it; see [`Catalog::report_written`].
+    pub version: i64,
+    pub tenant: String,
+    pub rel_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanLine {
+    pub recording: String,
+    pub bytes: i64,
+    pub received_at: i64,
+    pub orphan_since: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversationView {
+    pub tenant: String,
+    pub conversation_id: Option<String>,
+    pub state: String,
+    pub updated: bool,
+    pub metadata_file: String,
+    pub row: i64,
+    pub recordings: Option<String>,
+    pub contact_time: Option<String>,
+    pub attempts: i64,
+    pub detail: Option<String>,
+    pub received_at: String,
+    pub forwarded_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct TenantStatus {
+    pub states: BTreeMap<String, i64>,
+    pub orphans: i64,
+    pub files_waiting: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StatusView {
+    pub tenants: BTreeMap<String, TenantStatus>,
+    pub recent_failures: Vec<ConversationView>,
+}
+
+/// Report status as tenants see it (SPEC §3).
+fn report_status(state: &str, updated: bool) -> &'static str {
+    match state {
+        "forwarded" if updated => "updated",
+        "forwarded" => "forwarded",
+        "rejected" => "rejected",
+        "expired" => "expired",
+        "failed" => "failed",
+        _ => "waiting",
+    }
+}
+
+fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+const VIEW_COLUMNS: &str =
+    "c.tenant, c.conversation_id, c.state, c.updated, m.rel_path, c.row_no, c.recording_text, c.contact_time,
+     c.attempts, c.detail, c.received_at, c.forwarded_at";
+
+fn view_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationView> {
+    Ok(ConversationView {
+        tenant: r.get(0)?,
+        conversation_id: r.get(1)?,
+        state: r.get(2)?,
+        updated: r.get(3)?,
+        metadata_file: r.get(4)?,
+        row: r.get(5)?,
+        recordings: r.get(6)?,
+        contact_time: r.get(7)?,
+        attempts: r.get(8)?,
+        detail: r.get(9)?,
+        received_at: iso(r.get(10)?),
+        forwarded_at: r.get::<_, Option<i64>>(11)?.map(iso),
+    })
+}
+
+impl Catalog {
+    /// Reports flagged as out of date.
+    pub fn stale_reports(&self, limit: usize) -> Result<Vec<StaleReport>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, report_stale, tenant, rel_path FROM metadata_files WHERE report_stale > 0 ORDER BY id LIMIT ?1",
+        )?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(StaleReport {
+                    metadata_file_id: r.get(0)?,
+                    version: r.get(1)?,
+                    tenant: r.get(2)?,
+                    rel_path: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The lines of one report.
+    pub fn report_lines(&self, metadata_file_id: i64) -> Result<Vec<ReportLine>> {
+        let conn = self.lock();
+        let (status, reason): (String, Option<String>) = conn
+            .prepare_cached("SELECT status, reason FROM metadata_files WHERE id = ?1")?
+            .query_row([metadata_file_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut lines = Vec::new();
+        if status == "rejected" {
+            lines.push(ReportLine {
+                row: None,
+                conversation_id: String::new(),
+                recording: String::new(),
+                status: "rejected",
+                detail: reason.unwrap_or_default(),
+            });
+            return Ok(lines);
+        }
+        let mut stmt =
+            conn.prepare_cached("SELECT line, name, reason FROM refusals WHERE metadata_file_id = ?1 ORDER BY line")?;
+        for r in stmt.query_map([metadata_file_id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })? {
+            let (line, name, reason) = r?;
+            lines.push(ReportLine {
+                row: Some(line),
+                conversation_id: String::new(),
+                recording: name,
+                status: "rejected",
+                detail: reason,
+            });
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT row_no, conversation_id, recording_text, state, updated, detail FROM conversations
+             WHERE metadata_file_id = ?1 ORDER BY row_no",
+        )?;
+        for r in stmt.query_map([metadata_file_id], |r| {
+            Ok(ReportLine {
+                row: Some(r.get(0)?),
+                conversation_id: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                recording: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                status: report_status(&r.get::<_, String>(3)?, r.get(4)?),
+                detail: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+            })
+        })? {
+            lines.push(r?);
+        }
+        Ok(lines)
+    }
+
+    /// Marks a report written as of `version`; a change since then keeps it stale.
+    pub fn report_written(&self, metadata_file_id: i64, version: i64) -> Result<()> {
+        let conn = self.lock();
+        conn.prepare_cached("UPDATE metadata_files SET report_stale = 0 WHERE id = ?1 AND report_stale = ?2")?
+            .execute([metadata_file_id, version])?;
+        Ok(())
+    }
+
+    /// Tenants whose orphans.csv must be rewritten, with their change counter.
+    pub fn stale_orphan_reports(&self) -> Result<Vec<(String, i64)>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached("SELECT tenant, orphans_stale FROM tenant_reports WHERE orphans_stale > 0")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    pub fn orphan_lines(&self, tenant: &str) -> Result<Vec<OrphanLine>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT rel_path, size, arrived_at, orphan_since FROM files
+             WHERE tenant = ?1 AND state = 'present' AND orphan_since IS NOT NULL ORDER BY rel_path",
+        )?;
+        let rows = stmt
+            .query_map([tenant], |r| {
+                Ok(OrphanLine {
+                    recording: r.get(0)?,
+                    bytes: r.get(1)?,
+                    received_at: r.get(2)?,
+                    orphan_since: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    pub fn orphan_report_written(&self, tenant: &str, version: i64) -> Result<()> {
+        let conn = self.lock();
+        conn.prepare_cached("UPDATE tenant_reports SET orphans_stale = 0 WHERE tenant = ?1 AND orphans_stale = ?2")?
+            .execute(params![tenant, version])?;
+        Ok(())
+    }
+
+    /// The latest send of each conversation, filtered.
+    pub fn conversations(
+        &self,
+        tenant: Option<&str>,
+        state: Option<ConvState>,
+        limit: usize,
+    ) -> Result<Vec<ConversationView>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {VIEW_COLUMNS} FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
+             WHERE (?1 IS NULL OR c.tenant = ?1) AND (?2 IS NULL OR c.state = ?2)
+             ORDER BY c.tenant, c.id DESC LIMIT ?3"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![tenant, state.map(ConvState::as_str), limit as i64],
+                view_from_row,
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    pub fn status(&self, tenant: Option<&str>) -> Result<StatusView> {
+        let conn = self.lock();
+        let mut view = StatusView::default();
+        let mut stmt = conn.prepare_cached(
+            "SELECT tenant, state, count(*) FROM conversations WHERE (?1 IS NULL OR tenant = ?1) GROUP BY tenant, state",
+        )?;
+        for r in stmt.query_map([tenant], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+        })? {
+            let (t, s, n) = r?;
+            view.tenants.entry(t).or_default().states.insert(s, n);
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT tenant, sum(orphan_since IS NOT NULL), count(*) FROM files
+             WHERE state = 'present' AND (?1 IS NULL OR tenant = ?1) GROUP BY tenant",
+        )?;
+        for r in stmt.query_map([tenant], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        })? {
+            let (t, orphans, present) = r?;
+            let entry = view.tenants.entry(t).or_default();
+            entry.orphans = orphans;
+            entry.files_waiting = present;
+        }
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {VIEW_COLUMNS} FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
+             WHERE (c.state = 'failed' OR (c.state = 'ready' AND c.attempts > 0)) AND (?1 IS NULL OR c.tenant = ?1)
+             ORDER BY c.changed_at DESC LIMIT 20"
+        ))?;
+        view.recent_failures = stmt
+            .query_map([tenant], view_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(view)
+    }
+
+    /// `dropsync retry`: failed conversations are due now; expired ones wait another grace
+    /// period, and any of their recordings already present are attached. Returns how many.
+    pub fn retry(&self, tenant: Option<&str>, conversation_id: Option<&str>, now: i64, grace_ms: i64) -> Result<usize> {
+        let mut decided = Vec::new();
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let failed = tx.execute(
+            "UPDATE conversations SET state = 'ready', next_attempt_at = ?3, attempts = 0, changed_at = ?3
+             WHERE state = 'failed' AND (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR conversation_id = ?2)",
+            params![tenant, conversation_id, now],
+        )?;
+        let expired: Vec<i64> = tx
+            .prepare(
+                "UPDATE conversations SET state = 'waiting', deadline = ?3 + ?4, detail = NULL, changed_at = ?3
+                 WHERE state = 'expired' AND (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR conversation_id = ?2)
+                 RETURNING id",
+            )?
+            .query_map(params![tenant, conversation_id, now, grace_ms], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for conv in &expired {
+            tx.execute(
+                "UPDATE recordings SET file_id = (
+                    SELECT f.id FROM files f WHERE f.tenant = recordings.tenant AND f.dir = recordings.dir AND f.state = 'present'
+                      AND f.kind = 'recording' AND (f.name = recordings.name OR f.stem = recordings.stem)
+                    ORDER BY f.arrived_at DESC, f.id DESC LIMIT 1)
+                 WHERE conversation = ?1 AND file_id IS NULL",
+                [conv],
+            )?;
+            let open: i64 = tx.query_row(
+                "SELECT count(*) FROM recordings WHERE conversation = ?1 AND file_id IS NULL",
+                [conv],
+                |r| r.get(0),
+            )?;
+            if open == 0 {
+                super::intake::make_ready(&tx, *conv, now, &mut decided)?;
+            }
+        }
+        tx.commit()?;
+        Ok(failed + expired.len())
+    }
+}

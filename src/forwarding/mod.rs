@@ -1,0 +1,309 @@
+//! Forwarding: drains the catalog's durable queue into the sink.
+//!
+//! A worker claims one due conversation (committed as `forwarding`), writes its recordings and
+//! then `metadata.json` under deterministic keys, commits `forwarded`, and moves its files to the
+//! archive. Transient sink errors go back to the queue with exponential backoff and jitter;
+//! permanent ones mark the conversation `failed` until `dropsync retry`.
+
+pub mod dir;
+pub mod layout;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Catalog, Forwarded, Work, ms, now_ms};
+use crate::config::SinkConfig;
+use crate::dropbox::{DropRoot, RelPath};
+use crate::housekeeping::Archiver;
+use crate::tenant::TenantId;
+use layout::RecordingEntry;
+
+/// Whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Transient,
+    Permanent,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl SinkError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        SinkError {
+            kind: ErrorKind::Transient,
+            message: message.into(),
+        }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SinkError {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+        }
+    }
+    /// Local I/O: a full disk or a busy device may clear; a permission problem will not.
+    pub fn from_io(what: &str, e: &std::io::Error) -> Self {
+        let message = format!("{what}: {e}");
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                SinkError::permanent(message)
+            }
+            _ => SinkError::transient(message),
+        }
+    }
+}
+
+/// The closed set of sinks.
+pub enum Sink {
+    Dir(dir::DirSink),
+}
+
+impl Sink {
+    pub fn from_config(config: &SinkConfig) -> Result<Sink, SinkError> {
+        match config {
+            SinkConfig::Dir { path } => Ok(Sink::Dir(dir::DirSink::new(path.clone())?)),
+            SinkConfig::S3(_) => Err(SinkError::permanent("the s3 sink is not available in this build yet")),
+        }
+    }
+    fn prefix(&self) -> &str {
+        match self {
+            Sink::Dir(_) => "",
+        }
+    }
+    pub fn describe(&self) -> String {
+        match self {
+            Sink::Dir(d) => d.describe(),
+        }
+    }
+    async fn put_file(&self, key: &str, file: std::fs::File) -> Result<(u64, [u8; 32]), SinkError> {
+        match self {
+            Sink::Dir(d) => d.put_file(key, file).await,
+        }
+    }
+    async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), SinkError> {
+        match self {
+            Sink::Dir(d) => d.put_bytes(key, bytes).await,
+        }
+    }
+}
+
+/// Exponential backoff with jitter: `min * 2^(attempt-1)`, capped at `max`, then a random point
+/// in its upper half so that many conversations failing together do not retry in lockstep.
+pub fn backoff(attempt: i64, min: Duration, max: Duration) -> Duration {
+    let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    let d = min.saturating_mul(2u32.saturating_pow(exp)).min(max);
+    d / 2 + d.mul_f64(fastrand::f64() / 2.0)
+}
+
+/// Why one attempt did not end in `forwarded`.
+enum Outcome {
+    Sink(SinkError),
+    /// A recording left the drop folder; the conversation waits for it again.
+    Vanished {
+        file_id: i64,
+        why: String,
+    },
+    Catalog(crate::catalog::CatalogError),
+}
+
+pub struct Forwarder {
+    pub catalog: Catalog,
+    pub drop: DropRoot,
+    pub sink: Sink,
+    pub archiver: Archiver,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub grace: Duration,
+    /// Woken when work may be due.
+    pub wake: Arc<Notify>,
+    pub reports: Arc<Notify>,
+}
+
+impl Forwarder {
+    /// One worker: claim, forward, repeat; sleep until woken or the next attempt is due.
+    pub async fn run_worker(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let claimed = self.catalog.run(|c| c.claim(now_ms(), 1)).await;
+            let work = match claimed {
+                Ok(mut w) if !w.is_empty() => w.remove(0),
+                Ok(_) => {
+                    let wait = match self.catalog.run(|c| c.next_due()).await {
+                        Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(10, 5000) as u64),
+                        _ => Duration::from_secs(5),
+                    };
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim work");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                }
+            };
+            // There was work: let another worker look for more, so parallelism builds up.
+            self.wake.notify_one();
+            // A claimed conversation is finished even during shutdown: it is short, and if the
+            // process dies anyway, the catalog replays it.
+            self.forward_one(work).await;
+        }
+    }
+
+    async fn forward_one(&self, work: Work) {
+        let span = tracing::info_span!("forward", tenant = %work.tenant, conversation = %work.conversation_id, attempt = work.attempts);
+        let _g = span.enter();
+        let started = now_ms();
+        let result = self.attempt(&work, started).await;
+        let now = now_ms();
+        let id = work.id;
+        let recorded = match result {
+            Ok(()) => Ok(()),
+            Err(Outcome::Vanished { file_id, why }) => {
+                tracing::warn!(reason = %why, "recording left the drop folder; waiting for it again");
+                let grace = ms(self.grace);
+                self.catalog
+                    .run(move |c| c.recording_vanished(id, file_id, &why, now, grace))
+                    .await
+            }
+            Err(Outcome::Sink(e)) if e.kind == ErrorKind::Permanent => {
+                tracing::error!(error = %e, "forwarding failed permanently; `dropsync retry` re-queues it");
+                self.catalog.run(move |c| c.fail(id, &e.message, now)).await
+            }
+            Err(Outcome::Sink(e)) => {
+                let delay = backoff(work.attempts, self.retry_min, self.retry_max);
+                tracing::warn!(error = %e, retry_in = ?delay, "forwarding failed; will retry");
+                let at = now + ms(delay);
+                self.catalog.run(move |c| c.retry_later(id, &e.message, at, now)).await
+            }
+            Err(Outcome::Catalog(e)) => {
+                tracing::error!(error = %e, "catalog error while forwarding; the conversation is replayed later");
+                let at = now + ms(self.retry_min);
+                let msg = e.to_string();
+                self.catalog.run(move |c| c.retry_later(id, &msg, at, now)).await
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "cannot record the outcome; start-up recovery will replay it");
+        }
+        self.reports.notify_one();
+    }
+
+    async fn attempt(&self, work: &Work, started: i64) -> Result<(), Outcome> {
+        let tenant = TenantId::parse(&work.tenant).map_err(|e| Outcome::Sink(SinkError::permanent(e)))?;
+        let prefix = layout::key_prefix(
+            self.sink.prefix(),
+            &work.tenant,
+            work.contact_time,
+            &work.conversation_id,
+        );
+        let mut entries = Vec::with_capacity(work.recordings.len());
+        let mut forwarded = Vec::with_capacity(work.recordings.len());
+        for rec in &work.recordings {
+            let vanished = |why: String| Outcome::Vanished {
+                file_id: rec.file_id,
+                why,
+            };
+            let rel = RelPath::parse(&rec.rel_path).ok_or_else(|| vanished(format!("bad path {:?}", rec.rel_path)))?;
+            let file = match self.drop.open_confined(&tenant, &rel) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(vanished(format!("{} is no longer in the drop folder", rec.rel_path)));
+                }
+                Err(e) => return Err(Outcome::Sink(SinkError::from_io(&format!("open {}", rec.rel_path), &e))),
+            };
+            // If the file changed since it arrived, its new arrival event re-decides the row;
+            // until then this attempt must not send a mix of old and new.
+            let unchanged = |f: &std::fs::File| {
+                use std::os::unix::fs::MetadataExt;
+                f.metadata().is_ok_and(|m| {
+                    m.len() as i64 == rec.size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == rec.mtime_ns
+                })
+            };
+            if !unchanged(&file) {
+                return Err(Outcome::Sink(SinkError::transient(format!(
+                    "{} changed after it arrived",
+                    rec.rel_path
+                ))));
+            }
+            let check = file
+                .try_clone()
+                .map_err(|e| Outcome::Sink(SinkError::from_io("open", &e)))?;
+            let key = format!("{prefix}{}", rec.name);
+            let (bytes, sha) = self.sink.put_file(&key, file).await.map_err(Outcome::Sink)?;
+            if bytes as i64 != rec.size || !unchanged(&check) {
+                return Err(Outcome::Sink(SinkError::transient(format!(
+                    "{} changed while it was being sent",
+                    rec.rel_path
+                ))));
+            }
+            let sha256 = hex::encode(sha);
+            entries.push(RecordingEntry {
+                file: rec.name.clone(),
+                key: key.clone(),
+                bytes,
+                sha256: sha256.clone(),
+            });
+            forwarded.push(Forwarded {
+                position: rec.position,
+                key,
+                bytes,
+                sha256,
+            });
+        }
+        let forwarded_at = now_ms();
+        let doc = layout::metadata_json(work, &entries, forwarded_at);
+        self.sink
+            .put_bytes(&format!("{prefix}metadata.json"), doc)
+            .await
+            .map_err(Outcome::Sink)?;
+
+        let (id, sink, key_prefix) = (work.id, self.sink.describe(), prefix.clone());
+        let to_archive = self
+            .catalog
+            .run(move |c| c.complete(id, &forwarded, &sink, &key_prefix, started, forwarded_at))
+            .await
+            .map_err(Outcome::Catalog)?;
+        tracing::info!(key_prefix = %prefix, recordings = entries.len(), "conversation forwarded");
+        let archiver = self.archiver.clone();
+        match tokio::task::spawn_blocking(move || archiver.move_all(&to_archive)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot archive forwarded files; start-up will"),
+            Err(e) => tracing::warn!(error = %e, "archive task failed; start-up will archive"),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_cap() {
+        let (min, max) = (Duration::from_secs(5), Duration::from_secs(600));
+        for attempt in 1..40 {
+            let d = backoff(attempt, min, max);
+            let full = min
+                .saturating_mul(2u32.saturating_pow((attempt - 1).min(30) as u32))
+                .min(max);
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} vs {full:?}");
+        }
+        assert!(backoff(30, min, max) <= max);
+    }
+}

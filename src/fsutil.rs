@@ -1,0 +1,122 @@
+//! Durable file operations shared by the drop folders, reports and the dir sink.
+//!
+//! "Atomic" here means: readers see the old file or the new one, never a part, and once the call
+//! returns the new file survives a crash (data fsynced, then renamed, then the folder fsynced).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// fsyncs a folder so that a rename or create inside it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A temp name beside `path`, hidden (leading '.') so that no watcher takes it for an arrival.
+pub fn temp_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = format!(".dropsync-{:016x}-{}.tmp", fastrand::u64(..), name);
+    path.with_file_name(tmp)
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = temp_beside(path);
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Opens a regular file without following a symlink in its last component.
+pub fn open_regular_nofollow(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(f)
+}
+
+/// Size and sha256 of everything `reader` yields.
+pub fn hash_reader(mut reader: impl Read) -> io::Result<(u64, [u8; 32])> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hasher.finalize().into()))
+}
+
+/// Copies `input` to `dst` atomically and durably, returning the bytes copied and their sha256.
+pub fn copy_atomic(mut input: impl Read, dst: &Path) -> io::Result<(u64, [u8; 32])> {
+    let dir = dst.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = temp_beside(dst);
+    let result = (|| {
+        let mut out = File::create(&tmp)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            total += n as u64;
+        }
+        out.sync_all()?;
+        fs::rename(&tmp, dst)?;
+        sync_dir(dir)?;
+        Ok((total, hasher.finalize().into()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Moves `src` to `dst` (same file system), durably. Replaying a move that already happened
+/// (source gone, destination there) succeeds, so a crash between the move and its catalog
+/// record is harmless.
+pub fn move_durable(src: &Path, dst: &Path) -> io::Result<()> {
+    let dst_dir = dst.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dst_dir)?;
+    match fs::rename(src, dst) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound && dst.exists() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    sync_dir(dst_dir)?;
+    if let Some(src_dir) = src.parent()
+        && src_dir != dst_dir
+    {
+        sync_dir(src_dir)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! Intake: the stage between the ingresses and the catalog.
+//!
+//! Takes [`IngressEvent`]s; for each arrived file, records it in the catalog (recordings are
+//! hashed first), unpacks zip batches, and streams metadata files through the matcher into the
+//! catalog in chunks. At start-up, and whenever the watcher lost events, it reconciles every drop
+//! folder with the catalog. It wakes the forwarder when conversations become ready.
+
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Catalog, CatalogError, NewFile, Registered, RowInput, Via, ms, now_ms};
+use crate::config::Config;
+use crate::dropbox::{self, DropRoot, FileKind, RelPath};
+use crate::housekeeping::Archiver;
+use crate::ingress::{Arrived, IngressEvent};
+use crate::matching::{self, MetadataFormat, ReadError, RowContext, RowVerdict};
+use crate::tenant::{Tenant, TenantId};
+
+/// Rows committed per transaction while parsing a metadata file.
+const ROWS_PER_CHUNK: usize = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shared by the intake task and start-up; all methods block (run them off the runtime).
+#[derive(Clone)]
+pub struct Intake {
+    pub catalog: Catalog,
+    pub drop: DropRoot,
+    pub config: Arc<Config>,
+    pub archiver: Archiver,
+    /// Woken when conversations become ready.
+    pub forwarder: Arc<Notify>,
+    /// Woken when reports may be out of date.
+    pub reports: Arc<Notify>,
+}
+
+impl Intake {
+    /// Consumes ingress events until cancelled.
+    pub async fn run(self, mut rx: mpsc::Receiver<IngressEvent>, cancel: CancellationToken) {
+        loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => return,
+                e = rx.recv() => match e { Some(e) => e, None => return },
+            };
+            let this = self.clone();
+            let result = tokio::task::spawn_blocking(move || match event {
+                IngressEvent::Arrived(a) => this.handle(&a),
+                IngressEvent::Rescan => this.reconcile(),
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "intake failed; the file will be picked up by the next scan"),
+                Err(e) => tracing::error!(error = %e, "intake task panicked"),
+            }
+            self.reports.notify_one();
+        }
+    }
+
+    fn tenant(&self, id: &TenantId) -> Option<&Tenant> {
+        self.config.tenant(id.as_str())
+    }
+
+    /// Handles one arrival. Never fails because of the file's content: bad input is recorded
+    /// and reported; errors returned here are the catalog's or the disk's.
+    pub fn handle(&self, a: &Arrived) -> Result<(), IntakeError> {
+        let Some(tenant) = self.tenant(&a.tenant) else {
+            tracing::warn!(tenant = %a.tenant, file = a.rel.as_str(), "file in the drop folder of an unknown tenant; ignored");
+            return Ok(());
+        };
+        let file = match self.drop.open_confined(&a.tenant, &a.rel) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                tracing::warn!(tenant = %a.tenant, file = a.rel.as_str(), error = %e, "not a regular file inside the drop folder; ignored");
+                return Ok(());
+            }
+        };
+        let meta = file.metadata()?;
+        let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+        let kind = FileKind::of(a.rel.file_name(), &self.config.matching);
+        let now = now_ms();
+        if self
+            .catalog
+            .is_present_unchanged(a.tenant.as_str(), &a.rel, meta.len(), mtime_ns)?
+        {
+            return Ok(());
+        }
+        let sha256 = match kind {
+            FileKind::Recording => Some(hex::encode(crate::fsutil::hash_reader(&file)?.1)),
+            _ => None,
+        };
+        let new = NewFile {
+            tenant: a.tenant.as_str(),
+            rel: &a.rel,
+            kind,
+            via: a.via,
+            size: meta.len(),
+            mtime_ns,
+            sha256,
+        };
+        let unknown_reason = format!(
+            "not a recording ({}) or a metadata file (csv, tsv, json, jsonl, ndjson) or a zip batch",
+            self.config.matching.recording_extensions.join(", ")
+        );
+        let outcome = self.catalog.register_file(&new, now, &unknown_reason)?;
+        let span = tracing::info_span!("arrival", tenant = %a.tenant, file = a.rel.as_str(), via = a.via.as_str());
+        let _g = span.enter();
+        match outcome {
+            Registered::Duplicate => {}
+            Registered::Recording { completed, decided, .. } => {
+                tracing::info!(bytes = meta.len(), completed, "recording arrived");
+                if completed > 0 {
+                    self.forwarder.notify_one();
+                }
+                self.archiver.archive(&decided)?;
+            }
+            Registered::Metadata {
+                file_id,
+                metadata_file_id,
+            } => {
+                if let FileKind::Metadata(format) = kind {
+                    self.parse_metadata(tenant, file_id, metadata_file_id, &a.rel, format, 0)?;
+                }
+            }
+            Registered::Zip {
+                file_id,
+                metadata_file_id,
+            } => self.unpack(tenant, file_id, metadata_file_id, &a.rel, a.via)?,
+            Registered::Unknown { file_id } => {
+                tracing::warn!("file rejected: {unknown_reason}");
+                self.archiver.archive(&[file_id])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams a metadata file through the matcher into the catalog: a first pass finds
+    /// whole-file problems (so a broken file leaves no rows behind), a second commits rows in
+    /// chunks, skipping rows a crash-interrupted parse already committed.
+    fn parse_metadata(
+        &self,
+        tenant: &Tenant,
+        file_id: i64,
+        id: i64,
+        rel: &RelPath,
+        format: MetadataFormat,
+        resume_after: u64,
+    ) -> Result<(), IntakeError> {
+        let open = || self.drop.open_confined(&tenant.id, rel);
+        let mapping = &tenant.mapping;
+        let check = {
+            let mut header_checked = matches!(format, MetadataFormat::JsonArray | MetadataFormat::JsonLines);
+            let mut header_error = None;
+            let mut rows = 0u64;
+            let r = matching::read_rows(format, open()?, |row| {
+                rows += 1;
+                if !header_checked && let Ok(record) = &row.record {
+                    header_checked = true;
+                    if let Err(e) = matching::check_header(mapping, record) {
+                        header_error = Some(e);
+                        return Err(());
+                    }
+                }
+                Ok(())
+            });
+            match (r, header_error) {
+                (_, Some(e)) => Err(e),
+                (Err(ReadError::File(e)), _) => Err(e),
+                (Err(ReadError::Callback(())), _) => Err("cannot be read".to_string()),
+                (Ok(()), _) if rows == 0 => Err("the file has a header but no rows".to_string()),
+                (Ok(()), _) => Ok(()),
+            }
+        };
+        if let Err(reason) = check {
+            tracing::warn!(reason = %reason, "metadata file rejected");
+            self.catalog.finish_metadata(id, Err(reason))?;
+            self.archiver.archive(&[file_id])?;
+            return Ok(());
+        }
+
+        let stem = rel.file_name().rsplit_once('.').map_or(rel.file_name(), |(s, _)| s);
+        let grace = ms(self.config.matching.grace);
+        let mut chunk: Vec<RowInput> = Vec::with_capacity(ROWS_PER_CHUNK);
+        let (mut accepted, mut rejected, mut ready) = (0u64, 0u64, 0usize);
+        let mut decided = Vec::new();
+        let mut first_row = true;
+        let result = matching::read_rows(format, open()?, |row| -> Result<(), CatalogError> {
+            let is_first = std::mem::replace(&mut first_row, false);
+            if row.row <= resume_after {
+                return Ok(());
+            }
+            let verdict = match row.record {
+                Ok(record) => {
+                    let ctx = RowContext {
+                        mapping,
+                        timezone: tenant.timezone,
+                        extensions: &self.config.matching.recording_extensions,
+                        file_stem: stem,
+                        first_row: is_first,
+                    };
+                    matching::map_row(&ctx, record)
+                }
+                Err(reason) => RowVerdict::Rejected {
+                    conversation_id: None,
+                    recording: None,
+                    reason,
+                },
+            };
+            match &verdict {
+                RowVerdict::Accepted(_) => accepted += 1,
+                RowVerdict::Rejected { reason, .. } => {
+                    rejected += 1;
+                    tracing::info!(row = row.row, reason = %reason, "row rejected");
+                }
+            }
+            chunk.push(RowInput {
+                row_no: row.row,
+                verdict,
+            });
+            if chunk.len() >= ROWS_PER_CHUNK {
+                let (n, d) = self.catalog.add_rows(id, &chunk, now_ms(), grace)?;
+                ready += n;
+                decided.extend(d);
+                chunk.clear();
+                self.forwarder.notify_one();
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                if !chunk.is_empty() {
+                    let (n, d) = self.catalog.add_rows(id, &chunk, now_ms(), grace)?;
+                    ready += n;
+                    decided.extend(d);
+                }
+                self.catalog.finish_metadata(id, Ok(()))?;
+                tracing::info!(accepted, rejected, ready, "metadata file read");
+            }
+            Err(ReadError::Callback(e)) => return Err(e.into()),
+            // The file changed between the passes (it is being overwritten): the new version
+            // arrives as its own event; this one is withdrawn.
+            Err(ReadError::File(reason)) => self.catalog.finish_metadata(id, Err(reason))?,
+        }
+        if ready > 0 {
+            self.forwarder.notify_one();
+        }
+        // Recordings of identical re-sends (done without sending) may leave now, and so may
+        // the file itself if every row is decided.
+        decided.push(file_id);
+        self.archiver.archive(&decided)?;
+        Ok(())
+    }
+
+    fn unpack(&self, tenant: &Tenant, file_id: i64, id: i64, rel: &RelPath, via: Via) -> Result<(), IntakeError> {
+        let archive = self.drop.path_of(&tenant.id, rel);
+        let dest = archive.parent().unwrap_or(self.drop.root()).to_path_buf();
+        match dropbox::unpack_zip(&archive, &dest, self.config.matching.zip_max_unpacked) {
+            Ok(unpacked) => {
+                for (name, why) in &unpacked.refused {
+                    tracing::warn!(entry = %name, reason = %why, "zip entry refused");
+                }
+                tracing::info!(
+                    files = unpacked.files.len(),
+                    refused = unpacked.refused.len(),
+                    "zip batch unpacked"
+                );
+                self.catalog.finish_zip(id, Ok(&unpacked.refused))?;
+                // Recordings first, as clients send them, so metadata finds them present.
+                let mut names = unpacked.files;
+                names.sort_by_key(|n| !matches!(FileKind::of(n, &self.config.matching), FileKind::Recording));
+                for name in names {
+                    if let Some(rel) = RelPath::join_dir(rel.dir(), &name) {
+                        self.handle(&Arrived {
+                            tenant: tenant.id.clone(),
+                            rel,
+                            via,
+                        })?;
+                    }
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(reason = %reason, "zip batch rejected");
+                self.catalog.finish_zip(id, Err(reason))?;
+            }
+        }
+        self.archiver.archive(&[file_id])?;
+        Ok(())
+    }
+
+    /// Brings the catalog in line with the drop folders: files that vanished are marked gone,
+    /// files not yet recorded (or changed) arrive now, parses a crash interrupted are resumed,
+    /// and files whose fate is decided leave the drop folders.
+    pub fn reconcile(&self) -> Result<(), IntakeError> {
+        for (file_id, id, tenant, rel, format, rows_done) in self.catalog.interrupted_parses()? {
+            let (Ok(tid), Some(rel)) = (TenantId::parse(&tenant), RelPath::parse(&rel)) else {
+                continue;
+            };
+            let Some(t) = self.tenant(&tid) else { continue };
+            tracing::info!(tenant = %tid, file = rel.as_str(), "resuming an interrupted parse");
+            if format == "zip" {
+                self.unpack(t, file_id, id, &rel, Via::Local)?;
+            } else if let Some(f) = MetadataFormat::from_extension(&format) {
+                self.parse_metadata(t, file_id, id, &rel, f, rows_done)?;
+            }
+        }
+        for tenant in &self.config.tenants {
+            let on_disk = self.drop.scan_tenant(&tenant.id)?;
+            let on_disk_set: std::collections::HashSet<&str> = on_disk.iter().map(RelPath::as_str).collect();
+            let gone: Vec<i64> = self
+                .catalog
+                .present_files(tenant.id.as_str())?
+                .into_iter()
+                .filter(|(_, rel, _, _)| !on_disk_set.contains(rel.as_str()))
+                .map(|(id, ..)| id)
+                .collect();
+            if !gone.is_empty() {
+                tracing::info!(tenant = %tenant.id, files = gone.len(), "files left the drop folder behind our back");
+                self.catalog.files_gone(&gone, now_ms())?;
+            }
+            // Recordings before metadata, so rows find their recordings present (the fast path).
+            let mut ordered = on_disk;
+            ordered.sort_by_key(|r| !matches!(FileKind::of(r.file_name(), &self.config.matching), FileKind::Recording));
+            for rel in ordered {
+                self.handle(&Arrived {
+                    tenant: tenant.id.clone(),
+                    rel,
+                    via: Via::Local,
+                })?;
+            }
+        }
+        self.archiver.archive_all_decided()?;
+        self.forwarder.notify_one();
+        Ok(())
+    }
+}

@@ -1,0 +1,26 @@
+//! dropsync takes in call recordings and their metadata from contact centres and forwards every
+//! complete conversation to object storage.
+//!
+//! ```text
+//!  SFTP server ─┐
+//!  FTP poller  ─┼─► drop folder ─► catalog ─► matching ─► forwarding ─► sink (s3 | dir)
+//!  local watch ─┘    (per tenant)  (SQLite)   (pure)      (durable queue)
+//!                          ▲                                   │
+//!                          └──────── reports ◄─────────────────┘
+//! ```
+//! Files travel one way: an ingress says a file has arrived ([`ingress::Arrived`]); [`intake`]
+//! records it in the [`catalog`] and runs [`matching`] on metadata; [`forwarding`] drains the
+//! catalog's durable queue into a sink; [`reports`] tells tenants what happened to each row.
+
+pub mod app;
+pub mod catalog;
+pub mod config;
+pub mod dropbox;
+pub mod forwarding;
+pub mod fsutil;
+pub mod housekeeping;
+pub mod ingress;
+pub mod intake;
+pub mod matching;
+pub mod reports;
+pub mod tenant;

@@ -1,0 +1,231 @@
+//! The `dropsync` command: parses arguments, sets up logging, and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dropsync::catalog::{Catalog, ConvState, ms, now_ms};
+use dropsync::config::{self, Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "dropsync",
+    version,
+    about = "Takes in call recordings and their metadata, forwards complete conversations to object storage"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "DROPSYNC_CONFIG",
+        default_value = "/etc/dropsync/dropsync.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground.
+    Run,
+    /// Validate the configuration; print every problem with its file and key (exit 2 if any).
+    CheckConfig,
+    /// Conversations per state and tenant, and recent failures.
+    Status {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List conversations (the most recent first).
+    Conversations {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// waiting, ready, forwarding, forwarded, rejected, expired or failed
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Re-queue failed and expired conversations.
+    Retry {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        conversation: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("dropsync: configuration has {} problem(s)", e.problems.len());
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::CheckConfig => {
+            let problems = config::check_runtime(&config);
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            if !problems.is_empty() {
+                eprintln!("dropsync: configuration has {} problem(s)", problems.len());
+                return ExitCode::from(2);
+            }
+            println!("{}: ok ({} tenants)", config.file.display(), config.tenants.len());
+            Ok(())
+        }
+        Command::Run => run(config),
+        Command::Status { tenant, json } => status(&config, tenant.as_deref(), json),
+        Command::Conversations {
+            tenant,
+            state,
+            json,
+            limit,
+        } => conversations(&config, tenant.as_deref(), state.as_deref(), json, limit),
+        Command::Retry { tenant, conversation } => retry(&config, tenant.as_deref(), conversation.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dropsync: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    init_logging(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return std::future::pending().await;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            // A second signal means "now": in-flight work is replayed at the next start.
+            tokio::spawn(async move {
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                tracing::warn!("second stop signal: exiting at once");
+                std::process::exit(1);
+            });
+        };
+        dropsync::app::run(config, shutdown).await
+    })
+}
+
+fn open_catalog(config: &Config) -> anyhow::Result<Catalog> {
+    let db = config.db_path();
+    if !db.exists() {
+        anyhow::bail!(
+            "no catalog at {} yet: has `dropsync run` started with this config?",
+            db.display()
+        );
+    }
+    Catalog::open_read_only(&db).with_context(|| format!("opening {}", db.display()))
+}
+
+fn status(config: &Config, tenant: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let view = open_catalog(config)?.status(tenant)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    if view.tenants.is_empty() {
+        println!("no conversations yet");
+    }
+    for (t, s) in &view.tenants {
+        let states: Vec<String> = ConvState::ALL
+            .iter()
+            .filter_map(|st| s.states.get(st.as_str()).map(|n| format!("{}={n}", st.as_str())))
+            .collect();
+        println!(
+            "{t}: {}  (files in drop folder: {}, orphans: {})",
+            states.join(" "),
+            s.files_waiting,
+            s.orphans
+        );
+    }
+    if !view.recent_failures.is_empty() {
+        println!("\nrecent failures:");
+        for f in &view.recent_failures {
+            println!(
+                "  {} {} [{}] attempts={} {}",
+                f.tenant,
+                f.conversation_id.as_deref().unwrap_or("-"),
+                f.state,
+                f.attempts,
+                f.detail.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn conversations(
+    config: &Config,
+    tenant: Option<&str>,
+    state: Option<&str>,
+    json: bool,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let state = match state {
+        None => None,
+        Some(s) => Some(ConvState::parse(s).with_context(|| format!("unknown state {s:?}"))?),
+    };
+    let list = open_catalog(config)?.conversations(tenant, state, limit)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<24} {:<10} {:<28} {:>5}  detail",
+        "tenant", "conversation", "state", "metadata file", "row"
+    );
+    for c in &list {
+        let state = if c.updated && c.state == "forwarded" {
+            "updated"
+        } else {
+            c.state.as_str()
+        };
+        println!(
+            "{:<12} {:<24} {:<10} {:<28} {:>5}  {}",
+            c.tenant,
+            c.conversation_id.as_deref().unwrap_or("-"),
+            state,
+            c.metadata_file,
+            c.row,
+            c.detail.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn retry(config: &Config, tenant: Option<&str>, conversation: Option<&str>) -> anyhow::Result<()> {
+    let catalog = Catalog::open(&config.db_path())?;
+    let n = catalog.retry(tenant, conversation, now_ms(), ms(config.matching.grace))?;
+    println!("re-queued {n} conversation(s)");
+    Ok(())
+}
