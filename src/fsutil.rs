@@ -55,8 +55,8 @@ pub fn open_regular_nofollow(path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
-/// Size and sha256 of everything `reader` yields.
-pub fn hash_reader(mut reader: impl Read) -> io::Result<(u64, [u8; 32])> {
+/// Size and sha256 of everything `reader` yields, copying it to `out` on the way.
+fn hash_copy(mut reader: impl Read, mut out: impl Write) -> io::Result<(u64, [u8; 32])> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
@@ -66,34 +66,29 @@ pub fn hash_reader(mut reader: impl Read) -> io::Result<(u64, [u8; 32])> {
             break;
         }
         hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
         total += n as u64;
     }
     Ok((total, hasher.finalize().into()))
 }
 
+/// Size and sha256 of everything `reader` yields.
+pub fn hash_reader(reader: impl Read) -> io::Result<(u64, [u8; 32])> {
+    hash_copy(reader, io::sink())
+}
+
 /// Copies `input` to `dst` atomically and durably, returning the bytes copied and their sha256.
-pub fn copy_atomic(mut input: impl Read, dst: &Path) -> io::Result<(u64, [u8; 32])> {
+pub fn copy_atomic(input: impl Read, dst: &Path) -> io::Result<(u64, [u8; 32])> {
     let dir = dst.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = temp_beside(dst);
     let result = (|| {
         let mut out = File::create(&tmp)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
-        loop {
-            let n = input.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
-            total += n as u64;
-        }
+        let copied = hash_copy(input, &mut out)?;
         out.sync_all()?;
         fs::rename(&tmp, dst)?;
         sync_dir(dir)?;
-        Ok((total, hasher.finalize().into()))
+        Ok(copied)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -216,10 +216,7 @@ impl Catalog {
                     "DELETE FROM conversations WHERE metadata_file_id = ?1",
                     [metadata_file_id],
                 )?;
-                tx.execute(
-                    "UPDATE metadata_files SET status = 'rejected', reason = ?2, report_stale = report_stale + 1 WHERE id = ?1",
-                    params![metadata_file_id, reason],
-                )?;
+                reject_metadata_file(&tx, metadata_file_id, &reason)?;
             }
         }
         tx.commit()?;
@@ -248,10 +245,7 @@ impl Catalog {
                 )?;
             }
             Err(reason) => {
-                tx.execute(
-                    "UPDATE metadata_files SET status = 'rejected', reason = ?2, report_stale = report_stale + 1 WHERE id = ?1",
-                    params![metadata_file_id, reason],
-                )?;
+                reject_metadata_file(&tx, metadata_file_id, &reason)?;
             }
         }
         tx.commit()?;
@@ -316,6 +310,14 @@ impl Catalog {
         tx.commit()?;
         Ok((expired, orphaned))
     }
+}
+
+fn reject_metadata_file(tx: &Transaction<'_>, metadata_file_id: i64, reason: &str) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE metadata_files SET status = 'rejected', reason = ?2, report_stale = report_stale + 1 WHERE id = ?1",
+    )?
+    .execute(params![metadata_file_id, reason])?;
+    Ok(())
 }
 
 fn insert_metadata_file(
@@ -539,14 +541,7 @@ pub(super) fn make_ready(tx: &Transaction<'_>, conv: i64, now: i64, decided: &mu
                 now,
                 format!("identical to the conversation already forwarded from row {row} of {file}; nothing sent again")
             ])?;
-            let files = tx
-                .prepare_cached(
-                    "SELECT file_id FROM recordings WHERE conversation = ?1 AND file_id IS NOT NULL
-                     UNION SELECT m.file_id FROM metadata_files m JOIN conversations c ON c.metadata_file_id = m.id WHERE c.id = ?1",
-                )?
-                .query_map([conv], |r| r.get::<_, i64>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            decided.extend(files);
+            decided.extend(super::queue::files_of(tx, conv)?);
         }
         previous => {
             tx.prepare_cached(

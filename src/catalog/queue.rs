@@ -152,13 +152,7 @@ impl Catalog {
         }
         tx.prepare_cached("INSERT INTO deliveries (conversation, sink, key_prefix, started_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
             .execute(params![conv, sink, key_prefix, started_at, now])?;
-        let candidates: Vec<i64> = tx
-            .prepare_cached(
-                "SELECT file_id FROM recordings WHERE conversation = ?1 AND file_id IS NOT NULL
-                 UNION SELECT m.file_id FROM metadata_files m JOIN conversations c ON c.metadata_file_id = m.id WHERE c.id = ?1",
-            )?
-            .query_map([conv], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let candidates = files_of(&tx, conv)?;
         let out = archivable(&tx, &candidates)?;
         tx.commit()?;
         Ok(out)
@@ -336,6 +330,17 @@ fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(work)
+}
+
+/// The files a conversation used: its recordings and its metadata file.
+pub(super) fn files_of(tx: &Transaction<'_>, conv: i64) -> Result<Vec<i64>> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT file_id FROM recordings WHERE conversation = ?1 AND file_id IS NOT NULL
+             UNION SELECT m.file_id FROM metadata_files m JOIN conversations c ON c.metadata_file_id = m.id WHERE c.id = ?1",
+        )?
+        .query_map([conv], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 fn mark_gone(tx: &Transaction<'_>, file_id: i64, now: i64) -> Result<()> {
