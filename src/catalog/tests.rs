@@ -1,1 +1,390 @@
+//! Catalog tests on a real SQLite file with migrations applied.
 
+use chrono::{DateTime, Utc};
+
+use super::*;
+use crate::dropbox::{FileKind, RelPath};
+use crate::matching::{MetadataFormat, RecordingRef, RowVerdict, Submission};
+
+const GRACE: i64 = 60_000;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    cat: Catalog,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db/dropsync.db");
+    let cat = Catalog::open(&path).unwrap();
+    Fixture { _dir: dir, path, cat }
+}
+
+fn arrive(cat: &Catalog, rel: &str, kind: FileKind, size: u64, sha: &str, now: i64) -> Registered {
+    let rel = RelPath::parse(rel).unwrap();
+    let f = NewFile {
+        tenant: "acme",
+        rel: &rel,
+        kind,
+        via: Via::Sftp,
+        size,
+        mtime_ns: now,
+        sha256: (kind == FileKind::Recording).then(|| sha.to_string()),
+    };
+    cat.register_file(&f, now, "unknown kind").unwrap()
+}
+
+fn recording(cat: &Catalog, rel: &str, sha: &str, now: i64) -> i64 {
+    match arrive(cat, rel, FileKind::Recording, 10, sha, now) {
+        Registered::Recording { file_id, .. } => file_id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn metadata(cat: &Catalog, rel: &str, now: i64) -> (i64, i64) {
+    match arrive(cat, rel, FileKind::Metadata(MetadataFormat::Csv), 100, "", now) {
+        Registered::Metadata {
+            file_id,
+            metadata_file_id,
+        } => (file_id, metadata_file_id),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn row(row_no: u64, id: &str, recordings: &[&str], agent: &str) -> RowInput {
+    RowInput {
+        row_no,
+        verdict: RowVerdict::Accepted(Submission {
+            conversation_id: id.into(),
+            agent: agent.into(),
+            contact_time: DateTime::parse_from_rfc3339("2019-05-03T09:27:23Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            recordings: recordings.iter().map(|r| RecordingRef::Exact(r.to_string())).collect(),
+            fields: vec![("id".into(), id.into()), ("agent".into(), agent.into())],
+        }),
+    }
+}
+
+fn states(cat: &Catalog) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = cat
+        .conversations(Some("acme"), None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.conversation_id.unwrap_or_default(), c.state))
+        .collect();
+    v.sort();
+    v
+}
+
+fn forward_all(cat: &Catalog, now: i64) -> Vec<ToArchive> {
+    let mut archived = Vec::new();
+    for w in cat.claim(now, 100).unwrap() {
+        let fw: Vec<Forwarded> = w
+            .recordings
+            .iter()
+            .map(|r| Forwarded {
+                position: r.position,
+                key: format!("k/{}", r.name),
+                bytes: 10,
+                sha256: "s".into(),
+            })
+            .collect();
+        archived.extend(cat.complete(w.id, &fw, "dir:x", "k/", now, now).unwrap());
+    }
+    archived
+}
+
+#[test]
+fn migrations_apply_once_and_reopen() {
+    let fx = fixture();
+    drop(fx.cat);
+    let again = Catalog::open(&fx.path).unwrap();
+    let v: i64 = again.lock().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, schema::MIGRATIONS.len() as i64);
+    let mode: String = again.lock().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    assert!(Catalog::open_read_only(&fx.path).is_ok());
+}
+
+#[test]
+fn audio_then_metadata_is_ready_at_once_and_forwards() {
+    let fx = fixture();
+    let wav = recording(&fx.cat, "c1.wav", "aa", 1000);
+    let (csv_file, meta) = metadata(&fx.cat, "batch.csv", 1001);
+    let (ready, _) = fx
+        .cat
+        .add_rows(meta, &[row(2, "C1", &["c1.wav"], "a")], 1002, GRACE)
+        .unwrap();
+    fx.cat.finish_metadata(meta, Ok(())).unwrap();
+    assert_eq!(ready, 1);
+    assert_eq!(states(&fx.cat), [("C1".into(), "ready".into())]);
+    let work = fx.cat.claim(1003, 10).unwrap();
+    assert_eq!(work.len(), 1);
+    assert_eq!(work[0].recordings[0].file_id, wav);
+    assert_eq!(work[0].metadata_file, "batch.csv");
+    assert_eq!(states(&fx.cat), [("C1".into(), "forwarding".into())]);
+    assert!(
+        fx.cat.claim(1003, 10).unwrap().is_empty(),
+        "a claimed conversation is not claimed twice"
+    );
+    let fw = [Forwarded {
+        position: 0,
+        key: "k".into(),
+        bytes: 10,
+        sha256: "aa".into(),
+    }];
+    let mut leave = fx.cat.complete(work[0].id, &fw, "dir:x", "p/", 1003, 1004).unwrap();
+    leave.sort_by_key(|a| a.file_id);
+    let ids: Vec<i64> = leave.iter().map(|a| a.file_id).collect();
+    assert_eq!(
+        ids,
+        [wav, csv_file],
+        "both the recording and the fully decided metadata file may leave"
+    );
+    let lines = fx.cat.report_lines(meta).unwrap();
+    assert_eq!((lines[0].status, lines[0].row), ("forwarded", Some(2)));
+}
+
+#[test]
+fn metadata_then_audio_waits_then_completes() {
+    let fx = fixture();
+    let (_, meta) = metadata(&fx.cat, "sub/batch.csv", 1000);
+    fx.cat
+        .add_rows(meta, &[row(2, "C1", &["c1.wav", "c1b.wav"], "a")], 1000, GRACE)
+        .unwrap();
+    assert_eq!(states(&fx.cat), [("C1".into(), "waiting".into())]);
+    // Same name in another folder does not count (same-directory rule).
+    recording(&fx.cat, "c1.wav", "aa", 1001);
+    recording(&fx.cat, "sub/c1.wav", "aa", 1002);
+    assert_eq!(states(&fx.cat), [("C1".into(), "waiting".into())]);
+    match arrive(&fx.cat, "sub/c1b.wav", FileKind::Recording, 10, "bb", 1003) {
+        Registered::Recording { completed, .. } => assert_eq!(completed, 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(states(&fx.cat), [("C1".into(), "ready".into())]);
+}
+
+#[test]
+fn repeated_events_are_duplicates() {
+    let fx = fixture();
+    recording(&fx.cat, "c1.wav", "aa", 1000);
+    assert_eq!(
+        arrive(&fx.cat, "c1.wav", FileKind::Recording, 10, "aa", 1000),
+        Registered::Duplicate
+    );
+    let rel = RelPath::parse("c1.wav").unwrap();
+    assert!(fx.cat.is_present_unchanged("acme", &rel, 10, 1000).unwrap());
+    assert!(!fx.cat.is_present_unchanged("acme", &rel, 11, 1000).unwrap());
+}
+
+#[test]
+fn duplicate_conversation_id_in_one_file_is_rejected() {
+    let fx = fixture();
+    let (_, meta) = metadata(&fx.cat, "batch.csv", 1000);
+    fx.cat
+        .add_rows(
+            meta,
+            &[row(2, "C1", &["c1.wav"], "a"), row(3, "C1", &["c2.wav"], "b")],
+            1000,
+            GRACE,
+        )
+        .unwrap();
+    let lines = fx.cat.report_lines(meta).unwrap();
+    assert_eq!(lines[1].status, "rejected");
+    assert!(lines[1].detail.contains("already used by row 2"), "{}", lines[1].detail);
+}
+
+#[test]
+fn resend_identical_is_a_no_op_and_changed_is_an_update() {
+    let fx = fixture();
+    recording(&fx.cat, "c1.wav", "aa", 1000);
+    let (_, m1) = metadata(&fx.cat, "b1.csv", 1000);
+    fx.cat
+        .add_rows(m1, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
+        .unwrap();
+    forward_all(&fx.cat, 1001);
+    // The client sends the same audio and row again (the first copies were archived).
+    for a in fx.cat.all_archivable().unwrap() {
+        fx.cat.mark_archived(a.file_id, "x", 1002).unwrap();
+    }
+    let again = recording(&fx.cat, "c1.wav", "aa", 1003);
+    let (_, m2) = metadata(&fx.cat, "b2.csv", 1003);
+    let (_, decided) = fx
+        .cat
+        .add_rows(m2, &[row(2, "C1", &["c1.wav"], "a")], 1003, GRACE)
+        .unwrap();
+    assert!(
+        decided.contains(&again),
+        "the duplicate recording may leave the drop folder"
+    );
+    let l = &fx.cat.report_lines(m2).unwrap()[0];
+    assert_eq!(l.status, "forwarded");
+    assert!(l.detail.contains("identical"), "{}", l.detail);
+    assert!(
+        fx.cat.claim(1004, 10).unwrap().is_empty(),
+        "nothing is sent for an identical re-send"
+    );
+    // Now with a different agent: forwarded again, reported as updated.
+    let (_, m3) = metadata(&fx.cat, "b3.csv", 1005);
+    fx.cat
+        .add_rows(m3, &[row(2, "C1", &["c1.wav"], "b")], 1005, GRACE)
+        .unwrap();
+    forward_all(&fx.cat, 1006);
+    assert_eq!(fx.cat.report_lines(m3).unwrap()[0].status, "updated");
+}
+
+#[test]
+fn a_later_send_replaces_a_waiting_one_and_never_races_a_forwarding_one() {
+    let fx = fixture();
+    let (_, m1) = metadata(&fx.cat, "b1.csv", 1000);
+    fx.cat
+        .add_rows(m1, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
+        .unwrap();
+    let (_, m2) = metadata(&fx.cat, "b2.csv", 1001);
+    fx.cat
+        .add_rows(m2, &[row(2, "C1", &["c1.wav"], "b")], 1001, GRACE)
+        .unwrap();
+    let l = &fx.cat.report_lines(m1).unwrap()[0];
+    assert_eq!(l.status, "rejected");
+    assert!(
+        l.detail.contains("replaced by a later send: row 2 of b2.csv"),
+        "{}",
+        l.detail
+    );
+
+    recording(&fx.cat, "c1.wav", "aa", 1002);
+    let first = fx.cat.claim(1003, 10).unwrap();
+    assert_eq!(first.len(), 1);
+    // A third send arrives while the second is being forwarded: it waits its turn.
+    let (_, m3) = metadata(&fx.cat, "b3.csv", 1004);
+    fx.cat
+        .add_rows(m3, &[row(2, "C1", &["c1.wav"], "c")], 1004, GRACE)
+        .unwrap();
+    assert!(fx.cat.claim(1005, 10).unwrap().is_empty());
+    fx.cat.complete(first[0].id, &[], "dir:x", "k/", 1003, 1006).unwrap();
+    assert_eq!(fx.cat.claim(1007, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn recovery_requeues_interrupted_forwards() {
+    let fx = fixture();
+    recording(&fx.cat, "c1.wav", "aa", 1000);
+    let (_, m) = metadata(&fx.cat, "b.csv", 1000);
+    fx.cat
+        .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
+        .unwrap();
+    assert_eq!(fx.cat.claim(1001, 10).unwrap().len(), 1);
+    drop(fx.cat);
+    let cat = Catalog::open(&fx.path).unwrap();
+    assert_eq!(cat.recover(1002).unwrap(), 1);
+    let w = cat.claim(1003, 10).unwrap();
+    assert_eq!((w.len(), w[0].attempts), (1, 2));
+}
+
+#[test]
+fn transient_failures_back_off_and_permanent_ones_wait_for_retry() {
+    let fx = fixture();
+    recording(&fx.cat, "c1.wav", "aa", 1000);
+    let (_, m) = metadata(&fx.cat, "b.csv", 1000);
+    fx.cat
+        .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
+        .unwrap();
+    let w = fx.cat.claim(1001, 10).unwrap();
+    fx.cat.retry_later(w[0].id, "503 Slow Down", 5000, 1001).unwrap();
+    assert!(fx.cat.claim(4999, 10).unwrap().is_empty());
+    assert_eq!(fx.cat.next_due().unwrap(), Some(5000));
+    let w = fx.cat.claim(5000, 10).unwrap();
+    fx.cat.fail(w[0].id, "AccessDenied", 5001).unwrap();
+    assert_eq!(states(&fx.cat), [("C1".into(), "failed".into())]);
+    assert_eq!(fx.cat.report_lines(m).unwrap()[0].detail, "AccessDenied");
+    assert!(fx.cat.claim(99_999, 10).unwrap().is_empty());
+    assert_eq!(fx.cat.retry(Some("acme"), None, 6000, GRACE).unwrap(), 1);
+    assert_eq!(fx.cat.claim(6000, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn grace_expires_rows_and_orphans_recordings_and_late_audio_revives() {
+    let fx = fixture();
+    let (_, m) = metadata(&fx.cat, "b.csv", 1000);
+    fx.cat
+        .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
+        .unwrap();
+    recording(&fx.cat, "stray.wav", "aa", 1000);
+    assert_eq!(fx.cat.expire(1000 + GRACE - 1, GRACE).unwrap(), (0, 0));
+    assert_eq!(fx.cat.expire(1000 + GRACE, GRACE).unwrap(), (1, 1));
+    let l = &fx.cat.report_lines(m).unwrap()[0];
+    assert_eq!(l.status, "expired");
+    assert!(l.detail.contains("c1.wav"), "{}", l.detail);
+    assert_eq!(fx.cat.orphan_lines("acme").unwrap()[0].recording, "stray.wav");
+    // The recording turns up late: the row is revived rather than the call lost.
+    recording(&fx.cat, "c1.wav", "bb", 1000 + GRACE + 5);
+    assert_eq!(states(&fx.cat), [("C1".into(), "ready".into())]);
+}
+
+#[test]
+fn vanished_recordings_put_the_conversation_back_to_waiting() {
+    let fx = fixture();
+    let f = recording(&fx.cat, "c1.wav", "aa", 1000);
+    let (_, m) = metadata(&fx.cat, "b.csv", 1000);
+    fx.cat
+        .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
+        .unwrap();
+    let w = fx.cat.claim(1001, 10).unwrap();
+    fx.cat.recording_vanished(w[0].id, f, "deleted", 1002, GRACE).unwrap();
+    assert_eq!(states(&fx.cat), [("C1".into(), "waiting".into())]);
+    recording(&fx.cat, "c1.wav", "aa", 1003);
+    assert_eq!(states(&fx.cat), [("C1".into(), "ready".into())]);
+}
+
+#[test]
+fn whole_file_rejection_withdraws_rows_and_reports_one_line() {
+    let fx = fixture();
+    let (_, m) = metadata(&fx.cat, "b.csv", 1000);
+    fx.cat
+        .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
+        .unwrap();
+    fx.cat.finish_metadata(m, Err("not UTF-8 text".into())).unwrap();
+    assert!(states(&fx.cat).is_empty());
+    let lines = fx.cat.report_lines(m).unwrap();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(
+        (lines[0].status, lines[0].detail.as_str(), lines[0].row),
+        ("rejected", "not UTF-8 text", None)
+    );
+}
+
+#[test]
+fn report_staleness_survives_a_change_during_the_write() {
+    let fx = fixture();
+    let (_, m) = metadata(&fx.cat, "b.csv", 1000);
+    fx.cat
+        .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
+        .unwrap();
+    let stale = fx.cat.stale_reports(10).unwrap();
+    assert_eq!(stale.len(), 1);
+    // A row changes after the writer read the report but before it marked it written.
+    recording(&fx.cat, "c1.wav", "aa", 1001);
+    fx.cat.report_written(m, stale[0].version).unwrap();
+    assert_eq!(
+        fx.cat.stale_reports(10).unwrap().len(),
+        1,
+        "the newer change must still be written"
+    );
+    let again = fx.cat.stale_reports(10).unwrap();
+    fx.cat.report_written(m, again[0].version).unwrap();
+    assert!(fx.cat.stale_reports(10).unwrap().is_empty());
+}
+
+#[test]
+fn purge_after_retention() {
+    let fx = fixture();
+    let f = recording(&fx.cat, "c1.wav", "aa", 1000);
+    fx.cat.mark_archived(f, "/archive/x", 2000).unwrap();
+    assert!(fx.cat.purgeable(2999, 1000, 10).unwrap().is_empty());
+    let p = fx.cat.purgeable(3000, 1000, 10).unwrap();
+    assert_eq!((p.len(), p[0].path.as_str(), p[0].archived), (1, "/archive/x", true));
+    fx.cat.mark_purged(f, 3000).unwrap();
+    assert!(fx.cat.purgeable(9999, 1000, 10).unwrap().is_empty());
+}
