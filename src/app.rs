@@ -67,7 +67,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(intake.run(rx, cancel.clone()));
+    tracker.spawn(intake.run(rx, tx.clone(), cancel.clone()));
     let forwarder = Arc::new(Forwarder {
         catalog: catalog.clone(),
         drop: drop.clone(),

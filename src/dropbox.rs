@@ -152,12 +152,17 @@ impl DropRoot {
         fsutil::open_regular_nofollow(&base.join(rel.as_str()))
     }
 
-    /// Every regular, non-temporary file of a tenant (for start-up reconciliation), sorted so
-    /// that recordings come before metadata in each folder, as clients send them.
+    /// Every regular, non-temporary file of a tenant (for reconciliation), sorted by path. Our
+    /// own temp files, which only a crash leaves behind, are removed on the way.
     pub fn scan_tenant(&self, tenant: &TenantId) -> io::Result<Vec<RelPath>> {
+        self.scan(tenant, None)
+    }
+
+    /// Like [`DropRoot::scan_tenant`], limited to the folder `under` and below.
+    pub fn scan(&self, tenant: &TenantId, under: Option<&RelPath>) -> io::Result<Vec<RelPath>> {
         let base = self.tenant_dir(tenant);
         let mut out = Vec::new();
-        let mut stack = vec![String::new()];
+        let mut stack = vec![under.map_or(String::new(), |u| u.as_str().to_owned())];
         while let Some(dir) = stack.pop() {
             let abs = if dir.is_empty() { base.clone() } else { base.join(&dir) };
             let entries = match fs::read_dir(&abs) {
@@ -174,6 +179,11 @@ impl DropRoot {
                     continue;
                 };
                 let ft = entry.file_type()?;
+                if ft.is_file() && fsutil::is_our_temp(&name) {
+                    // Left by a crash mid-unzip; the archive is unpacked again.
+                    let _ = fs::remove_file(entry.path());
+                    continue;
+                }
                 if ft.is_dir() && !rel.in_reports() && !name.starts_with('.') {
                     stack.push(rel.0);
                 } else if ft.is_file() && !rel.in_reports() && !is_temp_name(&name) {

@@ -25,20 +25,29 @@ pub fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(tmp)
 }
 
+/// Whether a file name is one of our own temp names (left behind only by a crash).
+pub fn is_our_temp(name: &str) -> bool {
+    name.starts_with(".dropsync-") && name.ends_with(".tmp")
+}
+
 /// Writes `bytes` to `path` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_via(&temp_beside(path), path, bytes)
+}
+
+/// Like [`write_atomic`], staging the data at `tmp` (same file system as `path`).
+pub fn write_atomic_via(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let tmp = temp_beside(path);
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = File::create(tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)?;
+        fs::rename(tmp, path)?;
         sync_dir(dir)
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(tmp);
     }
     result
 }
@@ -77,21 +86,21 @@ pub fn hash_reader(reader: impl Read) -> io::Result<(u64, [u8; 32])> {
     hash_copy(reader, io::sink())
 }
 
-/// Copies `input` to `dst` atomically and durably, returning the bytes copied and their sha256.
-pub fn copy_atomic(input: impl Read, dst: &Path) -> io::Result<(u64, [u8; 32])> {
+/// Copies `input` to `dst` atomically and durably, staging it at `tmp` (same file system),
+/// returning the bytes copied and their sha256.
+pub fn copy_atomic_via(input: impl Read, tmp: &Path, dst: &Path) -> io::Result<(u64, [u8; 32])> {
     let dir = dst.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let tmp = temp_beside(dst);
     let result = (|| {
-        let mut out = File::create(&tmp)?;
+        let mut out = File::create(tmp)?;
         let copied = hash_copy(input, &mut out)?;
         out.sync_all()?;
-        fs::rename(&tmp, dst)?;
+        fs::rename(tmp, dst)?;
         sync_dir(dir)?;
         Ok(copied)
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(tmp);
     }
     result
 }

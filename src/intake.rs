@@ -22,6 +22,9 @@ use crate::tenant::{Tenant, TenantId};
 /// Rows committed per transaction while parsing a metadata file.
 const ROWS_PER_CHUNK: usize = 2000;
 
+/// How long a file found without an event must stay unchanged before it counts as arrived.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
     #[error(transparent)]
@@ -44,8 +47,13 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Consumes ingress events until cancelled.
-    pub async fn run(self, mut rx: mpsc::Receiver<IngressEvent>, cancel: CancellationToken) {
+    /// Consumes ingress events until cancelled. `tx` feeds files that are settling back in.
+    pub async fn run(
+        self,
+        mut rx: mpsc::Receiver<IngressEvent>,
+        tx: mpsc::Sender<IngressEvent>,
+        cancel: CancellationToken,
+    ) {
         loop {
             let event = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -53,17 +61,76 @@ impl Intake {
             };
             let this = self.clone();
             let result = tokio::task::spawn_blocking(move || match event {
-                IngressEvent::Arrived(a) => this.handle(&a),
-                IngressEvent::Rescan => this.reconcile(),
+                IngressEvent::Arrived(a) => this.handle(&a).map(|()| Vec::new()),
+                IngressEvent::Rescan => this.reconcile().map(|()| Vec::new()),
+                IngressEvent::FolderCreated { tenant, rel } => this.unannounced_in(&tenant, &rel),
+                IngressEvent::Settling {
+                    arrived,
+                    size,
+                    mtime_ns,
+                } => this.settled(arrived, size, mtime_ns),
             })
             .await;
             match result {
-                Ok(Ok(())) => {}
+                Ok(Ok(settling)) if !settling.is_empty() => {
+                    let (tx, cancel) = (tx.clone(), cancel.clone());
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = tokio::time::sleep(SETTLE) => {
+                                for e in settling {
+                                    if tx.send(e).await.is_err() { break; }
+                                }
+                            }
+                        }
+                    });
+                }
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "intake failed; the file will be picked up by the next scan"),
                 Err(e) => tracing::error!(error = %e, "intake task panicked"),
             }
             self.reports.notify_one();
         }
+    }
+
+    /// Files in a new folder that no event announced: each is checked again after [`SETTLE`].
+    /// (Lost to a crash or stop meanwhile? The start-up scan finds them.)
+    fn unannounced_in(&self, tenant: &TenantId, dir: &RelPath) -> Result<Vec<IngressEvent>, IntakeError> {
+        let mut out = Vec::new();
+        for rel in self.drop.scan(tenant, Some(dir))? {
+            if let Some((size, mtime_ns)) = self.stat(tenant, &rel) {
+                let arrived = Arrived {
+                    tenant: tenant.clone(),
+                    rel,
+                    via: Via::Local,
+                };
+                out.push(IngressEvent::Settling {
+                    arrived,
+                    size,
+                    mtime_ns,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A settling file arrives if it did not change; otherwise it settles again.
+    fn settled(&self, a: Arrived, size: u64, mtime_ns: i64) -> Result<Vec<IngressEvent>, IntakeError> {
+        match self.stat(&a.tenant, &a.rel) {
+            None => Ok(Vec::new()),
+            Some((s, m)) if (s, m) == (size, mtime_ns) => self.handle(&a).map(|()| Vec::new()),
+            Some((size, mtime_ns)) => Ok(vec![IngressEvent::Settling {
+                arrived: a,
+                size,
+                mtime_ns,
+            }]),
+        }
+    }
+
+    fn stat(&self, tenant: &TenantId, rel: &RelPath) -> Option<(u64, i64)> {
+        let meta = std::fs::symlink_metadata(self.drop.path_of(tenant, rel)).ok()?;
+        meta.is_file()
+            .then(|| (meta.len(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec()))
     }
 
     fn tenant(&self, id: &TenantId) -> Option<&Tenant> {

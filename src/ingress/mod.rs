@@ -23,4 +23,16 @@ pub enum IngressEvent {
     Arrived(Arrived),
     /// Events may have been lost (watch queue overflow): reconcile every drop folder.
     Rescan,
+    /// A folder appeared in a drop folder. Files written into it before the watch on it was in
+    /// place sent no event; they are looked for, and count as arrived once they stop changing.
+    FolderCreated {
+        tenant: TenantId,
+        rel: RelPath,
+    },
+    /// A file found without an event, to be checked again: it arrives if still `size`/`mtime_ns`.
+    Settling {
+        arrived: Arrived,
+        size: u64,
+        mtime_ns: i64,
+    },
 }

@@ -2,7 +2,7 @@
 //! rename-into-place into arrivals. Temp names are ignored until renamed; a queue overflow asks
 //! for a full rescan. The start-up reconciliation scan lives in [`crate::intake`].
 
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -37,6 +37,12 @@ pub fn start(drop: DropRoot, tx: mpsc::Sender<IngressEvent>) -> Result<DropWatch
         if event.need_rescan() {
             tracing::warn!("file watch queue overflowed; rescanning drop folders");
             let _ = tx.blocking_send(IngressEvent::Rescan);
+            return;
+        }
+        if let (EventKind::Create(CreateKind::Folder), Some(path)) = (event.kind, event.paths.first()) {
+            if let Some((tenant, rel)) = drop.locate(path) {
+                let _ = tx.blocking_send(IngressEvent::FolderCreated { tenant, rel });
+            }
             return;
         }
         let path = match event.kind {

@@ -1,0 +1,258 @@
+//! Runs the real binary against a temp folder, and waits on real conditions (with a bound)
+//! rather than sleeping.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dropsync");
+
+/// The mapping of tenant "acme" used by most tests.
+pub const ACME: &str = r#"
+[[tenants]]
+id = "acme"
+timezone = "UTC"
+[tenants.mapping]
+conversation_id = "Contact Reference"
+agent = "Agent Email"
+contact_time = "Contact Date"
+recording = "Audio Filename"
+"#;
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// A config with the dir sink, quick retries, `grace`, and `tenants` (TOML).
+    pub fn new(grace: &str, tenants: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("dropsync.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"var\"\n[sink]\ntype = \"dir\"\npath = \"var/outbox\"\n[matching]\ngrace = \"{grace}\"\n\
+                 [forwarding]\nretry_min = \"100ms\"\nretry_max = \"1s\"\n{tenants}"
+            ),
+        )
+        .unwrap();
+        Daemon {
+            dir,
+            config,
+            child: None,
+        }
+    }
+
+    pub fn drop_dir(&self, tenant: &str) -> PathBuf {
+        self.dir.path().join("var/drop").join(tenant)
+    }
+    pub fn outbox(&self) -> PathBuf {
+        self.dir.path().join("var/outbox")
+    }
+    pub fn report(&self, tenant: &str, name: &str) -> PathBuf {
+        self.drop_dir(tenant).join("reports").join(name)
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let drop = self.drop_dir("acme");
+        let db = self.dir.path().join("var/dropsync.db");
+        wait_for("the daemon to create its folders", Duration::from_secs(20), || {
+            drop.is_dir() && db.exists()
+        });
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// `kill -9`: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("not running");
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the daemon did not stop within 40 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Writes a file the way `cp` would (the close-after-write is the arrival).
+    pub fn put(&self, tenant: &str, rel: &str, bytes: &[u8]) {
+        let path = self.drop_dir(tenant).join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// Every forwarded conversation: conversation_id -> metadata.json.
+    pub fn forwarded(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut out = BTreeMap::new();
+        for path in walk(&self.outbox()) {
+            if path.file_name().is_some_and(|n| n == "metadata.json") {
+                let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                let id = doc["conversation_id"].as_str().unwrap().to_owned();
+                assert!(
+                    out.insert(id.clone(), doc).is_none(),
+                    "conversation {id} forwarded under two keys"
+                );
+            }
+        }
+        out
+    }
+
+    pub fn wait_forwarded(&self, n: usize, timeout: Duration) -> BTreeMap<String, serde_json::Value> {
+        wait_for(&format!("{n} forwarded conversations"), timeout, || {
+            self.forwarded().len() >= n
+        });
+        self.forwarded()
+    }
+
+    pub fn read_report(&self, tenant: &str, name: &str) -> Vec<Vec<String>> {
+        let text = std::fs::read(self.report(tenant, name)).unwrap_or_default();
+        let mut r = csv::ReaderBuilder::new().has_headers(true).from_reader(&text[..]);
+        r.records()
+            .map(|rec| rec.unwrap().iter().map(str::to_owned).collect())
+            .collect()
+    }
+
+    /// Waits until the report has `n` lines and none is `waiting`, returns them.
+    pub fn wait_report(&self, tenant: &str, name: &str, n: usize) -> Vec<Vec<String>> {
+        wait_for(
+            &format!("report {name} with {n} decided lines"),
+            Duration::from_secs(20),
+            || {
+                let lines = self.read_report(tenant, name);
+                lines.len() == n && lines.iter().all(|l| l[3] != "waiting")
+            },
+        );
+        self.read_report(tenant, name)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- daemon log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Files left in a drop folder, reports excluded.
+pub fn drop_files(d: &Daemon, tenant: &str) -> Vec<String> {
+    let root = d.drop_dir(tenant);
+    walk(&root)
+        .into_iter()
+        .map(|p| p.strip_prefix(&root).unwrap().to_string_lossy().into_owned())
+        .filter(|p| !p.starts_with("reports/"))
+        .collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Distinct bytes that look like a tiny WAV.
+pub fn audio(seed: &str, len: usize) -> Vec<u8> {
+    let mut v = b"RIFF....WAVEfmt ".to_vec();
+    let mut x = sha256_hex(seed.as_bytes()).into_bytes();
+    while v.len() < len {
+        x = sha256_hex(&x).into_bytes();
+        v.extend_from_slice(&x);
+    }
+    v.truncate(len);
+    v
+}
+
+pub const HEADER: &str = "Contact Reference,Agent Email,Contact Date,Audio Filename";
+
+pub fn csv_row(id: &str, recording: &str) -> String {
+    format!("{id},agent-{id}@acme.example,2019-05-03T09:27:23Z,{recording}")
+}
+
+/// Checks that a forwarded conversation's recordings are in the outbox with the recorded sha256
+/// and equal to `expected` bytes.
+pub fn assert_recordings(d: &Daemon, doc: &serde_json::Value, expected: &[(&str, &[u8])]) {
+    let recs = doc["recordings"].as_array().unwrap();
+    assert_eq!(recs.len(), expected.len(), "{doc}");
+    for (rec, (name, bytes)) in recs.iter().zip(expected) {
+        assert_eq!(rec["file"], *name);
+        let on_disk = std::fs::read(d.outbox().join(rec["key"].as_str().unwrap())).unwrap();
+        assert_eq!(on_disk, *bytes, "content of {name}");
+        assert_eq!(rec["sha256"], sha256_hex(bytes));
+        assert_eq!(rec["bytes"], bytes.len());
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests: the real `dropsync` binary on temporary configs and folders.
+
+mod crash;
+mod harness;
+mod pipeline;
