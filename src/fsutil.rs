@@ -52,6 +52,57 @@ pub fn write_atomic_via(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()>
     result
 }
 
+/// A file written under a temp name beside its final path and put in place by [`AtomicFile::commit`];
+/// dropped uncommitted, it leaves nothing behind.
+pub struct AtomicFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    file: Option<io::BufWriter<File>>,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> io::Result<AtomicFile> {
+        fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+        let tmp = temp_beside(path);
+        let file = io::BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+        Ok(AtomicFile {
+            tmp,
+            path: path.to_path_buf(),
+            file: Some(file),
+        })
+    }
+
+    /// fsync, rename into place, fsync the folder.
+    pub fn commit(mut self) -> io::Result<()> {
+        let file = self
+            .file
+            .take()
+            .expect("committed once")
+            .into_inner()
+            .map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&self.tmp, &self.path)?;
+        sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.as_mut().expect("not committed").write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().expect("not committed").flush()
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// Opens a regular file without following a symlink in its last component.
 pub fn open_regular_nofollow(path: &Path) -> io::Result<File> {
     let f = OpenOptions::new()

@@ -43,6 +43,7 @@ impl Archiver {
     /// between the two only repeats the move, which [`fsutil::move_durable`] tolerates.
     pub fn move_all(&self, list: &[ToArchive]) -> Result<(), CatalogError> {
         let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let mut moved: Vec<(i64, String)> = Vec::with_capacity(list.len());
         for item in list {
             let (Ok(tenant), Some(rel)) = (TenantId::parse(&item.tenant), RelPath::parse(&item.rel_path)) else {
                 continue;
@@ -54,9 +55,7 @@ impl Archiver {
                 rel.file_name()
             ));
             match fsutil::move_durable(&src, &dst) {
-                Ok(()) => self
-                    .catalog
-                    .mark_archived(item.file_id, &dst.to_string_lossy(), now_ms())?,
+                Ok(()) => moved.push((item.file_id, dst.to_string_lossy().into_owned())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     // Deleted by the tenant after it was decided: nothing left to keep.
                     self.catalog.files_gone(&[item.file_id], now_ms())?;
@@ -66,7 +65,7 @@ impl Archiver {
                 }
             }
         }
-        Ok(())
+        self.catalog.mark_archived(&moved, now_ms())
     }
 }
 

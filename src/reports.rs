@@ -16,12 +16,18 @@ use crate::tenant::TenantId;
 /// Changes within this window are written as one rewrite.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
+const REPORT_HEADER: [&str; 5] = ["row", "conversation_id", "recording", "status", "detail"];
+
+fn write_line<W: std::io::Write>(w: &mut csv::Writer<W>, l: &ReportLine) -> csv::Result<()> {
+    let row = l.row.map(|r| r.to_string()).unwrap_or_default();
+    w.write_record([row.as_str(), &l.conversation_id, &l.recording, l.status, &l.detail])
+}
+
 pub fn report_csv(lines: &[ReportLine]) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.write_record(["row", "conversation_id", "recording", "status", "detail"]);
+    let _ = w.write_record(REPORT_HEADER);
     for l in lines {
-        let row = l.row.map(|r| r.to_string()).unwrap_or_default();
-        let _ = w.write_record([row.as_str(), &l.conversation_id, &l.recording, l.status, &l.detail]);
+        let _ = write_line(&mut w, l);
     }
     w.into_inner().unwrap_or_default()
 }
@@ -46,6 +52,16 @@ pub fn orphans_csv(lines: &[OrphanLine]) -> Vec<u8> {
     w.into_inner().unwrap_or_default()
 }
 
+#[derive(Debug, thiserror::Error)]
+enum ReportError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Csv(#[from] csv::Error),
+}
+
 #[derive(Clone)]
 pub struct Reporter {
     pub catalog: Catalog,
@@ -57,11 +73,15 @@ impl Reporter {
     pub async fn run(self, cancel: CancellationToken) {
         loop {
             let this = self.clone();
+            let started = std::time::Instant::now();
             match tokio::task::spawn_blocking(move || this.write_stale()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot write reports"),
                 Err(e) => tracing::error!(error = %e, "report task panicked"),
             }
+            // Big reports are rewritten less often, so that they take a bounded share of the
+            // catalog's time (about a fifth) however large a batch is.
+            let pause = DEBOUNCE.max(started.elapsed() * 4);
             tokio::select! {
                 _ = cancel.cancelled() => {
                     // Last pass so reports match what happened before the stop.
@@ -69,7 +89,7 @@ impl Reporter {
                     let _ = tokio::task::spawn_blocking(move || this.write_stale()).await;
                     return;
                 }
-                _ = self.wake.notified() => tokio::time::sleep(DEBOUNCE).await,
+                _ = self.wake.notified() => tokio::time::sleep(pause).await,
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
@@ -84,14 +104,14 @@ impl Reporter {
                     self.catalog.report_written(r.metadata_file_id, r.version)?;
                     continue;
                 };
-                let lines = self.catalog.report_lines(r.metadata_file_id)?;
                 let path = self
                     .drop
                     .tenant_dir(&tenant)
                     .join(REPORTS_DIR)
                     .join(format!("{}.report.csv", rel.as_str()));
-                match fsutil::write_atomic(&path, &report_csv(&lines)) {
+                match self.write_report(r.metadata_file_id, &path) {
                     Ok(()) => self.catalog.report_written(r.metadata_file_id, r.version)?,
+                    Err(ReportError::Catalog(e)) => return Err(e),
                     Err(e) => {
                         tracing::warn!(tenant = %tenant, file = rel.as_str(), error = %e, "cannot write report");
                         return Ok(());
@@ -102,6 +122,27 @@ impl Reporter {
                 break;
             }
         }
+        self.write_orphans()
+    }
+
+    /// Streams one report into place; memory stays bounded by a line.
+    fn write_report(&self, metadata_file_id: i64, path: &std::path::Path) -> Result<(), ReportError> {
+        let mut w = csv::Writer::from_writer(fsutil::AtomicFile::create(path)?);
+        w.write_record(REPORT_HEADER)?;
+        let mut failed = None;
+        self.catalog.each_report_line(metadata_file_id, |l| {
+            if failed.is_none() {
+                failed = write_line(&mut w, &l).err();
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        let file = w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(file.commit()?)
+    }
+
+    fn write_orphans(&self) -> Result<(), CatalogError> {
         for (tenant, version) in self.catalog.stale_orphan_reports()? {
             let Ok(tid) = TenantId::parse(&tenant) else { continue };
             let lines = self.catalog.orphan_lines(&tenant)?;

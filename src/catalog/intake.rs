@@ -359,15 +359,30 @@ fn attach_arrival(
     now: i64,
     decided: &mut Vec<i64>,
 ) -> Result<usize> {
-    let convs: Vec<i64> = tx
-        .prepare_cached(
-            "UPDATE recordings SET file_id = ?1
-             WHERE tenant = ?2 AND dir = ?3 AND file_id IS NULL AND (name = ?4 OR stem = ?5)
-               AND conversation IN (SELECT id FROM conversations WHERE state IN ('waiting', 'expired'))
+    // By name, then by stem: one indexed lookup each (an OR of the two would scan the folder).
+    let mut convs: Vec<i64> = Vec::new();
+    for (sql, key) in [
+        (
+            "UPDATE recordings SET file_id = ?1 WHERE tenant = ?2 AND dir = ?3 AND name = ?4 AND file_id IS NULL
+               AND EXISTS (SELECT 1 FROM conversations c WHERE c.id = recordings.conversation AND c.state IN ('waiting', 'expired'))
              RETURNING conversation",
-        )?
-        .query_map(params![file_id, tenant, dir, name, stem_of(name)], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+            name,
+        ),
+        (
+            "UPDATE recordings SET file_id = ?1 WHERE tenant = ?2 AND dir = ?3 AND stem = ?4 AND file_id IS NULL
+               AND EXISTS (SELECT 1 FROM conversations c WHERE c.id = recordings.conversation AND c.state IN ('waiting', 'expired'))
+             RETURNING conversation",
+            stem_of(name),
+        ),
+    ] {
+        let mut stmt = tx.prepare_cached(sql)?;
+        let found: Vec<i64> = stmt.query_map(params![file_id, tenant, dir, key], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        for conv in found {
+            if !convs.contains(&conv) {
+                convs.push(conv);
+            }
+        }
+    }
     let mut completed = 0;
     for conv in convs {
         if is_complete(tx, conv)? {
@@ -474,12 +489,17 @@ fn add_row(
             RecordingRef::Stem(s) => (None, Some(s.as_str())),
         };
         // The newest present recording of that name (or stem) in the same folder.
+        // Two statements rather than `name = ? OR stem = ?`, which defeats both indexes.
+        let sql = if name.is_some() {
+            "SELECT id FROM files WHERE tenant = ?1 AND dir = ?2 AND name = ?3 AND state = 'present' AND kind = 'recording'
+             ORDER BY arrived_at DESC, id DESC LIMIT 1"
+        } else {
+            "SELECT id FROM files WHERE tenant = ?1 AND dir = ?2 AND stem = ?3 AND state = 'present' AND kind = 'recording'
+             ORDER BY arrived_at DESC, id DESC LIMIT 1"
+        };
         let file: Option<i64> = tx
-            .prepare_cached(
-                "SELECT id FROM files WHERE tenant = ?1 AND dir = ?2 AND state = 'present' AND kind = 'recording'
-                   AND (name = ?3 OR stem = ?4) ORDER BY arrived_at DESC, id DESC LIMIT 1",
-            )?
-            .query_row(params![tenant, dir, name, stem], |r| r.get(0))
+            .prepare_cached(sql)?
+            .query_row(params![tenant, dir, name.or(stem)], |r| r.get(0))
             .optional()?;
         if let Some(file) = file {
             tx.prepare_cached("UPDATE files SET orphan_since = NULL WHERE id = ?1 AND orphan_since IS NOT NULL")?

@@ -236,13 +236,20 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Records that a file was moved to the archive.
-    pub fn mark_archived(&self, file_id: i64, archive_path: &str, now: i64) -> Result<()> {
-        let conn = self.lock();
-        conn.prepare_cached(
-            "UPDATE files SET state = 'archived', archive_path = ?2, left_at = ?3 WHERE id = ?1 AND state = 'present'",
-        )?
-        .execute(params![file_id, archive_path, now])?;
+    /// Records that files were moved to the archive: (file id, archive path), one transaction.
+    pub fn mark_archived(&self, moved: &[(i64, String)], now: i64) -> Result<()> {
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for (file_id, archive_path) in moved {
+            tx.prepare_cached(
+                "UPDATE files SET state = 'archived', archive_path = ?2, left_at = ?3 WHERE id = ?1 AND state = 'present'",
+            )?
+            .execute(params![file_id, archive_path, now])?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -354,7 +361,8 @@ fn mark_gone(tx: &Transaction<'_>, file_id: i64, now: i64) -> Result<()> {
     .execute(params![file_id, now])?;
     tx.prepare_cached(
         "UPDATE recordings SET file_id = NULL WHERE file_id = ?1
-           AND conversation IN (SELECT id FROM conversations WHERE state IN ('waiting', 'expired', 'forwarding'))",
+           AND EXISTS (SELECT 1 FROM conversations c WHERE c.id = recordings.conversation
+                       AND c.state IN ('waiting', 'expired', 'forwarding'))",
     )?
     .execute([file_id])?;
     Ok(())

@@ -44,6 +44,7 @@ CREATE TABLE metadata_files (
     report_stale INTEGER NOT NULL DEFAULT 1   -- changes not yet in the report (0 = up to date)
 );
 CREATE INDEX metadata_stale ON metadata_files(id) WHERE report_stale > 0;
+CREATE INDEX metadata_file ON metadata_files(file_id);
 CREATE INDEX metadata_parsing ON metadata_files(id) WHERE status = 'parsing';
 
 -- Lines of a report that are not conversations (zip entries that were refused).
@@ -82,8 +83,11 @@ CREATE TABLE conversations (
 );
 CREATE INDEX conv_key ON conversations(tenant, conversation_id, state);
 CREATE INDEX conv_file ON conversations(metadata_file_id, conversation_id);
-CREATE INDEX conv_queue ON conversations(next_attempt_at) WHERE state = 'ready';
-CREATE INDEX conv_deadline ON conversations(deadline) WHERE state = 'waiting';
+CREATE INDEX conv_file_row ON conversations(metadata_file_id, row_no);
+CREATE INDEX conv_file_state ON conversations(metadata_file_id, state);
+-- The queue: equality on state, then due order, straight from the index (no sort per claim).
+CREATE INDEX conv_queue ON conversations(state, next_attempt_at, id);
+CREATE INDEX conv_deadline ON conversations(state, deadline);
 CREATE INDEX conv_state ON conversations(state, tenant);
 
 CREATE TABLE recordings (

@@ -207,7 +207,7 @@ fn resend_identical_is_a_no_op_and_changed_is_an_update() {
     forward_all(&fx.cat, 1001);
     // The client sends the same audio and row again (the first copies were archived).
     for a in fx.cat.all_archivable().unwrap() {
-        fx.cat.mark_archived(a.file_id, "x", 1002).unwrap();
+        fx.cat.mark_archived(&[(a.file_id, "x".into())], 1002).unwrap();
     }
     let again = recording(&fx.cat, "c1.wav", "aa", 1003);
     let (_, m2) = metadata(&fx.cat, "b2.csv", 1003);
@@ -381,7 +381,7 @@ fn report_staleness_survives_a_change_during_the_write() {
 fn purge_after_retention() {
     let fx = fixture();
     let f = recording(&fx.cat, "c1.wav", "aa", 1000);
-    fx.cat.mark_archived(f, "/archive/x", 2000).unwrap();
+    fx.cat.mark_archived(&[(f, "/archive/x".into())], 2000).unwrap();
     assert!(fx.cat.purgeable(2999, 1000, 10).unwrap().is_empty());
     let p = fx.cat.purgeable(3000, 1000, 10).unwrap();
     assert_eq!((p.len(), p[0].path.as_str(), p[0].archived), (1, "/archive/x", true));

@@ -124,53 +124,56 @@ impl Catalog {
         Ok(rows)
     }
 
-    /// The lines of one report.
+    /// The lines of one report, collected (tests, small reports).
     pub fn report_lines(&self, metadata_file_id: i64) -> Result<Vec<ReportLine>> {
+        let mut lines = Vec::new();
+        self.each_report_line(metadata_file_id, |l| lines.push(l))?;
+        Ok(lines)
+    }
+
+    /// Streams the lines of one report to `f`, so a million-row report is never in memory.
+    pub fn each_report_line(&self, metadata_file_id: i64, mut f: impl FnMut(ReportLine)) -> Result<()> {
         let conn = self.lock();
         let (status, reason): (String, Option<String>) = conn
             .prepare_cached("SELECT status, reason FROM metadata_files WHERE id = ?1")?
             .query_row([metadata_file_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let mut lines = Vec::new();
         if status == "rejected" {
-            lines.push(ReportLine {
+            f(ReportLine {
                 row: None,
                 conversation_id: String::new(),
                 recording: String::new(),
                 status: "rejected",
                 detail: reason.unwrap_or_default(),
             });
-            return Ok(lines);
+            return Ok(());
         }
         let mut stmt =
             conn.prepare_cached("SELECT line, name, reason FROM refusals WHERE metadata_file_id = ?1 ORDER BY line")?;
-        for r in stmt.query_map([metadata_file_id], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-        })? {
-            let (line, name, reason) = r?;
-            lines.push(ReportLine {
-                row: Some(line),
+        let mut rows = stmt.query([metadata_file_id])?;
+        while let Some(r) = rows.next()? {
+            f(ReportLine {
+                row: Some(r.get(0)?),
                 conversation_id: String::new(),
-                recording: name,
+                recording: r.get(1)?,
                 status: "rejected",
-                detail: reason,
+                detail: r.get(2)?,
             });
         }
         let mut stmt = conn.prepare_cached(
             "SELECT row_no, conversation_id, recording_text, state, updated, detail FROM conversations
              WHERE metadata_file_id = ?1 ORDER BY row_no",
         )?;
-        for r in stmt.query_map([metadata_file_id], |r| {
-            Ok(ReportLine {
+        let mut rows = stmt.query([metadata_file_id])?;
+        while let Some(r) = rows.next()? {
+            f(ReportLine {
                 row: Some(r.get(0)?),
                 conversation_id: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
                 recording: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
                 status: report_status(&r.get::<_, String>(3)?, r.get(4)?),
                 detail: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
-            })
-        })? {
-            lines.push(r?);
+            });
         }
-        Ok(lines)
+        Ok(())
     }
 
     /// Marks a report written as of `version`; a change since then keeps it stale.

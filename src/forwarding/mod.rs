@@ -113,6 +113,10 @@ enum Outcome {
     Catalog(crate::catalog::CatalogError),
 }
 
+/// Conversations a worker claims in one transaction: fewer commits, while several workers
+/// still share a short queue.
+const CLAIM_BATCH: usize = 4;
+
 pub struct Forwarder {
     pub catalog: Catalog,
     pub drop: DropRoot,
@@ -133,9 +137,9 @@ impl Forwarder {
             if cancel.is_cancelled() {
                 return;
             }
-            let claimed = self.catalog.run(|c| c.claim(now_ms(), 1)).await;
-            let work = match claimed {
-                Ok(mut w) if !w.is_empty() => w.remove(0),
+            let claimed = self.catalog.run(|c| c.claim(now_ms(), CLAIM_BATCH)).await;
+            let batch = match claimed {
+                Ok(w) if !w.is_empty() => w,
                 Ok(_) => {
                     let wait = match self.catalog.run(|c| c.next_due()).await {
                         Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(10, 5000) as u64),
@@ -159,9 +163,11 @@ impl Forwarder {
             };
             // There was work: let another worker look for more, so parallelism builds up.
             self.wake.notify_one();
-            // A claimed conversation is finished even during shutdown: it is short, and if the
-            // process dies anyway, the catalog replays it.
-            self.forward_one(work).await;
+            // Claimed conversations are finished even during shutdown: they are short, and if
+            // the process dies anyway, the catalog replays them.
+            for work in batch {
+                self.forward_one(work).await;
+            }
         }
     }
 
