@@ -36,25 +36,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if recovered > 0 {
         tracing::warn!(recovered, "conversations interrupted mid-forward are queued again");
     }
-    let drop = DropRoot::new(config.drop_root());
+    let drops = DropRoot::new(config.drop_root());
     for t in &config.tenants {
-        drop.ensure_tenant(&t.id)
+        drops
+            .ensure_tenant(&t.id)
             .with_context(|| format!("creating the drop folder of {}", t.id))?;
     }
     let sink = Sink::from_config(&config.sink).context("setting up the sink")?;
     let archiver = Archiver {
         catalog: catalog.clone(),
-        drop: drop.clone(),
+        drop: drops.clone(),
         archive_root: config.archive_root(),
     };
     let forwarder_wake = Arc::new(Notify::new());
     let reports_wake = Arc::new(Notify::new());
 
     let (tx, rx) = mpsc::channel(8192);
-    let _watch = watch::start(drop.clone(), tx.clone()).context("watching the drop folders")?;
+    let _watch = watch::start(drops.clone(), tx.clone()).context("watching the drop folders")?;
     let intake = Intake {
         catalog: catalog.clone(),
-        drop: drop.clone(),
+        drop: drops.clone(),
         config: config.clone(),
         archiver: archiver.clone(),
         forwarder: forwarder_wake.clone(),
@@ -67,10 +68,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(intake.run(rx, tx.clone(), cancel.clone()));
+    tracker.spawn(intake.run(rx, tx.clone(), tracker.clone(), cancel.clone()));
     let forwarder = Arc::new(Forwarder {
         catalog: catalog.clone(),
-        drop: drop.clone(),
+        drop: drops.clone(),
         sink,
         archiver,
         retry_min: config.forwarding.retry_min,
@@ -85,7 +86,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracker.spawn(
         Reporter {
             catalog: catalog.clone(),
-            drop: drop.clone(),
+            drop: drops.clone(),
             wake: reports_wake.clone(),
         }
         .run(cancel.clone()),
@@ -93,7 +94,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracker.spawn(
         Housekeeper {
             catalog: catalog.clone(),
-            drop: drop.clone(),
+            drop: drops.clone(),
             grace: config.matching.grace,
             retention: config.retention.local,
             reports: reports_wake,
@@ -106,14 +107,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     shutdown.await;
     tracing::info!("stopping: finishing in-flight work");
     cancel.cancel();
-    drop_sender(tx);
+    drop(tx);
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
         tracing::warn!("in-flight work did not finish within {DRAIN_TIMEOUT:?}; it is replayed at the next start");
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-fn drop_sender<T>(tx: mpsc::Sender<T>) {
-    std::mem::drop(tx);
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, CatalogError, NewFile, Registered, RowInput, Via, ms, now_ms};
 use crate::config::Config;
@@ -52,6 +53,7 @@ impl Intake {
         self,
         mut rx: mpsc::Receiver<IngressEvent>,
         tx: mpsc::Sender<IngressEvent>,
+        tracker: TaskTracker,
         cancel: CancellationToken,
     ) {
         loop {
@@ -74,7 +76,7 @@ impl Intake {
             match result {
                 Ok(Ok(settling)) if !settling.is_empty() => {
                     let (tx, cancel) = (tx.clone(), cancel.clone());
-                    tokio::spawn(async move {
+                    tracker.spawn(async move {
                         tokio::select! {
                             _ = cancel.cancelled() => {}
                             _ = tokio::time::sleep(SETTLE) => {

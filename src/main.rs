@@ -118,7 +118,7 @@ fn init_logging(format: LogFormat) {
 fn run(config: Config) -> anyhow::Result<()> {
     init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
@@ -133,7 +133,11 @@ fn run(config: Config) -> anyhow::Result<()> {
             });
         };
         dropsync::app::run(config, shutdown).await
-    })
+    });
+    // A blocking step still running after the drain (a huge parse) is abandoned: the catalog
+    // resumes it at the next start.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn open_catalog(config: &Config) -> anyhow::Result<Catalog> {
