@@ -19,7 +19,9 @@ use crate::config::Config;
 use crate::dropbox::DropRoot;
 use crate::forwarding::{Forwarder, Sink};
 use crate::housekeeping::{Archiver, Housekeeper};
-use crate::ingress::watch;
+use crate::ingress::sftp::SftpServer;
+use crate::ingress::sftp::auth::KeyStore;
+use crate::ingress::{ViaHints, watch};
 use crate::intake::Intake;
 use crate::reports::Reporter;
 
@@ -52,6 +54,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let reports_wake = Arc::new(Notify::new());
 
     let (tx, rx) = mpsc::channel(8192);
+    let hints = ViaHints::default();
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    // The SFTP listener is bound before anything else is announced, so a port in use fails
+    // the start-up rather than a client later.
+    if let Some(sftp) = &config.sftp {
+        let listener = tokio::net::TcpListener::bind(sftp.listen)
+            .await
+            .with_context(|| format!("binding the SFTP listener on {}", sftp.listen))?;
+        let keys = KeyStore::from_tenants(&config.tenants).context("loading tenants' SSH keys")?;
+        let server = SftpServer::new(
+            sftp.clone(),
+            keys,
+            drops.clone(),
+            tx.clone(),
+            hints.clone(),
+            tracker.clone(),
+        )
+        .context("setting up the SFTP server")?;
+        tracing::info!(listen = %listener.local_addr()?, "sftp listening");
+        tracker.spawn(server.run(listener, cancel.clone()));
+    }
     let _watch = watch::start(drops.clone(), tx.clone()).context("watching the drop folders")?;
     let intake = Intake {
         catalog: catalog.clone(),
@@ -60,14 +84,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         archiver: archiver.clone(),
         forwarder: forwarder_wake.clone(),
         reports: reports_wake.clone(),
+        hints,
     };
     let scan = intake.clone();
     tokio::task::spawn_blocking(move || scan.reconcile())
         .await?
         .context("start-up scan of the drop folders")?;
 
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
     tracker.spawn(intake.run(rx, tx.clone(), tracker.clone(), cancel.clone()));
     let forwarder = Arc::new(Forwarder {
         catalog: catalog.clone(),

@@ -457,7 +457,7 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
                 .map(|h| resolve(&base, &h))
                 .unwrap_or_else(|| state_dir.join("ssh_host_ed25519_key")),
             max_sessions: s.max_sessions.unwrap_or(256),
-            max_sessions_per_ip: s.max_sessions_per_ip.unwrap_or(32),
+            max_sessions_per_ip: s.max_sessions_per_ip.unwrap_or(64),
             login_grace: p.duration("sftp.login_grace", s.login_grace.as_deref(), Duration::from_secs(30)),
             idle_timeout: p.duration("sftp.idle_timeout", s.idle_timeout.as_deref(), Duration::from_secs(900)),
             max_auth_failures: s.max_auth_failures.unwrap_or(6),

@@ -16,7 +16,7 @@ use crate::catalog::{Catalog, CatalogError, NewFile, Registered, RowInput, Via, 
 use crate::config::Config;
 use crate::dropbox::{self, DropRoot, FileKind, RelPath};
 use crate::housekeeping::Archiver;
-use crate::ingress::{Arrived, IngressEvent};
+use crate::ingress::{Arrived, IngressEvent, ViaHints};
 use crate::matching::{self, MetadataFormat, ReadError, RowContext, RowVerdict};
 use crate::tenant::{Tenant, TenantId};
 
@@ -45,6 +45,8 @@ pub struct Intake {
     pub forwarder: Arc<Notify>,
     /// Woken when reports may be out of date.
     pub reports: Arc<Notify>,
+    /// How files written by our own ingresses arrived.
+    pub hints: ViaHints,
 }
 
 impl Intake {
@@ -168,11 +170,12 @@ impl Intake {
             FileKind::Recording => Some(hex::encode(crate::fsutil::hash_reader(&file)?.1)),
             _ => None,
         };
+        let via = self.hints.take(&self.drop.path_of(&a.tenant, &a.rel)).unwrap_or(a.via);
         let new = NewFile {
             tenant: a.tenant.as_str(),
             rel: &a.rel,
             kind,
-            via: a.via,
+            via,
             size: meta.len(),
             mtime_ns,
             sha256,

@@ -4,7 +4,12 @@
 //! Today: [`watch`], which sees files that any process closes or renames into a drop folder.
 //! The SFTP server and the FTP poller plug in here with the same event.
 
+pub mod sftp;
 pub mod watch;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::catalog::Via;
 use crate::dropbox::RelPath;
@@ -35,4 +40,25 @@ pub enum IngressEvent {
         size: u64,
         mtime_ns: i64,
     },
+}
+
+/// How files that an ingress of ours wrote reached their drop folder. The watcher sees those
+/// files too, and may report them first; intake asks here so that `via` is right either way.
+#[derive(Clone, Default)]
+pub struct ViaHints(Arc<Mutex<HashMap<PathBuf, Via>>>);
+
+/// Hints not taken (the file vanished before intake saw it) are dropped past this many.
+const MAX_HINTS: usize = 100_000;
+
+impl ViaHints {
+    pub fn note(&self, path: PathBuf, via: Via) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_HINTS {
+            map.clear();
+        }
+        map.insert(path, via);
+    }
+    pub fn take(&self, path: &Path) -> Option<Via> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(path)
+    }
 }

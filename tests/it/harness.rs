@@ -26,17 +26,92 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     child: Option<Child>,
+    pub sftp_port: u16,
 }
 
 impl Daemon {
     /// A config with the dir sink, quick retries, `grace`, and `tenants` (TOML).
     pub fn new(grace: &str, tenants: &str) -> Daemon {
+        Self::with_extra(grace, tenants, "")
+    }
+
+    /// Like [`Daemon::new`], plus SFTP on a free loopback port with tenants "acme" (key
+    /// `acme_key`, the usual mapping) and "beta" (key `beta_key`); keys are made now.
+    pub fn with_sftp(extra_sftp: &str) -> Daemon {
+        let port = free_port();
+        let tenants = ACME.replace(
+            "timezone = \"UTC\"\n",
+            "timezone = \"UTC\"\nauthorized_keys_file = \"acme_key.pub\"\n",
+        ) + "\n[[tenants]]\nid = \"beta\"\nauthorized_keys_file = \"beta_key.pub\"\n";
+        let sftp = format!("[sftp]\nlisten = \"127.0.0.1:{port}\"\n{extra_sftp}\n");
+        let mut d = Self::with_extra("1h", &tenants, &sftp);
+        d.sftp_port = port;
+        for name in ["acme_key", "beta_key"] {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+                .arg(d.dir.path().join(name))
+                .output()
+                .expect("ssh-keygen is missing: install openssh-client (./scripts/test does)");
+            assert!(out.status.success());
+        }
+        d
+    }
+
+    pub fn key(&self, tenant: &str) -> PathBuf {
+        self.dir.path().join(format!("{tenant}_key"))
+    }
+
+    /// Runs OpenSSH `sftp -b` with `batch` as `user`, using `tenant`'s key.
+    pub fn sftp_batch(&self, user: &str, tenant_key: &str, batch: &str) -> Output {
+        let file = self.dir.path().join(format!("batch-{}", fastrand::u64(..)));
+        std::fs::write(&file, batch).unwrap();
+        let out = Command::new("sftp")
+            .arg("-b")
+            .arg(&file)
+            .args(SSH_OPTS)
+            .arg("-i")
+            .arg(self.key(tenant_key))
+            .arg("-P")
+            .arg(self.sftp_port.to_string())
+            .arg(format!("{user}@127.0.0.1"))
+            .current_dir(self.dir.path())
+            .output()
+            .expect("OpenSSH sftp is missing: install openssh-client (./scripts/test does)");
+        let _ = std::fs::remove_file(file);
+        out
+    }
+
+    /// Runs a Python script with paramiko; `ARGS` holds port, key and folder.
+    pub fn paramiko(&self, script: &str) -> Output {
+        let prelude = format!(
+            "import paramiko, sys, os, json\nPORT={}\nKEY={:?}\nDIR={:?}\n\
+             def connect(user='acme', key=KEY):\n    t = paramiko.Transport(('127.0.0.1', PORT))\n    \
+             t.connect(username=user, pkey=paramiko.Ed25519Key.from_private_key_file(key))\n    \
+             return t, paramiko.SFTPClient.from_transport(t)\n",
+            self.sftp_port,
+            self.key("acme").display().to_string(),
+            self.dir.path().display().to_string()
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(format!("{prelude}{script}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("No module named 'paramiko'"),
+            "paramiko is missing: pip install paramiko (./scripts/test does)"
+        );
+        out
+    }
+
+    fn with_extra(grace: &str, tenants: &str, top: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("dropsync.toml");
         std::fs::write(
             &config,
             format!(
-                "state_dir = \"var\"\n[sink]\ntype = \"dir\"\npath = \"var/outbox\"\n[matching]\ngrace = \"{grace}\"\n\
+                "state_dir = \"var\"\n{top}[sink]\ntype = \"dir\"\npath = \"var/outbox\"\n[matching]\ngrace = \"{grace}\"\n\
                  [forwarding]\nretry_min = \"100ms\"\nretry_max = \"1s\"\n{tenants}"
             ),
         )
@@ -45,6 +120,7 @@ impl Daemon {
             dir,
             config,
             child: None,
+            sftp_port: 0,
         }
     }
 
@@ -179,6 +255,25 @@ impl Drop for Daemon {
             eprintln!("--- daemon log ---\n{}", self.log());
         }
     }
+}
+
+/// OpenSSH client options for a throwaway server key.
+pub const SSH_OPTS: [&str; 6] = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+];
+
+/// A loopback port free right now (the kernel picks it; the daemon binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` every 20 ms until it holds; panics naming `what` after `timeout`.

@@ -1,0 +1,153 @@
+//! Who may log in: each tenant's public keys (inline `authorized_keys` and an OpenSSH
+//! `authorized_keys_file`), and per-IP accounting of failed logins with temporary bans.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use russh::keys::ssh_key::{AuthorizedKeys, PublicKey, public::KeyData};
+
+use crate::tenant::{Tenant, TenantId};
+
+/// Tenant id -> the key material it may log in with (comments and options do not count).
+#[derive(Debug, Default, Clone)]
+pub struct KeyStore {
+    keys: HashMap<String, (TenantId, Vec<KeyData>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("tenant {tenant}: {message}")]
+pub struct KeyError {
+    pub tenant: String,
+    pub message: String,
+}
+
+/// Parses OpenSSH authorized_keys text; options before the key are accepted and ignored.
+pub fn parse_authorized_keys(text: &str) -> Result<Vec<KeyData>, String> {
+    let mut out = Vec::new();
+    for (i, entry) in AuthorizedKeys::new(text).enumerate() {
+        match entry {
+            Ok(e) => out.push(e.public_key().key_data().clone()),
+            Err(e) => return Err(format!("key {} cannot be read: {e}", i + 1)),
+        }
+    }
+    Ok(out)
+}
+
+impl KeyStore {
+    pub fn from_tenants(tenants: &[Tenant]) -> Result<KeyStore, KeyError> {
+        let mut keys = HashMap::new();
+        for t in tenants {
+            let err = |message: String| KeyError {
+                tenant: t.id.to_string(),
+                message,
+            };
+            let mut list = Vec::new();
+            for line in &t.authorized_keys {
+                list.extend(parse_authorized_keys(line).map_err(err)?);
+            }
+            if let Some(file) = &t.authorized_keys_file {
+                let text =
+                    std::fs::read_to_string(file).map_err(|e| err(format!("cannot read {}: {e}", file.display())))?;
+                list.extend(parse_authorized_keys(&text).map_err(err)?);
+            }
+            keys.insert(t.id.as_str().to_owned(), (t.id.clone(), list));
+        }
+        Ok(KeyStore { keys })
+    }
+
+    /// The tenant `user` is, if `key` is one of its keys.
+    pub fn check(&self, user: &str, key: &PublicKey) -> Option<TenantId> {
+        let (id, keys) = self.keys.get(user)?;
+        keys.iter().any(|k| k == key.key_data()).then(|| id.clone())
+    }
+}
+
+/// Failed logins per IP; an IP with `max_failures` failed connections within `ban_time` is
+/// refused for `ban_time`.
+pub struct Bans {
+    max_failures: u32,
+    ban_time: Duration,
+    state: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+/// Failed logins of one address: how many, since when, and banned until when.
+type Failures = (u32, Instant, Option<Instant>);
+
+impl Bans {
+    pub fn new(max_failures: u32, ban_time: Duration) -> Self {
+        Bans {
+            max_failures: max_failures.max(1),
+            ban_time,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.get(&ip) {
+            Some((_, _, Some(until))) if *until > Instant::now() => true,
+            Some((_, _, Some(_))) => {
+                state.remove(&ip);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Records a failed login; returns true if the IP is now banned.
+    pub fn failed(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget IPs whose window passed, so the map stays small.
+        if state.len() > 10_000 {
+            state.retain(|_, (_, since, until)| {
+                until.is_some_and(|u| u > now) || now.duration_since(*since) < self.ban_time
+            });
+        }
+        let entry = state.entry(ip).or_insert((0, now, None));
+        if now.duration_since(entry.1) > self.ban_time {
+            *entry = (0, now, None);
+        }
+        entry.0 += 1;
+        if entry.0 >= self.max_failures {
+            entry.2 = Some(now + self.ban_time);
+            return true;
+        }
+        false
+    }
+
+    pub fn succeeded(&self, ip: IpAddr) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+
+    #[test]
+    fn keys_match_by_material_not_comment_and_options_are_tolerated() {
+        let with_opts = format!("no-pty,from=\"10.0.0.0/8\" {ED} ops@acme");
+        let a = parse_authorized_keys(&with_opts).unwrap();
+        let b = parse_authorized_keys(&format!("{ED} someone-else")).unwrap();
+        assert_eq!(a, b);
+        assert!(parse_authorized_keys("ssh-ed25519 notbase64").is_err());
+        assert_eq!(parse_authorized_keys("# comment\n\n").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn bans_after_repeated_failures() {
+        let bans = Bans::new(3, Duration::from_secs(60));
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        assert!(!bans.failed(ip));
+        assert!(!bans.failed(ip));
+        assert!(!bans.is_banned(ip));
+        assert!(bans.failed(ip));
+        assert!(bans.is_banned(ip));
+        assert!(!bans.is_banned("127.0.0.8".parse().unwrap()));
+    }
+}

