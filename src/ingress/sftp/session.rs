@@ -188,6 +188,19 @@ impl Session {
             .map_err(|e| e.to_string())
     }
 
+    /// A file-system call whose only answer is a status.
+    async fn unit_op(
+        &self,
+        id: u32,
+        f: impl FnOnce(TenantFs) -> super::fs::FsResult<()> + Send + 'static,
+    ) -> Result<(), String> {
+        let reply = match self.blocking(f).await? {
+            Ok(()) => ok(id),
+            Err(e) => fs_err(id, e),
+        };
+        self.send(reply).await
+    }
+
     async fn dispatch(&mut self, packet: Packet) -> Result<(), String> {
         match packet {
             Packet::Write(w) => self.write(w).await,
@@ -239,11 +252,7 @@ impl Session {
             }
             Packet::SetStat(s) => {
                 let (path, attrs) = (s.path, s.attrs);
-                let reply = match self.blocking(move |fs| fs.setstat(&path, &attrs)).await? {
-                    Ok(()) => ok(s.id),
-                    Err(e) => fs_err(s.id, e),
-                };
-                self.send(reply).await
+                self.unit_op(s.id, move |fs| fs.setstat(&path, &attrs)).await
             }
             Packet::FSetStat(s) => {
                 let reply = match self.handles.get(&s.handle) {
@@ -256,30 +265,9 @@ impl Session {
                 };
                 self.send(reply).await
             }
-            Packet::Remove(r) => {
-                let path = r.filename;
-                let reply = match self.blocking(move |fs| fs.remove(&path)).await? {
-                    Ok(()) => ok(r.id),
-                    Err(e) => fs_err(r.id, e),
-                };
-                self.send(reply).await
-            }
-            Packet::MkDir(m) => {
-                let path = m.path;
-                let reply = match self.blocking(move |fs| fs.mkdir(&path)).await? {
-                    Ok(()) => ok(m.id),
-                    Err(e) => fs_err(m.id, e),
-                };
-                self.send(reply).await
-            }
-            Packet::RmDir(r) => {
-                let path = r.path;
-                let reply = match self.blocking(move |fs| fs.rmdir(&path)).await? {
-                    Ok(()) => ok(r.id),
-                    Err(e) => fs_err(r.id, e),
-                };
-                self.send(reply).await
-            }
+            Packet::Remove(r) => self.unit_op(r.id, move |fs| fs.remove(&r.filename)).await,
+            Packet::MkDir(m) => self.unit_op(m.id, move |fs| fs.mkdir(&m.path)).await,
+            Packet::RmDir(r) => self.unit_op(r.id, move |fs| fs.rmdir(&r.path)).await,
             Packet::RealPath(r) => {
                 let reply = match self.ctx.fs.realpath(&r.path) {
                     Ok(p) => Packet::Name(Name {
