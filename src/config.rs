@@ -68,6 +68,10 @@ pub struct SftpConfig {
     pub max_auth_failures: u32,
     pub ban_time: Duration,
     pub max_file_size: u64,
+    /// fsync an upload before it is renamed into place and CLOSE is answered (the default):
+    /// after a power loss a final name never holds a partial file. Off trades that for speed,
+    /// as OpenSSH's sftp-server does (clients may still ask with fsync@openssh.com).
+    pub fsync_on_close: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -240,6 +244,7 @@ struct RawSftp {
     max_auth_failures: Option<u32>,
     ban_time: Option<String>,
     max_file_size: Option<String>,
+    fsync_on_close: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -463,6 +468,7 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
             max_auth_failures: s.max_auth_failures.unwrap_or(6),
             ban_time: p.duration("sftp.ban_time", s.ban_time.as_deref(), Duration::from_secs(600)),
             max_file_size: p.size("sftp.max_file_size", s.max_file_size.as_deref(), 16 << 30),
+            fsync_on_close: s.fsync_on_close.unwrap_or(true),
         }
     });
 

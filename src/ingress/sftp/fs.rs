@@ -229,15 +229,15 @@ impl TenantFs {
         })
     }
 
-    /// Completes an upload: data durable, then renamed into place. Returns the path relative
-    /// to the drop folder if it is now a file that may arrive (not a temp name).
-    pub fn finish_upload(&self, upload: Upload) -> FsResult<Option<String>> {
+    /// Completes an upload: data durable (if `durable`), then renamed into place, then the
+    /// folder durable. Returns the path relative to the drop folder if it is now a file that may
+    /// arrive (not a temp name).
+    pub fn finish_upload(&self, upload: Upload, durable: bool) -> FsResult<Option<String>> {
         let v = upload.vpath.clone();
-        let done = upload
-            .file
-            .sync_all()
+        let folder = upload.target.parent().unwrap_or(&self.root);
+        let done = (if durable { upload.file.sync_data() } else { Ok(()) })
             .and_then(|()| fs::rename(&upload.tmp, &upload.target))
-            .and_then(|()| fsutil::sync_dir(upload.target.parent().unwrap_or(&self.root)));
+            .and_then(|()| if durable { fsutil::sync_dir(folder) } else { Ok(()) });
         if let Err(e) = done {
             let _ = fs::remove_file(&upload.tmp);
             return Err(FsError::io(&v, &e));
@@ -539,7 +539,7 @@ mod tests {
         std::io::Write::write_all(&mut up.file, b"RIFF").unwrap();
         assert!(t.stat("/c1.wav").is_err(), "visible before close");
         assert_eq!(t.read_dir("/").unwrap().len(), 3, ". .. reports");
-        assert_eq!(t.finish_upload(up).unwrap(), Some("c1.wav".into()));
+        assert_eq!(t.finish_upload(up, true).unwrap(), Some("c1.wav".into()));
         assert_eq!(t.stat("/c1.wav").unwrap().size, Some(4));
         // A dropped upload leaves nothing.
         let up = t.open_write("/c2.wav", true, false).unwrap();
@@ -551,7 +551,7 @@ mod tests {
         assert!(!names.iter().any(|n| n.contains("c2")), "{names:?}");
         // Temp names are not arrivals, until renamed.
         let up = t.open_write("/c3.wav.filepart", true, false).unwrap();
-        assert_eq!(t.finish_upload(up).unwrap(), None);
+        assert_eq!(t.finish_upload(up, true).unwrap(), None);
         assert_eq!(
             t.rename("/c3.wav.filepart", "/c3.wav", false).unwrap(),
             Some("c3.wav".into())
@@ -564,7 +564,7 @@ mod tests {
         fs::write(t.root().join("a.wav"), b"12345").unwrap();
         let up = t.open_write("/a.wav", false, false).unwrap();
         std::os::unix::fs::FileExt::write_at(&up.file, b"67", 5).unwrap();
-        t.finish_upload(up).unwrap();
+        t.finish_upload(up, true).unwrap();
         assert_eq!(fs::read(t.root().join("a.wav")).unwrap(), b"1234567");
         assert_eq!(
             t.open_write("/a.wav", true, true).unwrap_err().code,

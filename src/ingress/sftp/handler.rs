@@ -124,6 +124,7 @@ impl russh::server::Handler for Connection {
             arrivals: self.shared.arrivals.clone(),
             hints: self.shared.hints.clone(),
             max_file_size: self.shared.limits.max_file_size,
+            fsync_on_close: self.shared.limits.fsync_on_close,
         };
         self.shared.tracker.spawn(serve(channel.into_stream(), ctx));
         Ok(())

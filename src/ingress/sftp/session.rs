@@ -41,6 +41,7 @@ pub struct SessionCtx {
     pub arrivals: mpsc::Sender<IngressEvent>,
     pub hints: ViaHints,
     pub max_file_size: u64,
+    pub fsync_on_close: bool,
 }
 
 struct UploadHandle {
@@ -425,10 +426,11 @@ impl Session {
                 let _all_written = u.gate.clone().write_owned().await;
                 drop(u.file);
                 let hint = (self.ctx.hints.clone(), u.upload.target.clone());
+                let durable = self.ctx.fsync_on_close;
                 let finished = self
                     .blocking(move |fs| {
                         hint.0.note(hint.1, Via::Sftp);
-                        fs.finish_upload(u.upload)
+                        fs.finish_upload(u.upload, durable)
                     })
                     .await?;
                 match finished {

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# SFTP upload benchmark: dropsync against OpenSSH's own sshd (internal-sftp), same OpenSSH client
+# and cipher, loopback, alternating, REPS repetitions; prints medians and the ratio, then
+# dropsync's memory with IDLE idle sessions.
+#
+#   bench/sftp.sh                 # 1 GiB file, 1,000 x 100 KiB files, 3 reps, 200 idle sessions
+#   CIPHER=chacha20-poly1305@openssh.com REPS=5 bench/sftp.sh
+#
+# The small files are .wav: dropsync ingests them as recordings (hash, catalog) while it
+# receives, as in production. The big file is .bin: it is received exactly like a recording,
+# then rejected as "unknown kind" and moved aside at once, so hashing 1 GiB does not overlap the
+# peer's turn. FSYNC=0 runs dropsync with sftp.fsync_on_close = false, as OpenSSH behaves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CIPHER=${CIPHER:-aes128-gcm@openssh.com}
+REPS=${REPS:-3}
+BIG_MIB=${BIG_MIB:-1024}
+SMALL_N=${SMALL_N:-1000}
+IDLE=${IDLE:-200}
+FSYNC=${FSYNC:-1}
+
+if [ ! -x /usr/sbin/sshd ]; then
+    echo "installing openssh-server (the peer)"
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server
+    rm -f /usr/sbin/policy-rc.d
+fi
+cargo build --release --quiet
+
+W=$(mktemp -d /tmp/dropsync-bench.XXXXXX)
+cleanup() {
+    [ -f "$W/sshd.pid" ] && kill "$(cat "$W/sshd.pid")" 2>/dev/null || true
+    [ -n "${DS_PID:-}" ] && kill "$DS_PID" 2>/dev/null || true
+    pkill -f "dropsync-bench-idle" 2>/dev/null || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+P_SSHD=$(free_port); P_DS=$(free_port)
+
+ssh-keygen -q -t ed25519 -N "" -f "$W/client"
+ssh-keygen -q -t ed25519 -N "" -f "$W/sshd_host"
+cp "$W/client.pub" "$W/authorized_keys"
+mkdir -p "$W/sshd-in" /run/sshd
+cat > "$W/sshd_config" <<CFG
+ListenAddress 127.0.0.1
+Port $P_SSHD
+HostKey $W/sshd_host
+PidFile $W/sshd.pid
+AuthorizedKeysFile $W/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+Subsystem sftp internal-sftp
+CFG
+/usr/sbin/sshd -e -f "$W/sshd_config"
+
+cat > "$W/dropsync.toml" <<CFG
+state_dir = "state"
+[sftp]
+listen = "127.0.0.1:$P_DS"
+max_sessions = 1000
+max_sessions_per_ip = 1000
+fsync_on_close = $([ "$FSYNC" = 1 ] && echo true || echo false)
+[sink]
+type = "dir"
+path = "state/outbox"
+[[tenants]]
+id = "bench"
+authorized_keys_file = "client.pub"
+CFG
+RUST_LOG=warn ./target/release/dropsync run --config "$W/dropsync.toml" 2>"$W/dropsync.log" &
+DS_PID=$!
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$P_DS) 2>/dev/null && break; sleep 0.1; done
+
+mkdir -p "$W/small"
+head -c $((BIG_MIB * 1048576)) /dev/urandom > "$W/big.bin"
+for i in $(seq -w 1 "$SMALL_N"); do head -c 102400 /dev/urandom > "$W/small/f$i.wav"; done
+
+SSH_OPTS=(-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -c "$CIPHER" -i "$W/client")
+# upload PEER WHAT -> seconds
+upload() {
+    local port user target batch
+    if [ "$1" = sshd ]; then port=$P_SSHD; user=$(id -un); target="$W/sshd-in"; else port=$P_DS; user=bench; target=.; fi
+    if [ "$2" = big ]; then batch="put $W/big.bin $target/big-$RANDOM.bin"; else batch="put $W/small/* $target/"; fi
+    local t0 t1
+    t0=$(date +%s.%N)
+    if ! echo "$batch" | sftp -q -b - "${SSH_OPTS[@]}" -P "$port" "$user@127.0.0.1" >/dev/null; then
+        echo "upload to $1 failed" >&2
+        exit 1
+    fi
+    t1=$(date +%s.%N)
+    rm -rf "$W/sshd-in"/* 2>/dev/null || true
+    echo "$t1 - $t0" | bc -l
+}
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+declare -A T
+for rep in $(seq "$REPS"); do
+    for what in big small; do
+        # Alternate who goes first, so neither always gets the warmer cache.
+        if [ $((rep % 2)) -eq 1 ]; then order="sshd dropsync"; else order="dropsync sshd"; fi
+        for peer in $order; do
+            s=$(upload "$peer" "$what") || exit 1
+            T[$peer-$what]+="$s "
+            sleep 1   # let dropsync move the previous upload aside
+        done
+    done
+done
+
+report() {
+    local what=$1 unit=$2 amount=$3
+    local s_sshd s_ds
+    s_sshd=$(echo "${T[sshd-$what]}" | tr ' ' '\n' | grep . | median)
+    s_ds=$(echo "${T[dropsync-$what]}" | tr ' ' '\n' | grep . | median)
+    python3 - "$what" "$unit" "$amount" "$s_sshd" "$s_ds" <<'PY'
+import sys
+what, unit, amount, a, b = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+print(f"{what:>5}: OpenSSH sshd {amount/a:8.1f} {unit}   dropsync {amount/b:8.1f} {unit}   ratio {a/b:.2f}x  (median of runs, seconds {a:.2f} vs {b:.2f})")
+PY
+}
+echo "cipher $CIPHER, $REPS reps, loopback, 2 cores, dropsync fsync_on_close=$([ "$FSYNC" = 1 ] && echo true || echo false)"
+report big MiB/s "$BIG_MIB"
+report small files/s "$SMALL_N"
+
+# Memory with idle sessions: each holds an open sftp session doing nothing.
+for _ in $(seq "$IDLE"); do
+    (exec -a dropsync-bench-idle sleep 120) | sftp -q -b - "${SSH_OPTS[@]}" -P "$P_DS" bench@127.0.0.1 >/dev/null 2>&1 &
+done
+for _ in $(seq 120); do
+    n=$(ss -Htn state established "( sport = :$P_DS )" | wc -l)
+    [ "$n" -ge "$IDLE" ] && break
+    sleep 0.5
+done
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$DS_PID/status")
+hwm=$(awk '/VmHWM/ {print $2}' "/proc/$DS_PID/status")
+echo "idle: $n sessions open; dropsync RSS $((rss / 1024)) MiB (peak over the whole run $((hwm / 1024)) MiB)"
