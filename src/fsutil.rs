@@ -30,6 +30,11 @@ pub fn is_our_temp(name: &str) -> bool {
     name.starts_with(".dropsync-") && name.ends_with(".tmp")
 }
 
+/// Whether a name is ours: temp files, SFTP uploads in progress (`.dropsync-…`).
+pub fn is_our_temp_prefix(name: &str) -> bool {
+    name.starts_with(".dropsync-")
+}
+
 /// Writes `bytes` to `path` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_via(&temp_beside(path), path, bytes)

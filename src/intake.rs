@@ -34,6 +34,20 @@ pub enum IntakeError {
     Io(#[from] std::io::Error),
 }
 
+/// An arrival checked and read, ready to be recorded.
+struct Prepared {
+    tenant: TenantId,
+    rel: RelPath,
+    via: Via,
+    kind: FileKind,
+    size: u64,
+    mtime_ns: i64,
+    sha256: Option<String>,
+}
+
+/// Arrivals recorded in one transaction at most (a burst of uploads or a big scan).
+const BATCH: usize = 256;
+
 /// Shared by the intake task and start-up; all methods block (run them off the runtime).
 #[derive(Clone)]
 pub struct Intake {
@@ -63,16 +77,40 @@ impl Intake {
                 _ = cancel.cancelled() => return,
                 e = rx.recv() => match e { Some(e) => e, None => return },
             };
+            // Arrivals already queued behind this one are recorded together.
+            let mut batch = Vec::new();
+            let mut other = None;
+            match event {
+                IngressEvent::Arrived(a) => {
+                    batch.push(a);
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(IngressEvent::Arrived(a)) => batch.push(a),
+                            Ok(e) => {
+                                other = Some(e);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                e => other = Some(e),
+            }
             let this = self.clone();
-            let result = tokio::task::spawn_blocking(move || match event {
-                IngressEvent::Arrived(a) => this.handle(&a).map(|()| Vec::new()),
-                IngressEvent::Rescan => this.reconcile().map(|()| Vec::new()),
-                IngressEvent::FolderCreated { tenant, rel } => this.unannounced_in(&tenant, &rel),
-                IngressEvent::Settling {
-                    arrived,
-                    size,
-                    mtime_ns,
-                } => this.settled(arrived, size, mtime_ns),
+            let result = tokio::task::spawn_blocking(move || -> Result<Vec<IngressEvent>, IntakeError> {
+                if !batch.is_empty() {
+                    this.handle_batch(&batch)?;
+                }
+                match other {
+                    None | Some(IngressEvent::Arrived(_)) => Ok(Vec::new()),
+                    Some(IngressEvent::Rescan) => this.reconcile().map(|()| Vec::new()),
+                    Some(IngressEvent::FolderCreated { tenant, rel }) => this.unannounced_in(&tenant, &rel),
+                    Some(IngressEvent::Settling {
+                        arrived,
+                        size,
+                        mtime_ns,
+                    }) => this.settled(arrived, size, mtime_ns),
+                }
             })
             .await;
             match result {
@@ -144,53 +182,98 @@ impl Intake {
     /// Handles one arrival. Never fails because of the file's content: bad input is recorded
     /// and reported; errors returned here are the catalog's or the disk's.
     pub fn handle(&self, a: &Arrived) -> Result<(), IntakeError> {
-        let Some(tenant) = self.tenant(&a.tenant) else {
-            tracing::warn!(tenant = %a.tenant, file = a.rel.as_str(), "file in the drop folder of an unknown tenant; ignored");
+        self.handle_batch(std::slice::from_ref(a))
+    }
+
+    /// Handles arrivals that queued up together: each file is checked and hashed, all are
+    /// recorded in one transaction, then each gets its follow-up (parse, unpack, archive).
+    pub fn handle_batch(&self, batch: &[Arrived]) -> Result<(), IntakeError> {
+        let mut prepared = Vec::with_capacity(batch.len());
+        for a in batch {
+            if let Some(p) = self.prepare(a)? {
+                prepared.push(p);
+            }
+        }
+        if prepared.is_empty() {
             return Ok(());
-        };
+        }
+        let news: Vec<NewFile<'_>> = prepared
+            .iter()
+            .map(|p| NewFile {
+                tenant: p.tenant.as_str(),
+                rel: &p.rel,
+                kind: p.kind,
+                via: p.via,
+                size: p.size,
+                mtime_ns: p.mtime_ns,
+                sha256: p.sha256.clone(),
+            })
+            .collect();
+        let outcomes = self.catalog.register_files(&news, now_ms(), &self.unknown_reason())?;
+        for (p, outcome) in prepared.iter().zip(outcomes) {
+            self.follow_up(p, outcome)?;
+        }
+        Ok(())
+    }
+
+    fn unknown_reason(&self) -> String {
+        format!(
+            "not a recording ({}) or a metadata file (csv, tsv, json, jsonl, ndjson) or a zip batch",
+            self.config.matching.recording_extensions.join(", ")
+        )
+    }
+
+    /// Checks an arrival and reads what the catalog needs; `None` if there is nothing to record
+    /// (unknown tenant, gone, not a regular file, or already recorded as it is).
+    fn prepare(&self, a: &Arrived) -> Result<Option<Prepared>, IntakeError> {
+        if self.tenant(&a.tenant).is_none() {
+            tracing::warn!(tenant = %a.tenant, file = a.rel.as_str(), "file in the drop folder of an unknown tenant; ignored");
+            return Ok(None);
+        }
         let file = match self.drop.open_confined(&a.tenant, &a.rel) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
                 tracing::warn!(tenant = %a.tenant, file = a.rel.as_str(), error = %e, "not a regular file inside the drop folder; ignored");
-                return Ok(());
+                return Ok(None);
             }
         };
         let meta = file.metadata()?;
         let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
-        let kind = FileKind::of(a.rel.file_name(), &self.config.matching);
-        let now = now_ms();
         if self
             .catalog
             .is_present_unchanged(a.tenant.as_str(), &a.rel, meta.len(), mtime_ns)?
         {
-            return Ok(());
+            return Ok(None);
         }
+        let kind = FileKind::of(a.rel.file_name(), &self.config.matching);
         let sha256 = match kind {
             FileKind::Recording => Some(hex::encode(crate::fsutil::hash_reader(&file)?.1)),
             _ => None,
         };
         let via = self.hints.take(&self.drop.path_of(&a.tenant, &a.rel)).unwrap_or(a.via);
-        let new = NewFile {
-            tenant: a.tenant.as_str(),
-            rel: &a.rel,
-            kind,
+        Ok(Some(Prepared {
+            tenant: a.tenant.clone(),
+            rel: a.rel.clone(),
             via,
+            kind,
             size: meta.len(),
             mtime_ns,
             sha256,
+        }))
+    }
+
+    /// What follows the record of an arrival.
+    fn follow_up(&self, p: &Prepared, outcome: Registered) -> Result<(), IntakeError> {
+        let Some(tenant) = self.tenant(&p.tenant) else {
+            return Ok(());
         };
-        let unknown_reason = format!(
-            "not a recording ({}) or a metadata file (csv, tsv, json, jsonl, ndjson) or a zip batch",
-            self.config.matching.recording_extensions.join(", ")
-        );
-        let outcome = self.catalog.register_file(&new, now, &unknown_reason)?;
-        let span = tracing::info_span!("arrival", tenant = %a.tenant, file = a.rel.as_str(), via = a.via.as_str());
+        let span = tracing::info_span!("arrival", tenant = %p.tenant, file = p.rel.as_str(), via = p.via.as_str());
         let _g = span.enter();
         match outcome {
             Registered::Duplicate => {}
             Registered::Recording { completed, decided, .. } => {
-                tracing::info!(bytes = meta.len(), completed, "recording arrived");
+                tracing::info!(bytes = p.size, completed, "recording arrived");
                 if completed > 0 {
                     self.forwarder.notify_one();
                 }
@@ -200,16 +283,16 @@ impl Intake {
                 file_id,
                 metadata_file_id,
             } => {
-                if let FileKind::Metadata(format) = kind {
-                    self.parse_metadata(tenant, file_id, metadata_file_id, &a.rel, format, 0)?;
+                if let FileKind::Metadata(format) = p.kind {
+                    self.parse_metadata(tenant, file_id, metadata_file_id, &p.rel, format, 0)?;
                 }
             }
             Registered::Zip {
                 file_id,
                 metadata_file_id,
-            } => self.unpack(tenant, file_id, metadata_file_id, &a.rel, a.via)?,
+            } => self.unpack(tenant, file_id, metadata_file_id, &p.rel, p.via)?,
             Registered::Unknown { file_id } => {
-                tracing::warn!("file rejected: {unknown_reason}");
+                tracing::warn!("file rejected: {}", self.unknown_reason());
                 self.archiver.archive(&[file_id])?;
             }
         }
@@ -402,12 +485,16 @@ impl Intake {
             // Recordings before metadata, so rows find their recordings present (the fast path).
             let mut ordered = on_disk;
             ordered.sort_by_key(|r| !matches!(FileKind::of(r.file_name(), &self.config.matching), FileKind::Recording));
-            for rel in ordered {
-                self.handle(&Arrived {
+            let arrivals: Vec<Arrived> = ordered
+                .into_iter()
+                .map(|rel| Arrived {
                     tenant: tenant.id.clone(),
                     rel,
                     via: Via::Local,
-                })?;
+                })
+                .collect();
+            for chunk in arrivals.chunks(BATCH) {
+                self.handle_batch(chunk)?;
             }
         }
         self.archiver.archive_all_decided()?;

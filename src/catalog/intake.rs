@@ -66,94 +66,20 @@ impl Catalog {
     /// Records an arrival. A recording is attached to every waiting row that names it in the
     /// same folder; a metadata, zip or unknown file gets an entry that will carry its report.
     pub fn register_file(&self, f: &NewFile<'_>, now: i64, unknown_reason: &str) -> Result<Registered> {
+        let mut out = self.register_files(std::slice::from_ref(f), now, unknown_reason)?;
+        Ok(out.remove(0))
+    }
+
+    /// Records several arrivals in one transaction: a burst of uploads costs one commit.
+    pub fn register_files(&self, files: &[NewFile<'_>], now: i64, unknown_reason: &str) -> Result<Vec<Registered>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let existing: Option<(i64, i64, i64, String)> = tx
-            .prepare_cached(
-                "SELECT id, size, mtime_ns, kind FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'",
-            )?
-            .query_row(params![f.tenant, f.rel.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()?;
-        let kind = kind_str(f.kind);
-        let name = f.rel.file_name();
-        if let Some((id, size, mtime_ns, old_kind)) = &existing {
-            if *size == f.size as i64 && *mtime_ns == f.mtime_ns {
-                return Ok(Registered::Duplicate);
-            }
-            if old_kind == "recording" && kind == "recording" {
-                // Overwritten in place: same record, new content. Rows that were complete with
-                // the old content are decided again with the new one.
-                tx.prepare_cached(
-                    "UPDATE files SET size = ?2, mtime_ns = ?3, sha256 = ?4, arrived_at = ?5, via = ?6, orphan_since = NULL WHERE id = ?1",
-                )?
-                .execute(params![id, f.size as i64, f.mtime_ns, f.sha256, now, f.via.as_str()])?;
-                let convs: Vec<i64> = tx
-                    .prepare_cached(
-                        "SELECT c.id FROM recordings r JOIN conversations c ON c.id = r.conversation
-                         WHERE r.file_id = ?1 AND c.state = 'ready'",
-                    )?
-                    .query_map([id], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                let mut decided = Vec::new();
-                for c in &convs {
-                    make_ready(&tx, *c, now, &mut decided)?;
-                }
-                tx.commit()?;
-                return Ok(Registered::Recording {
-                    file_id: *id,
-                    completed: convs.len(),
-                    decided,
-                });
-            }
-            // Any other overwrite is a new file; the old record is closed.
-            tx.prepare_cached("UPDATE files SET state = 'gone', left_at = ?2 WHERE id = ?1")?
-                .execute(params![id, now])?;
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            out.push(register_in(&tx, f, now, unknown_reason)?);
         }
-        tx.prepare_cached(
-            "INSERT INTO files (tenant, rel_path, dir, name, stem, kind, via, size, mtime_ns, sha256, arrived_at, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'present')",
-        )?
-        .execute(params![
-            f.tenant,
-            f.rel.as_str(),
-            f.rel.dir(),
-            name,
-            stem_of(name),
-            kind,
-            f.via.as_str(),
-            f.size as i64,
-            f.mtime_ns,
-            f.sha256,
-            now
-        ])?;
-        let file_id = tx.last_insert_rowid();
-        let outcome = match f.kind {
-            FileKind::Recording => {
-                let mut decided = Vec::new();
-                let completed = attach_arrival(&tx, file_id, f.tenant, f.rel.dir(), name, now, &mut decided)?;
-                Registered::Recording {
-                    file_id,
-                    completed,
-                    decided,
-                }
-            }
-            FileKind::Metadata(format) => Registered::Metadata {
-                file_id,
-                metadata_file_id: insert_metadata_file(&tx, file_id, f, format.as_str(), "parsing", None, now)?,
-            },
-            FileKind::Zip => Registered::Zip {
-                file_id,
-                metadata_file_id: insert_metadata_file(&tx, file_id, f, "zip", "parsing", None, now)?,
-            },
-            FileKind::Unknown => {
-                insert_metadata_file(&tx, file_id, f, "unknown", "rejected", Some(unknown_reason), now)?;
-                Registered::Unknown { file_id }
-            }
-        };
         tx.commit()?;
-        Ok(outcome)
+        Ok(out)
     }
 
     /// Commits a chunk of rows of a metadata file that is being parsed, with the resume point.
@@ -310,6 +236,94 @@ impl Catalog {
         tx.commit()?;
         Ok((expired, orphaned))
     }
+}
+
+/// One arrival, inside the caller's transaction (see [`Catalog::register_file`]).
+fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: &str) -> Result<Registered> {
+    let existing: Option<(i64, i64, i64, String)> = tx
+        .prepare_cached(
+            "SELECT id, size, mtime_ns, kind FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'",
+        )?
+        .query_row(params![f.tenant, f.rel.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let kind = kind_str(f.kind);
+    let name = f.rel.file_name();
+    if let Some((id, size, mtime_ns, old_kind)) = &existing {
+        if *size == f.size as i64 && *mtime_ns == f.mtime_ns {
+            return Ok(Registered::Duplicate);
+        }
+        if old_kind == "recording" && kind == "recording" {
+            // Overwritten in place: same record, new content. Rows that were complete with
+            // the old content are decided again with the new one.
+            tx.prepare_cached(
+                "UPDATE files SET size = ?2, mtime_ns = ?3, sha256 = ?4, arrived_at = ?5, via = ?6, orphan_since = NULL WHERE id = ?1",
+            )?
+            .execute(params![id, f.size as i64, f.mtime_ns, f.sha256, now, f.via.as_str()])?;
+            let convs: Vec<i64> = tx
+                .prepare_cached(
+                    "SELECT c.id FROM recordings r JOIN conversations c ON c.id = r.conversation
+                     WHERE r.file_id = ?1 AND c.state = 'ready'",
+                )?
+                .query_map([id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut decided = Vec::new();
+            for c in &convs {
+                make_ready(tx, *c, now, &mut decided)?;
+            }
+            return Ok(Registered::Recording {
+                file_id: *id,
+                completed: convs.len(),
+                decided,
+            });
+        }
+        // Any other overwrite is a new file; the old record is closed.
+        tx.prepare_cached("UPDATE files SET state = 'gone', left_at = ?2 WHERE id = ?1")?
+            .execute(params![id, now])?;
+    }
+    tx.prepare_cached(
+        "INSERT INTO files (tenant, rel_path, dir, name, stem, kind, via, size, mtime_ns, sha256, arrived_at, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'present')",
+    )?
+    .execute(params![
+        f.tenant,
+        f.rel.as_str(),
+        f.rel.dir(),
+        name,
+        stem_of(name),
+        kind,
+        f.via.as_str(),
+        f.size as i64,
+        f.mtime_ns,
+        f.sha256,
+        now
+    ])?;
+    let file_id = tx.last_insert_rowid();
+    let outcome = match f.kind {
+        FileKind::Recording => {
+            let mut decided = Vec::new();
+            let completed = attach_arrival(tx, file_id, f.tenant, f.rel.dir(), name, now, &mut decided)?;
+            Registered::Recording {
+                file_id,
+                completed,
+                decided,
+            }
+        }
+        FileKind::Metadata(format) => Registered::Metadata {
+            file_id,
+            metadata_file_id: insert_metadata_file(tx, file_id, f, format.as_str(), "parsing", None, now)?,
+        },
+        FileKind::Zip => Registered::Zip {
+            file_id,
+            metadata_file_id: insert_metadata_file(tx, file_id, f, "zip", "parsing", None, now)?,
+        },
+        FileKind::Unknown => {
+            insert_metadata_file(tx, file_id, f, "unknown", "rejected", Some(unknown_reason), now)?;
+            Registered::Unknown { file_id }
+        }
+    };
+    Ok(outcome)
 }
 
 fn reject_metadata_file(tx: &Transaction<'_>, metadata_file_id: i64, reason: &str) -> Result<()> {

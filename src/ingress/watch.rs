@@ -48,6 +48,19 @@ pub fn start(drop: DropRoot, tx: mpsc::Sender<IngressEvent>) -> Result<DropWatch
         let path = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => event.paths.first(),
             EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event.paths.first(),
+            // A rename from one of our own temp names (an SFTP upload closing, a zip entry put
+            // in place) is announced by whoever made it; a crash before that is healed by the
+            // start-up scan.
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+                if event
+                    .paths
+                    .first()
+                    .and_then(|p| p.file_name())
+                    .and_then(|n| n.to_str())
+                    .is_some_and(crate::fsutil::is_our_temp_prefix) =>
+            {
+                None
+            }
             EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.get(1),
             _ => None,
         };
