@@ -152,8 +152,9 @@ impl Daemon {
         self.child = Some(child);
         let drop = self.drop_dir("acme");
         let db = self.dir.path().join("var/dropsync.db");
-        wait_for("the daemon to create its folders", Duration::from_secs(20), || {
-            drop.is_dir() && db.exists()
+        let port = self.sftp_port;
+        wait_for("the daemon to start", Duration::from_secs(20), || {
+            drop.is_dir() && db.exists() && (port == 0 || speaks_ssh(port))
         });
     }
 
@@ -274,6 +275,17 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Whether dropsync's SSH server answers on `port`. A bare connect is not enough: with nothing
+/// listening, a loopback connect can pick the same port as its source and connect to itself.
+fn speaks_ssh(port: u16) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut banner = [0u8; 16];
+    std::io::Read::read_exact(&mut s, &mut banner).is_ok() && banner.starts_with(b"SSH-2.0-dropsync")
 }
 
 /// Polls `f` every 20 ms until it holds; panics naming `what` after `timeout`.

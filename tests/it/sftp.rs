@@ -355,3 +355,85 @@ fn fifty_concurrent_sessions_upload_intact_files() {
         assert_recordings(&d, &fwd[id], &[(&format!("{id}.wav"), bytes)]);
     }
 }
+
+#[test]
+fn the_host_key_is_created_once_private_and_kept_across_restarts() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let key = d.dir.path().join("var/ssh_host_ed25519_key");
+    let first = std::fs::read(&key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let port = d.sftp_port;
+    let scan = move || {
+        let out = Command::new("ssh-keyscan")
+            .args(["-v", "-t", "ed25519", "-p"])
+            .arg(port.to_string())
+            .arg("127.0.0.1")
+            .output()
+            .unwrap();
+        eprintln!(
+            "keyscan: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .last()
+            .map(str::to_owned)
+    };
+    let offered = scan();
+    assert!(offered.as_deref().is_some_and(|k| k.starts_with("AAAA")), "{offered:?}");
+    d.stop();
+    d.start();
+    assert_eq!(std::fs::read(&key).unwrap(), first, "the host key changed on restart");
+    assert_eq!(
+        scan(),
+        offered,
+        "the server offers a different host key after a restart"
+    );
+}
+
+#[test]
+fn sessions_per_address_are_capped_and_silent_connections_are_dropped() {
+    let mut d = Daemon::with_sftp("max_sessions_per_ip = 2\nlogin_grace = \"3s\"\n");
+    d.start();
+    // Two connections that never log in hold both slots; a third session is turned away. Each
+    // is confirmed by the server's banner (a refused connection is closed without one).
+    let hold = || {
+        for _ in 0..100 {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", d.sftp_port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut banner = [0u8; 8];
+            if std::io::Read::read_exact(&mut s, &mut banner).is_ok() && &banner == b"SSH-2.0-" {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("could not open a session slot");
+    };
+    let (a, b) = (hold(), hold());
+    assert!(
+        !d.sftp_batch("acme", "acme", "ls\n").status.success(),
+        "a third session from one address got in"
+    );
+    // After the login grace they are dropped, and the slots come back.
+    for mut s in [a, b] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match std::io::Read::read(&mut s, &mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(_) => break false,
+            }
+        };
+        assert!(
+            closed,
+            "a connection that never logged in was not dropped after the login grace"
+        );
+    }
+    wait_for("a slot to free up", T, || {
+        d.sftp_batch("acme", "acme", "ls\n").status.success()
+    });
+}

@@ -203,14 +203,16 @@ impl SftpServer {
         self.shared.tracker.spawn(async move {
             let conn = handler::Connection::new(shared.clone(), ip);
             let (authenticated, refused) = (conn.authenticated.clone(), conn.refused.clone());
-            match russh::server::run_stream(shared.ssh.clone(), stream, conn).await {
-                Ok(running) => {
+            // One deadline for the handshake and the login: a client that never speaks (or
+            // never logs in) is dropped at it.
+            let deadline = tokio::time::Instant::now() + shared.limits.login_grace;
+            match tokio::time::timeout_at(deadline, russh::server::run_stream(shared.ssh.clone(), stream, conn)).await {
+                Ok(Ok(running)) => {
                     let handle = running.handle();
                     let mut running = std::pin::pin!(running);
-                    let grace = tokio::time::sleep(shared.limits.login_grace);
                     tokio::select! {
                         r = &mut running => log_end(peer, r),
-                        _ = grace => {
+                        _ = tokio::time::sleep_until(deadline) => {
                             if !authenticated.load(Ordering::Relaxed) {
                                 tracing::info!(peer = %peer, "no login within the grace time; disconnecting");
                                 let _ = handle.disconnect(russh::Disconnect::ByApplication, "login grace time over".into(), "en".into()).await;
@@ -222,7 +224,8 @@ impl SftpServer {
                         }
                     }
                 }
-                Err(e) => tracing::debug!(peer = %peer, error = %e, "ssh handshake failed"),
+                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "ssh handshake failed"),
+                Err(_) => tracing::info!(peer = %peer, "no ssh handshake within the grace time; disconnecting"),
             }
             if authenticated.load(Ordering::Relaxed) {
                 shared.bans.succeeded(ip);
