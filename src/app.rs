@@ -44,7 +44,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .ensure_tenant(&t.id)
             .with_context(|| format!("creating the drop folder of {}", t.id))?;
     }
-    let sink = Sink::from_config(&config.sink).context("setting up the sink")?;
+    let sink = Sink::from_config(&config.sink).await.context("setting up the sink")?;
     let archiver = Archiver {
         catalog: catalog.clone(),
         drop: drops.clone(),

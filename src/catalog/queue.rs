@@ -33,6 +33,8 @@ pub struct WorkRecording {
     pub name: String,
     pub size: i64,
     pub mtime_ns: i64,
+    /// Hashed when the file arrived.
+    pub sha256: Option<String>,
 }
 
 /// One recording as it was written to the sink.
@@ -322,7 +324,7 @@ fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
         })?;
     work.recordings = tx
         .prepare_cached(
-            "SELECT r.position, f.id, f.rel_path, f.name, f.size, f.mtime_ns FROM recordings r JOIN files f ON f.id = r.file_id
+            "SELECT r.position, f.id, f.rel_path, f.name, f.size, f.mtime_ns, f.sha256 FROM recordings r JOIN files f ON f.id = r.file_id
              WHERE r.conversation = ?1 ORDER BY r.position",
         )?
         .query_map([id], |r| {
@@ -333,6 +335,7 @@ fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
                 name: r.get(3)?,
                 size: r.get(4)?,
                 mtime_ns: r.get(5)?,
+                sha256: r.get(6)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;

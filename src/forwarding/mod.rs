@@ -7,6 +7,7 @@
 
 pub mod dir;
 pub mod layout;
+pub mod s3;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,33 +64,63 @@ impl SinkError {
 /// The closed set of sinks.
 pub enum Sink {
     Dir(dir::DirSink),
+    S3(s3::S3Sink),
 }
 
 impl Sink {
-    pub fn from_config(config: &SinkConfig) -> Result<Sink, SinkError> {
+    pub async fn from_config(config: &SinkConfig) -> Result<Sink, SinkError> {
         match config {
             SinkConfig::Dir { path } => Ok(Sink::Dir(dir::DirSink::new(path.clone())?)),
-            SinkConfig::S3(_) => Err(SinkError::permanent("the s3 sink is not available in this build yet")),
+            SinkConfig::S3(cfg) => {
+                let sink = s3::S3Sink::new(cfg.clone()).await?;
+                sink.start_up().await;
+                Ok(Sink::S3(sink))
+            }
         }
     }
     fn prefix(&self) -> &str {
         match self {
             Sink::Dir(_) => "",
+            Sink::S3(s) => s.prefix(),
         }
     }
     pub fn describe(&self) -> String {
         match self {
             Sink::Dir(d) => d.describe(),
+            Sink::S3(s) => s.describe(),
         }
     }
-    async fn put_file(&self, key: &str, file: std::fs::File) -> Result<(u64, [u8; 32]), SinkError> {
+    /// Writes a recording; returns the bytes written and their sha256 (hex). `arrival_sha256`
+    /// is the hash taken when the file arrived; the caller has checked the file is unchanged.
+    async fn put_file(
+        &self,
+        key: &str,
+        file: std::fs::File,
+        size: u64,
+        arrival_sha256: Option<&str>,
+    ) -> Result<(u64, String), SinkError> {
         match self {
-            Sink::Dir(d) => d.put_file(key, file).await,
+            Sink::Dir(d) => d.put_file(key, file).await.map(|(n, sha)| (n, hex::encode(sha))),
+            Sink::S3(s) => {
+                let sha = match arrival_sha256 {
+                    Some(sha) => sha.to_owned(),
+                    None => {
+                        let f = file.try_clone().map_err(|e| SinkError::from_io("read recording", &e))?;
+                        let (_, sha) = tokio::task::spawn_blocking(move || crate::fsutil::hash_reader(f))
+                            .await
+                            .map_err(|e| SinkError::transient(e.to_string()))?
+                            .map_err(|e| SinkError::from_io("read recording", &e))?;
+                        hex::encode(sha)
+                    }
+                };
+                s.put_file(key, file, size).await.map(|()| (size, sha))
+            }
         }
     }
     async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), SinkError> {
         match self {
             Sink::Dir(d) => d.put_bytes(key, bytes).await,
+            Sink::S3(s) => s.put_bytes(key, bytes).await,
         }
     }
 }
@@ -251,14 +282,17 @@ impl Forwarder {
                 .try_clone()
                 .map_err(|e| Outcome::Sink(SinkError::from_io("open", &e)))?;
             let key = format!("{prefix}{}", rec.name);
-            let (bytes, sha) = self.sink.put_file(&key, file).await.map_err(Outcome::Sink)?;
+            let (bytes, sha256) = self
+                .sink
+                .put_file(&key, file, rec.size as u64, rec.sha256.as_deref())
+                .await
+                .map_err(Outcome::Sink)?;
             if bytes as i64 != rec.size || !unchanged(&check) {
                 return Err(Outcome::Sink(SinkError::transient(format!(
                     "{} changed while it was being sent",
                     rec.rel_path
                 ))));
             }
-            let sha256 = hex::encode(sha);
             entries.push(RecordingEntry {
                 file: rec.name.clone(),
                 key: key.clone(),
