@@ -92,17 +92,7 @@ impl Daemon {
             self.key("acme").display().to_string(),
             self.dir.path().display().to_string()
         );
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(format!("{prelude}{script}"))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !err.contains("No module named 'paramiko'"),
-            "paramiko is missing: pip install paramiko (./scripts/test does)"
-        );
-        out
+        python(&prelude, script, "paramiko")
     }
 
     /// The usual tenant "acme" forwarding to `s3` with secret `secret` (AKID is the key id),
@@ -308,6 +298,21 @@ fn speaks_ssh(port: u16) -> bool {
     std::io::Read::read_exact(&mut s, &mut banner).is_ok() && banner.starts_with(b"SSH-2.0-dropsync")
 }
 
+/// Runs `prelude` + `script` with python3; a missing `module` fails the test saying how to get it.
+fn python(prelude: &str, script: &str, module: &str) -> Output {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!("{prelude}{script}"))
+        .output()
+        .expect("python3 is missing");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains(&format!("No module named '{module}'")),
+        "{module} is missing: pip install {module} (./scripts/test does)"
+    );
+    out
+}
+
 /// Polls `f` every 20 ms until it holds; panics naming `what` after `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -438,17 +443,12 @@ impl S3Server {
              region_name='us-east-1', config=Config(s3={{'addressing_style': 'path'}}))\n",
             self.endpoint()
         );
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(format!("{prelude}{script}"))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
+        let out = python(&prelude, script, "boto3");
         assert!(
-            !err.contains("No module named 'boto3'"),
-            "boto3 is missing: pip install boto3 (./scripts/test does)"
+            out.status.success(),
+            "boto3 script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.status.success(), "boto3 script failed: {err}");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
