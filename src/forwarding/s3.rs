@@ -21,6 +21,9 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use super::SinkError;
 use crate::config::{ChecksumPolicy, S3SinkConfig};
 
+/// Bytes read from a recording at a time (the SDK's default, 4 KiB, costs a body frame each).
+const READ_BUFFER: usize = 256 * 1024;
+
 /// Error codes that retrying will not fix.
 const PERMANENT_CODES: &[&str] = &[
     "AccessDenied",
@@ -181,6 +184,7 @@ impl S3Sink {
         if size < self.cfg.multipart_threshold {
             let body = ByteStream::read_from()
                 .file(tokio::fs::File::from_std(file))
+                .buffer_size(READ_BUFFER)
                 .length(Length::Exact(size))
                 .build()
                 .await
@@ -283,6 +287,7 @@ impl S3Sink {
                 tasks.spawn(async move {
                     let body = ByteStream::read_from()
                         .file(tokio::fs::File::from_std(f))
+                        .buffer_size(READ_BUFFER)
                         .offset(offset)
                         .length(Length::Exact(len))
                         .build()
