@@ -108,10 +108,12 @@ where
         next_handle: 0,
         tx,
         slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+        requests: tokio::task::JoinSet::new(),
     };
     if let Err(why) = session.run(&mut reader).await {
         tracing::debug!(tenant = %session.ctx.tenant, "sftp session ended: {why}");
     }
+    while session.requests.join_next().await.is_some() {}
     session.abort_all().await;
     drop(session);
     let _ = write_task.await;
@@ -123,6 +125,8 @@ struct Session {
     next_handle: u64,
     tx: mpsc::Sender<Bytes>,
     slots: Arc<Semaphore>,
+    /// READ/WRITE requests in flight; waited for before the session ends.
+    requests: tokio::task::JoinSet<()>,
 }
 
 impl Session {
@@ -361,7 +365,8 @@ impl Session {
         };
         let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let tx = self.tx.clone();
-        tokio::spawn(async move {
+        while self.requests.try_join_next().is_some() {}
+        self.requests.spawn(async move {
             let (id, offset, data) = (w.id, w.offset, w.data);
             let done = tokio::task::spawn_blocking(move || file.write_all_at(&data, offset)).await;
             drop(guard);
@@ -387,7 +392,8 @@ impl Session {
         let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let tx = self.tx.clone();
         let len = (len as u64).min(MAX_DATA) as usize;
-        tokio::spawn(async move {
+        while self.requests.try_join_next().is_some() {}
+        self.requests.spawn(async move {
             let done = tokio::task::spawn_blocking(move || {
                 let mut buf = vec![0u8; len];
                 let mut filled = 0;
