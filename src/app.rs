@@ -23,6 +23,7 @@ use crate::ingress::sftp::SftpServer;
 use crate::ingress::sftp::auth::KeyStore;
 use crate::ingress::{ViaHints, watch};
 use crate::intake::Intake;
+use crate::ops::{self, Liveness};
 use crate::reports::Reporter;
 
 /// How long in-flight work may take to land after a stop is asked for (below systemd's
@@ -55,6 +56,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let (tx, rx) = mpsc::channel(8192);
     let hints = ViaHints::default();
+    let liveness = Arc::new(Liveness::default());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     // The SFTP listener is bound before anything else is announced, so a port in use fails
@@ -85,6 +87,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         forwarder: forwarder_wake.clone(),
         reports: reports_wake.clone(),
         hints,
+        liveness: liveness.clone(),
     };
     let scan = intake.clone();
     tokio::task::spawn_blocking(move || scan.reconcile())
@@ -102,9 +105,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         grace: config.matching.grace,
         wake: forwarder_wake.clone(),
         reports: reports_wake.clone(),
+        liveness: liveness.clone(),
     });
-    for _ in 0..config.forwarding.workers {
-        tracker.spawn(forwarder.clone().run_worker(cancel.clone()));
+    for i in 0..config.forwarding.workers {
+        tracker.spawn(forwarder.clone().run_worker(i, cancel.clone()));
     }
     tracker.spawn(
         Reporter {
@@ -125,9 +129,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .run(cancel.clone()),
     );
     tracker.close();
+    tracker.spawn(ops::watchdog(catalog.clone(), liveness.clone(), cancel.clone()));
     tracing::info!(tenants = config.tenants.len(), sink = %forwarder.sink.describe(), state_dir = %config.state_dir.display(), "dropsync is running");
+    ops::ready();
 
     shutdown.await;
+    ops::stopping();
     tracing::info!("stopping: finishing in-flight work");
     cancel.cancel();
     drop(tx);

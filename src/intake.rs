@@ -18,6 +18,7 @@ use crate::dropbox::{self, DropRoot, FileKind, RelPath};
 use crate::housekeeping::Archiver;
 use crate::ingress::{Arrived, IngressEvent, ViaHints};
 use crate::matching::{self, MetadataFormat, ReadError, RowContext, RowVerdict};
+use crate::ops::Liveness;
 use crate::tenant::{Tenant, TenantId};
 
 /// Rows committed per transaction while parsing a metadata file.
@@ -61,6 +62,8 @@ pub struct Intake {
     pub reports: Arc<Notify>,
     /// How files written by our own ingresses arrived.
     pub hints: ViaHints,
+    /// Where the loop shows the watchdog it is alive.
+    pub liveness: Arc<Liveness>,
 }
 
 impl Intake {
@@ -73,10 +76,13 @@ impl Intake {
         cancel: CancellationToken,
     ) {
         loop {
+            self.liveness.idle("intake");
             let event = tokio::select! {
                 _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => continue,
                 e = rx.recv() => match e { Some(e) => e, None => return },
             };
+            self.liveness.busy("intake");
             // Arrivals already queued behind this one are recorded together.
             let mut batch = Vec::new();
             let mut other = None;

@@ -22,5 +22,6 @@ pub mod housekeeping;
 pub mod ingress;
 pub mod intake;
 pub mod matching;
+pub mod ops;
 pub mod reports;
 pub mod tenant;

@@ -159,15 +159,19 @@ pub struct Forwarder {
     /// Woken when work may be due.
     pub wake: Arc<Notify>,
     pub reports: Arc<Notify>,
+    /// Where workers show the watchdog they are alive.
+    pub liveness: Arc<crate::ops::Liveness>,
 }
 
 impl Forwarder {
     /// One worker: claim, forward, repeat; sleep until woken or the next attempt is due.
-    pub async fn run_worker(self: Arc<Self>, cancel: CancellationToken) {
+    pub async fn run_worker(self: Arc<Self>, index: u32, cancel: CancellationToken) {
+        let name = format!("forwarder {index}");
         loop {
             if cancel.is_cancelled() {
                 return;
             }
+            self.liveness.idle(&name);
             let claimed = self.catalog.run(|c| c.claim(now_ms(), CLAIM_BATCH)).await;
             let batch = match claimed {
                 Ok(w) if !w.is_empty() => w,
@@ -197,6 +201,7 @@ impl Forwarder {
             // Claimed conversations are finished even during shutdown: they are short, and if
             // the process dies anyway, the catalog replays them.
             for work in batch {
+                self.liveness.busy(&name);
                 self.forward_one(work).await;
             }
         }

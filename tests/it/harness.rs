@@ -145,6 +145,11 @@ impl Daemon {
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -155,6 +160,7 @@ impl Daemon {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -178,6 +184,13 @@ impl Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends `sig` to the running daemon.
+    pub fn signal(&self, sig: i32) -> bool {
+        self.child
+            .as_ref()
+            .is_some_and(|c| unsafe { libc::kill(c.id() as i32, sig) } == 0)
     }
 
     /// SIGTERM, then wait for the exit.
@@ -413,8 +426,21 @@ impl S3Server {
     }
 
     pub fn start(&mut self) {
+        self.start_limited("off");
+    }
+
+    /// Starts the server with rclone's bandwidth limit (e.g. "20M"), to keep uploads in flight.
+    pub fn start_limited(&mut self, bwlimit: &str) {
         let child = Command::new("rclone")
-            .args(["serve", "s3", "--auth-key", "AKID,SECRET", "--addr"])
+            .args([
+                "serve",
+                "s3",
+                "--bwlimit",
+                bwlimit,
+                "--auth-key",
+                "AKID,SECRET",
+                "--addr",
+            ])
             .arg(format!("127.0.0.1:{}", self.port))
             .arg(self.store.path())
             .stdout(Stdio::null())

@@ -2,6 +2,7 @@
 
 mod crash;
 mod harness;
+mod ops;
 mod pipeline;
 mod s3;
 mod sftp;

@@ -120,7 +120,8 @@ fn an_outage_queues_conversations_and_the_backlog_drains() {
 #[test]
 fn kill_9_during_a_multipart_upload_ends_forwarded_with_no_orphan_upload() {
     let mut s3 = S3Server::new();
-    s3.start();
+    // Slow enough that the upload is surely in flight when the daemon is killed.
+    s3.start_limited("30M");
     // One part at a time, so the upload is still open when we pull the plug.
     let mut d = Daemon::with_s3(
         &s3,
@@ -128,7 +129,7 @@ fn kill_9_during_a_multipart_upload_ends_forwarded_with_no_orphan_upload() {
         "multipart_threshold = \"8MiB\"\npart_size = \"5MiB\"\npart_concurrency = 1\n",
     );
     d.start();
-    let big = audio("crash-big", 120 * 1024 * 1024);
+    let big = audio("crash-big", 64 * 1024 * 1024);
     conversation(&d, "MP-1", &big, "b.csv");
     wait_for("the multipart upload to start", T, || s3.open_multipart_uploads() > 0);
     d.kill9();

@@ -1,0 +1,90 @@
+//! Operations: the systemd unit we ship, and readiness/watchdog/stop notifications.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// The shipped unit, with ExecStart pointing at the binary under test (verify checks it exists).
+fn unit_under_test(dir: &Path) -> std::path::PathBuf {
+    let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/dropsync.service")).unwrap();
+    let unit = unit.replace("/usr/local/bin/dropsync", BIN);
+    let path = dir.join("dropsync.service");
+    std::fs::write(&path, unit).unwrap();
+    path
+}
+
+fn systemd_analyze(args: &[&str], unit: &Path) -> std::process::Output {
+    Command::new("systemd-analyze")
+        .args(args)
+        .arg(unit)
+        .output()
+        .expect("systemd-analyze is missing: apt-get install systemd (./scripts/test does)")
+}
+
+#[test]
+fn the_unit_verifies_and_scores_an_exposure_of_2_or_lower() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_under_test(dir.path());
+    let out = systemd_analyze(&["verify"], &unit);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("dropsync.service:"),
+        "systemd-analyze verify: {err}"
+    );
+    let out = systemd_analyze(&["security", "--offline=yes"], &unit);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for dropsync.service:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in:\n{text}{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(score <= 2.0, "exposure {score} > 2.0:\n{text}");
+}
+
+fn next_message(sock: &UnixDatagram, want: &str, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = msg.lines().any(|l| l == want);
+            seen.push(msg);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("no {want} within {timeout:?}; got {seen:?}");
+}
+
+#[test]
+fn ready_watchdog_and_stopping_are_notified() {
+    let mut d = Daemon::new("1h", ACME);
+    let path = d.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    d.start_with_env(&[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000")]);
+    next_message(&sock, "READY=1", Duration::from_secs(20));
+    next_message(&sock, "WATCHDOG=1", Duration::from_secs(10));
+    // Still pinging while working.
+    d.put("acme", "w.wav", &audio("w", 100));
+    d.put(
+        "acme",
+        "w.csv",
+        format!("{HEADER}\n{}\n", csv_row("W-1", "w.wav")).as_bytes(),
+    );
+    d.wait_forwarded(1, Duration::from_secs(20));
+    next_message(&sock, "WATCHDOG=1", Duration::from_secs(10));
+    // A reload signal must never end the daemon.
+    assert!(d.signal(libc::SIGHUP));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.is_running(), "SIGHUP ended the daemon");
+    let status = d.stop();
+    next_message(&sock, "STOPPING=1", Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+}
