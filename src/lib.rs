@@ -22,6 +22,7 @@ pub mod housekeeping;
 pub mod ingress;
 pub mod intake;
 pub mod matching;
+pub mod onboard;
 pub mod ops;
 pub mod reports;
 pub mod tenant;

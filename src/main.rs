@@ -60,10 +60,52 @@ enum Command {
         #[arg(long)]
         conversation: Option<String>,
     },
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Add a tenant: writes tenants.d/ID.toml and prints how it connects.
+    Add {
+        /// The tenant id, also its SFTP user name.
+        id: String,
+        /// Its public key(s), OpenSSH format.
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the CLI definition; they need no configuration.
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "dropsync",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            return match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("dropsync: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let config = match config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -94,6 +136,8 @@ fn main() -> ExitCode {
             limit,
         } => conversations(&config, tenant.as_deref(), state.as_deref(), json, limit),
         Command::Retry { tenant, conversation } => retry(&config, tenant.as_deref(), conversation.as_deref()),
+        Command::Tenant(TenantCommand::Add { id, key }) => tenant_add(&config, &id, &key),
+        Command::Completions { .. } | Command::Man => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -243,5 +287,24 @@ fn retry(config: &Config, tenant: Option<&str>, conversation: Option<&str>) -> a
     let catalog = Catalog::open(&config.db_path())?;
     let n = catalog.retry(tenant, conversation, now_ms(), ms(config.matching.grace))?;
     println!("re-queued {n} conversation(s)");
+    Ok(())
+}
+
+fn tenant_add(config: &Config, id: &str, key: &std::path::Path) -> anyhow::Result<()> {
+    let added = dropsync::onboard::add_tenant(config, id, key).map_err(anyhow::Error::msg)?;
+    println!("wrote {}", added.file.display());
+    match (&added.host, added.port) {
+        (Some(host), Some(port)) => {
+            println!("sftp host:      {host}");
+            println!("sftp port:      {port}");
+        }
+        _ => println!("sftp:           not enabled in this configuration ([sftp] is missing)"),
+    }
+    println!("username:       {}", added.username);
+    println!("key:            {}", added.key_fingerprint);
+    if let Some(fp) = &added.host_key_fingerprint {
+        println!("host key:       {fp}");
+    }
+    println!("the running daemon picks the tenant up at its next restart");
     Ok(())
 }

@@ -88,3 +88,82 @@ fn ready_watchdog_and_stopping_are_notified() {
     next_message(&sock, "STOPPING=1", Duration::from_secs(5));
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn tenant_add_prints_how_to_connect_and_the_new_tenant_can_log_in() {
+    let mut d = Daemon::with_sftp("");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("include = [\"tenants.d/*.toml\"]\n{text}")).unwrap();
+    d.start();
+    let key = d.dir.path().join("newco_key");
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = d.cli(&[
+        "tenant",
+        "add",
+        "newco",
+        "--key",
+        key.with_extension("pub").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        format!("sftp port:      {}", d.sftp_port),
+        "username:       newco".into(),
+        "key:            SHA256:".into(),
+    ] {
+        assert!(text.contains(&want), "{want:?} missing in:\n{text}");
+    }
+    assert!(d.dir.path().join("tenants.d/newco.toml").is_file());
+    // Adding it twice is refused.
+    assert!(
+        !d.cli(&[
+            "tenant",
+            "add",
+            "newco",
+            "--key",
+            key.with_extension("pub").to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    d.stop();
+    d.start();
+    std::fs::write(d.dir.path().join("hello.wav"), b"RIFF").unwrap();
+    let batch = d.dir.path().join("newco-batch");
+    std::fs::write(&batch, "put hello.wav\n").unwrap();
+    let out = Command::new("sftp")
+        .arg("-b")
+        .arg(&batch)
+        .args(SSH_OPTS)
+        .arg("-i")
+        .arg(&key)
+        .arg("-P")
+        .arg(d.sftp_port.to_string())
+        .arg("newco@127.0.0.1")
+        .current_dir(d.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the upload in newco's folder", Duration::from_secs(10), || {
+        d.drop_dir("newco").join("hello.wav").is_file()
+    });
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let out = Command::new(BIN).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("check-config"));
+    let out = Command::new(BIN).arg("man").output().unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && page.contains(".TH dropsync 1") && page.contains("tenant"),
+        "{page}"
+    );
+}
