@@ -15,16 +15,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, now_ms};
-use crate::config::Config;
+use crate::config::{self, Config, LiveConfig};
 use crate::dropbox::DropRoot;
 use crate::forwarding::{Forwarder, Sink};
 use crate::housekeeping::{Archiver, Housekeeper};
 use crate::ingress::sftp::SftpServer;
+use crate::ingress::sftp::Shared as SftpShared;
 use crate::ingress::sftp::auth::KeyStore;
 use crate::ingress::{ViaHints, watch};
 use crate::intake::Intake;
 use crate::ops::{self, Liveness};
 use crate::reports::Reporter;
+use crate::tenant::TenantId;
 
 /// How long in-flight work may take to land after a stop is asked for (below systemd's
 /// default TimeoutStopSec of 90 s).
@@ -56,11 +58,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let (tx, rx) = mpsc::channel(8192);
     let hints = ViaHints::default();
+    let live = LiveConfig::new(config.clone());
     let liveness = Arc::new(Liveness::default());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     // The SFTP listener is bound before anything else is announced, so a port in use fails
     // the start-up rather than a client later.
+    let mut sftp_shared = None;
     if let Some(sftp) = &config.sftp {
         let listener = tokio::net::TcpListener::bind(sftp.listen)
             .await
@@ -76,13 +80,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         )
         .context("setting up the SFTP server")?;
         tracing::info!(listen = %listener.local_addr()?, "sftp listening");
+        sftp_shared = Some(server.shared());
         tracker.spawn(server.run(listener, cancel.clone()));
     }
     let _watch = watch::start(drops.clone(), tx.clone()).context("watching the drop folders")?;
     let intake = Intake {
         catalog: catalog.clone(),
         drop: drops.clone(),
-        config: config.clone(),
+        config: live.clone(),
         archiver: archiver.clone(),
         forwarder: forwarder_wake.clone(),
         reports: reports_wake.clone(),
@@ -130,6 +135,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
     tracker.close();
     tracker.spawn(ops::watchdog(catalog.clone(), liveness.clone(), cancel.clone()));
+    tracker.spawn(reload_on_hangup(live, sftp_shared, drops.clone(), cancel.clone()));
     tracing::info!(tenants = config.tenants.len(), sink = %forwarder.sink.describe(), state_dir = %config.state_dir.display(), "dropsync is running");
     ops::ready();
 
@@ -143,4 +149,79 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: reload the configuration and the included tenant files. A broken file keeps the old
+/// configuration in force and logs every problem.
+async fn reload_on_hangup(live: LiveConfig, sftp: Option<Arc<SftpShared>>, drops: DropRoot, cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        match reload(&live, sftp.as_deref(), &drops) {
+            Ok(summary) => tracing::info!("configuration reloaded: {summary}"),
+            Err(problems) => {
+                for p in &problems {
+                    tracing::error!("reload refused: {p}");
+                }
+                tracing::error!(
+                    problems = problems.len(),
+                    "configuration NOT reloaded; the previous one stays in force"
+                );
+            }
+        }
+    }
+}
+
+fn reload(live: &LiveConfig, sftp: Option<&SftpShared>, drops: &DropRoot) -> Result<String, Vec<String>> {
+    let old = live.get();
+    let new = config::load(&old.file).map_err(|e| e.problems.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let runtime = config::check_runtime(&new);
+    if !runtime.is_empty() {
+        return Err(runtime.iter().map(ToString::to_string).collect());
+    }
+    let keys = KeyStore::from_tenants(&new.tenants).map_err(|e| vec![e.to_string()])?;
+    for t in &new.tenants {
+        drops
+            .ensure_tenant(&t.id)
+            .map_err(|e| vec![format!("creating the drop folder of {}: {e}", t.id)])?;
+    }
+    // What a reload cannot change in a running daemon.
+    let restart = |what: &str, changed: bool| {
+        if changed {
+            tracing::warn!("{what} changed: it takes effect at the next restart");
+        }
+    };
+    restart("state_dir", new.state_dir != old.state_dir);
+    restart("[sftp]", format!("{:?}", new.sftp) != format!("{:?}", old.sftp));
+    restart("[sink]", format!("{:?}", new.sink) != format!("{:?}", old.sink));
+    restart(
+        "[forwarding]",
+        format!("{:?}", new.forwarding) != format!("{:?}", old.forwarding),
+    );
+    let ids = |c: &Config| c.tenants.iter().map(|t| t.id.clone()).collect::<Vec<TenantId>>();
+    let (old_ids, new_ids) = (ids(&old), ids(&new));
+    let added: Vec<String> = new_ids
+        .iter()
+        .filter(|t| !old_ids.contains(t))
+        .map(ToString::to_string)
+        .collect();
+    let removed: Vec<TenantId> = old_ids.into_iter().filter(|t| !new_ids.contains(t)).collect();
+    let count = new.tenants.len();
+    live.set(Arc::new(new));
+    if let Some(sftp) = sftp {
+        sftp.set_keys(keys);
+        sftp.end_sessions_of(&removed);
+    }
+    let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
+    Ok(format!(
+        "{count} tenants; added [{}]; removed [{}]",
+        added.join(", "),
+        removed.join(", ")
+    ))
 }

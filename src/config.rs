@@ -50,6 +50,22 @@ impl Config {
     }
 }
 
+/// The configuration in force, replaced whole on reload (SIGHUP); readers take a snapshot.
+#[derive(Clone)]
+pub struct LiveConfig(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Config>>>);
+
+impl LiveConfig {
+    pub fn new(config: std::sync::Arc<Config>) -> Self {
+        LiveConfig(std::sync::Arc::new(std::sync::RwLock::new(config)))
+    }
+    pub fn get(&self) -> std::sync::Arc<Config> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub fn set(&self, config: std::sync::Arc<Config>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,

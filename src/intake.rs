@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, CatalogError, NewFile, Registered, RowInput, Via, ms, now_ms};
-use crate::config::Config;
+use crate::config::LiveConfig;
 use crate::dropbox::{self, DropRoot, FileKind, RelPath};
 use crate::housekeeping::Archiver;
 use crate::ingress::{Arrived, IngressEvent, ViaHints};
@@ -54,7 +54,8 @@ const BATCH: usize = 256;
 pub struct Intake {
     pub catalog: Catalog,
     pub drop: DropRoot,
-    pub config: Arc<Config>,
+    /// The configuration in force (replaced on reload).
+    pub config: LiveConfig,
     pub archiver: Archiver,
     /// Woken when conversations become ready.
     pub forwarder: Arc<Notify>,
@@ -181,8 +182,8 @@ impl Intake {
             .then(|| (meta.len(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec()))
     }
 
-    fn tenant(&self, id: &TenantId) -> Option<&Tenant> {
-        self.config.tenant(id.as_str())
+    fn tenant(&self, id: &TenantId) -> Option<Tenant> {
+        self.config.get().tenant(id.as_str()).cloned()
     }
 
     /// Handles one arrival. Never fails because of the file's content: bad input is recorded
@@ -225,7 +226,7 @@ impl Intake {
     fn unknown_reason(&self) -> String {
         format!(
             "not a recording ({}) or a metadata file (csv, tsv, json, jsonl, ndjson) or a zip batch",
-            self.config.matching.recording_extensions.join(", ")
+            self.config.get().matching.recording_extensions.join(", ")
         )
     }
 
@@ -252,7 +253,7 @@ impl Intake {
         {
             return Ok(None);
         }
-        let kind = FileKind::of(a.rel.file_name(), &self.config.matching);
+        let kind = FileKind::of(a.rel.file_name(), &self.config.get().matching);
         let sha256 = match kind {
             FileKind::Recording => Some(hex::encode(crate::fsutil::hash_reader(&file)?.1)),
             _ => None,
@@ -290,13 +291,13 @@ impl Intake {
                 metadata_file_id,
             } => {
                 if let FileKind::Metadata(format) = p.kind {
-                    self.parse_metadata(tenant, file_id, metadata_file_id, &p.rel, format, 0)?;
+                    self.parse_metadata(&tenant, file_id, metadata_file_id, &p.rel, format, 0)?;
                 }
             }
             Registered::Zip {
                 file_id,
                 metadata_file_id,
-            } => self.unpack(tenant, file_id, metadata_file_id, &p.rel, p.via)?,
+            } => self.unpack(&tenant, file_id, metadata_file_id, &p.rel, p.via)?,
             Registered::Unknown { file_id } => {
                 tracing::warn!("file rejected: {}", self.unknown_reason());
                 self.archiver.archive(&[file_id])?;
@@ -350,7 +351,7 @@ impl Intake {
         }
 
         let stem = rel.file_name().rsplit_once('.').map_or(rel.file_name(), |(s, _)| s);
-        let grace = ms(self.config.matching.grace);
+        let grace = ms(self.config.get().matching.grace);
         let mut chunk: Vec<RowInput> = Vec::with_capacity(ROWS_PER_CHUNK);
         let (mut accepted, mut rejected, mut ready) = (0u64, 0u64, 0usize);
         let mut decided = Vec::new();
@@ -365,7 +366,7 @@ impl Intake {
                     let ctx = RowContext {
                         mapping,
                         timezone: tenant.timezone,
-                        extensions: &self.config.matching.recording_extensions,
+                        extensions: &self.config.get().matching.recording_extensions,
                         file_stem: stem,
                         first_row: is_first,
                     };
@@ -425,7 +426,7 @@ impl Intake {
     fn unpack(&self, tenant: &Tenant, file_id: i64, id: i64, rel: &RelPath, via: Via) -> Result<(), IntakeError> {
         let archive = self.drop.path_of(&tenant.id, rel);
         let dest = archive.parent().unwrap_or(self.drop.root()).to_path_buf();
-        match dropbox::unpack_zip(&archive, &dest, self.config.matching.zip_max_unpacked) {
+        match dropbox::unpack_zip(&archive, &dest, self.config.get().matching.zip_max_unpacked) {
             Ok(unpacked) => {
                 for (name, why) in &unpacked.refused {
                     tracing::warn!(entry = %name, reason = %why, "zip entry refused");
@@ -438,7 +439,7 @@ impl Intake {
                 self.catalog.finish_zip(id, Ok(&unpacked.refused))?;
                 // Recordings first, as clients send them, so metadata finds them present.
                 let mut names = unpacked.files;
-                names.sort_by_key(|n| !matches!(FileKind::of(n, &self.config.matching), FileKind::Recording));
+                names.sort_by_key(|n| !matches!(FileKind::of(n, &self.config.get().matching), FileKind::Recording));
                 for name in names {
                     if let Some(rel) = RelPath::join_dir(rel.dir(), &name) {
                         self.handle(&Arrived {
@@ -469,12 +470,13 @@ impl Intake {
             let Some(t) = self.tenant(&tid) else { continue };
             tracing::info!(tenant = %tid, file = rel.as_str(), "resuming an interrupted parse");
             if format == "zip" {
-                self.unpack(t, file_id, id, &rel, Via::Local)?;
+                self.unpack(&t, file_id, id, &rel, Via::Local)?;
             } else if let Some(f) = MetadataFormat::from_extension(&format) {
-                self.parse_metadata(t, file_id, id, &rel, f, rows_done)?;
+                self.parse_metadata(&t, file_id, id, &rel, f, rows_done)?;
             }
         }
-        for tenant in &self.config.tenants {
+        let config = self.config.get();
+        for tenant in &config.tenants {
             let on_disk = self.drop.scan_tenant(&tenant.id)?;
             let on_disk_set: std::collections::HashSet<&str> = on_disk.iter().map(RelPath::as_str).collect();
             let gone: Vec<i64> = self
@@ -490,7 +492,12 @@ impl Intake {
             }
             // Recordings before metadata, so rows find their recordings present (the fast path).
             let mut ordered = on_disk;
-            ordered.sort_by_key(|r| !matches!(FileKind::of(r.file_name(), &self.config.matching), FileKind::Recording));
+            ordered.sort_by_key(|r| {
+                !matches!(
+                    FileKind::of(r.file_name(), &self.config.get().matching),
+                    FileKind::Recording
+                )
+            });
             let arrivals: Vec<Arrived> = ordered
                 .into_iter()
                 .map(|rel| Arrived {

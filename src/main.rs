@@ -166,15 +166,6 @@ fn run(config: Config) -> anyhow::Result<()> {
     init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
-        // SIGHUP's default action would end the process (`systemctl reload`); until live reload
-        // lands, it is caught and answered with what to do instead.
-        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    tracing::warn!("SIGHUP: live reload is not supported yet; run `dropsync check-config`, then restart dropsync to apply changes");
-                }
-            });
-        }
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
@@ -305,6 +296,6 @@ fn tenant_add(config: &Config, id: &str, key: &std::path::Path) -> anyhow::Resul
     if let Some(fp) = &added.host_key_fingerprint {
         println!("host key:       {fp}");
     }
-    println!("the running daemon picks the tenant up at its next restart");
+    println!("reload the running daemon to let it in: systemctl reload dropsync (SIGHUP)");
     Ok(())
 }

@@ -63,6 +63,11 @@ impl Daemon {
 
     /// Runs OpenSSH `sftp -b` with `batch` as `user`, using `tenant`'s key.
     pub fn sftp_batch(&self, user: &str, tenant_key: &str, batch: &str) -> Output {
+        self.sftp_batch_with(user, &self.key(tenant_key), batch)
+    }
+
+    /// Runs OpenSSH `sftp -b` with `batch` as `user`, using the private key at `key`.
+    pub fn sftp_batch_with(&self, user: &str, key: &Path, batch: &str) -> Output {
         let file = self.dir.path().join(format!("batch-{}", fastrand::u64(..)));
         std::fs::write(&file, batch).unwrap();
         let out = Command::new("sftp")
@@ -70,7 +75,7 @@ impl Daemon {
             .arg(&file)
             .args(SSH_OPTS)
             .arg("-i")
-            .arg(self.key(tenant_key))
+            .arg(key)
             .arg("-P")
             .arg(self.sftp_port.to_string())
             .arg(format!("{user}@127.0.0.1"))

@@ -136,20 +136,7 @@ fn tenant_add_prints_how_to_connect_and_the_new_tenant_can_log_in() {
     d.stop();
     d.start();
     std::fs::write(d.dir.path().join("hello.wav"), b"RIFF").unwrap();
-    let batch = d.dir.path().join("newco-batch");
-    std::fs::write(&batch, "put hello.wav\n").unwrap();
-    let out = Command::new("sftp")
-        .arg("-b")
-        .arg(&batch)
-        .args(SSH_OPTS)
-        .arg("-i")
-        .arg(&key)
-        .arg("-P")
-        .arg(d.sftp_port.to_string())
-        .arg("newco@127.0.0.1")
-        .current_dir(d.dir.path())
-        .output()
-        .unwrap();
+    let out = d.sftp_batch_with("newco", &key, "put hello.wav\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for("the upload in newco's folder", Duration::from_secs(10), || {
         d.drop_dir("newco").join("hello.wav").is_file()
@@ -166,4 +153,101 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         out.status.success() && page.contains(".TH dropsync 1") && page.contains("tenant"),
         "{page}"
     );
+}
+
+fn can_log_in(d: &Daemon, user: &str, key: &Path) -> bool {
+    d.sftp_batch_with(user, key, "ls\n").status.success()
+}
+
+#[test]
+fn sighup_adds_and_removes_tenants_without_dropping_sessions_and_refuses_a_broken_config() {
+    use std::io::Write;
+    let mut d = Daemon::with_sftp("");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("include = [\"tenants.d/*.toml\"]\n{text}")).unwrap();
+    d.start();
+    // An acme session that stays open across the reloads.
+    std::fs::write(d.dir.path().join("a.wav"), b"RIFFa").unwrap();
+    std::fs::write(d.dir.path().join("b.wav"), b"RIFFb").unwrap();
+    let mut session = Command::new("sftp")
+        .arg("-b")
+        .arg("-")
+        .args(SSH_OPTS)
+        .arg("-i")
+        .arg(d.key("acme"))
+        .arg("-P")
+        .arg(d.sftp_port.to_string())
+        .arg("acme@127.0.0.1")
+        .current_dir(d.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = session.stdin.take().unwrap();
+    writeln!(stdin, "put a.wav").unwrap();
+    stdin.flush().unwrap();
+    wait_for("the first upload", Duration::from_secs(10), || {
+        d.drop_dir("acme").join("a.wav").exists()
+    });
+
+    let key = d.dir.path().join("newco_key");
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        d.cli(&[
+            "tenant",
+            "add",
+            "newco",
+            "--key",
+            key.with_extension("pub").to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    assert!(!can_log_in(&d, "newco", &key), "the tenant works before the reload");
+    assert!(d.signal(libc::SIGHUP));
+    wait_for("newco to log in after the reload", Duration::from_secs(10), || {
+        can_log_in(&d, "newco", &key)
+    });
+
+    // A broken file: refused, the daemon stays up, the previous configuration stays in force.
+    std::fs::write(
+        d.dir.path().join("tenants.d/bad.toml"),
+        "[[tenants]]\nid = \"Not Valid\"\n",
+    )
+    .unwrap();
+    assert!(d.signal(libc::SIGHUP));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(d.is_running());
+    assert!(
+        can_log_in(&d, "newco", &key),
+        "a broken reload replaced the configuration"
+    );
+    std::fs::remove_file(d.dir.path().join("tenants.d/bad.toml")).unwrap();
+
+    // Removing the tenant takes its login away.
+    std::fs::remove_file(d.dir.path().join("tenants.d/newco.toml")).unwrap();
+    assert!(d.signal(libc::SIGHUP));
+    wait_for("newco to be refused", Duration::from_secs(10), || {
+        !can_log_in(&d, "newco", &key)
+    });
+
+    // The acme session went through all of it and still works.
+    writeln!(stdin, "put b.wav").unwrap();
+    writeln!(stdin, "bye").unwrap();
+    drop(stdin);
+    let out = session.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the open session broke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(d.drop_dir("acme").join("b.wav")).unwrap(), b"RIFFb");
 }

@@ -24,6 +24,16 @@ pub struct Connection {
     pub authenticated: Arc<AtomicBool>,
     /// Set once the client tried to authenticate with something we checked and refused.
     pub refused: Arc<AtomicBool>,
+    /// Our entry in the logged-in registry.
+    registered: Option<u64>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(id) = self.registered {
+            self.shared.deregister(id);
+        }
+    }
 }
 
 impl Connection {
@@ -35,6 +45,7 @@ impl Connection {
             channels: HashMap::new(),
             authenticated: Arc::new(AtomicBool::new(false)),
             refused: Arc::new(AtomicBool::new(false)),
+            registered: None,
         }
     }
 
@@ -94,6 +105,13 @@ impl russh::server::Handler for Connection {
                 Ok(Self::public_key_only())
             }
         }
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(tenant) = &self.tenant {
+            self.registered = Some(self.shared.register(tenant.clone(), session.handle()));
+        }
+        Ok(())
     }
 
     async fn channel_open_session(

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::SftpConfig;
 use crate::dropbox::DropRoot;
 use crate::ingress::{IngressEvent, ViaHints};
+use crate::tenant::TenantId;
 use auth::{Bans, KeyStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,9 @@ pub struct Shared {
     sessions: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     bans: Bans,
+    /// Logged-in sessions, so a tenant removed by a reload can be disconnected.
+    logged_in: Mutex<HashMap<u64, (TenantId, russh::server::Handle)>>,
+    next_session: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -60,6 +64,39 @@ impl Shared {
     /// Swaps the keys (config reload); existing sessions keep going.
     pub fn set_keys(&self, keys: KeyStore) {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+
+    pub fn register(&self, tenant: TenantId, handle: russh::server::Handle) -> u64 {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        self.logged_in
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (tenant, handle));
+        id
+    }
+
+    pub fn deregister(&self, id: u64) {
+        self.logged_in.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    /// Disconnects every session of these tenants (removed by a reload).
+    pub fn end_sessions_of(&self, removed: &[TenantId]) {
+        let handles: Vec<(TenantId, russh::server::Handle)> = self
+            .logged_in
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|(t, _)| removed.contains(t))
+            .cloned()
+            .collect();
+        for (tenant, handle) in handles {
+            tracing::info!(tenant = %tenant, "ending a session of a removed tenant");
+            self.tracker.spawn(async move {
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, "tenant removed".into(), "en".into())
+                    .await;
+            });
+        }
     }
 }
 
@@ -148,6 +185,8 @@ impl SftpServer {
             sessions: Arc::new(Semaphore::new(limits.max_sessions as usize)),
             per_ip: Mutex::new(HashMap::new()),
             bans: Bans::new(limits.max_auth_failures, limits.ban_time),
+            logged_in: Mutex::new(HashMap::new()),
+            next_session: std::sync::atomic::AtomicU64::new(1),
             limits,
             tracker,
         };
