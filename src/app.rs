@@ -135,7 +135,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
     tracker.close();
     tracker.spawn(ops::watchdog(catalog.clone(), liveness.clone(), cancel.clone()));
-    tracker.spawn(reload_on_hangup(live, sftp_shared, drops.clone(), cancel.clone()));
+    tracker.spawn(reload_on_hangup(
+        live,
+        sftp_shared.clone(),
+        drops.clone(),
+        cancel.clone(),
+    ));
     tracing::info!(tenants = config.tenants.len(), sink = %forwarder.sink.describe(), state_dir = %config.state_dir.display(), "dropsync is running");
     ops::ready();
 
@@ -144,7 +149,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!("stopping: finishing in-flight work");
     cancel.cancel();
     drop(tx);
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    if let Some(sftp) = &sftp_shared {
+        sftp.drain(deadline).await;
+    }
+    if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
         tracing::warn!("in-flight work did not finish within {DRAIN_TIMEOUT:?}; it is replayed at the next start");
     }
     tracing::info!("stopped");

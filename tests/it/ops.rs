@@ -251,3 +251,50 @@ fn sighup_adds_and_removes_tenants_without_dropping_sessions_and_refuses_a_broke
     );
     assert_eq!(std::fs::read(d.drop_dir("acme").join("b.wav")).unwrap(), b"RIFFb");
 }
+
+#[test]
+fn sigterm_with_idle_sessions_exits_0_promptly() {
+    use std::io::Write;
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    // A logged-in session doing nothing, and a connection that never logs in.
+    let mut idle = Command::new("sftp")
+        .arg("-b")
+        .arg("-")
+        .args(SSH_OPTS)
+        .arg("-i")
+        .arg(d.key("acme"))
+        .arg("-P")
+        .arg(d.sftp_port.to_string())
+        .arg("acme@127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = idle.stdin.take().unwrap();
+    writeln!(stdin, "pwd").unwrap();
+    stdin.flush().unwrap();
+    // sftp echoes the command, then answers it: logged in once the answer is there.
+    let mut out = std::io::BufReader::new(idle.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("Remote working directory") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "the session ended"
+        );
+    }
+    let _silent = std::net::TcpStream::connect(("127.0.0.1", d.sftp_port)).unwrap();
+    let started = Instant::now();
+    let status = d.stop();
+    assert_eq!(status.code(), Some(0));
+    // Idle sessions do not hold the stop for the whole drain time (30 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    drop(stdin);
+    let _ = idle.wait();
+}

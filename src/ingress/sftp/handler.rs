@@ -26,6 +26,8 @@ pub struct Connection {
     pub refused: Arc<AtomicBool>,
     /// Our entry in the logged-in registry.
     registered: Option<u64>,
+    /// Uploads open in this connection's SFTP sessions.
+    open_uploads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Drop for Connection {
@@ -46,6 +48,7 @@ impl Connection {
             authenticated: Arc::new(AtomicBool::new(false)),
             refused: Arc::new(AtomicBool::new(false)),
             registered: None,
+            open_uploads: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
     }
 
@@ -109,7 +112,10 @@ impl russh::server::Handler for Connection {
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         if let Some(tenant) = &self.tenant {
-            self.registered = Some(self.shared.register(tenant.clone(), session.handle()));
+            self.registered = Some(
+                self.shared
+                    .register(tenant.clone(), session.handle(), self.open_uploads.clone()),
+            );
         }
         Ok(())
     }
@@ -143,6 +149,7 @@ impl russh::server::Handler for Connection {
             hints: self.shared.hints.clone(),
             max_file_size: self.shared.limits.max_file_size,
             fsync_on_close: self.shared.limits.fsync_on_close,
+            open_uploads: self.open_uploads.clone(),
         };
         self.shared.tracker.spawn(serve(channel.into_stream(), ctx));
         Ok(())

@@ -40,6 +40,9 @@ pub enum SftpError {
     Keys(#[from] auth::KeyError),
 }
 
+/// A logged-in session: whose, how to disconnect it, and its uploads in flight.
+type LoggedIn = (TenantId, russh::server::Handle, Arc<std::sync::atomic::AtomicUsize>);
+
 /// What every connection shares.
 pub struct Shared {
     keys: RwLock<Arc<KeyStore>>,
@@ -53,7 +56,7 @@ pub struct Shared {
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     bans: Bans,
     /// Logged-in sessions, so a tenant removed by a reload can be disconnected.
-    logged_in: Mutex<HashMap<u64, (TenantId, russh::server::Handle)>>,
+    logged_in: Mutex<HashMap<u64, LoggedIn>>,
     next_session: std::sync::atomic::AtomicU64,
 }
 
@@ -66,13 +69,52 @@ impl Shared {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
     }
 
-    pub fn register(&self, tenant: TenantId, handle: russh::server::Handle) -> u64 {
+    pub fn register(
+        &self,
+        tenant: TenantId,
+        handle: russh::server::Handle,
+        uploads: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> u64 {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         self.logged_in
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, (tenant, handle));
+            .insert(id, (tenant, handle, uploads));
         id
+    }
+
+    /// A stop: sessions with no upload in flight are disconnected at once; the others as soon
+    /// as their uploads close, or at `deadline` (an upload cut then is discarded, never ingested).
+    pub async fn drain(&self, deadline: tokio::time::Instant) {
+        let mut told = std::collections::HashSet::new();
+        loop {
+            let now = tokio::time::Instant::now();
+            let sessions: Vec<(u64, russh::server::Handle, usize)> = self
+                .logged_in
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(id, (_, h, u))| (*id, h.clone(), u.load(Ordering::Relaxed)))
+                .collect();
+            if sessions.is_empty() {
+                return;
+            }
+            for (id, handle, uploads) in sessions {
+                if (uploads == 0 || now >= deadline) && told.insert(id) {
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "dropsync is stopping".into(),
+                            "en".into(),
+                        )
+                        .await;
+                }
+            }
+            if now >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn deregister(&self, id: u64) {
@@ -86,8 +128,8 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|(t, _)| removed.contains(t))
-            .cloned()
+            .filter(|(t, _, _)| removed.contains(t))
+            .map(|(t, h, _)| (t.clone(), h.clone()))
             .collect();
         for (tenant, handle) in handles {
             tracing::info!(tenant = %tenant, "ending a session of a removed tenant");
@@ -245,12 +287,22 @@ impl SftpServer {
             // One deadline for the handshake and the login: a client that never speaks (or
             // never logs in) is dropped at it.
             let deadline = tokio::time::Instant::now() + shared.limits.login_grace;
-            match tokio::time::timeout_at(deadline, russh::server::run_stream(shared.ssh.clone(), stream, conn)).await {
-                Ok(Ok(running)) => {
+            // A stop during the handshake ends it too (the deadline is then now).
+            let handshake = tokio::time::timeout_at(deadline, russh::server::run_stream(shared.ssh.clone(), stream, conn));
+            let handshake = tokio::select! {
+                r = handshake => r.ok(),
+                _ = cancel.cancelled() => None,
+            };
+            match handshake {
+                Some(Ok(running)) => {
                     let handle = running.handle();
                     let mut running = std::pin::pin!(running);
                     tokio::select! {
                         r = &mut running => log_end(peer, r),
+                        // Not logged in yet when a stop comes: nothing to wait for.
+                        _ = cancel.cancelled(), if !authenticated.load(Ordering::Relaxed) => {
+                            let _ = handle.disconnect(russh::Disconnect::ByApplication, "dropsync is stopping".into(), "en".into()).await;
+                        }
                         _ = tokio::time::sleep_until(deadline) => {
                             if !authenticated.load(Ordering::Relaxed) {
                                 tracing::info!(peer = %peer, "no login within the grace time; disconnecting");
@@ -263,8 +315,8 @@ impl SftpServer {
                         }
                     }
                 }
-                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "ssh handshake failed"),
-                Err(_) => tracing::info!(peer = %peer, "no ssh handshake within the grace time; disconnecting"),
+                Some(Err(e)) => tracing::debug!(peer = %peer, error = %e, "ssh handshake failed"),
+                None => tracing::info!(peer = %peer, "no ssh handshake within the grace time (or a stop); disconnecting"),
             }
             if authenticated.load(Ordering::Relaxed) {
                 shared.bans.succeeded(ip);

@@ -42,6 +42,8 @@ pub struct SessionCtx {
     pub hints: ViaHints,
     pub max_file_size: u64,
     pub fsync_on_close: bool,
+    /// Uploads open in this session (a stop waits for them, up to its deadline).
+    pub open_uploads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct UploadHandle {
@@ -428,6 +430,7 @@ impl Session {
             None => Ok(status(id, StatusCode::Failure, "invalid handle")),
             Some(OpenHandle::Read(_)) | Some(OpenHandle::Dir(_)) => Ok(ok(id)),
             Some(OpenHandle::Upload(u)) => {
+                self.ctx.open_uploads.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 // Every write sent before CLOSE has landed once we hold the gate.
                 let _all_written = u.gate.clone().write_owned().await;
                 drop(u.file);
@@ -550,6 +553,7 @@ impl Session {
     async fn abort_all(&mut self) {
         for (_, h) in self.handles.drain() {
             if let OpenHandle::Upload(u) = h {
+                self.ctx.open_uploads.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 let _all_written = u.gate.clone().write_owned().await;
                 tracing::info!(tenant = %self.ctx.tenant, file = %u.upload.vpath, "upload not closed; discarded");
                 self.ctx.fs.abort_upload(u.upload);
