@@ -86,6 +86,23 @@ impl Daemon {
         out
     }
 
+    /// An OpenSSH `sftp -b -` session as `user` with `key`, reading commands from its stdin, so
+    /// a test can keep it open and drive it step by step.
+    pub fn sftp_command(&self, user: &str, key: &Path) -> Command {
+        let mut c = Command::new("sftp");
+        c.arg("-b")
+            .arg("-")
+            .args(SSH_OPTS)
+            .arg("-i")
+            .arg(key)
+            .arg("-P")
+            .arg(self.sftp_port.to_string())
+            .arg(format!("{user}@127.0.0.1"))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::piped());
+        c
+    }
+
     /// Runs a Python script with paramiko; `ARGS` holds port, key and folder.
     pub fn paramiko(&self, script: &str) -> Output {
         let prelude = format!(

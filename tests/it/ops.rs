@@ -169,17 +169,8 @@ fn sighup_adds_and_removes_tenants_without_dropping_sessions_and_refuses_a_broke
     // An acme session that stays open across the reloads.
     std::fs::write(d.dir.path().join("a.wav"), b"RIFFa").unwrap();
     std::fs::write(d.dir.path().join("b.wav"), b"RIFFb").unwrap();
-    let mut session = Command::new("sftp")
-        .arg("-b")
-        .arg("-")
-        .args(SSH_OPTS)
-        .arg("-i")
-        .arg(d.key("acme"))
-        .arg("-P")
-        .arg(d.sftp_port.to_string())
-        .arg("acme@127.0.0.1")
-        .current_dir(d.dir.path())
-        .stdin(std::process::Stdio::piped())
+    let mut session = d
+        .sftp_command("acme", &d.key("acme"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -258,16 +249,8 @@ fn sigterm_with_idle_sessions_exits_0_promptly() {
     let mut d = Daemon::with_sftp("");
     d.start();
     // A logged-in session doing nothing, and a connection that never logs in.
-    let mut idle = Command::new("sftp")
-        .arg("-b")
-        .arg("-")
-        .args(SSH_OPTS)
-        .arg("-i")
-        .arg(d.key("acme"))
-        .arg("-P")
-        .arg(d.sftp_port.to_string())
-        .arg("acme@127.0.0.1")
-        .stdin(std::process::Stdio::piped())
+    let mut idle = d
+        .sftp_command("acme", &d.key("acme"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
