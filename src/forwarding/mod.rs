@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::catalog::{Catalog, Forwarded, Work, ms, now_ms};
 use crate::config::SinkConfig;
@@ -208,8 +209,12 @@ impl Forwarder {
     }
 
     async fn forward_one(&self, work: Work) {
+        // Instrumented, not entered: an entered span does not follow a future across awaits.
         let span = tracing::info_span!("forward", tenant = %work.tenant, conversation = %work.conversation_id, attempt = work.attempts);
-        let _g = span.enter();
+        self.forward_one_in_span(work).instrument(span).await
+    }
+
+    async fn forward_one_in_span(&self, work: Work) {
         let started = now_ms();
         let result = self.attempt(&work, started).await;
         let now = now_ms();
