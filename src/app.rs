@@ -134,6 +134,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .run(cancel.clone()),
     );
     tracker.close();
+    if let Some(m) = &config.metrics {
+        let listener = tokio::net::TcpListener::bind(m.listen)
+            .await
+            .with_context(|| format!("binding the metrics listener on {}", m.listen))?;
+        if let Some(handle) = ops::metrics::install() {
+            tracing::info!(listen = %listener.local_addr()?, "metrics listening (/metrics, /healthz)");
+            tracker.spawn(ops::metrics::serve(
+                listener,
+                handle,
+                catalog.clone(),
+                liveness.clone(),
+                cancel.clone(),
+            ));
+        }
+    }
     tracker.spawn(ops::watchdog(catalog.clone(), liveness.clone(), cancel.clone()));
     tracker.spawn(reload_on_hangup(
         live,

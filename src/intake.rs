@@ -218,6 +218,10 @@ impl Intake {
             .collect();
         let outcomes = self.catalog.register_files(&news, now_ms(), &self.unknown_reason())?;
         for (p, outcome) in prepared.iter().zip(outcomes) {
+            if outcome != Registered::Duplicate {
+                metrics::counter!("dropsync_received_files_total", "tenant" => p.tenant.to_string(), "via" => p.via.as_str())
+                    .increment(1);
+            }
             self.follow_up(p, outcome)?;
         }
         Ok(())

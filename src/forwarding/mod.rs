@@ -229,10 +229,12 @@ impl Forwarder {
                     .await
             }
             Err(Outcome::Sink(e)) if e.kind == ErrorKind::Permanent => {
+                metrics::counter!("dropsync_sink_errors_total", "kind" => "permanent").increment(1);
                 tracing::error!(error = %e, "forwarding failed permanently; `dropsync retry` re-queues it");
                 self.catalog.run(move |c| c.fail(id, &e.message, now)).await
             }
             Err(Outcome::Sink(e)) => {
+                metrics::counter!("dropsync_sink_errors_total", "kind" => "transient").increment(1);
                 let delay = backoff(work.attempts, self.retry_min, self.retry_max);
                 tracing::warn!(error = %e, retry_in = ?delay, "forwarding failed; will retry");
                 let at = now + ms(delay);
@@ -330,6 +332,9 @@ impl Forwarder {
             .await
             .map_err(Outcome::Catalog)?;
         tracing::info!(key_prefix = %prefix, recordings = entries.len(), "conversation forwarded");
+        metrics::counter!("dropsync_forwarded_total", "tenant" => work.tenant.clone()).increment(1);
+        metrics::histogram!("dropsync_forward_latency_seconds")
+            .record((forwarded_at - work.received_at).max(0) as f64 / 1000.0);
         let archiver = self.archiver.clone();
         match tokio::task::spawn_blocking(move || archiver.move_all(&to_archive)).await {
             Ok(Ok(())) => {}

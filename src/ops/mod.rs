@@ -1,6 +1,8 @@
 //! Operations around the pipeline: systemd readiness and watchdog (sd-notify), and the liveness
 //! record the watchdog reads. Without systemd (no NOTIFY_SOCKET), notifications are no-ops.
 
+pub mod metrics;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -281,3 +281,83 @@ fn sigterm_with_idle_sessions_exits_0_promptly() {
     drop(stdin);
     let _ = idle.wait();
 }
+
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// The value of the first sample whose name and labels contain all of `parts`.
+fn sample(body: &str, parts: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| parts.iter().all(|p| l.contains(p)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_and_healthz_are_served_and_parse() {
+    let mut d = Daemon::with_sftp("");
+    let port = free_port();
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{text}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    d.start();
+    std::fs::write(d.dir.path().join("m.wav"), audio("m", 4000)).unwrap();
+    std::fs::write(
+        d.dir.path().join("m.csv"),
+        format!("{HEADER}\n{}\n", csv_row("M-1", "m.wav")),
+    )
+    .unwrap();
+    assert!(d.sftp_batch("acme", "acme", "put m.wav\nput m.csv\n").status.success());
+    d.wait_forwarded(1, Duration::from_secs(20));
+    wait_for("the metrics endpoint", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let (status, body) = http_get(port, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(
+        sample(
+            &body,
+            &["dropsync_conversations{", "state=\"forwarded\"", "tenant=\"acme\""]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &["dropsync_conversations{", "state=\"failed\"", "tenant=\"acme\""]
+        ),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(
+        sample(&body, &["dropsync_received_files_total{", "via=\"sftp\""]).unwrap_or(0.0) >= 2.0,
+        "{body}"
+    );
+    assert!(
+        sample(&body, &["dropsync_received_bytes_total{", "via=\"sftp\""]).unwrap_or(0.0) >= 4000.0,
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &["dropsync_forward_latency_seconds_count"]),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &["dropsync_forwarded_total{", "tenant=\"acme\""]),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(sample(&body, &["dropsync_sftp_sessions"]).is_some(), "{body}");
+    let (status, body) = http_get(port, "/healthz");
+    assert!(status.contains("200") && body == "ok\n", "{status} {body}");
+    assert!(http_get(port, "/nope").0.contains("404"));
+}

@@ -367,6 +367,7 @@ impl Session {
         };
         let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let tx = self.tx.clone();
+        metrics::counter!("dropsync_received_bytes_total", "via" => "sftp").increment(w.data.len() as u64);
         while self.requests.try_join_next().is_some() {}
         self.requests.spawn(async move {
             let (id, offset, data) = (w.id, w.offset, w.data);
