@@ -191,7 +191,7 @@ impl Daemon {
         let drop = self.drop_dir("acme");
         let db = self.dir.path().join("var/dropsync.db");
         let port = self.sftp_port;
-        wait_for("the daemon to start", Duration::from_secs(20), || {
+        wait_for("the daemon to start", Duration::from_secs(60), || {
             drop.is_dir() && db.exists() && (port == 0 || speaks_ssh(port))
         });
     }
@@ -284,7 +284,7 @@ impl Daemon {
     pub fn wait_report(&self, tenant: &str, name: &str, n: usize) -> Vec<Vec<String>> {
         wait_for(
             &format!("report {name} with {n} decided lines"),
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             || {
                 let lines = self.read_report(tenant, name);
                 lines.len() == n && lines.iter().all(|l| l[3] != "waiting")

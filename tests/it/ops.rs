@@ -78,7 +78,7 @@ fn ready_watchdog_and_stopping_are_notified() {
         "w.csv",
         format!("{HEADER}\n{}\n", csv_row("W-1", "w.wav")).as_bytes(),
     );
-    d.wait_forwarded(1, Duration::from_secs(20));
+    d.wait_forwarded(1, Duration::from_secs(60));
     next_message(&sock, "WATCHDOG=1", Duration::from_secs(10));
     // A reload signal must never end the daemon.
     assert!(d.signal(libc::SIGHUP));
@@ -316,7 +316,7 @@ fn metrics_and_healthz_are_served_and_parse() {
     )
     .unwrap();
     assert!(d.sftp_batch("acme", "acme", "put m.wav\nput m.csv\n").status.success());
-    d.wait_forwarded(1, Duration::from_secs(20));
+    d.wait_forwarded(1, Duration::from_secs(60));
     wait_for("the metrics endpoint", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });

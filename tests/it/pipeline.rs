@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-const T: Duration = Duration::from_secs(20);
+const T: Duration = Duration::from_secs(60);
 
 #[test]
 fn audio_then_csv_is_forwarded_and_leaves_the_drop_folder() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(60);
 
 fn files(d: &Daemon, id: &str, seed: &str) -> (Vec<u8>, String) {
     let audio = audio(seed, 20_000);
