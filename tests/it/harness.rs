@@ -70,16 +70,8 @@ impl Daemon {
     pub fn sftp_batch_with(&self, user: &str, key: &Path, batch: &str) -> Output {
         let file = self.dir.path().join(format!("batch-{}", fastrand::u64(..)));
         std::fs::write(&file, batch).unwrap();
-        let out = Command::new("sftp")
-            .arg("-b")
-            .arg(&file)
-            .args(SSH_OPTS)
-            .arg("-i")
-            .arg(key)
-            .arg("-P")
-            .arg(self.sftp_port.to_string())
-            .arg(format!("{user}@127.0.0.1"))
-            .current_dir(self.dir.path())
+        let out = self
+            .sftp(user, key, file.as_os_str())
             .output()
             .expect("OpenSSH sftp is missing: install openssh-client (./scripts/test does)");
         let _ = std::fs::remove_file(file);
@@ -89,17 +81,23 @@ impl Daemon {
     /// An OpenSSH `sftp -b -` session as `user` with `key`, reading commands from its stdin, so
     /// a test can keep it open and drive it step by step.
     pub fn sftp_command(&self, user: &str, key: &Path) -> Command {
+        let mut c = self.sftp(user, key, std::ffi::OsStr::new("-"));
+        c.stdin(Stdio::piped());
+        c
+    }
+
+    /// OpenSSH `sftp -b BATCH` to this daemon as `user` with the private key at `key`.
+    fn sftp(&self, user: &str, key: &Path, batch: &std::ffi::OsStr) -> Command {
         let mut c = Command::new("sftp");
         c.arg("-b")
-            .arg("-")
+            .arg(batch)
             .args(SSH_OPTS)
             .arg("-i")
             .arg(key)
             .arg("-P")
             .arg(self.sftp_port.to_string())
             .arg(format!("{user}@127.0.0.1"))
-            .current_dir(self.dir.path())
-            .stdin(Stdio::piped());
+            .current_dir(self.dir.path());
         c
     }
 
