@@ -60,6 +60,12 @@ enum OpenHandle {
     Dir(Vec<russh_sftp::protocol::File>),
 }
 
+/// Encodes a reply and hands it to the session's writer.
+async fn send_packet(tx: &mpsc::Sender<Bytes>, p: Packet) -> Result<(), String> {
+    let bytes = Bytes::try_from(p).map_err(|e| format!("encode: {e}"))?;
+    tx.send(bytes).await.map_err(|_| "client gone".to_string())
+}
+
 fn status(id: u32, code: StatusCode, message: &str) -> Packet {
     Packet::Status(Status {
         id,
@@ -133,8 +139,7 @@ struct Session {
 
 impl Session {
     async fn send(&self, p: Packet) -> Result<(), String> {
-        let bytes = Bytes::try_from(p).map_err(|e| format!("encode: {e}"))?;
-        self.tx.send(bytes).await.map_err(|_| "client gone".to_string())
+        send_packet(&self.tx, p).await
     }
 
     async fn run<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<(), String> {
@@ -378,9 +383,7 @@ impl Session {
                 Ok(Err(e)) => status(id, StatusCode::Failure, &format!("write failed: {e}")),
                 Err(e) => status(id, StatusCode::Failure, &format!("write failed: {e}")),
             };
-            if let Ok(b) = Bytes::try_from(reply) {
-                let _ = tx.send(b).await;
-            }
+            let _ = send_packet(&tx, reply).await;
             drop(permit);
         });
         Ok(())
@@ -418,9 +421,7 @@ impl Session {
                 Ok(Err(e)) => status(id, StatusCode::Failure, &format!("read failed: {e}")),
                 Err(e) => status(id, StatusCode::Failure, &format!("read failed: {e}")),
             };
-            if let Ok(b) = Bytes::try_from(reply) {
-                let _ = tx.send(b).await;
-            }
+            let _ = send_packet(&tx, reply).await;
             drop(permit);
         });
         Ok(())
