@@ -19,6 +19,7 @@ use crate::config::{self, Config, LiveConfig};
 use crate::dropbox::DropRoot;
 use crate::forwarding::{Forwarder, Sink};
 use crate::housekeeping::{Archiver, Housekeeper};
+use crate::ingress::ftp_poll::{FtpPollers, PollContext};
 use crate::ingress::sftp::SftpServer;
 use crate::ingress::sftp::Shared as SftpShared;
 use crate::ingress::sftp::auth::KeyStore;
@@ -34,6 +35,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the daemon until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // SIGHUP's default action ends the process: take it over before anything else, so a reload
+    // asked for during start-up waits for the reload task instead.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let config = Arc::new(config);
     let catalog =
         Catalog::open(&config.db_path()).with_context(|| format!("opening {}", config.db_path().display()))?;
@@ -91,7 +95,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         archiver: archiver.clone(),
         forwarder: forwarder_wake.clone(),
         reports: reports_wake.clone(),
-        hints,
+        hints: hints.clone(),
         liveness: liveness.clone(),
     };
     let scan = intake.clone();
@@ -100,6 +104,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .context("start-up scan of the drop folders")?;
 
     tracker.spawn(intake.run(rx, tx.clone(), tracker.clone(), cancel.clone()));
+    // Pollers start after the scan, with the watcher already in place, like any other ingress.
+    let pollers = Arc::new(FtpPollers::new(
+        PollContext {
+            catalog: catalog.clone(),
+            drops: drops.clone(),
+            config: live.clone(),
+            events: tx.clone(),
+            hints: hints.clone(),
+        },
+        tracker.clone(),
+        cancel.clone(),
+    ));
+    pollers.apply(&config.tenants);
     let forwarder = Arc::new(Forwarder {
         catalog: catalog.clone(),
         drop: drops.clone(),
@@ -151,8 +168,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     tracker.spawn(ops::watchdog(catalog.clone(), liveness.clone(), cancel.clone()));
     tracker.spawn(reload_on_hangup(
+        hangups,
         live,
         sftp_shared.clone(),
+        pollers,
         drops.clone(),
         cancel.clone(),
     ));
@@ -177,9 +196,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// SIGHUP: reload the configuration and the included tenant files. A broken file keeps the old
 /// configuration in force and logs every problem.
-async fn reload_on_hangup(live: LiveConfig, sftp: Option<Arc<SftpShared>>, drops: DropRoot, cancel: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+async fn reload_on_hangup(
+    hangups: Option<tokio::signal::unix::Signal>,
+    live: LiveConfig,
+    sftp: Option<Arc<SftpShared>>,
+    pollers: Arc<FtpPollers>,
+    drops: DropRoot,
+    cancel: CancellationToken,
+) {
+    let Some(mut hup) = hangups else {
         return;
     };
     loop {
@@ -187,7 +212,7 @@ async fn reload_on_hangup(live: LiveConfig, sftp: Option<Arc<SftpShared>>, drops
             _ = cancel.cancelled() => return,
             r = hup.recv() => if r.is_none() { return },
         }
-        match reload(&live, sftp.as_deref(), &drops) {
+        match reload(&live, sftp.as_deref(), &pollers, &drops) {
             Ok(summary) => tracing::info!("configuration reloaded: {summary}"),
             Err(problems) => {
                 for p in &problems {
@@ -202,7 +227,12 @@ async fn reload_on_hangup(live: LiveConfig, sftp: Option<Arc<SftpShared>>, drops
     }
 }
 
-fn reload(live: &LiveConfig, sftp: Option<&SftpShared>, drops: &DropRoot) -> Result<String, Vec<String>> {
+fn reload(
+    live: &LiveConfig,
+    sftp: Option<&SftpShared>,
+    pollers: &FtpPollers,
+    drops: &DropRoot,
+) -> Result<String, Vec<String>> {
     let old = live.get();
     let new = config::load(&old.file).map_err(|e| e.problems.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let runtime = config::check_runtime(&new);
@@ -237,14 +267,16 @@ fn reload(live: &LiveConfig, sftp: Option<&SftpShared>, drops: &DropRoot) -> Res
         .collect();
     let removed: Vec<TenantId> = old_ids.into_iter().filter(|t| !new_ids.contains(t)).collect();
     let count = new.tenants.len();
-    live.set(Arc::new(new));
+    let new = Arc::new(new);
+    live.set(new.clone());
     if let Some(sftp) = sftp {
         sftp.set_keys(keys);
         sftp.end_sessions_of(&removed);
     }
+    let (started, stopped) = pollers.apply(&new.tenants);
     let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
     Ok(format!(
-        "{count} tenants; added [{}]; removed [{}]",
+        "{count} tenants; added [{}]; removed [{}]; FTP pollers started {started}, stopped {stopped}",
         added.join(", "),
         removed.join(", ")
     ))

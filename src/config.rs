@@ -341,6 +341,7 @@ struct RawFtp {
     ca_file: Option<String>,
     tls_insecure_skip_verify: Option<bool>,
     timeout: Option<String>,
+    connections: Option<u32>,
 }
 
 // ---------------------------------------------------------------- loading
@@ -851,7 +852,12 @@ fn ftp_source(p: &mut Problems<'_>, base: &Path, at: &str, f: RawFtp) -> Option<
             crate::tenant::AfterDownload::Keep
         }
     };
+    let connections = f.connections.unwrap_or(4);
+    if !(1..=16).contains(&connections) {
+        p.add(format!("{at}.connections"), "must be between 1 and 16");
+    }
     Some(FtpSource {
+        connections: connections.clamp(1, 16),
         url: source?,
         password,
         poll_interval: p.duration(

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use dropsync::catalog::{Catalog, ConvState, ms, now_ms};
+use dropsync::catalog::{Catalog, ConvState, FtpSourceStatus, ms, now_ms};
 use dropsync::config::{self, Config, LogFormat};
 
 #[derive(Parser)]
@@ -199,7 +199,25 @@ fn open_catalog(config: &Config) -> anyhow::Result<Catalog> {
 }
 
 fn status(config: &Config, tenant: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let view = open_catalog(config)?.status(tenant)?;
+    let mut view = open_catalog(config)?.status(tenant)?;
+    // Sources in the configuration, as polled so far; one never polled yet shows as such.
+    let mut sources = Vec::new();
+    for t in config
+        .tenants
+        .iter()
+        .filter(|t| tenant.is_none_or(|id| t.id.as_str() == id))
+    {
+        for src in &t.ftp {
+            let url = src.url.to_string();
+            let found = view
+                .ftp_sources
+                .iter()
+                .find(|s| s.tenant == t.id.as_str() && s.url == url)
+                .cloned();
+            sources.push(found.unwrap_or_else(|| FtpSourceStatus::never_polled(t.id.as_str(), &url)));
+        }
+    }
+    view.ftp_sources = sources;
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
@@ -218,6 +236,29 @@ fn status(config: &Config, tenant: Option<&str>, json: bool) -> anyhow::Result<(
             s.files_waiting,
             s.orphans
         );
+    }
+    if !view.ftp_sources.is_empty() {
+        println!("\nFTP sources:");
+        for s in &view.ftp_sources {
+            println!(
+                "  {} {}: last poll {}, last good poll {}, {} files pulled ({}), {} listed, {} waiting",
+                s.tenant,
+                s.url,
+                s.last_poll_at.as_deref().unwrap_or("never"),
+                s.last_ok_at.as_deref().unwrap_or("never"),
+                s.files_pulled,
+                bytesize::ByteSize(s.bytes_pulled.max(0) as u64),
+                s.remote_files,
+                s.waiting
+            );
+            if let Some(e) = &s.last_error {
+                println!(
+                    "      last error ({}, {} poll(s) in a row): {e}",
+                    s.last_error_at.as_deref().unwrap_or("?"),
+                    s.errors_in_row
+                );
+            }
+        }
     }
     if !view.recent_failures.is_empty() {
         println!("\nrecent failures:");

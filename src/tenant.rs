@@ -115,6 +115,8 @@ pub struct FtpSource {
     pub ca_file: Option<PathBuf>,
     pub tls_insecure_skip_verify: bool,
     pub timeout: Duration,
+    /// Control connections used at once for downloads (each carries one transfer).
+    pub connections: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +128,19 @@ pub struct FtpUrl {
     pub port: u16,
     /// Remote folder, always starting with '/'.
     pub path: String,
+}
+
+impl std::fmt::Display for FtpUrl {
+    /// The URL as configured (it never holds a password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "ftps" } else { "ftp" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        write!(f, "{scheme}://{}@{host}:{}{}", self.user, self.port, self.path)
+    }
 }
 
 impl FtpUrl {

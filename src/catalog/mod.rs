@@ -21,6 +21,7 @@
 //!   replayed at start-up if the crash fell between the move and its record.
 //! - **Reports**: the "stale" flag is set by triggers in the same transaction as the change.
 
+mod ftp;
 mod intake;
 mod queue;
 mod schema;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use ftp::{AppliedListing, FtpSourceStatus, PollRecord, RemoteFile, RemoteFileState, version_tag};
 pub use intake::{NewFile, Registered, RowInput};
 pub use queue::{Forwarded, ToArchive, ToPurge, Work, WorkRecording};
 pub use views::{ConversationView, OrphanLine, ReportLine, StaleReport, StatusView, TenantStatus};

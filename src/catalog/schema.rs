@@ -137,4 +137,37 @@ WHEN OLD.orphan_since IS NOT NULL OR NEW.orphan_since IS NOT NULL BEGIN
     ON CONFLICT(tenant) DO UPDATE SET orphans_stale = orphans_stale + 1;
 END;
 "#,
+    // 2: FTP sources we poll, and what we know of each remote file (issue 5).
+    r#"
+CREATE TABLE ftp_sources (
+    source        TEXT PRIMARY KEY,         -- "<tenant> <url>": stable while the URL is
+    tenant        TEXT NOT NULL,
+    url           TEXT NOT NULL,
+    last_poll_at  INTEGER,
+    last_ok_at    INTEGER,
+    last_error    TEXT,
+    last_error_at INTEGER,
+    errors_in_row INTEGER NOT NULL DEFAULT 0,
+    files_pulled  INTEGER NOT NULL DEFAULT 0,
+    bytes_pulled  INTEGER NOT NULL DEFAULT 0,
+    remote_files  INTEGER NOT NULL DEFAULT 0,
+    waiting       INTEGER NOT NULL DEFAULT 0   -- listed, not pulled yet (settling or failing)
+);
+
+-- One row per remote file in the latest complete listing. A file is pulled once its size and
+-- mtime stayed the same for min_age (stable_since), and again only if they change.
+CREATE TABLE ftp_files (
+    source           TEXT NOT NULL,
+    path             TEXT NOT NULL,         -- relative to the source's folder
+    size             INTEGER NOT NULL,
+    mtime            INTEGER NOT NULL,      -- ms since the epoch, as the server lists it
+    first_seen_at    INTEGER NOT NULL,
+    stable_since     INTEGER NOT NULL,
+    partial          TEXT,                  -- "size:mtime" the temp file's bytes belong to
+    downloaded_at    INTEGER,
+    downloaded_size  INTEGER,
+    downloaded_mtime INTEGER,
+    PRIMARY KEY (source, path)
+) WITHOUT ROWID;
+"#,
 ];

@@ -388,3 +388,65 @@ fn purge_after_retention() {
     fx.cat.mark_purged(f, 3000).unwrap();
     assert!(fx.cat.purgeable(9999, 1000, 10).unwrap().is_empty());
 }
+
+fn remote(path: &str, size: u64, mtime_ms: i64) -> RemoteFile {
+    RemoteFile {
+        path: path.into(),
+        size,
+        mtime_ms,
+    }
+}
+
+#[test]
+fn ftp_listing_settles_pulls_once_and_forgets_vanished_files() {
+    let f = fixture();
+    let cat = &f.cat;
+    let src = "acme ftp://u@h:21/out";
+    cat.ftp_register_source(src, "acme", "ftp://u@h:21/out").unwrap();
+    let a = cat
+        .ftp_apply_listing(src, &[remote("a.wav", 10, 1000), remote("b.csv", 5, 1000)], 100)
+        .unwrap();
+    assert_eq!((a.new, a.changed, a.vanished), (2, 0, 0));
+    assert_eq!(a.files["a.wav"].stable_since, 100);
+
+    // Unchanged: stable_since stays, so the file settles; a growing one starts over.
+    let a = cat
+        .ftp_apply_listing(src, &[remote("a.wav", 10, 1000), remote("b.csv", 9, 2000)], 200)
+        .unwrap();
+    assert_eq!((a.new, a.changed), (0, 1));
+    assert_eq!(a.files["a.wav"].stable_since, 100);
+    assert_eq!(a.files["b.csv"].stable_since, 200);
+
+    cat.ftp_mark_partial(src, "a.wav", &version_tag(10, 1000)).unwrap();
+    cat.ftp_mark_downloaded(src, "a.wav", 10, 1000, 300).unwrap();
+    cat.ftp_mark_partial(src, "b.csv", &version_tag(9, 2000)).unwrap();
+    let a = cat
+        .ftp_apply_listing(src, &[remote("a.wav", 10, 1000), remote("b.csv", 9, 2000)], 400)
+        .unwrap();
+    assert!(a.files["a.wav"].is_pulled());
+    assert_eq!(a.files["a.wav"].partial, None);
+    assert!(!a.files["b.csv"].is_pulled());
+
+    // Pulled again only when it changes.
+    let a = cat.ftp_apply_listing(src, &[remote("a.wav", 11, 1000)], 500).unwrap();
+    assert!(!a.files["a.wav"].is_pulled());
+    assert_eq!(a.vanished, 1);
+    assert_eq!(a.vanished_partials, vec!["b.csv".to_string()]);
+
+    cat.ftp_record_poll(
+        src,
+        "acme",
+        "ftp://u@h:21/out",
+        600,
+        &PollRecord {
+            listed: false,
+            error: Some("530 Login incorrect".into()),
+            remote_files: 0,
+            waiting: 0,
+        },
+    )
+    .unwrap();
+    let s = &cat.ftp_sources(Some("acme")).unwrap()[0];
+    assert_eq!((s.files_pulled, s.bytes_pulled, s.errors_in_row), (1, 10, 1));
+    assert_eq!(s.last_error.as_deref(), Some("530 Login incorrect"));
+}

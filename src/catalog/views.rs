@@ -63,6 +63,8 @@ pub struct TenantStatus {
 pub struct StatusView {
     pub tenants: BTreeMap<String, TenantStatus>,
     pub recent_failures: Vec<ConversationView>,
+    /// FTP sources polled so far (the CLI keeps those still configured).
+    pub ftp_sources: Vec<super::FtpSourceStatus>,
 }
 
 /// Report status as tenants see it (SPEC §3).
@@ -77,7 +79,7 @@ fn report_status(state: &str, updated: bool) -> &'static str {
     }
 }
 
-fn iso(ms: i64) -> String {
+pub(super) fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
@@ -244,37 +246,40 @@ impl Catalog {
     }
 
     pub fn status(&self, tenant: Option<&str>) -> Result<StatusView> {
-        let conn = self.lock();
         let mut view = StatusView::default();
-        let mut stmt = conn.prepare_cached(
-            "SELECT tenant, state, count(*) FROM conversations WHERE (?1 IS NULL OR tenant = ?1) GROUP BY tenant, state",
-        )?;
-        for r in stmt.query_map([tenant], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-        })? {
-            let (t, s, n) = r?;
-            view.tenants.entry(t).or_default().states.insert(s, n);
+        {
+            let conn = self.lock();
+            let mut stmt = conn.prepare_cached(
+                "SELECT tenant, state, count(*) FROM conversations WHERE (?1 IS NULL OR tenant = ?1) GROUP BY tenant, state",
+            )?;
+            for r in stmt.query_map([tenant], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })? {
+                let (t, s, n) = r?;
+                view.tenants.entry(t).or_default().states.insert(s, n);
+            }
+            let mut stmt = conn.prepare_cached(
+                "SELECT tenant, sum(orphan_since IS NOT NULL), count(*) FROM files
+                 WHERE state = 'present' AND (?1 IS NULL OR tenant = ?1) GROUP BY tenant",
+            )?;
+            for r in stmt.query_map([tenant], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })? {
+                let (t, orphans, present) = r?;
+                let entry = view.tenants.entry(t).or_default();
+                entry.orphans = orphans;
+                entry.files_waiting = present;
+            }
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {VIEW_COLUMNS} FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
+                 WHERE (c.state = 'failed' OR (c.state = 'ready' AND c.attempts > 0)) AND (?1 IS NULL OR c.tenant = ?1)
+                 ORDER BY c.changed_at DESC LIMIT 20"
+            ))?;
+            view.recent_failures = stmt
+                .query_map([tenant], view_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
         }
-        let mut stmt = conn.prepare_cached(
-            "SELECT tenant, sum(orphan_since IS NOT NULL), count(*) FROM files
-             WHERE state = 'present' AND (?1 IS NULL OR tenant = ?1) GROUP BY tenant",
-        )?;
-        for r in stmt.query_map([tenant], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        })? {
-            let (t, orphans, present) = r?;
-            let entry = view.tenants.entry(t).or_default();
-            entry.orphans = orphans;
-            entry.files_waiting = present;
-        }
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {VIEW_COLUMNS} FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
-             WHERE (c.state = 'failed' OR (c.state = 'ready' AND c.attempts > 0)) AND (?1 IS NULL OR c.tenant = ?1)
-             ORDER BY c.changed_at DESC LIMIT 20"
-        ))?;
-        view.recent_failures = stmt
-            .query_map([tenant], view_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
+        view.ftp_sources = self.ftp_sources(tenant)?;
         Ok(view)
     }
 

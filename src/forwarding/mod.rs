@@ -126,14 +126,6 @@ impl Sink {
     }
 }
 
-/// Exponential backoff with jitter: `min * 2^(attempt-1)`, capped at `max`, then a random point
-/// in its upper half so that many conversations failing together do not retry in lockstep.
-pub fn backoff(attempt: i64, min: Duration, max: Duration) -> Duration {
-    let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
-    let d = min.saturating_mul(2u32.saturating_pow(exp)).min(max);
-    d / 2 + d.mul_f64(fastrand::f64() / 2.0)
-}
-
 /// Why one attempt did not end in `forwarded`.
 enum Outcome {
     Sink(SinkError),
@@ -235,7 +227,7 @@ impl Forwarder {
             }
             Err(Outcome::Sink(e)) => {
                 metrics::counter!("dropsync_sink_errors_total", "kind" => "transient").increment(1);
-                let delay = backoff(work.attempts, self.retry_min, self.retry_max);
+                let delay = crate::backoff::exponential(work.attempts, self.retry_min, self.retry_max);
                 tracing::warn!(error = %e, retry_in = ?delay, "forwarding failed; will retry");
                 let at = now + ms(delay);
                 self.catalog.run(move |c| c.retry_later(id, &e.message, at, now)).await
@@ -342,23 +334,5 @@ impl Forwarder {
             Err(e) => tracing::warn!(error = %e, "archive task failed; start-up will archive"),
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_a_cap() {
-        let (min, max) = (Duration::from_secs(5), Duration::from_secs(600));
-        for attempt in 1..40 {
-            let d = backoff(attempt, min, max);
-            let full = min
-                .saturating_mul(2u32.saturating_pow((attempt - 1).min(30) as u32))
-                .min(max);
-            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} vs {full:?}");
-        }
-        assert!(backoff(30, min, max) <= max);
     }
 }

@@ -1,9 +1,10 @@
 //! Everything that makes a file arrive in a drop folder. Each ingress only says "this file has
 //! arrived" ([`IngressEvent::Arrived`]); it never parses or matches anything.
 //!
-//! Today: [`watch`], which sees files that any process closes or renames into a drop folder.
-//! The SFTP server and the FTP poller plug in here with the same event.
+//! [`sftp`] (uploads), [`ftp_poll`] (pulls from tenants' FTP servers) and [`watch`] (files any
+//! other process closes or renames into a drop folder) all send the same event.
 
+pub mod ftp_poll;
 pub mod sftp;
 pub mod watch;
 

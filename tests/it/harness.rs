@@ -154,6 +154,14 @@ impl Daemon {
         }
     }
 
+    /// The same daemon with `old` replaced by `new` in its config file.
+    pub fn with_replaced(self, old: &str, new: &str) -> Daemon {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(old), "{old:?} is not in the config");
+        std::fs::write(&self.config, text.replace(old, new)).unwrap();
+        self
+    }
+
     pub fn drop_dir(&self, tenant: &str) -> PathBuf {
         self.dir.path().join("var/drop").join(tenant)
     }
@@ -540,4 +548,25 @@ fn speaks_http(port: u16) -> bool {
     }
     let mut head = [0u8; 5];
     std::io::Read::read_exact(&mut s, &mut head).is_ok() && &head == b"HTTP/"
+}
+
+/// A GET on loopback: (status line, body).
+pub fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// The value of the first sample whose name and labels contain all of `parts`.
+pub fn sample(body: &str, parts: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| parts.iter().all(|p| l.contains(p)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

@@ -1,0 +1,315 @@
+//! FTP sources: what each remote file looked like when last listed, since when it has been
+//! stable, and which version of it was pulled.
+//!
+//! Crash ordering: a file is pulled (fsynced and renamed into the drop folder) before
+//! [`Catalog::ftp_mark_downloaded`] commits; a crash in between pulls it again, which the
+//! intake sees as the same file arriving twice (a no-op). A remote delete
+//! (`after_download = "delete"`) is only sent after that commit.
+
+use std::collections::HashMap;
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{Catalog, Result};
+
+/// One file of a listing, its path relative to the source's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    pub path: String,
+    pub size: u64,
+    pub mtime_ms: i64,
+}
+
+/// What the catalog knows of one listed remote file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFileState {
+    pub size: u64,
+    pub mtime_ms: i64,
+    pub stable_since: i64,
+    /// The version (see [`version_tag`]) a partial download on disk belongs to.
+    pub partial: Option<String>,
+    /// (size, mtime) of the version pulled last.
+    pub downloaded: Option<(u64, i64)>,
+}
+
+impl RemoteFileState {
+    /// Whether the version listed now is the one already pulled.
+    pub fn is_pulled(&self) -> bool {
+        self.downloaded == Some((self.size, self.mtime_ms))
+    }
+    pub fn version(&self) -> String {
+        version_tag(self.size, self.mtime_ms)
+    }
+}
+
+/// Names one version of a remote file, to tell whether a partial download can be resumed.
+pub fn version_tag(size: u64, mtime_ms: i64) -> String {
+    format!("{size}:{mtime_ms}")
+}
+
+/// The outcome of [`Catalog::ftp_apply_listing`].
+#[derive(Debug, Default)]
+pub struct AppliedListing {
+    /// Every listed file, by path, with its state after this listing.
+    pub files: HashMap<String, RemoteFileState>,
+    pub new: usize,
+    pub changed: usize,
+    /// Files gone from the server whose partial download on disk is now useless.
+    pub vanished_partials: Vec<String>,
+    pub vanished: usize,
+}
+
+/// How one poll ended, for `status`.
+#[derive(Debug, Clone)]
+pub struct PollRecord {
+    /// The listing completed (files may still have failed).
+    pub listed: bool,
+    /// The first thing that went wrong, if anything did.
+    pub error: Option<String>,
+    pub remote_files: usize,
+    pub waiting: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FtpSourceStatus {
+    pub tenant: String,
+    pub url: String,
+    pub last_poll_at: Option<String>,
+    pub last_ok_at: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    pub errors_in_row: i64,
+    pub files_pulled: i64,
+    pub bytes_pulled: i64,
+    pub remote_files: i64,
+    pub waiting: i64,
+}
+
+impl PollRecord {
+    /// A poll that ended before its listing was complete.
+    pub fn failed(error: String) -> Self {
+        PollRecord {
+            listed: false,
+            error: Some(error),
+            remote_files: 0,
+            waiting: 0,
+        }
+    }
+}
+
+impl FtpSourceStatus {
+    pub fn never_polled(tenant: &str, url: &str) -> Self {
+        FtpSourceStatus {
+            tenant: tenant.to_owned(),
+            url: url.to_owned(),
+            last_poll_at: None,
+            last_ok_at: None,
+            last_error: None,
+            last_error_at: None,
+            errors_in_row: 0,
+            files_pulled: 0,
+            bytes_pulled: 0,
+            remote_files: 0,
+            waiting: 0,
+        }
+    }
+}
+
+impl Catalog {
+    /// Records a complete listing of `source`: new files start settling, changed ones settle
+    /// again, vanished ones are forgotten. Writes nothing when nothing changed, so re-polling
+    /// an unchanged server costs one read.
+    pub fn ftp_apply_listing(&self, source: &str, listing: &[RemoteFile], now: i64) -> Result<AppliedListing> {
+        let mut conn = self.lock();
+        let mut known: HashMap<String, RemoteFileState> = HashMap::new();
+        {
+            let mut stmt = conn.prepare_cached(
+                "SELECT path, size, mtime, stable_since, partial, downloaded_size, downloaded_mtime
+                 FROM ftp_files WHERE source = ?1",
+            )?;
+            let rows = stmt.query_map([source], |r| {
+                let downloaded = match (r.get::<_, Option<i64>>(5)?, r.get::<_, Option<i64>>(6)?) {
+                    (Some(s), Some(m)) => Some((s as u64, m)),
+                    _ => None,
+                };
+                Ok((
+                    r.get::<_, String>(0)?,
+                    RemoteFileState {
+                        size: r.get::<_, i64>(1)? as u64,
+                        mtime_ms: r.get(2)?,
+                        stable_since: r.get(3)?,
+                        partial: r.get(4)?,
+                        downloaded,
+                    },
+                ))
+            })?;
+            for row in rows {
+                let (path, state) = row?;
+                known.insert(path, state);
+            }
+        }
+        let mut out = AppliedListing::default();
+        let mut upserts = Vec::new();
+        for f in listing {
+            let state = match known.remove(&f.path) {
+                Some(mut s) => {
+                    if (s.size, s.mtime_ms) != (f.size, f.mtime_ms) {
+                        s.size = f.size;
+                        s.mtime_ms = f.mtime_ms;
+                        s.stable_since = now;
+                        out.changed += 1;
+                        upserts.push(f);
+                    }
+                    s
+                }
+                None => {
+                    out.new += 1;
+                    upserts.push(f);
+                    RemoteFileState {
+                        size: f.size,
+                        mtime_ms: f.mtime_ms,
+                        stable_since: now,
+                        partial: None,
+                        downloaded: None,
+                    }
+                }
+            };
+            out.files.insert(f.path.clone(), state);
+        }
+        // What is left in `known` was not listed this time.
+        out.vanished = known.len();
+        out.vanished_partials = known
+            .iter()
+            .filter(|(_, s)| s.partial.is_some())
+            .map(|(p, _)| p.clone())
+            .collect();
+        if upserts.is_empty() && known.is_empty() {
+            return Ok(out);
+        }
+        let tx = conn.transaction()?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO ftp_files (source, path, size, mtime, first_seen_at, stable_since)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                 ON CONFLICT(source, path) DO UPDATE SET
+                    size = excluded.size, mtime = excluded.mtime, stable_since = excluded.stable_since",
+            )?;
+            for f in upserts {
+                upsert.execute(params![source, f.path, f.size as i64, f.mtime_ms, now])?;
+            }
+            let mut delete = tx.prepare_cached("DELETE FROM ftp_files WHERE source = ?1 AND path = ?2")?;
+            for path in known.keys() {
+                delete.execute(params![source, path])?;
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Notes, before a download starts, which version the bytes in its temp file belong to.
+    pub fn ftp_mark_partial(&self, source: &str, path: &str, version: &str) -> Result<()> {
+        self.lock().execute(
+            "UPDATE ftp_files SET partial = ?3 WHERE source = ?1 AND path = ?2",
+            params![source, path, version],
+        )?;
+        Ok(())
+    }
+
+    /// Records that `path` at (`size`, `mtime_ms`) is durably in the drop folder.
+    pub fn ftp_mark_downloaded(&self, source: &str, path: &str, size: u64, mtime_ms: i64, now: i64) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE ftp_files SET partial = NULL, downloaded_at = ?5, downloaded_size = ?3, downloaded_mtime = ?4
+             WHERE source = ?1 AND path = ?2",
+            params![source, path, size as i64, mtime_ms, now],
+        )?;
+        tx.execute(
+            "UPDATE ftp_sources SET files_pulled = files_pulled + 1, bytes_pulled = bytes_pulled + ?2
+             WHERE source = ?1",
+            params![source, size as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records how a poll of `source` ended.
+    pub fn ftp_record_poll(&self, source: &str, tenant: &str, url: &str, now: i64, poll: &PollRecord) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO ftp_sources (source, tenant, url) VALUES (?1, ?2, ?3) ON CONFLICT(source) DO NOTHING",
+            params![source, tenant, url],
+        )?;
+        tx.execute(
+            "UPDATE ftp_sources SET last_poll_at = ?2 WHERE source = ?1",
+            params![source, now],
+        )?;
+        if poll.listed {
+            tx.execute(
+                "UPDATE ftp_sources SET last_ok_at = ?2, remote_files = ?3, waiting = ?4 WHERE source = ?1",
+                params![source, now, poll.remote_files as i64, poll.waiting as i64],
+            )?;
+        }
+        match &poll.error {
+            None => tx.execute("UPDATE ftp_sources SET errors_in_row = 0 WHERE source = ?1", [source])?,
+            Some(e) => tx.execute(
+                "UPDATE ftp_sources SET last_error = ?2, last_error_at = ?3, errors_in_row = errors_in_row + 1
+                 WHERE source = ?1",
+                params![source, e, now],
+            )?,
+        };
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Registers a source so that downloads can be counted before its first poll ends.
+    pub fn ftp_register_source(&self, source: &str, tenant: &str, url: &str) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO ftp_sources (source, tenant, url) VALUES (?1, ?2, ?3) ON CONFLICT(source) DO NOTHING",
+            params![source, tenant, url],
+        )?;
+        Ok(())
+    }
+
+    /// Every source the catalog has seen, optionally of one tenant.
+    pub fn ftp_sources(&self, tenant: Option<&str>) -> Result<Vec<FtpSourceStatus>> {
+        let conn = self.lock();
+        // An old database opened read-only by the CLI may predate the table.
+        let exists: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ftp_sources'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if exists.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT tenant, url, last_poll_at, last_ok_at, last_error, last_error_at, errors_in_row,
+                    files_pulled, bytes_pulled, remote_files, waiting
+             FROM ftp_sources WHERE (?1 IS NULL OR tenant = ?1) ORDER BY tenant, url",
+        )?;
+        let iso = |v: Option<i64>| v.map(super::views::iso);
+        let rows = stmt
+            .query_map([tenant], |r| {
+                Ok(FtpSourceStatus {
+                    tenant: r.get(0)?,
+                    url: r.get(1)?,
+                    last_poll_at: iso(r.get(2)?),
+                    last_ok_at: iso(r.get(3)?),
+                    last_error: r.get(4)?,
+                    last_error_at: iso(r.get(5)?),
+                    errors_in_row: r.get(6)?,
+                    files_pulled: r.get(7)?,
+                    bytes_pulled: r.get(8)?,
+                    remote_files: r.get(9)?,
+                    waiting: r.get(10)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,518 @@
+//! One FTP control connection (RFC 959) to a tenant's server: connect, explicit TLS (RFC 4217),
+//! log in, list a folder tree, download with resume (REST, RFC 3659 §5), delete. Every step has
+//! a time limit, since suppaftp has none of its own and a silent server must not hang a poller.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsStream, ImplAsyncFtpStream};
+use suppaftp::types::FileType;
+use suppaftp::{FtpError, Mode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::listing::{self, Entry, Format};
+use crate::catalog::RemoteFile;
+use crate::dropbox::{RelPath, is_temp_name};
+use crate::tenant::FtpSource;
+
+/// The control connection type; without TLS its data connections are plain TCP.
+type Control = ImplAsyncFtpStream<AsyncRustlsStream>;
+
+/// A listing deeper than this is refused (a server could loop us through links or mounts).
+const MAX_DEPTH: usize = 32;
+/// A listing with more entries than this is refused rather than held in memory.
+const MAX_ENTRIES: usize = 2_000_000;
+/// Downloads are written to disk in chunks of this size.
+const CHUNK: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FtpPollError {
+    #[error("{op}: {source}")]
+    Ftp {
+        op: String,
+        #[source]
+        source: FtpError,
+    },
+    #[error("{op}: no answer within {after:?}")]
+    Timeout { op: String, after: Duration },
+    #[error("TLS set-up: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("CA file {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("password: {0}")]
+    Password(String),
+    #[error("{path}: {source}")]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: the transfer ended after {got} of {expected} bytes")]
+    Short { path: String, got: u64, expected: u64 },
+    #[error("{path}: it changed while it was read (more than the {expected} bytes listed)")]
+    Changed { path: String, expected: u64 },
+    #[error("listing {path}: {why}")]
+    Listing { path: String, why: String },
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+}
+
+impl FtpPollError {
+    /// Whether the control connection is still good for the next file. A refusal of one file
+    /// (550 on RETR, a file that changed) is not the connection's fault; a drop or timeout is.
+    pub fn keeps_session(&self) -> bool {
+        match self {
+            FtpPollError::Ftp {
+                source: FtpError::UnexpectedResponse(r),
+                ..
+            } => r.status.code() >= 500,
+            FtpPollError::Local { .. } | FtpPollError::Changed { .. } | FtpPollError::Catalog(_) => true,
+            _ => false,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, FtpPollError>;
+
+/// TLS settings of one source, loaded once; each control connection gets its own
+/// `ClientConfig` (and so its own session cache), so the data connections resume that control
+/// connection's TLS session, as vsftpd's `require_ssl_reuse` insists.
+#[derive(Clone)]
+pub struct Tls {
+    provider: Arc<CryptoProvider>,
+    trust: Trust,
+}
+
+#[derive(Clone)]
+enum Trust {
+    Roots(Arc<RootCertStore>),
+    /// `tls_insecure_skip_verify`: any certificate is accepted (test servers only).
+    Anything,
+}
+
+impl Tls {
+    /// The TLS settings for `source`, or `None` for plain `ftp://`.
+    pub fn for_source(source: &FtpSource) -> Result<Option<Tls>> {
+        if !source.url.tls {
+            return Ok(None);
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let trust = if source.tls_insecure_skip_verify {
+            Trust::Anything
+        } else {
+            let mut roots = RootCertStore::empty();
+            match &source.ca_file {
+                Some(path) => {
+                    for cert in CertificateDer::pem_file_iter(path).map_err(|source| FtpPollError::CaFile {
+                        path: path.clone(),
+                        source,
+                    })? {
+                        let cert = cert.map_err(|source| FtpPollError::CaFile {
+                            path: path.clone(),
+                            source,
+                        })?;
+                        roots.add(cert).map_err(FtpPollError::Tls)?;
+                    }
+                }
+                None => {
+                    let found = rustls_native_certs::load_native_certs();
+                    roots.add_parsable_certificates(found.certs);
+                }
+            }
+            Trust::Roots(Arc::new(roots))
+        };
+        Ok(Some(Tls { provider, trust }))
+    }
+
+    fn client_config(&self) -> Result<Arc<ClientConfig>> {
+        let builder = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(FtpPollError::Tls)?;
+        let config = match &self.trust {
+            Trust::Roots(roots) => builder.with_root_certificates(roots.clone()).with_no_client_auth(),
+            Trust::Anything => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(self.provider.clone())))
+                .with_no_client_auth(),
+        };
+        Ok(Arc::new(config))
+    }
+}
+
+/// Accepts any server certificate, still checking the handshake signatures.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A complete listing of a source's folder tree.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub files: Vec<RemoteFile>,
+    /// Entries that cannot be mirrored, with the reason.
+    pub skipped: Vec<(String, &'static str)>,
+}
+
+/// A logged-in control connection.
+pub struct FtpClient {
+    ftp: Control,
+    timeout: Duration,
+    /// The source's folder as an absolute server path.
+    root: String,
+    /// The server refused MLSD once: use LIST from then on.
+    use_list: bool,
+    /// The server refused EPSV once: PASV is in use.
+    passive_fallback: bool,
+}
+
+impl FtpClient {
+    /// Connects, secures (ftps), logs in and switches to binary mode.
+    pub async fn connect(source: &FtpSource, tls: Option<&Tls>) -> Result<FtpClient> {
+        let url = &source.url;
+        let timeout = source.timeout;
+        let password = match &source.password {
+            Some(s) => s.load().map_err(FtpPollError::Password)?.expose().to_owned(),
+            // RFC 1635: anonymous logins give an address as the password.
+            None => "dropsync@".to_owned(),
+        };
+        let addr = format!("{}:{}", url.host, url.port);
+        let op = format!("connecting to {addr}");
+        let stream = timed(&op, timeout, async {
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .map_err(FtpError::ConnectionError)
+        })
+        .await?;
+        let _ = stream.set_nodelay(true);
+        let mut ftp = timed(&op, timeout, Control::connect_with_stream(stream)).await?;
+        if let Some(tls) = tls {
+            let connector = AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(tls.client_config()?));
+            ftp = timed("AUTH TLS", timeout, ftp.into_secure(connector, &url.host)).await?;
+        }
+        // EPSV (RFC 2428) connects the data channel to the address we already talk to, so a
+        // server behind NAT that announces a private address in PASV still works.
+        ftp.set_mode(Mode::ExtendedPassive);
+        ftp.set_passive_nat_workaround(true);
+        let user = url.user.clone();
+        timed("login", timeout, ftp.login(user.as_str(), password.as_str())).await?;
+        timed("TYPE I", timeout, ftp.transfer_type(FileType::Binary)).await?;
+        // RFC 3659 §7.8: a server with MLSD lists MLST in its FEAT reply. A server without FEAT
+        // is simply tried with MLSD.
+        let use_list = match tokio::time::timeout(timeout, ftp.feat()).await {
+            Ok(Ok(features)) => !features.keys().any(|k| k.eq_ignore_ascii_case("MLST")),
+            _ => false,
+        };
+        // RFC 1738 §3.2.2: the URL path is relative to the login folder ("//abs" for an absolute
+        // one). Commands below use absolute paths, since LIST changes the working folder.
+        let root = if let Some(abs) = url.path.strip_prefix("//") {
+            format!("/{abs}")
+        } else {
+            let home = match tokio::time::timeout(timeout, ftp.pwd()).await {
+                Ok(Ok(home)) if home.starts_with('/') => home,
+                _ => "/".to_owned(),
+            };
+            remote_path(&home, url.path.trim_matches('/'))
+        };
+        Ok(FtpClient {
+            ftp,
+            timeout,
+            root,
+            use_list,
+            passive_fallback: false,
+        })
+    }
+
+    /// The server path of `rel` (relative to the source's folder).
+    pub fn remote(&self, rel: &str) -> String {
+        remote_path(&self.root, rel)
+    }
+
+    /// Lists every file under the source's folder, depth first. Names that are not safe as local paths are
+    /// skipped with a reason; files still being written under a temp name, hidden files and the
+    /// reserved `reports` folder are left out.
+    pub async fn list_tree(&mut self) -> Result<Listing> {
+        let root = self.root.clone();
+        let root = root.as_str();
+        let mut out = Listing::default();
+        let mut entries_seen = 0usize;
+        let mut stack = vec![(String::new(), 0usize)];
+        while let Some((dir, depth)) = stack.pop() {
+            let remote_dir = remote_path(root, &dir);
+            for entry in self.list_dir(&remote_dir).await? {
+                entries_seen += 1;
+                if entries_seen > MAX_ENTRIES {
+                    return Err(FtpPollError::Listing {
+                        path: root.to_owned(),
+                        why: format!("more than {MAX_ENTRIES} entries"),
+                    });
+                }
+                let name = entry.name();
+                let rel = if dir.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{dir}/{name}")
+                };
+                if let Some(why) = listing::unsafe_name(name) {
+                    out.skipped.push((rel, why));
+                    continue;
+                }
+                if name.starts_with('.') {
+                    continue;
+                }
+                match entry {
+                    Entry::Dir { .. } if depth == 0 && name == crate::dropbox::REPORTS_DIR => {
+                        out.skipped.push((rel, "is the reserved reports folder"));
+                    }
+                    Entry::Dir { .. } if depth + 1 >= MAX_DEPTH => {
+                        out.skipped.push((rel, "is nested too deep"));
+                    }
+                    Entry::Dir { .. } => stack.push((rel, depth + 1)),
+                    Entry::File { size, mtime_ms, .. } => {
+                        if is_temp_name(name) {
+                            continue;
+                        }
+                        match RelPath::parse(&rel) {
+                            Some(_) => out.files.push(RemoteFile {
+                                path: rel,
+                                size,
+                                mtime_ms,
+                            }),
+                            None => out.skipped.push((rel, "is not a valid path")),
+                        }
+                    }
+                    Entry::Other { .. } => out.skipped.push((rel, "is a link or special file (not followed)")),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_dir(&mut self, dir: &str) -> Result<Vec<Entry>> {
+        if !self.use_list {
+            let op = format!("MLSD {dir}");
+            match self.listing_command(&op, Some(dir)).await {
+                Ok(lines) => return Ok(listing::parse(&lines, Format::Mlsd)),
+                Err(FtpPollError::Ftp {
+                    source: FtpError::UnexpectedResponse(r),
+                    ..
+                }) if not_implemented(r.status.code()) => {
+                    tracing::info!(reply = %r, "the server has no MLSD; listing with LIST");
+                    self.use_list = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // LIST takes no standard options, and some servers read a path argument as `ls` flags:
+        // change into the folder and list it.
+        timed(&format!("CWD {dir}"), self.timeout, self.ftp.cwd(dir)).await?;
+        let op = format!("LIST {dir}");
+        let lines = self.listing_command(&op, None).await?;
+        Ok(listing::parse(&lines, Format::List))
+    }
+
+    /// MLSD `dir` (or LIST the current folder when `dir` is `None`), falling back from EPSV to
+    /// PASV once if the server does not know EPSV. (FEAT already said whether MLSD exists, so a
+    /// "not implemented" here is most likely EPSV; if it was MLSD after all, PASV fails the same
+    /// way and the caller moves on to LIST.)
+    async fn listing_command(&mut self, op: &str, mlsd: Option<&str>) -> Result<Vec<String>> {
+        loop {
+            let result = match mlsd {
+                Some(dir) => timed(op, self.timeout, self.ftp.mlsd(Some(dir))).await,
+                None => timed(op, self.timeout, self.ftp.list(None)).await,
+            };
+            match result {
+                Err(FtpPollError::Ftp {
+                    source: FtpError::UnexpectedResponse(r),
+                    ..
+                }) if !self.passive_fallback && not_implemented(r.status.code()) => {
+                    tracing::info!(reply = %r, "the server has no EPSV; using PASV");
+                    self.passive_fallback = true;
+                    self.ftp.set_mode(Mode::Passive);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Downloads `remote` into `tmp`, resuming after the `resume_from` bytes already there when
+    /// the server takes REST, and fsyncs it. Returns the bytes received in this call.
+    pub async fn download(&mut self, remote: &str, tmp: &Path, resume_from: u64, expected: u64) -> Result<u64> {
+        let local = |source| FtpPollError::Local {
+            path: tmp.to_path_buf(),
+            source,
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(tmp)
+            .await
+            .map_err(local)?;
+        let have = file.metadata().await.map_err(local)?.len();
+        let mut offset = if resume_from > 0 && resume_from == have && have < expected {
+            have
+        } else {
+            0
+        };
+        let op = format!("RETR {remote}");
+        let stream = loop {
+            file.set_len(offset).await.map_err(local)?;
+            if offset > 0 {
+                let _ = self.ftp.resume_transfer(offset as usize).await;
+            }
+            match timed(&op, self.timeout, self.ftp.retr_as_stream(remote)).await {
+                Ok(s) => break s,
+                // A server that refuses REST (or RETR after it) gets one plain RETR.
+                Err(FtpPollError::Ftp {
+                    source: FtpError::UnexpectedResponse(r),
+                    ..
+                }) if offset > 0 => {
+                    tracing::info!(file = remote, reply = %r, "the server would not resume; downloading from the start");
+                    offset = 0;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if offset > 0 {
+            tracing::info!(file = remote, offset, "resuming an interrupted download");
+        }
+        use tokio::io::AsyncSeekExt;
+        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(local)?;
+        let mut stream = stream;
+        let mut buf = Vec::with_capacity(CHUNK);
+        let mut got = 0u64;
+        loop {
+            buf.clear();
+            // Fill a whole chunk before writing: fewer, larger writes while the next chunk is
+            // already on its way over the network.
+            let mut eof = false;
+            while buf.len() < CHUNK {
+                let n = timed_io(&op, self.timeout, stream.read_buf(&mut buf)).await?;
+                if n == 0 {
+                    eof = true;
+                    break;
+                }
+            }
+            got += buf.len() as u64;
+            if offset + got > expected {
+                return Err(FtpPollError::Changed {
+                    path: remote.to_owned(),
+                    expected,
+                });
+            }
+            file.write_all(&buf).await.map_err(local)?;
+            if eof {
+                break;
+            }
+        }
+        timed(&op, self.timeout, stream.finish()).await?;
+        file.flush().await.map_err(local)?;
+        file.sync_all().await.map_err(local)?;
+        if offset + got != expected {
+            return Err(FtpPollError::Short {
+                path: remote.to_owned(),
+                got: offset + got,
+                expected,
+            });
+        }
+        Ok(got)
+    }
+
+    pub async fn delete(&mut self, remote: &str) -> Result<()> {
+        timed(&format!("DELE {remote}"), self.timeout, self.ftp.rm(remote)).await
+    }
+
+    /// Says goodbye; a server that does not answer is simply dropped.
+    pub async fn quit(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.ftp.quit()).await;
+    }
+}
+
+/// 500 (unknown command), 501, 502 (not implemented), 504: the server lacks a feature.
+fn not_implemented(code: u32) -> bool {
+    matches!(code, 500 | 501 | 502 | 504)
+}
+
+/// `root` joined with a relative path, for commands.
+pub fn remote_path(root: &str, rel: &str) -> String {
+    let root = root.trim_end_matches('/');
+    match (root.is_empty(), rel.is_empty()) {
+        (true, true) => "/".to_owned(),
+        (true, false) => format!("/{rel}"),
+        (false, true) => root.to_owned(),
+        (false, false) => format!("{root}/{rel}"),
+    }
+}
+
+async fn timed<T>(op: &str, after: Duration, fut: impl Future<Output = suppaftp::FtpResult<T>>) -> Result<T> {
+    match tokio::time::timeout(after, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(FtpPollError::Ftp {
+            op: op.to_owned(),
+            source,
+        }),
+        Err(_) => Err(FtpPollError::Timeout {
+            op: op.to_owned(),
+            after,
+        }),
+    }
+}
+
+async fn timed_io<T>(op: &str, after: Duration, fut: impl Future<Output = std::io::Result<T>>) -> Result<T> {
+    timed(op, after, async { fut.await.map_err(FtpError::ConnectionError) }).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_paths() {
+        assert_eq!(remote_path("/", ""), "/");
+        assert_eq!(remote_path("/", "a/b.wav"), "/a/b.wav");
+        assert_eq!(remote_path("/out/", "a.wav"), "/out/a.wav");
+        assert_eq!(remote_path("/out", ""), "/out");
+    }
+}

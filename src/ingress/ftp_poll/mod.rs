@@ -1,0 +1,533 @@
+//! FTP polling: one poller per `[[tenants.ftp]]` source pulls new files from the tenant's own
+//! server into its drop folder, where they arrive like uploads ([`IngressEvent::Arrived`], via
+//! `ftp`).
+//!
+//! A poll: connect and log in, list the source's folder tree, record the listing in the catalog
+//! (which tracks since when each file's size and mtime have been stable), then download every
+//! file that has been stable for `min_age` and was not pulled at this size and mtime before, over
+//! up to `connections` control connections at once. A download goes to a hidden temp name, is
+//! checked against the listed size, fsynced, and renamed into place; that rename is the arrival.
+//! An interrupted download is resumed with REST at the next poll. With `after_download =
+//! "delete"` the remote file is deleted only once the catalog has recorded the local copy.
+//!
+//! Pollers never share a connection or a task, so a slow or broken server only delays itself;
+//! errors back off per source. [`FtpPollers::apply`] starts, stops and restarts them when the
+//! configuration is reloaded.
+
+mod client;
+pub mod listing;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+pub use client::FtpPollError;
+use client::{FtpClient, Tls};
+
+use super::{Arrived, IngressEvent, ViaHints};
+use crate::catalog::{Catalog, PollRecord, RemoteFileState, Via, now_ms};
+use crate::config::LiveConfig;
+use crate::dropbox::{DropRoot, FileKind, RelPath};
+use crate::tenant::{AfterDownload, FtpSource, Tenant, TenantId};
+
+/// After a failed poll the next one waits at least this long (doubling, with jitter).
+const ERROR_RETRY_MIN: Duration = Duration::from_secs(1);
+/// … and at most this long, or the poll interval if that is longer.
+const ERROR_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// What every poller needs from the rest of the daemon.
+#[derive(Clone)]
+pub struct PollContext {
+    pub catalog: Catalog,
+    pub drops: DropRoot,
+    pub config: LiveConfig,
+    pub events: mpsc::Sender<IngressEvent>,
+    pub hints: ViaHints,
+}
+
+/// The running pollers, by source key.
+pub struct FtpPollers {
+    ctx: PollContext,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+struct Running {
+    /// The source's settings as started; a reload that changes them restarts the poller.
+    settings: String,
+    stop: CancellationToken,
+}
+
+/// Identifies a source in the catalog: tenant and URL (which holds no password).
+pub fn source_key(tenant: &TenantId, source: &FtpSource) -> String {
+    format!("{tenant} {}", source.url)
+}
+
+impl FtpPollers {
+    pub fn new(ctx: PollContext, tracker: TaskTracker, cancel: CancellationToken) -> Self {
+        FtpPollers {
+            ctx,
+            tracker,
+            cancel,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Makes the running pollers match `tenants`: starts new sources, stops removed ones, and
+    /// restarts changed ones. Returns (started, stopped).
+    pub fn apply(&self, tenants: &[Tenant]) -> (usize, usize) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wanted = HashMap::new();
+        for t in tenants {
+            for source in &t.ftp {
+                wanted.insert(source_key(&t.id, source), (t.id.clone(), source.clone()));
+            }
+        }
+        let mut stopped = 0;
+        running.retain(|key, r| {
+            let keep = wanted.get(key).is_some_and(|(_, s)| format!("{s:?}") == r.settings);
+            if !keep {
+                r.stop.cancel();
+                stopped += 1;
+            }
+            keep
+        });
+        let mut started = 0;
+        for (key, (tenant, source)) in wanted {
+            if running.contains_key(&key) {
+                continue;
+            }
+            let stop = self.cancel.child_token();
+            let settings = format!("{source:?}");
+            let poller = Arc::new(Poller {
+                key: key.clone(),
+                tenant,
+                source,
+                ctx: self.ctx.clone(),
+                warned: Mutex::new(HashSet::new()),
+            });
+            let span = tracing::info_span!("ftp", tenant = %poller.tenant, source = %poller.source.url);
+            self.tracker.spawn(poller.run(stop.clone()).instrument(span));
+            running.insert(key, Running { settings, stop });
+            started += 1;
+        }
+        (started, stopped)
+    }
+}
+
+/// Source locks: a restarted poller waits for its predecessor's poll to end, so two never
+/// write the same temp file.
+fn source_lock(key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: Mutex<Option<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = Mutex::new(None);
+    let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    locks
+        .get_or_insert_with(HashMap::new)
+        .entry(key.to_owned())
+        .or_default()
+        .clone()
+}
+
+struct Poller {
+    key: String,
+    tenant: TenantId,
+    source: FtpSource,
+    ctx: PollContext,
+    /// Remote names already warned about, so a bad name is logged once, not every poll.
+    warned: Mutex<HashSet<String>>,
+}
+
+/// One file to pull.
+struct Job {
+    path: String,
+    state: RemoteFileState,
+}
+
+/// What one poll did.
+#[derive(Default)]
+struct PollSummary {
+    listed: usize,
+    pulled: usize,
+    bytes: u64,
+    waiting: usize,
+    /// When the next settling file will have been stable for `min_age`.
+    next_stable_at: Option<i64>,
+    /// The first per-file failure.
+    file_error: Option<String>,
+}
+
+impl Poller {
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
+        if self.source.url.tls && self.source.tls_insecure_skip_verify {
+            tracing::warn!(
+                "TLS certificate verification is OFF for this source (tls_insecure_skip_verify): anyone on the path can read the password and the files"
+            );
+        } else if !self.source.url.tls && self.source.password.is_some() {
+            tracing::warn!(
+                "plain ftp://: the password and the files cross the network unencrypted; use ftps:// if the server has it"
+            );
+        }
+        let tls = match Tls::for_source(&self.source) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "the source cannot be polled until its TLS settings are fixed");
+                self.record(&PollRecord::failed(e.to_string())).await;
+                return;
+            }
+        };
+        tracing::info!(interval = ?self.source.poll_interval, min_age = ?self.source.min_age, "polling");
+        let lock = source_lock(&self.key);
+        let mut errors_in_row = 0i64;
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = async {
+                    let _held = lock.lock().await;
+                    self.poll_once(tls.as_ref()).await
+                } => r,
+            };
+            let delay = match result {
+                Ok(summary) => {
+                    errors_in_row = 0;
+                    let took = started.elapsed();
+                    if summary.pulled > 0 {
+                        tracing::info!(
+                            listed = summary.listed,
+                            pulled = summary.pulled,
+                            bytes = summary.bytes,
+                            waiting = summary.waiting,
+                            took_ms = took.as_millis() as u64,
+                            "poll done"
+                        );
+                    } else {
+                        tracing::debug!(
+                            listed = summary.listed,
+                            waiting = summary.waiting,
+                            took_ms = took.as_millis() as u64,
+                            "poll done"
+                        );
+                    }
+                    metrics::counter!("dropsync_ftp_polls_total", "tenant" => self.tenant.to_string(), "result" => "ok").increment(1);
+                    self.record(&PollRecord {
+                        listed: true,
+                        error: summary.file_error.clone(),
+                        remote_files: summary.listed,
+                        waiting: summary.waiting,
+                    })
+                    .await;
+                    let mut delay = crate::backoff::jittered(self.source.poll_interval);
+                    if let Some(at) = summary.next_stable_at {
+                        let until = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
+                        delay = delay.min(until + Duration::from_millis(50));
+                    }
+                    delay
+                }
+                Err(e) => {
+                    errors_in_row += 1;
+                    tracing::warn!(error = %e, errors_in_row, "poll failed");
+                    metrics::counter!("dropsync_ftp_polls_total", "tenant" => self.tenant.to_string(), "result" => "error").increment(1);
+                    self.record(&PollRecord::failed(e.to_string())).await;
+                    crate::backoff::exponential(
+                        errors_in_row,
+                        ERROR_RETRY_MIN,
+                        ERROR_RETRY_MAX.max(self.source.poll_interval),
+                    )
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn record(&self, poll: &PollRecord) {
+        let (key, tenant, url, poll) = (
+            self.key.clone(),
+            self.tenant.to_string(),
+            self.source.url.to_string(),
+            poll.clone(),
+        );
+        if let Err(e) = self
+            .ctx
+            .catalog
+            .run(move |c| c.ftp_record_poll(&key, &tenant, &url, now_ms(), &poll))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the poll in the catalog");
+        }
+    }
+
+    async fn poll_once(self: &Arc<Self>, tls: Option<&Tls>) -> Result<PollSummary, FtpPollError> {
+        let mut client = FtpClient::connect(&self.source, tls).await?;
+        let listing = client.list_tree().await?;
+        self.warn_skipped(&listing.skipped);
+        let now = now_ms();
+        let (key, files) = (self.key.clone(), listing.files);
+        let (tenant, url) = (self.tenant.to_string(), self.source.url.to_string());
+        let listed = files.len();
+        let applied = self
+            .ctx
+            .catalog
+            .run(move |c| {
+                c.ftp_register_source(&key, &tenant, &url)?;
+                c.ftp_apply_listing(&key, &files, now)
+            })
+            .await?;
+        for path in &applied.vanished_partials {
+            if let Ok(tmp) = self.temp_path(path) {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+
+        let min_age = i64::try_from(self.source.min_age.as_millis()).unwrap_or(i64::MAX);
+        let mut summary = PollSummary {
+            listed,
+            ..PollSummary::default()
+        };
+        let mut jobs = Vec::new();
+        let mut deletes = Vec::new();
+        for (path, state) in applied.files {
+            if state.is_pulled() {
+                if self.source.after_download == AfterDownload::Delete {
+                    deletes.push(path);
+                }
+                continue;
+            }
+            summary.waiting += 1;
+            let stable_at = state.stable_since.saturating_add(min_age);
+            if stable_at <= now {
+                jobs.push(Job { path, state });
+            } else {
+                summary.next_stable_at = Some(summary.next_stable_at.map_or(stable_at, |t| t.min(stable_at)));
+            }
+        }
+        // Recordings first and metadata last, so that rows find their recordings already here.
+        let matching = self.ctx.config.get().matching.clone();
+        jobs.sort_by_cached_key(|j| {
+            let rank = match FileKind::of(j.path.rsplit('/').next().unwrap_or(&j.path), &matching) {
+                FileKind::Recording => 0,
+                FileKind::Zip | FileKind::Unknown => 1,
+                FileKind::Metadata(_) => 2,
+            };
+            (rank, j.path.clone())
+        });
+
+        // Remote files already pulled but still there (a crash fell between the record and the
+        // delete, or the delete failed): delete them now.
+        for path in deletes {
+            let remote = client.remote(&path);
+            if let Err(e) = client.delete(&remote).await {
+                self.note_file_error(&mut summary, &path, &e);
+                if !e.keeps_session() {
+                    return Err(e);
+                }
+            }
+        }
+
+        let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
+        let pulls = self.pull_all(client, queue, tls).await;
+        for outcome in pulls {
+            match outcome {
+                Ok((n, bytes)) => {
+                    summary.pulled += n;
+                    summary.bytes += bytes;
+                    summary.waiting -= n;
+                }
+                Err((path, e)) => self.note_file_error(&mut summary, &path, &e),
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Drains `queue` over up to `connections` control connections; the first is `first`, the
+    /// others are opened only if there is more than one file. A connection that fails ends its
+    /// worker; its file waits for the next poll.
+    async fn pull_all(
+        self: &Arc<Self>,
+        first: FtpClient,
+        queue: Arc<Mutex<VecDeque<Job>>>,
+        tls: Option<&Tls>,
+    ) -> Vec<Result<(usize, u64), (String, FtpPollError)>> {
+        let pending = queue.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let extra = (self.source.connections as usize).min(pending).saturating_sub(1);
+        let mut workers = tokio::task::JoinSet::new();
+        let span = tracing::Span::current();
+        workers.spawn(
+            self.clone()
+                .pull_worker(Some(first), queue.clone(), tls.cloned())
+                .instrument(span.clone()),
+        );
+        for _ in 0..extra {
+            workers.spawn(
+                self.clone()
+                    .pull_worker(None, queue.clone(), tls.cloned())
+                    .instrument(span.clone()),
+            );
+        }
+        let mut out = Vec::new();
+        while let Some(r) = workers.join_next().await {
+            if let Ok(mut results) = r {
+                out.append(&mut results);
+            }
+        }
+        out
+    }
+
+    async fn pull_worker(
+        self: Arc<Self>,
+        client: Option<FtpClient>,
+        queue: Arc<Mutex<VecDeque<Job>>>,
+        tls: Option<Tls>,
+    ) -> Vec<Result<(usize, u64), (String, FtpPollError)>> {
+        let mut results = Vec::new();
+        let mut client = match client {
+            Some(c) => c,
+            None => match FtpClient::connect(&self.source, tls.as_ref()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Servers often cap connections per user; the other workers go on.
+                    tracing::debug!(error = %e, "an extra FTP connection was refused");
+                    return results;
+                }
+            },
+        };
+        loop {
+            let Some(job) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
+                break;
+            };
+            match self.pull(&mut client, &job).await {
+                Ok(bytes) => results.push(Ok((1, bytes))),
+                Err(e) => {
+                    let fatal = !e.keeps_session();
+                    results.push(Err((job.path, e)));
+                    if fatal {
+                        return results;
+                    }
+                }
+            }
+        }
+        client.quit().await;
+        results
+    }
+
+    /// Pulls one file: temp name, resume, size check, fsync, rename, record, then (if asked)
+    /// delete it on the server. Returns the file's size.
+    async fn pull(&self, client: &mut FtpClient, job: &Job) -> Result<u64, FtpPollError> {
+        let Some(rel) = RelPath::parse(&job.path) else {
+            return Err(FtpPollError::Listing {
+                path: job.path.clone(),
+                why: "not a valid path".into(),
+            });
+        };
+        let local_err = |path: PathBuf| move |source| FtpPollError::Local { path, source };
+        let drops = self.ctx.drops.clone();
+        let (tenant, dir) = (self.tenant.clone(), rel.dir().to_owned());
+        let folder = tokio::task::spawn_blocking(move || drops.ensure_dir(&tenant, &dir))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(local_err(self.ctx.drops.tenant_dir(&self.tenant).join(rel.dir())))?;
+        let target = folder.join(rel.file_name());
+        let tmp = folder.join(temp_name(&self.key, &job.path));
+        let version = job.state.version();
+        let resume_from = if job.state.partial.as_deref() == Some(version.as_str()) {
+            tokio::fs::metadata(&tmp).await.map_or(0, |m| m.len())
+        } else {
+            let (key, path, v) = (self.key.clone(), job.path.clone(), version.clone());
+            self.ctx
+                .catalog
+                .run(move |c| c.ftp_mark_partial(&key, &path, &v))
+                .await?;
+            0
+        };
+        let remote = client.remote(&job.path);
+        let size = job.state.size;
+        let started = Instant::now();
+        let received = match client.download(&remote, &tmp, resume_from, size).await {
+            Ok(n) => n,
+            Err(e) => {
+                if matches!(e, FtpPollError::Changed { .. }) {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                }
+                return Err(e);
+            }
+        };
+        metrics::counter!("dropsync_received_bytes_total", "via" => "ftp").increment(received);
+
+        // The watcher sees the rename too; the hint makes either path record `via = ftp`.
+        self.ctx.hints.note(target.clone(), Via::Ftp);
+        let (t, tg) = (tmp.clone(), target.clone());
+        tokio::task::spawn_blocking(move || {
+            std::fs::rename(&t, &tg)?;
+            crate::fsutil::sync_dir(tg.parent().unwrap_or(&tg))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map_err(local_err(target.clone()))?;
+        let (key, path, mtime) = (self.key.clone(), job.path.clone(), job.state.mtime_ms);
+        self.ctx
+            .catalog
+            .run(move |c| c.ftp_mark_downloaded(&key, &path, size, mtime, now_ms()))
+            .await?;
+        tracing::info!(file = %rel.as_str(), bytes = size, took_ms = started.elapsed().as_millis() as u64, "pulled");
+        let _ = self
+            .ctx
+            .events
+            .send(IngressEvent::Arrived(Arrived {
+                tenant: self.tenant.clone(),
+                rel,
+                via: Via::Ftp,
+            }))
+            .await;
+        if self.source.after_download == AfterDownload::Delete {
+            // Recorded above, so a crash from here on deletes it at the next poll instead.
+            if let Err(e) = client.delete(&remote).await {
+                tracing::warn!(file = %job.path, error = %e, "pulled, but the remote copy could not be deleted; trying again at the next poll");
+            }
+        }
+        Ok(size)
+    }
+
+    fn temp_path(&self, path: &str) -> std::io::Result<PathBuf> {
+        let rel = RelPath::parse(path).ok_or_else(|| std::io::Error::other("bad path"))?;
+        Ok(self
+            .ctx
+            .drops
+            .path_of(&self.tenant, &rel)
+            .with_file_name(temp_name(&self.key, path)))
+    }
+
+    fn note_file_error(&self, summary: &mut PollSummary, path: &str, e: &FtpPollError) {
+        tracing::warn!(file = path, error = %e, "could not pull; trying again at the next poll");
+        metrics::counter!("dropsync_ftp_file_errors_total", "tenant" => self.tenant.to_string()).increment(1);
+        if summary.file_error.is_none() {
+            summary.file_error = Some(e.to_string());
+        }
+    }
+
+    fn warn_skipped(&self, skipped: &[(String, &'static str)]) {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        for (path, why) in skipped {
+            if warned.insert(path.clone()) {
+                tracing::warn!(file = path.as_str(), "remote entry {why}: not pulled");
+            }
+        }
+    }
+}
+
+/// The hidden name a download is written under, next to its final name. It ends in `.part`, not
+/// `.tmp`, so the start-up scan keeps it for resuming.
+fn temp_name(source_key: &str, path: &str) -> String {
+    let digest = Sha256::digest(format!("{source_key}\n{path}").as_bytes());
+    format!(".dropsync-ftp-{}.part", hex::encode(&digest[..8]))
+}
