@@ -8,7 +8,8 @@
 #
 # dropsync's time runs from its start to the last file pulled (connect, list, download to a temp
 # name, size check, fsync, rename, catalog record). rclone copy's runs from its start to its
-# exit (it does not fsync).
+# exit (it does not fsync). Each run starts after `sync`, so neither pays for the other's
+# write-back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-100}
@@ -61,6 +62,7 @@ source_field() {  # $1 = config, $2 = field of the first FTP source in `status -
 dropsync_run() {
     local st="$W/ds-$1" t0 t1
     config "$st" "$P" 0s 1h > "$W/ds-$1.toml"
+    sync
     t0=$(date +%s.%N)
     RUST_LOG=warn ./target/release/dropsync run --config "$W/ds-$1.toml" 2>"$W/ds-$1.log" &
     DS_PID=$!
@@ -74,6 +76,7 @@ dropsync_run() {
 REMOTE=":ftp,host=127.0.0.1,port=$P,user=calls,pass=$(rclone obscure secret):"
 rclone_run() {
     local t0 t1
+    sync
     t0=$(date +%s.%N)
     rclone copy --transfers 4 "$REMOTE" "$W/rc-$1" 2>>"$W/rclone.log" || { echo "rclone copy failed: $(tail -3 "$W/rclone.log")" >&2; exit 1; }
     t1=$(date +%s.%N)

@@ -207,12 +207,18 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Notes, before a download starts, which version the bytes in its temp file belong to.
-    pub fn ftp_mark_partial(&self, source: &str, path: &str, version: &str) -> Result<()> {
-        self.lock().execute(
-            "UPDATE ftp_files SET partial = ?3 WHERE source = ?1 AND path = ?2",
-            params![source, path, version],
-        )?;
+    /// Notes, before downloads start, which version (see [`version_tag`]) the bytes in each
+    /// (path, version) temp file will belong to.
+    pub fn ftp_mark_partials(&self, source: &str, marks: &[(String, String)]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("UPDATE ftp_files SET partial = ?3 WHERE source = ?1 AND path = ?2")?;
+            for (path, version) in marks {
+                stmt.execute(params![source, path, version])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

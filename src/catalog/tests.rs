@@ -417,9 +417,11 @@ fn ftp_listing_settles_pulls_once_and_forgets_vanished_files() {
     assert_eq!(a.files["a.wav"].stable_since, 100);
     assert_eq!(a.files["b.csv"].stable_since, 200);
 
-    cat.ftp_mark_partial(src, "a.wav", &version_tag(10, 1000)).unwrap();
+    cat.ftp_mark_partials(src, &[("a.wav".into(), version_tag(10, 1000))])
+        .unwrap();
     cat.ftp_mark_downloaded(src, "a.wav", 10, 1000, 300).unwrap();
-    cat.ftp_mark_partial(src, "b.csv", &version_tag(9, 2000)).unwrap();
+    cat.ftp_mark_partials(src, &[("b.csv".into(), version_tag(9, 2000))])
+        .unwrap();
     let a = cat
         .ftp_apply_listing(src, &[remote("a.wav", 10, 1000), remote("b.csv", 9, 2000)], 400)
         .unwrap();

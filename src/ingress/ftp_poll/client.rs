@@ -15,7 +15,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsStream, ImplAsyncFtpStream};
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::listing::{self, Entry, Format};
 use crate::catalog::RemoteFile;
@@ -376,29 +376,35 @@ impl FtpClient {
     }
 
     /// Downloads `remote` into `tmp`, resuming after the `resume_from` bytes already there when
-    /// the server takes REST, and fsyncs it. Returns the bytes received in this call.
-    pub async fn download(&mut self, remote: &str, tmp: &Path, resume_from: u64, expected: u64) -> Result<u64> {
+    /// the server takes REST, and checks it has `expected` bytes. Returns the writer, which the
+    /// caller finishes (fsync) while this connection moves on, and the bytes received now.
+    pub async fn download(
+        &mut self,
+        remote: &str,
+        tmp: &Path,
+        resume_from: u64,
+        expected: u64,
+    ) -> Result<(crate::fsutil::BackgroundWriter, u64)> {
         let local = |source| FtpPollError::Local {
             path: tmp.to_path_buf(),
             source,
         };
-        let mut file = tokio::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(tmp)
-            .await
             .map_err(local)?;
-        let have = file.metadata().await.map_err(local)?.len();
+        let have = file.metadata().map_err(local)?.len();
         let mut offset = if resume_from > 0 && resume_from == have && have < expected {
             have
         } else {
             0
         };
         let op = format!("RETR {remote}");
-        let stream = loop {
-            file.set_len(offset).await.map_err(local)?;
+        let mut stream = loop {
+            file.set_len(offset).map_err(local)?;
             if offset > 0 {
                 let _ = self.ftp.resume_transfer(offset as usize).await;
             }
@@ -418,15 +424,14 @@ impl FtpClient {
         if offset > 0 {
             tracing::info!(file = remote, offset, "resuming an interrupted download");
         }
-        use tokio::io::AsyncSeekExt;
-        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(local)?;
-        let mut stream = stream;
-        let mut buf = Vec::with_capacity(CHUNK);
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::Start(offset)).map_err(local)?;
+        // The disk is written on a blocking thread while the next chunk comes in.
+        let mut writer = crate::fsutil::BackgroundWriter::start(file);
         let mut got = 0u64;
         loop {
-            buf.clear();
-            // Fill a whole chunk before writing: fewer, larger writes while the next chunk is
-            // already on its way over the network.
+            let mut buf = writer.buffer(CHUNK);
+            // Fill a whole chunk before handing it over: fewer, larger writes.
             let mut eof = false;
             while buf.len() < CHUNK {
                 let n = timed_io(&op, self.timeout, stream.read_buf(&mut buf)).await?;
@@ -442,22 +447,22 @@ impl FtpClient {
                     expected,
                 });
             }
-            file.write_all(&buf).await.map_err(local)?;
+            writer.write(buf).await.map_err(local)?;
             if eof {
                 break;
             }
         }
         timed(&op, self.timeout, stream.finish()).await?;
-        file.flush().await.map_err(local)?;
-        file.sync_all().await.map_err(local)?;
         if offset + got != expected {
+            // What came is kept (made durable by the writer) for a resume at the next poll.
+            let _ = writer.finish().await;
             return Err(FtpPollError::Short {
                 path: remote.to_owned(),
                 got: offset + got,
                 expected,
             });
         }
-        Ok(got)
+        Ok((writer, got))
     }
 
     pub async fn delete(&mut self, remote: &str) -> Result<()> {

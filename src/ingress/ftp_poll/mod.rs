@@ -148,7 +148,26 @@ struct Poller {
 struct Job {
     path: String,
     state: RemoteFileState,
+    /// Bytes already in its temp file belong to this version (a download was cut short).
+    resumable: bool,
 }
+
+/// A file received into its temp name, not yet durable.
+struct Received {
+    writer: crate::fsutil::BackgroundWriter,
+    tmp: PathBuf,
+    target: PathBuf,
+    rel: RelPath,
+    started: Instant,
+}
+
+/// A file's size once pulled, or why it was not.
+type PullResult = Result<u64, (String, FtpPollError)>;
+/// What finishing a file gives: (path, server path, size).
+type Finished = Result<(String, String, u64), (String, FtpPollError)>;
+
+/// Files one connection may have received and not yet made durable.
+const MAX_FINISHING: usize = 4;
 
 /// What one poll did.
 #[derive(Default)]
@@ -305,7 +324,8 @@ impl Poller {
             summary.waiting += 1;
             let stable_at = state.stable_since.saturating_add(min_age);
             if stable_at <= now {
-                jobs.push(Job { path, state });
+                let resumable = state.partial.as_deref() == Some(state.version().as_str());
+                jobs.push(Job { path, state, resumable });
             } else {
                 summary.next_stable_at = Some(summary.next_stable_at.map_or(stable_at, |t| t.min(stable_at)));
             }
@@ -333,14 +353,24 @@ impl Poller {
             }
         }
 
+        // Which version each temp file will hold, in one commit before any download starts.
+        let marks: Vec<(String, String)> = jobs
+            .iter()
+            .filter(|j| !j.resumable)
+            .map(|j| (j.path.clone(), j.state.version()))
+            .collect();
+        if !marks.is_empty() {
+            let key = self.key.clone();
+            self.ctx.catalog.run(move |c| c.ftp_mark_partials(&key, &marks)).await?;
+        }
         let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
         let pulls = self.pull_all(client, queue, tls).await;
         for outcome in pulls {
             match outcome {
-                Ok((n, bytes)) => {
-                    summary.pulled += n;
+                Ok(bytes) => {
+                    summary.pulled += 1;
                     summary.bytes += bytes;
-                    summary.waiting -= n;
+                    summary.waiting -= 1;
                 }
                 Err((path, e)) => self.note_file_error(&mut summary, &path, &e),
             }
@@ -356,7 +386,7 @@ impl Poller {
         first: FtpClient,
         queue: Arc<Mutex<VecDeque<Job>>>,
         tls: Option<&Tls>,
-    ) -> Vec<Result<(usize, u64), (String, FtpPollError)>> {
+    ) -> Vec<PullResult> {
         let pending = queue.lock().unwrap_or_else(|p| p.into_inner()).len();
         let extra = (self.source.connections as usize).min(pending).saturating_sub(1);
         let mut workers = tokio::task::JoinSet::new();
@@ -387,7 +417,7 @@ impl Poller {
         client: Option<FtpClient>,
         queue: Arc<Mutex<VecDeque<Job>>>,
         tls: Option<Tls>,
-    ) -> Vec<Result<(usize, u64), (String, FtpPollError)>> {
+    ) -> Vec<PullResult> {
         let mut results = Vec::new();
         let mut client = match client {
             Some(c) => c,
@@ -400,102 +430,161 @@ impl Poller {
                 }
             },
         };
+        // Files received but not yet durable and recorded. The connection moves on to the next
+        // file meanwhile, so a transfer never waits for the disk or the catalog.
+        let mut finishing = tokio::task::JoinSet::new();
+        let mut session_ok = true;
         loop {
+            while finishing.len() >= MAX_FINISHING {
+                if let Some(done) = finishing.join_next().await {
+                    self.finished(done, &mut client, &mut session_ok, &mut results).await;
+                }
+            }
+            while let Some(done) = finishing.try_join_next() {
+                self.finished(done, &mut client, &mut session_ok, &mut results).await;
+            }
+            if !session_ok {
+                break;
+            }
             let Some(job) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
                 break;
             };
-            match self.pull(&mut client, &job).await {
-                Ok(bytes) => results.push(Ok((1, bytes))),
+            match self.fetch(&mut client, &job).await {
+                Ok(received) => {
+                    let remote = client.remote(&job.path);
+                    finishing.spawn(
+                        self.clone()
+                            .finish(job, remote, received)
+                            .instrument(tracing::Span::current()),
+                    );
+                }
                 Err(e) => {
-                    let fatal = !e.keeps_session();
+                    session_ok = e.keeps_session();
                     results.push(Err((job.path, e)));
-                    if fatal {
-                        return results;
-                    }
                 }
             }
         }
-        client.quit().await;
+        while let Some(done) = finishing.join_next().await {
+            self.finished(done, &mut client, &mut session_ok, &mut results).await;
+        }
+        if session_ok {
+            client.quit().await;
+        }
         results
     }
 
-    /// Pulls one file: temp name, resume, size check, fsync, rename, record, then (if asked)
-    /// delete it on the server. Returns the file's size.
-    async fn pull(&self, client: &mut FtpClient, job: &Job) -> Result<u64, FtpPollError> {
+    /// Takes one finished file's outcome; with `after_download = "delete"`, deletes it on the
+    /// server now that the catalog has it (a dead session leaves that to the next poll).
+    async fn finished(
+        &self,
+        done: Result<Finished, tokio::task::JoinError>,
+        client: &mut FtpClient,
+        session_ok: &mut bool,
+        results: &mut Vec<PullResult>,
+    ) {
+        let Ok(done) = done else {
+            return;
+        };
+        match done {
+            Ok((path, remote, size)) => {
+                results.push(Ok(size));
+                if self.source.after_download == AfterDownload::Delete
+                    && *session_ok
+                    && let Err(e) = client.delete(&remote).await
+                {
+                    tracing::warn!(file = %path, error = %e, "pulled, but the remote copy could not be deleted; trying again at the next poll");
+                    *session_ok = e.keeps_session();
+                }
+            }
+            Err(failed) => results.push(Err(failed)),
+        }
+    }
+
+    /// Receives one file into its temp name (resuming what is there when it belongs to the
+    /// same version), checked against the listed size; not yet fsynced.
+    async fn fetch(&self, client: &mut FtpClient, job: &Job) -> Result<Received, FtpPollError> {
         let Some(rel) = RelPath::parse(&job.path) else {
             return Err(FtpPollError::Listing {
                 path: job.path.clone(),
                 why: "not a valid path".into(),
             });
         };
-        let local_err = |path: PathBuf| move |source| FtpPollError::Local { path, source };
         let drops = self.ctx.drops.clone();
         let (tenant, dir) = (self.tenant.clone(), rel.dir().to_owned());
         let folder = tokio::task::spawn_blocking(move || drops.ensure_dir(&tenant, &dir))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))
             .and_then(|r| r)
-            .map_err(local_err(self.ctx.drops.tenant_dir(&self.tenant).join(rel.dir())))?;
-        let target = folder.join(rel.file_name());
+            .map_err(|source| FtpPollError::Local {
+                path: self.ctx.drops.tenant_dir(&self.tenant).join(rel.dir()),
+                source,
+            })?;
         let tmp = folder.join(temp_name(&self.key, &job.path));
-        let version = job.state.version();
-        let resume_from = if job.state.partial.as_deref() == Some(version.as_str()) {
+        let resume_from = if job.resumable {
             tokio::fs::metadata(&tmp).await.map_or(0, |m| m.len())
         } else {
-            let (key, path, v) = (self.key.clone(), job.path.clone(), version.clone());
-            self.ctx
-                .catalog
-                .run(move |c| c.ftp_mark_partial(&key, &path, &v))
-                .await?;
             0
         };
         let remote = client.remote(&job.path);
-        let size = job.state.size;
         let started = Instant::now();
-        let received = match client.download(&remote, &tmp, resume_from, size).await {
-            Ok(n) => n,
+        match client.download(&remote, &tmp, resume_from, job.state.size).await {
+            Ok((writer, received)) => {
+                metrics::counter!("dropsync_received_bytes_total", "via" => "ftp").increment(received);
+                Ok(Received {
+                    writer,
+                    tmp,
+                    target: folder.join(rel.file_name()),
+                    rel,
+                    started,
+                })
+            }
             Err(e) => {
                 if matches!(e, FtpPollError::Changed { .. }) {
                     let _ = tokio::fs::remove_file(&tmp).await;
                 }
-                return Err(e);
+                Err(e)
             }
-        };
-        metrics::counter!("dropsync_received_bytes_total", "via" => "ftp").increment(received);
+        }
+    }
 
+    /// Makes a received file durable and an arrival: fsync, rename into place, fsync the
+    /// folder, record it in the catalog, tell intake.
+    async fn finish(self: Arc<Self>, job: Job, remote: String, r: Received) -> Finished {
+        let failed = |e: FtpPollError| (job.path.clone(), e);
+        let local = |path: &PathBuf| {
+            let path = path.clone();
+            move |source| FtpPollError::Local { path, source }
+        };
+        r.writer.finish().await.map_err(local(&r.tmp)).map_err(failed)?;
         // The watcher sees the rename too; the hint makes either path record `via = ftp`.
-        self.ctx.hints.note(target.clone(), Via::Ftp);
-        let (t, tg) = (tmp.clone(), target.clone());
+        self.ctx.hints.note(r.target.clone(), Via::Ftp);
+        let (tmp, target) = (r.tmp.clone(), r.target.clone());
         tokio::task::spawn_blocking(move || {
-            std::fs::rename(&t, &tg)?;
-            crate::fsutil::sync_dir(tg.parent().unwrap_or(&tg))
+            std::fs::rename(&tmp, &target)?;
+            crate::fsutil::sync_dir(target.parent().unwrap_or(&target))
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))
         .and_then(|r| r)
-        .map_err(local_err(target.clone()))?;
-        let (key, path, mtime) = (self.key.clone(), job.path.clone(), job.state.mtime_ms);
+        .map_err(local(&r.target))
+        .map_err(failed)?;
+        let (key, path, size, mtime) = (self.key.clone(), job.path.clone(), job.state.size, job.state.mtime_ms);
         self.ctx
             .catalog
             .run(move |c| c.ftp_mark_downloaded(&key, &path, size, mtime, now_ms()))
-            .await?;
-        tracing::info!(file = %rel.as_str(), bytes = size, took_ms = started.elapsed().as_millis() as u64, "pulled");
+            .await
+            .map_err(|e| failed(e.into()))?;
+        tracing::info!(file = %r.rel.as_str(), bytes = size, took_ms = r.started.elapsed().as_millis() as u64, "pulled");
         let _ = self
             .ctx
             .events
             .send(IngressEvent::Arrived(Arrived {
                 tenant: self.tenant.clone(),
-                rel,
+                rel: r.rel,
                 via: Via::Ftp,
             }))
             .await;
-        if self.source.after_download == AfterDownload::Delete {
-            // Recorded above, so a crash from here on deletes it at the next poll instead.
-            if let Err(e) = client.delete(&remote).await {
-                tracing::warn!(file = %job.path, error = %e, "pulled, but the remote copy could not be deleted; trying again at the next poll");
-            }
-        }
-        Ok(size)
+        Ok((job.path, remote, size))
     }
 
     fn temp_path(&self, path: &str) -> std::io::Result<PathBuf> {
