@@ -188,22 +188,42 @@ pub fn move_durable(src: &Path, dst: &Path) -> io::Result<()> {
 pub struct BackgroundWriter {
     chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
     spare: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    done: tokio::task::JoinHandle<io::Result<()>>,
+    done: tokio::task::JoinHandle<io::Result<[u8; 32]>>,
 }
 
 /// How much written data may sit in the page cache before write-back is started.
 pub const WRITEBACK_EVERY: u64 = 8 << 20;
 
 impl BackgroundWriter {
-    /// Takes over `file`, positioned where the first chunk goes.
+    /// Takes over `file` (open for reading too), positioned where the first chunk goes. The
+    /// whole file's SHA-256 is computed on the way (bytes already before the position included),
+    /// so nobody has to read the file again for it.
     pub fn start(mut file: File) -> BackgroundWriter {
         let (chunks, mut incoming) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let (recycle, spare) = tokio::sync::mpsc::channel(4);
         let done = tokio::task::spawn_blocking(move || {
             use std::os::fd::AsRawFd;
+            use std::os::unix::fs::FileExt;
             let mut pos = file.stream_position()?;
+            let mut hasher = Sha256::new();
+            let mut prefix = if pos > 0 { vec![0u8; 1 << 20] } else { Vec::new() };
+            let mut at = 0u64;
+            while at < pos {
+                let want = prefix.len().min((pos - at) as usize);
+                let n = file.read_at(&mut prefix[..want], at)?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file is shorter than its start",
+                    ));
+                }
+                hasher.update(&prefix[..n]);
+                at += n as u64;
+            }
+            drop(prefix);
             let mut flushed = pos;
             while let Some(mut chunk) = incoming.blocking_recv() {
+                hasher.update(&chunk);
                 file.write_all(&chunk)?;
                 pos += chunk.len() as u64;
                 if pos - flushed >= WRITEBACK_EVERY {
@@ -221,7 +241,8 @@ impl BackgroundWriter {
                 chunk.clear();
                 let _ = recycle.try_send(chunk);
             }
-            file.sync_all()
+            file.sync_all()?;
+            Ok(hasher.finalize().into())
         });
         BackgroundWriter { chunks, spare, done }
     }
@@ -240,15 +261,15 @@ impl BackgroundWriter {
             // The writer stopped: its error says why.
             return match (&mut self.done).await {
                 Ok(Err(e)) => Err(e),
-                Ok(Ok(())) => Err(io::Error::other("the file writer stopped early")),
+                Ok(Ok(_)) => Err(io::Error::other("the file writer stopped early")),
                 Err(e) => Err(io::Error::other(e.to_string())),
             };
         }
         Ok(())
     }
 
-    /// Writes what is queued and fsyncs the file.
-    pub async fn finish(self) -> io::Result<()> {
+    /// Writes what is queued and fsyncs the file; returns the whole file's SHA-256.
+    pub async fn finish(self) -> io::Result<[u8; 32]> {
         drop(self.chunks);
         self.done.await.map_err(|e| io::Error::other(e.to_string()))?
     }
@@ -263,7 +284,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         fs::write(&path, b"keep").unwrap();
-        let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+        let mut file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
         file.seek(io::SeekFrom::Start(4)).unwrap();
         let mut w = BackgroundWriter::start(file);
         let mut expected = b"keep".to_vec();
@@ -274,7 +295,8 @@ mod tests {
             expected.extend_from_slice(&buf);
             w.write(buf).await.unwrap();
         }
-        w.finish().await.unwrap();
+        let digest = w.finish().await.unwrap();
         assert_eq!(fs::read(&path).unwrap(), expected);
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&expected)));
     }
 }

@@ -258,11 +258,19 @@ impl Intake {
             return Ok(None);
         }
         let kind = FileKind::of(a.rel.file_name(), &self.config.get().matching);
+        let hint = self.hints.take(&self.drop.path_of(&a.tenant, &a.rel));
+        let known = hint
+            .and_then(|h| h.digest)
+            .filter(|d| d.size == meta.len() && d.mtime_ns == mtime_ns)
+            .map(|d| d.sha256);
         let sha256 = match kind {
-            FileKind::Recording => Some(hex::encode(crate::fsutil::hash_reader(&file)?.1)),
+            FileKind::Recording => Some(hex::encode(match known {
+                Some(digest) => digest,
+                None => crate::fsutil::hash_reader(&file)?.1,
+            })),
             _ => None,
         };
-        let via = self.hints.take(&self.drop.path_of(&a.tenant, &a.rel)).unwrap_or(a.via);
+        let via = hint.map_or(a.via, |h| h.via);
         Ok(Some(Prepared {
             tenant: a.tenant.clone(),
             rel: a.rel.clone(),

@@ -43,23 +43,41 @@ pub enum IngressEvent {
     },
 }
 
-/// How files that an ingress of ours wrote reached their drop folder. The watcher sees those
-/// files too, and may report them first; intake asks here so that `via` is right either way.
+/// What an ingress of ours knows about a file it wrote: how it came, and possibly its digest,
+/// computed while writing. The watcher sees those files too, and may report them first; intake
+/// asks here so that `via` is right either way, and so that it need not read the file again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hint {
+    pub via: Via,
+    pub digest: Option<KnownDigest>,
+}
+
+/// A file's SHA-256, valid while its size and mtime are these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownDigest {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub sha256: [u8; 32],
+}
+
 #[derive(Clone, Default)]
-pub struct ViaHints(Arc<Mutex<HashMap<PathBuf, Via>>>);
+pub struct ViaHints(Arc<Mutex<HashMap<PathBuf, Hint>>>);
 
 /// Hints not taken (the file vanished before intake saw it) are dropped past this many.
 const MAX_HINTS: usize = 100_000;
 
 impl ViaHints {
     pub fn note(&self, path: PathBuf, via: Via) {
+        self.note_hint(path, Hint { via, digest: None });
+    }
+    pub fn note_hint(&self, path: PathBuf, hint: Hint) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_HINTS {
             map.clear();
         }
-        map.insert(path, via);
+        map.insert(path, hint);
     }
-    pub fn take(&self, path: &Path) -> Option<Via> {
+    pub fn take(&self, path: &Path) -> Option<Hint> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(path)
     }
 }

@@ -18,6 +18,7 @@ mod client;
 pub mod listing;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ use tracing::Instrument;
 pub use client::FtpPollError;
 use client::{FtpClient, Tls};
 
-use super::{Arrived, IngressEvent, ViaHints};
+use super::{Arrived, Hint, IngressEvent, KnownDigest, ViaHints};
 use crate::catalog::{Catalog, PollRecord, RemoteFileState, Via, now_ms};
 use crate::config::LiveConfig;
 use crate::dropbox::{DropRoot, FileKind, RelPath};
@@ -555,9 +556,25 @@ impl Poller {
             let path = path.clone();
             move |source| FtpPollError::Local { path, source }
         };
-        r.writer.finish().await.map_err(local(&r.tmp)).map_err(failed)?;
-        // The watcher sees the rename too; the hint makes either path record `via = ftp`.
-        self.ctx.hints.note(r.target.clone(), Via::Ftp);
+        let sha256 = r.writer.finish().await.map_err(local(&r.tmp)).map_err(failed)?;
+        // The watcher sees the rename too; the hint makes either path record `via = ftp`, and
+        // spares intake reading the file again for its digest.
+        let meta = tokio::fs::metadata(&r.tmp)
+            .await
+            .map_err(local(&r.tmp))
+            .map_err(failed)?;
+        let digest = KnownDigest {
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            sha256,
+        };
+        self.ctx.hints.note_hint(
+            r.target.clone(),
+            Hint {
+                via: Via::Ftp,
+                digest: Some(digest),
+            },
+        );
         let (tmp, target) = (r.tmp.clone(), r.target.clone());
         tokio::task::spawn_blocking(move || {
             std::fs::rename(&tmp, &target)?;
