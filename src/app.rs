@@ -51,6 +51,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .ensure_tenant(&t.id)
             .with_context(|| format!("creating the drop folder of {}", t.id))?;
     }
+    // Before any session can start: SFTP uploads a crash cut short are removed, and those whose
+    // CLOSE was answered but whose rename may not have reached the disk are put in place.
+    for t in &config.tenants {
+        match crate::ingress::sftp::fs::recover_uploads(&drops.tenant_dir(&t.id)) {
+            Ok((0, 0)) => {}
+            Ok((renamed, removed)) => {
+                tracing::info!(tenant = %t.id, renamed, removed, "uploads left by a stop were recovered")
+            }
+            Err(e) => tracing::warn!(tenant = %t.id, error = %e, "cannot recover uploads left by a stop"),
+        }
+    }
     let sink = Sink::from_config(&config.sink).await.context("setting up the sink")?;
     let archiver = Archiver {
         catalog: catalog.clone(),

@@ -79,3 +79,38 @@ fn kill_9_repeatedly_loses_nothing_and_duplicates_nothing() {
     }
     assert_eq!(d.stop().code(), Some(0));
 }
+
+/// What a crash right after an answered SFTP CLOSE leaves (the upload marked complete and
+/// fsynced, its rename not yet on disk), and what a crash mid-upload leaves: at the next start
+/// the first is put in place and forwarded, the second removed.
+#[test]
+fn uploads_left_by_a_crash_are_completed_or_removed_at_start() {
+    let mut d = Daemon::new("1h", ACME);
+    d.start();
+    d.stop();
+    let a = audio("after-close", 5_000);
+    let drop_dir = d.drop_dir("acme");
+    let closed = drop_dir.join(".dropsync-upload-00000000000000aa-x1.wav");
+    std::fs::write(&closed, &a).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import os; os.setxattr({:?}, 'user.dropsync.final', b'x1.wav')",
+            closed.to_str().unwrap()
+        ))
+        .output()
+        .expect("python3 is missing");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cut = drop_dir.join(".dropsync-upload-00000000000000bb-x2.wav");
+    std::fs::write(&cut, b"RIFF, then the connection went away").unwrap();
+    d.put(
+        "acme",
+        "x.csv",
+        format!("{HEADER}\n{}\n{}\n", csv_row("X-1", "x1.wav"), csv_row("X-2", "x2.wav")).as_bytes(),
+    );
+    d.start();
+    let fwd = d.wait_forwarded(1, Duration::from_secs(60));
+    assert_recordings(&d, &fwd["X-1"], &[("x1.wav", &a)]);
+    assert!(!closed.exists() && !cut.exists());
+    assert!(!drop_dir.join("x2.wav").exists());
+}

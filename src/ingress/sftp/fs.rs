@@ -109,6 +109,106 @@ pub fn is_internal(name: &str) -> bool {
     name.starts_with(".dropsync-")
 }
 
+/// What [`TenantFs::finish_upload`] leaves to its caller.
+#[derive(Debug)]
+pub struct FinishedUpload {
+    /// The path relative to the drop folder, if the file may arrive.
+    pub arrived: Option<String>,
+    /// A folder to fsync before the arrival is announced (the rename is not durable yet).
+    pub sync_folder: Option<PathBuf>,
+}
+
+/// The extended attribute that marks an upload temp file as complete; its value is the name
+/// the file was renamed to.
+const COMPLETE_XATTR: &std::ffi::CStr = c"user.dropsync.final";
+
+/// Where our SFTP uploads are written until they are closed.
+const UPLOAD_PREFIX: &str = ".dropsync-upload-";
+
+fn mark_complete(file: &File, final_name: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fsetxattr on a descriptor we own, with a valid C string and a byte buffer.
+    let r = unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            COMPLETE_XATTR.as_ptr(),
+            final_name.as_ptr().cast(),
+            final_name.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn completed_name(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf = [0u8; 1024];
+    // SAFETY: lgetxattr with valid C strings and a buffer of the length given; it does not
+    // follow links.
+    let n = unsafe {
+        libc::lgetxattr(
+            c_path.as_ptr(),
+            COMPLETE_XATTR.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).ok()?;
+    String::from_utf8(buf[..n].to_vec()).ok()
+}
+
+/// At start-up, before any session: upload temp files left by a crash are either complete
+/// (marked at CLOSE, so the client was told "done"), and renamed into place, or partial, and
+/// removed. Returns (renamed, removed).
+pub fn recover_uploads(tenant_root: &Path) -> io::Result<(usize, usize)> {
+    let mut found = Vec::new();
+    let mut stack = vec![tenant_root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let ft = entry.file_type()?;
+            let name = entry.file_name();
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if ft.is_file() && name.to_str().is_some_and(|n| n.starts_with(UPLOAD_PREFIX)) {
+                let mtime = entry.metadata()?.modified()?;
+                found.push((mtime, entry.path()));
+            }
+        }
+    }
+    // Oldest first, so that of two completed uploads of one name the later one wins.
+    found.sort();
+    let (mut renamed, mut removed) = (0, 0);
+    for (_, tmp) in found {
+        let folder = tmp.parent().unwrap_or(tenant_root);
+        let target = completed_name(&tmp).filter(|n| {
+            !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.contains('\0') && !is_internal(n)
+        });
+        match target {
+            Some(name) => {
+                fs::rename(&tmp, folder.join(name))?;
+                fsutil::sync_dir(folder)?;
+                renamed += 1;
+            }
+            None => {
+                fs::remove_file(&tmp)?;
+                removed += 1;
+            }
+        }
+    }
+    Ok((renamed, removed))
+}
+
 /// An upload in progress: data goes to `tmp`, which becomes `target` on close.
 #[derive(Debug)]
 pub struct Upload {
@@ -206,7 +306,7 @@ impl TenantFs {
         if existing && exclusive {
             return Err(FsError::new(StatusCode::Failure, format!("{v}: already exists")));
         }
-        let tmp = parent.join(format!(".dropsync-upload-{:016x}-{}", fastrand::u64(..), v.name()));
+        let tmp = parent.join(format!("{UPLOAD_PREFIX}{:016x}-{}", fastrand::u64(..), v.name()));
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -229,20 +329,43 @@ impl TenantFs {
         })
     }
 
-    /// Completes an upload: data durable (if `durable`), then renamed into place, then the
-    /// folder durable. Returns the path relative to the drop folder if it is now a file that may
-    /// arrive (not a temp name).
-    pub fn finish_upload(&self, upload: Upload, durable: bool) -> FsResult<Option<String>> {
+    /// Completes an upload. Returns the path relative to the drop folder if it is now a file
+    /// that may arrive (not a temp name), and the folder the caller must still fsync before
+    /// announcing it.
+    ///
+    /// Durable close, in one journal commit where the file system keeps extended attributes:
+    /// the temp file is marked complete (`user.dropsync.final` = the final name) and fsynced,
+    /// which makes its data, its marker and its (new) name durable; then it is renamed into
+    /// place and CLOSE is answered. The rename becomes durable with the caller's folder fsync,
+    /// off the client's path; a crash before that leaves a marked temp file, which
+    /// [`recover_uploads`] renames into place at the next start. Without xattrs: fdatasync,
+    /// rename, folder fsync, all before the answer.
+    pub fn finish_upload(&self, upload: Upload, durable: bool) -> FsResult<FinishedUpload> {
         let v = upload.vpath.clone();
-        let folder = upload.target.parent().unwrap_or(&self.root);
-        let done = (if durable { upload.file.sync_data() } else { Ok(()) })
-            .and_then(|()| fs::rename(&upload.tmp, &upload.target))
-            .and_then(|()| if durable { fsutil::sync_dir(folder) } else { Ok(()) });
+        let folder = upload.target.parent().unwrap_or(&self.root).to_path_buf();
+        let marked = durable && mark_complete(&upload.file, v.name()).is_ok();
+        let done = if marked {
+            upload
+                .file
+                .sync_all()
+                .and_then(|()| fs::rename(&upload.tmp, &upload.target))
+        } else if durable {
+            upload
+                .file
+                .sync_data()
+                .and_then(|()| fs::rename(&upload.tmp, &upload.target))
+                .and_then(|()| fsutil::sync_dir(&folder))
+        } else {
+            fs::rename(&upload.tmp, &upload.target)
+        };
         if let Err(e) = done {
             let _ = fs::remove_file(&upload.tmp);
             return Err(FsError::io(&v, &e));
         }
-        Ok((!is_temp_name(v.name())).then(|| v.rel()))
+        Ok(FinishedUpload {
+            arrived: (!is_temp_name(v.name())).then(|| v.rel()),
+            sync_folder: marked.then_some(folder),
+        })
     }
 
     /// Drops an unfinished upload (the connection went away): nothing is left behind.
@@ -539,7 +662,7 @@ mod tests {
         std::io::Write::write_all(&mut up.file, b"RIFF").unwrap();
         assert!(t.stat("/c1.wav").is_err(), "visible before close");
         assert_eq!(t.read_dir("/").unwrap().len(), 3, ". .. reports");
-        assert_eq!(t.finish_upload(up, true).unwrap(), Some("c1.wav".into()));
+        assert_eq!(t.finish_upload(up, true).unwrap().arrived, Some("c1.wav".into()));
         assert_eq!(t.stat("/c1.wav").unwrap().size, Some(4));
         // A dropped upload leaves nothing.
         let up = t.open_write("/c2.wav", true, false).unwrap();
@@ -551,11 +674,43 @@ mod tests {
         assert!(!names.iter().any(|n| n.contains("c2")), "{names:?}");
         // Temp names are not arrivals, until renamed.
         let up = t.open_write("/c3.wav.filepart", true, false).unwrap();
-        assert_eq!(t.finish_upload(up, true).unwrap(), None);
+        assert_eq!(t.finish_upload(up, true).unwrap().arrived, None);
         assert_eq!(
             t.rename("/c3.wav.filepart", "/c3.wav", false).unwrap(),
             Some("c3.wav".into())
         );
+    }
+
+    #[test]
+    fn closed_uploads_are_recovered_after_a_crash_and_cut_ones_removed() {
+        let (_d, t) = fx();
+        fs::create_dir(t.root().join("sub")).unwrap();
+        // Closed: marked complete (as CLOSE does), but a crash came before the rename.
+        let mut done = t.open_write("/sub/c1.wav", true, false).unwrap();
+        std::io::Write::write_all(&mut done.file, b"RIFF-all").unwrap();
+        let xattrs = mark_complete(&done.file, "c1.wav").is_ok();
+        // Cut: the connection went away mid-upload (or the daemon died).
+        let mut cut = t.open_write("/c2.wav", true, false).unwrap();
+        std::io::Write::write_all(&mut cut.file, b"RIF").unwrap();
+        if !xattrs {
+            // A file system without extended attributes: CLOSE makes everything durable before
+            // it answers, and every temp file left is an unfinished one.
+            let up = t.open_write("/c9.wav", true, false).unwrap();
+            assert!(t.finish_upload(up, true).unwrap().sync_folder.is_none());
+            drop((done, cut));
+            assert_eq!(recover_uploads(t.root()).unwrap(), (0, 2));
+            return;
+        }
+        // A marker naming something outside its folder is not followed.
+        let evil = t.open_write("/c3.wav", true, false).unwrap();
+        mark_complete(&evil.file, "../x.wav").unwrap();
+        let (tmp_done, tmp_cut, tmp_evil) = (done.tmp.clone(), cut.tmp.clone(), evil.tmp.clone());
+        drop((done, cut, evil));
+        assert_eq!(recover_uploads(t.root()).unwrap(), (1, 2));
+        assert_eq!(fs::read(t.root().join("sub/c1.wav")).unwrap(), b"RIFF-all");
+        assert!(!tmp_done.exists() && !tmp_cut.exists() && !tmp_evil.exists());
+        assert!(!t.root().join("c2.wav").exists());
+        assert!(!t.root().parent().unwrap().join("x.wav").exists());
     }
 
     #[test]

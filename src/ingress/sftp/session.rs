@@ -18,7 +18,7 @@ use russh_sftp::protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock, Semaphore, mpsc};
 
-use super::fs::{FsError, TenantFs, Upload, set_attrs};
+use super::fs::{FinishedUpload, FsError, TenantFs, Upload, set_attrs};
 use crate::catalog::Via;
 use crate::dropbox::RelPath;
 use crate::ingress::{Arrived, IngressEvent, ViaHints};
@@ -110,17 +110,26 @@ where
         }
         let _ = writer.shutdown().await;
     });
+    let (folder_syncs, pending) = mpsc::unbounded_channel();
     let mut session = Session {
-        ctx,
         handles: HashMap::new(),
         next_handle: 0,
         tx,
         slots: Arc::new(Semaphore::new(IN_FLIGHT)),
         requests: tokio::task::JoinSet::new(),
+        folder_syncs: Some(folder_syncs),
+        ctx,
     };
+    session.requests.spawn(sync_folders_then_announce(
+        pending,
+        session.ctx.arrivals.clone(),
+        session.ctx.tenant.clone(),
+    ));
     if let Err(why) = session.run(&mut reader).await {
         tracing::debug!(tenant = %session.ctx.tenant, "sftp session ended: {why}");
     }
+    // Closing the queue lets the folder syncer finish what is queued, then end.
+    session.folder_syncs = None;
     while session.requests.join_next().await.is_some() {}
     session.abort_all().await;
     drop(session);
@@ -135,6 +144,39 @@ struct Session {
     slots: Arc<Semaphore>,
     /// READ/WRITE requests in flight; waited for before the session ends.
     requests: tokio::task::JoinSet<()>,
+    /// Closed uploads whose rename is not durable yet: (folder, path to announce).
+    folder_syncs: Option<mpsc::UnboundedSender<(std::path::PathBuf, Option<String>)>>,
+}
+
+/// How long the folder syncer waits for more closes before one fsync covers them all.
+const FOLDER_SYNC_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Makes the renames of closed uploads durable, one folder fsync per batch of closes, then
+/// announces the files. A client closing files one after another would otherwise pay a second
+/// journal commit per file.
+async fn sync_folders_then_announce(
+    mut pending: mpsc::UnboundedReceiver<(std::path::PathBuf, Option<String>)>,
+    arrivals: mpsc::Sender<IngressEvent>,
+    tenant: TenantId,
+) {
+    while let Some(first) = pending.recv().await {
+        tokio::time::sleep(FOLDER_SYNC_WINDOW).await;
+        let mut batch = vec![first];
+        while let Ok(more) = pending.try_recv() {
+            batch.push(more);
+        }
+        let folders: std::collections::BTreeSet<std::path::PathBuf> = batch.iter().map(|(f, _)| f.clone()).collect();
+        let synced =
+            tokio::task::spawn_blocking(move || folders.iter().try_for_each(|f| crate::fsutil::sync_dir(f))).await;
+        if !matches!(synced, Ok(Ok(()))) {
+            tracing::warn!(tenant = %tenant, "could not fsync a folder after uploads");
+        }
+        for (_, rel) in batch {
+            if let Some(rel) = rel {
+                announce(&arrivals, &tenant, &rel).await;
+            }
+        }
+    }
 }
 
 impl Session {
@@ -445,11 +487,26 @@ impl Session {
                     })
                     .await?;
                 match finished {
-                    Ok(Some(rel)) => {
+                    Ok(FinishedUpload {
+                        arrived: Some(rel),
+                        sync_folder: None,
+                    }) => {
                         self.announce(&rel).await;
                         Ok(ok(id))
                     }
-                    Ok(None) => Ok(ok(id)),
+                    Ok(FinishedUpload {
+                        arrived,
+                        sync_folder: Some(folder),
+                    }) => {
+                        // The data is durable and the client may go on; the rename becomes
+                        // durable before the file is announced (a crash in between is undone
+                        // by recover_uploads).
+                        if let Some(q) = &self.folder_syncs {
+                            let _ = q.send((folder, arrived));
+                        }
+                        Ok(ok(id))
+                    }
+                    Ok(FinishedUpload { arrived: None, .. }) => Ok(ok(id)),
                     Err(e) => Ok(fs_err(id, e)),
                 }
             }
@@ -457,15 +514,7 @@ impl Session {
     }
 
     async fn announce(&self, rel: &str) {
-        if let Some(rel) = RelPath::parse(rel) {
-            tracing::info!(tenant = %self.ctx.tenant, file = rel.as_str(), "upload complete");
-            let event = IngressEvent::Arrived(Arrived {
-                tenant: self.ctx.tenant.clone(),
-                rel,
-                via: Via::Sftp,
-            });
-            let _ = self.ctx.arrivals.send(event).await;
-        }
+        announce(&self.ctx.arrivals, &self.ctx.tenant, rel).await;
     }
 
     async fn stat(&self, id: u32, path: String) -> Result<(), String> {
@@ -586,4 +635,17 @@ fn version() -> Version {
         v.extensions.insert(name.into(), ver.into());
     }
     v
+}
+
+/// Tells intake that `rel` has arrived.
+async fn announce(arrivals: &mpsc::Sender<IngressEvent>, tenant: &TenantId, rel: &str) {
+    if let Some(rel) = RelPath::parse(rel) {
+        tracing::info!(tenant = %tenant, file = rel.as_str(), "upload complete");
+        let event = IngressEvent::Arrived(Arrived {
+            tenant: tenant.clone(),
+            rel,
+            via: Via::Sftp,
+        });
+        let _ = arrivals.send(event).await;
+    }
 }
