@@ -1030,6 +1030,18 @@ mod tests {
     }
 
     #[test]
+    fn ftp_source_keys_are_checked() {
+        let found = problems(
+            "[[tenants]]\nid = \"a\"\n[[tenants.ftp]]\nurl = \"ftps://u@h/x\"\nconnections = 0\n\
+             after_download = \"move\"\nmin_age = \"soon\"\npassword_file = \"p\"\npassword_env = \"P\"\n",
+        );
+        assert_eq!(found.len(), 4, "{found:?}");
+        for key in ["connections", "after_download", "min_age", "password_file"] {
+            assert!(found.iter().any(|p| p.contains(key)), "{key}: {found:?}");
+        }
+    }
+
+    #[test]
     fn secrets_never_print() {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?}"), "<secret>");
