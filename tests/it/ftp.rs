@@ -586,3 +586,37 @@ fn sighup_starts_and_stops_pollers_and_metrics_count_polls() {
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(polls(), last, "still polling after the source was removed");
 }
+
+#[test]
+fn sigterm_mid_download_exits_0_and_the_next_start_resumes() {
+    let mut ftp = FtpServer::new(&["--throttle", "2097152"]);
+    ftp.start();
+    let big = audio("term", 6 << 20);
+    ftp.put("t.wav", &big);
+    ftp.put("t.csv", format!("{HEADER}\n{}\n", csv_row("T-1", "t.wav")).as_bytes());
+    let mut d = daemon_polling(&format!("ftp://calls@127.0.0.1:{}/", ftp.port), "connections = 1");
+    d.start();
+    let drop_dir = d.drop_dir("acme");
+    wait_for("a partial download", T, || {
+        std::fs::read_dir(&drop_dir).unwrap().flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with(".dropsync-ftp-")
+                && e.metadata().is_ok_and(|m| m.len() > 1 << 20)
+        })
+    });
+    let started = std::time::Instant::now();
+    assert!(d.stop().success(), "exit status after SIGTERM");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    assert!(d.forwarded().is_empty());
+    d.start();
+    let fwd = d.wait_forwarded(1, T);
+    assert_recordings(&d, &fwd["T-1"], &[("t.wav", &big)]);
+    let log = ftp.served_log();
+    assert!(
+        log.lines().any(|l| l.contains("REST ") && l.ends_with(" 350")),
+        "resumed: {log}"
+    );
+}
