@@ -137,6 +137,17 @@ fn wait_polled_after(d: &Daemon, since: &str) -> serde_json::Value {
     last
 }
 
+/// Waits until more than 1 MiB of a download sits in its temp file.
+fn wait_partial_download(d: &Daemon) {
+    let drop_dir = d.drop_dir("acme");
+    wait_for("a partial download", T, || {
+        std::fs::read_dir(&drop_dir).unwrap().flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with(".dropsync-ftp-")
+                && e.metadata().is_ok_and(|m| m.len() > 1 << 20)
+        })
+    });
+}
+
 fn now_iso() -> String {
     let out = Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
@@ -366,13 +377,7 @@ fn the_server_going_away_mid_download_is_resumed_with_rest() {
     );
     let mut d = daemon_polling(&format!("ftp://calls@127.0.0.1:{}/", ftp.port), "connections = 1");
     d.start();
-    let drop_dir = d.drop_dir("acme");
-    wait_for("a partial download", T, || {
-        std::fs::read_dir(&drop_dir).unwrap().flatten().any(|e| {
-            e.file_name().to_string_lossy().starts_with(".dropsync-ftp-")
-                && e.metadata().is_ok_and(|m| m.len() > 1 << 20)
-        })
-    });
+    wait_partial_download(&d);
     ftp.kill();
     wait_for("the poll error in status", T, || {
         source_status(&d)["last_error"].as_str().is_some()
@@ -596,13 +601,7 @@ fn sigterm_mid_download_exits_0_and_the_next_start_resumes() {
     ftp.put("t.csv", format!("{HEADER}\n{}\n", csv_row("T-1", "t.wav")).as_bytes());
     let mut d = daemon_polling(&format!("ftp://calls@127.0.0.1:{}/", ftp.port), "connections = 1");
     d.start();
-    let drop_dir = d.drop_dir("acme");
-    wait_for("a partial download", T, || {
-        std::fs::read_dir(&drop_dir).unwrap().flatten().any(|e| {
-            e.file_name().to_string_lossy().starts_with(".dropsync-ftp-")
-                && e.metadata().is_ok_and(|m| m.len() > 1 << 20)
-        })
-    });
+    wait_partial_download(&d);
     let started = std::time::Instant::now();
     assert!(d.stop().success(), "exit status after SIGTERM");
     assert!(
