@@ -181,6 +181,22 @@ pub fn move_durable(src: &Path, dst: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Asks the kernel to start writing `len` bytes of `file` from `offset` (0: to the end) to disk,
+/// without waiting, so that a later fsync finds little left to do. Only a hint: errors are left
+/// to that fsync.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor the caller keeps open; it only starts write-back.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// Writes a file from a stream of chunks on a blocking thread while the producer goes on, and
 /// fsyncs it at the end. Write-back is started every [`WRITEBACK_EVERY`] bytes
 /// (`sync_file_range`), so the disk works while data still arrives and the final fsync has little
@@ -202,7 +218,6 @@ impl BackgroundWriter {
         let (chunks, mut incoming) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let (recycle, spare) = tokio::sync::mpsc::channel(4);
         let done = tokio::task::spawn_blocking(move || {
-            use std::os::fd::AsRawFd;
             use std::os::unix::fs::FileExt;
             let mut pos = file.stream_position()?;
             let mut hasher = Sha256::new();
@@ -227,15 +242,7 @@ impl BackgroundWriter {
                 file.write_all(&chunk)?;
                 pos += chunk.len() as u64;
                 if pos - flushed >= WRITEBACK_EVERY {
-                    // SAFETY: a plain syscall on a descriptor we own; it only starts write-back.
-                    unsafe {
-                        libc::sync_file_range(
-                            file.as_raw_fd(),
-                            flushed as libc::off64_t,
-                            (pos - flushed) as libc::off64_t,
-                            libc::SYNC_FILE_RANGE_WRITE,
-                        );
-                    }
+                    start_writeback(&file, flushed, pos - flushed);
                     flushed = pos;
                 }
                 chunk.clear();

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{
@@ -52,6 +53,8 @@ struct UploadHandle {
     upload: Upload,
     /// Writes hold it shared; CLOSE takes it exclusively, so it waits for them.
     gate: Arc<RwLock<()>>,
+    /// Bytes written since write-back was last started (durable close only).
+    unflushed: Arc<AtomicU64>,
 }
 
 enum OpenHandle {
@@ -374,6 +377,7 @@ impl Session {
                             file: Arc::new(f),
                             upload,
                             gate: Arc::new(RwLock::new(())),
+                            unflushed: Arc::new(AtomicU64::new(0)),
                         };
                         let handle = self.new_handle(OpenHandle::Upload(h));
                         Packet::Handle(HandleReply { id, handle })
@@ -389,36 +393,49 @@ impl Session {
     }
 
     async fn write(&mut self, w: russh_sftp::protocol::Write) -> Result<(), String> {
-        let (file, guard): (Arc<File>, OwnedRwLockReadGuard<()>) = match self.handles.get(&w.handle) {
-            Some(OpenHandle::Upload(u)) => {
-                let end = w.offset.saturating_add(w.data.len() as u64);
-                if end > self.ctx.max_file_size {
-                    let msg = format!(
-                        "file larger than the limit of {} (sftp.max_file_size)",
-                        bytesize::ByteSize::b(self.ctx.max_file_size)
-                    );
-                    return self.send(status(w.id, StatusCode::Failure, &msg)).await;
+        let (file, guard, unflushed): (Arc<File>, OwnedRwLockReadGuard<()>, Arc<AtomicU64>) =
+            match self.handles.get(&w.handle) {
+                Some(OpenHandle::Upload(u)) => {
+                    let end = w.offset.saturating_add(w.data.len() as u64);
+                    if end > self.ctx.max_file_size {
+                        let msg = format!(
+                            "file larger than the limit of {} (sftp.max_file_size)",
+                            bytesize::ByteSize::b(self.ctx.max_file_size)
+                        );
+                        return self.send(status(w.id, StatusCode::Failure, &msg)).await;
+                    }
+                    (u.file.clone(), u.gate.clone().read_owned().await, u.unflushed.clone())
                 }
-                (u.file.clone(), u.gate.clone().read_owned().await)
-            }
-            Some(_) => {
-                return self
-                    .send(status(
-                        w.id,
-                        StatusCode::PermissionDenied,
-                        "file is not open for writing",
-                    ))
-                    .await;
-            }
-            None => return self.send(status(w.id, StatusCode::Failure, "invalid handle")).await,
-        };
+                Some(_) => {
+                    return self
+                        .send(status(
+                            w.id,
+                            StatusCode::PermissionDenied,
+                            "file is not open for writing",
+                        ))
+                        .await;
+                }
+                None => return self.send(status(w.id, StatusCode::Failure, "invalid handle")).await,
+            };
         let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let tx = self.tx.clone();
+        let durable = self.ctx.fsync_on_close;
         metrics::counter!("dropsync_received_bytes_total", "via" => "sftp").increment(w.data.len() as u64);
         while self.requests.try_join_next().is_some() {}
         self.requests.spawn(async move {
             let (id, offset, data) = (w.id, w.offset, w.data);
-            let done = tokio::task::spawn_blocking(move || file.write_all_at(&data, offset)).await;
+            let done = tokio::task::spawn_blocking(move || {
+                file.write_all_at(&data, offset)?;
+                // With a durable close, the disk starts on the data while more arrives, so the
+                // fsync at CLOSE does not have the whole file left to write.
+                let len = data.len() as u64;
+                if durable && unflushed.fetch_add(len, Ordering::Relaxed) + len >= crate::fsutil::WRITEBACK_EVERY {
+                    unflushed.store(0, Ordering::Relaxed);
+                    crate::fsutil::start_writeback(&file, 0, 0);
+                }
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
             drop(guard);
             let reply = match done {
                 Ok(Ok(())) => ok(id),
@@ -474,7 +491,7 @@ impl Session {
             None => Ok(status(id, StatusCode::Failure, "invalid handle")),
             Some(OpenHandle::Read(_)) | Some(OpenHandle::Dir(_)) => Ok(ok(id)),
             Some(OpenHandle::Upload(u)) => {
-                self.ctx.open_uploads.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.ctx.open_uploads.fetch_sub(1, Ordering::Relaxed);
                 // Every write sent before CLOSE has landed once we hold the gate.
                 let _all_written = u.gate.clone().write_owned().await;
                 drop(u.file);
@@ -604,7 +621,7 @@ impl Session {
     async fn abort_all(&mut self) {
         for (_, h) in self.handles.drain() {
             if let OpenHandle::Upload(u) = h {
-                self.ctx.open_uploads.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.ctx.open_uploads.fetch_sub(1, Ordering::Relaxed);
                 let _all_written = u.gate.clone().write_owned().await;
                 tracing::info!(tenant = %self.ctx.tenant, file = %u.upload.vpath, "upload not closed; discarded");
                 self.ctx.fs.abort_upload(u.upload);
