@@ -12,6 +12,7 @@
 # write-back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 N=${N:-100}
 SIZE=${SIZE:-10}
 REPS=${REPS:-3}
@@ -27,13 +28,12 @@ cleanup() {
     [ -n "${KEEP:-}" ] && echo "kept $W" >&2 || rm -rf "$W"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 serve() {  # $1 = folder, $2 = port
     python3 tests/peers/ftpd.py --root "$1" --port "$2" --user calls --password secret >"$W/ftpd-$2.log" 2>&1 &
     PIDS+=($!)
     until python3 -c "import socket; s=socket.create_connection(('127.0.0.1',$2)); assert s.recv(4)==b'220 '" 2>/dev/null; do sleep 0.05; done
 }
-P=$(port)
+P=$(free_port)
 mkdir -p "$W/remote"
 for i in $(seq -w 1 "$N"); do head -c $((SIZE * 1048576)) /dev/urandom > "$W/remote/r$i.wav"; done
 serve "$W/remote" "$P"
@@ -95,15 +95,8 @@ rclone_run() {
     rm -rf "$W/rc-$1"
     echo "$t1 - $t0" | bc -l
 }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ds=(); rc=()
-for rep in $(seq "$REPS"); do
-    if [ $((rep % 2)) -eq 1 ]; then
-        rc+=("$(rclone_run "$rep")"); ds+=("$(dropsync_run "$rep")")
-    else
-        ds+=("$(dropsync_run "$rep")"); rc+=("$(rclone_run "$rep")")
-    fi
-done
+alternate "$REPS" rclone_run dropsync_run
+rc=("${PEER_RUNS[@]}"); ds=("${DS_RUNS[@]}")
 mib=$((N * SIZE))
 s_rc=$(printf '%s\n' "${rc[@]}" | median); s_ds=$(printf '%s\n' "${ds[@]}" | median)
 s_rcd=$(median < "$W/rclone-durable")
@@ -115,7 +108,7 @@ print('  all runs (s): rclone ${rc[*]} / dropsync ${ds[*]}; dropsync poll alone 
 
 # Re-polling an unchanged listing: LISTING files in 10 folders, none old enough to pull
 # (min_age = 1h), a poll every second; per poll: wall time (from the debug log) and CPU time.
-P2=$(port)
+P2=$(free_port)
 mkdir -p "$W/many"
 python3 - "$W/many" "$LISTING" <<'PY'
 import os, sys

@@ -9,6 +9,7 @@
 # the last conversation forwarded: matching, streaming to S3 (4 workers), metadata.json, archive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 N=${N:-100}
 SIZE=${SIZE:-10}
 REPS=${REPS:-3}
@@ -22,7 +23,7 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT
-P=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+P=$(free_port)
 mkdir -p "$W/store/calls" "$W/files"
 rclone serve s3 "$W/store" --addr "127.0.0.1:$P" --auth-key AKID,SECRET 2>"$W/rclone.log" &
 RC_PID=$!
@@ -83,15 +84,8 @@ rclone_run() {
     rm -rf "$W/store/calls/peer-$1"
     echo "$t1 - $t0" | bc -l
 }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ds=(); rc=()
-for rep in $(seq "$REPS"); do
-    if [ $((rep % 2)) -eq 1 ]; then
-        rc+=("$(rclone_run "$rep")"); ds+=("$(dropsync_run "$rep")")
-    else
-        ds+=("$(dropsync_run "$rep")"); rc+=("$(rclone_run "$rep")")
-    fi
-done
+alternate "$REPS" rclone_run dropsync_run
+rc=("${PEER_RUNS[@]}"); ds=("${DS_RUNS[@]}")
 mib=$((N * SIZE))
 s_rc=$(printf '%s\n' "${rc[@]}" | median); s_ds=$(printf '%s\n' "${ds[@]}" | median)
 python3 -c "

@@ -12,6 +12,7 @@
 # peer's turn. FSYNC=0 runs dropsync with sftp.fsync_on_close = false, as OpenSSH behaves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 CIPHER=${CIPHER:-aes128-gcm@openssh.com}
 REPS=${REPS:-3}
 BIG_MIB=${BIG_MIB:-1024}
@@ -35,7 +36,6 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 P_SSHD=$(free_port); P_DS=$(free_port)
 
 ssh-keygen -q -t ed25519 -N "" -f "$W/client"
@@ -95,7 +95,6 @@ upload() {
     rm -rf "$W/sshd-in"/* 2>/dev/null || true
     echo "$t1 - $t0" | bc -l
 }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 declare -A T
 for rep in $(seq "$REPS"); do
