@@ -99,14 +99,9 @@ impl Drop for FtpServer {
     }
 }
 
-/// Whether an FTP server greets on `port` (a bare connect can be a loopback self-connect).
+/// Whether an FTP server greets on `port` (a 220 reply, single- or multi-line).
 fn speaks_ftp(port: u16) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut banner = [0u8; 4];
-    std::io::Read::read_exact(&mut s, &mut banner).is_ok() && &banner == b"220 " || banner.starts_with(b"220-")
+    greeting(port, 4).is_some_and(|b| b == b"220 " || b == b"220-")
 }
 
 /// Tenant "acme" (usual mapping) polling `url` with `extra` source keys; password "secret"

@@ -328,15 +328,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Whether dropsync's SSH server answers on `port`. A bare connect is not enough: with nothing
-/// listening, a loopback connect can pick the same port as its source and connect to itself.
+/// The first `len` bytes a server on `port` sends unasked, if it sends them within 2 s. Readiness
+/// checks use it because a bare connect is not enough: with nothing listening, a loopback
+/// connect can pick the same port as its source and connect to itself.
+pub fn greeting(port: u16, len: usize) -> Option<Vec<u8>> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut banner = vec![0u8; len];
+    std::io::Read::read_exact(&mut s, &mut banner).ok()?;
+    Some(banner)
+}
+
+/// Whether dropsync's SSH server answers on `port`.
 fn speaks_ssh(port: u16) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut banner = [0u8; 16];
-    std::io::Read::read_exact(&mut s, &mut banner).is_ok() && banner.starts_with(b"SSH-2.0-dropsync")
+    greeting(port, 16).is_some_and(|b| b.starts_with(b"SSH-2.0-dropsync"))
 }
 
 /// Runs `prelude` + `script` with python3; a missing `module` fails the test saying how to get it.
