@@ -244,10 +244,7 @@ impl Catalog {
     pub fn ftp_record_poll(&self, source: &str, tenant: &str, url: &str, now: i64, poll: &PollRecord) -> Result<()> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO ftp_sources (source, tenant, url) VALUES (?1, ?2, ?3) ON CONFLICT(source) DO NOTHING",
-            params![source, tenant, url],
-        )?;
+        register_source(&tx, source, tenant, url)?;
         tx.execute(
             "UPDATE ftp_sources SET last_poll_at = ?2 WHERE source = ?1",
             params![source, now],
@@ -272,11 +269,7 @@ impl Catalog {
 
     /// Registers a source so that downloads can be counted before its first poll ends.
     pub fn ftp_register_source(&self, source: &str, tenant: &str, url: &str) -> Result<()> {
-        self.lock().execute(
-            "INSERT INTO ftp_sources (source, tenant, url) VALUES (?1, ?2, ?3) ON CONFLICT(source) DO NOTHING",
-            params![source, tenant, url],
-        )?;
-        Ok(())
+        register_source(&self.lock(), source, tenant, url)
     }
 
     /// Every source the catalog has seen, optionally of one tenant.
@@ -318,4 +311,13 @@ impl Catalog {
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
+}
+
+/// Adds `source` to `ftp_sources` unless it is there already.
+fn register_source(conn: &rusqlite::Connection, source: &str, tenant: &str, url: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO ftp_sources (source, tenant, url) VALUES (?1, ?2, ?3) ON CONFLICT(source) DO NOTHING",
+        params![source, tenant, url],
+    )?;
+    Ok(())
 }

@@ -114,15 +114,12 @@ impl Tls {
             let mut roots = RootCertStore::empty();
             match &source.ca_file {
                 Some(path) => {
-                    for cert in CertificateDer::pem_file_iter(path).map_err(|source| FtpPollError::CaFile {
+                    let bad_file = |source| FtpPollError::CaFile {
                         path: path.clone(),
                         source,
-                    })? {
-                        let cert = cert.map_err(|source| FtpPollError::CaFile {
-                            path: path.clone(),
-                            source,
-                        })?;
-                        roots.add(cert).map_err(FtpPollError::Tls)?;
+                    };
+                    for cert in CertificateDer::pem_file_iter(path).map_err(bad_file)? {
+                        roots.add(cert.map_err(bad_file)?).map_err(FtpPollError::Tls)?;
                     }
                 }
                 None => {

@@ -20,7 +20,7 @@ pub mod listing;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -127,13 +127,9 @@ impl FtpPollers {
 /// Source locks: a restarted poller waits for its predecessor's poll to end, so two never
 /// write the same temp file.
 fn source_lock(key: &str) -> Arc<tokio::sync::Mutex<()>> {
-    static LOCKS: Mutex<Option<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = Mutex::new(None);
+    static LOCKS: LazyLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = LazyLock::new(Default::default);
     let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
-    locks
-        .get_or_insert_with(HashMap::new)
-        .entry(key.to_owned())
-        .or_default()
-        .clone()
+    locks.entry(key.to_owned()).or_default().clone()
 }
 
 struct Poller {
@@ -203,6 +199,16 @@ impl Poller {
             }
         };
         tracing::info!(interval = ?self.source.poll_interval, min_age = ?self.source.min_age, "polling");
+        // The source's row exists before its first download is counted in it.
+        let (key, tenant, url) = (self.key.clone(), self.tenant.to_string(), self.source.url.to_string());
+        if let Err(e) = self
+            .ctx
+            .catalog
+            .run(move |c| c.ftp_register_source(&key, &tenant, &url))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot register the source in the catalog");
+        }
         let lock = source_lock(&self.key);
         let mut errors_in_row = 0i64;
         loop {
@@ -292,15 +298,11 @@ impl Poller {
         self.warn_skipped(&listing.skipped);
         let now = now_ms();
         let (key, files) = (self.key.clone(), listing.files);
-        let (tenant, url) = (self.tenant.to_string(), self.source.url.to_string());
         let listed = files.len();
         let applied = self
             .ctx
             .catalog
-            .run(move |c| {
-                c.ftp_register_source(&key, &tenant, &url)?;
-                c.ftp_apply_listing(&key, &files, now)
-            })
+            .run(move |c| c.ftp_apply_listing(&key, &files, now))
             .await?;
         for path in &applied.vanished_partials {
             if let Ok(tmp) = self.temp_path(path) {

@@ -191,9 +191,9 @@ pub fn recover_uploads(tenant_root: &Path) -> io::Result<(usize, usize)> {
     let (mut renamed, mut removed) = (0, 0);
     for (_, tmp) in found {
         let folder = tmp.parent().unwrap_or(tenant_root);
-        let target = completed_name(&tmp).filter(|n| {
-            !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.contains('\0') && !is_internal(n)
-        });
+        // The marker names a file in the same folder, never a path and never one of ours.
+        let target = completed_name(&tmp)
+            .filter(|n| crate::dropbox::RelPath::parse(n).is_some_and(|r| r.dir().is_empty()) && !is_internal(n));
         match target {
             Some(name) => {
                 fs::rename(&tmp, folder.join(name))?;
