@@ -30,7 +30,7 @@ const MAX_DEPTH: usize = 32;
 /// A listing with more entries than this is refused rather than held in memory.
 const MAX_ENTRIES: usize = 2_000_000;
 /// Downloads are written to disk in chunks of this size.
-const CHUNK: usize = 1 << 20;
+const CHUNK: usize = 128 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FtpPollError {
