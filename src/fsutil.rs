@@ -208,7 +208,7 @@ pub struct BackgroundWriter {
 }
 
 /// How much written data may sit in the page cache before write-back is started.
-pub const WRITEBACK_EVERY: u64 = 8 << 20;
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 impl BackgroundWriter {
     /// Takes over `file` (open for reading too), positioned where the first chunk goes. The

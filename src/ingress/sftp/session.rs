@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{
@@ -53,8 +53,6 @@ struct UploadHandle {
     upload: Upload,
     /// Writes hold it shared; CLOSE takes it exclusively, so it waits for them.
     gate: Arc<RwLock<()>>,
-    /// Bytes written since write-back was last started (durable close only).
-    unflushed: Arc<AtomicU64>,
 }
 
 enum OpenHandle {
@@ -67,6 +65,16 @@ enum OpenHandle {
 async fn send_packet(tx: &mpsc::Sender<Bytes>, p: Packet) -> Result<(), String> {
     let bytes = Bytes::try_from(p).map_err(|e| format!("encode: {e}"))?;
     tx.send(bytes).await.map_err(|_| "client gone".to_string())
+}
+
+/// [`send_packet`] from a blocking thread; a client already gone is not an error there.
+fn send_packet_blocking(tx: &mpsc::Sender<Bytes>, p: Packet) {
+    match Bytes::try_from(p) {
+        Ok(bytes) => {
+            let _ = tx.blocking_send(bytes);
+        }
+        Err(e) => tracing::warn!(error = %e, "could not encode an sftp reply"),
+    }
 }
 
 fn status(id: u32, code: StatusCode, message: &str) -> Packet {
@@ -245,6 +253,14 @@ impl Session {
             .map_err(|e| e.to_string())
     }
 
+    /// Runs a short file-system call (create, stat, mkdir, rename...) right on this task. A trip
+    /// through the blocking pool costs two thread wake-ups per request, most of what a small
+    /// file's OPEN and CLOSE take on a busy machine; calls that can take long (fsync, copying or
+    /// removing a file, reading a folder, data) still go there.
+    fn quick<T>(&self, f: impl FnOnce(&TenantFs) -> T) -> T {
+        f(&self.ctx.fs)
+    }
+
     /// A file-system call whose only answer is a status.
     async fn unit_op(
         &self,
@@ -323,7 +339,13 @@ impl Session {
                 self.send(reply).await
             }
             Packet::Remove(r) => self.unit_op(r.id, move |fs| fs.remove(&r.filename)).await,
-            Packet::MkDir(m) => self.unit_op(m.id, move |fs| fs.mkdir(&m.path)).await,
+            Packet::MkDir(m) => {
+                let reply = match self.quick(|fs| fs.mkdir(&m.path)) {
+                    Ok(()) => ok(m.id),
+                    Err(e) => fs_err(m.id, e),
+                };
+                self.send(reply).await
+            }
             Packet::RmDir(r) => self.unit_op(r.id, move |fs| fs.rmdir(&r.path)).await,
             Packet::RealPath(r) => {
                 let reply = match self.ctx.fs.realpath(&r.path) {
@@ -366,83 +388,78 @@ impl Session {
         }
         let truncate = flags.contains(OpenFlags::TRUNCATE);
         let exclusive = flags.contains(OpenFlags::EXCLUDE);
-        Ok(
-            match self
-                .blocking(move |fs| fs.open_write(&path, truncate, exclusive))
+        // Without TRUNCATE an existing file is copied into the upload first: that can take long.
+        let opened = if truncate {
+            self.quick(|fs| fs.open_write(&path, truncate, exclusive))
+        } else {
+            self.blocking(move |fs| fs.open_write(&path, truncate, exclusive))
                 .await?
-            {
-                Ok(upload) => match upload.file.try_clone() {
-                    Ok(f) => {
-                        let h = UploadHandle {
-                            file: Arc::new(f),
-                            upload,
-                            gate: Arc::new(RwLock::new(())),
-                            unflushed: Arc::new(AtomicU64::new(0)),
-                        };
-                        let handle = self.new_handle(OpenHandle::Upload(h));
-                        Packet::Handle(HandleReply { id, handle })
-                    }
-                    Err(e) => {
-                        self.ctx.fs.abort_upload(upload);
-                        status(id, StatusCode::Failure, &e.to_string())
-                    }
-                },
-                Err(e) => fs_err(id, e),
+        };
+        Ok(match opened {
+            Ok(upload) => match upload.file.try_clone() {
+                Ok(f) => {
+                    let h = UploadHandle {
+                        file: Arc::new(f),
+                        upload,
+                        gate: Arc::new(RwLock::new(())),
+                    };
+                    let handle = self.new_handle(OpenHandle::Upload(h));
+                    Packet::Handle(HandleReply { id, handle })
+                }
+                Err(e) => {
+                    self.ctx.fs.abort_upload(upload);
+                    status(id, StatusCode::Failure, &e.to_string())
+                }
             },
-        )
+            Err(e) => fs_err(id, e),
+        })
     }
 
     async fn write(&mut self, w: russh_sftp::protocol::Write) -> Result<(), String> {
-        let (file, guard, unflushed): (Arc<File>, OwnedRwLockReadGuard<()>, Arc<AtomicU64>) =
-            match self.handles.get(&w.handle) {
-                Some(OpenHandle::Upload(u)) => {
-                    let end = w.offset.saturating_add(w.data.len() as u64);
-                    if end > self.ctx.max_file_size {
-                        let msg = format!(
-                            "file larger than the limit of {} (sftp.max_file_size)",
-                            bytesize::ByteSize::b(self.ctx.max_file_size)
-                        );
-                        return self.send(status(w.id, StatusCode::Failure, &msg)).await;
-                    }
-                    (u.file.clone(), u.gate.clone().read_owned().await, u.unflushed.clone())
+        let (file, guard): (Arc<File>, OwnedRwLockReadGuard<()>) = match self.handles.get(&w.handle) {
+            Some(OpenHandle::Upload(u)) => {
+                let end = w.offset.saturating_add(w.data.len() as u64);
+                if end > self.ctx.max_file_size {
+                    let msg = format!(
+                        "file larger than the limit of {} (sftp.max_file_size)",
+                        bytesize::ByteSize::b(self.ctx.max_file_size)
+                    );
+                    return self.send(status(w.id, StatusCode::Failure, &msg)).await;
                 }
-                Some(_) => {
-                    return self
-                        .send(status(
-                            w.id,
-                            StatusCode::PermissionDenied,
-                            "file is not open for writing",
-                        ))
-                        .await;
-                }
-                None => return self.send(status(w.id, StatusCode::Failure, "invalid handle")).await,
-            };
+                (u.file.clone(), u.gate.clone().read_owned().await)
+            }
+            Some(_) => {
+                return self
+                    .send(status(
+                        w.id,
+                        StatusCode::PermissionDenied,
+                        "file is not open for writing",
+                    ))
+                    .await;
+            }
+            None => return self.send(status(w.id, StatusCode::Failure, "invalid handle")).await,
+        };
         let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let tx = self.tx.clone();
         let durable = self.ctx.fsync_on_close;
         metrics::counter!("dropsync_received_bytes_total", "via" => "sftp").increment(w.data.len() as u64);
         while self.requests.try_join_next().is_some() {}
-        self.requests.spawn(async move {
+        // The blocking thread answers by itself: no hop back through the runtime.
+        self.requests.spawn_blocking(move || {
             let (id, offset, data) = (w.id, w.offset, w.data);
-            let done = tokio::task::spawn_blocking(move || {
-                file.write_all_at(&data, offset)?;
-                // With a durable close, the disk starts on the data while more arrives, so the
-                // fsync at CLOSE does not have the whole file left to write.
-                let len = data.len() as u64;
-                if durable && unflushed.fetch_add(len, Ordering::Relaxed) + len >= crate::fsutil::WRITEBACK_EVERY {
-                    unflushed.store(0, Ordering::Relaxed);
-                    crate::fsutil::start_writeback(&file, 0, 0);
+            let done = file.write_all_at(&data, offset).map(|()| {
+                // With a durable close, the disk starts on each write at once (for a small file,
+                // while the client is still sending CLOSE), so the fsync at CLOSE has little left.
+                if durable {
+                    crate::fsutil::start_writeback(&file, offset, data.len() as u64);
                 }
-                Ok::<(), std::io::Error>(())
-            })
-            .await;
+            });
             drop(guard);
             let reply = match done {
-                Ok(Ok(())) => ok(id),
-                Ok(Err(e)) => status(id, StatusCode::Failure, &format!("write failed: {e}")),
+                Ok(()) => ok(id),
                 Err(e) => status(id, StatusCode::Failure, &format!("write failed: {e}")),
             };
-            let _ = send_packet(&tx, reply).await;
+            send_packet_blocking(&tx, reply);
             drop(permit);
         });
         Ok(())
@@ -458,8 +475,8 @@ impl Session {
         let tx = self.tx.clone();
         let len = (len as u64).min(MAX_DATA) as usize;
         while self.requests.try_join_next().is_some() {}
-        self.requests.spawn(async move {
-            let done = tokio::task::spawn_blocking(move || {
+        self.requests.spawn_blocking(move || {
+            let read = || {
                 let mut buf = vec![0u8; len];
                 let mut filled = 0;
                 while filled < len {
@@ -472,15 +489,13 @@ impl Session {
                 }
                 buf.truncate(filled);
                 Ok(buf)
-            })
-            .await;
-            let reply = match done {
-                Ok(Ok(data)) if data.is_empty() => status(id, StatusCode::Eof, "end of file"),
-                Ok(Ok(data)) => Packet::Data(Data { id, data }),
-                Ok(Err(e)) => status(id, StatusCode::Failure, &format!("read failed: {e}")),
+            };
+            let reply = match read() {
+                Ok(data) if data.is_empty() => status(id, StatusCode::Eof, "end of file"),
+                Ok(data) => Packet::Data(Data { id, data }),
                 Err(e) => status(id, StatusCode::Failure, &format!("read failed: {e}")),
             };
-            let _ = send_packet(&tx, reply).await;
+            send_packet_blocking(&tx, reply);
             drop(permit);
         });
         Ok(())
@@ -497,12 +512,16 @@ impl Session {
                 drop(u.file);
                 let hint = (self.ctx.hints.clone(), u.upload.target.clone());
                 let durable = self.ctx.fsync_on_close;
-                let finished = self
-                    .blocking(move |fs| {
-                        hint.0.note(hint.1, Via::Sftp);
-                        fs.finish_upload(u.upload, durable)
-                    })
-                    .await?;
+                let finish = move |fs: &TenantFs| {
+                    hint.0.note(hint.1, Via::Sftp);
+                    fs.finish_upload(u.upload, durable)
+                };
+                // Without fsync, finishing is a rename.
+                let finished = if durable {
+                    self.blocking(move |fs| finish(&fs)).await?
+                } else {
+                    self.quick(finish)
+                };
                 match finished {
                     Ok(FinishedUpload {
                         arrived: Some(rel),
@@ -535,7 +554,7 @@ impl Session {
     }
 
     async fn stat(&self, id: u32, path: String) -> Result<(), String> {
-        let reply = match self.blocking(move |fs| fs.stat(&path)).await? {
+        let reply = match self.quick(|fs| fs.stat(&path)) {
             Ok(attrs) => Packet::Attrs(Attrs { id, attrs }),
             Err(e) => fs_err(id, e),
         };
