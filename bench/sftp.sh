@@ -9,7 +9,9 @@
 # The small files are .wav: dropsync ingests them as recordings (hash, catalog) while it
 # receives, as in production. The big file is .bin: it is received exactly like a recording,
 # then rejected as "unknown kind" and moved aside at once, so hashing 1 GiB does not overlap the
-# peer's turn. FSYNC=0 runs dropsync with sftp.fsync_on_close = false, as OpenSSH behaves.
+# peer's turn. FSYNC=0 runs dropsync with sftp.fsync_on_close = false, as OpenSSH behaves. With
+# the default (durable CLOSE) a third series compares the small files with both sides durable:
+# OpenSSH's client asking for fsync@openssh.com (`put -f`) against dropsync's plain CLOSE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -84,7 +86,17 @@ SSH_OPTS=(-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLeve
 upload() {
     local port user target batch
     if [ "$1" = sshd ]; then port=$P_SSHD; user=$(id -un); target="$W/sshd-in"; else port=$P_DS; user=bench; target=.; fi
-    if [ "$2" = big ]; then batch="put $W/big.bin $target/big-$RANDOM.bin"; else batch="put $W/small/* $target/"; fi
+    # Small files go to a new folder each run, as new calls would: nothing is overwritten or
+    # deleted while the clock runs (ext4 without a journal, as here, makes creating files next to
+    # just-deleted ones slow, and that would charge one side for the other's clean-up).
+    local run="run-$RANDOM$RANDOM"
+    case "$2" in
+        big) batch="put $W/big.bin $target/big-$RANDOM.bin" ;;
+        small) batch=$(printf 'mkdir %s\nput %s %s/\n' "$target/$run" "$W/small/*" "$target/$run") ;;
+        # `put -f` asks the server to fsync each file (fsync@openssh.com) before closing it:
+        # OpenSSH's way to the durability dropsync's CLOSE gives by default.
+        small-f) batch=$(printf 'mkdir %s\nput -f %s %s/\n' "$target/$run" "$W/small/*" "$target/$run") ;;
+    esac
     local t0 t1
     t0=$(date +%s.%N)
     if ! echo "$batch" | sftp -q -b - "${SSH_OPTS[@]}" -P "$port" "$user@127.0.0.1" >/dev/null; then
@@ -92,17 +104,19 @@ upload() {
         exit 1
     fi
     t1=$(date +%s.%N)
-    rm -rf "$W/sshd-in"/* 2>/dev/null || true
+    rm -f "$W/sshd-in"/big-* 2>/dev/null || true
     echo "$t1 - $t0" | bc -l
 }
 
 declare -A T
 for rep in $(seq "$REPS"); do
-    for what in big small; do
+    for what in big small $([ "$FSYNC" = 1 ] && echo small-f); do
         # Alternate who goes first, so neither always gets the warmer cache.
         if [ $((rep % 2)) -eq 1 ]; then order="sshd dropsync"; else order="dropsync sshd"; fi
         for peer in $order; do
-            s=$(upload "$peer" "$what") || exit 1
+            # dropsync's CLOSE is already durable: it gets the plain `put` in the durable series.
+            if [ "$what" = small-f ] && [ "$peer" = dropsync ]; then how=small; else how=$what; fi
+            s=$(upload "$peer" "$how") || exit 1
             T[$peer-$what]+="$s "
             sleep 1   # let dropsync move the previous upload aside
         done
@@ -117,12 +131,16 @@ report() {
     python3 - "$what" "$unit" "$amount" "$s_sshd" "$s_ds" <<'PY'
 import sys
 what, unit, amount, a, b = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
-print(f"{what:>5}: OpenSSH sshd {amount/a:8.1f} {unit}   dropsync {amount/b:8.1f} {unit}   ratio {a/b:.2f}x  (median of runs, seconds {a:.2f} vs {b:.2f})")
+print(f"{what:>7}: OpenSSH sshd {amount/a:8.1f} {unit}   dropsync {amount/b:8.1f} {unit}   ratio {a/b:.2f}x  (median of runs, seconds {a:.2f} vs {b:.2f})")
 PY
 }
 echo "cipher $CIPHER, $REPS reps, loopback, 2 cores, dropsync fsync_on_close=$([ "$FSYNC" = 1 ] && echo true || echo false)"
 report big MiB/s "$BIG_MIB"
 report small files/s "$SMALL_N"
+if [ "$FSYNC" = 1 ]; then
+    echo "both durable: OpenSSH with put -f (fsync@openssh.com per file), dropsync with plain put (durable CLOSE):"
+    report small-f files/s "$SMALL_N"
+fi
 
 # Memory with idle sessions: each holds an open sftp session doing nothing.
 for _ in $(seq "$IDLE"); do
