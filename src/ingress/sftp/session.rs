@@ -94,6 +94,14 @@ fn fs_err(id: u32, e: FsError) -> Packet {
     status(id, e.code, &e.message)
 }
 
+/// The answer to a call whose only result is success or an error.
+fn unit_reply(id: u32, r: super::fs::FsResult<()>) -> Packet {
+    match r {
+        Ok(()) => ok(id),
+        Err(e) => fs_err(id, e),
+    }
+}
+
 /// An SSH string from extension payloads.
 fn take_string(b: &mut Bytes) -> Option<String> {
     if b.remaining() < 4 {
@@ -253,10 +261,10 @@ impl Session {
             .map_err(|e| e.to_string())
     }
 
-    /// Runs a short file-system call (create, stat, mkdir, rename...) right on this task. A trip
-    /// through the blocking pool costs two thread wake-ups per request, most of what a small
-    /// file's OPEN and CLOSE take on a busy machine; calls that can take long (fsync, copying or
-    /// removing a file, reading a folder, data) still go there.
+    /// Runs a short file-system call (create, stat, mkdir, a rename without fsync) right on this
+    /// task. A trip through the blocking pool costs two thread wake-ups per request, most of
+    /// what a small file's OPEN and CLOSE take on a busy machine; calls that can take long
+    /// (fsync, copying or removing a file, reading a folder, data) still go there.
     fn quick<T>(&self, f: impl FnOnce(&TenantFs) -> T) -> T {
         f(&self.ctx.fs)
     }
@@ -267,10 +275,7 @@ impl Session {
         id: u32,
         f: impl FnOnce(TenantFs) -> super::fs::FsResult<()> + Send + 'static,
     ) -> Result<(), String> {
-        let reply = match self.blocking(f).await? {
-            Ok(()) => ok(id),
-            Err(e) => fs_err(id, e),
-        };
+        let reply = unit_reply(id, self.blocking(f).await?);
         self.send(reply).await
     }
 
@@ -340,10 +345,7 @@ impl Session {
             }
             Packet::Remove(r) => self.unit_op(r.id, move |fs| fs.remove(&r.filename)).await,
             Packet::MkDir(m) => {
-                let reply = match self.quick(|fs| fs.mkdir(&m.path)) {
-                    Ok(()) => ok(m.id),
-                    Err(e) => fs_err(m.id, e),
-                };
+                let reply = unit_reply(m.id, self.quick(|fs| fs.mkdir(&m.path)));
                 self.send(reply).await
             }
             Packet::RmDir(r) => self.unit_op(r.id, move |fs| fs.rmdir(&r.path)).await,
