@@ -48,6 +48,21 @@ fn openssh_sftp_uploads_are_forwarded() {
 }
 
 #[test]
+fn openssh_put_with_fsync_is_answered_and_forwarded() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let (audio, _) = files(&d, "FS-1", "fs1");
+    // `put -f` sends fsync@openssh.com before closing each file. The client still exits 0 when
+    // the server refuses or lacks it, but says so ("remote fsync: ..." or "Server does not
+    // support fsync@openssh.com").
+    let out = d.sftp_batch("acme", "acme", "put -f FS-1.wav\nput -f FS-1.csv\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("fsync"), "{stderr}");
+    assert_forwarded_via_sftp(&d, "FS-1", &audio);
+}
+
+#[test]
 fn paramiko_uploads_are_forwarded() {
     let mut d = Daemon::with_sftp("");
     d.start();

@@ -618,10 +618,14 @@ impl Session {
             }
             "fsync@openssh.com" => {
                 let reply = match take_string(&mut data).and_then(|h| self.handles.get(&h)) {
-                    Some(OpenHandle::Upload(u)) => match u.file.sync_all() {
-                        Ok(()) => ok(id),
-                        Err(e) => status(id, StatusCode::Failure, &e.to_string()),
-                    },
+                    Some(OpenHandle::Upload(u)) => {
+                        // An fsync takes milliseconds: not on the session task.
+                        let file = u.file.clone();
+                        match self.blocking(move |_| file.sync_all()).await? {
+                            Ok(()) => ok(id),
+                            Err(e) => status(id, StatusCode::Failure, &e.to_string()),
+                        }
+                    }
                     Some(_) => ok(id),
                     None => status(id, StatusCode::Failure, "invalid handle"),
                 };
