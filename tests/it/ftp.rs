@@ -162,10 +162,7 @@ fn audio_then_metadata_csv_and_json_are_pulled_once_across_restarts() {
     d.start();
     // Audio first: it is pulled and waits for its metadata.
     wait_for("the recordings pulled", T, || source_status(&d)["files_pulled"] == 2);
-    ftp.put(
-        "batch.csv",
-        format!("{HEADER}\n{}\n", csv_row("F-1", "a1.wav")).as_bytes(),
-    );
+    ftp.put("batch.csv", one_row_csv("F-1", "a1.wav").as_bytes());
     ftp.put(
         "2026/11/batch.json",
         br#"[{"Contact Reference": "F-2", "Agent Email": "b@x", "Contact Date": "2019-05-03T09:27:23Z", "Audio Filename": "a2.mp3"}]"#,
@@ -283,7 +280,7 @@ fn explicit_ftps_with_a_private_ca_and_a_broken_source_beside_it() {
     ftp.start();
     let a = audio("tls", 300_000);
     ftp.put("t.wav", &a);
-    ftp.put("t.csv", format!("{HEADER}\n{}\n", csv_row("S-1", "t.wav")).as_bytes());
+    ftp.put("t.csv", one_row_csv("S-1", "t.wav").as_bytes());
     // "acme" trusts the server's certificate; "beta" does not, and must not hold acme up.
     let url = format!("ftps://calls@127.0.0.1:{}/", ftp.port);
     let tenants = format!(
@@ -317,7 +314,7 @@ fn insecure_skip_verify_works_and_is_logged_loudly() {
     ftp.start();
     let a = audio("insecure", 5_000);
     ftp.put("i.wav", &a);
-    ftp.put("i.csv", format!("{HEADER}\n{}\n", csv_row("I-1", "i.wav")).as_bytes());
+    ftp.put("i.csv", one_row_csv("I-1", "i.wav").as_bytes());
     let mut d = daemon_polling(
         &format!("ftps://calls@127.0.0.1:{}/", ftp.port),
         "tls_insecure_skip_verify = true",
@@ -353,7 +350,7 @@ fn a_growing_file_is_pulled_once_complete() {
             "pulled while growing"
         );
     }
-    ftp.put("g.csv", format!("{HEADER}\n{}\n", csv_row("G-1", "g.wav")).as_bytes());
+    ftp.put("g.csv", one_row_csv("G-1", "g.wav").as_bytes());
     let fwd = d.wait_forwarded(1, T);
     assert_recordings(&d, &fwd["G-1"], &[("g.wav", &full)]);
     assert_eq!(source_status(&d)["files_pulled"], 2);
@@ -366,10 +363,7 @@ fn the_server_going_away_mid_download_is_resumed_with_rest() {
     ftp.start();
     let big = audio("resume", 6 << 20);
     ftp.put("big.wav", &big);
-    ftp.put(
-        "big.csv",
-        format!("{HEADER}\n{}\n", csv_row("R-1", "big.wav")).as_bytes(),
-    );
+    ftp.put("big.csv", one_row_csv("R-1", "big.wav").as_bytes());
     let mut d = daemon_polling(&format!("ftp://calls@127.0.0.1:{}/", ftp.port), "connections = 1");
     d.start();
     wait_partial_download(&d);
@@ -397,10 +391,7 @@ fn after_download_delete_removes_remote_files_and_list_works_without_mlsd_and_ep
     ftp.start();
     let a = audio("del", 10_000);
     ftp.put("in/d.wav", &a);
-    ftp.put(
-        "in/d.csv",
-        format!("{HEADER}\n{}\n", csv_row("D-1", "d.wav")).as_bytes(),
-    );
+    ftp.put("in/d.csv", one_row_csv("D-1", "d.wav").as_bytes());
     ftp.put("in/.hidden.wav", b"not for us");
     ftp.put("in/up.wav.filepart", b"still uploading");
     let mut d = daemon_polling(
@@ -470,11 +461,7 @@ fn vsftpd_pull(tls: bool) {
     std::fs::create_dir_all(pub_dir.join("calls")).unwrap();
     let a = audio("vsftpd", 400_000);
     std::fs::write(pub_dir.join("calls/v.wav"), &a).unwrap();
-    std::fs::write(
-        pub_dir.join("calls/v.csv"),
-        format!("{HEADER}\n{}\n", csv_row("V-1", "v.wav")),
-    )
-    .unwrap();
+    std::fs::write(pub_dir.join("calls/v.csv"), one_row_csv("V-1", "v.wav")).unwrap();
     let port = free_port();
     let empty = root.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
@@ -537,7 +524,7 @@ fn sighup_starts_and_stops_pollers_and_metrics_count_polls() {
     ftp.start();
     let a = audio("hup", 3_000);
     ftp.put("h.wav", &a);
-    ftp.put("h.csv", format!("{HEADER}\n{}\n", csv_row("H-1", "h.wav")).as_bytes());
+    ftp.put("h.csv", one_row_csv("H-1", "h.wav").as_bytes());
     let mut d = Daemon::new("1h", ACME);
     std::fs::write(d.dir.path().join("ftp.pass"), "secret").unwrap();
     let port = free_port();
@@ -593,7 +580,7 @@ fn sigterm_mid_download_exits_0_and_the_next_start_resumes() {
     ftp.start();
     let big = audio("term", 6 << 20);
     ftp.put("t.wav", &big);
-    ftp.put("t.csv", format!("{HEADER}\n{}\n", csv_row("T-1", "t.wav")).as_bytes());
+    ftp.put("t.csv", one_row_csv("T-1", "t.wav").as_bytes());
     let mut d = daemon_polling(&format!("ftp://calls@127.0.0.1:{}/", ftp.port), "connections = 1");
     d.start();
     wait_partial_download(&d);

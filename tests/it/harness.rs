@@ -47,12 +47,7 @@ impl Daemon {
         let mut d = Self::with_extra("1h", &tenants, &sftp);
         d.sftp_port = port;
         for name in ["acme_key", "beta_key"] {
-            let out = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-                .arg(d.dir.path().join(name))
-                .output()
-                .expect("ssh-keygen is missing: install openssh-client (./scripts/test does)");
-            assert!(out.status.success());
+            make_key(&d.dir.path().join(name));
         }
         d
     }
@@ -417,8 +412,24 @@ pub fn audio(seed: &str, len: usize) -> Vec<u8> {
 
 pub const HEADER: &str = "Contact Reference,Agent Email,Contact Date,Audio Filename";
 
+/// A new ed25519 key pair without a passphrase: the private key at `path`, the public one
+/// beside it (`.pub`).
+pub fn make_key(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .output()
+        .expect("ssh-keygen is missing: install openssh-client (./scripts/test does)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 pub fn csv_row(id: &str, recording: &str) -> String {
     format!("{id},agent-{id}@acme.example,2019-05-03T09:27:23Z,{recording}")
+}
+
+/// A metadata CSV with the header and one row naming `recording`.
+pub fn one_row_csv(id: &str, recording: &str) -> String {
+    format!("{HEADER}\n{}\n", csv_row(id, recording))
 }
 
 /// Checks that a forwarded conversation's recordings are in the outbox with the recorded sha256

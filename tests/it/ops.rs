@@ -73,11 +73,7 @@ fn ready_watchdog_and_stopping_are_notified() {
     next_message(&sock, "WATCHDOG=1", Duration::from_secs(10));
     // Still pinging while working.
     d.put("acme", "w.wav", &audio("w", 100));
-    d.put(
-        "acme",
-        "w.csv",
-        format!("{HEADER}\n{}\n", csv_row("W-1", "w.wav")).as_bytes(),
-    );
+    d.put("acme", "w.csv", one_row_csv("W-1", "w.wav").as_bytes());
     d.wait_forwarded(1, Duration::from_secs(60));
     next_message(&sock, "WATCHDOG=1", Duration::from_secs(10));
     // A reload signal must never end the daemon.
@@ -89,28 +85,32 @@ fn ready_watchdog_and_stopping_are_notified() {
     assert_eq!(status.code(), Some(0));
 }
 
-#[test]
-fn tenant_add_prints_how_to_connect_and_the_new_tenant_can_log_in() {
-    let mut d = Daemon::with_sftp("");
+/// An SFTP daemon whose config includes `tenants.d/*.toml`, where `tenant add` writes.
+fn daemon_with_tenants_d() -> Daemon {
+    let d = Daemon::with_sftp("");
     let text = std::fs::read_to_string(&d.config).unwrap();
     std::fs::write(&d.config, format!("include = [\"tenants.d/*.toml\"]\n{text}")).unwrap();
-    d.start();
-    let key = d.dir.path().join("newco_key");
-    assert!(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = d.cli(&[
+    d
+}
+
+/// `dropsync tenant add ID --key KEY.pub`.
+fn tenant_add(d: &Daemon, id: &str, key: &Path) -> std::process::Output {
+    d.cli(&[
         "tenant",
         "add",
-        "newco",
+        id,
         "--key",
         key.with_extension("pub").to_str().unwrap(),
-    ]);
+    ])
+}
+
+#[test]
+fn tenant_add_prints_how_to_connect_and_the_new_tenant_can_log_in() {
+    let mut d = daemon_with_tenants_d();
+    d.start();
+    let key = d.dir.path().join("newco_key");
+    make_key(&key);
+    let out = tenant_add(&d, "newco", &key);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     for want in [
@@ -122,17 +122,7 @@ fn tenant_add_prints_how_to_connect_and_the_new_tenant_can_log_in() {
     }
     assert!(d.dir.path().join("tenants.d/newco.toml").is_file());
     // Adding it twice is refused.
-    assert!(
-        !d.cli(&[
-            "tenant",
-            "add",
-            "newco",
-            "--key",
-            key.with_extension("pub").to_str().unwrap()
-        ])
-        .status
-        .success()
-    );
+    assert!(!tenant_add(&d, "newco", &key).status.success());
     d.stop();
     d.start();
     std::fs::write(d.dir.path().join("hello.wav"), b"RIFF").unwrap();
@@ -162,9 +152,7 @@ fn can_log_in(d: &Daemon, user: &str, key: &Path) -> bool {
 #[test]
 fn sighup_adds_and_removes_tenants_without_dropping_sessions_and_refuses_a_broken_config() {
     use std::io::Write;
-    let mut d = Daemon::with_sftp("");
-    let text = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(&d.config, format!("include = [\"tenants.d/*.toml\"]\n{text}")).unwrap();
+    let mut d = daemon_with_tenants_d();
     d.start();
     // An acme session that stays open across the reloads.
     std::fs::write(d.dir.path().join("a.wav"), b"RIFFa").unwrap();
@@ -183,25 +171,8 @@ fn sighup_adds_and_removes_tenants_without_dropping_sessions_and_refuses_a_broke
     });
 
     let key = d.dir.path().join("newco_key");
-    assert!(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key)
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        d.cli(&[
-            "tenant",
-            "add",
-            "newco",
-            "--key",
-            key.with_extension("pub").to_str().unwrap()
-        ])
-        .status
-        .success()
-    );
+    make_key(&key);
+    assert!(tenant_add(&d, "newco", &key).status.success());
     assert!(!can_log_in(&d, "newco", &key), "the tenant works before the reload");
     assert!(d.signal(libc::SIGHUP));
     wait_for("newco to log in after the reload", Duration::from_secs(10), || {
@@ -290,11 +261,7 @@ fn metrics_and_healthz_are_served_and_parse() {
     std::fs::write(&d.config, format!("{text}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
     d.start();
     std::fs::write(d.dir.path().join("m.wav"), audio("m", 4000)).unwrap();
-    std::fs::write(
-        d.dir.path().join("m.csv"),
-        format!("{HEADER}\n{}\n", csv_row("M-1", "m.wav")),
-    )
-    .unwrap();
+    std::fs::write(d.dir.path().join("m.csv"), one_row_csv("M-1", "m.wav")).unwrap();
     assert!(d.sftp_batch("acme", "acme", "put m.wav\nput m.csv\n").status.success());
     d.wait_forwarded(1, Duration::from_secs(60));
     wait_for("the metrics endpoint", Duration::from_secs(10), || {

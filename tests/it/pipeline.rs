@@ -75,11 +75,7 @@ fn csv_then_audio_waits_for_the_recording() {
 fn temp_names_are_ingested_only_once_renamed() {
     let mut d = Daemon::new("1h", ACME);
     d.start();
-    d.put(
-        "acme",
-        "batch.csv",
-        format!("{HEADER}\n{}\n", csv_row("C-1", "c1.wav")).as_bytes(),
-    );
+    d.put("acme", "batch.csv", one_row_csv("C-1", "c1.wav").as_bytes());
     let a1 = audio("c1", 4000);
     d.put("acme", "c1.wav.filepart", &a1[..1000]);
     d.put("acme", ".c1.wav.uploading", &a1);
@@ -234,11 +230,7 @@ fn bad_rows_and_bad_files_are_reported_and_the_daemon_stays_up() {
     // And it still works.
     let a = audio("after", 100);
     d.put("acme", "after.wav", &a);
-    d.put(
-        "acme",
-        "after.csv",
-        format!("{HEADER}\n{}\n", csv_row("AFTER", "after.wav")).as_bytes(),
-    );
+    d.put("acme", "after.csv", one_row_csv("AFTER", "after.wav").as_bytes());
     let fwd = d.wait_forwarded(2, T);
     assert_recordings(&d, &fwd["AFTER"], &[("after.wav", &a)]);
 }
@@ -248,11 +240,7 @@ fn files_present_before_start_up_are_ingested() {
     let mut d = Daemon::new("1h", ACME);
     let a1 = audio("pre", 700);
     d.put("acme", "sub/pre.wav", &a1);
-    d.put(
-        "acme",
-        "sub/pre.csv",
-        format!("{HEADER}\n{}\n", csv_row("PRE", "pre.wav")).as_bytes(),
-    );
+    d.put("acme", "sub/pre.csv", one_row_csv("PRE", "pre.wav").as_bytes());
     d.start();
     let fwd = d.wait_forwarded(1, T);
     assert_recordings(&d, &fwd["PRE"], &[("pre.wav", &a1)]);
@@ -264,21 +252,13 @@ fn resend_identical_is_a_no_op_and_changed_is_an_update() {
     d.start();
     let a1 = audio("r1", 900);
     d.put("acme", "c1.wav", &a1);
-    d.put(
-        "acme",
-        "b1.csv",
-        format!("{HEADER}\n{}\n", csv_row("R-1", "c1.wav")).as_bytes(),
-    );
+    d.put("acme", "b1.csv", one_row_csv("R-1", "c1.wav").as_bytes());
     let first = d.wait_forwarded(1, T)["R-1"].clone();
     wait_for("the first send to leave", T, || drop_files(&d, "acme").is_empty());
 
     // The same again: nothing new is written.
     d.put("acme", "c1.wav", &a1);
-    d.put(
-        "acme",
-        "b2.csv",
-        format!("{HEADER}\n{}\n", csv_row("R-1", "c1.wav")).as_bytes(),
-    );
+    d.put("acme", "b2.csv", one_row_csv("R-1", "c1.wav").as_bytes());
     let lines = d.wait_report("acme", "b2.csv.report.csv", 1);
     assert_eq!(lines[0][3], "forwarded");
     assert!(lines[0][4].contains("identical"), "{:?}", lines[0]);
@@ -292,11 +272,7 @@ fn resend_identical_is_a_no_op_and_changed_is_an_update() {
     // Changed audio: forwarded again over the same keys, reported as updated.
     let a2 = audio("r1-v2", 950);
     d.put("acme", "c1.wav", &a2);
-    d.put(
-        "acme",
-        "b3.csv",
-        format!("{HEADER}\n{}\n", csv_row("R-1", "c1.wav")).as_bytes(),
-    );
+    d.put("acme", "b3.csv", one_row_csv("R-1", "c1.wav").as_bytes());
     let lines = d.wait_report("acme", "b3.csv.report.csv", 1);
     assert_eq!(lines[0][3], "updated");
     let fwd = d.forwarded();
@@ -309,11 +285,7 @@ fn grace_expires_rows_and_reports_orphans_and_retry_requeues() {
     let mut d = Daemon::new("1s", ACME);
     d.start();
     d.put("acme", "stray.wav", &audio("stray", 10));
-    d.put(
-        "acme",
-        "b.csv",
-        format!("{HEADER}\n{}\n", csv_row("E-1", "e1.wav")).as_bytes(),
-    );
+    d.put("acme", "b.csv", one_row_csv("E-1", "e1.wav").as_bytes());
     let lines = d.wait_report("acme", "b.csv.report.csv", 1);
     assert_eq!(lines[0][3], "expired");
     assert!(lines[0][4].contains("e1.wav"), "{:?}", lines[0]);

@@ -10,11 +10,7 @@ const MULTIPART: &str = "multipart_threshold = \"8MiB\"\npart_size = \"5MiB\"\np
 
 fn conversation(d: &Daemon, id: &str, bytes: &[u8], batch: &str) {
     d.put("acme", &format!("{id}.wav"), bytes);
-    d.put(
-        "acme",
-        batch,
-        format!("{HEADER}\n{}\n", csv_row(id, &format!("{id}.wav"))).as_bytes(),
-    );
+    d.put("acme", batch, one_row_csv(id, &format!("{id}.wav")).as_bytes());
 }
 
 fn prefix(id: &str) -> String {

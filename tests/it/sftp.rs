@@ -11,7 +11,7 @@ const T: Duration = Duration::from_secs(60);
 fn files(d: &Daemon, id: &str, seed: &str) -> (Vec<u8>, String) {
     let audio = audio(seed, 20_000);
     std::fs::write(d.dir.path().join(format!("{id}.wav")), &audio).unwrap();
-    let csv = format!("{HEADER}\n{}\n", csv_row(id, &format!("{id}.wav")));
+    let csv = one_row_csv(id, &format!("{id}.wav"));
     std::fs::write(d.dir.path().join(format!("{id}.csv")), &csv).unwrap();
     (audio, csv)
 }
@@ -278,11 +278,7 @@ fn repeated_failures_ban_the_address() {
 fn a_dropped_upload_leaves_nothing_and_a_full_one_arrives() {
     let mut d = Daemon::with_sftp("");
     d.start();
-    d.put(
-        "acme",
-        "DR-1.csv",
-        format!("{HEADER}\n{}\n", csv_row("DR-1", "DR-1.wav")).as_bytes(),
-    );
+    d.put("acme", "DR-1.csv", one_row_csv("DR-1", "DR-1.wav").as_bytes());
     let out = d.paramiko(
         r#"
 t, s = connect()
