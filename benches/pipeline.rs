@@ -143,7 +143,7 @@ fn parse_only(path: &Path) {
     let t = Instant::now();
     let (mut ok, mut bad) = (0u64, 0u64);
     let file = std::fs::File::open(path).unwrap();
-    matching::read_rows::<_, ()>(MetadataFormat::Csv, std::io::BufReader::new(file), |r| {
+    matching::read_rows::<_, ()>(MetadataFormat::Csv, std::io::BufReader::new(file), 1 << 20, |r| {
         let ctx = RowContext {
             mapping: &mapping,
             timezone: chrono_tz::UTC,

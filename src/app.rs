@@ -1,8 +1,9 @@
 //! Wiring: start-up and tear-down order, in one place.
 //!
 //! Start-up: open the catalog (migrations) and recover interrupted forwards; make the drop
-//! folders; start watching them *before* the reconciliation scan so nothing falls in between;
-//! then start intake, forward workers, reports and housekeeping under one cancellation token.
+//! folders; start watching them, then queue a reconciliation scan of each (so nothing falls in
+//! between); start the intake lanes, forward workers, reports and housekeeping as workers
+//! under one cancellation token; READY. The scans run after READY, like any other work.
 //! Tear-down: cancel, let in-flight work land, up to a drain deadline.
 
 use std::future::Future;
@@ -17,17 +18,18 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::{Catalog, now_ms};
 use crate::config::{self, Config, LiveConfig};
 use crate::dropbox::DropRoot;
-use crate::forwarding::{Forwarder, Sink};
+use crate::forwarding::{ForwardWorker, Forwarder, Sink};
 use crate::housekeeping::{Archiver, Housekeeper};
 use crate::ingress::ftp_poll::{FtpPollers, PollContext};
 use crate::ingress::sftp::SftpServer;
 use crate::ingress::sftp::Shared as SftpShared;
 use crate::ingress::sftp::auth::KeyStore;
 use crate::ingress::{ViaHints, watch};
-use crate::intake::Intake;
+use crate::intake::{Intake, lanes};
 use crate::ops::{self, Liveness};
 use crate::reports::Reporter;
 use crate::tenant::TenantId;
+use crate::worker::Workers;
 
 /// How long in-flight work may take to land after a stop is asked for (below systemd's
 /// default TimeoutStopSec of 90 s).
@@ -99,6 +101,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracker.spawn(server.run(listener, cancel.clone()));
     }
     let _watch = watch::start(drops.clone(), tx.clone()).context("watching the drop folders")?;
+    let workers = Workers::new(tracker.clone(), cancel.clone(), liveness.clone());
     let intake = Intake {
         catalog: catalog.clone(),
         drop: drops.clone(),
@@ -107,14 +110,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         forwarder: forwarder_wake.clone(),
         reports: reports_wake.clone(),
         hints: hints.clone(),
-        liveness: liveness.clone(),
     };
-    let scan = intake.clone();
-    tokio::task::spawn_blocking(move || scan.reconcile())
-        .await?
-        .context("start-up scan of the drop folders")?;
-
-    tracker.spawn(intake.run(rx, tx.clone(), tracker.clone(), cancel.clone()));
+    // The reconciliation scans are ordinary work items, recorded now (the watch is already in
+    // place, so nothing falls in between) and done by the lanes after READY: a large backlog
+    // never holds up start-up.
+    lanes::startup_scans(&catalog, &config.tenants).context("queueing the start-up scans")?;
+    let intake_wake = Arc::new(Notify::new());
+    workers.spawn(lanes::Recorder::new(rx, intake.clone(), intake_wake.clone()));
+    let scheduler = Arc::new(lanes::Scheduler::default());
+    for index in 0..config.intake.lanes as usize {
+        workers.spawn(lanes::Lane {
+            index,
+            intake: intake.clone(),
+            scheduler: scheduler.clone(),
+            wake: intake_wake.clone(),
+        });
+    }
     // Pollers start after the scan, with the watcher already in place, like any other ingress.
     let pollers = Arc::new(FtpPollers::new(
         PollContext {
@@ -138,29 +149,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         grace: config.matching.grace,
         wake: forwarder_wake.clone(),
         reports: reports_wake.clone(),
-        liveness: liveness.clone(),
     });
-    for i in 0..config.forwarding.workers {
-        tracker.spawn(forwarder.clone().run_worker(i, cancel.clone()));
+    for index in 0..config.forwarding.workers {
+        workers.spawn(ForwardWorker {
+            index,
+            forwarder: forwarder.clone(),
+        });
     }
-    tracker.spawn(
-        Reporter {
-            catalog: catalog.clone(),
-            drop: drops.clone(),
-            wake: reports_wake.clone(),
-        }
-        .run(cancel.clone()),
-    );
-    tracker.spawn(
-        Housekeeper {
-            catalog: catalog.clone(),
-            drop: drops.clone(),
-            grace: config.matching.grace,
-            retention: config.retention.local,
-            reports: reports_wake,
-        }
-        .run(cancel.clone()),
-    );
+    workers.spawn(Reporter::new(catalog.clone(), drops.clone(), reports_wake.clone()));
+    workers.spawn(Housekeeper {
+        catalog: catalog.clone(),
+        drop: drops.clone(),
+        grace: config.matching.grace,
+        retention: config.retention.local,
+        reports: reports_wake,
+    });
     tracker.close();
     if let Some(m) = &config.metrics {
         let listener = tokio::net::TcpListener::bind(m.listen)

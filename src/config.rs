@@ -31,6 +31,7 @@ pub struct Config {
     pub matching: MatchingConfig,
     pub retention: RetentionConfig,
     pub forwarding: ForwardingConfig,
+    pub intake: IntakeConfig,
     pub metrics: Option<MetricsConfig>,
     pub tenants: Vec<Tenant>,
 }
@@ -123,6 +124,12 @@ pub struct MatchingConfig {
     /// Lower-case, without the dot.
     pub recording_extensions: Vec<String>,
     pub zip_max_unpacked: u64,
+    /// Entries a zip batch may hold.
+    pub zip_max_entries: u64,
+    /// How much larger than the archive its unpacked entries may be, in total.
+    pub zip_max_ratio: u64,
+    /// A metadata row (a line, a JSON element) longer than this rejects its file.
+    pub max_field_bytes: u64,
 }
 
 impl MatchingConfig {
@@ -142,6 +149,12 @@ pub struct ForwardingConfig {
     pub workers: u32,
     pub retry_min: Duration,
     pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IntakeConfig {
+    /// Lanes that process arrivals, each serving one tenant at a time.
+    pub lanes: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -238,6 +251,7 @@ struct RawConfig {
     matching: Option<RawMatching>,
     retention: Option<RawRetention>,
     forwarding: Option<RawForwarding>,
+    intake: Option<RawIntake>,
     metrics: Option<RawMetrics>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
@@ -286,6 +300,9 @@ struct RawMatching {
     grace: Option<String>,
     recording_extensions: Option<Vec<String>>,
     zip_max_unpacked: Option<String>,
+    zip_max_entries: Option<u64>,
+    zip_max_ratio: Option<u64>,
+    max_field_bytes: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -298,6 +315,11 @@ struct RawForwarding {
     workers: Option<u32>,
     retry_min: Option<String>,
     retry_max: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawIntake {
+    lanes: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -519,7 +541,19 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         grace: p.duration("matching.grace", m.grace.as_deref(), Duration::from_secs(24 * 3600)),
         recording_extensions,
         zip_max_unpacked: p.size("matching.zip_max_unpacked", m.zip_max_unpacked.as_deref(), 3 << 30),
+        zip_max_entries: m.zip_max_entries.unwrap_or(10_000),
+        zip_max_ratio: m.zip_max_ratio.unwrap_or(200),
+        max_field_bytes: p.size("matching.max_field_bytes", m.max_field_bytes.as_deref(), 1 << 20),
     };
+    if matching.zip_max_entries == 0 {
+        p.add("matching.zip_max_entries", "must be at least 1");
+    }
+    if matching.zip_max_ratio == 0 {
+        p.add("matching.zip_max_ratio", "must be at least 1");
+    }
+    if matching.max_field_bytes < 1024 {
+        p.add("matching.max_field_bytes", "must be at least 1 KiB");
+    }
     let retention = RetentionConfig {
         local: p.duration(
             "retention.local",
@@ -538,6 +572,12 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     }
     if forwarding.retry_min > forwarding.retry_max {
         p.add("forwarding.retry_min", "must not be longer than forwarding.retry_max");
+    }
+    let intake = IntakeConfig {
+        lanes: raw.intake.unwrap_or_default().lanes.unwrap_or(4),
+    };
+    if intake.lanes == 0 || intake.lanes > 256 {
+        p.add("intake.lanes", "must be between 1 and 256");
     }
     let metrics = raw
         .metrics
@@ -600,6 +640,7 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         matching,
         retention,
         forwarding,
+        intake,
         metrics,
         tenants,
     })

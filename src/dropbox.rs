@@ -133,6 +133,15 @@ impl DropRoot {
         Some((tenant, rel))
     }
 
+    /// The tenant whose drop folder holds `path`, if any.
+    pub fn tenant_of(&self, path: &Path) -> Option<TenantId> {
+        let rest = path.strip_prefix(&self.root).ok()?;
+        match rest.components().next()? {
+            Component::Normal(s) => TenantId::parse(s.to_str()?).ok(),
+            _ => None,
+        }
+    }
+
     /// Checks that no folder between the tenant's root and `rel` is a symlink, so that a link
     /// planted in a drop folder cannot lead us out of it; then opens the file itself without
     /// following a link.
@@ -227,6 +236,24 @@ impl DropRoot {
     }
 }
 
+/// How much a zip batch may hold (SPEC §8).
+#[derive(Debug, Clone, Copy)]
+pub struct ZipLimits {
+    pub max_unpacked: u64,
+    pub max_entries: u64,
+    pub max_ratio: u64,
+}
+
+impl ZipLimits {
+    pub fn of(matching: &MatchingConfig) -> Self {
+        ZipLimits {
+            max_unpacked: matching.zip_max_unpacked,
+            max_entries: matching.zip_max_entries,
+            max_ratio: matching.zip_max_ratio,
+        }
+    }
+}
+
 /// What a zip batch gave, entry by entry.
 #[derive(Debug, Default)]
 pub struct Unpacked {
@@ -243,9 +270,36 @@ pub struct Unpacked {
 ///
 /// Entries are written under hidden temp names and renamed into place only once all are
 /// complete and fsynced, so a crash leaves only temp names, which are never ingested.
-pub fn unpack_zip(archive: &Path, dest: &Path, max_bytes: u64) -> Result<Unpacked, String> {
+pub fn unpack_zip(archive: &Path, dest: &Path, limits: &ZipLimits) -> Result<Unpacked, String> {
     let file = fsutil::open_regular_nofollow(archive).map_err(|e| format!("cannot be opened: {e}"))?;
+    let archive_len = file.metadata().map_err(|e| format!("cannot be read: {e}"))?.len();
     let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("is not a readable zip archive: {e}"))?;
+    if zip.len() as u64 > limits.max_entries {
+        return Err(format!(
+            "has {} entries, more than the limit of {} (matching.zip_max_entries); nothing was unpacked",
+            zip.len(),
+            limits.max_entries
+        ));
+    }
+    // Counted as bytes come out, whatever the archive claims.
+    let by_ratio = archive_len.saturating_mul(limits.max_ratio);
+    let (max_bytes, limit_reason) = if by_ratio < limits.max_unpacked {
+        (
+            by_ratio,
+            format!(
+                "unpacks to more than {} times its own size (matching.zip_max_ratio); nothing was unpacked",
+                limits.max_ratio
+            ),
+        )
+    } else {
+        (
+            limits.max_unpacked,
+            format!(
+                "unpacks to more than the limit of {} (matching.zip_max_unpacked); nothing was unpacked",
+                bytesize::ByteSize::b(limits.max_unpacked)
+            ),
+        )
+    };
     let mut out = Unpacked::default();
     let mut staged: Vec<(PathBuf, String)> = Vec::new();
     let cleanup = |staged: &[(PathBuf, String)]| {
@@ -311,10 +365,7 @@ pub fn unpack_zip(archive: &Path, dest: &Path, max_bytes: u64) -> Result<Unpacke
                 total += n;
                 if total > max_bytes {
                     cleanup(&staged);
-                    return Err(format!(
-                        "unpacks to more than the limit of {} (matching.zip_max_unpacked); nothing was unpacked",
-                        bytesize::ByteSize::b(max_bytes)
-                    ));
+                    return Err(limit_reason);
                 }
             }
             Err(e) => {
@@ -463,7 +514,7 @@ mod tests {
         );
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
-        let u = unpack_zip(&zip_path, &out, 1 << 20).unwrap();
+        let u = unpack_zip(&zip_path, &out, &limits(1 << 20)).unwrap();
         assert_eq!(u.files, ["c1.wav", "batch.csv"]);
         assert_eq!(listing(&out), ["batch.csv", "c1.wav"]);
         assert_eq!(fs::read(out.join("c1.wav")).unwrap(), b"RIFF1");
@@ -494,7 +545,7 @@ mod tests {
         w.finish().unwrap();
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
-        let u = unpack_zip(&zip_path, &out, 1 << 20).unwrap();
+        let u = unpack_zip(&zip_path, &out, &limits(1 << 20)).unwrap();
         assert_eq!(u.files, ["ok.wav"]);
         assert_eq!(u.refused[0].0, "link.wav");
         assert!(u.refused[0].1.contains("link"));
@@ -519,9 +570,33 @@ mod tests {
         );
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
-        let err = unpack_zip(&zip_path, &out, 10 << 20).unwrap_err();
-        assert!(err.contains("more than the limit"), "{err}");
+        // By size: 16 MiB out of a 10 MiB allowance (whatever the ratio).
+        let by_size = ZipLimits {
+            max_ratio: 1_000_000,
+            ..limits(10 << 20)
+        };
+        let err = unpack_zip(&zip_path, &out, &by_size).unwrap_err();
+        assert!(err.contains("more than the limit of 10.0 MiB"), "{err}");
         assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+        // By ratio: well within the size limit, but over 200 times the archive's size.
+        let err = unpack_zip(&zip_path, &out, &limits(1 << 30)).unwrap_err();
+        assert!(err.contains("200 times its own size"), "{err}");
+        assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+        // By entries.
+        let few = ZipLimits {
+            max_entries: 3,
+            ..limits(1 << 30)
+        };
+        let err = unpack_zip(&zip_path, &out, &few).unwrap_err();
+        assert!(err.contains("has 4 entries, more than the limit of 3"), "{err}");
+    }
+
+    fn limits(max_unpacked: u64) -> ZipLimits {
+        ZipLimits {
+            max_unpacked,
+            max_entries: 10_000,
+            max_ratio: 200,
+        }
     }
 
     #[test]
@@ -530,7 +605,7 @@ mod tests {
         let p = dir.path().join("x.zip");
         fs::write(&p, b"not a zip at all").unwrap();
         assert!(
-            unpack_zip(&p, dir.path(), 1 << 20)
+            unpack_zip(&p, dir.path(), &limits(1 << 20))
                 .unwrap_err()
                 .contains("not a readable zip")
         );

@@ -15,14 +15,10 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// A temp name beside `path`, hidden (leading '.') so that no watcher takes it for an arrival.
+/// A temp name beside `path`, hidden (leading '.') so that no watcher takes it for an arrival,
+/// and of a fixed length, so that a final name of 255 bytes still has a temp name.
 pub fn temp_beside(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = format!(".dropsync-{:016x}-{}.tmp", fastrand::u64(..), name);
-    path.with_file_name(tmp)
+    path.with_file_name(format!(".dropsync-{:016x}.tmp", fastrand::u64(..)))
 }
 
 /// Whether a file name is one of our own temp names (left behind only by a crash).

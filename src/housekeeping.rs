@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogError, ToArchive, ms, now_ms};
 use crate::dropbox::{DropRoot, RelPath};
 use crate::fsutil;
 use crate::tenant::TenantId;
+use crate::worker::{Worker, WorkerError, WorkerState};
 
 /// Moves decided files out of the drop folders. Blocking.
 #[derive(Clone)]
@@ -33,12 +33,6 @@ impl Archiver {
         self.move_all(&list)
     }
 
-    /// Archives every decided file (start-up, after a crash between `forwarded` and the move).
-    pub fn archive_all_decided(&self) -> Result<(), CatalogError> {
-        let list = self.catalog.all_archivable()?;
-        self.move_all(&list)
-    }
-
     /// Moves each file, then records it. The catalog already says the file may go, so a crash
     /// between the two only repeats the move, which [`fsutil::move_durable`] tolerates.
     pub fn move_all(&self, list: &[ToArchive]) -> Result<(), CatalogError> {
@@ -49,11 +43,11 @@ impl Archiver {
                 continue;
             };
             let src = self.drop.path_of(&tenant, &rel);
-            let dst = self.archive_root.join(tenant.as_str()).join(&day).join(format!(
-                "{}-{}",
-                item.file_id,
-                rel.file_name()
-            ));
+            let dst = self
+                .archive_root
+                .join(tenant.as_str())
+                .join(&day)
+                .join(archive_name(item.file_id, rel.file_name()));
             match fsutil::move_durable(&src, &dst) {
                 Ok(()) => moved.push((item.file_id, dst.to_string_lossy().into_owned())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -67,6 +61,17 @@ impl Archiver {
         }
         self.catalog.mark_archived(&moved, now_ms())
     }
+}
+
+/// `{file id}-{name}`, the name cut short (on a character boundary) where the whole would pass
+/// the 255 bytes a file name may have; the id alone keeps it unique.
+fn archive_name(file_id: i64, name: &str) -> String {
+    let id = format!("{file_id}-");
+    let mut keep = name.len().min(255 - id.len());
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{id}{}", &name[..keep])
 }
 
 /// Periodic expiry and retention.
@@ -83,25 +88,25 @@ impl Housekeeper {
     fn tick(&self) -> Duration {
         (self.grace.min(self.retention) / 4).clamp(Duration::from_millis(250), Duration::from_secs(60))
     }
+}
 
-    pub async fn run(self, cancel: CancellationToken) {
-        let tick = self.tick();
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(tick) => {}
-            }
-            let catalog = self.catalog.clone();
-            let drop = self.drop.clone();
-            let (grace, retention) = (ms(self.grace), ms(self.retention));
-            let result = tokio::task::spawn_blocking(move || sweep(&catalog, &drop, grace, retention)).await;
-            match result {
-                Ok(Ok(true)) => self.reports.notify_one(),
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "housekeeping failed"),
-                Err(e) => tracing::error!(error = %e, "housekeeping task panicked"),
-            }
+impl Worker for Housekeeper {
+    fn name(&self) -> String {
+        "housekeeping".into()
+    }
+
+    async fn work(&mut self) -> Result<WorkerState, WorkerError> {
+        let catalog = self.catalog.clone();
+        let drop = self.drop.clone();
+        let (grace, retention) = (ms(self.grace), ms(self.retention));
+        if tokio::task::spawn_blocking(move || sweep(&catalog, &drop, grace, retention)).await?? {
+            self.reports.notify_one();
         }
+        Ok(WorkerState::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.tick()).await
     }
 }
 
@@ -159,4 +164,18 @@ fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention_ms: i64) -
         tracing::info!(purged, "local copies past retention deleted");
     }
     Ok(expired + orphaned + purged > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_names_fit_in_255_bytes() {
+        assert_eq!(archive_name(7, "c1.wav"), "7-c1.wav");
+        let long = "é".repeat(127) + "x.wav"; // 259 bytes
+        let name = archive_name(123456, &long);
+        assert!(name.len() <= 255, "{}", name.len());
+        assert!(name.starts_with("123456-éé"));
+    }
 }

@@ -27,3 +27,4 @@ pub mod onboard;
 pub mod ops;
 pub mod reports;
 pub mod tenant;
+pub mod worker;

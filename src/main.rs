@@ -316,7 +316,7 @@ fn conversations(
 }
 
 fn retry(config: &Config, tenant: Option<&str>, conversation: Option<&str>) -> anyhow::Result<()> {
-    let catalog = Catalog::open(&config.db_path())?;
+    let catalog = Catalog::open_existing(&config.db_path())?;
     let n = catalog.retry(tenant, conversation, now_ms(), ms(config.matching.grace))?;
     println!("re-queued {n} conversation(s)");
     Ok(())

@@ -2,16 +2,17 @@
 //! line for a file rejected as a whole) and `{drop}/reports/orphans.csv`, rewritten atomically
 //! whenever the catalog flags them stale.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogError, OrphanLine, ReportLine};
 use crate::dropbox::{DropRoot, REPORTS_DIR, RelPath};
 use crate::fsutil;
 use crate::tenant::TenantId;
+use crate::worker::{Worker, WorkerError, WorkerState};
 
 /// Changes within this window are written as one rewrite.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -20,7 +21,23 @@ const REPORT_HEADER: [&str; 5] = ["row", "conversation_id", "recording", "status
 
 fn write_line<W: std::io::Write>(w: &mut csv::Writer<W>, l: &ReportLine) -> csv::Result<()> {
     let row = l.row.map(|r| r.to_string()).unwrap_or_default();
-    w.write_record([row.as_str(), &l.conversation_id, &l.recording, l.status, &l.detail])
+    w.write_record([
+        row.as_str(),
+        &cell(&l.conversation_id),
+        &cell(&l.recording),
+        l.status,
+        &cell(&l.detail),
+    ])
+}
+
+/// A value as a spreadsheet may show it, never run it: a cell that would be read as a formula
+/// (starting with `=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading `'` (SPEC §3;
+/// OWASP's advice on CSV injection).
+pub fn cell(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{value}").into(),
+        _ => value.into(),
+    }
 }
 
 pub fn report_csv(lines: &[ReportLine]) -> Vec<u8> {
@@ -30,6 +47,24 @@ pub fn report_csv(lines: &[ReportLine]) -> Vec<u8> {
         let _ = write_line(&mut w, l);
     }
     w.into_inner().unwrap_or_default()
+}
+
+/// The report's file name for a metadata file: `<name>.report.csv`, or, where that would pass
+/// the 255 bytes a file name may have, the name cut short with a hash of the whole name, so
+/// that two long names never share a report.
+pub fn report_name(file_name: &str) -> String {
+    const SUFFIX: &str = ".report.csv";
+    const MAX: usize = 255;
+    if file_name.len() + SUFFIX.len() <= MAX {
+        return format!("{file_name}{SUFFIX}");
+    }
+    use sha2::Digest;
+    let hash = hex::encode(&sha2::Sha256::digest(file_name.as_bytes())[..4]);
+    let mut keep = MAX - SUFFIX.len() - hash.len() - 1;
+    while !file_name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}~{hash}{SUFFIX}", &file_name[..keep])
 }
 
 pub fn orphans_csv(lines: &[OrphanLine]) -> Vec<u8> {
@@ -42,7 +77,7 @@ pub fn orphans_csv(lines: &[OrphanLine]) -> Vec<u8> {
     let _ = w.write_record(["recording", "bytes", "received_at", "orphan_since", "detail"]);
     for l in lines {
         let _ = w.write_record([
-            l.recording.as_str(),
+            &*cell(&l.recording),
             &l.bytes.to_string(),
             &iso(l.received_at),
             &iso(l.orphan_since),
@@ -62,59 +97,65 @@ enum ReportError {
     Csv(#[from] csv::Error),
 }
 
+/// A report that could not be written waits this long before the next try, doubling.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
 #[derive(Clone)]
 pub struct Reporter {
     pub catalog: Catalog,
     pub drop: DropRoot,
     pub wake: Arc<Notify>,
+    /// Reports that failed: (failures in a row, not before). Memory only: a restart tries
+    /// them all again at once, which is what a restart is for.
+    failing: Arc<Mutex<HashMap<i64, (i64, std::time::Instant)>>>,
+    /// How long the last pass took: big reports are rewritten less often.
+    last_pass: Duration,
 }
 
 impl Reporter {
-    pub async fn run(self, cancel: CancellationToken) {
-        loop {
-            let this = self.clone();
-            let started = std::time::Instant::now();
-            match tokio::task::spawn_blocking(move || this.write_stale()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot write reports"),
-                Err(e) => tracing::error!(error = %e, "report task panicked"),
-            }
-            // Big reports are rewritten less often, so that they take a bounded share of the
-            // catalog's time (about a fifth) however large a batch is.
-            let pause = DEBOUNCE.max(started.elapsed() * 4);
-            tokio::select! {
-                _ = cancel.cancelled() => {
-                    // Last pass so reports match what happened before the stop.
-                    let this = self.clone();
-                    let _ = tokio::task::spawn_blocking(move || this.write_stale()).await;
-                    return;
-                }
-                _ = self.wake.notified() => tokio::time::sleep(pause).await,
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
+    pub fn new(catalog: Catalog, drop: DropRoot, wake: Arc<Notify>) -> Self {
+        Reporter {
+            catalog,
+            drop,
+            wake,
+            failing: Arc::default(),
+            last_pass: Duration::ZERO,
         }
     }
 
-    /// Rewrites every stale report. Blocking.
+    /// Rewrites every stale report whose turn it is; one that cannot be written is logged and
+    /// retried later, never in the way of the others. Blocking.
     pub fn write_stale(&self) -> Result<(), CatalogError> {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut after = 0;
         loop {
-            let batch = self.catalog.stale_reports(200)?;
+            let batch = self.catalog.stale_reports(after, 200)?;
             for r in &batch {
+                after = r.metadata_file_id;
+                if failing
+                    .get(&r.metadata_file_id)
+                    .is_some_and(|(_, not_before)| std::time::Instant::now() < *not_before)
+                {
+                    continue;
+                }
                 let (Ok(tenant), Some(rel)) = (TenantId::parse(&r.tenant), RelPath::parse(&r.rel_path)) else {
                     self.catalog.report_written(r.metadata_file_id, r.version)?;
                     continue;
                 };
-                let path = self
-                    .drop
-                    .tenant_dir(&tenant)
-                    .join(REPORTS_DIR)
-                    .join(format!("{}.report.csv", rel.as_str()));
+                let path = self.report_path(&tenant, &rel);
                 match self.write_report(r.metadata_file_id, &path) {
-                    Ok(()) => self.catalog.report_written(r.metadata_file_id, r.version)?,
+                    Ok(()) => {
+                        self.catalog.report_written(r.metadata_file_id, r.version)?;
+                        failing.remove(&r.metadata_file_id);
+                    }
                     Err(ReportError::Catalog(e)) => return Err(e),
                     Err(e) => {
-                        tracing::warn!(tenant = %tenant, file = rel.as_str(), error = %e, "cannot write report");
-                        return Ok(());
+                        let failures = failing.get(&r.metadata_file_id).map_or(1, |(n, _)| n + 1);
+                        let delay = crate::backoff::exponential(failures, RETRY_MIN, RETRY_MAX);
+                        tracing::warn!(tenant = %tenant, file = rel.as_str(), report = %path.display(), error = %e,
+                            retry_in = ?delay, "cannot write report; the others go on");
+                        failing.insert(r.metadata_file_id, (failures, std::time::Instant::now() + delay));
                     }
                 }
             }
@@ -123,6 +164,14 @@ impl Reporter {
             }
         }
         self.write_orphans()
+    }
+
+    fn report_path(&self, tenant: &TenantId, rel: &RelPath) -> std::path::PathBuf {
+        let mut path = self.drop.tenant_dir(tenant).join(REPORTS_DIR);
+        if !rel.dir().is_empty() {
+            path.push(rel.dir());
+        }
+        path.join(report_name(rel.file_name()))
     }
 
     /// Streams one report into place; memory stays bounded by a line.
@@ -153,6 +202,36 @@ impl Reporter {
             }
         }
         Ok(())
+    }
+}
+
+impl Worker for Reporter {
+    fn name(&self) -> String {
+        "reports".into()
+    }
+
+    async fn work(&mut self) -> Result<WorkerState, WorkerError> {
+        let started = std::time::Instant::now();
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.write_stale()).await??;
+        self.last_pass = started.elapsed();
+        Ok(WorkerState::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        // Big reports are rewritten less often, so that they take a bounded share of the
+        // catalog's time (about a fifth) however large a batch is; failed ones are retried.
+        let pause = DEBOUNCE.max(self.last_pass * 4);
+        tokio::select! {
+            _ = self.wake.notified() => tokio::time::sleep(pause).await,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+
+    /// A last pass, so reports match what happened before the stop.
+    async fn stopping(&mut self) {
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || this.write_stale()).await;
     }
 }
 

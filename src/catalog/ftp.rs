@@ -274,7 +274,7 @@ impl Catalog {
 
     /// Every source the catalog has seen, optionally of one tenant.
     pub fn ftp_sources(&self, tenant: Option<&str>) -> Result<Vec<FtpSourceStatus>> {
-        let conn = self.lock();
+        let conn = self.read()?;
         // An old database opened read-only by the CLI may predate the table.
         let exists: Option<i64> = conn
             .query_row(

@@ -28,6 +28,17 @@ pub enum Registered {
     Unknown { file_id: i64 },
 }
 
+/// A metadata file or zip whose parse or unpack has not finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingParse {
+    pub file_id: i64,
+    pub metadata_file_id: i64,
+    /// csv | tsv | json | jsonl | zip
+    pub format: String,
+    /// Rows already committed: a resumed parse goes on after them.
+    pub rows_done: u64,
+}
+
 /// One row of a metadata file, checked by the matcher.
 #[derive(Debug, Clone)]
 pub struct RowInput {
@@ -180,7 +191,7 @@ impl Catalog {
 
     /// Whether `rel` is recorded as present with this size and mtime (a repeated event).
     pub fn is_present_unchanged(&self, tenant: &str, rel: &RelPath, size: u64, mtime_ns: i64) -> Result<bool> {
-        let conn = self.lock();
+        let conn = self.read()?;
         let found: Option<(i64, i64)> = conn
             .prepare_cached(
                 "SELECT size, mtime_ns FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'",
@@ -190,28 +201,37 @@ impl Catalog {
         Ok(found == Some((size as i64, mtime_ns)))
     }
 
-    /// Metadata files and zips whose parsing a crash interrupted:
-    /// (file_id, metadata_file_id, tenant, rel_path, format, rows_done).
-    #[allow(clippy::type_complexity)]
-    pub fn interrupted_parses(&self) -> Result<Vec<(i64, i64, String, String, String, u64)>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT m.file_id, m.id, m.tenant, m.rel_path, m.format, m.rows_done FROM metadata_files m JOIN files f ON f.id = m.file_id
-             WHERE m.status = 'parsing' AND f.state = 'present' ORDER BY m.id",
+    /// Metadata files and zips of a tenant still being parsed or unpacked (a crash or a failed
+    /// attempt interrupted them), by path.
+    pub fn parsing_files(&self, tenant: &str) -> Result<Vec<String>> {
+        let conn = self.read()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT m.rel_path FROM metadata_files m JOIN files f ON f.id = m.file_id
+             WHERE m.status = 'parsing' AND m.tenant = ?1 AND f.state = 'present' ORDER BY m.id",
         )?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get::<_, i64>(5)? as u64,
-                ))
-            })?
+            .query_map([tenant], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+
+    /// The parse or unpack of this present file that has not finished, if any.
+    pub fn pending_parse(&self, tenant: &str, rel: &RelPath) -> Result<Option<PendingParse>> {
+        let conn = self.read()?;
+        Ok(conn
+            .prepare_cached(
+                "SELECT m.file_id, m.id, m.format, m.rows_done FROM metadata_files m JOIN files f ON f.id = m.file_id
+                 WHERE f.tenant = ?1 AND f.rel_path = ?2 AND f.state = 'present' AND m.status = 'parsing'",
+            )?
+            .query_row(params![tenant, rel.as_str()], |r| {
+                Ok(PendingParse {
+                    file_id: r.get(0)?,
+                    metadata_file_id: r.get(1)?,
+                    format: r.get(2)?,
+                    rows_done: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .optional()?)
     }
 
     /// Waiting rows past their grace become `expired`; recordings nobody claimed within grace

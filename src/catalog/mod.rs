@@ -23,18 +23,20 @@
 
 mod ftp;
 mod intake;
+mod intake_queue;
 mod queue;
 mod schema;
 mod views;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 pub use ftp::{AppliedListing, FtpSourceStatus, PollRecord, RemoteFile, RemoteFileState, version_tag};
-pub use intake::{NewFile, Registered, RowInput};
+pub use intake::{NewFile, PendingParse, Registered, RowInput};
+pub use intake_queue::{IntakeBacklog, IntakeItem, IntakeKind, IntakeOutcome, NewIntake};
 pub use queue::{Forwarded, ToArchive, ToPurge, Work, WorkRecording};
 pub use views::{ConversationView, OrphanLine, ReportLine, StaleReport, StatusView, TenantStatus};
 
@@ -113,51 +115,134 @@ impl ConvState {
     }
 }
 
-/// A handle on the catalog. Clones share one connection; callers on the async runtime call it
-/// from `spawn_blocking` (see [`Catalog::run`]). One writer connection is what SQLite wants
-/// anyway, and the lock is held only for one short transaction at a time.
+/// A handle on the catalog. Clones share one writer connection and a pool of read-only ones;
+/// callers on the async runtime call it from `spawn_blocking` (see [`Catalog::run`]).
+///
+/// One writer is what SQLite wants anyway; its lock is held for one short transaction at a
+/// time. Readers (status, metrics, reports, the CLI's views) use their own connections, which
+/// WAL lets run beside the writer, so a report streamed to a slow disk never holds up intake.
 #[derive(Clone)]
 pub struct Catalog {
     conn: Arc<Mutex<Connection>>,
+    readers: Arc<Readers>,
+}
+
+/// Read-only connections, opened on demand and kept for reuse.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Idle read connections kept open at most.
+const MAX_IDLE_READERS: usize = 8;
+
+/// A read-only connection, back to the pool when dropped.
+pub(crate) struct ReadConn<'a> {
+    conn: Option<Connection>,
+    readers: &'a Readers,
+}
+
+impl std::ops::Deref for ReadConn<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for ReadConn<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = self.readers.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
 }
 
 impl Catalog {
-    /// Opens (creating if needed) the database and applies pending migrations.
+    /// Opens (creating if needed) the database and applies pending migrations. Only the daemon
+    /// (`dropsync run`) does this.
     pub fn open(path: &Path) -> Result<Catalog> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| CatalogError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let conn = Connection::open(path)?;
-        configure(&conn)?;
+        let mut conn = Connection::open(path)?;
+        configure(&mut conn)?;
         migrate(&conn, path)?;
-        Ok(Catalog {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Ok(Catalog::with_writer(conn, path))
+    }
+
+    /// Opens an existing database for writing without migrating it (CLI commands that change
+    /// state while a daemon may run): a schema other than this build's is refused.
+    pub fn open_existing(path: &Path) -> Result<Catalog> {
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure(&mut conn)?;
+        check_schema(&conn, path, true)?;
+        Ok(Catalog::with_writer(conn, path))
     }
 
     /// Opens an existing database read-only (CLI views while the daemon runs).
     pub fn open_read_only(path: &Path) -> Result<Catalog> {
-        let conn =
-            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > schema::MIGRATIONS.len() as i64 {
-            return Err(CatalogError::TooNew {
-                path: path.display().to_string(),
-                found: version,
-                known: schema::MIGRATIONS.len() as i64,
-            });
-        }
-        Ok(Catalog {
+        let conn = open_reader(path)?;
+        check_schema(&conn, path, false)?;
+        Ok(Catalog::with_writer(conn, path))
+    }
+
+    fn with_writer(conn: Connection, path: &Path) -> Catalog {
+        Catalog {
             conn: Arc::new(Mutex::new(conn)),
-        })
+            readers: Arc::new(Readers {
+                path: path.to_path_buf(),
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a half-done transaction behind (rusqlite
         // rolls back on drop), so a poisoned lock is still a usable connection.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A read-only connection of the pool.
+    pub(crate) fn read(&self) -> Result<ReadConn<'_>> {
+        let pooled = self.readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_reader(&self.readers.path)?,
+        };
+        Ok(ReadConn {
+            conn: Some(conn),
+            readers: &self.readers,
+        })
+    }
+
+    /// Runs `f` in a transaction whose commit is not fsynced: for records that the start-up
+    /// scan rebuilds if a power cut loses them (intake work items). A later full commit makes
+    /// it durable too, as the write-ahead log is written in order.
+    fn light<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
+        let mut conn = self.lock();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = (|| {
+            let tx = conn.transaction()?;
+            let r = f(&tx)?;
+            tx.commit()?;
+            Ok(r)
+        })();
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        result
     }
 
     /// Runs `f` on a blocking thread, for callers on the async runtime.
@@ -173,7 +258,7 @@ impl Catalog {
     }
 }
 
-fn configure(conn: &Connection) -> Result<()> {
+fn configure(conn: &mut Connection) -> Result<()> {
     // WAL lets the CLI read while the daemon writes. synchronous=FULL: a commit is on disk when
     // it returns, which is what "recorded before the side effect" relies on across power loss.
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -181,10 +266,15 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.set_prepared_statement_cache_capacity(64);
+    // Writers take the write lock when they begin, not at their first write: a transaction
+    // that read first could otherwise fail with "database is locked" midway instead of waiting.
+    conn.set_transaction_behavior(TransactionBehavior::Immediate);
     Ok(())
 }
 
-fn migrate(conn: &Connection, path: &Path) -> Result<()> {
+/// Refuses a schema this build does not know; `exact` also refuses an older one (a CLI
+/// command must not run on a database the daemon has not migrated yet).
+fn check_schema(conn: &Connection, path: &Path, exact: bool) -> Result<i64> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = schema::MIGRATIONS.len() as i64;
     if version > known {
@@ -194,6 +284,17 @@ fn migrate(conn: &Connection, path: &Path) -> Result<()> {
             known,
         });
     }
+    if exact && version < known {
+        return Err(CatalogError::Corrupt(format!(
+            "{} has schema {version}, this dropsync needs {known}: start `dropsync run` once to migrate it",
+            path.display()
+        )));
+    }
+    Ok(version)
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<()> {
+    let version = check_schema(conn, path, false)?;
     for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;

@@ -116,7 +116,7 @@ impl Catalog {
 
     /// When the next queued conversation is due, if any.
     pub fn next_due(&self) -> Result<Option<i64>> {
-        let conn = self.lock();
+        let conn = self.read()?;
         Ok(conn
             .prepare_cached("SELECT min(next_attempt_at) FROM conversations WHERE state = 'ready'")?
             .query_row([], |r| r.get(0))?)
@@ -206,7 +206,7 @@ impl Catalog {
 
     /// Present files of a tenant, as (file_id, rel_path, size, mtime_ns), for reconciliation.
     pub fn present_files(&self, tenant: &str) -> Result<Vec<(i64, String, i64, i64)>> {
-        let conn = self.lock();
+        let conn = self.read()?;
         let mut stmt = conn
             .prepare_cached("SELECT id, rel_path, size, mtime_ns FROM files WHERE tenant = ?1 AND state = 'present'")?;
         let rows = stmt
@@ -215,14 +215,17 @@ impl Catalog {
         Ok(rows)
     }
 
-    /// Every present file that may leave its drop folder (start-up pass; files of zips, unknown
-    /// files and fully decided metadata files included).
-    pub fn all_archivable(&self) -> Result<Vec<ToArchive>> {
+    /// Every present file of a tenant that may leave its drop folder (the reconciliation
+    /// pass; files of zips, unknown files and fully decided metadata files included).
+    pub fn all_archivable(&self, tenant: &str) -> Result<Vec<ToArchive>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let candidates: Vec<i64> = tx
-            .prepare("SELECT id FROM files WHERE state = 'present' AND kind != 'recording' OR (state = 'present' AND EXISTS (SELECT 1 FROM recordings r WHERE r.file_id = files.id))")?
-            .query_map([], |r| r.get(0))?
+            .prepare_cached(
+                "SELECT id FROM files WHERE tenant = ?1 AND state = 'present'
+                   AND (kind != 'recording' OR EXISTS (SELECT 1 FROM recordings r WHERE r.file_id = files.id))",
+            )?
+            .query_map([tenant], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let out = archivable(&tx, &candidates)?;
         tx.commit()?;
@@ -257,7 +260,7 @@ impl Catalog {
 
     /// Archived copies older than `keep_ms`, and orphans unclaimed for `keep_ms`.
     pub fn purgeable(&self, now: i64, keep_ms: i64, limit: usize) -> Result<Vec<ToPurge>> {
-        let conn = self.lock();
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT id, tenant, archive_path, 1 FROM files WHERE state = 'archived' AND left_at <= ?1 - ?2
              UNION ALL

@@ -170,4 +170,26 @@ CREATE TABLE ftp_files (
     PRIMARY KEY (source, path)
 ) WITHOUT ROWID;
 "#,
+    // 3: intake work items (issue 11). An arrival is recorded here before it is processed, so
+    // a failure or a crash retries it; lanes take them per tenant, in turn.
+    r#"
+CREATE TABLE intake_queue (
+    id              INTEGER PRIMARY KEY,
+    tenant          TEXT NOT NULL,
+    kind            TEXT NOT NULL,          -- file | settle | scan
+    rel_path        TEXT NOT NULL,          -- '' for a scan of the tenant's whole folder
+    via             TEXT NOT NULL,
+    heavy           INTEGER NOT NULL,       -- 1: parsed or unpacked, taken one at a time
+    size            INTEGER,                -- settle: last seen; file: what `sha256` belongs to
+    mtime_ns        INTEGER,
+    sha256          TEXT,                   -- computed while the file was written
+    version         INTEGER NOT NULL DEFAULT 0, -- bumped by a new event while being processed
+    enqueued_at     INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_error      TEXT,
+    UNIQUE (tenant, kind, rel_path)
+);
+CREATE INDEX intake_due ON intake_queue(tenant, heavy, next_attempt_at);
+"#,
 ];

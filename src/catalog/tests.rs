@@ -206,7 +206,7 @@ fn resend_identical_is_a_no_op_and_changed_is_an_update() {
         .unwrap();
     forward_all(&fx.cat, 1001);
     // The client sends the same audio and row again (the first copies were archived).
-    for a in fx.cat.all_archivable().unwrap() {
+    for a in fx.cat.all_archivable("acme").unwrap() {
         fx.cat.mark_archived(&[(a.file_id, "x".into())], 1002).unwrap();
     }
     let again = recording(&fx.cat, "c1.wav", "aa", 1003);
@@ -362,19 +362,19 @@ fn report_staleness_survives_a_change_during_the_write() {
     fx.cat
         .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
-    let stale = fx.cat.stale_reports(10).unwrap();
+    let stale = fx.cat.stale_reports(0, 10).unwrap();
     assert_eq!(stale.len(), 1);
     // A row changes after the writer read the report but before it marked it written.
     recording(&fx.cat, "c1.wav", "aa", 1001);
     fx.cat.report_written(m, stale[0].version).unwrap();
     assert_eq!(
-        fx.cat.stale_reports(10).unwrap().len(),
+        fx.cat.stale_reports(0, 10).unwrap().len(),
         1,
         "the newer change must still be written"
     );
-    let again = fx.cat.stale_reports(10).unwrap();
+    let again = fx.cat.stale_reports(0, 10).unwrap();
     fx.cat.report_written(m, again[0].version).unwrap();
-    assert!(fx.cat.stale_reports(10).unwrap().is_empty());
+    assert!(fx.cat.stale_reports(0, 10).unwrap().is_empty());
 }
 
 #[test]

@@ -107,14 +107,15 @@ fn view_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationView> {
 }
 
 impl Catalog {
-    /// Reports flagged as out of date.
-    pub fn stale_reports(&self, limit: usize) -> Result<Vec<StaleReport>> {
-        let conn = self.lock();
+    /// Reports flagged as out of date, after `after_id` (a pass goes through them all, even
+    /// when some fail).
+    pub fn stale_reports(&self, after_id: i64, limit: usize) -> Result<Vec<StaleReport>> {
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached(
-            "SELECT id, report_stale, tenant, rel_path FROM metadata_files WHERE report_stale > 0 ORDER BY id LIMIT ?1",
+            "SELECT id, report_stale, tenant, rel_path FROM metadata_files WHERE report_stale > 0 AND id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let rows = stmt
-            .query_map([limit as i64], |r| {
+            .query_map([after_id, limit as i64], |r| {
                 Ok(StaleReport {
                     metadata_file_id: r.get(0)?,
                     version: r.get(1)?,
@@ -135,7 +136,7 @@ impl Catalog {
 
     /// Streams the lines of one report to `f`, so a million-row report is never in memory.
     pub fn each_report_line(&self, metadata_file_id: i64, mut f: impl FnMut(ReportLine)) -> Result<()> {
-        let conn = self.lock();
+        let conn = self.read()?;
         let (status, reason): (String, Option<String>) = conn
             .prepare_cached("SELECT status, reason FROM metadata_files WHERE id = ?1")?
             .query_row([metadata_file_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -188,7 +189,7 @@ impl Catalog {
 
     /// Tenants whose orphans.csv must be rewritten, with their change counter.
     pub fn stale_orphan_reports(&self) -> Result<Vec<(String, i64)>> {
-        let conn = self.lock();
+        let conn = self.read()?;
         let mut stmt =
             conn.prepare_cached("SELECT tenant, orphans_stale FROM tenant_reports WHERE orphans_stale > 0")?;
         let rows = stmt
@@ -198,7 +199,7 @@ impl Catalog {
     }
 
     pub fn orphan_lines(&self, tenant: &str) -> Result<Vec<OrphanLine>> {
-        let conn = self.lock();
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT rel_path, size, arrived_at, orphan_since FROM files
              WHERE tenant = ?1 AND state = 'present' AND orphan_since IS NOT NULL ORDER BY rel_path",
@@ -230,7 +231,7 @@ impl Catalog {
         state: Option<ConvState>,
         limit: usize,
     ) -> Result<Vec<ConversationView>> {
-        let conn = self.lock();
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {VIEW_COLUMNS} FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
              WHERE (?1 IS NULL OR c.tenant = ?1) AND (?2 IS NULL OR c.state = ?2)
@@ -248,7 +249,7 @@ impl Catalog {
     pub fn status(&self, tenant: Option<&str>) -> Result<StatusView> {
         let mut view = StatusView::default();
         {
-            let conn = self.lock();
+            let conn = self.read()?;
             let mut stmt = conn.prepare_cached(
                 "SELECT tenant, state, count(*) FROM conversations WHERE (?1 IS NULL OR tenant = ?1) GROUP BY tenant, state",
             )?;

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::catalog::{Catalog, Forwarded, Work, ms, now_ms};
@@ -21,6 +20,7 @@ use crate::config::SinkConfig;
 use crate::dropbox::{DropRoot, RelPath};
 use crate::housekeeping::Archiver;
 use crate::tenant::TenantId;
+use crate::worker::{Worker, WorkerError, WorkerState};
 use layout::RecordingEntry;
 
 /// Whether retrying can help.
@@ -152,54 +152,48 @@ pub struct Forwarder {
     /// Woken when work may be due.
     pub wake: Arc<Notify>,
     pub reports: Arc<Notify>,
-    /// Where workers show the watchdog they are alive.
-    pub liveness: Arc<crate::ops::Liveness>,
+}
+
+/// One forward worker: claims a few due conversations, forwards them, repeats; idle until woken
+/// or the next attempt is due.
+pub struct ForwardWorker {
+    pub index: u32,
+    pub forwarder: Arc<Forwarder>,
+}
+
+impl Worker for ForwardWorker {
+    fn name(&self) -> String {
+        format!("forwarder {}", self.index)
+    }
+
+    async fn work(&mut self) -> Result<WorkerState, WorkerError> {
+        let batch = self.forwarder.catalog.run(|c| c.claim(now_ms(), CLAIM_BATCH)).await?;
+        if batch.is_empty() {
+            return Ok(WorkerState::Idle);
+        }
+        // There was work: let another worker look for more, so parallelism builds up.
+        self.forwarder.wake.notify_one();
+        // Claimed conversations are finished even during shutdown: they are short, and if
+        // the process dies anyway, the catalog replays them.
+        for work in batch {
+            self.forwarder.forward_one(work).await;
+        }
+        Ok(WorkerState::Busy)
+    }
+
+    async fn wait_for_work(&mut self) {
+        let wait = match self.forwarder.catalog.run(|c| c.next_due()).await {
+            Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(10, 5000) as u64),
+            _ => Duration::from_secs(5),
+        };
+        tokio::select! {
+            _ = self.forwarder.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 impl Forwarder {
-    /// One worker: claim, forward, repeat; sleep until woken or the next attempt is due.
-    pub async fn run_worker(self: Arc<Self>, index: u32, cancel: CancellationToken) {
-        let name = format!("forwarder {index}");
-        loop {
-            if cancel.is_cancelled() {
-                return;
-            }
-            self.liveness.idle(&name);
-            let claimed = self.catalog.run(|c| c.claim(now_ms(), CLAIM_BATCH)).await;
-            let batch = match claimed {
-                Ok(w) if !w.is_empty() => w,
-                Ok(_) => {
-                    let wait = match self.catalog.run(|c| c.next_due()).await {
-                        Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(10, 5000) as u64),
-                        _ => Duration::from_secs(5),
-                    };
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot claim work");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                    continue;
-                }
-            };
-            // There was work: let another worker look for more, so parallelism builds up.
-            self.wake.notify_one();
-            // Claimed conversations are finished even during shutdown: they are short, and if
-            // the process dies anyway, the catalog replays them.
-            for work in batch {
-                self.liveness.busy(&name);
-                self.forward_one(work).await;
-            }
-        }
-    }
-
     async fn forward_one(&self, work: Work) {
         // Instrumented, not entered: an entered span does not follow a future across awaits.
         let span = tracing::info_span!("forward", tenant = %work.tenant, conversation = %work.conversation_id, attempt = work.attempts);

@@ -27,19 +27,16 @@ pub struct Arrived {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngressEvent {
     Arrived(Arrived),
-    /// Events may have been lost (watch queue overflow): reconcile every drop folder.
-    Rescan,
+    /// Events may have been lost: reconcile this tenant's drop folder (`None`: every tenant's,
+    /// after the watch queue overflowed).
+    Rescan {
+        tenant: Option<TenantId>,
+    },
     /// A folder appeared in a drop folder. Files written into it before the watch on it was in
     /// place sent no event; they are looked for, and count as arrived once they stop changing.
     FolderCreated {
         tenant: TenantId,
         rel: RelPath,
-    },
-    /// A file found without an event, to be checked again: it arrives if still `size`/`mtime_ns`.
-    Settling {
-        arrived: Arrived,
-        size: u64,
-        mtime_ns: i64,
     },
 }
 

@@ -30,13 +30,13 @@ pub fn start(drop: DropRoot, tx: mpsc::Sender<IngressEvent>) -> Result<DropWatch
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "file watch error; rescanning drop folders");
-                let _ = tx.blocking_send(IngressEvent::Rescan);
+                let _ = tx.blocking_send(IngressEvent::Rescan { tenant: None });
                 return;
             }
         };
         if event.need_rescan() {
             tracing::warn!("file watch queue overflowed; rescanning drop folders");
-            let _ = tx.blocking_send(IngressEvent::Rescan);
+            let _ = tx.blocking_send(IngressEvent::Rescan { tenant: None });
             return;
         }
         if let (EventKind::Create(CreateKind::Folder), Some(path)) = (event.kind, event.paths.first()) {
@@ -65,9 +65,11 @@ pub fn start(drop: DropRoot, tx: mpsc::Sender<IngressEvent>) -> Result<DropWatch
             _ => None,
         };
         let Some(path) = path else { return };
-        // A folder moved in brings files no event will name: reconcile.
+        // A folder moved in brings files no event will name: reconcile that tenant's folder.
         if path.is_dir() {
-            let _ = tx.blocking_send(IngressEvent::Rescan);
+            if let Some(tenant) = drop.tenant_of(path) {
+                let _ = tx.blocking_send(IngressEvent::Rescan { tenant: Some(tenant) });
+            }
             return;
         }
         if let Some((tenant, rel)) = drop.locate(path) {

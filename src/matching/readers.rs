@@ -5,7 +5,9 @@
 //! goes on; a problem with the file as a whole (not UTF-8, no header, broken JSON) ends reading
 //! with [`ReadError::File`].
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read};
+use std::rc::Rc;
 
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 
@@ -63,17 +65,74 @@ pub fn clean_column_name(name: &str) -> String {
     name.trim_start_matches('\u{feff}').trim().to_owned()
 }
 
-/// Reads every row of `input` as `format`, calling `on_row` for each.
+/// Bytes read since the last row began, shared between a [`Limited`] reader and its parser,
+/// which resets it at each row. Parsers read ahead (a buffer's worth), so the limit is exact
+/// to within that buffer.
+#[derive(Clone)]
+struct RowBudget {
+    used: Rc<Cell<u64>>,
+    limit: u64,
+}
+
+impl RowBudget {
+    fn new(limit: u64) -> Self {
+        RowBudget {
+            used: Rc::new(Cell::new(0)),
+            limit,
+        }
+    }
+    fn next_row(&self) {
+        self.used.set(0);
+    }
+    fn exceeded(&self) -> bool {
+        self.used.get() > self.limit
+    }
+    /// The reason a file whose row `row` passed the limit is rejected.
+    fn reason(&self, row: u64) -> String {
+        format!(
+            "row {row} is longer than {} (matching.max_field_bytes); the file was not read",
+            bytesize::ByteSize::b(self.limit)
+        )
+    }
+}
+
+/// A reader that fails once the current row has taken more than its budget, so that a
+/// gigabyte-long line or field costs a bounded amount of memory and time.
+struct Limited<R> {
+    inner: R,
+    budget: RowBudget,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.budget.exceeded() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "row too long"));
+        }
+        let room = (self.budget.limit.saturating_add(1) - self.budget.used.get()).min(buf.len() as u64) as usize;
+        let n = self.inner.read(&mut buf[..room])?;
+        self.budget.used.set(self.budget.used.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Reads every row of `input` as `format`, calling `on_row` for each. A row (a line, a JSON
+/// element) longer than `max_row_bytes` rejects the whole file with one reason.
 pub fn read_rows<R: Read, E>(
     format: MetadataFormat,
     input: R,
+    max_row_bytes: u64,
     mut on_row: impl FnMut(RowRead) -> Result<(), E>,
 ) -> Result<(), ReadError<E>> {
+    let budget = RowBudget::new(max_row_bytes);
+    let input = Limited {
+        inner: input,
+        budget: budget.clone(),
+    };
     match format {
-        MetadataFormat::Csv => read_delimited(b',', true, input, &mut on_row),
-        MetadataFormat::Tsv => read_delimited(b'\t', false, input, &mut on_row),
-        MetadataFormat::JsonArray => read_json_array(input, &mut on_row),
-        MetadataFormat::JsonLines => read_json_lines(input, &mut on_row),
+        MetadataFormat::Csv => read_delimited(b',', true, input, &budget, &mut on_row),
+        MetadataFormat::Tsv => read_delimited(b'\t', false, input, &budget, &mut on_row),
+        MetadataFormat::JsonArray => read_json_array(input, &budget, &mut on_row),
+        MetadataFormat::JsonLines => read_json_lines(input, &budget, &mut on_row),
     }
 }
 
@@ -81,6 +140,7 @@ fn read_delimited<R: Read, E>(
     delimiter: u8,
     quoting: bool,
     input: R,
+    budget: &RowBudget,
     on_row: &mut impl FnMut(RowRead) -> Result<(), E>,
 ) -> Result<(), ReadError<E>> {
     let mut reader = csv::ReaderBuilder::new()
@@ -90,21 +150,32 @@ fn read_delimited<R: Read, E>(
         .flexible(true)
         .from_reader(input);
     let mut record = csv::StringRecord::new();
+    let file_error = |e: &csv::Error, row: u64| {
+        ReadError::File(if budget.exceeded() {
+            budget.reason(row)
+        } else {
+            csv_error_reason(e)
+        })
+    };
     let header: Vec<String> = match reader.read_record(&mut record) {
         Ok(true) => record.iter().map(clean_column_name).collect(),
         Ok(false) => return Err(ReadError::File("the file is empty: expected a header row".into())),
-        Err(e) => return Err(ReadError::File(csv_error_reason(&e))),
+        Err(e) => return Err(file_error(&e, 1)),
     };
     if header.iter().all(|h| h.is_empty()) {
         return Err(ReadError::File("the header row is empty".into()));
     }
-    for (i, name) in header.iter().enumerate() {
-        if !name.is_empty() && header[..i].contains(name) {
-            return Err(ReadError::File(format!("column {name:?} appears twice in the header")));
-        }
+    // A set, not a scan per column: a header of 150,000 columns takes milliseconds.
+    let mut seen = std::collections::HashSet::with_capacity(header.len());
+    if let Some(name) = header
+        .iter()
+        .find(|name| !name.is_empty() && !seen.insert(name.as_str()))
+    {
+        return Err(ReadError::File(format!("column {name:?} appears twice in the header")));
     }
     let mut row = 1u64;
     loop {
+        budget.next_row();
         match reader.read_record(&mut record) {
             Ok(false) => return Ok(()),
             Ok(true) => {
@@ -124,7 +195,7 @@ fn read_delimited<R: Read, E>(
                 };
                 on_row(RowRead { row, record: result }).map_err(ReadError::Callback)?;
             }
-            Err(e) => return Err(ReadError::File(csv_error_reason(&e))),
+            Err(e) => return Err(file_error(&e, row + 1)),
         }
     }
 }
@@ -181,16 +252,19 @@ fn skip_bom<R: BufRead>(r: &mut R) -> std::io::Result<()> {
 
 fn read_json_array<R: Read, E>(
     input: R,
+    budget: &RowBudget,
     on_row: &mut impl FnMut(RowRead) -> Result<(), E>,
 ) -> Result<(), ReadError<E>> {
     let mut input = BufReader::with_capacity(64 * 1024, input);
     skip_bom(&mut input).map_err(|e| ReadError::File(format!("cannot be read: {e}")))?;
     let mut callback_error = None;
     let mut de = serde_json::Deserializer::from_reader(input);
+    let rows = Cell::new(0);
     let seed = ArraySeed {
         on_row,
         callback_error: &mut callback_error,
-        rows: 0,
+        rows: &rows,
+        budget,
     };
     let outcome = seed.deserialize(&mut de).and_then(|rows| de.end().map(|_| rows));
     if let Some(e) = callback_error {
@@ -201,6 +275,7 @@ fn read_json_array<R: Read, E>(
             "the JSON array is empty: no conversations in it".into(),
         )),
         Ok(_) => Ok(()),
+        Err(_) if budget.exceeded() => Err(ReadError::File(budget.reason(rows.get() + 1))),
         Err(e) if e.is_data() && e.line() == 1 && e.column() <= 1 => Err(ReadError::File(
             "is not a JSON array of objects (name JSON Lines files .jsonl)".into(),
         )),
@@ -222,7 +297,8 @@ fn json_error_reason(e: &serde_json::Error) -> String {
 struct ArraySeed<'a, F, E> {
     on_row: &'a mut F,
     callback_error: &'a mut Option<E>,
-    rows: u64,
+    rows: &'a Cell<u64>,
+    budget: &'a RowBudget,
 }
 
 impl<'de, F, E> DeserializeSeed<'de> for ArraySeed<'_, F, E>
@@ -243,23 +319,26 @@ where
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON array of objects")
     }
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<u64, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        self.budget.next_row();
         while let Some(value) = seq.next_element::<serde_json::Value>()? {
-            self.rows += 1;
+            self.budget.next_row();
+            self.rows.set(self.rows.get() + 1);
             if let Err(e) = (self.on_row)(RowRead {
-                row: self.rows,
+                row: self.rows.get(),
                 record: object_to_record(value),
             }) {
                 *self.callback_error = Some(e);
                 return Err(serde::de::Error::custom("stopped"));
             }
         }
-        Ok(self.rows)
+        Ok(self.rows.get())
     }
 }
 
 fn read_json_lines<R: Read, E>(
     input: R,
+    budget: &RowBudget,
     on_row: &mut impl FnMut(RowRead) -> Result<(), E>,
 ) -> Result<(), ReadError<E>> {
     let mut input = BufReader::with_capacity(64 * 1024, input);
@@ -269,9 +348,14 @@ fn read_json_lines<R: Read, E>(
     let mut rows = 0u64;
     loop {
         line.clear();
-        let n = input
-            .read_until(b'\n', &mut line)
-            .map_err(|e| ReadError::File(format!("cannot be read: {e}")))?;
+        budget.next_row();
+        let n = input.read_until(b'\n', &mut line).map_err(|e| {
+            ReadError::File(if budget.exceeded() {
+                budget.reason(row + 1)
+            } else {
+                format!("cannot be read: {e}")
+            })
+        })?;
         if n == 0 {
             break;
         }
@@ -300,7 +384,7 @@ mod tests {
 
     fn collect(format: MetadataFormat, bytes: &[u8]) -> Result<Rows, String> {
         let mut out = Vec::new();
-        read_rows::<_, ()>(format, bytes, |r| {
+        read_rows::<_, ()>(format, bytes, 1 << 20, |r| {
             out.push((r.row, r.record));
             Ok(())
         })
@@ -427,10 +511,64 @@ mod tests {
             }
         }
         let mut seen = 0;
-        let r = read_rows(MetadataFormat::JsonArray, Endless(0), |_| {
+        let r = read_rows(MetadataFormat::JsonArray, Endless(0), u64::MAX, |_| {
             seen += 1;
             if seen == 1000 { Err("enough") } else { Ok(()) }
         });
         assert!(matches!(r, Err(ReadError::Callback("enough"))));
+    }
+
+    #[test]
+    fn a_row_over_the_limit_rejects_the_file_with_one_reason() {
+        let long = "x".repeat(5000);
+        for (format, text) in [
+            (MetadataFormat::Csv, format!("a,b\n1,2\n3,{long}\n")),
+            (
+                MetadataFormat::JsonLines,
+                format!("{{\"a\":1}}\n{{\"a\":\"{long}\"}}\n"),
+            ),
+            (
+                MetadataFormat::JsonArray,
+                format!("[{{\"a\":1}},\n{{\"a\":\"{long}\"}}]"),
+            ),
+        ] {
+            let mut seen = 0;
+            let r = read_rows::<_, ()>(format, text.as_bytes(), 1024, |_| {
+                seen += 1;
+                Ok(())
+            });
+            match r {
+                Err(ReadError::File(reason)) => {
+                    assert!(
+                        reason.contains("longer than 1.0 KiB (matching.max_field_bytes)"),
+                        "{format:?}: {reason}"
+                    )
+                }
+                _ => panic!("{format:?} read past its limit"),
+            }
+            assert!(seen <= 1, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn a_wide_header_is_checked_in_linear_time() {
+        let columns: Vec<String> = (0..150_000).map(|i| format!("c{i}")).collect();
+        let mut text = columns.join(",");
+        text.push('\n');
+        text.push_str(&vec!["v"; 150_000].join(","));
+        text.push('\n');
+        let mut rows = 0;
+        read_rows::<_, ()>(MetadataFormat::Csv, text.as_bytes(), 4 << 20, |r| {
+            assert_eq!(r.record.unwrap().len(), 150_000);
+            rows += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(rows, 1);
+        let dup = format!("{},c7\n{}\n", columns.join(","), vec!["v"; 150_001].join(","));
+        match read_rows::<_, ()>(MetadataFormat::Csv, dup.as_bytes(), 4 << 20, |_| Ok(())) {
+            Err(ReadError::File(reason)) => assert_eq!(reason, "column \"c7\" appears twice in the header"),
+            _ => panic!("duplicate column not found"),
+        }
     }
 }

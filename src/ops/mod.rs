@@ -49,6 +49,10 @@ impl Liveness {
     pub fn busy(&self, who: &str) {
         self.set(who, true);
     }
+    /// The loop has ended (a poller stopped by a reload): it is no longer watched.
+    pub fn forget(&self, who: &str) {
+        self.beats.lock().unwrap_or_else(|p| p.into_inner()).remove(who);
+    }
     /// Every loop ticked recently enough; otherwise the name of one that did not.
     pub fn check(&self) -> Result<(), String> {
         let beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());

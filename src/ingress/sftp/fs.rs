@@ -306,7 +306,8 @@ impl TenantFs {
         if existing && exclusive {
             return Err(FsError::new(StatusCode::Failure, format!("{v}: already exists")));
         }
-        let tmp = parent.join(format!("{UPLOAD_PREFIX}{:016x}-{}", fastrand::u64(..), v.name()));
+        // A fixed-length name, so that an upload of a 255-byte name has a temp name too.
+        let tmp = parent.join(format!("{UPLOAD_PREFIX}{:016x}", fastrand::u64(..)));
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -1,0 +1,263 @@
+//! Intake work items: every arrival, settling file and rescan is recorded here before it is
+//! processed, and removed only once it has been (SPEC §8 "one failure stays one failure").
+//!
+//! # Crash ordering
+//! Queue changes are committed without an fsync of their own ([`Catalog::light`]): losing one
+//! to a power cut only loses a hint, because the start-up scan of every drop folder finds the
+//! file again, and processing an item twice is a no-op (a file already recorded with the same
+//! size and mtime is a duplicate). The durable records that matter (files, rows,
+//! conversations) keep their own full commits.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Catalog, Result, Via};
+
+/// What an intake work item asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntakeKind {
+    /// A file whose writer is done: record it and follow it up.
+    File,
+    /// A file found without an event: it arrives once its size and mtime stop changing.
+    Settle,
+    /// Reconcile a tenant's folder (or one sub-folder) with the catalog.
+    Scan,
+}
+
+impl IntakeKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            IntakeKind::File => "file",
+            IntakeKind::Settle => "settle",
+            IntakeKind::Scan => "scan",
+        }
+    }
+    fn parse(s: &str) -> IntakeKind {
+        match s {
+            "settle" => IntakeKind::Settle,
+            "scan" => IntakeKind::Scan,
+            _ => IntakeKind::File,
+        }
+    }
+}
+
+/// A work item to record.
+#[derive(Debug, Clone)]
+pub struct NewIntake {
+    pub tenant: String,
+    pub kind: IntakeKind,
+    /// Inside the tenant's folder; "" for a scan of all of it.
+    pub rel_path: String,
+    pub via: Via,
+    /// Parsed or unpacked (metadata, zips) or a scan: taken alone, one per tenant at a time.
+    pub heavy: bool,
+    /// For `Settle`: the size and mtime last seen. For `File`: what `sha256` belongs to.
+    pub size: Option<u64>,
+    pub mtime_ns: Option<i64>,
+    pub sha256: Option<String>,
+    pub due: i64,
+}
+
+impl NewIntake {
+    /// A scan of a tenant's folder ("") or of one sub-folder.
+    pub fn scan(tenant: &str, rel_path: String, due: i64) -> NewIntake {
+        NewIntake {
+            tenant: tenant.to_owned(),
+            kind: IntakeKind::Scan,
+            rel_path,
+            via: Via::Local,
+            heavy: true,
+            size: None,
+            mtime_ns: None,
+            sha256: None,
+            due,
+        }
+    }
+}
+
+/// A work item taken by an intake lane.
+#[derive(Debug, Clone)]
+pub struct IntakeItem {
+    pub id: i64,
+    /// Compared when the item is finished: a new event meanwhile keeps the item queued.
+    pub version: i64,
+    pub tenant: String,
+    pub kind: IntakeKind,
+    pub rel_path: String,
+    pub via: Via,
+    pub size: Option<u64>,
+    pub mtime_ns: Option<i64>,
+    pub sha256: Option<String>,
+    pub attempts: i64,
+}
+
+/// How processing an item ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntakeOutcome {
+    Done,
+    /// Failed: tried again at `at` (unix ms), with the error kept for `status`.
+    Retry {
+        error: String,
+        at: i64,
+    },
+    /// Still changing: checked again at `at` against this size and mtime.
+    Settling {
+        size: u64,
+        mtime_ns: i64,
+        at: i64,
+    },
+}
+
+/// Work waiting per tenant, for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IntakeBacklog {
+    pub queued: i64,
+    /// Items that failed at least once and wait for their retry.
+    pub retrying: i64,
+    pub last_error: Option<String>,
+}
+
+impl Catalog {
+    /// Records work items. A new event for an item already queued makes it due at once and
+    /// bumps its version (so a lane processing the older event leaves it queued).
+    pub fn enqueue_intake(&self, items: &[NewIntake], now: i64) -> Result<()> {
+        self.light(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO intake_queue (tenant, kind, rel_path, via, heavy, size, mtime_ns, sha256, enqueued_at, next_attempt_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (tenant, kind, rel_path) DO UPDATE SET
+                    via = CASE WHEN excluded.via = 'local' THEN via ELSE excluded.via END,
+                    size = coalesce(excluded.size, size),
+                    mtime_ns = coalesce(excluded.mtime_ns, mtime_ns),
+                    sha256 = CASE WHEN excluded.size IS NOT NULL THEN excluded.sha256 ELSE sha256 END,
+                    version = version + 1,
+                    next_attempt_at = min(next_attempt_at, excluded.next_attempt_at)",
+            )?;
+            for i in items {
+                stmt.execute(params![
+                    i.tenant,
+                    i.kind.as_str(),
+                    i.rel_path,
+                    i.via.as_str(),
+                    i.heavy,
+                    i.size.map(|s| s as i64),
+                    i.mtime_ns,
+                    i.sha256,
+                    now,
+                    i.due
+                ])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Tenants with work due now, in id order.
+    pub fn intake_tenants_due(&self, now: i64) -> Result<Vec<String>> {
+        let conn = self.read()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT DISTINCT tenant FROM intake_queue WHERE next_attempt_at <= ?1 ORDER BY tenant")?;
+        let rows = stmt.query_map([now], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// When the next intake item falls due, if any is queued.
+    pub fn next_intake_due(&self) -> Result<Option<i64>> {
+        let conn = self.read()?;
+        Ok(conn
+            .prepare_cached("SELECT min(next_attempt_at) FROM intake_queue")?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    /// Takes one unit of a tenant's due work: a scan or a heavy item alone, or up to `limit`
+    /// light items. Scans come first, then light items (recordings before the metadata that
+    /// names them is the fast path), then heavy ones, each in due order.
+    pub fn claim_intake(&self, tenant: &str, now: i64, limit: usize) -> Result<Vec<IntakeItem>> {
+        let conn = self.read()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, version, kind, rel_path, via, size, mtime_ns, sha256, attempts, heavy FROM intake_queue
+             WHERE tenant = ?1 AND next_attempt_at <= ?2
+             ORDER BY kind != 'scan', heavy, next_attempt_at, id LIMIT ?3",
+        )?;
+        let mut out = Vec::new();
+        let rows = stmt.query_map(params![tenant, now, limit as i64], |r| {
+            Ok((
+                IntakeItem {
+                    id: r.get(0)?,
+                    version: r.get(1)?,
+                    tenant: tenant.to_owned(),
+                    kind: IntakeKind::parse(&r.get::<_, String>(2)?),
+                    rel_path: r.get(3)?,
+                    via: Via::parse(&r.get::<_, String>(4)?),
+                    size: r.get::<_, Option<i64>>(5)?.map(|s| s as u64),
+                    mtime_ns: r.get(6)?,
+                    sha256: r.get(7)?,
+                    attempts: r.get(8)?,
+                },
+                r.get::<_, bool>(9)?,
+            ))
+        })?;
+        for row in rows {
+            let (item, heavy) = row?;
+            let alone = heavy || item.kind == IntakeKind::Scan;
+            if alone && !out.is_empty() {
+                break;
+            }
+            out.push(item);
+            if alone {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records how the items of one unit ended: done ones leave the queue (unless a newer
+    /// event came meanwhile), failed ones wait for their retry.
+    pub fn finish_intake(&self, outcomes: &[(IntakeItem, IntakeOutcome)]) -> Result<()> {
+        self.light(|tx| {
+            for (item, outcome) in outcomes {
+                match outcome {
+                    IntakeOutcome::Done => {
+                        tx.prepare_cached("DELETE FROM intake_queue WHERE id = ?1 AND version = ?2")?
+                            .execute(params![item.id, item.version])?;
+                    }
+                    IntakeOutcome::Retry { error, at } => {
+                        tx.prepare_cached(
+                            "UPDATE intake_queue SET attempts = attempts + 1, last_error = ?2,
+                                next_attempt_at = CASE WHEN version = ?4 THEN ?3 ELSE next_attempt_at END
+                             WHERE id = ?1",
+                        )?
+                        .execute(params![item.id, error, at, item.version])?;
+                    }
+                    IntakeOutcome::Settling { size, mtime_ns, at } => {
+                        tx.prepare_cached(
+                            "UPDATE intake_queue SET size = ?2, mtime_ns = ?3, next_attempt_at = ?4 WHERE id = ?1 AND version = ?5",
+                        )?
+                        .execute(params![item.id, *size as i64, mtime_ns, at, item.version])?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Queued intake work per tenant.
+    pub fn intake_backlog(&self, tenant: &str) -> Result<IntakeBacklog> {
+        let conn = self.read()?;
+        let (queued, retrying): (i64, i64) = conn
+            .prepare_cached(
+                "SELECT count(*), count(*) FILTER (WHERE attempts > 0) FROM intake_queue WHERE tenant = ?1",
+            )?
+            .query_row([tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let last_error = conn
+            .prepare_cached(
+                "SELECT rel_path || ': ' || last_error FROM intake_queue WHERE tenant = ?1 AND attempts > 0
+                 ORDER BY next_attempt_at DESC LIMIT 1",
+            )?
+            .query_row([tenant], |r| r.get(0))
+            .optional()?;
+        Ok(IntakeBacklog {
+            queued,
+            retrying,
+            last_error,
+        })
+    }
+}

@@ -1,0 +1,234 @@
+//! Fair intake: ingress events become durable work items ([`Recorder`]), and a bounded pool of
+//! lanes ([`Lane`]) takes them one tenant at a time, round-robin across the tenants with work
+//! due. A tenant never holds more than one lane, so whatever it sends (a 3 GiB zip, a
+//! million-row CSV, 5,000 files at once) delays that tenant only while other lanes serve the
+//! rest. Which items are due, and their retries, live in the catalog; the scheduler only
+//! remembers whose turn it is and which tenants are in a lane.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+
+use super::Intake;
+use crate::catalog::{Catalog, CatalogError, IntakeItem, NewIntake, now_ms};
+use crate::ingress::{Arrived, IngressEvent};
+use crate::worker::{Worker, WorkerError, WorkerState};
+
+/// Light items (recordings, unknown files) one lane takes in one unit: one commit records them.
+const LIGHT_PER_UNIT: usize = 256;
+
+/// Events recorded in one transaction at most.
+const EVENTS_PER_COMMIT: usize = 1024;
+
+/// Whose turn it is, and which tenants are in a lane.
+#[derive(Default)]
+pub struct Scheduler {
+    state: Mutex<Turns>,
+}
+
+#[derive(Default)]
+struct Turns {
+    in_lane: HashSet<String>,
+    last: Option<String>,
+}
+
+/// A tenant held by a lane; released when dropped, whatever happened.
+pub struct TenantSlot<'a> {
+    scheduler: &'a Scheduler,
+    tenant: String,
+}
+
+impl Drop for TenantSlot<'_> {
+    fn drop(&mut self) {
+        self.scheduler.turns().in_lane.remove(&self.tenant);
+    }
+}
+
+impl Scheduler {
+    fn turns(&self) -> std::sync::MutexGuard<'_, Turns> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next tenant after the last one served, among those with work due and not in a lane.
+    fn next_tenant(&self, due: &[String]) -> Option<TenantSlot<'_>> {
+        let mut turns = self.turns();
+        let free: Vec<&String> = due.iter().filter(|t| !turns.in_lane.contains(*t)).collect();
+        let after_last = free.iter().find(|t| turns.last.as_ref().is_none_or(|last| **t > last));
+        let tenant = (*after_last.or(free.first())?).clone();
+        turns.in_lane.insert(tenant.clone());
+        turns.last = Some(tenant.clone());
+        Some(TenantSlot {
+            scheduler: self,
+            tenant,
+        })
+    }
+
+    /// Takes the next unit of work: a tenant in its turn, and its due items.
+    pub fn claim(
+        &self,
+        catalog: &Catalog,
+        now: i64,
+    ) -> Result<Option<(TenantSlot<'_>, Vec<IntakeItem>)>, CatalogError> {
+        let due = catalog.intake_tenants_due(now)?;
+        let Some(slot) = self.next_tenant(&due) else {
+            return Ok(None);
+        };
+        let items = catalog.claim_intake(&slot.tenant, now, LIGHT_PER_UNIT)?;
+        Ok((!items.is_empty()).then_some((slot, items)))
+    }
+}
+
+/// One intake lane: takes a unit of work, processes it off the runtime, records how each item
+/// ended.
+pub struct Lane {
+    pub index: usize,
+    pub intake: Intake,
+    pub scheduler: Arc<Scheduler>,
+    /// Woken when work items were recorded.
+    pub wake: Arc<Notify>,
+}
+
+impl Worker for Lane {
+    fn name(&self) -> String {
+        format!("intake lane {}", self.index)
+    }
+
+    async fn work(&mut self) -> Result<WorkerState, WorkerError> {
+        let (intake, scheduler, wake) = (self.intake.clone(), self.scheduler.clone(), self.wake.clone());
+        let worked = tokio::task::spawn_blocking(move || -> Result<bool, CatalogError> {
+            let Some((_slot, items)) = scheduler.claim(&intake.catalog, now_ms())? else {
+                return Ok(false);
+            };
+            // There was work: another lane may find more (another tenant's).
+            wake.notify_one();
+            let outcomes = intake.process(items);
+            intake.catalog.finish_intake(&outcomes)?;
+            Ok(true)
+        })
+        .await??;
+        Ok(if worked { WorkerState::Busy } else { WorkerState::Idle })
+    }
+
+    async fn wait_for_work(&mut self) {
+        let catalog = self.intake.catalog.clone();
+        let wait = match catalog.run(|c| c.next_intake_due()).await {
+            Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(10, 5000) as u64),
+            _ => Duration::from_secs(5),
+        };
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Turns ingress events into work items. Events it could not record yet (the catalog is busy,
+/// the disk full) stay in memory and are tried again; the channel in front of it holds the
+/// ingresses back meanwhile.
+pub struct Recorder {
+    pub rx: mpsc::Receiver<IngressEvent>,
+    pub intake: Intake,
+    pub wake: Arc<Notify>,
+    pending: Vec<NewIntake>,
+    closed: bool,
+}
+
+impl Recorder {
+    pub fn new(rx: mpsc::Receiver<IngressEvent>, intake: Intake, wake: Arc<Notify>) -> Self {
+        Recorder {
+            rx,
+            intake,
+            wake,
+            pending: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// The work items an event asks for.
+    fn items_for(&self, event: IngressEvent, now: i64) -> Vec<NewIntake> {
+        let scan = |tenant: &str, rel_path: String| NewIntake::scan(tenant, rel_path, now);
+        match event {
+            IngressEvent::Arrived(Arrived { tenant, rel, via }) => {
+                let mut item = self.intake.file_item(&tenant, &rel, via, now);
+                // What our own ingress knows of the file: how it came, and maybe its digest.
+                if let Some(hint) = self.intake.hints.take(&self.intake.drop.path_of(&tenant, &rel)) {
+                    item.via = hint.via;
+                    if let Some(d) = hint.digest {
+                        item.size = Some(d.size);
+                        item.mtime_ns = Some(d.mtime_ns);
+                        item.sha256 = Some(hex::encode(d.sha256));
+                    }
+                }
+                vec![item]
+            }
+            IngressEvent::Rescan { tenant: Some(t) } => vec![scan(t.as_str(), String::new())],
+            IngressEvent::Rescan { tenant: None } => {
+                let config = self.intake.config.get();
+                config
+                    .tenants
+                    .iter()
+                    .map(|t| scan(t.id.as_str(), String::new()))
+                    .collect()
+            }
+            IngressEvent::FolderCreated { tenant, rel } => vec![scan(tenant.as_str(), rel.as_str().to_owned())],
+        }
+    }
+
+    fn take(&mut self, event: IngressEvent) {
+        let items = self.items_for(event, now_ms());
+        self.pending.extend(items);
+    }
+}
+
+impl Worker for Recorder {
+    fn name(&self) -> String {
+        "intake recorder".into()
+    }
+
+    async fn work(&mut self) -> Result<WorkerState, WorkerError> {
+        while self.pending.len() < EVENTS_PER_COMMIT {
+            match self.rx.try_recv() {
+                Ok(event) => self.take(event),
+                Err(_) => break,
+            }
+        }
+        if self.pending.is_empty() {
+            return Ok(if self.closed {
+                WorkerState::Done
+            } else {
+                WorkerState::Idle
+            });
+        }
+        let items = self.pending.clone();
+        self.intake
+            .catalog
+            .run(move |c| c.enqueue_intake(&items, now_ms()))
+            .await?;
+        self.pending.clear();
+        self.wake.notify_one();
+        Ok(WorkerState::Busy)
+    }
+
+    async fn wait_for_work(&mut self) {
+        match self.rx.recv().await {
+            Some(event) => self.take(event),
+            None => self.closed = true,
+        }
+    }
+
+    fn backoff(&self) -> (Duration, Duration) {
+        (Duration::from_millis(100), Duration::from_secs(10))
+    }
+}
+
+/// The scans that start-up asks for: every tenant's folder, as ordinary work.
+pub fn startup_scans(catalog: &Catalog, tenants: &[crate::tenant::Tenant]) -> Result<(), CatalogError> {
+    let now = now_ms();
+    let items: Vec<NewIntake> = tenants
+        .iter()
+        .map(|t| NewIntake::scan(t.id.as_str(), String::new(), now))
+        .collect();
+    catalog.enqueue_intake(&items, now)
+}

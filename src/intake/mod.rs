@@ -1,0 +1,507 @@
+//! Intake: the stage between the ingresses and the catalog.
+//!
+//! Ingress events become durable work items first ([`lanes::Recorder`]); intake lanes
+//! ([`lanes::Lane`]) take them a tenant at a time, in turn, so that one tenant's 3 GiB zip or
+//! million-row CSV holds up only that tenant. Processing a unit of work ([`Intake::process`]):
+//! recordings are hashed (unless their ingress hashed them while writing) and recorded, zip
+//! batches unpacked into new work items, metadata files streamed through the matcher into the
+//! catalog in chunks; rescans reconcile a tenant's folder with the catalog ([`scan`]). A unit
+//! that fails is retried with backoff; the items around it go on.
+
+pub mod lanes;
+mod scan;
+
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::catalog::{
+    Catalog, CatalogError, IntakeItem, IntakeKind, IntakeOutcome, NewFile, NewIntake, PendingParse, Registered,
+    RowInput, Via, ms, now_ms,
+};
+use crate::config::LiveConfig;
+use crate::dropbox::{self, DropRoot, FileKind, RelPath, ZipLimits};
+use crate::housekeeping::Archiver;
+use crate::ingress::ViaHints;
+use crate::matching::{self, MetadataFormat, ReadError, RowContext, RowVerdict};
+use crate::tenant::{Tenant, TenantId};
+
+/// Rows committed per transaction while parsing a metadata file.
+const ROWS_PER_CHUNK: usize = 2000;
+
+/// How long a file found without an event must stay unchanged before it counts as arrived.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// A failed work item is tried again after this long, doubling up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An arrival checked and read, ready to be recorded.
+struct Prepared {
+    tenant: TenantId,
+    rel: RelPath,
+    via: Via,
+    kind: FileKind,
+    size: u64,
+    mtime_ns: i64,
+    sha256: Option<String>,
+}
+
+/// What checking an arrival found.
+enum Check {
+    /// New or changed: to be recorded.
+    New(Prepared),
+    /// Recorded already with this size and mtime.
+    Unchanged(RelPath),
+    /// Gone, or not a regular file inside the drop folder: nothing to record.
+    Skip,
+}
+
+/// Shared by the intake lanes; all methods block (run them off the runtime).
+#[derive(Clone)]
+pub struct Intake {
+    pub catalog: Catalog,
+    pub drop: DropRoot,
+    /// The configuration in force (replaced on reload).
+    pub config: LiveConfig,
+    pub archiver: Archiver,
+    /// Woken when conversations become ready.
+    pub forwarder: Arc<Notify>,
+    /// Woken when reports may be out of date.
+    pub reports: Arc<Notify>,
+    /// How files written by our own ingresses arrived.
+    pub hints: ViaHints,
+}
+
+impl Intake {
+    fn stat(&self, tenant: &TenantId, rel: &RelPath) -> Option<(u64, i64)> {
+        let meta = std::fs::symlink_metadata(self.drop.path_of(tenant, rel)).ok()?;
+        meta.is_file().then(|| (meta.len(), mtime_ns(&meta)))
+    }
+
+    fn tenant(&self, id: &TenantId) -> Option<Tenant> {
+        self.config.get().tenant(id.as_str()).cloned()
+    }
+
+    /// The work item for a file: parsed and unpacked files are heavy (taken alone).
+    pub fn file_item(&self, tenant: &TenantId, rel: &RelPath, via: Via, due: i64) -> NewIntake {
+        let kind = FileKind::of(rel.file_name(), &self.config.get().matching);
+        NewIntake {
+            tenant: tenant.to_string(),
+            kind: IntakeKind::File,
+            rel_path: rel.as_str().to_owned(),
+            via,
+            heavy: matches!(kind, FileKind::Metadata(_) | FileKind::Zip),
+            size: None,
+            mtime_ns: None,
+            sha256: None,
+            due,
+        }
+    }
+
+    /// Processes one unit of a tenant's work; says for each item how it ended. Never fails as
+    /// a whole: an item whose processing fails is retried later, on its own.
+    pub fn process(&self, items: Vec<IntakeItem>) -> Vec<(IntakeItem, IntakeOutcome)> {
+        let now = now_ms();
+        let retry = |item: &IntakeItem, e: &dyn std::fmt::Display| {
+            let at = now + ms(crate::backoff::exponential(item.attempts + 1, RETRY_MIN, RETRY_MAX));
+            tracing::warn!(tenant = %item.tenant, file = %item.rel_path, error = %e, attempt = item.attempts + 1,
+                "intake failed; will retry");
+            IntakeOutcome::Retry {
+                error: e.to_string(),
+                at,
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut files = Vec::new();
+        for item in items {
+            let Ok(tenant) = TenantId::parse(&item.tenant) else {
+                out.push((item, IntakeOutcome::Done));
+                continue;
+            };
+            if self.tenant(&tenant).is_none() {
+                tracing::warn!(tenant = %tenant, file = %item.rel_path, "file in the drop folder of an unknown tenant; ignored");
+                out.push((item, IntakeOutcome::Done));
+                continue;
+            }
+            match item.kind {
+                IntakeKind::Scan => {
+                    let under = RelPath::parse(&item.rel_path);
+                    let outcome = match self.scan(&tenant, under.as_ref()) {
+                        Ok(()) => IntakeOutcome::Done,
+                        Err(e) => retry(&item, &e),
+                    };
+                    out.push((item, outcome));
+                }
+                IntakeKind::Settle => match self.settled(&tenant, &item) {
+                    Some(outcome) => out.push((item, outcome)),
+                    None => files.push((tenant, item)),
+                },
+                IntakeKind::File => files.push((tenant, item)),
+            }
+        }
+        if files.is_empty() {
+            return out;
+        }
+        // Each file checked and hashed, all recorded in one transaction, then followed up.
+        let mut prepared = Vec::with_capacity(files.len());
+        for (tenant, item) in files {
+            let Some(rel) = RelPath::parse(&item.rel_path) else {
+                out.push((item, IntakeOutcome::Done));
+                continue;
+            };
+            match self.prepare(&tenant, rel, &item) {
+                Ok(Check::New(p)) => prepared.push((p, item)),
+                Ok(Check::Skip) => out.push((item, IntakeOutcome::Done)),
+                // Recorded as it is: its parse may still have to finish (a failed attempt).
+                Ok(Check::Unchanged(rel)) => {
+                    let outcome = match self.resume(&tenant, &rel, item.via) {
+                        Ok(()) => IntakeOutcome::Done,
+                        Err(e) => retry(&item, &e),
+                    };
+                    out.push((item, outcome));
+                }
+                Err(e) => {
+                    let outcome = retry(&item, &e);
+                    out.push((item, outcome));
+                }
+            }
+        }
+        match self.register(&prepared) {
+            Ok(registered) => {
+                for ((p, item), outcome) in prepared.into_iter().zip(registered) {
+                    let outcome = match self.follow_up(&p, outcome) {
+                        Ok(()) => IntakeOutcome::Done,
+                        Err(e) => retry(&item, &e),
+                    };
+                    out.push((item, outcome));
+                }
+            }
+            Err(e) => {
+                for (_, item) in prepared {
+                    let outcome = retry(&item, &e);
+                    out.push((item, outcome));
+                }
+            }
+        }
+        self.reports.notify_one();
+        out
+    }
+
+    /// A settling file: gone (done), changed (settles again), or unchanged (`None`: it
+    /// arrives now, as a file).
+    fn settled(&self, tenant: &TenantId, item: &IntakeItem) -> Option<IntakeOutcome> {
+        let Some(rel) = RelPath::parse(&item.rel_path) else {
+            return Some(IntakeOutcome::Done);
+        };
+        match self.stat(tenant, &rel) {
+            None => Some(IntakeOutcome::Done),
+            Some((size, mtime_ns)) if Some(size) == item.size && Some(mtime_ns) == item.mtime_ns => None,
+            Some((size, mtime_ns)) => Some(IntakeOutcome::Settling {
+                size,
+                mtime_ns,
+                at: now_ms() + ms(SETTLE),
+            }),
+        }
+    }
+
+    fn register(&self, prepared: &[(Prepared, IntakeItem)]) -> Result<Vec<Registered>, IntakeError> {
+        if prepared.is_empty() {
+            return Ok(Vec::new());
+        }
+        let news: Vec<NewFile<'_>> = prepared
+            .iter()
+            .map(|(p, _)| NewFile {
+                tenant: p.tenant.as_str(),
+                rel: &p.rel,
+                kind: p.kind,
+                via: p.via,
+                size: p.size,
+                mtime_ns: p.mtime_ns,
+                sha256: p.sha256.clone(),
+            })
+            .collect();
+        let outcomes = self.catalog.register_files(&news, now_ms(), &self.unknown_reason())?;
+        for ((p, _), outcome) in prepared.iter().zip(&outcomes) {
+            if *outcome != Registered::Duplicate {
+                metrics::counter!("dropsync_received_files_total", "tenant" => p.tenant.to_string(), "via" => p.via.as_str())
+                    .increment(1);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn unknown_reason(&self) -> String {
+        format!(
+            "not a recording ({}) or a metadata file (csv, tsv, json, jsonl, ndjson) or a zip batch",
+            self.config.get().matching.recording_extensions.join(", ")
+        )
+    }
+
+    /// Checks an arrival and reads what the catalog needs: hashes a recording unless its
+    /// ingress hashed it while writing (the digest in the work item, if it still fits).
+    fn prepare(&self, tenant: &TenantId, rel: RelPath, item: &IntakeItem) -> Result<Check, IntakeError> {
+        let file = match self.drop.open_confined(tenant, &rel) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Check::Skip),
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, file = rel.as_str(), error = %e, "not a regular file inside the drop folder; ignored");
+                return Ok(Check::Skip);
+            }
+        };
+        let meta = file.metadata()?;
+        let mtime_ns = mtime_ns(&meta);
+        if self
+            .catalog
+            .is_present_unchanged(tenant.as_str(), &rel, meta.len(), mtime_ns)?
+        {
+            return Ok(Check::Unchanged(rel));
+        }
+        let kind = FileKind::of(rel.file_name(), &self.config.get().matching);
+        let known = item
+            .sha256
+            .as_deref()
+            .filter(|_| item.size == Some(meta.len()) && item.mtime_ns == Some(mtime_ns));
+        let sha256 = match (kind, known) {
+            (FileKind::Recording, Some(known)) => Some(known.to_owned()),
+            (FileKind::Recording, None) => Some(hex::encode(crate::fsutil::hash_reader(&file)?.1)),
+            _ => None,
+        };
+        Ok(Check::New(Prepared {
+            tenant: tenant.clone(),
+            rel,
+            via: item.via,
+            kind,
+            size: meta.len(),
+            mtime_ns,
+            sha256,
+        }))
+    }
+
+    /// A file already recorded as it is: finishes its parse or unpack if an earlier attempt
+    /// (or a crash) left it unfinished.
+    fn resume(&self, tenant: &TenantId, rel: &RelPath, via: Via) -> Result<(), IntakeError> {
+        let Some(PendingParse {
+            file_id,
+            metadata_file_id,
+            format,
+            rows_done,
+        }) = self.catalog.pending_parse(tenant.as_str(), rel)?
+        else {
+            return Ok(());
+        };
+        let Some(t) = self.tenant(tenant) else { return Ok(()) };
+        let span = tracing::info_span!("arrival", tenant = %tenant, file = rel.as_str(), via = via.as_str());
+        let _g = span.enter();
+        tracing::info!(rows_done, "resuming an interrupted parse");
+        if format == "zip" {
+            self.unpack(&t, file_id, metadata_file_id, rel, via)
+        } else if let Some(f) = MetadataFormat::from_extension(&format) {
+            self.parse_metadata(&t, file_id, metadata_file_id, rel, f, rows_done)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// What follows the record of an arrival.
+    fn follow_up(&self, p: &Prepared, outcome: Registered) -> Result<(), IntakeError> {
+        let Some(tenant) = self.tenant(&p.tenant) else {
+            return Ok(());
+        };
+        let span = tracing::info_span!("arrival", tenant = %p.tenant, file = p.rel.as_str(), via = p.via.as_str());
+        let _g = span.enter();
+        match outcome {
+            Registered::Duplicate => {}
+            Registered::Recording { completed, decided, .. } => {
+                tracing::info!(bytes = p.size, completed, "recording arrived");
+                if completed > 0 {
+                    self.forwarder.notify_one();
+                }
+                self.archiver.archive(&decided)?;
+            }
+            Registered::Metadata {
+                file_id,
+                metadata_file_id,
+            } => {
+                if let FileKind::Metadata(format) = p.kind {
+                    self.parse_metadata(&tenant, file_id, metadata_file_id, &p.rel, format, 0)?;
+                }
+            }
+            Registered::Zip {
+                file_id,
+                metadata_file_id,
+            } => self.unpack(&tenant, file_id, metadata_file_id, &p.rel, p.via)?,
+            Registered::Unknown { file_id } => {
+                tracing::warn!("file rejected: {}", self.unknown_reason());
+                self.archiver.archive(&[file_id])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams a metadata file through the matcher into the catalog: a first pass finds
+    /// whole-file problems (so a broken file leaves no rows behind), a second commits rows in
+    /// chunks, skipping rows a crash-interrupted parse already committed.
+    fn parse_metadata(
+        &self,
+        tenant: &Tenant,
+        file_id: i64,
+        id: i64,
+        rel: &RelPath,
+        format: MetadataFormat,
+        resume_after: u64,
+    ) -> Result<(), IntakeError> {
+        let open = || self.drop.open_confined(&tenant.id, rel);
+        let mapping = &tenant.mapping;
+        let max_row_bytes = self.config.get().matching.max_field_bytes;
+        let check = {
+            let mut header_checked = matches!(format, MetadataFormat::JsonArray | MetadataFormat::JsonLines);
+            let mut header_error = None;
+            let mut rows = 0u64;
+            let r = matching::read_rows(format, open()?, max_row_bytes, |row| {
+                rows += 1;
+                if !header_checked && let Ok(record) = &row.record {
+                    header_checked = true;
+                    if let Err(e) = matching::check_header(mapping, record) {
+                        header_error = Some(e);
+                        return Err(());
+                    }
+                }
+                Ok(())
+            });
+            match (r, header_error) {
+                (_, Some(e)) => Err(e),
+                (Err(ReadError::File(e)), _) => Err(e),
+                (Err(ReadError::Callback(())), _) => Err("cannot be read".to_string()),
+                (Ok(()), _) if rows == 0 => Err("the file has a header but no rows".to_string()),
+                (Ok(()), _) => Ok(()),
+            }
+        };
+        if let Err(reason) = check {
+            tracing::warn!(reason = %reason, "metadata file rejected");
+            self.catalog.finish_metadata(id, Err(reason))?;
+            self.archiver.archive(&[file_id])?;
+            return Ok(());
+        }
+
+        let stem = rel.file_name().rsplit_once('.').map_or(rel.file_name(), |(s, _)| s);
+        let grace = ms(self.config.get().matching.grace);
+        let mut chunk: Vec<RowInput> = Vec::with_capacity(ROWS_PER_CHUNK);
+        let (mut accepted, mut rejected, mut ready) = (0u64, 0u64, 0usize);
+        let mut decided = Vec::new();
+        let mut first_row = true;
+        let result = matching::read_rows(format, open()?, max_row_bytes, |row| -> Result<(), CatalogError> {
+            let is_first = std::mem::replace(&mut first_row, false);
+            if row.row <= resume_after {
+                return Ok(());
+            }
+            let verdict = match row.record {
+                Ok(record) => {
+                    let ctx = RowContext {
+                        mapping,
+                        timezone: tenant.timezone,
+                        extensions: &self.config.get().matching.recording_extensions,
+                        file_stem: stem,
+                        first_row: is_first,
+                    };
+                    matching::map_row(&ctx, record)
+                }
+                Err(reason) => RowVerdict::Rejected {
+                    conversation_id: None,
+                    recording: None,
+                    reason,
+                },
+            };
+            match &verdict {
+                RowVerdict::Accepted(_) => accepted += 1,
+                RowVerdict::Rejected { reason, .. } => {
+                    rejected += 1;
+                    tracing::info!(row = row.row, reason = %reason, "row rejected");
+                }
+            }
+            chunk.push(RowInput {
+                row_no: row.row,
+                verdict,
+            });
+            if chunk.len() >= ROWS_PER_CHUNK {
+                let (n, d) = self.catalog.add_rows(id, &chunk, now_ms(), grace)?;
+                ready += n;
+                decided.extend(d);
+                chunk.clear();
+                self.forwarder.notify_one();
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                if !chunk.is_empty() {
+                    let (n, d) = self.catalog.add_rows(id, &chunk, now_ms(), grace)?;
+                    ready += n;
+                    decided.extend(d);
+                }
+                self.catalog.finish_metadata(id, Ok(()))?;
+                tracing::info!(accepted, rejected, ready, "metadata file read");
+            }
+            Err(ReadError::Callback(e)) => return Err(e.into()),
+            // The file changed between the passes (it is being overwritten): the new version
+            // arrives as its own event; this one is withdrawn.
+            Err(ReadError::File(reason)) => self.catalog.finish_metadata(id, Err(reason))?,
+        }
+        if ready > 0 {
+            self.forwarder.notify_one();
+        }
+        // Recordings of identical re-sends (done without sending) may leave now, and so may
+        // the file itself if every row is decided.
+        decided.push(file_id);
+        self.archiver.archive(&decided)?;
+        Ok(())
+    }
+
+    fn unpack(&self, tenant: &Tenant, file_id: i64, id: i64, rel: &RelPath, via: Via) -> Result<(), IntakeError> {
+        let archive = self.drop.path_of(&tenant.id, rel);
+        let dest = archive.parent().unwrap_or(self.drop.root()).to_path_buf();
+        match dropbox::unpack_zip(&archive, &dest, &ZipLimits::of(&self.config.get().matching)) {
+            Ok(unpacked) => {
+                for (name, why) in &unpacked.refused {
+                    tracing::warn!(entry = %name, reason = %why, "zip entry refused");
+                }
+                tracing::info!(
+                    files = unpacked.files.len(),
+                    refused = unpacked.refused.len(),
+                    "zip batch unpacked"
+                );
+                self.catalog.finish_zip(id, Ok(&unpacked.refused))?;
+                // Each entry is a work item of its own, taken in turn with other tenants' work
+                // (recordings before metadata, as clients send them).
+                let now = now_ms();
+                let items: Vec<NewIntake> = unpacked
+                    .files
+                    .iter()
+                    .filter_map(|name| RelPath::join_dir(rel.dir(), name))
+                    .map(|entry| self.file_item(&tenant.id, &entry, via, now))
+                    .collect();
+                self.catalog.enqueue_intake(&items, now)?;
+            }
+            Err(reason) => {
+                tracing::warn!(reason = %reason, "zip batch rejected");
+                self.catalog.finish_zip(id, Err(reason))?;
+            }
+        }
+        self.archiver.archive(&[file_id])?;
+        Ok(())
+    }
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+}
