@@ -43,6 +43,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let config = Arc::new(config);
     let catalog =
         Catalog::open(&config.db_path()).with_context(|| format!("opening {}", config.db_path().display()))?;
+    catalog.set_busy_timeout(config.catalog.busy_timeout)?;
     let recovered = catalog.recover(now_ms())?;
     if recovered > 0 {
         tracing::warn!(recovered, "conversations interrupted mid-forward are queued again");
@@ -79,6 +80,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let liveness = Arc::new(Liveness::default());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // Metrics first, so that the workers' first counts are kept.
+    if let Some(m) = &config.metrics {
+        let listener = tokio::net::TcpListener::bind(m.listen)
+            .await
+            .with_context(|| format!("binding the metrics listener on {}", m.listen))?;
+        if let Some(handle) = ops::metrics::install() {
+            tracing::info!(listen = %listener.local_addr()?, "metrics listening (/metrics, /healthz)");
+            tracker.spawn(ops::metrics::serve(
+                listener,
+                handle,
+                catalog.clone(),
+                liveness.clone(),
+                cancel.clone(),
+            ));
+        }
+    }
     // The SFTP listener is bound before anything else is announced, so a port in use fails
     // the start-up rather than a client later.
     let mut sftp_shared = None;
@@ -165,21 +182,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         reports: reports_wake,
     });
     tracker.close();
-    if let Some(m) = &config.metrics {
-        let listener = tokio::net::TcpListener::bind(m.listen)
-            .await
-            .with_context(|| format!("binding the metrics listener on {}", m.listen))?;
-        if let Some(handle) = ops::metrics::install() {
-            tracing::info!(listen = %listener.local_addr()?, "metrics listening (/metrics, /healthz)");
-            tracker.spawn(ops::metrics::serve(
-                listener,
-                handle,
-                catalog.clone(),
-                liveness.clone(),
-                cancel.clone(),
-            ));
-        }
-    }
     tracker.spawn(ops::watchdog(catalog.clone(), liveness.clone(), cancel.clone()));
     tracker.spawn(reload_on_hangup(
         hangups,

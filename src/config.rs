@@ -32,6 +32,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub forwarding: ForwardingConfig,
     pub intake: IntakeConfig,
+    pub catalog: CatalogConfig,
     pub metrics: Option<MetricsConfig>,
     pub tenants: Vec<Tenant>,
 }
@@ -158,6 +159,13 @@ pub struct IntakeConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct CatalogConfig {
+    /// How long a write waits for a lock held by another process before it fails (and its
+    /// work is retried).
+    pub busy_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
 pub struct MetricsConfig {
     pub listen: SocketAddr,
 }
@@ -252,6 +260,7 @@ struct RawConfig {
     retention: Option<RawRetention>,
     forwarding: Option<RawForwarding>,
     intake: Option<RawIntake>,
+    catalog: Option<RawCatalog>,
     metrics: Option<RawMetrics>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
@@ -320,6 +329,11 @@ struct RawForwarding {
 #[derive(Deserialize, Default)]
 struct RawIntake {
     lanes: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawCatalog {
+    busy_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -579,6 +593,13 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     if intake.lanes == 0 || intake.lanes > 256 {
         p.add("intake.lanes", "must be between 1 and 256");
     }
+    let catalog = CatalogConfig {
+        busy_timeout: p.duration(
+            "catalog.busy_timeout",
+            raw.catalog.unwrap_or_default().busy_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
+    };
     let metrics = raw
         .metrics
         .and_then(|m| p.addr("metrics.listen", &m.listen))
@@ -641,6 +662,7 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         retention,
         forwarding,
         intake,
+        catalog,
         metrics,
         tenants,
     })

@@ -231,11 +231,18 @@ fn status(config: &Config, tenant: Option<&str>, json: bool) -> anyhow::Result<(
             .filter_map(|st| s.states.get(st.as_str()).map(|n| format!("{}={n}", st.as_str())))
             .collect();
         println!(
-            "{t}: {}  (files in drop folder: {}, orphans: {})",
+            "{t}: {}  (files in drop folder: {}, orphans: {}, arrivals queued: {})",
             states.join(" "),
             s.files_waiting,
-            s.orphans
+            s.orphans,
+            s.intake_queued
         );
+        if let Some(e) = &s.intake_last_error {
+            println!(
+                "    {} arrival(s) failed and wait for a retry; latest: {e}",
+                s.intake_retrying
+            );
+        }
     }
     if !view.ftp_sources.is_empty() {
         println!("\nFTP sources:");

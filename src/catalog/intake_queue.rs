@@ -8,7 +8,7 @@
 //! size and mtime is a duplicate). The durable records that matter (files, rows,
 //! conversations) keep their own full commits.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::{Catalog, Result, Via};
 
@@ -105,15 +105,6 @@ pub enum IntakeOutcome {
         mtime_ns: i64,
         at: i64,
     },
-}
-
-/// Work waiting per tenant, for `status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct IntakeBacklog {
-    pub queued: i64,
-    /// Items that failed at least once and wait for their retry.
-    pub retrying: i64,
-    pub last_error: Option<String>,
 }
 
 impl Catalog {
@@ -236,28 +227,6 @@ impl Catalog {
                 }
             }
             Ok(())
-        })
-    }
-
-    /// Queued intake work per tenant.
-    pub fn intake_backlog(&self, tenant: &str) -> Result<IntakeBacklog> {
-        let conn = self.read()?;
-        let (queued, retrying): (i64, i64) = conn
-            .prepare_cached(
-                "SELECT count(*), count(*) FILTER (WHERE attempts > 0) FROM intake_queue WHERE tenant = ?1",
-            )?
-            .query_row([tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let last_error = conn
-            .prepare_cached(
-                "SELECT rel_path || ': ' || last_error FROM intake_queue WHERE tenant = ?1 AND attempts > 0
-                 ORDER BY next_attempt_at DESC LIMIT 1",
-            )?
-            .query_row([tenant], |r| r.get(0))
-            .optional()?;
-        Ok(IntakeBacklog {
-            queued,
-            retrying,
-            last_error,
         })
     }
 }

@@ -36,7 +36,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 pub use ftp::{AppliedListing, FtpSourceStatus, PollRecord, RemoteFile, RemoteFileState, version_tag};
 pub use intake::{NewFile, PendingParse, Registered, RowInput};
-pub use intake_queue::{IntakeBacklog, IntakeItem, IntakeKind, IntakeOutcome, NewIntake};
+pub use intake_queue::{IntakeItem, IntakeKind, IntakeOutcome, NewIntake};
 pub use queue::{Forwarded, ToArchive, ToPurge, Work, WorkRecording};
 pub use views::{ConversationView, OrphanLine, ReportLine, StaleReport, StatusView, TenantStatus};
 
@@ -208,6 +208,12 @@ impl Catalog {
                 idle: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// How long a writer waits for another process's write lock (the CLI's `retry`, a
+    /// backup) before the transaction fails and its work is retried later.
+    pub fn set_busy_timeout(&self, timeout: Duration) -> Result<()> {
+        Ok(self.lock().busy_timeout(timeout)?)
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {

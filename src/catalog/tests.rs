@@ -452,3 +452,71 @@ fn ftp_listing_settles_pulls_once_and_forgets_vanished_files() {
     assert_eq!((s.files_pulled, s.bytes_pulled, s.errors_in_row), (1, 10, 1));
     assert_eq!(s.last_error.as_deref(), Some("530 Login incorrect"));
 }
+
+fn queued(tenant: &str, rel: &str, heavy: bool, due: i64) -> NewIntake {
+    NewIntake {
+        tenant: tenant.into(),
+        kind: IntakeKind::File,
+        rel_path: rel.into(),
+        via: Via::Local,
+        heavy,
+        size: None,
+        mtime_ns: None,
+        sha256: None,
+        due,
+    }
+}
+
+#[test]
+fn intake_items_come_light_first_heavy_alone_and_retry_later() {
+    let fx = fixture();
+    let now = 1_000;
+    fx.cat
+        .enqueue_intake(
+            &[
+                queued("acme", "batch.csv", true, now),
+                queued("acme", "c1.wav", false, now),
+                queued("acme", "c2.wav", false, now),
+                queued("beta", "b.wav", false, now + 500),
+                NewIntake::scan("acme", String::new(), now),
+            ],
+            now,
+        )
+        .unwrap();
+    assert_eq!(fx.cat.intake_tenants_due(now).unwrap(), ["acme"]);
+    assert_eq!(fx.cat.intake_tenants_due(now + 500).unwrap(), ["acme", "beta"]);
+    let names = |items: &[IntakeItem]| items.iter().map(|i| i.rel_path.clone()).collect::<Vec<_>>();
+    // A scan goes first, alone; then the light items together; then the heavy one alone.
+    let scan = fx.cat.claim_intake("acme", now, 10).unwrap();
+    assert_eq!((scan.len(), scan[0].kind), (1, IntakeKind::Scan));
+    fx.cat.finish_intake(&[(scan[0].clone(), IntakeOutcome::Done)]).unwrap();
+    let light = fx.cat.claim_intake("acme", now, 10).unwrap();
+    assert_eq!(names(&light), ["c1.wav", "c2.wav"]);
+    // A new event for c2 while it is being processed keeps it queued.
+    fx.cat
+        .enqueue_intake(&[queued("acme", "c2.wav", false, now)], now)
+        .unwrap();
+    let done: Vec<_> = light.iter().map(|i| (i.clone(), IntakeOutcome::Done)).collect();
+    fx.cat.finish_intake(&done).unwrap();
+    assert_eq!(names(&fx.cat.claim_intake("acme", now, 10).unwrap()), ["c2.wav"]);
+    let c2 = fx.cat.claim_intake("acme", now, 10).unwrap();
+    fx.cat.finish_intake(&[(c2[0].clone(), IntakeOutcome::Done)]).unwrap();
+    let heavy = fx.cat.claim_intake("acme", now, 10).unwrap();
+    assert_eq!(names(&heavy), ["batch.csv"]);
+    // A failure: not due until its retry time, then due with the attempt counted.
+    let retry = IntakeOutcome::Retry {
+        error: "database is locked".into(),
+        at: now + 2_000,
+    };
+    fx.cat.finish_intake(&[(heavy[0].clone(), retry)]).unwrap();
+    assert!(fx.cat.claim_intake("acme", now + 1_999, 10).unwrap().is_empty());
+    assert_eq!(fx.cat.next_intake_due().unwrap(), Some(now + 500));
+    let again = fx.cat.claim_intake("acme", now + 2_000, 10).unwrap();
+    assert_eq!((again[0].rel_path.as_str(), again[0].attempts), ("batch.csv", 1));
+    let status = fx.cat.status(Some("acme")).unwrap();
+    assert_eq!(status.tenants["acme"].intake_queued, 1);
+    assert_eq!(
+        status.tenants["acme"].intake_last_error.as_deref(),
+        Some("batch.csv: database is locked")
+    );
+}

@@ -57,6 +57,11 @@ pub struct TenantStatus {
     pub states: BTreeMap<String, i64>,
     pub orphans: i64,
     pub files_waiting: i64,
+    /// Arrivals, settling files and rescans not yet taken in.
+    pub intake_queued: i64,
+    /// Of those, the ones that failed at least once and wait for a retry; the latest error.
+    pub intake_retrying: i64,
+    pub intake_last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -270,6 +275,21 @@ impl Catalog {
                 let entry = view.tenants.entry(t).or_default();
                 entry.orphans = orphans;
                 entry.files_waiting = present;
+            }
+            let mut stmt = conn.prepare_cached(
+                "SELECT tenant, count(*), count(*) FILTER (WHERE attempts > 0),
+                        (SELECT q.rel_path || ': ' || q.last_error FROM intake_queue q
+                         WHERE q.tenant = i.tenant AND q.attempts > 0 ORDER BY q.next_attempt_at DESC LIMIT 1)
+                 FROM intake_queue i WHERE (?1 IS NULL OR tenant = ?1) GROUP BY tenant",
+            )?;
+            for r in stmt.query_map([tenant], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })? {
+                let (t, queued, retrying, last_error) = r?;
+                let entry = view.tenants.entry(t).or_default();
+                entry.intake_queued = queued;
+                entry.intake_retrying = retrying;
+                entry.intake_last_error = last_error;
             }
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {VIEW_COLUMNS} FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id

@@ -361,6 +361,7 @@ impl Intake {
         format: MetadataFormat,
         resume_after: u64,
     ) -> Result<(), IntakeError> {
+        tracing::info!(resume_after, "reading metadata file");
         let open = || self.drop.open_confined(&tenant.id, rel);
         let mapping = &tenant.mapping;
         let max_row_bytes = self.config.get().matching.max_field_bytes;
@@ -468,6 +469,7 @@ impl Intake {
     }
 
     fn unpack(&self, tenant: &Tenant, file_id: i64, id: i64, rel: &RelPath, via: Via) -> Result<(), IntakeError> {
+        tracing::info!("unpacking zip batch");
         let archive = self.drop.path_of(&tenant.id, rel);
         let dest = archive.parent().unwrap_or(self.drop.root()).to_path_buf();
         match dropbox::unpack_zip(&archive, &dest, &ZipLimits::of(&self.config.get().matching)) {

@@ -41,6 +41,7 @@ impl Intake {
     /// Files that vanished are marked gone; files not recorded yet (or changed since) and
     /// parses left unfinished become work items; files whose fate is decided leave the folder.
     fn scan_tenant(&self, tenant: &TenantId) -> Result<(), IntakeError> {
+        metrics::counter!("dropsync_rescans_total", "tenant" => tenant.to_string()).increment(1);
         let on_disk = self.drop.scan_tenant(tenant)?;
         let mut recorded: HashMap<String, (i64, i64, i64)> = self
             .catalog

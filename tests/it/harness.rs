@@ -281,6 +281,16 @@ impl Daemon {
             .collect()
     }
 
+    /// Waits until the report has `n` lines, whatever their status, returns them.
+    pub fn wait_report_any(&self, tenant: &str, name: &str, n: usize) -> Vec<Vec<String>> {
+        wait_for(
+            &format!("report {name} with {n} lines"),
+            Duration::from_secs(60),
+            || self.read_report(tenant, name).len() == n,
+        );
+        self.read_report(tenant, name)
+    }
+
     /// Waits until the report has `n` lines and none is `waiting`, returns them.
     pub fn wait_report(&self, tenant: &str, name: &str, n: usize) -> Vec<Vec<String>> {
         wait_for(

@@ -3,6 +3,7 @@
 mod crash;
 mod ftp;
 mod harness;
+mod isolation;
 mod ops;
 mod pipeline;
 mod s3;

@@ -45,7 +45,7 @@ fn the_unit_verifies_and_scores_an_exposure_of_2_or_lower() {
     assert!(score <= 2.0, "exposure {score} > 2.0:\n{text}");
 }
 
-fn next_message(sock: &UnixDatagram, want: &str, timeout: Duration) -> Vec<String> {
+pub fn next_message(sock: &UnixDatagram, want: &str, timeout: Duration) -> Vec<String> {
     let deadline = Instant::now() + timeout;
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
