@@ -143,7 +143,7 @@ fn renaming_folders_in_a_loop_rescans_that_tenant_only() {
         std::thread::spawn(move || {
             let mut n = 0u32;
             while !stop.load(Ordering::Relaxed) && n < 20_000 {
-                let (from, to) = if n % 2 == 0 { ("a", "b") } else { ("b", "a") };
+                let (from, to) = if n.is_multiple_of(2) { ("a", "b") } else { ("b", "a") };
                 std::fs::rename(root.join(from), root.join(to)).unwrap();
                 n += 1;
             }
