@@ -26,5 +26,6 @@ pub mod matching;
 pub mod onboard;
 pub mod ops;
 pub mod reports;
+pub mod secret;
 pub mod tenant;
 pub mod worker;

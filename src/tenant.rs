@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::SecretSource;
+use crate::secret::SecretSource;
 
 /// `[a-z0-9][a-z0-9_-]{0,62}`: safe as a folder name, an SFTP user name and an object-key part.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

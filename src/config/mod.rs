@@ -1,0 +1,409 @@
+//! Configuration: TOML on disk -> a validated [`Config`].
+//!
+//! Loading is a pipeline (parse, collect unknown keys with their full path, deserialize into raw
+//! serde structs, validate into typed values) that reports every problem it can find at once,
+//! each with the file and key it belongs to, so `dropsync check-config` is one round trip.
+//! Relative paths resolve against the folder of the file that names them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod problems;
+mod raw;
+mod sink;
+mod tenants;
+
+use problems::{Problems, parse_file, resolve};
+use raw::{RawConfig, RawIncluded};
+use sink::sink_config;
+use tenants::tenant;
+
+pub use crate::secret::{Secret, SecretSource};
+use crate::tenant::Tenant;
+
+/// Extensions that count as recordings unless `[matching] recording_extensions` says otherwise.
+pub const DEFAULT_RECORDING_EXTENSIONS: &[&str] =
+    &["wav", "mp3", "flac", "ogg", "opus", "m4a", "aiff", "aif", "au", "gsm"];
+
+/// The validated configuration the daemon runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub file: PathBuf,
+    pub state_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub sftp: Option<SftpConfig>,
+    pub sink: SinkConfig,
+    pub matching: MatchingConfig,
+    pub retention: RetentionConfig,
+    pub forwarding: ForwardingConfig,
+    pub intake: IntakeConfig,
+    pub catalog: CatalogConfig,
+    pub metrics: Option<MetricsConfig>,
+    pub tenants: Vec<Tenant>,
+}
+
+impl Config {
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("dropsync.db")
+    }
+    pub fn drop_root(&self) -> PathBuf {
+        self.state_dir.join("drop")
+    }
+    pub fn archive_root(&self) -> PathBuf {
+        self.state_dir.join("archive")
+    }
+    pub fn tenant(&self, id: &str) -> Option<&Tenant> {
+        self.tenants.iter().find(|t| t.id.as_str() == id)
+    }
+}
+
+/// The configuration in force, replaced whole on reload (SIGHUP); readers take a snapshot.
+#[derive(Clone)]
+pub struct LiveConfig(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Config>>>);
+
+impl LiveConfig {
+    pub fn new(config: std::sync::Arc<Config>) -> Self {
+        LiveConfig(std::sync::Arc::new(std::sync::RwLock::new(config)))
+    }
+    pub fn get(&self) -> std::sync::Arc<Config> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub fn set(&self, config: std::sync::Arc<Config>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[sftp]`: the listener lands with the SFTP issue; the keys are fixed now so configs last.
+#[derive(Debug, Clone)]
+pub struct SftpConfig {
+    pub listen: SocketAddr,
+    pub host_key: PathBuf,
+    pub max_sessions: u32,
+    pub max_sessions_per_ip: u32,
+    pub login_grace: Duration,
+    pub idle_timeout: Duration,
+    pub max_auth_failures: u32,
+    pub ban_time: Duration,
+    pub max_file_size: u64,
+    /// fsync an upload before it is renamed into place and CLOSE is answered (the default):
+    /// after a power loss a final name never holds a partial file. Off trades that for speed,
+    /// as OpenSSH's sftp-server does (clients may still ask with fsync@openssh.com).
+    pub fsync_on_close: bool,
+}
+
+pub use sink::{ChecksumPolicy, S3SinkConfig, SinkConfig};
+
+#[derive(Debug, Clone)]
+pub struct MatchingConfig {
+    pub grace: Duration,
+    /// Lower-case, without the dot.
+    pub recording_extensions: Vec<String>,
+    pub zip_max_unpacked: u64,
+    /// Entries a zip batch may hold.
+    pub zip_max_entries: u64,
+    /// How much larger than the archive its unpacked entries may be, in total.
+    pub zip_max_ratio: u64,
+    /// A metadata row (a line, a JSON element) longer than this rejects its file.
+    pub max_field_bytes: u64,
+}
+
+impl MatchingConfig {
+    pub fn is_recording_ext(&self, ext: &str) -> bool {
+        let ext = ext.to_ascii_lowercase();
+        self.recording_extensions.contains(&ext)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    pub local: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardingConfig {
+    pub workers: u32,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IntakeConfig {
+    /// Lanes that process arrivals, each serving one tenant at a time.
+    pub lanes: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct CatalogConfig {
+    /// How long a write waits for a lock held by another process before it fails (and its
+    /// work is retried).
+    pub busy_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+/// One problem in one file, at one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub file: PathBuf,
+    /// Dotted path of the key, empty for the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found while loading, in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads and validates `file` and everything it includes.
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let raw: Option<RawConfig> = parse_file(&file, &mut problems);
+    let Some(raw) = raw else {
+        return Err(ConfigError { problems });
+    };
+    let base = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut p = Problems {
+        file: &file,
+        list: &mut problems,
+    };
+
+    let state_dir = resolve(&base, raw.state_dir.as_deref().unwrap_or("var"));
+    let log_format = match raw.log_format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            p.add("log_format", format!("{other:?} is not one of \"text\", \"json\""));
+            LogFormat::Text
+        }
+    };
+
+    let sftp = raw.sftp.map(|s| {
+        let listen = p
+            .addr("sftp.listen", s.listen.as_deref().unwrap_or("127.0.0.1:2022"))
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 2022)));
+        SftpConfig {
+            listen,
+            host_key: s
+                .host_key
+                .map(|h| resolve(&base, &h))
+                .unwrap_or_else(|| state_dir.join("ssh_host_ed25519_key")),
+            max_sessions: s.max_sessions.unwrap_or(256),
+            max_sessions_per_ip: s.max_sessions_per_ip.unwrap_or(64),
+            login_grace: p.duration("sftp.login_grace", s.login_grace.as_deref(), Duration::from_secs(30)),
+            idle_timeout: p.duration("sftp.idle_timeout", s.idle_timeout.as_deref(), Duration::from_secs(900)),
+            max_auth_failures: s.max_auth_failures.unwrap_or(6),
+            ban_time: p.duration("sftp.ban_time", s.ban_time.as_deref(), Duration::from_secs(600)),
+            max_file_size: p.size("sftp.max_file_size", s.max_file_size.as_deref(), 16 << 30),
+            fsync_on_close: s.fsync_on_close.unwrap_or(true),
+        }
+    });
+
+    let sink = sink_config(&mut p, &base, &state_dir, raw.sink.unwrap_or_default());
+
+    let m = raw.matching.unwrap_or_default();
+    let recording_extensions = match m.recording_extensions {
+        None => DEFAULT_RECORDING_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, e) in list.iter().enumerate() {
+                let e = e.trim().trim_start_matches('.').to_ascii_lowercase();
+                if e.is_empty() || !e.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    p.add(
+                        format!("matching.recording_extensions.{i}"),
+                        "an extension is letters and digits, like \"wav\"",
+                    );
+                } else if ["csv", "tsv", "json", "jsonl", "ndjson", "zip"].contains(&e.as_str()) {
+                    p.add(
+                        format!("matching.recording_extensions.{i}"),
+                        format!("{e:?} is a metadata or archive extension"),
+                    );
+                } else {
+                    out.push(e);
+                }
+            }
+            out
+        }
+    };
+    let matching = MatchingConfig {
+        grace: p.duration("matching.grace", m.grace.as_deref(), Duration::from_secs(24 * 3600)),
+        recording_extensions,
+        zip_max_unpacked: p.size("matching.zip_max_unpacked", m.zip_max_unpacked.as_deref(), 3 << 30),
+        zip_max_entries: m.zip_max_entries.unwrap_or(10_000),
+        zip_max_ratio: m.zip_max_ratio.unwrap_or(200),
+        max_field_bytes: p.size("matching.max_field_bytes", m.max_field_bytes.as_deref(), 1 << 20),
+    };
+    if matching.zip_max_entries == 0 {
+        p.add("matching.zip_max_entries", "must be at least 1");
+    }
+    if matching.zip_max_ratio == 0 {
+        p.add("matching.zip_max_ratio", "must be at least 1");
+    }
+    if matching.max_field_bytes < 1024 {
+        p.add("matching.max_field_bytes", "must be at least 1 KiB");
+    }
+    let retention = RetentionConfig {
+        local: p.duration(
+            "retention.local",
+            raw.retention.unwrap_or_default().local.as_deref(),
+            Duration::from_secs(7 * 24 * 3600),
+        ),
+    };
+    let f = raw.forwarding.unwrap_or_default();
+    let forwarding = ForwardingConfig {
+        workers: f.workers.unwrap_or(4),
+        retry_min: p.duration("forwarding.retry_min", f.retry_min.as_deref(), Duration::from_secs(5)),
+        retry_max: p.duration("forwarding.retry_max", f.retry_max.as_deref(), Duration::from_secs(600)),
+    };
+    if forwarding.workers == 0 || forwarding.workers > 256 {
+        p.add("forwarding.workers", "must be between 1 and 256");
+    }
+    if forwarding.retry_min > forwarding.retry_max {
+        p.add("forwarding.retry_min", "must not be longer than forwarding.retry_max");
+    }
+    let intake = IntakeConfig {
+        lanes: raw.intake.unwrap_or_default().lanes.unwrap_or(4),
+    };
+    if intake.lanes == 0 || intake.lanes > 256 {
+        p.add("intake.lanes", "must be between 1 and 256");
+    }
+    let catalog = CatalogConfig {
+        busy_timeout: p.duration(
+            "catalog.busy_timeout",
+            raw.catalog.unwrap_or_default().busy_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
+    };
+    let metrics = raw
+        .metrics
+        .and_then(|m| p.addr("metrics.listen", &m.listen))
+        .map(|listen| MetricsConfig { listen });
+
+    // Tenants: this file's, then each included file's, in glob order.
+    let mut tenants = Vec::new();
+    for (i, t) in raw.tenants.into_iter().enumerate() {
+        if let Some(t) = tenant(&mut p, &base, &format!("tenants.{i}"), t) {
+            tenants.push(t);
+        }
+    }
+    let mut included_files = Vec::new();
+    for (i, pattern) in raw.include.iter().enumerate() {
+        let full = resolve(&base, pattern);
+        match glob::glob(&full.to_string_lossy()) {
+            Ok(paths) => {
+                let mut found: Vec<PathBuf> = paths.filter_map(Result::ok).collect();
+                found.sort();
+                included_files.extend(found);
+            }
+            Err(e) => p.add(format!("include.{i}"), format!("bad pattern {pattern:?}: {e}")),
+        }
+    }
+    for inc in included_files {
+        let parsed: Option<RawIncluded> = parse_file(&inc, &mut problems);
+        let Some(parsed) = parsed else { continue };
+        let inc_base = inc.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let mut ip = Problems {
+            file: &inc,
+            list: &mut problems,
+        };
+        for (i, t) in parsed.tenants.into_iter().enumerate() {
+            if let Some(t) = tenant(&mut ip, &inc_base, &format!("tenants.{i}"), t) {
+                tenants.push(t);
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for t in &tenants {
+        if !seen.insert(t.id.as_str().to_owned()) {
+            problems.push(ConfigProblem {
+                file: t.defined_in.clone(),
+                key: "tenants.id".into(),
+                message: format!("tenant {:?} is defined more than once", t.id.as_str()),
+            });
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+    Ok(Config {
+        file,
+        state_dir,
+        log_format,
+        sftp,
+        sink,
+        matching,
+        retention,
+        forwarding,
+        intake,
+        catalog,
+        metrics,
+        tenants,
+    })
+}
+
+/// Checks what only matters when the daemon runs: secrets and key files can be read.
+pub fn check_runtime(config: &Config) -> Vec<ConfigProblem> {
+    let mut out = Vec::new();
+    for t in &config.tenants {
+        if let Some(f) = &t.authorized_keys_file
+            && let Err(e) = std::fs::metadata(f)
+        {
+            out.push(ConfigProblem {
+                file: t.defined_in.clone(),
+                key: format!("tenants[{}].authorized_keys_file", t.id),
+                message: format!("cannot read {}: {e}", f.display()),
+            });
+        }
+        for (i, src) in t.ftp.iter().enumerate() {
+            if let Some(Err(e)) = src.password.as_ref().map(SecretSource::load) {
+                out.push(ConfigProblem {
+                    file: t.defined_in.clone(),
+                    key: format!("tenants[{}].ftp.{i}", t.id),
+                    message: e,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

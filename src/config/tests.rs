@@ -1,0 +1,148 @@
+//! Configuration tests: every example we ship loads, and every problem is reported at once.
+
+use super::*;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn problems(text: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "c.toml", text);
+    match load(&f) {
+        Ok(_) => vec![],
+        Err(e) => e.problems.iter().map(|p| format!("{}: {}", p.key, p.message)).collect(),
+    }
+}
+
+#[test]
+fn every_shipped_example_config_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut examples = vec![root.join("config.example.toml")];
+    for entry in std::fs::read_dir(root.join("examples")).into_iter().flatten().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "toml") {
+            examples.push(entry.path());
+        }
+    }
+    for ex in examples {
+        let cfg = load(&ex).unwrap_or_else(|e| panic!("{} does not load:\n{e}", ex.display()));
+        assert!(!cfg.tenants.is_empty(), "{} has no tenant", ex.display());
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults_and_relative_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "c.toml", "[[tenants]]\nid = \"acme\"\n");
+    let cfg = load(&f).unwrap();
+    assert_eq!(cfg.state_dir, dir.path().join("var"));
+    assert!(matches!(&cfg.sink, SinkConfig::Dir { path } if *path == dir.path().join("var/outbox")));
+    assert_eq!(cfg.matching.grace, Duration::from_secs(86400));
+    assert_eq!(cfg.retention.local, Duration::from_secs(7 * 86400));
+    assert_eq!(cfg.matching.zip_max_unpacked, 3 << 30);
+    assert!(cfg.sftp.is_none());
+}
+
+#[test]
+fn unknown_keys_are_reported_with_full_path_all_at_once() {
+    let found = problems(
+        "colour = 1\n[sink]\ntype = \"dir\"\npth = \"x\"\n[[tenants]]\nid = \"a\"\n[tenants.mapping]\nagent = \"A\"\ncontact_time = \"T\"\nrecordng = \"R\"\n",
+    );
+    assert!(found.contains(&"colour: unknown key".to_string()), "{found:?}");
+    assert!(found.contains(&"sink.pth: unknown key".to_string()), "{found:?}");
+    assert!(
+        found.contains(&"tenants.0.mapping.recordng: unknown key".to_string()),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn semantic_problems_are_all_reported() {
+    let found = problems(
+        "log_format = \"xml\"\n[matching]\ngrace = \"soon\"\n[[tenants]]\nid = \"Bad Id\"\ntimezone = \"Mars/Olympus\"\n[tenants.mapping]\ncontact_time = \"T\"\n",
+    );
+    let keys: Vec<&str> = found.iter().map(|s| s.split(':').next().unwrap()).collect();
+    for k in [
+        "log_format",
+        "matching.grace",
+        "tenants.0.id",
+        "tenants.0.timezone",
+        "tenants.0.mapping.agent",
+    ] {
+        assert!(keys.contains(&k), "{k} missing in {found:?}");
+    }
+}
+
+#[test]
+fn type_errors_name_their_key() {
+    let found = problems("[[tenants]]\nid = 5\n");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("tenants[0].id") || found[0].starts_with("tenants.0.id"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn includes_add_tenants_and_duplicates_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "tenants.d/b.toml", "[[tenants]]\nid = \"b\"\n");
+    write(dir.path(), "tenants.d/c.toml", "[[tenants]]\nid = \"c\"\nbogus = 1\n");
+    let f = write(
+        dir.path(),
+        "c.toml",
+        "include = [\"tenants.d/*.toml\"]\n[[tenants]]\nid = \"a\"\n",
+    );
+    let err = load(&f).unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert!(err.problems[0].file.ends_with("tenants.d/c.toml"));
+    assert_eq!(err.problems[0].key, "tenants.0.bogus");
+    std::fs::write(dir.path().join("tenants.d/c.toml"), "[[tenants]]\nid = \"a\"\n").unwrap();
+    let err = load(&f).unwrap_err();
+    assert!(err.problems[0].message.contains("more than once"));
+    std::fs::write(dir.path().join("tenants.d/c.toml"), "[[tenants]]\nid = \"c\"\n").unwrap();
+    let cfg = load(&f).unwrap();
+    let ids: Vec<&str> = cfg.tenants.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+}
+
+#[test]
+fn sink_keys_must_fit_the_type() {
+    let found = problems("[sink]\ntype = \"dir\"\nbucket = \"b\"\n[[tenants]]\nid = \"a\"\n");
+    assert_eq!(found, ["sink.bucket: only used with type = \"s3\""]);
+    let found = problems("[sink]\ntype = \"s3\"\n[[tenants]]\nid = \"a\"\n");
+    assert_eq!(found, ["sink.bucket: required with type = \"s3\""]);
+}
+
+#[test]
+fn ftp_urls_with_inline_passwords_are_refused() {
+    let found = problems("[[tenants]]\nid = \"a\"\n[[tenants.ftp]]\nurl = \"ftp://u:hunter2@h/x\"\n");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("password_file"), "{found:?}");
+    assert!(
+        !found[0].contains("hunter2"),
+        "the secret leaked into the message: {found:?}"
+    );
+}
+
+#[test]
+fn ftp_source_keys_are_checked() {
+    let found = problems(
+        "[[tenants]]\nid = \"a\"\n[[tenants.ftp]]\nurl = \"ftps://u@h/x\"\nconnections = 0\n\
+         after_download = \"move\"\nmin_age = \"soon\"\npassword_file = \"p\"\npassword_env = \"P\"\n",
+    );
+    assert_eq!(found.len(), 4, "{found:?}");
+    for key in ["connections", "after_download", "min_age", "password_file"] {
+        assert!(found.iter().any(|p| p.contains(key)), "{key}: {found:?}");
+    }
+}
+
+#[test]
+fn secrets_never_print() {
+    let s = Secret::new("hunter2");
+    assert_eq!(format!("{s:?}"), "<secret>");
+    assert_eq!(format!("{:?}", Some(s)), "Some(<secret>)");
+}
