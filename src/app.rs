@@ -26,6 +26,7 @@ use crate::ingress::sftp::Shared as SftpShared;
 use crate::ingress::sftp::auth::KeyStore;
 use crate::ingress::{ViaHints, watch};
 use crate::intake::{Intake, lanes};
+use crate::limits::{Limits, UsageWorker};
 use crate::ops::{self, Liveness};
 use crate::reports::Reporter;
 use crate::tenant::TenantId;
@@ -80,6 +81,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let liveness = Arc::new(Liveness::default());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let workers = Workers::new(tracker.clone(), cancel.clone(), liveness.clone());
+    let quotas = Limits::new(live.clone());
+    workers.spawn(UsageWorker {
+        limits: quotas.clone(),
+        catalog: catalog.clone(),
+    });
     // Metrics first, so that the workers' first counts are kept.
     if let Some(m) = &config.metrics {
         let listener = tokio::net::TcpListener::bind(m.listen)
@@ -110,6 +117,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             drops.clone(),
             tx.clone(),
             hints.clone(),
+            quotas.clone(),
             tracker.clone(),
         )
         .context("setting up the SFTP server")?;
@@ -118,7 +126,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracker.spawn(server.run(listener, cancel.clone()));
     }
     let _watch = watch::start(drops.clone(), tx.clone()).context("watching the drop folders")?;
-    let workers = Workers::new(tracker.clone(), cancel.clone(), liveness.clone());
     let intake = Intake {
         catalog: catalog.clone(),
         drop: drops.clone(),
@@ -151,6 +158,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             config: live.clone(),
             events: tx.clone(),
             hints: hints.clone(),
+            quotas: quotas.clone(),
         },
         tracker.clone(),
         cancel.clone(),

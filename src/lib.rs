@@ -22,6 +22,7 @@ pub mod fsutil;
 pub mod housekeeping;
 pub mod ingress;
 pub mod intake;
+pub mod limits;
 pub mod matching;
 pub mod onboard;
 pub mod ops;

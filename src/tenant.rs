@@ -49,6 +49,28 @@ pub struct Tenant {
     pub timezone: chrono_tz::Tz,
     pub mapping: Mapping,
     pub ftp: Vec<FtpSource>,
+    /// This tenant's own quota keys; the others come from `[limits] quota`.
+    pub quota: Quota,
+}
+
+/// How much a tenant may hold in its drop folder, and how many SFTP sessions it may have at
+/// once (SPEC §8). `None`: not set here (a tenant's own quota), or no limit (the global one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub bytes: Option<u64>,
+    pub files: Option<u64>,
+    pub sessions: Option<u32>,
+}
+
+impl Quota {
+    /// The keys set here, the others from `base`.
+    pub fn over(self, base: Quota) -> Quota {
+        Quota {
+            bytes: self.bytes.or(base.bytes),
+            files: self.files.or(base.files),
+            sessions: self.sessions.or(base.sessions),
+        }
+    }
 }
 
 /// Which columns of a tenant's metadata files hold the canonical fields.

@@ -204,6 +204,38 @@ impl Catalog {
         Ok(())
     }
 
+    /// Bytes and files each tenant holds in its drop folder, as recorded (for quotas).
+    pub fn held_per_tenant(&self) -> Result<std::collections::HashMap<String, (u64, u64)>> {
+        let conn = self.read()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT tenant, coalesce(sum(size), 0), count(*) FROM files WHERE state = 'present' GROUP BY tenant",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// A path found missing when it was looked for: if it is recorded as present, it is gone.
+    pub fn path_gone(&self, tenant: &str, rel: &crate::dropbox::RelPath, now: i64) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let id: Option<i64> = tx
+            .prepare_cached("SELECT id FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'")?
+            .query_row(params![tenant, rel.as_str()], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = id {
+            mark_gone(&tx, id, now)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Present files of a tenant, as (file_id, rel_path, size, mtime_ns), for reconciliation.
     pub fn present_files(&self, tenant: &str) -> Result<Vec<(i64, String, i64, i64)>> {
         let conn = self.read()?;
@@ -242,6 +274,8 @@ impl Catalog {
     }
 
     /// Records that files were moved to the archive: (file id, archive path), one transaction.
+    /// A file that intake found missing meanwhile (the move raced a check of its path) is
+    /// archived all the same: we moved it, and its copy must be purged in time.
     pub fn mark_archived(&self, moved: &[(i64, String)], now: i64) -> Result<()> {
         if moved.is_empty() {
             return Ok(());
@@ -250,7 +284,7 @@ impl Catalog {
         let tx = conn.transaction()?;
         for (file_id, archive_path) in moved {
             tx.prepare_cached(
-                "UPDATE files SET state = 'archived', archive_path = ?2, left_at = ?3 WHERE id = ?1 AND state = 'present'",
+                "UPDATE files SET state = 'archived', archive_path = ?2, left_at = ?3 WHERE id = ?1 AND state IN ('present', 'gone')",
             )?
             .execute(params![file_id, archive_path, now])?;
         }

@@ -19,10 +19,10 @@ mod tenants;
 use problems::{Problems, parse_file, resolve};
 use raw::{RawConfig, RawIncluded};
 use sink::sink_config;
-use tenants::tenant;
+use tenants::{quota, tenant};
 
 pub use crate::secret::{Secret, SecretSource};
-use crate::tenant::Tenant;
+use crate::tenant::{Quota, Tenant};
 
 /// Extensions that count as recordings unless `[matching] recording_extensions` says otherwise.
 pub const DEFAULT_RECORDING_EXTENSIONS: &[&str] =
@@ -41,6 +41,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub forwarding: ForwardingConfig,
     pub intake: IntakeConfig,
+    pub limits: LimitsConfig,
     pub catalog: CatalogConfig,
     pub metrics: Option<MetricsConfig>,
     pub tenants: Vec<Tenant>,
@@ -58,6 +59,10 @@ impl Config {
     }
     pub fn tenant(&self, id: &str) -> Option<&Tenant> {
         self.tenants.iter().find(|t| t.id.as_str() == id)
+    }
+    /// A tenant's quota: its own keys, the others from `[limits] quota`.
+    pub fn quota_of(&self, tenant: &Tenant) -> Quota {
+        tenant.quota.over(self.limits.quota)
     }
 }
 
@@ -141,6 +146,19 @@ pub struct IntakeConfig {
     /// Lanes that process arrivals, each serving one tenant at a time.
     pub lanes: u32,
 }
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Every tenant's quota, unless its own `quota` sets a key.
+    pub quota: Quota,
+}
+
+/// SPEC §8's defaults: what one contact centre may hold in its drop folder at once.
+const DEFAULT_QUOTA: Quota = Quota {
+    bytes: Some(50 << 30),
+    files: Some(100_000),
+    sessions: Some(16),
+};
 
 #[derive(Debug, Clone)]
 pub struct CatalogConfig {
@@ -304,6 +322,14 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     if intake.lanes == 0 || intake.lanes > 256 {
         p.add("intake.lanes", "must be between 1 and 256");
     }
+    let limits = LimitsConfig {
+        quota: quota(
+            &mut p,
+            "limits.quota",
+            raw.limits.unwrap_or_default().quota.unwrap_or_default(),
+        )
+        .over(DEFAULT_QUOTA),
+    };
     let catalog = CatalogConfig {
         busy_timeout: p.duration(
             "catalog.busy_timeout",
@@ -373,6 +399,7 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         retention,
         forwarding,
         intake,
+        limits,
         catalog,
         metrics,
         tenants,

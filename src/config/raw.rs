@@ -14,6 +14,7 @@ pub(super) struct RawConfig {
     pub(super) retention: Option<RawRetention>,
     pub(super) forwarding: Option<RawForwarding>,
     pub(super) intake: Option<RawIntake>,
+    pub(super) limits: Option<RawLimits>,
     pub(super) catalog: Option<RawCatalog>,
     pub(super) metrics: Option<RawMetrics>,
     #[serde(default)]
@@ -105,6 +106,19 @@ pub(super) struct RawTenant {
     pub(super) mapping: Option<RawMapping>,
     #[serde(default)]
     pub(super) ftp: Vec<RawFtp>,
+    pub(super) quota: Option<RawQuota>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawLimits {
+    pub(super) quota: Option<RawQuota>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawQuota {
+    pub(super) bytes: Option<String>,
+    pub(super) files: Option<u64>,
+    pub(super) sessions: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]

@@ -4,9 +4,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::problems::{Problems, resolve};
-use super::raw::{RawFtp, RawMapping, RawTenant};
+use super::raw::{RawFtp, RawMapping, RawQuota, RawTenant};
 use crate::secret::SecretSource;
-use crate::tenant::{FtpSource, Mapping, Tenant, TenantId, TimeColumns};
+use crate::tenant::{FtpSource, Mapping, Quota, Tenant, TenantId, TimeColumns};
 
 pub(super) fn tenant(p: &mut Problems<'_>, base: &Path, at: &str, t: RawTenant) -> Option<Tenant> {
     let id = match t.id.as_deref() {
@@ -36,6 +36,7 @@ pub(super) fn tenant(p: &mut Problems<'_>, base: &Path, at: &str, t: RawTenant) 
         },
     };
     let mapping = mapping(p, &format!("{at}.mapping"), t.mapping);
+    let quota = quota(p, &format!("{at}.quota"), t.quota.unwrap_or_default());
     let mut ftp = Vec::new();
     for (i, raw) in t.ftp.into_iter().enumerate() {
         if let Some(src) = ftp_source(p, base, &format!("{at}.ftp.{i}"), raw) {
@@ -58,6 +59,7 @@ pub(super) fn tenant(p: &mut Problems<'_>, base: &Path, at: &str, t: RawTenant) 
         timezone,
         mapping: mapping?,
         ftp,
+        quota,
     })
 }
 
@@ -189,4 +191,17 @@ pub(super) fn ftp_source(p: &mut Problems<'_>, base: &Path, at: &str, f: RawFtp)
         tls_insecure_skip_verify: f.tls_insecure_skip_verify.unwrap_or(false),
         timeout: p.duration(&format!("{at}.timeout"), f.timeout.as_deref(), Duration::from_secs(60)),
     })
+}
+
+/// A quota table (`[limits] quota` or a tenant's `quota`): only the keys it sets.
+pub(super) fn quota(p: &mut Problems<'_>, at: &str, q: RawQuota) -> Quota {
+    let bytes = q.bytes.as_deref().map(|b| p.size(&format!("{at}.bytes"), Some(b), 0));
+    if q.files == Some(0) || q.sessions == Some(0) || bytes == Some(0) {
+        p.add(at, "a quota of 0 lets nothing in; leave the key out for no limit");
+    }
+    Quota {
+        bytes,
+        files: q.files,
+        sessions: q.sessions,
+    }
 }

@@ -32,6 +32,11 @@ pub enum IngressEvent {
     Rescan {
         tenant: Option<TenantId>,
     },
+    /// A file was removed or renamed away by its tenant: the catalog stops counting it.
+    Gone {
+        tenant: TenantId,
+        rel: RelPath,
+    },
     /// A folder appeared in a drop folder. Files written into it before the watch on it was in
     /// place sent no event; they are looked for, and count as arrived once they stop changing.
     FolderCreated {

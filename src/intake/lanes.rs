@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 
 use super::Intake;
-use crate::catalog::{Catalog, CatalogError, IntakeItem, NewIntake, now_ms};
+use crate::catalog::{Catalog, CatalogError, IntakeItem, NewIntake, Via, now_ms};
 use crate::ingress::{Arrived, IngressEvent};
 use crate::worker::{Worker, WorkerError, WorkerState};
 
@@ -173,6 +173,8 @@ impl Recorder {
                     .collect()
             }
             IngressEvent::FolderCreated { tenant, rel } => vec![scan(tenant.as_str(), rel.as_str().to_owned())],
+            // Checked like an arrival: a file no longer there is marked gone.
+            IngressEvent::Gone { tenant, rel } => vec![self.intake.file_item(&tenant, &rel, Via::Local, now)],
         }
     }
 

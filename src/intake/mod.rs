@@ -253,7 +253,11 @@ impl Intake {
     fn prepare(&self, tenant: &TenantId, rel: RelPath, item: &IntakeItem) -> Result<Check, IntakeError> {
         let file = match self.drop.open_confined(tenant, &rel) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Check::Skip),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Removed, or renamed away: the catalog no longer counts it as present.
+                self.catalog.path_gone(tenant.as_str(), &rel, now_ms())?;
+                return Ok(Check::Skip);
+            }
             Err(e) => {
                 tracing::warn!(tenant = %tenant, file = rel.as_str(), error = %e, "not a regular file inside the drop folder; ignored");
                 return Ok(Check::Skip);

@@ -6,5 +6,6 @@ mod harness;
 mod isolation;
 mod ops;
 mod pipeline;
+mod quota;
 mod s3;
 mod sftp;

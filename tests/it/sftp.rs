@@ -319,7 +319,11 @@ fn winscp_style_filepart_upload_arrives_once_under_its_final_name() {
 
 #[test]
 fn fifty_concurrent_sessions_upload_intact_files() {
-    let mut d = Daemon::with_sftp("max_sessions_per_ip = 100\n");
+    // One tenant's 50 sessions at once: past the default quota of 16.
+    let mut d = Daemon::with_sftp("max_sessions_per_ip = 100\n").with_replaced(
+        "state_dir = \"var\"\n",
+        "state_dir = \"var\"\n[limits]\nquota = { sessions = 64 }\n",
+    );
     d.start();
     let mut expected = Vec::new();
     let mut csv = format!("{HEADER}\n");

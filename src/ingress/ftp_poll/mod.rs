@@ -36,6 +36,7 @@ use super::{Arrived, Hint, IngressEvent, KnownDigest, ViaHints};
 use crate::catalog::{Catalog, PollRecord, RemoteFileState, Via, now_ms};
 use crate::config::LiveConfig;
 use crate::dropbox::{DropRoot, FileKind, RelPath};
+use crate::limits::Limits;
 use crate::tenant::{AfterDownload, FtpSource, Tenant, TenantId};
 
 /// After a failed poll the next one waits at least this long (doubling, with jitter).
@@ -51,6 +52,7 @@ pub struct PollContext {
     pub config: LiveConfig,
     pub events: mpsc::Sender<IngressEvent>,
     pub hints: ViaHints,
+    pub quotas: Arc<Limits>,
 }
 
 /// The running pollers, by source key.
@@ -366,8 +368,30 @@ impl Poller {
             let key = self.key.clone();
             self.ctx.catalog.run(move |c| c.ftp_mark_partials(&key, &marks)).await?;
         }
-        let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
+        // What the tenant's quota lets in now; the rest waits, and the source says so.
+        let mut grants = Vec::with_capacity(jobs.len());
+        let mut admitted = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let grant = self
+                .ctx
+                .quotas
+                .open_file(&self.tenant, &job.path)
+                .and_then(|mut g| g.grow_to(job.state.size).map(|()| g));
+            match grant {
+                Ok(g) => {
+                    grants.push(g);
+                    admitted.push(job);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %job.path, "pulling paused until the tenant's drop folder has room");
+                    summary.file_error = Some(format!("paused: {e}"));
+                    break;
+                }
+            }
+        }
+        let queue = Arc::new(Mutex::new(VecDeque::from(admitted)));
         let pulls = self.pull_all(client, queue, tls).await;
+        drop(grants);
         for outcome in pulls {
             match outcome {
                 Ok(bytes) => {

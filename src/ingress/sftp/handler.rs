@@ -13,6 +13,7 @@ use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty};
 use super::Shared;
 use super::fs::TenantFs;
 use super::session::{SessionCtx, serve};
+use crate::limits::SessionGrant;
 use crate::tenant::TenantId;
 
 pub struct Connection {
@@ -28,6 +29,8 @@ pub struct Connection {
     registered: Option<u64>,
     /// Uploads open in this connection's SFTP sessions.
     open_uploads: Arc<std::sync::atomic::AtomicUsize>,
+    /// Counts this session against its tenant's `sessions` quota while it lasts.
+    session_grant: Option<SessionGrant>,
 }
 
 impl Drop for Connection {
@@ -50,6 +53,7 @@ impl Connection {
             refused: Arc::new(AtomicBool::new(false)),
             registered: None,
             open_uploads: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            session_grant: None,
         }
     }
 
@@ -113,6 +117,14 @@ impl russh::server::Handler for Connection {
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         if let Some(tenant) = &self.tenant {
+            match self.shared.quotas.open_session(tenant) {
+                Ok(grant) => self.session_grant = Some(grant),
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, tenant = %tenant, error = %e, "sftp session refused");
+                    self.tenant = None;
+                    return session.disconnect(russh::Disconnect::TooManyConnections, &e.to_string(), "en");
+                }
+            }
             self.registered = Some(
                 self.shared
                     .register(tenant.clone(), session.handle(), self.open_uploads.clone()),
@@ -151,6 +163,7 @@ impl russh::server::Handler for Connection {
             max_file_size: self.shared.limits.max_file_size,
             fsync_on_close: self.shared.limits.fsync_on_close,
             open_uploads: self.open_uploads.clone(),
+            quotas: self.shared.quotas.clone(),
         };
         self.shared.tracker.spawn(serve(channel.into_stream(), ctx));
         Ok(())

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::SftpConfig;
 use crate::dropbox::DropRoot;
 use crate::ingress::{IngressEvent, ViaHints};
+use crate::limits::Limits;
 use crate::tenant::TenantId;
 use auth::{Bans, KeyStore};
 
@@ -50,6 +51,7 @@ pub struct Shared {
     pub arrivals: mpsc::Sender<IngressEvent>,
     pub hints: ViaHints,
     pub limits: SftpConfig,
+    pub quotas: Arc<Limits>,
     pub tracker: TaskTracker,
     ssh: Arc<russh::server::Config>,
     sessions: Arc<Semaphore>,
@@ -215,6 +217,7 @@ impl SftpServer {
         drops: DropRoot,
         arrivals: mpsc::Sender<IngressEvent>,
         hints: ViaHints,
+        quotas: Arc<Limits>,
         tracker: TaskTracker,
     ) -> Result<SftpServer, SftpError> {
         let host_key = load_or_create_host_key(&limits.host_key)?;
@@ -230,6 +233,7 @@ impl SftpServer {
             logged_in: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(1),
             limits,
+            quotas,
             tracker,
         };
         Ok(SftpServer {

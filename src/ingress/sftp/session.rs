@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{
@@ -23,6 +23,7 @@ use super::fs::{FinishedUpload, FsError, TenantFs, Upload, set_attrs};
 use crate::catalog::Via;
 use crate::dropbox::RelPath;
 use crate::ingress::{Arrived, IngressEvent, ViaHints};
+use crate::limits::{FileGrant, Limits};
 use crate::tenant::TenantId;
 
 /// Largest READ/WRITE payload we announce in `limits@openssh.com` (as OpenSSH does).
@@ -45,6 +46,7 @@ pub struct SessionCtx {
     pub fsync_on_close: bool,
     /// Uploads open in this session (a stop waits for them, up to its deadline).
     pub open_uploads: Arc<std::sync::atomic::AtomicUsize>,
+    pub quotas: Arc<Limits>,
 }
 
 struct UploadHandle {
@@ -53,6 +55,20 @@ struct UploadHandle {
     upload: Upload,
     /// Writes hold it shared; CLOSE takes it exclusively, so it waits for them.
     gate: Arc<RwLock<()>>,
+    /// Counts the upload against the tenant's quota while it is open.
+    grant: FileGrant,
+    /// Why a write was refused or failed: the upload is then discarded at CLOSE, never put
+    /// under its final name (a partial file must not arrive as a recording).
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl UploadHandle {
+    fn poison(failed: &Mutex<Option<String>>, why: &str) {
+        let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(why.to_owned());
+        }
+    }
 }
 
 enum OpenHandle {
@@ -343,7 +359,14 @@ impl Session {
                 };
                 self.send(reply).await
             }
-            Packet::Remove(r) => self.unit_op(r.id, move |fs| fs.remove(&r.filename)).await,
+            Packet::Remove(r) => {
+                let path = r.filename.clone();
+                let result = self.blocking(move |fs| fs.remove(&path)).await?;
+                if result.is_ok() {
+                    self.announce_gone(&r.filename).await;
+                }
+                self.send(unit_reply(r.id, result)).await
+            }
             Packet::MkDir(m) => {
                 let reply = unit_reply(m.id, self.quick(|fs| fs.mkdir(&m.path)));
                 self.send(reply).await
@@ -397,38 +420,60 @@ impl Session {
             self.blocking(move |fs| fs.open_write(&path, truncate, exclusive))
                 .await?
         };
-        Ok(match opened {
-            Ok(upload) => match upload.file.try_clone() {
-                Ok(f) => {
-                    let h = UploadHandle {
-                        file: Arc::new(f),
-                        upload,
-                        gate: Arc::new(RwLock::new(())),
-                    };
-                    let handle = self.new_handle(OpenHandle::Upload(h));
-                    Packet::Handle(HandleReply { id, handle })
-                }
-                Err(e) => {
-                    self.ctx.fs.abort_upload(upload);
-                    status(id, StatusCode::Failure, &e.to_string())
-                }
-            },
-            Err(e) => fs_err(id, e),
-        })
+        let upload = match opened {
+            Ok(upload) => upload,
+            Err(e) => return Ok(fs_err(id, e)),
+        };
+        // Counted against the quota from the start, with what a resumed upload already holds.
+        let granted = self
+            .ctx
+            .quotas
+            .open_file(&self.ctx.tenant, upload.vpath.name())
+            .and_then(|mut g| {
+                let held = upload.file.metadata().map_or(0, |m| m.len());
+                g.grow_to(held).map(|()| g)
+            });
+        let (grant, file) = match (granted, upload.file.try_clone()) {
+            (Ok(grant), Ok(file)) => (grant, file),
+            (Err(e), _) => {
+                tracing::warn!(tenant = %self.ctx.tenant, error = %e, "upload refused");
+                self.ctx.fs.abort_upload(upload);
+                return Ok(status(id, StatusCode::Failure, &e.to_string()));
+            }
+            (_, Err(e)) => {
+                self.ctx.fs.abort_upload(upload);
+                return Ok(status(id, StatusCode::Failure, &e.to_string()));
+            }
+        };
+        let h = UploadHandle {
+            file: Arc::new(file),
+            upload,
+            gate: Arc::new(RwLock::new(())),
+            grant,
+            failed: Arc::default(),
+        };
+        let handle = self.new_handle(OpenHandle::Upload(h));
+        Ok(Packet::Handle(HandleReply { id, handle }))
     }
 
     async fn write(&mut self, w: russh_sftp::protocol::Write) -> Result<(), String> {
-        let (file, guard): (Arc<File>, OwnedRwLockReadGuard<()>) = match self.handles.get(&w.handle) {
+        let max_file_size = self.ctx.max_file_size;
+        let (file, guard, failed): (Arc<File>, OwnedRwLockReadGuard<()>, _) = match self.handles.get_mut(&w.handle) {
             Some(OpenHandle::Upload(u)) => {
                 let end = w.offset.saturating_add(w.data.len() as u64);
-                if end > self.ctx.max_file_size {
-                    let msg = format!(
+                let refused = if end > max_file_size {
+                    Some(format!(
                         "file larger than the limit of {} (sftp.max_file_size)",
-                        bytesize::ByteSize::b(self.ctx.max_file_size)
-                    );
+                        bytesize::ByteSize::b(max_file_size)
+                    ))
+                } else {
+                    u.grant.grow_to(end).err().map(|e| e.to_string())
+                };
+                if let Some(msg) = refused {
+                    UploadHandle::poison(&u.failed, &msg);
                     return self.send(status(w.id, StatusCode::Failure, &msg)).await;
                 }
-                (u.file.clone(), u.gate.clone().read_owned().await)
+                (u.file.clone(), u.gate.clone().read_owned().await, u.failed.clone())
             }
             Some(_) => {
                 return self
@@ -456,11 +501,16 @@ impl Session {
                     crate::fsutil::start_writeback(&file, offset, data.len() as u64);
                 }
             });
-            drop(guard);
             let reply = match done {
                 Ok(()) => ok(id),
-                Err(e) => status(id, StatusCode::Failure, &format!("write failed: {e}")),
+                Err(e) => {
+                    let msg = format!("write failed: {e}");
+                    UploadHandle::poison(&failed, &msg);
+                    status(id, StatusCode::Failure, &msg)
+                }
             };
+            // Released after the poison is set, so CLOSE (which waits for the gate) sees it.
+            drop(guard);
             send_packet_blocking(&tx, reply);
             drop(permit);
         });
@@ -512,6 +562,13 @@ impl Session {
                 // Every write sent before CLOSE has landed once we hold the gate.
                 let _all_written = u.gate.clone().write_owned().await;
                 drop(u.file);
+                let failed = u.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(why) = failed {
+                    tracing::warn!(tenant = %self.ctx.tenant, file = %u.upload.vpath, reason = %why, "upload discarded: a write was refused");
+                    self.ctx.fs.abort_upload(u.upload);
+                    return Ok(status(id, StatusCode::Failure, &format!("upload discarded: {why}")));
+                }
+                u.grant.keep();
                 let hint = (self.ctx.hints.clone(), u.upload.target.clone());
                 let durable = self.ctx.fsync_on_close;
                 let finish = move |fs: &TenantFs| {
@@ -555,6 +612,22 @@ impl Session {
         announce(&self.ctx.arrivals, &self.ctx.tenant, rel).await;
     }
 
+    /// Tells intake that a file the tenant removed (or renamed away) is gone, so that the
+    /// catalog, and the tenant's quota, stop counting it.
+    async fn announce_gone(&self, raw: &str) {
+        let Some(rel) = super::fs::VPath::parse(raw).ok().and_then(|v| RelPath::parse(&v.rel())) else {
+            return;
+        };
+        if crate::dropbox::is_temp_name(rel.file_name()) {
+            return;
+        }
+        let event = IngressEvent::Gone {
+            tenant: self.ctx.tenant.clone(),
+            rel,
+        };
+        let _ = self.ctx.arrivals.send(event).await;
+    }
+
     async fn stat(&self, id: u32, path: String) -> Result<(), String> {
         let reply = match self.quick(|fs| fs.stat(&path)) {
             Ok(attrs) => Packet::Attrs(Attrs { id, attrs }),
@@ -565,6 +638,7 @@ impl Session {
 
     async fn rename(&self, id: u32, from: String, to: String, overwrite: bool) -> Result<(), String> {
         let hints = self.ctx.hints.clone();
+        let from_path = from.clone();
         let result = self
             .blocking(move |fs| {
                 if let Ok(v) = super::fs::VPath::parse(&to) {
@@ -575,6 +649,7 @@ impl Session {
             .await?;
         let reply = match result {
             Ok(arrived) => {
+                self.announce_gone(&from_path).await;
                 if let Some(rel) = arrived {
                     self.announce(&rel).await;
                 }
