@@ -17,9 +17,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, now_ms};
 use crate::config::{self, Config, LiveConfig};
+use crate::dropbox::Archiver;
 use crate::dropbox::DropRoot;
 use crate::forwarding::{ForwardWorker, Forwarder, Sink};
-use crate::housekeeping::{Archiver, Housekeeper};
+use crate::housekeeping::Housekeeper;
 use crate::ingress::ftp_poll::{FtpPollers, PollContext};
 use crate::ingress::sftp::SftpServer;
 use crate::ingress::sftp::Shared as SftpShared;

@@ -2,10 +2,10 @@
 //! which conversations became complete.
 
 use rusqlite::{OptionalExtension, Transaction, params};
-use sha2::{Digest, Sha256};
 
 use super::{Catalog, ConvState, Result, Via};
 use crate::dropbox::{FileKind, RelPath};
+use crate::matching::join::{ArrivalKeys, Lookup, Resend, content_hash};
 use crate::matching::{RecordingRef, RowVerdict};
 
 /// What recording an arrival did.
@@ -63,13 +63,6 @@ fn kind_str(kind: FileKind) -> &'static str {
         FileKind::Metadata(_) => "metadata",
         FileKind::Zip => "zip",
         FileKind::Unknown => "unknown",
-    }
-}
-
-fn stem_of(name: &str) -> &str {
-    match name.rfind('.') {
-        Some(i) if i > 0 => &name[..i],
-        _ => name,
     }
 }
 
@@ -311,7 +304,7 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
         f.rel.as_str(),
         f.rel.dir(),
         name,
-        stem_of(name),
+        ArrivalKeys::of(name).stem,
         kind,
         f.via.as_str(),
         f.size as i64,
@@ -394,19 +387,20 @@ fn attach_arrival(
     decided: &mut Vec<i64>,
 ) -> Result<usize> {
     // By name, then by stem: one indexed lookup each (an OR of the two would scan the folder).
+    let keys = ArrivalKeys::of(name);
     let mut convs: Vec<i64> = Vec::new();
     for (sql, key) in [
         (
             "UPDATE recordings SET file_id = ?1 WHERE tenant = ?2 AND dir = ?3 AND name = ?4 AND file_id IS NULL
                AND EXISTS (SELECT 1 FROM conversations c WHERE c.id = recordings.conversation AND c.state IN ('waiting', 'expired'))
              RETURNING conversation",
-            name,
+            keys.name,
         ),
         (
             "UPDATE recordings SET file_id = ?1 WHERE tenant = ?2 AND dir = ?3 AND stem = ?4 AND file_id IS NULL
                AND EXISTS (SELECT 1 FROM conversations c WHERE c.id = recordings.conversation AND c.state IN ('waiting', 'expired'))
              RETURNING conversation",
-            stem_of(name),
+            keys.stem,
         ),
     ] {
         let mut stmt = tx.prepare_cached(sql)?;
@@ -518,9 +512,9 @@ fn add_row(
     let conv = tx.last_insert_rowid();
     let mut all_present = true;
     for (pos, rec) in sub.recordings.iter().enumerate() {
-        let (name, stem) = match rec {
-            RecordingRef::Exact(n) => (Some(n.as_str()), None),
-            RecordingRef::Stem(s) => (None, Some(s.as_str())),
+        let (name, stem) = match rec.lookup() {
+            Lookup::Name(n) => (Some(n), None),
+            Lookup::Stem(s) => (None, Some(s)),
         };
         // The newest present recording of that name (or stem) in the same folder.
         // Two statements rather than `name = ? OR stem = ?`, which defeats both indexes.
@@ -565,17 +559,12 @@ pub(super) fn make_ready(tx: &Transaction<'_>, conv: i64, now: i64, decided: &mu
         )?
         .query_map([conv], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut h = Sha256::new();
-    for part in [agent.as_str(), contact_time.as_str(), fields.as_str()] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
-    }
-    for (name, sha) in &recordings {
-        h.update((name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        h.update(sha.as_deref().unwrap_or("").as_bytes());
-    }
-    let hash = hex::encode(h.finalize());
+    let hash = content_hash(
+        &agent,
+        &contact_time,
+        &fields,
+        recordings.iter().map(|(n, sha)| (n.as_str(), sha.as_deref())),
+    );
     let previous: Option<(String, String, i64)> = tx
         .prepare_cached(
             "SELECT c.content_hash, m.rel_path, c.row_no FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
@@ -584,8 +573,9 @@ pub(super) fn make_ready(tx: &Transaction<'_>, conv: i64, now: i64, decided: &mu
         )?
         .query_row(params![tenant, conversation_id, conv], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    match previous {
-        Some((prev_hash, file, row)) if prev_hash == hash => {
+    let resend = Resend::decide(previous.as_ref().map(|(h, ..)| h.as_str()), &hash);
+    match (resend, previous) {
+        (Resend::Identical, Some((_, file, row))) => {
             tx.prepare_cached(
                 "UPDATE conversations SET state = 'forwarded', content_hash = ?2, forwarded_at = ?3, changed_at = ?3, detail = ?4 WHERE id = ?1",
             )?
@@ -597,12 +587,12 @@ pub(super) fn make_ready(tx: &Transaction<'_>, conv: i64, now: i64, decided: &mu
             ])?;
             decided.extend(super::queue::files_of(tx, conv)?);
         }
-        previous => {
+        (resend, _) => {
             tx.prepare_cached(
                 "UPDATE conversations SET state = ?2, content_hash = ?3, updated = ?4, next_attempt_at = ?5, attempts = 0,
                         detail = NULL, changed_at = ?5 WHERE id = ?1",
             )?
-            .execute(params![conv, ConvState::Ready.as_str(), hash, previous.is_some(), now])?;
+            .execute(params![conv, ConvState::Ready.as_str(), hash, resend == Resend::Updated, now])?;
         }
     }
     Ok(())

@@ -17,8 +17,8 @@ use tracing::Instrument;
 
 use crate::catalog::{Catalog, Forwarded, Work, ms, now_ms};
 use crate::config::SinkConfig;
+use crate::dropbox::Archiver;
 use crate::dropbox::{DropRoot, RelPath};
-use crate::housekeeping::Archiver;
 use crate::tenant::TenantId;
 use crate::worker::{Worker, WorkerError, WorkerState};
 use layout::RecordingEntry;

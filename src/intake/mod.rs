@@ -22,8 +22,8 @@ use crate::catalog::{
     RowInput, Via, ms, now_ms,
 };
 use crate::config::LiveConfig;
+use crate::dropbox::Archiver;
 use crate::dropbox::{self, DropRoot, FileKind, RelPath, ZipLimits};
-use crate::housekeeping::Archiver;
 use crate::ingress::ViaHints;
 use crate::matching::{self, MetadataFormat, ReadError, RowContext, RowVerdict};
 use crate::tenant::{Tenant, TenantId};

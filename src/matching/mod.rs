@@ -2,13 +2,15 @@
 //!
 //! Takes a tenant's [`Mapping`] and one row from [`readers`], gives back a [`Submission`] (the
 //! canonical fields, every original column, and which recordings it needs) or a reason a person
-//! can act on. Joining submissions with arrived recordings happens in the catalog, by folder and
-//! file name; this module only says which names to look for.
+//! can act on. [`join`] holds the rules by which the catalog joins submissions with arrived
+//! recordings.
 
+pub mod join;
 pub mod readers;
 
 use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 
+use join::stem;
 pub use readers::{MetadataFormat, ReadError, Record, RowRead, read_rows};
 
 use crate::tenant::{Mapping, TimeColumns};
@@ -202,13 +204,6 @@ pub fn map_row(ctx: &RowContext<'_>, record: Record) -> RowVerdict {
         recordings,
         fields: record,
     })
-}
-
-fn stem(name: &str) -> &str {
-    match name.rfind('.') {
-        Some(i) if i > 0 => &name[..i],
-        _ => name,
-    }
 }
 
 /// The extension of a file name, lower-cased, if it has one.

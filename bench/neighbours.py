@@ -1,0 +1,151 @@
+"""Driver for bench/neighbours.sh: a quiet tenant's latency while a noisy one sends.
+
+The quiet tenant sends N one-recording conversations over one SFTP session (paramiko), one
+after the other; each latency runs from the end of its metadata upload to its metadata.json
+appearing in the dir sink (the conversation complete there). Meanwhile, the noisy tenant sends
+one load over its own session:
+
+  idle   nothing
+  zip    a zip of ZIP_GIB GiB of zeros (small to send, long to unpack)
+  files  FILES small recordings, as fast as one session sends them
+  wide   a CSV with 150,000 columns (WIDE_ROWS rows)
+
+Prints one line per load: p50 and p99 in milliseconds, and whether the noisy load was still
+being taken in when the quiet tenant's last conversation was forwarded.
+"""
+
+import io
+import os
+import sys
+import threading
+import time
+import zipfile
+
+import paramiko
+
+PORT = int(os.environ["PORT"])
+WORK = os.environ["WORK"]
+OUTBOX = os.path.join(WORK, "var/outbox")
+N = int(os.environ.get("N", "50"))
+ZIP_GIB = float(os.environ.get("ZIP_GIB", "2"))
+FILES = int(os.environ.get("FILES", "5000"))
+WIDE_ROWS = int(os.environ.get("WIDE_ROWS", "60"))
+HEADER = "Contact Reference,Agent Email,Contact Date,Audio Filename"
+
+
+def connect(tenant):
+    t = paramiko.Transport(("127.0.0.1", PORT))
+    t.connect(username=tenant, pkey=paramiko.Ed25519Key.from_private_key_file(os.path.join(WORK, tenant + "_key")))
+    return t, paramiko.SFTPClient.from_transport(t)
+
+
+def row(cid, recording):
+    return f"{cid},agent@example.com,2019-05-03T09:27:23Z,{recording}"
+
+
+def quiet_run(sftp, tag):
+    """N conversations, one at a time; returns latencies in ms."""
+    audio = os.urandom(4096)
+    out = []
+    for i in range(N):
+        cid = f"Q-{tag}-{i:03d}"
+        sftp.putfo(io.BytesIO(audio), f"{cid}.wav")
+        sftp.putfo(io.BytesIO(f"{HEADER}\n{row(cid, cid + '.wav')}\n".encode()), f"{cid}.csv")
+        t0 = time.monotonic()
+        target = os.path.join(OUTBOX, "quiet/2019/05/03", cid, "metadata.json")
+        while not os.path.exists(target):
+            if time.monotonic() - t0 > 300:
+                raise SystemExit(f"{cid} not forwarded within 300 s")
+            time.sleep(0.002)
+        out.append((time.monotonic() - t0) * 1000)
+    return out
+
+
+def percentile(values, p):
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def make_zip(path, gib):
+    chunk = bytes(1 << 20)
+    entries = max(1, int(gib * 4))
+    per_entry = int(gib * 1024 / entries)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for e in range(entries):
+            with z.open(f"z{e}.wav", "w", force_zip64=True) as f:
+                for _ in range(per_entry):
+                    f.write(chunk)
+
+
+def wide_csv():
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+    def name(i):
+        s = "k"
+        while True:
+            s += digits[i % 36]
+            i //= 36
+            if i == 0:
+                return s
+
+    cols = ",".join(name(i) for i in range(150_000))
+    values = ",".join(["v"] * 150_000)
+    body = [f"{HEADER},{cols}"]
+    for i in range(WIDE_ROWS):
+        body.append(f"{row(f'W-{i}', f'w{i}.wav')},{values}")
+    return ("\n".join(body) + "\n").encode()
+
+
+def noisy(load, sftp, staged):
+    if load == "zip":
+        sftp.put(staged["zip"], "big.zip")
+    elif load == "files":
+        data = os.urandom(2048)
+        for i in range(FILES):
+            sftp.putfo(io.BytesIO(data), f"n{i:05d}.wav")
+    elif load == "wide":
+        sftp.putfo(io.BytesIO(staged["wide"]), "wide.csv")
+
+
+def noisy_done(load):
+    reports = os.path.join(WORK, "var/drop/noisy/reports")
+    if load == "zip":
+        return os.path.exists(os.path.join(reports, "big.zip.report.csv"))
+    if load == "wide":
+        return os.path.exists(os.path.join(reports, "wide.csv.report.csv"))
+    if load == "files":
+        # The last file taken in: status would say; the drop folder listing is enough here.
+        return False
+    return True
+
+
+def main():
+    loads = sys.argv[1:] or ["idle", "zip", "files", "wide"]
+    staged = {}
+    if "zip" in loads:
+        staged["zip"] = os.path.join(WORK, "big.zip")
+        make_zip(staged["zip"], ZIP_GIB)
+    if "wide" in loads:
+        staged["wide"] = wide_csv()
+    tq, quiet = connect("quiet")
+    tn, loud = connect("noisy")
+    quiet_run(quiet, "warm")  # warm-up, not counted
+    for load in loads:
+        th = threading.Thread(target=noisy, args=(load, loud, staged))
+        th.start()
+        if load != "idle":
+            time.sleep(1.0)  # let the noisy load get going (the zip's upload is quick)
+        lat = quiet_run(quiet, load)
+        busy = not noisy_done(load)
+        th.join()
+        print(
+            f"{load:6s} p50 {percentile(lat, 50):8.1f} ms  p99 {percentile(lat, 99):8.1f} ms  "
+            f"max {max(lat):8.1f} ms  noisy load still in progress at the end: {'yes' if busy else 'no'}",
+            flush=True,
+        )
+    tq.close()
+    tn.close()
+
+
+main()
