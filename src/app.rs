@@ -161,8 +161,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             hints: hints.clone(),
             quotas: quotas.clone(),
         },
-        tracker.clone(),
-        cancel.clone(),
+        workers.clone(),
     ));
     pollers.apply(&config.tenants);
     let forwarder = Arc::new(Forwarder {

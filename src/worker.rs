@@ -35,6 +35,10 @@ pub enum WorkerState {
 pub type WorkerError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 pub trait Worker: Send + 'static {
+    /// Whether a unit may be dropped midway when the worker is stopped (its effects are
+    /// replayable and it may take long, like an FTP poll); otherwise a unit runs to its end.
+    const ABORT_ON_STOP: bool = false;
+
     /// A stable name for logs, metrics and the watchdog ("intake lane 1", "forwarder 0").
     fn name(&self) -> String;
 
@@ -47,6 +51,12 @@ pub trait Worker: Send + 'static {
     /// Called once when the daemon stops (not after `Done`): a last pass, if the worker needs one.
     fn stopping(&mut self) -> impl Future<Output = ()> + Send {
         async {}
+    }
+
+    /// Whether the watchdog waits on this worker's progress. Not for workers whose units wait
+    /// on the outside world (a slow FTP server must not get the daemon restarted).
+    fn watched(&self) -> bool {
+        true
     }
 
     /// How long to wait after the first error and at most after many in a row.
@@ -76,6 +86,11 @@ impl Workers {
     /// cancelled.
     pub fn spawn_until<W: Worker>(&self, worker: W, stop: CancellationToken) {
         let span = tracing::info_span!("worker", name = %worker.name());
+        self.spawn_until_in(worker, stop, span);
+    }
+
+    /// Like [`Workers::spawn_until`], in a span of the caller's.
+    pub fn spawn_until_in<W: Worker>(&self, worker: W, stop: CancellationToken, span: tracing::Span) {
         self.tracker
             .spawn(run(worker, stop, self.liveness.clone()).instrument(span));
     }
@@ -91,14 +106,25 @@ impl Workers {
 
 async fn run<W: Worker>(mut worker: W, cancel: CancellationToken, liveness: Arc<Liveness>) {
     let name = worker.name();
+    let liveness = worker.watched().then_some(liveness);
+    let busy = |l: &Option<Arc<Liveness>>| l.iter().for_each(|l| l.busy(&name));
+    let idle = |l: &Option<Arc<Liveness>>| l.iter().for_each(|l| l.idle(&name));
     let mut errors_in_row: i64 = 0;
     loop {
         if cancel.is_cancelled() {
             worker.stopping().await;
             break;
         }
-        liveness.busy(&name);
-        match worker.work().await {
+        busy(&liveness);
+        let outcome = if W::ABORT_ON_STOP {
+            tokio::select! {
+                _ = cancel.cancelled() => continue,
+                r = worker.work() => r,
+            }
+        } else {
+            worker.work().await
+        };
+        match outcome {
             Ok(WorkerState::Busy) => {
                 errors_in_row = 0;
                 // Let the other tasks of this runtime thread have their turn between units.
@@ -106,7 +132,7 @@ async fn run<W: Worker>(mut worker: W, cancel: CancellationToken, liveness: Arc<
             }
             Ok(WorkerState::Idle) => {
                 errors_in_row = 0;
-                liveness.idle(&name);
+                idle(&liveness);
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = worker.wait_for_work() => {}
@@ -119,7 +145,7 @@ async fn run<W: Worker>(mut worker: W, cancel: CancellationToken, liveness: Arc<
                 let delay = crate::backoff::exponential(errors_in_row, min, max);
                 metrics::counter!("dropsync_worker_errors_total", "worker" => worker_kind(&name)).increment(1);
                 tracing::error!(error = %e, errors_in_row, retry_in = ?delay, "background work failed; retrying");
-                liveness.idle(&name);
+                idle(&liveness);
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = tokio::time::sleep(delay) => {}
@@ -127,7 +153,9 @@ async fn run<W: Worker>(mut worker: W, cancel: CancellationToken, liveness: Arc<
             }
         }
     }
-    liveness.forget(&name);
+    if let Some(l) = &liveness {
+        l.forget(&name);
+    }
 }
 
 /// The metric label: the name without its number, so labels stay few.

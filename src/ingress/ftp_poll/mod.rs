@@ -16,6 +16,7 @@
 
 mod client;
 pub mod listing;
+mod pull;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
@@ -26,7 +27,6 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use client::FtpPollError;
@@ -38,6 +38,7 @@ use crate::config::LiveConfig;
 use crate::dropbox::{DropRoot, FileKind, RelPath};
 use crate::limits::Limits;
 use crate::tenant::{AfterDownload, FtpSource, Tenant, TenantId};
+use crate::worker::{Worker, WorkerError, WorkerState, Workers};
 
 /// After a failed poll the next one waits at least this long (doubling, with jitter).
 const ERROR_RETRY_MIN: Duration = Duration::from_secs(1);
@@ -58,8 +59,7 @@ pub struct PollContext {
 /// The running pollers, by source key.
 pub struct FtpPollers {
     ctx: PollContext,
-    tracker: TaskTracker,
-    cancel: CancellationToken,
+    workers: Workers,
     running: Mutex<HashMap<String, Running>>,
 }
 
@@ -75,11 +75,10 @@ pub fn source_key(tenant: &TenantId, source: &FtpSource) -> String {
 }
 
 impl FtpPollers {
-    pub fn new(ctx: PollContext, tracker: TaskTracker, cancel: CancellationToken) -> Self {
+    pub fn new(ctx: PollContext, workers: Workers) -> Self {
         FtpPollers {
             ctx,
-            tracker,
-            cancel,
+            workers,
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -108,7 +107,7 @@ impl FtpPollers {
             if running.contains_key(&key) {
                 continue;
             }
-            let stop = self.cancel.child_token();
+            let stop = self.workers.cancel_token().child_token();
             let settings = format!("{source:?}");
             let poller = Arc::new(Poller {
                 key: key.clone(),
@@ -118,7 +117,12 @@ impl FtpPollers {
                 warned: Mutex::new(HashSet::new()),
             });
             let span = tracing::info_span!("ftp", tenant = %poller.tenant, source = %poller.source.url);
-            self.tracker.spawn(poller.run(stop.clone()).instrument(span));
+            let worker = PollWorker {
+                poller,
+                tls: None,
+                next_poll: Duration::ZERO,
+            };
+            self.workers.spawn_until_in(worker, stop.clone(), span);
             running.insert(key, Running { settings, stop });
             started += 1;
         }
@@ -151,23 +155,6 @@ struct Job {
     resumable: bool,
 }
 
-/// A file received into its temp name, not yet durable.
-struct Received {
-    writer: crate::fsutil::BackgroundWriter,
-    tmp: PathBuf,
-    target: PathBuf,
-    rel: RelPath,
-    started: Instant,
-}
-
-/// A file's size once pulled, or why it was not.
-type PullResult = Result<u64, (String, FtpPollError)>;
-/// What finishing a file gives: (path, server path, size).
-type Finished = Result<(String, String, u64), (String, FtpPollError)>;
-
-/// Files one connection may have received and not yet made durable.
-const MAX_FINISHING: usize = 4;
-
 /// What one poll did.
 #[derive(Default)]
 struct PollSummary {
@@ -181,8 +168,72 @@ struct PollSummary {
     file_error: Option<String>,
 }
 
+/// A poller as a worker: one poll a unit; idle until the next poll is due. A failed poll is an
+/// error for the runner, which backs the source off (1 s doubling, up to 5 min or the poll
+/// interval); other sources never wait for it.
+struct PollWorker {
+    poller: Arc<Poller>,
+    /// Set up at the first unit: `None` until then.
+    tls: Option<Option<Tls>>,
+    next_poll: Duration,
+}
+
+impl Worker for PollWorker {
+    /// A poll in flight is dropped on stop: a cut download resumes with REST next time.
+    const ABORT_ON_STOP: bool = true;
+
+    fn name(&self) -> String {
+        "ftp poller".into()
+    }
+
+    /// A slow or silent FTP server is that source's problem, shown in `status`; it must never
+    /// stop the watchdog and get the daemon restarted.
+    fn watched(&self) -> bool {
+        false
+    }
+
+    async fn work(&mut self) -> Result<WorkerState, WorkerError> {
+        let p = self.poller.clone();
+        let tls = match &self.tls {
+            Some(tls) => tls.clone(),
+            None => match p.start().await {
+                Some(tls) => self.tls.insert(tls).clone(),
+                None => return Ok(WorkerState::Done),
+            },
+        };
+        let started = Instant::now();
+        let lock = source_lock(&p.key);
+        let result = {
+            let _held = lock.lock().await;
+            p.poll_once(tls.as_ref()).await
+        };
+        match result {
+            Ok(summary) => {
+                self.next_poll = p.polled(&summary, started.elapsed()).await;
+                Ok(WorkerState::Idle)
+            }
+            Err(e) => {
+                metrics::counter!("dropsync_ftp_polls_total", "tenant" => p.tenant.to_string(), "result" => "error")
+                    .increment(1);
+                p.record(&PollRecord::failed(e.to_string())).await;
+                Err(format!("poll failed: {e}").into())
+            }
+        }
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.next_poll).await
+    }
+
+    fn backoff(&self) -> (Duration, Duration) {
+        (ERROR_RETRY_MIN, ERROR_RETRY_MAX.max(self.poller.source.poll_interval))
+    }
+}
+
 impl Poller {
-    async fn run(self: Arc<Self>, stop: CancellationToken) {
+    /// Warns about what the settings expose, reads the TLS settings and registers the source;
+    /// `None` if the source cannot be polled until its settings are fixed.
+    async fn start(&self) -> Option<Option<Tls>> {
         if self.source.url.tls && self.source.tls_insecure_skip_verify {
             tracing::warn!(
                 "TLS certificate verification is OFF for this source (tls_insecure_skip_verify): anyone on the path can read the password and the files"
@@ -197,7 +248,7 @@ impl Poller {
             Err(e) => {
                 tracing::error!(error = %e, "the source cannot be polled until its TLS settings are fixed");
                 self.record(&PollRecord::failed(e.to_string())).await;
-                return;
+                return None;
             }
         };
         tracing::info!(interval = ?self.source.poll_interval, min_age = ?self.source.min_age, "polling");
@@ -211,70 +262,43 @@ impl Poller {
         {
             tracing::warn!(error = %e, "cannot register the source in the catalog");
         }
-        let lock = source_lock(&self.key);
-        let mut errors_in_row = 0i64;
-        loop {
-            let started = Instant::now();
-            let result = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = async {
-                    let _held = lock.lock().await;
-                    self.poll_once(tls.as_ref()).await
-                } => r,
-            };
-            let delay = match result {
-                Ok(summary) => {
-                    errors_in_row = 0;
-                    let took = started.elapsed();
-                    if summary.pulled > 0 {
-                        tracing::info!(
-                            listed = summary.listed,
-                            pulled = summary.pulled,
-                            bytes = summary.bytes,
-                            waiting = summary.waiting,
-                            took_ms = took.as_millis() as u64,
-                            "poll done"
-                        );
-                    } else {
-                        tracing::debug!(
-                            listed = summary.listed,
-                            waiting = summary.waiting,
-                            took_ms = took.as_millis() as u64,
-                            "poll done"
-                        );
-                    }
-                    metrics::counter!("dropsync_ftp_polls_total", "tenant" => self.tenant.to_string(), "result" => "ok").increment(1);
-                    self.record(&PollRecord {
-                        listed: true,
-                        error: summary.file_error.clone(),
-                        remote_files: summary.listed,
-                        waiting: summary.waiting,
-                    })
-                    .await;
-                    let mut delay = crate::backoff::jittered(self.source.poll_interval);
-                    if let Some(at) = summary.next_stable_at {
-                        let until = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
-                        delay = delay.min(until + Duration::from_millis(50));
-                    }
-                    delay
-                }
-                Err(e) => {
-                    errors_in_row += 1;
-                    tracing::warn!(error = %e, errors_in_row, "poll failed");
-                    metrics::counter!("dropsync_ftp_polls_total", "tenant" => self.tenant.to_string(), "result" => "error").increment(1);
-                    self.record(&PollRecord::failed(e.to_string())).await;
-                    crate::backoff::exponential(
-                        errors_in_row,
-                        ERROR_RETRY_MIN,
-                        ERROR_RETRY_MAX.max(self.source.poll_interval),
-                    )
-                }
-            };
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
+        Some(tls)
+    }
+
+    /// Logs and records a good poll; returns when the next one is due.
+    async fn polled(&self, summary: &PollSummary, took: Duration) -> Duration {
+        if summary.pulled > 0 {
+            tracing::info!(
+                listed = summary.listed,
+                pulled = summary.pulled,
+                bytes = summary.bytes,
+                waiting = summary.waiting,
+                took_ms = took.as_millis() as u64,
+                "poll done"
+            );
+        } else {
+            tracing::debug!(
+                listed = summary.listed,
+                waiting = summary.waiting,
+                took_ms = took.as_millis() as u64,
+                "poll done"
+            );
         }
+        metrics::counter!("dropsync_ftp_polls_total", "tenant" => self.tenant.to_string(), "result" => "ok")
+            .increment(1);
+        self.record(&PollRecord {
+            listed: true,
+            error: summary.file_error.clone(),
+            remote_files: summary.listed,
+            waiting: summary.waiting,
+        })
+        .await;
+        let mut delay = crate::backoff::jittered(self.source.poll_interval);
+        if let Some(at) = summary.next_stable_at {
+            let until = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
+            delay = delay.min(until + Duration::from_millis(50));
+        }
+        delay
     }
 
     async fn record(&self, poll: &PollRecord) {
@@ -405,240 +429,6 @@ impl Poller {
         Ok(summary)
     }
 
-    /// Drains `queue` over up to `connections` control connections; the first is `first`, the
-    /// others are opened only if there is more than one file. A connection that fails ends its
-    /// worker; its file waits for the next poll.
-    async fn pull_all(
-        self: &Arc<Self>,
-        first: FtpClient,
-        queue: Arc<Mutex<VecDeque<Job>>>,
-        tls: Option<&Tls>,
-    ) -> Vec<PullResult> {
-        let pending = queue.lock().unwrap_or_else(|p| p.into_inner()).len();
-        let extra = (self.source.connections as usize).min(pending).saturating_sub(1);
-        let mut workers = tokio::task::JoinSet::new();
-        let span = tracing::Span::current();
-        workers.spawn(
-            self.clone()
-                .pull_worker(Some(first), queue.clone(), tls.cloned())
-                .instrument(span.clone()),
-        );
-        for _ in 0..extra {
-            workers.spawn(
-                self.clone()
-                    .pull_worker(None, queue.clone(), tls.cloned())
-                    .instrument(span.clone()),
-            );
-        }
-        let mut out = Vec::new();
-        while let Some(r) = workers.join_next().await {
-            if let Ok(mut results) = r {
-                out.append(&mut results);
-            }
-        }
-        out
-    }
-
-    async fn pull_worker(
-        self: Arc<Self>,
-        client: Option<FtpClient>,
-        queue: Arc<Mutex<VecDeque<Job>>>,
-        tls: Option<Tls>,
-    ) -> Vec<PullResult> {
-        let mut results = Vec::new();
-        let mut client = match client {
-            Some(c) => c,
-            None => match FtpClient::connect(&self.source, tls.as_ref()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    // Servers often cap connections per user; the other workers go on.
-                    tracing::debug!(error = %e, "an extra FTP connection was refused");
-                    return results;
-                }
-            },
-        };
-        // Files received but not yet durable and recorded. The connection moves on to the next
-        // file meanwhile, so a transfer never waits for the disk or the catalog.
-        let mut finishing = tokio::task::JoinSet::new();
-        let mut session_ok = true;
-        loop {
-            while finishing.len() >= MAX_FINISHING {
-                if let Some(done) = finishing.join_next().await {
-                    self.finished(done, &mut client, &mut session_ok, &mut results).await;
-                }
-            }
-            while let Some(done) = finishing.try_join_next() {
-                self.finished(done, &mut client, &mut session_ok, &mut results).await;
-            }
-            if !session_ok {
-                break;
-            }
-            let Some(job) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
-                break;
-            };
-            match self.fetch(&mut client, &job).await {
-                Ok(received) => {
-                    let remote = client.remote(&job.path);
-                    finishing.spawn(
-                        self.clone()
-                            .finish(job, remote, received)
-                            .instrument(tracing::Span::current()),
-                    );
-                }
-                Err(e) => {
-                    session_ok = e.keeps_session();
-                    results.push(Err((job.path, e)));
-                }
-            }
-        }
-        while let Some(done) = finishing.join_next().await {
-            self.finished(done, &mut client, &mut session_ok, &mut results).await;
-        }
-        if session_ok {
-            client.quit().await;
-        }
-        results
-    }
-
-    /// Takes one finished file's outcome; with `after_download = "delete"`, deletes it on the
-    /// server now that the catalog has it (a dead session leaves that to the next poll).
-    async fn finished(
-        &self,
-        done: Result<Finished, tokio::task::JoinError>,
-        client: &mut FtpClient,
-        session_ok: &mut bool,
-        results: &mut Vec<PullResult>,
-    ) {
-        let Ok(done) = done else {
-            return;
-        };
-        match done {
-            Ok((path, remote, size)) => {
-                results.push(Ok(size));
-                if self.source.after_download == AfterDownload::Delete
-                    && *session_ok
-                    && let Err(e) = client.delete(&remote).await
-                {
-                    tracing::warn!(file = %path, error = %e, "pulled, but the remote copy could not be deleted; trying again at the next poll");
-                    *session_ok = e.keeps_session();
-                }
-            }
-            Err(failed) => results.push(Err(failed)),
-        }
-    }
-
-    /// Receives one file into its temp name (resuming what is there when it belongs to the
-    /// same version), checked against the listed size; not yet fsynced.
-    async fn fetch(&self, client: &mut FtpClient, job: &Job) -> Result<Received, FtpPollError> {
-        let Some(rel) = RelPath::parse(&job.path) else {
-            return Err(FtpPollError::Listing {
-                path: job.path.clone(),
-                why: "not a valid path".into(),
-            });
-        };
-        let drops = self.ctx.drops.clone();
-        let (tenant, dir) = (self.tenant.clone(), rel.dir().to_owned());
-        let folder = tokio::task::spawn_blocking(move || drops.ensure_dir(&tenant, &dir))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|r| r)
-            .map_err(|source| FtpPollError::Local {
-                path: self.ctx.drops.tenant_dir(&self.tenant).join(rel.dir()),
-                source,
-            })?;
-        let tmp = folder.join(temp_name(&self.key, &job.path));
-        let resume_from = if job.resumable {
-            tokio::fs::metadata(&tmp).await.map_or(0, |m| m.len())
-        } else {
-            0
-        };
-        let remote = client.remote(&job.path);
-        let started = Instant::now();
-        match client.download(&remote, &tmp, resume_from, job.state.size).await {
-            Ok((writer, received)) => {
-                metrics::counter!("dropsync_received_bytes_total", "via" => "ftp").increment(received);
-                Ok(Received {
-                    writer,
-                    tmp,
-                    target: folder.join(rel.file_name()),
-                    rel,
-                    started,
-                })
-            }
-            Err(e) => {
-                if matches!(e, FtpPollError::Changed { .. }) {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Makes a received file durable and an arrival: fsync, rename into place, fsync the
-    /// folder, record it in the catalog, tell intake.
-    async fn finish(self: Arc<Self>, job: Job, remote: String, r: Received) -> Finished {
-        let failed = |e: FtpPollError| (job.path.clone(), e);
-        let local = |path: &PathBuf| {
-            let path = path.clone();
-            move |source| FtpPollError::Local { path, source }
-        };
-        let sha256 = r.writer.finish().await.map_err(local(&r.tmp)).map_err(failed)?;
-        // The watcher sees the rename too; the hint makes either path record `via = ftp`, and
-        // spares intake reading the file again for its digest.
-        let meta = tokio::fs::metadata(&r.tmp)
-            .await
-            .map_err(local(&r.tmp))
-            .map_err(failed)?;
-        let digest = KnownDigest {
-            size: meta.len(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            sha256,
-        };
-        self.ctx.hints.note_hint(
-            r.target.clone(),
-            Hint {
-                via: Via::Ftp,
-                digest: Some(digest),
-            },
-        );
-        let (tmp, target) = (r.tmp.clone(), r.target.clone());
-        tokio::task::spawn_blocking(move || {
-            std::fs::rename(&tmp, &target)?;
-            crate::fsutil::sync_dir(target.parent().unwrap_or(&target))
-        })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|r| r)
-        .map_err(local(&r.target))
-        .map_err(failed)?;
-        let (key, path, size, mtime) = (self.key.clone(), job.path.clone(), job.state.size, job.state.mtime_ms);
-        self.ctx
-            .catalog
-            .run(move |c| c.ftp_mark_downloaded(&key, &path, size, mtime, now_ms()))
-            .await
-            .map_err(|e| failed(e.into()))?;
-        tracing::info!(file = %r.rel.as_str(), bytes = size, took_ms = r.started.elapsed().as_millis() as u64, "pulled");
-        let _ = self
-            .ctx
-            .events
-            .send(IngressEvent::Arrived(Arrived {
-                tenant: self.tenant.clone(),
-                rel: r.rel,
-                via: Via::Ftp,
-            }))
-            .await;
-        Ok((job.path, remote, size))
-    }
-
-    fn temp_path(&self, path: &str) -> std::io::Result<PathBuf> {
-        let rel = RelPath::parse(path).ok_or_else(|| std::io::Error::other("bad path"))?;
-        Ok(self
-            .ctx
-            .drops
-            .path_of(&self.tenant, &rel)
-            .with_file_name(temp_name(&self.key, path)))
-    }
-
     fn note_file_error(&self, summary: &mut PollSummary, path: &str, e: &FtpPollError) {
         tracing::warn!(file = path, error = %e, "could not pull; trying again at the next poll");
         metrics::counter!("dropsync_ftp_file_errors_total", "tenant" => self.tenant.to_string()).increment(1);
@@ -655,11 +445,4 @@ impl Poller {
             }
         }
     }
-}
-
-/// The hidden name a download is written under, next to its final name. It ends in `.part`, not
-/// `.tmp`, so the start-up scan keeps it for resuming.
-fn temp_name(source_key: &str, path: &str) -> String {
-    let digest = Sha256::digest(format!("{source_key}\n{path}").as_bytes());
-    format!(".dropsync-ftp-{}.part", hex::encode(&digest[..8]))
 }
