@@ -142,13 +142,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     lanes::startup_scans(&catalog, &config.tenants).context("queueing the start-up scans")?;
     let intake_wake = Arc::new(Notify::new());
     workers.spawn(lanes::Recorder::new(rx, intake.clone(), intake_wake.clone()));
-    let scheduler = Arc::new(lanes::Scheduler::default());
+    let scheduler = Arc::new(lanes::Scheduler::new(intake_wake.clone()));
     for index in 0..config.intake.lanes as usize {
         workers.spawn(lanes::Lane {
             index,
             intake: intake.clone(),
             scheduler: scheduler.clone(),
-            wake: intake_wake.clone(),
+            found: lanes::Found::default(),
         });
     }
     // Pollers start after the scan, with the watcher already in place, like any other ingress.

@@ -23,9 +23,10 @@ const LIGHT_PER_UNIT: usize = 256;
 const EVENTS_PER_COMMIT: usize = 1024;
 
 /// Whose turn it is, and which tenants are in a lane.
-#[derive(Default)]
 pub struct Scheduler {
     state: Mutex<Turns>,
+    /// Woken when work items were recorded or a tenant left its lane.
+    pub wake: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -43,10 +44,28 @@ pub struct TenantSlot<'a> {
 impl Drop for TenantSlot<'_> {
     fn drop(&mut self) {
         self.scheduler.turns().in_lane.remove(&self.tenant);
+        // A lane may be waiting for this tenant's next unit.
+        self.scheduler.wake.notify_one();
     }
 }
 
+/// What a lane found when it looked for work.
+pub enum Claim<'a> {
+    Unit(TenantSlot<'a>, Vec<IntakeItem>),
+    /// Work is due, but only for tenants already in a lane: wait until one is released.
+    AllInLanes,
+    /// Nothing is due.
+    Nothing,
+}
+
 impl Scheduler {
+    pub fn new(wake: Arc<Notify>) -> Self {
+        Scheduler {
+            state: Mutex::default(),
+            wake,
+        }
+    }
+
     fn turns(&self) -> std::sync::MutexGuard<'_, Turns> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -66,17 +85,20 @@ impl Scheduler {
     }
 
     /// Takes the next unit of work: a tenant in its turn, and its due items.
-    pub fn claim(
-        &self,
-        catalog: &Catalog,
-        now: i64,
-    ) -> Result<Option<(TenantSlot<'_>, Vec<IntakeItem>)>, CatalogError> {
+    pub fn claim(&self, catalog: &Catalog, now: i64) -> Result<Claim<'_>, CatalogError> {
         let due = catalog.intake_tenants_due(now)?;
+        if due.is_empty() {
+            return Ok(Claim::Nothing);
+        }
         let Some(slot) = self.next_tenant(&due) else {
-            return Ok(None);
+            return Ok(Claim::AllInLanes);
         };
         let items = catalog.claim_intake(&slot.tenant, now, LIGHT_PER_UNIT)?;
-        Ok((!items.is_empty()).then_some((slot, items)))
+        Ok(if items.is_empty() {
+            Claim::Nothing
+        } else {
+            Claim::Unit(slot, items)
+        })
     }
 }
 
@@ -86,8 +108,15 @@ pub struct Lane {
     pub index: usize,
     pub intake: Intake,
     pub scheduler: Arc<Scheduler>,
-    /// Woken when work items were recorded.
-    pub wake: Arc<Notify>,
+    /// What the last look for work found, for how to wait.
+    pub found: Found,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Found {
+    #[default]
+    Nothing,
+    AllInLanes,
 }
 
 impl Worker for Lane {
@@ -96,29 +125,41 @@ impl Worker for Lane {
     }
 
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
-        let (intake, scheduler, wake) = (self.intake.clone(), self.scheduler.clone(), self.wake.clone());
-        let worked = tokio::task::spawn_blocking(move || -> Result<bool, CatalogError> {
-            let Some((_slot, items)) = scheduler.claim(&intake.catalog, now_ms())? else {
-                return Ok(false);
+        let (intake, scheduler) = (self.intake.clone(), self.scheduler.clone());
+        let found = tokio::task::spawn_blocking(move || -> Result<Option<Found>, CatalogError> {
+            let (_slot, items) = match scheduler.claim(&intake.catalog, now_ms())? {
+                Claim::Unit(slot, items) => (slot, items),
+                Claim::AllInLanes => return Ok(Some(Found::AllInLanes)),
+                Claim::Nothing => return Ok(Some(Found::Nothing)),
             };
             // There was work: another lane may find more (another tenant's).
-            wake.notify_one();
+            scheduler.wake.notify_one();
             let outcomes = intake.process(items);
             intake.catalog.finish_intake(&outcomes)?;
-            Ok(true)
+            Ok(None)
         })
         .await??;
-        Ok(if worked { WorkerState::Busy } else { WorkerState::Idle })
+        Ok(match found {
+            None => WorkerState::Busy,
+            Some(found) => {
+                self.found = found;
+                WorkerState::Idle
+            }
+        })
     }
 
     async fn wait_for_work(&mut self) {
-        let catalog = self.intake.catalog.clone();
-        let wait = match catalog.run(|c| c.next_intake_due()).await {
-            Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(10, 5000) as u64),
-            _ => Duration::from_secs(5),
+        // Work held by other lanes: their release wakes us. Nothing due: until the next item
+        // is (a retry, a settling file), or new items wake us.
+        let wait = match self.found {
+            Found::AllInLanes => Duration::from_secs(5),
+            Found::Nothing => match self.intake.catalog.run(|c| c.next_intake_due()).await {
+                Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(10, 5000) as u64),
+                _ => Duration::from_secs(5),
+            },
         };
         tokio::select! {
-            _ = self.wake.notified() => {}
+            _ = self.scheduler.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
