@@ -22,9 +22,9 @@ use crate::dropbox::DropRoot;
 use crate::forwarding::{ForwardWorker, Forwarder, Sink};
 use crate::housekeeping::Housekeeper;
 use crate::ingress::ftp_poll::{FtpPollers, PollContext};
-use crate::ingress::sftp::SftpServer;
 use crate::ingress::sftp::Shared as SftpShared;
 use crate::ingress::sftp::auth::KeyStore;
+use crate::ingress::sftp::{SftpDeps, SftpServer};
 use crate::ingress::{ViaHints, watch};
 use crate::intake::{Intake, lanes};
 use crate::limits::{Limits, UsageWorker};
@@ -112,16 +112,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .await
             .with_context(|| format!("binding the SFTP listener on {}", sftp.listen))?;
         let keys = KeyStore::from_tenants(&config.tenants).context("loading tenants' SSH keys")?;
-        let server = SftpServer::new(
-            sftp.clone(),
-            keys,
-            drops.clone(),
-            tx.clone(),
-            hints.clone(),
-            quotas.clone(),
-            tracker.clone(),
-        )
-        .context("setting up the SFTP server")?;
+        let deps = SftpDeps {
+            drops: drops.clone(),
+            arrivals: tx.clone(),
+            hints: hints.clone(),
+            quotas: quotas.clone(),
+            config: live.clone(),
+            tracker: tracker.clone(),
+        };
+        let server = SftpServer::new(sftp.clone(), keys, deps).context("setting up the SFTP server")?;
         tracing::info!(listen = %listener.local_addr()?, "sftp listening");
         sftp_shared = Some(server.shared());
         tracker.spawn(server.run(listener, cancel.clone()));

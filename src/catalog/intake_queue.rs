@@ -8,7 +8,7 @@
 //! size and mtime is a duplicate). The durable records that matter (files, rows,
 //! conversations) keep their own full commits.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::{Catalog, Result, Via};
 
@@ -141,13 +141,16 @@ impl Catalog {
         })
     }
 
-    /// Tenants with work due now, in id order.
-    pub fn intake_tenants_due(&self, now: i64) -> Result<Vec<String>> {
+    /// The first tenant after `after` (in id order) with work due now: one index seek per
+    /// tenant passed over, however long the queue.
+    pub fn next_intake_tenant(&self, after: &str, now: i64) -> Result<Option<String>> {
         let conn = self.read()?;
-        let mut stmt = conn
-            .prepare_cached("SELECT DISTINCT tenant FROM intake_queue WHERE next_attempt_at <= ?1 ORDER BY tenant")?;
-        let rows = stmt.query_map([now], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        Ok(conn
+            .prepare_cached(
+                "SELECT tenant FROM intake_queue WHERE tenant > ?1 AND next_attempt_at <= ?2 ORDER BY tenant LIMIT 1",
+            )?
+            .query_row(params![after, now], |r| r.get(0))
+            .optional()?)
     }
 
     /// When the next intake item falls due, if any is queued.

@@ -191,5 +191,6 @@ CREATE TABLE intake_queue (
     UNIQUE (tenant, kind, rel_path)
 );
 CREATE INDEX intake_due ON intake_queue(tenant, heavy, next_attempt_at);
+CREATE INDEX intake_next ON intake_queue(next_attempt_at);
 "#,
 ];

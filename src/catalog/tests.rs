@@ -483,8 +483,10 @@ fn intake_items_come_light_first_heavy_alone_and_retry_later() {
             now,
         )
         .unwrap();
-    assert_eq!(fx.cat.intake_tenants_due(now).unwrap(), ["acme"]);
-    assert_eq!(fx.cat.intake_tenants_due(now + 500).unwrap(), ["acme", "beta"]);
+    let next = |after: &str, at: i64| fx.cat.next_intake_tenant(after, at).unwrap();
+    assert_eq!(next("", now).as_deref(), Some("acme"));
+    assert_eq!(next("acme", now), None);
+    assert_eq!(next("acme", now + 500).as_deref(), Some("beta"));
     let names = |items: &[IntakeItem]| items.iter().map(|i| i.rel_path.clone()).collect::<Vec<_>>();
     // A scan goes first, alone; then the light items together; then the heavy one alone.
     let scan = fx.cat.claim_intake("acme", now, 10).unwrap();

@@ -70,28 +70,42 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The next tenant after the last one served, among those with work due and not in a lane.
-    fn next_tenant(&self, due: &[String]) -> Option<TenantSlot<'_>> {
-        let mut turns = self.turns();
-        let free: Vec<&String> = due.iter().filter(|t| !turns.in_lane.contains(*t)).collect();
-        let after_last = free.iter().find(|t| turns.last.as_ref().is_none_or(|last| **t > last));
-        let tenant = (*after_last.or(free.first())?).clone();
-        turns.in_lane.insert(tenant.clone());
-        turns.last = Some(tenant.clone());
-        Some(TenantSlot {
-            scheduler: self,
-            tenant,
-        })
+    /// The next tenant after the last one served, among those with work due and not in a
+    /// lane; `Err(true)` if work is due only for tenants in a lane, `Err(false)` if none is.
+    fn next_tenant(&self, catalog: &Catalog, now: i64) -> Result<Result<TenantSlot<'_>, bool>, CatalogError> {
+        let last = self.turns().last.clone();
+        let mut cursor = last.clone().unwrap_or_default();
+        let (mut wrapped, mut held) = (false, false);
+        loop {
+            let Some(tenant) = catalog.next_intake_tenant(&cursor, now)? else {
+                if wrapped || last.is_none() {
+                    return Ok(Err(held));
+                }
+                (wrapped, cursor) = (true, String::new());
+                continue;
+            };
+            if wrapped && last.as_ref().is_some_and(|l| tenant > *l) {
+                return Ok(Err(held));
+            }
+            let mut turns = self.turns();
+            if turns.in_lane.insert(tenant.clone()) {
+                turns.last = Some(tenant.clone());
+                return Ok(Ok(TenantSlot {
+                    scheduler: self,
+                    tenant,
+                }));
+            }
+            held = true;
+            cursor = tenant;
+        }
     }
 
     /// Takes the next unit of work: a tenant in its turn, and its due items.
     pub fn claim(&self, catalog: &Catalog, now: i64) -> Result<Claim<'_>, CatalogError> {
-        let due = catalog.intake_tenants_due(now)?;
-        if due.is_empty() {
-            return Ok(Claim::Nothing);
-        }
-        let Some(slot) = self.next_tenant(&due) else {
-            return Ok(Claim::AllInLanes);
+        let slot = match self.next_tenant(catalog, now)? {
+            Ok(slot) => slot,
+            Err(true) => return Ok(Claim::AllInLanes),
+            Err(false) => return Ok(Claim::Nothing),
         };
         let items = catalog.claim_intake(&slot.tenant, now, LIGHT_PER_UNIT)?;
         Ok(if items.is_empty() {
@@ -274,4 +288,64 @@ pub fn startup_scans(catalog: &Catalog, tenants: &[crate::tenant::Tenant]) -> Re
         .map(|t| NewIntake::scan(t.id.as_str(), String::new(), now))
         .collect();
     catalog.enqueue_intake(&items, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{IntakeKind, IntakeOutcome, Via};
+
+    fn item(tenant: &str, rel: &str, heavy: bool) -> NewIntake {
+        NewIntake {
+            tenant: tenant.into(),
+            kind: IntakeKind::File,
+            rel_path: rel.into(),
+            via: Via::Local,
+            heavy,
+            size: None,
+            mtime_ns: None,
+            sha256: None,
+            due: 0,
+        }
+    }
+
+    #[test]
+    fn tenants_take_turns_and_hold_one_lane_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let mut items = vec![item("noisy", "big.zip", true), item("noisy", "huge.csv", true)];
+        items.extend((0..600).map(|i| item("noisy", &format!("n{i}.wav"), false)));
+        items.push(item("quiet", "q.wav", false));
+        items.push(item("third", "t.csv", true));
+        cat.enqueue_intake(&items, 0).unwrap();
+        let s = Scheduler::new(Arc::default());
+        fn unit<'s>(s: &'s Scheduler, cat: &Catalog) -> (TenantSlot<'s>, Vec<String>) {
+            match s.claim(cat, 0).unwrap() {
+                Claim::Unit(slot, items) => (slot, items.iter().map(|i| i.rel_path.clone()).collect()),
+                _ => panic!("no unit"),
+            }
+        }
+        // Three lanes busy at once: one tenant each, whatever the noisy one has queued.
+        let (a, na) = unit(&s, &cat);
+        let (b, nb) = unit(&s, &cat);
+        let (c, nc) = unit(&s, &cat);
+        assert_eq!((a.tenant.as_str(), na.len()), ("noisy", 256));
+        assert_eq!((b.tenant.as_str(), &nb[..]), ("quiet", &["q.wav".to_string()][..]));
+        assert_eq!((c.tenant.as_str(), &nc[..]), ("third", &["t.csv".to_string()][..]));
+        assert!(matches!(s.claim(&cat, 0).unwrap(), Claim::AllInLanes));
+        // Done: quiet and third have nothing left; noisy comes round again, heavy items alone.
+        for (slot, names) in [(b, nb), (c, nc)] {
+            let done: Vec<_> = cat
+                .claim_intake(&slot.tenant, 0, 300)
+                .unwrap()
+                .into_iter()
+                .filter(|i| names.contains(&i.rel_path))
+                .map(|i| (i, IntakeOutcome::Done))
+                .collect();
+            cat.finish_intake(&done).unwrap();
+        }
+        drop(a);
+        let (d, nd) = unit(&s, &cat);
+        assert_eq!((d.tenant.as_str(), nd.len()), ("noisy", 256));
+    }
 }

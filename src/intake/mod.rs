@@ -277,8 +277,14 @@ impl Intake {
             .as_deref()
             .filter(|_| item.size == Some(meta.len()) && item.mtime_ns == Some(mtime_ns));
         let sha256 = match (kind, known) {
-            (FileKind::Recording, Some(known)) => Some(known.to_owned()),
-            (FileKind::Recording, None) => Some(hex::encode(crate::fsutil::hash_reader(&file)?.1)),
+            (FileKind::Recording, Some(known)) => {
+                metrics::counter!("dropsync_recording_digests_total", "from" => "upload").increment(1);
+                Some(known.to_owned())
+            }
+            (FileKind::Recording, None) => {
+                metrics::counter!("dropsync_recording_digests_total", "from" => "disk").increment(1);
+                Some(hex::encode(crate::fsutil::hash_reader(&file)?.1))
+            }
             _ => None,
         };
         Ok(Check::New(Prepared {

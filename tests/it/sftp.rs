@@ -33,12 +33,27 @@ fn assert_forwarded_via_sftp(d: &Daemon, id: &str, audio: &[u8]) {
 
 #[test]
 fn openssh_sftp_uploads_are_forwarded() {
-    let mut d = Daemon::with_sftp("");
+    let metrics = free_port();
+    let mut d = Daemon::with_sftp("").with_replaced(
+        "state_dir = \"var\"\n",
+        &format!("state_dir = \"var\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+    );
     d.start();
     let (audio, _) = files(&d, "OS-1", "os1");
     let out = d.sftp_batch("acme", "acme", "put OS-1.wav\nput OS-1.csv\nls -l\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_forwarded_via_sftp(&d, "OS-1", &audio);
+    // The recording was hashed as it arrived, never read back for it.
+    let (_, body) = http_get(metrics, "/metrics");
+    assert_eq!(
+        sample(&body, &["dropsync_recording_digests_total", "from=\"upload\""]),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &["dropsync_recording_digests_total", "from=\"disk\""]),
+        None
+    );
     // Reports are readable over SFTP.
     wait_for("the report", T, || d.report("acme", "OS-1.csv.report.csv").exists());
     let out = d.sftp_batch("acme", "acme", "get reports/OS-1.csv.report.csv got.csv\n");

@@ -164,6 +164,7 @@ impl russh::server::Handler for Connection {
             fsync_on_close: self.shared.limits.fsync_on_close,
             open_uploads: self.open_uploads.clone(),
             quotas: self.shared.quotas.clone(),
+            config: self.shared.config.clone(),
         };
         self.shared.tracker.spawn(serve(channel.into_stream(), ctx));
         Ok(())

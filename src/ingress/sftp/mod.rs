@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::LiveConfig;
 use crate::config::SftpConfig;
 use crate::dropbox::DropRoot;
 use crate::ingress::{IngressEvent, ViaHints};
@@ -52,6 +53,7 @@ pub struct Shared {
     pub hints: ViaHints,
     pub limits: SftpConfig,
     pub quotas: Arc<Limits>,
+    pub config: LiveConfig,
     pub tracker: TaskTracker,
     ssh: Arc<russh::server::Config>,
     sessions: Arc<Semaphore>,
@@ -210,22 +212,25 @@ pub struct SftpServer {
     shared: Arc<Shared>,
 }
 
+/// What the SFTP endpoint needs from the rest of the daemon.
+pub struct SftpDeps {
+    pub drops: DropRoot,
+    pub arrivals: mpsc::Sender<IngressEvent>,
+    pub hints: ViaHints,
+    pub quotas: Arc<Limits>,
+    /// The configuration in force (which names are recordings).
+    pub config: LiveConfig,
+    pub tracker: TaskTracker,
+}
+
 impl SftpServer {
-    pub fn new(
-        limits: SftpConfig,
-        keys: KeyStore,
-        drops: DropRoot,
-        arrivals: mpsc::Sender<IngressEvent>,
-        hints: ViaHints,
-        quotas: Arc<Limits>,
-        tracker: TaskTracker,
-    ) -> Result<SftpServer, SftpError> {
+    pub fn new(limits: SftpConfig, keys: KeyStore, deps: SftpDeps) -> Result<SftpServer, SftpError> {
         let host_key = load_or_create_host_key(&limits.host_key)?;
         let shared = Shared {
             keys: RwLock::new(Arc::new(keys)),
-            drops,
-            arrivals,
-            hints,
+            drops: deps.drops,
+            arrivals: deps.arrivals,
+            hints: deps.hints,
             ssh: Arc::new(ssh_config(&limits, host_key)),
             sessions: Arc::new(Semaphore::new(limits.max_sessions as usize)),
             per_ip: Mutex::new(HashMap::new()),
@@ -233,8 +238,9 @@ impl SftpServer {
             logged_in: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(1),
             limits,
-            quotas,
-            tracker,
+            quotas: deps.quotas,
+            config: deps.config,
+            tracker: deps.tracker,
         };
         Ok(SftpServer {
             shared: Arc::new(shared),

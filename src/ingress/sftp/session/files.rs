@@ -4,7 +4,11 @@
 //! offsets on the blocking pool, concurrently. Any refused or failed WRITE poisons the upload:
 //! CLOSE then discards it and answers with the reason.
 
+use super::digest::StreamDigest;
 use super::*;
+use crate::dropbox::FileKind;
+use crate::ingress::{Hint, KnownDigest};
+use std::os::unix::fs::MetadataExt;
 
 pub(super) struct UploadHandle {
     /// Shared with in-flight writes; the `Upload` itself is taken on close.
@@ -17,6 +21,8 @@ pub(super) struct UploadHandle {
     /// Why a write was refused or failed: the upload is then discarded at CLOSE, never put
     /// under its final name (a partial file must not arrive as a recording).
     failed: Arc<Mutex<Option<String>>>,
+    /// A recording's SHA-256, taken as its writes come in, for intake.
+    digest: StreamDigest,
 }
 
 impl UploadHandle {
@@ -62,6 +68,16 @@ impl Session {
                 let held = upload.file.metadata().map_or(0, |m| m.len());
                 g.grow_to(held).map(|()| g)
             });
+        // A recording that starts empty is hashed as it arrives.
+        let is_recording = matches!(
+            FileKind::of(upload.vpath.name(), &self.ctx.config.get().matching),
+            FileKind::Recording
+        );
+        let digest = if is_recording && upload.file.metadata().is_ok_and(|m| m.len() == 0) {
+            StreamDigest::start()
+        } else {
+            StreamDigest::none()
+        };
         let (grant, file) = match (granted, upload.file.try_clone()) {
             (Ok(grant), Ok(file)) => (grant, file),
             (Err(e), _) => {
@@ -80,6 +96,7 @@ impl Session {
             gate: Arc::new(RwLock::new(())),
             grant,
             failed: Arc::default(),
+            digest,
         };
         let handle = self.new_handle(OpenHandle::Upload(h));
         Ok(Packet::Handle(HandleReply { id, handle }))
@@ -87,9 +104,10 @@ impl Session {
 
     pub(super) async fn write(&mut self, w: russh_sftp::protocol::Write) -> Result<(), String> {
         let max_file_size = self.ctx.max_file_size;
+        let data = Bytes::from(w.data);
         let (file, guard, failed): (Arc<File>, OwnedRwLockReadGuard<()>, _) = match self.handles.get_mut(&w.handle) {
             Some(OpenHandle::Upload(u)) => {
-                let end = w.offset.saturating_add(w.data.len() as u64);
+                let end = w.offset.saturating_add(data.len() as u64);
                 let refused = if end > max_file_size {
                     Some(format!(
                         "file larger than the limit of {} (sftp.max_file_size)",
@@ -102,6 +120,7 @@ impl Session {
                     UploadHandle::poison(&u.failed, &msg);
                     return self.send(status(w.id, StatusCode::Failure, &msg)).await;
                 }
+                u.digest.write(w.offset, &data).await;
                 (u.file.clone(), u.gate.clone().read_owned().await, u.failed.clone())
             }
             Some(_) => {
@@ -118,11 +137,11 @@ impl Session {
         let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let tx = self.tx.clone();
         let durable = self.ctx.fsync_on_close;
-        metrics::counter!("dropsync_received_bytes_total", "via" => "sftp").increment(w.data.len() as u64);
+        metrics::counter!("dropsync_received_bytes_total", "via" => "sftp").increment(data.len() as u64);
         while self.requests.try_join_next().is_some() {}
         // The blocking thread answers by itself: no hop back through the runtime.
         self.requests.spawn_blocking(move || {
-            let (id, offset, data) = (w.id, w.offset, w.data);
+            let (id, offset) = (w.id, w.offset);
             let done = file.write_all_at(&data, offset).map(|()| {
                 // With a durable close, the disk starts on each write at once (for a small file,
                 // while the client is still sending CLOSE), so the fsync at CLOSE has little left.
@@ -198,10 +217,22 @@ impl Session {
                     return Ok(status(id, StatusCode::Failure, &format!("upload discarded: {why}")));
                 }
                 u.grant.keep();
+                // How it came, and its digest if every byte was hashed as it arrived: noted
+                // before the rename, which the watcher may report first.
+                let meta = u.upload.file.metadata().ok();
+                let size = meta.as_ref().map_or(0, |m| m.len());
+                let digest = match &meta {
+                    Some(m) => u.digest.finish(size).await.map(|sha256| KnownDigest {
+                        size,
+                        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                        sha256,
+                    }),
+                    None => None,
+                };
                 let hint = (self.ctx.hints.clone(), u.upload.target.clone());
                 let durable = self.ctx.fsync_on_close;
                 let finish = move |fs: &TenantFs| {
-                    hint.0.note(hint.1, Via::Sftp);
+                    hint.0.note_hint(hint.1, Hint { via: Via::Sftp, digest });
                     fs.finish_upload(u.upload, durable)
                 };
                 // Without fsync, finishing is a rename.

@@ -21,6 +21,7 @@ use tokio::sync::{OwnedRwLockReadGuard, RwLock, Semaphore, mpsc};
 
 use super::fs::{FinishedUpload, FsError, TenantFs, Upload, set_attrs};
 use crate::catalog::Via;
+use crate::config::LiveConfig;
 use crate::dropbox::RelPath;
 use crate::ingress::{Arrived, IngressEvent, ViaHints};
 use crate::limits::{FileGrant, Limits};
@@ -47,8 +48,11 @@ pub struct SessionCtx {
     /// Uploads open in this session (a stop waits for them, up to its deadline).
     pub open_uploads: Arc<std::sync::atomic::AtomicUsize>,
     pub quotas: Arc<Limits>,
+    /// The configuration in force (which names are recordings, hashed as they arrive).
+    pub config: LiveConfig,
 }
 
+mod digest;
 mod files;
 
 use files::{UploadHandle, attrs_of};
