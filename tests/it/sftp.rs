@@ -89,6 +89,22 @@ fn paramiko_uploads_are_forwarded() {
     assert_forwarded_via_sftp(&d, "PM-1", &audio);
 }
 
+/// paramiko pipelines a file's writes and matches each reply to its oldest outstanding
+/// request: replies out of order hung it after 101 writes (3.2 MiB).
+#[test]
+fn paramiko_pipelines_a_large_upload_and_gets_its_replies_in_order() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let audio = audio("pm-big", 12 << 20);
+    std::fs::write(d.dir.path().join("PM-2.wav"), &audio).unwrap();
+    std::fs::write(d.dir.path().join("PM-2.csv"), one_row_csv("PM-2", "PM-2.wav")).unwrap();
+    let out = d.paramiko(
+        "t, s = connect()\ns.put(os.path.join(DIR, 'PM-2.wav'), 'PM-2.wav')\ns.put(os.path.join(DIR, 'PM-2.csv'), 'PM-2.csv')\nt.close()\n",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_forwarded_via_sftp(&d, "PM-2", &audio);
+}
+
 #[test]
 fn rclone_uploads_with_partial_names_arrive_once() {
     let mut d = Daemon::with_sftp("");

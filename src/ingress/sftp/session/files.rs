@@ -135,7 +135,7 @@ impl Session {
             None => return self.send(status(w.id, StatusCode::Failure, "invalid handle")).await,
         };
         let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-        let tx = self.tx.clone();
+        let (tx, seq) = (self.tx.clone(), self.seq);
         let durable = self.ctx.fsync_on_close;
         metrics::counter!("dropsync_received_bytes_total", "via" => "sftp").increment(data.len() as u64);
         while self.requests.try_join_next().is_some() {}
@@ -159,7 +159,7 @@ impl Session {
             };
             // Released after the poison is set, so CLOSE (which waits for the gate) sees it.
             drop(guard);
-            send_packet_blocking(&tx, reply);
+            send_packet_blocking(&tx, seq, reply);
             drop(permit);
         });
         Ok(())
@@ -172,7 +172,7 @@ impl Session {
             _ => return self.send(status(id, StatusCode::Failure, "invalid handle")).await,
         };
         let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-        let tx = self.tx.clone();
+        let (tx, seq) = (self.tx.clone(), self.seq);
         let len = (len as u64).min(MAX_DATA) as usize;
         while self.requests.try_join_next().is_some() {}
         self.requests.spawn_blocking(move || {
@@ -195,7 +195,7 @@ impl Session {
                 Ok(data) => Packet::Data(Data { id, data }),
                 Err(e) => status(id, StatusCode::Failure, &format!("read failed: {e}")),
             };
-            send_packet_blocking(&tx, reply);
+            send_packet_blocking(&tx, seq, reply);
             drop(permit);
         });
         Ok(())

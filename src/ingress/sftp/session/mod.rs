@@ -63,20 +63,42 @@ enum OpenHandle {
     Dir(Vec<russh_sftp::protocol::File>),
 }
 
+/// A reply, with the place of its request in the session: replies leave in request order.
+type Reply = (u64, Bytes);
+
 /// Encodes a reply and hands it to the session's writer.
-async fn send_packet(tx: &mpsc::Sender<Bytes>, p: Packet) -> Result<(), String> {
+async fn send_packet(tx: &mpsc::Sender<Reply>, seq: u64, p: Packet) -> Result<(), String> {
     let bytes = Bytes::try_from(p).map_err(|e| format!("encode: {e}"))?;
-    tx.send(bytes).await.map_err(|_| "client gone".to_string())
+    tx.send((seq, bytes)).await.map_err(|_| "client gone".to_string())
 }
 
 /// [`send_packet`] from a blocking thread; a client already gone is not an error there.
-fn send_packet_blocking(tx: &mpsc::Sender<Bytes>, p: Packet) {
+fn send_packet_blocking(tx: &mpsc::Sender<Reply>, seq: u64, p: Packet) {
     match Bytes::try_from(p) {
         Ok(bytes) => {
-            let _ = tx.blocking_send(bytes);
+            let _ = tx.blocking_send((seq, bytes));
         }
         Err(e) => tracing::warn!(error = %e, "could not encode an sftp reply"),
     }
+}
+
+/// Writes replies in the order their requests came, whatever order they are ready in. READs and
+/// WRITEs run concurrently and finish out of order, but clients that pipeline writes (paramiko)
+/// match each reply to the oldest request they wait for, and hang on any other order; OpenSSH's
+/// own server answers in order too. At most `IN_FLIGHT` + 1 replies wait here.
+async fn write_in_order<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Reply>, mut writer: W) {
+    let mut next = 0u64;
+    let mut early: std::collections::BTreeMap<u64, Bytes> = std::collections::BTreeMap::new();
+    'replies: while let Some((seq, bytes)) = rx.recv().await {
+        early.insert(seq, bytes);
+        while let Some(bytes) = early.remove(&next) {
+            next += 1;
+            if writer.write_all(&bytes).await.is_err() {
+                break 'replies;
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
 }
 
 fn status(id: u32, code: StatusCode, message: &str) -> Packet {
@@ -121,21 +143,16 @@ pub async fn serve<S>(stream: S, ctx: SessionCtx)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Bytes>(IN_FLIGHT * 2);
-    let write_task = tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
-            if writer.write_all(&b).await.is_err() {
-                break;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
+    let (mut reader, writer) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::channel::<Reply>(IN_FLIGHT * 2);
+    let write_task = tokio::spawn(write_in_order(rx, writer));
     let (folder_syncs, pending) = mpsc::unbounded_channel();
     let mut session = Session {
         handles: HashMap::new(),
         next_handle: 0,
         tx,
+        seq: 0,
+        next_seq: 0,
         slots: Arc::new(Semaphore::new(IN_FLIGHT)),
         requests: tokio::task::JoinSet::new(),
         folder_syncs: Some(folder_syncs),
@@ -161,7 +178,10 @@ struct Session {
     ctx: SessionCtx,
     handles: HashMap<String, OpenHandle>,
     next_handle: u64,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Reply>,
+    /// The place of the request being handled; every request gets exactly one reply.
+    seq: u64,
+    next_seq: u64,
     slots: Arc<Semaphore>,
     /// READ/WRITE requests in flight; waited for before the session ends.
     requests: tokio::task::JoinSet<()>,
@@ -202,7 +222,7 @@ async fn sync_folders_then_announce(
 
 impl Session {
     async fn send(&self, p: Packet) -> Result<(), String> {
-        send_packet(&self.tx, p).await
+        send_packet(&self.tx, self.seq, p).await
     }
 
     async fn run<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<(), String> {
@@ -217,6 +237,8 @@ impl Session {
             }
             let mut buf = BytesMut::zeroed(len);
             reader.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            self.seq = self.next_seq;
+            self.next_seq += 1;
             let mut bytes = buf.freeze();
             let raw_id = if bytes.len() >= 5 {
                 u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]])
