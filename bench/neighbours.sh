@@ -3,7 +3,7 @@
 # conversations over SFTP) on an idle daemon, and while a noisy tenant sends (a) a 2 GiB zip,
 # (b) 5,000 small files, (c) a 150,000-column CSV, all in the same run against one daemon.
 #
-#   bench/neighbours.sh                 # all four series, N=50
+#   bench/neighbours.sh                 # all four series, N=100
 #   N=100 ZIP_GIB=1 bench/neighbours.sh idle zip
 #   KEEP=1 bench/neighbours.sh          # keep the work folder (daemon log) afterwards
 #
@@ -57,6 +57,6 @@ for _ in $(seq 100); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 0.2)" 2>/dev/null && break
     sleep 0.1
 done
-echo "quiet tenant: ${N:-50} one-recording conversations over SFTP, upload end to metadata.json in the sink"
-PORT=$PORT WORK=$W python3 bench/neighbours.py "$@"
+echo "quiet tenant: ${N:-100} one-recording conversations over SFTP, upload end to metadata.json in the sink"
+PORT=$PORT WORK=$W DROPSYNC=target/release/dropsync python3 bench/neighbours.py "$@"
 echo "daemon peak RSS: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' /proc/$DS_PID/status)"
