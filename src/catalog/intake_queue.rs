@@ -57,7 +57,20 @@ pub struct NewIntake {
     pub due: i64,
 }
 
+/// The order a tenant's items are taken in: scans, then light items together, then heavy ones.
+const RANK_SCAN: i64 = 0;
+const RANK_LIGHT: i64 = 1;
+const RANK_HEAVY: i64 = 2;
+
 impl NewIntake {
+    fn rank(&self) -> i64 {
+        match (self.kind, self.heavy) {
+            (IntakeKind::Scan, _) => RANK_SCAN,
+            (_, false) => RANK_LIGHT,
+            (_, true) => RANK_HEAVY,
+        }
+    }
+
     /// A scan of a tenant's folder ("") or of one sub-folder.
     pub fn scan(tenant: &str, rel_path: String, due: i64) -> NewIntake {
         NewIntake {
@@ -113,7 +126,7 @@ impl Catalog {
     pub fn enqueue_intake(&self, items: &[NewIntake], now: i64) -> Result<()> {
         self.light(|tx| {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO intake_queue (tenant, kind, rel_path, via, heavy, size, mtime_ns, sha256, enqueued_at, next_attempt_at)
+                "INSERT INTO intake_queue (tenant, kind, rel_path, via, rank, size, mtime_ns, sha256, enqueued_at, next_attempt_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (tenant, kind, rel_path) DO UPDATE SET
                     via = CASE WHEN excluded.via = 'local' THEN via ELSE excluded.via END,
@@ -129,7 +142,7 @@ impl Catalog {
                     i.kind.as_str(),
                     i.rel_path,
                     i.via.as_str(),
-                    i.heavy,
+                    i.rank(),
                     i.size.map(|s| s as i64),
                     i.mtime_ns,
                     i.sha256,
@@ -167,9 +180,9 @@ impl Catalog {
     pub fn claim_intake(&self, tenant: &str, now: i64, limit: usize) -> Result<Vec<IntakeItem>> {
         let conn = self.read()?;
         let mut stmt = conn.prepare_cached(
-            "SELECT id, version, kind, rel_path, via, size, mtime_ns, sha256, attempts, heavy FROM intake_queue
+            "SELECT id, version, kind, rel_path, via, size, mtime_ns, sha256, attempts, rank FROM intake_queue
              WHERE tenant = ?1 AND next_attempt_at <= ?2
-             ORDER BY kind != 'scan', heavy, next_attempt_at, id LIMIT ?3",
+             ORDER BY rank, next_attempt_at, id LIMIT ?3",
         )?;
         let mut out = Vec::new();
         let rows = stmt.query_map(params![tenant, now, limit as i64], |r| {
@@ -186,12 +199,12 @@ impl Catalog {
                     sha256: r.get(7)?,
                     attempts: r.get(8)?,
                 },
-                r.get::<_, bool>(9)?,
+                r.get::<_, i64>(9)?,
             ))
         })?;
         for row in rows {
-            let (item, heavy) = row?;
-            let alone = heavy || item.kind == IntakeKind::Scan;
+            let (item, rank) = row?;
+            let alone = rank != RANK_LIGHT;
             if alone && !out.is_empty() {
                 break;
             }

@@ -179,7 +179,8 @@ CREATE TABLE intake_queue (
     kind            TEXT NOT NULL,          -- file | settle | scan
     rel_path        TEXT NOT NULL,          -- '' for a scan of the tenant's whole folder
     via             TEXT NOT NULL,
-    heavy           INTEGER NOT NULL,       -- 1: parsed or unpacked, taken one at a time
+    rank            INTEGER NOT NULL,       -- taken in this order: 0 scans, 1 light, 2 heavy
+                                            -- (parsed or unpacked); scans and heavy ones alone
     size            INTEGER,                -- settle: last seen; file: what `sha256` belongs to
     mtime_ns        INTEGER,
     sha256          TEXT,                   -- computed while the file was written
@@ -190,7 +191,8 @@ CREATE TABLE intake_queue (
     last_error      TEXT,
     UNIQUE (tenant, kind, rel_path)
 );
-CREATE INDEX intake_due ON intake_queue(tenant, heavy, next_attempt_at);
+-- A tenant's next unit straight from the index, however long its queue (no sort per claim).
+CREATE INDEX intake_due ON intake_queue(tenant, rank, next_attempt_at, id);
 CREATE INDEX intake_next ON intake_queue(next_attempt_at);
 "#,
 ];

@@ -147,14 +147,16 @@ pub fn unpack_zip(archive: &Path, dest: &Path, limits: &ZipLimits) -> Result<Unp
             }
         }
     }
-    // Two entries with one name: the later wins, as an overwrite by upload would.
+    // Two entries with one name: the later wins, as an overwrite by upload would. (A set, so
+    // that 10,000 entries cost 10,000 lookups, not 50 million comparisons.)
+    let mut placed = std::collections::HashSet::with_capacity(staged.len());
     for (tmp, name) in staged {
         if let Err(e) = fs::rename(&tmp, dest.join(&name)) {
             let _ = fs::remove_file(&tmp);
             out.refused.push((name, format!("could not be put in place: {e}")));
             continue;
         }
-        if !out.files.contains(&name) {
+        if placed.insert(name.clone()) {
             out.files.push(name);
         }
     }

@@ -150,6 +150,8 @@ pub fn map_row(ctx: &RowContext<'_>, record: Record) -> RowVerdict {
                 );
             }
         };
+        // A set beside the list: a cell naming thousands of files is checked in linear time.
+        let mut seen = std::collections::HashSet::new();
         for name in raw.split(';').map(str::trim).filter(|n| !n.is_empty()) {
             if let Err(reason) = check_recording_name(name, ctx.extensions) {
                 return reject(
@@ -158,9 +160,8 @@ pub fn map_row(ctx: &RowContext<'_>, record: Record) -> RowVerdict {
                     reason,
                 );
             }
-            let r = RecordingRef::Exact(name.to_owned());
-            if !recordings.contains(&r) {
-                recordings.push(r);
+            if seen.insert(name) {
+                recordings.push(RecordingRef::Exact(name.to_owned()));
             }
         }
         if recordings.is_empty() {
