@@ -71,6 +71,21 @@ impl NewIntake {
         }
     }
 
+    /// A file to take in (parsed or unpacked if `heavy`).
+    pub fn file(tenant: &str, rel_path: &str, via: Via, heavy: bool, due: i64) -> NewIntake {
+        NewIntake {
+            tenant: tenant.to_owned(),
+            kind: IntakeKind::File,
+            rel_path: rel_path.to_owned(),
+            via,
+            heavy,
+            size: None,
+            mtime_ns: None,
+            sha256: None,
+            due,
+        }
+    }
+
     /// A scan of a tenant's folder ("") or of one sub-folder.
     pub fn scan(tenant: &str, rel_path: String, due: i64) -> NewIntake {
         NewIntake {

@@ -454,17 +454,7 @@ fn ftp_listing_settles_pulls_once_and_forgets_vanished_files() {
 }
 
 fn queued(tenant: &str, rel: &str, heavy: bool, due: i64) -> NewIntake {
-    NewIntake {
-        tenant: tenant.into(),
-        kind: IntakeKind::File,
-        rel_path: rel.into(),
-        via: Via::Local,
-        heavy,
-        size: None,
-        mtime_ns: None,
-        sha256: None,
-        due,
-    }
+    NewIntake::file(tenant, rel, Via::Local, heavy, due)
 }
 
 #[test]

@@ -293,20 +293,10 @@ pub fn startup_scans(catalog: &Catalog, tenants: &[crate::tenant::Tenant]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{IntakeKind, IntakeOutcome, Via};
+    use crate::catalog::{IntakeOutcome, Via};
 
     fn item(tenant: &str, rel: &str, heavy: bool) -> NewIntake {
-        NewIntake {
-            tenant: tenant.into(),
-            kind: IntakeKind::File,
-            rel_path: rel.into(),
-            via: Via::Local,
-            heavy,
-            size: None,
-            mtime_ns: None,
-            sha256: None,
-            due: 0,
-        }
+        NewIntake::file(tenant, rel, Via::Local, heavy, 0)
     }
 
     #[test]

@@ -96,17 +96,8 @@ impl Intake {
     /// The work item for a file: parsed and unpacked files are heavy (taken alone).
     pub fn file_item(&self, tenant: &TenantId, rel: &RelPath, via: Via, due: i64) -> NewIntake {
         let kind = FileKind::of(rel.file_name(), &self.config.get().matching);
-        NewIntake {
-            tenant: tenant.to_string(),
-            kind: IntakeKind::File,
-            rel_path: rel.as_str().to_owned(),
-            via,
-            heavy: matches!(kind, FileKind::Metadata(_) | FileKind::Zip),
-            size: None,
-            mtime_ns: None,
-            sha256: None,
-            due,
-        }
+        let heavy = matches!(kind, FileKind::Metadata(_) | FileKind::Zip);
+        NewIntake::file(tenant.as_str(), rel.as_str(), via, heavy, due)
     }
 
     /// Processes one unit of a tenant's work; says for each item how it ended. Never fails as
