@@ -105,6 +105,32 @@ fn paramiko_pipelines_a_large_upload_and_gets_its_replies_in_order() {
     assert_forwarded_via_sftp(&d, "PM-2", &audio);
 }
 
+/// OpenSSH 9's scp speaks SFTP and reads the channel's exit status: without one, it exits 1
+/// after a good upload and every script that checks it retries or alerts.
+#[test]
+fn scp_uploads_and_exits_0() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let (audio, _) = files(&d, "SC-1", "sc1");
+    let out = Command::new("scp")
+        .args(SSH_OPTS)
+        .arg("-i")
+        .arg(d.key("acme"))
+        .arg("-P")
+        .arg(d.sftp_port.to_string())
+        .args(["SC-1.wav", "SC-1.csv", "acme@127.0.0.1:/"])
+        .current_dir(d.dir.path())
+        .output()
+        .expect("scp is missing: install openssh-client (./scripts/test does)");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "scp failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_forwarded_via_sftp(&d, "SC-1", &audio);
+}
+
 #[test]
 fn rclone_uploads_with_partial_names_arrive_once() {
     let mut d = Daemon::with_sftp("");

@@ -166,7 +166,15 @@ impl russh::server::Handler for Connection {
             quotas: self.shared.quotas.clone(),
             config: self.shared.config.clone(),
         };
-        self.shared.tracker.spawn(serve(channel.into_stream(), ctx));
+        let handle = session.handle();
+        self.shared.tracker.spawn(async move {
+            serve(channel.into_stream(), ctx).await;
+            // As sshd does when its sftp subsystem ends: scp (SFTP mode) reads a channel closed
+            // without an exit status as a failure, and exits 1 after a good upload.
+            let _ = handle.exit_status_request(id, 0).await;
+            let _ = handle.eof(id).await;
+            let _ = handle.close(id).await;
+        });
         Ok(())
     }
 
