@@ -303,7 +303,24 @@ fn metrics_and_healthz_are_served_and_parse() {
         Some(1.0),
         "{body}"
     );
-    assert!(sample(&body, &["dropsync_sftp_sessions"]).is_some(), "{body}");
+    // Sessions: counted up and down, in all and per tenant.
+    let held = d.paramiko(&format!(
+        "import urllib.request\nopen_ = [connect() for _ in range(3)]\n\
+         print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())\n\
+         for t, s in open_:\n    t.close()\n"
+    ));
+    let during = String::from_utf8_lossy(&held.stdout).into_owned();
+    assert_eq!(sample(&during, &["dropsync_sftp_sessions"]), Some(3.0), "{during}");
+    assert_eq!(
+        sample(&during, &["dropsync_tenant_sessions{", "tenant=\"acme\""]),
+        Some(3.0),
+        "{during}"
+    );
+    wait_for("the sessions to be counted down", Duration::from_secs(10), || {
+        let (_, body) = http_get(port, "/metrics");
+        sample(&body, &["dropsync_sftp_sessions"]) == Some(0.0)
+            && sample(&body, &["dropsync_tenant_sessions{", "tenant=\"acme\""]) == Some(0.0)
+    });
     let (status, body) = http_get(port, "/healthz");
     assert!(status.contains("200") && body == "ok\n", "{status} {body}");
     assert!(http_get(port, "/nope").0.contains("404"));

@@ -37,7 +37,6 @@ impl Drop for Connection {
     fn drop(&mut self) {
         if let Some(id) = self.registered {
             self.shared.deregister(id);
-            metrics::gauge!("dropsync_sftp_sessions").decrement(1.0);
         }
     }
 }

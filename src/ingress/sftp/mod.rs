@@ -84,6 +84,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, (tenant, handle, uploads));
+        metrics::gauge!("dropsync_sftp_sessions").increment(1.0);
         id
     }
 
@@ -122,7 +123,15 @@ impl Shared {
     }
 
     pub fn deregister(&self, id: u64) {
-        self.logged_in.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if self
+            .logged_in
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .is_some()
+        {
+            metrics::gauge!("dropsync_sftp_sessions").decrement(1.0);
+        }
     }
 
     /// Disconnects every session of these tenants (removed by a reload).
