@@ -104,6 +104,11 @@ pub struct SftpConfig {
     /// after a power loss a final name never holds a partial file. Off trades that for speed,
     /// as OpenSSH's sftp-server does (clients may still ask with fsync@openssh.com).
     pub fsync_on_close: bool,
+    /// Files and folders one SFTP session may hold open at once (each upload holds two
+    /// descriptors): past it, OPEN fails and the client is told why.
+    pub max_handles: u32,
+    /// Session channels one connection may open at once.
+    pub max_channels: u32,
 }
 
 pub use sink::{ChecksumPolicy, S3SinkConfig, SinkConfig};
@@ -251,6 +256,8 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
             ban_time: p.duration("sftp.ban_time", s.ban_time.as_deref(), Duration::from_secs(600)),
             max_file_size: p.size("sftp.max_file_size", s.max_file_size.as_deref(), 16 << 30),
             fsync_on_close: s.fsync_on_close.unwrap_or(true),
+            max_handles: s.max_handles.unwrap_or(256),
+            max_channels: s.max_channels.unwrap_or(4),
         }
     });
 

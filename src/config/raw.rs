@@ -39,6 +39,8 @@ pub(super) struct RawSftp {
     pub(super) ban_time: Option<String>,
     pub(super) max_file_size: Option<String>,
     pub(super) fsync_on_close: Option<bool>,
+    pub(super) max_handles: Option<u32>,
+    pub(super) max_channels: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]

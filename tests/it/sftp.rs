@@ -509,3 +509,32 @@ fn sessions_per_address_are_capped_and_silent_connections_are_dropped() {
         d.sftp_batch("acme", "acme", "ls\n").status.success()
     });
 }
+
+/// One session may hold `max_handles` files open; past it OPEN fails with the reason, the
+/// session and the daemon go on, and another tenant is served meanwhile. A connection opens at
+/// most `max_channels` sessions.
+#[test]
+fn handles_and_channels_are_capped_per_session() {
+    let mut d = Daemon::with_sftp("max_handles = 20\nmax_channels = 2\n");
+    d.start();
+    let out = d.paramiko(
+        "t, s = connect()\nfiles = []\ntry:\n    for i in range(30):\n        files.append(s.open('h%d.wav' % i, 'w'))\n\
+         except IOError as e:\n    print('refused after', len(files), ':', e)\nfor f in files:\n    f.close()\n\
+         f = s.open('after.wav', 'w'); f.write(b'x' * 100); f.close()\nprint('after close: ok')\n\
+         chans = []\ntry:\n    for i in range(4):\n        chans.append(t.open_session())\nexcept Exception as e:\n    print('channels refused after', len(chans))\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("refused after 20 : too many open files"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("after close: ok"), "{text}");
+    // The sftp channel itself is one of the two.
+    assert!(text.contains("channels refused after 1"), "{text}");
+    let (audio, _) = files(&d, "HB-1", "hb1");
+    let out = d.sftp_batch("beta", "beta", "put HB-1.wav\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(d.drop_dir("beta").join("HB-1.wav")).unwrap(), audio);
+    assert_eq!(d.stop().code(), Some(0));
+}

@@ -31,6 +31,8 @@ pub struct Connection {
     open_uploads: Arc<std::sync::atomic::AtomicUsize>,
     /// Counts this session against its tenant's `sessions` quota while it lasts.
     session_grant: Option<SessionGrant>,
+    /// SFTP channels of this connection being served now.
+    open_channels: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Drop for Connection {
@@ -53,6 +55,7 @@ impl Connection {
             registered: None,
             open_uploads: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             session_grant: None,
+            open_channels: Arc::default(),
         }
     }
 
@@ -138,10 +141,15 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.tenant.is_some() {
+        let open = self.channels.len() + self.open_channels.load(Ordering::Relaxed);
+        if self.tenant.is_some() && open < self.shared.limits.max_channels as usize {
             self.channels.insert(channel.id(), channel);
             reply.accept().await;
+        } else if self.tenant.is_some() {
+            tracing::warn!(peer = %self.peer, max = self.shared.limits.max_channels,
+                "channel refused: too many at once on one connection (sftp.max_channels)");
         }
+        // A channel not accepted is refused when `reply` is dropped.
         Ok(())
     }
 
@@ -160,14 +168,18 @@ impl russh::server::Handler for Connection {
             arrivals: self.shared.arrivals.clone(),
             hints: self.shared.hints.clone(),
             max_file_size: self.shared.limits.max_file_size,
+            max_handles: self.shared.limits.max_handles as usize,
             fsync_on_close: self.shared.limits.fsync_on_close,
             open_uploads: self.open_uploads.clone(),
             quotas: self.shared.quotas.clone(),
             config: self.shared.config.clone(),
         };
         let handle = session.handle();
+        let open_channels = self.open_channels.clone();
+        open_channels.fetch_add(1, Ordering::Relaxed);
         self.shared.tracker.spawn(async move {
             serve(channel.into_stream(), ctx).await;
+            open_channels.fetch_sub(1, Ordering::Relaxed);
             // As sshd does when its sftp subsystem ends: scp (SFTP mode) reads a channel closed
             // without an exit status as a failure, and exits 1 after a good upload.
             let _ = handle.exit_status_request(id, 0).await;

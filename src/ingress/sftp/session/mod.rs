@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{
-    Attrs, Data, ExtendedReply, Handle as HandleReply, Name, OpenFlags, Packet, Status, StatusCode, Version,
+    Attrs, Data, ExtendedReply, Handle as HandleReply, Name, Open, OpenDir, OpenFlags, Packet, Status, StatusCode,
+    Version,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock, Semaphore, mpsc};
@@ -44,6 +45,8 @@ pub struct SessionCtx {
     pub arrivals: mpsc::Sender<IngressEvent>,
     pub hints: ViaHints,
     pub max_file_size: u64,
+    /// Handles this session may hold open at once.
+    pub max_handles: usize,
     pub fsync_on_close: bool,
     /// Uploads open in this session (a stop waits for them, up to its deadline).
     pub open_uploads: Arc<std::sync::atomic::AtomicUsize>,
@@ -304,6 +307,17 @@ impl Session {
     }
 
     async fn dispatch(&mut self, packet: Packet) -> Result<(), String> {
+        // Each handle holds descriptors: one session must not use up the daemon's.
+        if let Packet::Open(Open { id, .. }) | Packet::OpenDir(OpenDir { id, .. }) = &packet
+            && self.handles.len() >= self.ctx.max_handles
+        {
+            let msg = format!(
+                "too many open files: this session holds {} (sftp.max_handles); close some first",
+                self.handles.len()
+            );
+            tracing::warn!(tenant = %self.ctx.tenant, max = self.ctx.max_handles, "open refused: too many handles");
+            return self.send(status(*id, StatusCode::Failure, &msg)).await;
+        }
         match packet {
             Packet::Write(w) => self.write(w).await,
             Packet::Read(r) => self.read(r.id, r.handle, r.offset, r.len).await,
