@@ -98,7 +98,24 @@ impl Daemon {
 
     /// Runs a Python script with paramiko; `ARGS` holds port, key and folder.
     pub fn paramiko(&self, script: &str) -> Output {
-        let prelude = format!(
+        python(&self.paramiko_prelude(), script, "paramiko")
+    }
+
+    /// Starts a paramiko script that keeps running; it is killed when the handle is dropped.
+    pub fn paramiko_background(&self, script: &str) -> Background {
+        let out = self.dir.path().join(format!("py-{}.out", fastrand::u64(..)));
+        let child = Command::new("python3")
+            .arg("-c")
+            .arg(format!("{}{script}", self.paramiko_prelude()))
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 is missing");
+        Background { child, out }
+    }
+
+    fn paramiko_prelude(&self) -> String {
+        format!(
             "import paramiko, sys, os, json\nPORT={}\nKEY={:?}\nDIR={:?}\n\
              def connect(user='acme', key=KEY):\n    t = paramiko.Transport(('127.0.0.1', PORT))\n    \
              t.connect(username=user, pkey=paramiko.Ed25519Key.from_private_key_file(key))\n    \
@@ -106,8 +123,7 @@ impl Daemon {
             self.sftp_port,
             self.key("acme").display().to_string(),
             self.dir.path().display().to_string()
-        );
-        python(&prelude, script, "paramiko")
+        )
     }
 
     /// The usual tenant "acme" forwarding to `s3` with secret `secret` (AKID is the key id),
@@ -302,6 +318,26 @@ impl Daemon {
             },
         );
         self.read_report(tenant, name)
+    }
+}
+
+/// A client process running beside a test.
+pub struct Background {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Background {
+    /// Whether the process has printed a line equal to `line`.
+    pub fn line_seen(&self, line: &str) -> bool {
+        std::fs::read_to_string(&self.out).is_ok_and(|t| t.lines().any(|l| l == line))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

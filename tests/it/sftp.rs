@@ -538,3 +538,33 @@ fn handles_and_channels_are_capped_per_session() {
     assert_eq!(std::fs::read(d.drop_dir("beta").join("HB-1.wav")).unwrap(), audio);
     assert_eq!(d.stop().code(), Some(0));
 }
+
+/// Clients that send READs and stop reading the replies stall only themselves: no blocking
+/// thread waits on them (ten such clients could otherwise pin the whole blocking pool), another
+/// tenant's upload goes through, and the daemon stops within its drain deadline.
+#[test]
+fn clients_that_stop_reading_stall_only_themselves() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    std::fs::write(d.dir.path().join("big.wav"), audio("big", 4 << 20)).unwrap();
+    assert!(d.sftp_batch("acme", "acme", "put big.wav\n").status.success());
+    let stalled = d.paramiko_background(
+        "from paramiko.sftp import CMD_READ, int64\nimport time\nheld = []\n\
+         for c in range(10):\n    t, s = connect()\n    f = s.open('big.wav', 'r')\n\
+             \x20   for i in range(400):\n        s._async_request(type(None), CMD_READ, f.handle, int64((i % 128) * 32768), 32768)\n\
+             \x20   held.append((t, s))\nprint('stalled', flush=True)\ntime.sleep(600)\n",
+    );
+    wait_for("ten stalled clients", T, || stalled.line_seen("stalled"));
+    let (audio, _) = files(&d, "ST-1", "st1");
+    let csv = d.dir.path().join("ST-1.csv");
+    std::fs::write(
+        &csv,
+        "conversation_id,agent,contact_time,recording\nST-1,b@beta.example,2019-05-03T09:27:23Z,ST-1.wav\n",
+    )
+    .unwrap();
+    let out = d.sftp_batch("beta", "beta", "put ST-1.wav\nput ST-1.csv\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fwd = d.wait_forwarded(1, T);
+    assert_recordings(&d, &fwd["ST-1"], &[("ST-1.wav", &audio)]);
+    assert_eq!(d.stop().code(), Some(0));
+}

@@ -159,8 +159,7 @@ impl Session {
             };
             // Released after the poison is set, so CLOSE (which waits for the gate) sees it.
             drop(guard);
-            send_packet_blocking(&tx, seq, reply);
-            drop(permit);
+            send_packet_blocking(&tx, seq, reply, permit);
         });
         Ok(())
     }
@@ -195,8 +194,7 @@ impl Session {
                 Ok(data) => Packet::Data(Data { id, data }),
                 Err(e) => status(id, StatusCode::Failure, &format!("read failed: {e}")),
             };
-            send_packet_blocking(&tx, seq, reply);
-            drop(permit);
+            send_packet_blocking(&tx, seq, reply, permit);
         });
         Ok(())
     }

@@ -18,7 +18,7 @@ use russh_sftp::protocol::{
     Version,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedRwLockReadGuard, RwLock, Semaphore, mpsc};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedSemaphorePermit, RwLock, Semaphore, mpsc};
 
 use super::fs::{FinishedUpload, FsError, TenantFs, Upload, set_attrs};
 use crate::catalog::Via;
@@ -66,20 +66,21 @@ enum OpenHandle {
     Dir(Vec<russh_sftp::protocol::File>),
 }
 
-/// A reply, with the place of its request in the session: replies leave in request order.
-type Reply = (u64, Bytes);
+/// A reply, with the place of its request in the session (replies leave in request order) and
+/// a slot, held until the reply is written to the client: at most `IN_FLIGHT` replies wait.
+type Reply = (u64, Bytes, OwnedSemaphorePermit);
 
-/// Encodes a reply and hands it to the session's writer.
-async fn send_packet(tx: &mpsc::Sender<Reply>, seq: u64, p: Packet) -> Result<(), String> {
-    let bytes = Bytes::try_from(p).map_err(|e| format!("encode: {e}"))?;
-    tx.send((seq, bytes)).await.map_err(|_| "client gone".to_string())
-}
-
-/// [`send_packet`] from a blocking thread; a client already gone is not an error there.
-fn send_packet_blocking(tx: &mpsc::Sender<Reply>, seq: u64, p: Packet) {
+/// Hands a reply to the session's writer from a blocking thread, which must never wait on the
+/// client: the request's
+/// `slot` travels with the reply and is freed only once the reply is written, so at most
+/// `IN_FLIGHT` such replies exist per session and the queue (twice that) always has room. A
+/// client that stops reading stalls its own session, never the blocking pool.
+fn send_packet_blocking(tx: &mpsc::Sender<Reply>, seq: u64, p: Packet, slot: OwnedSemaphorePermit) {
     match Bytes::try_from(p) {
         Ok(bytes) => {
-            let _ = tx.blocking_send((seq, bytes));
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send((seq, bytes, slot)) {
+                tracing::error!("sftp reply queue full: a reply was dropped (a bug; the session will stall)");
+            }
         }
         Err(e) => tracing::warn!(error = %e, "could not encode an sftp reply"),
     }
@@ -91,14 +92,15 @@ fn send_packet_blocking(tx: &mpsc::Sender<Reply>, seq: u64, p: Packet) {
 /// own server answers in order too. At most `IN_FLIGHT` + 1 replies wait here.
 async fn write_in_order<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Reply>, mut writer: W) {
     let mut next = 0u64;
-    let mut early: std::collections::BTreeMap<u64, Bytes> = std::collections::BTreeMap::new();
-    'replies: while let Some((seq, bytes)) = rx.recv().await {
-        early.insert(seq, bytes);
-        while let Some(bytes) = early.remove(&next) {
+    let mut early: std::collections::BTreeMap<u64, (Bytes, OwnedSemaphorePermit)> = std::collections::BTreeMap::new();
+    'replies: while let Some((seq, bytes, slot)) = rx.recv().await {
+        early.insert(seq, (bytes, slot));
+        while let Some((bytes, slot)) = early.remove(&next) {
             next += 1;
             if writer.write_all(&bytes).await.is_err() {
                 break 'replies;
             }
+            drop(slot);
         }
     }
     let _ = writer.shutdown().await;
@@ -224,8 +226,15 @@ async fn sync_folders_then_announce(
 }
 
 impl Session {
+    /// Sends the current request's reply. It takes a slot like READs and WRITEs, so that replies
+    /// waiting for a slow client never fill the writer's queue.
     async fn send(&self, p: Packet) -> Result<(), String> {
-        send_packet(&self.tx, self.seq, p).await
+        let bytes = Bytes::try_from(p).map_err(|e| format!("encode: {e}"))?;
+        let slot = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        self.tx
+            .send((self.seq, bytes, slot))
+            .await
+            .map_err(|_| "client gone".to_string())
     }
 
     async fn run<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<(), String> {
