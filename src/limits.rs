@@ -114,6 +114,16 @@ impl Limits {
         })
     }
 
+    /// Whether the tenant may grow a file it already holds by `extra` bytes (a size set on a
+    /// closed file); nothing is counted, the catalog sees the new size when it is recorded.
+    pub fn check_growth(&self, tenant: &TenantId, extra: u64) -> Result<(), QuotaExceeded> {
+        let quota = self.quota(tenant.as_str());
+        self.with_usage(tenant.as_str(), |u| match quota.bytes {
+            Some(max) if u.held_bytes + u.open_bytes + extra > max => Err(bytes_exceeded(max)),
+            _ => Ok(()),
+        })
+    }
+
     /// An SFTP session of the tenant begins; refused past its `sessions` quota.
     pub fn open_session(self: &Arc<Self>, tenant: &TenantId) -> Result<SessionGrant, QuotaExceeded> {
         let quota = self.quota(tenant.as_str());

@@ -568,3 +568,44 @@ fn clients_that_stop_reading_stall_only_themselves() {
     assert_recordings(&d, &fwd["ST-1"], &[("ST-1.wav", &audio)]);
     assert_eq!(d.stop().code(), Some(0));
 }
+
+/// A size set with SETSTAT or FSETSTAT counts like bytes written: a sparse terabyte is refused
+/// by `max_file_size` (and by the quota), so intake never hashes a terabyte of zeros.
+#[test]
+fn sizes_set_by_setstat_count_against_the_limits() {
+    let mut d = Daemon::with_sftp("max_file_size = \"1 MiB\"\n");
+    d.start();
+    let out = d.paramiko(
+        "t, s = connect()\nf = s.open('sparse.wav', 'w')\ntry:\n    f.truncate(1 << 40)\n    print('fsetstat allowed')\n\
+         except IOError as e:\n    print('fsetstat refused:', e)\nf.write(b'RIFF'); f.close()\n\
+         try:\n    s.truncate('sparse.wav', 1 << 40)\n    print('setstat allowed')\n\
+         except IOError as e:\n    print('setstat refused:', e)\nprint('size', s.stat('sparse.wav').st_size)\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("fsetstat refused: file larger than the limit of 1.0 MiB (sftp.max_file_size)"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("setstat refused: file larger than the limit"), "{text}");
+    assert!(text.contains("size 4"), "{text}");
+    // The small file it is arrives as it is; another tenant is served meanwhile.
+    let (audio, _) = files(&d, "SZ-1", "sz1");
+    let csv = d.dir.path().join("SZ-1.csv");
+    std::fs::write(
+        &csv,
+        "conversation_id,agent,contact_time,recording\nSZ-1,b@beta.example,2019-05-03T09:27:23Z,SZ-1.wav\n",
+    )
+    .unwrap();
+    assert!(
+        d.sftp_batch("beta", "beta", "put SZ-1.wav\nput SZ-1.csv\n")
+            .status
+            .success()
+    );
+    let fwd = d.wait_forwarded(1, T);
+    assert_recordings(&d, &fwd["SZ-1"], &[("SZ-1.wav", &audio)]);
+    assert_eq!(
+        std::fs::metadata(d.drop_dir("acme").join("sparse.wav")).unwrap().len(),
+        4
+    );
+}

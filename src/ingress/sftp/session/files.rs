@@ -17,7 +17,7 @@ pub(super) struct UploadHandle {
     /// Writes hold it shared; CLOSE takes it exclusively, so it waits for them.
     gate: Arc<RwLock<()>>,
     /// Counts the upload against the tenant's quota while it is open.
-    grant: FileGrant,
+    pub(super) grant: FileGrant,
     /// Why a write was refused or failed: the upload is then discarded at CLOSE, never put
     /// under its final name (a partial file must not arrive as a recording).
     failed: Arc<Mutex<Option<String>>>,
@@ -109,10 +109,7 @@ impl Session {
             Some(OpenHandle::Upload(u)) => {
                 let end = w.offset.saturating_add(data.len() as u64);
                 let refused = if end > max_file_size {
-                    Some(format!(
-                        "file larger than the limit of {} (sftp.max_file_size)",
-                        bytesize::ByteSize::b(max_file_size)
-                    ))
+                    Some(too_large(max_file_size))
                 } else {
                     u.grant.grow_to(end).err().map(|e| e.to_string())
                 };

@@ -376,15 +376,43 @@ impl Session {
                 self.send(reply).await
             }
             Packet::SetStat(s) => {
+                // A size set on a file counts like bytes written: a sparse file at its
+                // apparent size.
+                if let Some(size) = s.attrs.size {
+                    let held = self.quick(|fs| fs.stat(&s.path)).ok().and_then(|a| a.size).unwrap_or(0);
+                    let refused = self.size_refused(size).or_else(|| {
+                        let extra = size.saturating_sub(held);
+                        self.ctx
+                            .quotas
+                            .check_growth(&self.ctx.tenant, extra)
+                            .err()
+                            .map(|e| e.to_string())
+                    });
+                    if let Some(why) = refused {
+                        return self.send(status(s.id, StatusCode::Failure, &why)).await;
+                    }
+                }
                 let (path, attrs) = (s.path, s.attrs);
                 self.unit_op(s.id, move |fs| fs.setstat(&path, &attrs)).await
             }
             Packet::FSetStat(s) => {
-                let reply = match self.handles.get(&s.handle) {
-                    Some(OpenHandle::Upload(u)) => match set_attrs(&u.file, &s.attrs) {
-                        Ok(()) => ok(s.id),
-                        Err(e) => status(s.id, StatusCode::Failure, &e.to_string()),
-                    },
+                let max_file_size = self.ctx.max_file_size;
+                let reply = match self.handles.get_mut(&s.handle) {
+                    Some(OpenHandle::Upload(u)) => {
+                        let refused = match s.attrs.size {
+                            Some(size) if size > max_file_size => Some(too_large(max_file_size)),
+                            Some(size) => u.grant.grow_to(size).err().map(|e| e.to_string()),
+                            None => None,
+                        };
+                        let result: Result<(), String> = match refused {
+                            Some(why) => Err(why),
+                            None => set_attrs(&u.file, &s.attrs).map_err(|e| e.to_string()),
+                        };
+                        match result {
+                            Ok(()) => ok(s.id),
+                            Err(why) => status(s.id, StatusCode::Failure, &why),
+                        }
+                    }
                     Some(OpenHandle::Read(_)) => status(s.id, StatusCode::PermissionDenied, "file is open for reading"),
                     _ => status(s.id, StatusCode::Failure, "not an open file handle"),
                 };
@@ -429,6 +457,11 @@ impl Session {
                     .await
             }
         }
+    }
+
+    /// Why a file of `size` bytes is refused, if it is.
+    fn size_refused(&self, size: u64) -> Option<String> {
+        (size > self.ctx.max_file_size).then(|| too_large(self.ctx.max_file_size))
     }
 
     async fn announce(&self, rel: &str) {
@@ -539,6 +572,14 @@ impl Session {
             }
         }
     }
+}
+
+/// The refusal of a file past `sftp.max_file_size`.
+fn too_large(max: u64) -> String {
+    format!(
+        "file larger than the limit of {} (sftp.max_file_size)",
+        bytesize::ByteSize::b(max)
+    )
 }
 
 /// The VERSION reply, with the OpenSSH extensions clients look for.
