@@ -294,7 +294,6 @@ fn reload(
     live.set(new.clone());
     if let Some(sftp) = sftp {
         sftp.set_keys(keys);
-        sftp.end_sessions_of(&removed);
     }
     let (started, stopped) = pollers.apply(&new.tenants);
     let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();

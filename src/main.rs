@@ -116,7 +116,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::CheckConfig => {
-            let problems = config::check_runtime(&config);
+            let mut problems: Vec<String> = config::check_runtime(&config).iter().map(ToString::to_string).collect();
+            // Keys and their options, as the SFTP endpoint will read them.
+            if let Err(e) = dropsync::ingress::sftp::auth::KeyStore::from_tenants(&config.tenants) {
+                problems.push(format!("{}: {e}", config.file.display()));
+            }
             for p in &problems {
                 eprintln!("{p}");
             }

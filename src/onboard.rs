@@ -81,7 +81,7 @@ pub fn add_tenant(cfg: &Config, id: &str, key_file: &Path) -> Result<Onboarded, 
         let _ = std::fs::remove_file(&file);
         return Err(format!("the configuration would not load with the new tenant:\n{e}"));
     }
-    let first = PublicKey::from(keys[0].clone())
+    let first = PublicKey::from(keys[0].0.clone())
         .fingerprint(HashAlg::Sha256)
         .to_string();
     let host_key_fingerprint = cfg

@@ -330,7 +330,12 @@ pub struct Background {
 impl Background {
     /// Whether the process has printed a line equal to `line`.
     pub fn line_seen(&self, line: &str) -> bool {
-        std::fs::read_to_string(&self.out).is_ok_and(|t| t.lines().any(|l| l == line))
+        self.count(line) > 0
+    }
+
+    /// How many lines equal to `line` the process has printed.
+    pub fn count(&self, line: &str) -> usize {
+        std::fs::read_to_string(&self.out).map_or(0, |t| t.lines().filter(|l| *l == line).count())
     }
 }
 

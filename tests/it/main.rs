@@ -9,3 +9,4 @@ mod pipeline;
 mod quota;
 mod s3;
 mod sftp;
+mod sftp_keys;

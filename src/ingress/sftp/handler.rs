@@ -11,10 +11,12 @@ use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, Verif
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty};
 
 use super::Shared;
+use super::auth::Refusal;
 use super::fs::TenantFs;
 use super::session::{SessionCtx, serve};
 use crate::limits::SessionGrant;
 use crate::tenant::TenantId;
+use russh::keys::ssh_key::public::KeyData;
 
 pub struct Connection {
     pub shared: Arc<Shared>,
@@ -33,6 +35,10 @@ pub struct Connection {
     session_grant: Option<SessionGrant>,
     /// SFTP channels of this connection being served now.
     open_channels: Arc<std::sync::atomic::AtomicUsize>,
+    /// The key it logged in with: a reload that removes it ends the session.
+    key: Option<KeyData>,
+    /// Cancelled to end this connection (its key or tenant was removed by a reload).
+    pub kick: tokio_util::sync::CancellationToken,
 }
 
 impl Drop for Connection {
@@ -56,6 +62,8 @@ impl Connection {
             open_uploads: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             session_grant: None,
             open_channels: Arc::default(),
+            key: None,
+            kick: Default::default(),
         }
     }
 
@@ -93,24 +101,38 @@ impl russh::server::Handler for Connection {
     async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
         // Clients offer each key they have: an unknown one marks the connection as refused,
         // which counts as one failed login only if it never authenticates.
-        if self.shared.keys().check(user, offer.public_key).is_some() {
-            Ok(Auth::Accept)
-        } else {
-            self.refused.store(true, Ordering::Relaxed);
-            Ok(Self::public_key_only())
+        match self
+            .shared
+            .keys()
+            .check(user, offer.public_key, offer.algorithm, self.peer, now_secs())
+        {
+            Ok(_) => Ok(Auth::Accept),
+            Err(refusal) => {
+                // A key a client merely has is no news; one of the tenant's keys turned away is.
+                if refusal != Refusal::UnknownKey {
+                    tracing::warn!(peer = %self.peer, user, "sftp key refused: {}", refusal.reason());
+                }
+                self.refused.store(true, Ordering::Relaxed);
+                Ok(Self::public_key_only())
+            }
         }
     }
 
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
-        match self.shared.keys().check(user, key.public_key) {
-            Some(tenant) => {
+        match self
+            .shared
+            .keys()
+            .check(user, key.public_key, key.algorithm, self.peer, now_secs())
+        {
+            Ok(tenant) => {
                 tracing::info!(peer = %self.peer, tenant = %tenant, "sftp login");
                 self.tenant = Some(tenant);
+                self.key = Some(key.public_key.key_data().clone());
                 self.authenticated.store(true, Ordering::Relaxed);
                 Ok(Auth::Accept)
             }
-            None => {
-                tracing::warn!(peer = %self.peer, user, "sftp login refused: unknown user or key");
+            Err(refusal) => {
+                tracing::warn!(peer = %self.peer, user, "sftp login refused: {}", refusal.reason());
                 self.refused.store(true, Ordering::Relaxed);
                 Ok(Self::public_key_only())
             }
@@ -127,10 +149,15 @@ impl russh::server::Handler for Connection {
                     return session.disconnect(russh::Disconnect::TooManyConnections, &e.to_string(), "en");
                 }
             }
-            self.registered = Some(
-                self.shared
-                    .register(tenant.clone(), session.handle(), self.open_uploads.clone()),
-            );
+            if let Some(key) = self.key.clone() {
+                self.registered = Some(self.shared.register(
+                    tenant.clone(),
+                    key,
+                    session.handle(),
+                    self.open_uploads.clone(),
+                    self.kick.clone(),
+                ));
+            }
         }
         Ok(())
     }
@@ -239,4 +266,8 @@ impl russh::server::Handler for Connection {
     async fn agent_request(&mut self, _id: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
         Ok(false)
     }
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
 }

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod fs;
 pub mod handler;
+mod key_options;
 pub mod session;
 
 use std::collections::HashMap;
@@ -26,6 +27,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use russh::keys::ssh_key::public::KeyData;
+
 use crate::config::LiveConfig;
 use crate::config::SftpConfig;
 use crate::dropbox::DropRoot;
@@ -42,8 +45,15 @@ pub enum SftpError {
     Keys(#[from] auth::KeyError),
 }
 
-/// A logged-in session: whose, how to disconnect it, and its uploads in flight.
-type LoggedIn = (TenantId, russh::server::Handle, Arc<std::sync::atomic::AtomicUsize>);
+/// A logged-in session: whose, with which key, how to disconnect it, and its uploads in flight.
+/// and the token that ends its connection.
+type LoggedIn = (
+    TenantId,
+    KeyData,
+    russh::server::Handle,
+    Arc<std::sync::atomic::AtomicUsize>,
+    CancellationToken,
+);
 
 /// What every connection shares.
 pub struct Shared {
@@ -59,7 +69,7 @@ pub struct Shared {
     sessions: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     bans: Bans,
-    /// Logged-in sessions, so a tenant removed by a reload can be disconnected.
+    /// Logged-in sessions, so that a key or tenant removed by a reload can be disconnected.
     logged_in: Mutex<HashMap<u64, LoggedIn>>,
     next_session: std::sync::atomic::AtomicU64,
 }
@@ -68,22 +78,39 @@ impl Shared {
     pub fn keys(&self) -> Arc<KeyStore> {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
-    /// Swaps the keys (config reload); existing sessions keep going.
+    /// Swaps the keys (config reload). Sessions go on, except those whose key (or tenant) the
+    /// reload removed: they end at once, as sshd's do not (a revoked key must not keep a door
+    /// open).
     pub fn set_keys(&self, keys: KeyStore) {
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        let keys = Arc::new(keys);
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys.clone();
+        let revoked: Vec<(TenantId, CancellationToken)> = self
+            .logged_in
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|(t, k, ..)| !keys.has(t, k))
+            .map(|(t, _, _, _, kick)| (t.clone(), kick.clone()))
+            .collect();
+        for (tenant, kick) in revoked {
+            tracing::info!(tenant = %tenant, "ending a session whose key or tenant a reload removed");
+            kick.cancel();
+        }
     }
 
     pub fn register(
         &self,
         tenant: TenantId,
+        key: KeyData,
         handle: russh::server::Handle,
         uploads: Arc<std::sync::atomic::AtomicUsize>,
+        kick: CancellationToken,
     ) -> u64 {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         self.logged_in
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, (tenant, handle, uploads));
+            .insert(id, (tenant, key, handle, uploads, kick));
         metrics::gauge!("dropsync_sftp_sessions").increment(1.0);
         id
     }
@@ -99,7 +126,7 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .map(|(id, (_, h, u))| (*id, h.clone(), u.load(Ordering::Relaxed)))
+                .map(|(id, (_, _, h, u, _))| (*id, h.clone(), u.load(Ordering::Relaxed)))
                 .collect();
             if sessions.is_empty() {
                 return;
@@ -131,26 +158,6 @@ impl Shared {
             .is_some()
         {
             metrics::gauge!("dropsync_sftp_sessions").decrement(1.0);
-        }
-    }
-
-    /// Disconnects every session of these tenants (removed by a reload).
-    pub fn end_sessions_of(&self, removed: &[TenantId]) {
-        let handles: Vec<(TenantId, russh::server::Handle)> = self
-            .logged_in
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|(t, _, _)| removed.contains(t))
-            .map(|(t, h, _)| (t.clone(), h.clone()))
-            .collect();
-        for (tenant, handle) in handles {
-            tracing::info!(tenant = %tenant, "ending a session of a removed tenant");
-            self.tracker.spawn(async move {
-                let _ = handle
-                    .disconnect(russh::Disconnect::ByApplication, "tenant removed".into(), "en".into())
-                    .await;
-            });
         }
     }
 }
@@ -302,6 +309,7 @@ impl SftpServer {
         let shared = shared.clone();
         self.shared.tracker.spawn(async move {
             let conn = handler::Connection::new(shared.clone(), ip);
+            let kick = conn.kick.clone();
             let (authenticated, refused) = (conn.authenticated.clone(), conn.refused.clone());
             // One deadline for the handshake and the login: a client that never speaks (or
             // never logs in) is dropped at it.
@@ -318,6 +326,10 @@ impl SftpServer {
                     let mut running = std::pin::pin!(running);
                     tokio::select! {
                         r = &mut running => log_end(peer, r),
+                        // Its key or tenant was removed by a reload: the connection ends now.
+                        _ = kick.cancelled() => {
+                            let _ = handle.disconnect(russh::Disconnect::ByApplication, "the key or tenant of this session was removed".into(), "en".into()).await;
+                        }
                         // Not logged in yet when a stop comes: nothing to wait for.
                         _ = cancel.cancelled(), if !authenticated.load(Ordering::Relaxed) => {
                             let _ = handle.disconnect(russh::Disconnect::ByApplication, "dropsync is stopping".into(), "en".into()).await;
