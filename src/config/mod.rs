@@ -109,6 +109,11 @@ pub struct SftpConfig {
     pub max_handles: u32,
     /// Session channels one connection may open at once.
     pub max_channels: u32,
+    /// Connections not yet logged in, at once (OpenSSH's MaxStartups), in all and per source
+    /// address (IPv6: per /64). They count apart from logged-in sessions, so that nobody's
+    /// half-open connections can lock a tenant out.
+    pub max_startups: u32,
+    pub max_startups_per_source: u32,
 }
 
 pub use sink::{ChecksumPolicy, S3SinkConfig, SinkConfig};
@@ -258,6 +263,8 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
             fsync_on_close: s.fsync_on_close.unwrap_or(true),
             max_handles: s.max_handles.unwrap_or(256),
             max_channels: s.max_channels.unwrap_or(4),
+            max_startups: s.max_startups.unwrap_or(100),
+            max_startups_per_source: s.max_startups_per_source.unwrap_or(10),
         }
     });
 

@@ -41,6 +41,8 @@ pub(super) struct RawSftp {
     pub(super) fsync_on_close: Option<bool>,
     pub(super) max_handles: Option<u32>,
     pub(super) max_channels: Option<u32>,
+    pub(super) max_startups: Option<u32>,
+    pub(super) max_startups_per_source: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]

@@ -376,8 +376,9 @@ fn winscp_style_filepart_upload_arrives_once_under_its_final_name() {
 
 #[test]
 fn fifty_concurrent_sessions_upload_intact_files() {
-    // One tenant's 50 sessions at once: past the default quota of 16.
-    let mut d = Daemon::with_sftp("max_sessions_per_ip = 100\n").with_replaced(
+    // One tenant's 50 sessions at once, logging in at once from one address: past the
+    // default quota of 16 sessions and the 10 logins in progress per source.
+    let mut d = Daemon::with_sftp("max_sessions_per_ip = 100\nmax_startups_per_source = 64\n").with_replaced(
         "state_dir = \"var\"\n",
         "state_dir = \"var\"\n[limits]\nquota = { sessions = 64 }\n",
     );
@@ -608,4 +609,37 @@ fn sizes_set_by_setstat_count_against_the_limits() {
         std::fs::metadata(d.drop_dir("acme").join("sparse.wav")).unwrap().len(),
         4
     );
+}
+
+/// Connections that never log in count against `max_startups` (in all, and per source), apart
+/// from logged-in sessions: six addresses holding all they may cannot lock a tenant out, and
+/// one more from a full source is turned away.
+#[test]
+fn half_open_connections_cannot_lock_tenants_out() {
+    let mut d = Daemon::with_sftp(
+        "max_sessions = 60\nmax_startups = 60\nmax_startups_per_source = 10\nlogin_grace = \"60s\"\n",
+    );
+    d.start();
+    let holder = d.paramiko_background(&format!(
+        "import socket, time\nheld = []\nfor a in range(2, 8):\n    for i in range(10):\n\
+         \x20       s = socket.socket(); s.bind(('127.0.0.%d' % a, 0)); s.connect(('127.0.0.1', {port}))\n\
+         \x20       s.settimeout(5); assert s.recv(8) == b'SSH-2.0-'\n        held.append(s)\n\
+         print('held', len(held), flush=True)\n\
+         s = socket.socket(); s.bind(('127.0.0.2', 0)); s.connect(('127.0.0.1', {port})); s.settimeout(5)\n\
+         print('eleventh', 'refused' if s.recv(8) == b'' else 'admitted', flush=True)\ntime.sleep(600)\n",
+        port = d.sftp_port
+    ));
+    wait_for("60 half-open connections", T, || holder.line_seen("held 60"));
+    wait_for("the eleventh from one source", T, || {
+        holder.line_seen("eleventh refused") || holder.line_seen("eleventh admitted")
+    });
+    assert!(
+        holder.line_seen("eleventh refused"),
+        "an 11th half-open connection from one source got in"
+    );
+    // Every startup slot is taken, yet a tenant's login goes through: sessions count apart.
+    let (audio, _) = files(&d, "HO-1", "ho1");
+    let out = d.sftp_batch("acme", "acme", "put HO-1.wav\nput HO-1.csv\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_forwarded_via_sftp(&d, "HO-1", &audio);
 }

@@ -39,6 +39,10 @@ pub struct Connection {
     key: Option<KeyData>,
     /// Cancelled to end this connection (its key or tenant was removed by a reload).
     pub kick: tokio_util::sync::CancellationToken,
+    /// Held until login: the connection counts against `max_startups` until then.
+    pub startup: Option<super::StartupSlot>,
+    /// Held from login: the connection counts against `max_sessions` from then.
+    session_slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Drop for Connection {
@@ -64,6 +68,8 @@ impl Connection {
             open_channels: Arc::default(),
             key: None,
             kick: Default::default(),
+            startup: None,
+            session_slot: None,
         }
     }
 
@@ -140,6 +146,20 @@ impl russh::server::Handler for Connection {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        // Logged in: no longer a startup; now one of the sessions.
+        self.startup = None;
+        match self.shared.sessions.clone().try_acquire_owned() {
+            Ok(slot) => self.session_slot = Some(slot),
+            Err(_) => {
+                tracing::warn!(peer = %self.peer, max = self.shared.limits.max_sessions, "sftp session refused: too many sessions");
+                self.tenant = None;
+                return session.disconnect(
+                    russh::Disconnect::TooManyConnections,
+                    "too many sessions (sftp.max_sessions); try again later",
+                    "en",
+                );
+            }
+        }
         if let Some(tenant) = &self.tenant {
             match self.shared.quotas.open_session(tenant) {
                 Ok(grant) => self.session_grant = Some(grant),

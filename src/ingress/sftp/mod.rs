@@ -66,8 +66,12 @@ pub struct Shared {
     pub config: LiveConfig,
     pub tracker: TaskTracker,
     ssh: Arc<russh::server::Config>,
-    sessions: Arc<Semaphore>,
+    /// Logged-in sessions (taken at login, not at connect).
+    pub sessions: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Connections not logged in yet, in all and per source.
+    startups: Arc<Semaphore>,
+    startups_per_source: Mutex<HashMap<IpAddr, std::collections::VecDeque<(u64, CancellationToken)>>>,
     bans: Bans,
     /// Logged-in sessions, so that a key or tenant removed by a reload can be disconnected.
     logged_in: Mutex<HashMap<u64, LoggedIn>>,
@@ -250,6 +254,8 @@ impl SftpServer {
             ssh: Arc::new(ssh_config(&limits, host_key)),
             sessions: Arc::new(Semaphore::new(limits.max_sessions as usize)),
             per_ip: Mutex::new(HashMap::new()),
+            startups: Arc::new(Semaphore::new(limits.max_startups as usize)),
+            startups_per_source: Mutex::new(HashMap::new()),
             bans: Bans::new(limits.max_auth_failures, limits.ban_time),
             logged_in: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(1),
@@ -292,8 +298,8 @@ impl SftpServer {
             tracing::debug!(peer = %peer, "connection refused: banned after repeated failed logins");
             return;
         }
-        let Ok(permit) = shared.sessions.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %peer, max = shared.limits.max_sessions, "connection refused: too many sessions");
+        let kick = CancellationToken::new();
+        let Some(startup) = StartupSlot::take(shared, ip, &kick) else {
             return;
         };
         {
@@ -308,8 +314,15 @@ impl SftpServer {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         self.shared.tracker.spawn(async move {
-            let conn = handler::Connection::new(shared.clone(), ip);
-            let kick = conn.kick.clone();
+            // Every startup slot was taken: one of the fattest source's was freed for us.
+            let Some(startup) = startup.ready().await else {
+                tracing::warn!(peer = %peer, "connection refused: no startup slot came free");
+                release_ip(&shared, ip);
+                return;
+            };
+            let mut conn = handler::Connection::new(shared.clone(), ip);
+            conn.startup = Some(startup);
+            conn.kick = kick.clone();
             let (authenticated, refused) = (conn.authenticated.clone(), conn.refused.clone());
             // One deadline for the handshake and the login: a client that never speaks (or
             // never logs in) is dropped at it.
@@ -319,6 +332,7 @@ impl SftpServer {
             let handshake = tokio::select! {
                 r = handshake => r.ok(),
                 _ = cancel.cancelled() => None,
+                _ = kick.cancelled() => None,
             };
             match handshake {
                 Some(Ok(running)) => {
@@ -354,15 +368,106 @@ impl SftpServer {
             } else if refused.load(Ordering::Relaxed) && shared.bans.failed(ip) {
                 tracing::warn!(peer = %peer, ban = ?shared.limits.ban_time, "address banned after repeated failed logins");
             }
-            let mut per_ip = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    per_ip.remove(&ip);
-                }
-            }
-            drop(permit);
+            release_ip(&shared, ip);
         });
+    }
+}
+
+fn release_ip(shared: &Shared, ip: IpAddr) {
+    let mut per_ip = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ip);
+        }
+    }
+}
+
+/// Where connections come from, for `max_startups_per_source`: an IPv4 address, or an IPv6
+/// /64 (one host's share of a network; per address would let one host take all).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
+/// A connection not logged in yet: counted against `max_startups` in all and per source until
+/// it logs in or ends.
+///
+/// When every slot is taken, a newcomer is not turned away (a tenant must never be locked out by
+/// others' half-open connections): the oldest pending connection of the source holding the most
+/// is dropped for it, as long as that source holds more than the newcomer's. An attacker's own
+/// connections are what make room.
+pub struct StartupSlot {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+    source: IpAddr,
+    id: u64,
+}
+
+impl StartupSlot {
+    fn take(shared: &Arc<Shared>, ip: IpAddr, kick: &CancellationToken) -> Option<StartupSlot> {
+        let source = source_of(ip);
+        let mut per_source = shared.startups_per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = per_source.get(&source).map_or(0, std::collections::VecDeque::len);
+        if mine >= shared.limits.max_startups_per_source as usize {
+            tracing::warn!(peer = %ip, max = shared.limits.max_startups_per_source,
+                "connection refused: too many connections not logged in yet from this source (sftp.max_startups_per_source)");
+            return None;
+        }
+        let permit = match shared.startups.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let fattest = per_source
+                    .iter_mut()
+                    .max_by_key(|(_, q)| q.len())
+                    .filter(|(_, q)| q.len() > mine + 1);
+                let Some((victim_source, queue)) = fattest else {
+                    tracing::warn!(peer = %ip, max = shared.limits.max_startups,
+                        "connection refused: too many connections not logged in yet (sftp.max_startups)");
+                    return None;
+                };
+                if let Some((_, victim)) = queue.pop_front() {
+                    tracing::info!(peer = %ip, dropped_from = %victim_source, "all startup slots taken: dropping a half-open connection of the busiest source");
+                    victim.cancel();
+                }
+                None
+            }
+        };
+        let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+        per_source.entry(source).or_default().push_back((id, kick.clone()));
+        Some(StartupSlot {
+            permit,
+            shared: shared.clone(),
+            source,
+            id,
+        })
+    }
+
+    /// The slot with its permit: at once, or once the connection dropped for it has let go.
+    async fn ready(mut self) -> Option<StartupSlot> {
+        if self.permit.is_none() {
+            let wait = self.shared.startups.clone().acquire_owned();
+            self.permit = Some(tokio::time::timeout(Duration::from_secs(5), wait).await.ok()?.ok()?);
+        }
+        Some(self)
+    }
+}
+
+impl Drop for StartupSlot {
+    fn drop(&mut self) {
+        let mut per_source = self
+            .shared
+            .startups_per_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(queue) = per_source.get_mut(&self.source) {
+            queue.retain(|(id, _)| *id != self.id);
+            if queue.is_empty() {
+                per_source.remove(&self.source);
+            }
+        }
     }
 }
 
