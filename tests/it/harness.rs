@@ -213,6 +213,16 @@ impl Daemon {
         });
     }
 
+    /// Lowers the running daemon's descriptor limit (`prlimit`), so exhaustion would show.
+    pub fn limit_descriptors(&self, n: u32) {
+        let pid = self.child.as_ref().expect("not running").id();
+        let out = Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={n}:{n}")])
+            .output()
+            .expect("prlimit is missing: apt-get install util-linux");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
@@ -331,6 +341,11 @@ impl Background {
     /// Whether the process has printed a line equal to `line`.
     pub fn line_seen(&self, line: &str) -> bool {
         self.count(line) > 0
+    }
+
+    /// Whether the process has printed a line starting with `prefix`.
+    pub fn prefix_seen(&self, prefix: &str) -> bool {
+        std::fs::read_to_string(&self.out).is_ok_and(|t| t.lines().any(|l| l.starts_with(prefix)))
     }
 
     /// How many lines equal to `line` the process has printed.

@@ -643,3 +643,38 @@ fn half_open_connections_cannot_lock_tenants_out() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_forwarded_via_sftp(&d, "HO-1", &audio);
 }
+
+/// With a low descriptor limit, two sessions that open files until refused leave room for
+/// everyone else: without `max_handles` they would use up the daemon's descriptors and another
+/// tenant's upload would fail with "Failure".
+#[test]
+fn open_handles_cannot_use_up_the_daemons_descriptors() {
+    let mut d = Daemon::with_sftp("max_handles = 20\n");
+    d.start();
+    d.limit_descriptors(200);
+    // Two sessions open files until refused, and keep them open while beta uploads.
+    let holder = d.paramiko_background(
+        "import time\nheld = []\nfor c in range(2):\n    t, s = connect()\n    n = 0\n    try:\n        for i in range(150):\n\
+         \x20           held.append(s.open('c%d-h%d.wav' % (c, i), 'w')); n += 1\n    except IOError as e:\n\
+         \x20       print('session', c, 'refused after', n, flush=True)\n\
+         print('held', len(held), flush=True)\ntime.sleep(600)\n",
+    );
+    wait_for("the handles to be held", T, || holder.prefix_seen("held "));
+    assert!(
+        holder.line_seen("session 0 refused after 20"),
+        "the handle limit did not hold"
+    );
+    assert!(holder.line_seen("session 1 refused after 20"));
+    let (audio, _) = files(&d, "FD-1", "fd1");
+    let csv = d.dir.path().join("FD-1.csv");
+    std::fs::write(
+        &csv,
+        "conversation_id,agent,contact_time,recording\nFD-1,b@beta.example,2019-05-03T09:27:23Z,FD-1.wav\n",
+    )
+    .unwrap();
+    let out = d.sftp_batch("beta", "beta", "put FD-1.wav\nput FD-1.csv\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fwd = d.wait_forwarded(1, T);
+    assert_recordings(&d, &fwd["FD-1"], &[("FD-1.wav", &audio)]);
+    assert!(d.is_running());
+}
