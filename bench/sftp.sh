@@ -4,6 +4,7 @@
 # dropsync's memory with IDLE idle sessions.
 #
 #   bench/sftp.sh                 # 1 GiB file, 1,000 x 100 KiB files, 3 reps, 200 idle sessions
+#   ONLY_IDLE=1 IDLE=1000 bench/sftp.sh   # 1,000 idle sessions on each server, nothing else
 #   CIPHER=chacha20-poly1305@openssh.com REPS=5 bench/sftp.sh
 #
 # The small files are .wav: dropsync ingests them as recordings (hash, catalog) while it
@@ -34,7 +35,6 @@ W=$(mktemp -d /tmp/dropsync-bench.XXXXXX)
 cleanup() {
     [ -f "$W/sshd.pid" ] && kill "$(cat "$W/sshd.pid")" 2>/dev/null || true
     [ -n "${DS_PID:-}" ] && kill "$DS_PID" 2>/dev/null || true
-    pkill -f "dropsync-bench-idle" 2>/dev/null || true
     rm -rf "$W"
 }
 trap cleanup EXIT
@@ -63,12 +63,16 @@ cat > "$W/dropsync.toml" <<CFG
 state_dir = "state"
 [sftp]
 listen = "127.0.0.1:$P_DS"
-max_sessions = 1000
-max_sessions_per_ip = 1000
+max_sessions = 2000
+max_sessions_per_ip = 2000
+max_startups = 2000
+max_startups_per_source = 2000
 fsync_on_close = $([ "$FSYNC" = 1 ] && echo true || echo false)
 [sink]
 type = "dir"
 path = "state/outbox"
+[limits]
+quota = { sessions = 2000 }
 [[tenants]]
 id = "bench"
 authorized_keys_file = "client.pub"
@@ -77,9 +81,11 @@ RUST_LOG=warn ./target/release/dropsync run --config "$W/dropsync.toml" 2>"$W/dr
 DS_PID=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$P_DS) 2>/dev/null && break; sleep 0.1; done
 
+if [ -z "${ONLY_IDLE:-}" ]; then
 mkdir -p "$W/small"
 head -c $((BIG_MIB * 1048576)) /dev/urandom > "$W/big.bin"
 for i in $(seq -w 1 "$SMALL_N"); do head -c 102400 /dev/urandom > "$W/small/f$i.wav"; done
+fi
 
 SSH_OPTS=(-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -c "$CIPHER" -i "$W/client")
 # upload PEER WHAT -> seconds
@@ -109,6 +115,7 @@ upload() {
 }
 
 declare -A T
+[ -n "${ONLY_IDLE:-}" ] && REPS=0
 for rep in $(seq "$REPS"); do
     for what in big small $([ "$FSYNC" = 1 ] && echo small-f); do
         # Alternate who goes first, so neither always gets the warmer cache.
@@ -134,6 +141,7 @@ what, unit, amount, a, b = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(s
 print(f"{what:>7}: OpenSSH sshd {amount/a:8.1f} {unit}   dropsync {amount/b:8.1f} {unit}   ratio {a/b:.2f}x  (median of runs, seconds {a:.2f} vs {b:.2f})")
 PY
 }
+if [ -z "${ONLY_IDLE:-}" ]; then
 echo "cipher $CIPHER, $REPS reps, loopback, 2 cores, dropsync fsync_on_close=$([ "$FSYNC" = 1 ] && echo true || echo false)"
 report big MiB/s "$BIG_MIB"
 report small files/s "$SMALL_N"
@@ -141,16 +149,33 @@ if [ "$FSYNC" = 1 ]; then
     echo "both durable: OpenSSH with put -f (fsync@openssh.com per file), dropsync with plain put (durable CLOSE):"
     report small-f files/s "$SMALL_N"
 fi
+fi
 
-# Memory with idle sessions: each holds an open sftp session doing nothing.
-for _ in $(seq "$IDLE"); do
-    (exec -a dropsync-bench-idle sleep 120) | sftp -q -b - "${SSH_OPTS[@]}" -P "$P_DS" bench@127.0.0.1 >/dev/null 2>&1 &
-done
-for _ in $(seq 120); do
-    n=$(ss -Htn state established "( sport = :$P_DS )" | wc -l)
-    [ "$n" -ge "$IDLE" ] && break
-    sleep 0.5
-done
+# Memory with idle sessions: IDLE authenticated SFTP sessions doing nothing, held by one
+# paramiko process per server; dropsync's RSS against the sum over OpenSSH's processes (sshd
+# forks a process, or two, per session).
+hold_idle() {
+    python3 - "$1" "$2" "$IDLE" "$W/client" > "$W/hold-$1.out" <<'PY' &
+import sys, time, paramiko
+port, user, n, key = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+pkey = paramiko.Ed25519Key.from_private_key_file(key)
+held = []
+for i in range(n):
+    t = paramiko.Transport(("127.0.0.1", port))
+    t.connect(username=user, pkey=pkey)
+    held.append((t, paramiko.SFTPClient.from_transport(t)))
+print("held", len(held), flush=True)
+time.sleep(600)
+PY
+    echo $!
+}
+python3 -c "import paramiko" 2>/dev/null || python3 -m pip install --quiet paramiko
+sessions_up() { ss -Htn state established "( sport = :$1 )" | wc -l; }
+wait_sessions() { for _ in $(seq 600); do [ "$(sessions_up "$1")" -ge "$IDLE" ] && break; sleep 0.5; done; }
+HOLD_DS=$(hold_idle "$P_DS" bench); wait_sessions "$P_DS"
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$DS_PID/status")
-hwm=$(awk '/VmHWM/ {print $2}' "/proc/$DS_PID/status")
-echo "idle: $n sessions open; dropsync RSS $((rss / 1024)) MiB (peak over the whole run $((hwm / 1024)) MiB)"
+HOLD_SSHD=$(hold_idle "$P_SSHD" "$(id -un)"); wait_sessions "$P_SSHD"
+sshd_rss=$(ps -o rss= -C sshd | awk '{s+=$1} END {print s}')
+sshd_procs=$(pgrep -c -x sshd)
+kill "$HOLD_DS" "$HOLD_SSHD" 2>/dev/null || true
+echo "idle: $(sessions_up "$P_DS") sessions on dropsync, RSS $((rss / 1024)) MiB; $IDLE on OpenSSH sshd, $sshd_procs processes, total RSS $((sshd_rss / 1024)) MiB"
