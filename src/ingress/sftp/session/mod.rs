@@ -17,8 +17,8 @@ use russh_sftp::protocol::{
     Attrs, Data, ExtendedReply, Handle as HandleReply, Name, Open, OpenDir, OpenFlags, Packet, Status, StatusCode,
     Version,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedRwLockReadGuard, OwnedSemaphorePermit, RwLock, Semaphore, mpsc};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::{OwnedRwLockReadGuard, RwLock, Semaphore, mpsc};
 
 use super::fs::{FinishedUpload, FsError, TenantFs, Upload, set_attrs};
 use crate::catalog::Via;
@@ -57,53 +57,15 @@ pub struct SessionCtx {
 
 mod digest;
 mod files;
+mod replies;
 
 use files::{UploadHandle, attrs_of};
+use replies::{Reply, send_packet_blocking, write_in_order};
 
 enum OpenHandle {
     Upload(UploadHandle),
     Read(Arc<File>),
     Dir(Vec<russh_sftp::protocol::File>),
-}
-
-/// A reply, with the place of its request in the session (replies leave in request order) and
-/// a slot, held until the reply is written to the client: at most `IN_FLIGHT` replies wait.
-type Reply = (u64, Bytes, OwnedSemaphorePermit);
-
-/// Hands a reply to the session's writer from a blocking thread, which must never wait on the
-/// client: the request's
-/// `slot` travels with the reply and is freed only once the reply is written, so at most
-/// `IN_FLIGHT` such replies exist per session and the queue (twice that) always has room. A
-/// client that stops reading stalls its own session, never the blocking pool.
-fn send_packet_blocking(tx: &mpsc::Sender<Reply>, seq: u64, p: Packet, slot: OwnedSemaphorePermit) {
-    match Bytes::try_from(p) {
-        Ok(bytes) => {
-            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send((seq, bytes, slot)) {
-                tracing::error!("sftp reply queue full: a reply was dropped (a bug; the session will stall)");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not encode an sftp reply"),
-    }
-}
-
-/// Writes replies in the order their requests came, whatever order they are ready in. READs and
-/// WRITEs run concurrently and finish out of order, but clients that pipeline writes (paramiko)
-/// match each reply to the oldest request they wait for, and hang on any other order; OpenSSH's
-/// own server answers in order too. At most `IN_FLIGHT` + 1 replies wait here.
-async fn write_in_order<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Reply>, mut writer: W) {
-    let mut next = 0u64;
-    let mut early: std::collections::BTreeMap<u64, (Bytes, OwnedSemaphorePermit)> = std::collections::BTreeMap::new();
-    'replies: while let Some((seq, bytes, slot)) = rx.recv().await {
-        early.insert(seq, (bytes, slot));
-        while let Some((bytes, slot)) = early.remove(&next) {
-            next += 1;
-            if writer.write_all(&bytes).await.is_err() {
-                break 'replies;
-            }
-            drop(slot);
-        }
-    }
-    let _ = writer.shutdown().await;
 }
 
 fn status(id: u32, code: StatusCode, message: &str) -> Packet {
