@@ -25,7 +25,7 @@ use crate::ingress::ftp_poll::{FtpPollers, PollContext};
 use crate::ingress::sftp::Shared as SftpShared;
 use crate::ingress::sftp::auth::KeyStore;
 use crate::ingress::sftp::{SftpDeps, SftpServer};
-use crate::ingress::{ViaHints, watch};
+use crate::ingress::{IngressEvent, ViaHints, watch};
 use crate::intake::{Intake, lanes};
 use crate::limits::{Limits, UsageWorker};
 use crate::ops::{self, Liveness};
@@ -135,10 +135,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         reports: reports_wake.clone(),
         hints: hints.clone(),
     };
-    // The reconciliation scans are ordinary work items, recorded now (the watch is already in
+    // The reconciliation scans are ordinary work items, asked for now (the watch is already in
     // place, so nothing falls in between) and done by the lanes after READY: a large backlog
-    // never holds up start-up.
-    lanes::startup_scans(&catalog, &config.tenants).context("queueing the start-up scans")?;
+    // never holds up start-up. The channel is empty yet, so this never waits.
+    let _ = tx.try_send(IngressEvent::Rescan { tenant: None });
     let intake_wake = Arc::new(Notify::new());
     workers.spawn(lanes::Recorder::new(rx, intake.clone(), intake_wake.clone()));
     let scheduler = Arc::new(lanes::Scheduler::new(intake_wake.clone()));

@@ -258,12 +258,20 @@ impl Worker for Recorder {
                 WorkerState::Idle
             });
         }
-        let items = self.pending.clone();
-        self.intake
+        // The batch travels to the blocking pool and back; kept for the retry if it failed.
+        let items = std::mem::take(&mut self.pending);
+        let (items, recorded) = self
+            .intake
             .catalog
-            .run(move |c| c.enqueue_intake(&items, now_ms()))
+            .run(move |c| {
+                let recorded = c.enqueue_intake(&items, now_ms());
+                Ok((items, recorded))
+            })
             .await?;
-        self.pending.clear();
+        if let Err(e) = recorded {
+            self.pending = items;
+            return Err(e.into());
+        }
         self.wake.notify_one();
         Ok(WorkerState::Busy)
     }
@@ -278,16 +286,6 @@ impl Worker for Recorder {
     fn backoff(&self) -> (Duration, Duration) {
         (Duration::from_millis(100), Duration::from_secs(10))
     }
-}
-
-/// The scans that start-up asks for: every tenant's folder, as ordinary work.
-pub fn startup_scans(catalog: &Catalog, tenants: &[crate::tenant::Tenant]) -> Result<(), CatalogError> {
-    let now = now_ms();
-    let items: Vec<NewIntake> = tenants
-        .iter()
-        .map(|t| NewIntake::scan(t.id.as_str(), String::new(), now))
-        .collect();
-    catalog.enqueue_intake(&items, now)
 }
 
 #[cfg(test)]

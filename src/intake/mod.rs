@@ -120,7 +120,7 @@ impl Intake {
                 out.push((item, IntakeOutcome::Done));
                 continue;
             };
-            if self.tenant(&tenant).is_none() {
+            if self.config.get().tenant(tenant.as_str()).is_none() {
                 tracing::warn!(tenant = %tenant, file = %item.rel_path, "file in the drop folder of an unknown tenant; ignored");
                 out.push((item, IntakeOutcome::Done));
                 continue;
