@@ -60,24 +60,12 @@ impl Session {
             Err(e) => return Ok(fs_err(id, e)),
         };
         // Counted against the quota from the start, with what a resumed upload already holds.
+        let held = upload.file.metadata().ok().map(|m| m.len());
         let granted = self
             .ctx
             .quotas
             .open_file(&self.ctx.tenant, upload.vpath.name())
-            .and_then(|mut g| {
-                let held = upload.file.metadata().map_or(0, |m| m.len());
-                g.grow_to(held).map(|()| g)
-            });
-        // A recording that starts empty is hashed as it arrives.
-        let is_recording = matches!(
-            FileKind::of(upload.vpath.name(), &self.ctx.config.get().matching),
-            FileKind::Recording
-        );
-        let digest = if is_recording && upload.file.metadata().is_ok_and(|m| m.len() == 0) {
-            StreamDigest::start()
-        } else {
-            StreamDigest::none()
-        };
+            .and_then(|mut g| g.grow_to(held.unwrap_or(0)).map(|()| g));
         let (grant, file) = match (granted, upload.file.try_clone()) {
             (Ok(grant), Ok(file)) => (grant, file),
             (Err(e), _) => {
@@ -89,6 +77,16 @@ impl Session {
                 self.ctx.fs.abort_upload(upload);
                 return Ok(status(id, StatusCode::Failure, &e.to_string()));
             }
+        };
+        // A recording that starts empty is hashed as it arrives.
+        let is_recording = matches!(
+            FileKind::of(upload.vpath.name(), &self.ctx.config.get().matching),
+            FileKind::Recording
+        );
+        let digest = if is_recording && held == Some(0) {
+            StreamDigest::start()
+        } else {
+            StreamDigest::none()
         };
         let h = UploadHandle {
             file: Arc::new(file),
