@@ -73,6 +73,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         drop: drops.clone(),
         archive_root: config.archive_root(),
     };
+    // Moves to the archive that a stop cut short: no move is in flight yet.
+    archiver.settle_stale(i64::MAX)?;
     let forwarder_wake = Arc::new(Notify::new());
     let reports_wake = Arc::new(Notify::new());
 
@@ -167,7 +169,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         catalog: catalog.clone(),
         drop: drops.clone(),
         sink,
-        archiver,
+        archiver: archiver.clone(),
         retry_min: config.forwarding.retry_min,
         retry_max: config.forwarding.retry_max,
         grace: config.matching.grace,
@@ -184,6 +186,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     workers.spawn(Housekeeper {
         catalog: catalog.clone(),
         drop: drops.clone(),
+        archiver,
         grace: config.matching.grace,
         retention: config.retention.local,
         reports: reports_wake,

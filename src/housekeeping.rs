@@ -9,14 +9,18 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::catalog::{Catalog, CatalogError, ms, now_ms};
-use crate::dropbox::{DropRoot, RelPath};
+use crate::dropbox::{Archiver, DropRoot, RelPath};
 use crate::tenant::TenantId;
 use crate::worker::{Worker, WorkerError, WorkerState};
+
+/// How long a file may stay claimed for the archive before housekeeping settles it.
+const UNSETTLED_CLAIM: Duration = Duration::from_secs(600);
 
 /// Periodic expiry and retention.
 pub struct Housekeeper {
     pub catalog: Catalog,
     pub drop: DropRoot,
+    pub archiver: Archiver,
     pub grace: Duration,
     pub retention: Duration,
     pub reports: Arc<Notify>,
@@ -41,6 +45,9 @@ impl Worker for Housekeeper {
         if tokio::task::spawn_blocking(move || sweep(&catalog, &drop, grace, retention)).await?? {
             self.reports.notify_one();
         }
+        // A claim this old was not settled by its mover (a catalog error after the move).
+        let archiver = self.archiver.clone();
+        tokio::task::spawn_blocking(move || archiver.settle_stale(now_ms() - ms(UNSETTLED_CLAIM))).await??;
         Ok(WorkerState::Idle)
     }
 

@@ -3,6 +3,7 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use super::queue::OPEN_STATES;
 use super::{Catalog, ConvState, Result, Via};
 use crate::dropbox::{FileKind, RelPath};
 use crate::matching::join::{ArrivalKeys, Lookup, Resend, content_hash};
@@ -54,6 +55,8 @@ pub struct NewFile<'a> {
     pub via: Via,
     pub size: u64,
     pub mtime_ns: i64,
+    /// Tells a file re-sent under the same name from the one recorded before it.
+    pub ino: u64,
     pub sha256: Option<String>,
 }
 
@@ -182,16 +185,18 @@ impl Catalog {
         Ok(())
     }
 
-    /// Whether `rel` is recorded as present with this size and mtime (a repeated event).
-    pub fn is_present_unchanged(&self, tenant: &str, rel: &RelPath, size: u64, mtime_ns: i64) -> Result<bool> {
+    /// Whether this very file (path, size, mtime, inode) is recorded as present or leaving
+    /// for the archive (a repeated event).
+    pub fn is_present_unchanged(
+        &self,
+        tenant: &str,
+        rel: &RelPath,
+        size: u64,
+        mtime_ns: i64,
+        ino: u64,
+    ) -> Result<bool> {
         let conn = self.read()?;
-        let found: Option<(i64, i64)> = conn
-            .prepare_cached(
-                "SELECT size, mtime_ns FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'",
-            )?
-            .query_row(params![tenant, rel.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        Ok(found == Some((size as i64, mtime_ns)))
+        Ok(same_file_recorded(&conn, tenant, rel.as_str(), size, mtime_ns, ino)?.is_some())
     }
 
     /// Metadata files and zips of a tenant still being parsed or unpacked (a crash or a failed
@@ -252,28 +257,51 @@ impl Catalog {
 }
 
 /// One arrival, inside the caller's transaction (see [`Catalog::register_file`]).
-fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: &str) -> Result<Registered> {
-    let existing: Option<(i64, i64, i64, String)> = tx
+/// The file recorded as present or leaving at `rel` if it is this very file (size, mtime and,
+/// when recorded, inode).
+fn same_file_recorded(
+    conn: &rusqlite::Connection,
+    tenant: &str,
+    rel: &str,
+    size: u64,
+    mtime_ns: i64,
+    ino: u64,
+) -> Result<Option<i64>> {
+    Ok(conn
         .prepare_cached(
-            "SELECT id, size, mtime_ns, kind FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'",
+            "SELECT id FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state IN ('present', 'leaving')
+               AND size = ?3 AND mtime_ns = ?4 AND (ino IS NULL OR ino = ?5)",
         )?
+        .query_row(params![tenant, rel, size as i64, mtime_ns, ino as i64], |r| r.get(0))
+        .optional()?)
+}
+
+fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: &str) -> Result<Registered> {
+    if same_file_recorded(tx, f.tenant, f.rel.as_str(), f.size, f.mtime_ns, f.ino)?.is_some() {
+        return Ok(Registered::Duplicate);
+    }
+    let existing: Option<(i64, String, bool)> = tx
+        .prepare_cached(&format!(
+            "SELECT id, kind, EXISTS (SELECT 1 FROM recordings r JOIN conversations c ON c.id = r.conversation
+                                      WHERE r.file_id = files.id AND c.state IN {OPEN_STATES})
+             FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'"
+        ))?
         .query_row(params![f.tenant, f.rel.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .optional()?;
     let kind = kind_str(f.kind);
     let name = f.rel.file_name();
-    if let Some((id, size, mtime_ns, old_kind)) = &existing {
-        if *size == f.size as i64 && *mtime_ns == f.mtime_ns {
-            return Ok(Registered::Duplicate);
-        }
-        if old_kind == "recording" && kind == "recording" {
-            // Overwritten in place: same record, new content. Rows that were complete with
-            // the old content are decided again with the new one.
+    if let Some((id, old_kind, in_open_use)) = &existing {
+        if old_kind == "recording" && kind == "recording" && *in_open_use {
+            // Overwritten while open rows use it: same record, new content. Rows that were
+            // complete with the old content are decided again with the new one. (A recording
+            // only forwarded ones used is a new file: its record may be leaving for the archive.)
             tx.prepare_cached(
-                "UPDATE files SET size = ?2, mtime_ns = ?3, sha256 = ?4, arrived_at = ?5, via = ?6, orphan_since = NULL WHERE id = ?1",
+                "UPDATE files SET size = ?2, mtime_ns = ?3, ino = ?4, sha256 = ?5, arrived_at = ?6, via = ?7, orphan_since = NULL
+                 WHERE id = ?1",
             )?
-            .execute(params![id, f.size as i64, f.mtime_ns, f.sha256, now, f.via.as_str()])?;
+            .execute(params![id, f.size as i64, f.mtime_ns, f.ino as i64, f.sha256, now, f.via.as_str()])?;
             let convs: Vec<i64> = tx
                 .prepare_cached(
                     "SELECT c.id FROM recordings r JOIN conversations c ON c.id = r.conversation
@@ -296,8 +324,8 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
             .execute(params![id, now])?;
     }
     tx.prepare_cached(
-        "INSERT INTO files (tenant, rel_path, dir, name, stem, kind, via, size, mtime_ns, sha256, arrived_at, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'present')",
+        "INSERT INTO files (tenant, rel_path, dir, name, stem, kind, via, size, mtime_ns, sha256, arrived_at, ino, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'present')",
     )?
     .execute(params![
         f.tenant,
@@ -310,7 +338,8 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
         f.size as i64,
         f.mtime_ns,
         f.sha256,
-        now
+        now,
+        f.ino as i64
     ])?;
     let file_id = tx.last_insert_rowid();
     let outcome = match f.kind {

@@ -37,7 +37,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 pub use ftp::{AppliedListing, FtpSourceStatus, PollRecord, RemoteFile, RemoteFileState, version_tag};
 pub use intake::{NewFile, PendingParse, Registered, RowInput};
 pub use intake_queue::{IntakeItem, IntakeKind, IntakeOutcome, NewIntake};
-pub use queue::{Forwarded, ToArchive, ToPurge, Work, WorkRecording};
+pub use queue::{Departure, Forwarded, RecordedFile, ToArchive, ToPurge, Work, WorkRecording};
 pub use views::{ConversationView, OrphanLine, ReportLine, StaleReport, StatusView, TenantStatus};
 
 #[derive(Debug, thiserror::Error)]

@@ -46,12 +46,38 @@ pub struct Forwarded {
     pub sha256: String,
 }
 
-/// A file to move out of the drop folder.
+/// A file claimed for the archive (`leaving`): to move from `rel_path` to `archive_path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToArchive {
     pub file_id: i64,
     pub tenant: String,
     pub rel_path: String,
+    pub archive_path: String,
+    /// The inode recorded at arrival (`None` before migration 4): what may be moved.
+    pub ino: Option<u64>,
+}
+
+/// A file recorded as in a drop folder (present, or leaving for the archive).
+#[derive(Debug, Clone)]
+pub struct RecordedFile {
+    pub file_id: i64,
+    pub rel_path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ino: Option<u64>,
+    pub leaving: bool,
+}
+
+/// How a claimed file's move ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// It is at its `archive_path`.
+    Archived,
+    /// It is no longer in the drop folder, and not in the archive either (deleted, or replaced
+    /// by a file of the same name that is not this one).
+    Gone,
+    /// It could not be moved: it stays, as present (unless a newer file took its name).
+    Stayed,
 }
 
 /// A file to delete for good: an archived copy, or an orphan left in a drop folder.
@@ -65,7 +91,7 @@ pub struct ToPurge {
 }
 
 /// States whose files must stay in the drop folder.
-const OPEN_STATES: &str = "('waiting', 'ready', 'forwarding', 'failed')";
+pub(super) const OPEN_STATES: &str = "('waiting', 'ready', 'forwarding', 'failed')";
 
 impl Catalog {
     /// Start-up recovery: a conversation left `forwarding` by a crash is `ready` again. Its
@@ -132,7 +158,7 @@ impl Catalog {
         key_prefix: &str,
         started_at: i64,
         now: i64,
-    ) -> Result<Vec<ToArchive>> {
+    ) -> Result<Vec<i64>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         for r in recordings {
@@ -155,9 +181,8 @@ impl Catalog {
         tx.prepare_cached("INSERT INTO deliveries (conversation, sink, key_prefix, started_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
             .execute(params![conv, sink, key_prefix, started_at, now])?;
         let candidates = files_of(&tx, conv)?;
-        let out = archivable(&tx, &candidates)?;
         tx.commit()?;
-        Ok(out)
+        Ok(candidates)
     }
 
     /// A transient failure: back to `ready`, due again at `retry_at`.
@@ -236,60 +261,116 @@ impl Catalog {
         Ok(())
     }
 
-    /// Present files of a tenant, as (file_id, rel_path, size, mtime_ns), for reconciliation.
-    pub fn present_files(&self, tenant: &str) -> Result<Vec<(i64, String, i64, i64)>> {
+    /// Files of a tenant recorded as in its drop folder, for reconciliation: present ones and
+    /// ones leaving for the archive (whose record the archiver settles, not the scan).
+    pub fn recorded_files(&self, tenant: &str) -> Result<Vec<RecordedFile>> {
         let conn = self.read()?;
-        let mut stmt = conn
-            .prepare_cached("SELECT id, rel_path, size, mtime_ns FROM files WHERE tenant = ?1 AND state = 'present'")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, rel_path, size, mtime_ns, ino, state = 'leaving' FROM files
+             WHERE tenant = ?1 AND state IN ('present', 'leaving')",
+        )?;
         let rows = stmt
-            .query_map([tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .query_map([tenant], |r| {
+                Ok(RecordedFile {
+                    file_id: r.get(0)?,
+                    rel_path: r.get(1)?,
+                    size: r.get::<_, i64>(2)? as u64,
+                    mtime_ns: r.get(3)?,
+                    ino: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
+                    leaving: r.get(5)?,
+                })
+            })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
-    /// Every present file of a tenant that may leave its drop folder (the reconciliation
-    /// pass; files of zips, unknown files and fully decided metadata files included).
-    pub fn all_archivable(&self, tenant: &str) -> Result<Vec<ToArchive>> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let candidates: Vec<i64> = tx
+    /// Every present file of a tenant that may be ready to leave its drop folder (the
+    /// reconciliation pass): candidates for [`Catalog::claim_for_archive`].
+    pub fn archive_candidates(&self, tenant: &str) -> Result<Vec<i64>> {
+        let conn = self.read()?;
+        let ids = conn
             .prepare_cached(
                 "SELECT id FROM files WHERE tenant = ?1 AND state = 'present'
                    AND (kind != 'recording' OR EXISTS (SELECT 1 FROM recordings r WHERE r.file_id = files.id))",
             )?
             .query_map([tenant], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        let out = archivable(&tx, &candidates)?;
-        tx.commit()?;
-        Ok(out)
+        Ok(ids)
     }
 
-    /// Whether these files may leave their drop folder now.
-    pub fn archivable_among(&self, file_ids: &[i64]) -> Result<Vec<ToArchive>> {
+    /// Claims those of `file_ids` that no open conversation needs any more: they become
+    /// `leaving`, bound for `plan(tenant, file id, rel_path)`, in one transaction. Checked and
+    /// claimed together, so an arrival under the same name meanwhile is a new file of its own.
+    pub fn claim_for_archive(
+        &self,
+        file_ids: &[i64],
+        now: i64,
+        plan: &dyn Fn(&str, i64, &str) -> String,
+    ) -> Result<Vec<ToArchive>> {
+        if file_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let out = archivable(&tx, file_ids)?;
+        let mut out = archivable(&tx, file_ids)?;
+        for item in &mut out {
+            item.archive_path = plan(&item.tenant, item.file_id, &item.rel_path);
+            tx.prepare_cached("UPDATE files SET state = 'leaving', archive_path = ?2, left_at = ?3 WHERE id = ?1")?
+                .execute(params![item.file_id, item.archive_path, now])?;
+        }
         tx.commit()?;
         Ok(out)
     }
 
-    /// Records that files were moved to the archive: (file id, archive path), one transaction.
-    /// A file that intake found missing meanwhile (the move raced a check of its path) is
-    /// archived all the same: we moved it, and its copy must be purged in time.
-    pub fn mark_archived(&self, moved: &[(i64, String)], now: i64) -> Result<()> {
-        if moved.is_empty() {
+    /// Records how the moves of claimed files ended, one transaction.
+    pub fn settle_departures(&self, ended: &[(i64, Departure)], now: i64) -> Result<()> {
+        if ended.is_empty() {
             return Ok(());
         }
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        for (file_id, archive_path) in moved {
-            tx.prepare_cached(
-                "UPDATE files SET state = 'archived', archive_path = ?2, left_at = ?3 WHERE id = ?1 AND state IN ('present', 'gone')",
-            )?
-            .execute(params![file_id, archive_path, now])?;
+        for (file_id, how) in ended {
+            match how {
+                Departure::Archived => {
+                    tx.prepare_cached(
+                        "UPDATE files SET state = 'archived', left_at = ?2 WHERE id = ?1 AND state = 'leaving'",
+                    )?
+                    .execute(params![file_id, now])?;
+                }
+                Departure::Gone => {
+                    tx.prepare_cached(
+                        "UPDATE files SET state = 'gone', archive_path = NULL, left_at = ?2 WHERE id = ?1 AND state = 'leaving'",
+                    )?
+                    .execute(params![file_id, now])?;
+                }
+                Departure::Stayed => {
+                    // Present again, unless a newer file holds its name by now.
+                    tx.prepare_cached(
+                        "UPDATE files SET state = 'gone', archive_path = NULL, left_at = ?2 WHERE id = ?1 AND state = 'leaving'
+                           AND EXISTS (SELECT 1 FROM files n WHERE n.tenant = files.tenant AND n.rel_path = files.rel_path
+                                         AND n.state = 'present')",
+                    )?
+                    .execute(params![file_id, now])?;
+                    tx.prepare_cached(
+                        "UPDATE files SET state = 'present', archive_path = NULL, left_at = NULL WHERE id = ?1 AND state = 'leaving'",
+                    )?
+                    .execute([file_id])?;
+                }
+            }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Files claimed for the archive at or before `before` whose move was never settled (a
+    /// crash, or a catalog error after the move).
+    pub fn unsettled_departures(&self, before: i64) -> Result<Vec<ToArchive>> {
+        let conn = self.read()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, tenant, rel_path, coalesce(archive_path, ''), ino FROM files WHERE state = 'leaving' AND left_at <= ?1",
+        )?;
+        let rows = stmt.query_map([before], to_archive)?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
     }
 
     /// Archived copies older than `keep_ms`, and orphans unclaimed for `keep_ms`.
@@ -413,7 +494,7 @@ fn mark_gone(tx: &Transaction<'_>, file_id: i64, now: i64) -> Result<()> {
 fn archivable(tx: &Transaction<'_>, candidates: &[i64]) -> Result<Vec<ToArchive>> {
     let mut out = Vec::new();
     let mut stmt = tx.prepare_cached(&format!(
-        "SELECT f.id, f.tenant, f.rel_path FROM files f WHERE f.id = ?1 AND f.state = 'present' AND (
+        "SELECT f.id, f.tenant, f.rel_path, '', f.ino FROM files f WHERE f.id = ?1 AND f.state = 'present' AND (
            (f.kind = 'recording'
               AND EXISTS (SELECT 1 FROM recordings r JOIN conversations c ON c.id = r.conversation
                           WHERE r.file_id = f.id AND c.state = 'forwarded')
@@ -424,18 +505,19 @@ fn archivable(tx: &Transaction<'_>, candidates: &[i64]) -> Result<Vec<ToArchive>
                           AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.metadata_file_id = m.id AND c.state IN {OPEN_STATES}))))"
     ))?;
     for id in candidates {
-        if let Some(a) = stmt
-            .query_row([id], |r| {
-                Ok(ToArchive {
-                    file_id: r.get(0)?,
-                    tenant: r.get(1)?,
-                    rel_path: r.get(2)?,
-                })
-            })
-            .optional()?
-        {
+        if let Some(a) = stmt.query_row([id], to_archive).optional()? {
             out.push(a);
         }
     }
     Ok(out)
+}
+
+fn to_archive(r: &rusqlite::Row<'_>) -> rusqlite::Result<ToArchive> {
+    Ok(ToArchive {
+        file_id: r.get(0)?,
+        tenant: r.get(1)?,
+        rel_path: r.get(2)?,
+        archive_path: r.get(3)?,
+        ino: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
+    })
 }

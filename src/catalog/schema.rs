@@ -195,4 +195,11 @@ CREATE TABLE intake_queue (
 CREATE INDEX intake_due ON intake_queue(tenant, rank, next_attempt_at, id);
 CREATE INDEX intake_next ON intake_queue(next_attempt_at);
 "#,
+    // 4: a file's inode (the archive race). A file is claimed (`leaving`) before it is moved to
+    // the archive, and the move checks the inode, so a file re-sent under the same name in the
+    // meantime is a new file and never archived in place of the one that was decided.
+    r#"
+ALTER TABLE files ADD COLUMN ino INTEGER;  -- NULL for files recorded before migration 4
+-- state gains 'leaving': claimed for the archive, being moved (archive_path is where to).
+"#,
 ];

@@ -30,6 +30,7 @@ fn arrive(cat: &Catalog, rel: &str, kind: FileKind, size: u64, sha: &str, now: i
         via: Via::Sftp,
         size,
         mtime_ns: now,
+        ino: now as u64,
         sha256: (kind == FileKind::Recording).then(|| sha.to_string()),
     };
     cat.register_file(&f, now, "unknown kind").unwrap()
@@ -78,7 +79,29 @@ fn states(cat: &Catalog) -> Vec<(String, String)> {
     v
 }
 
-fn forward_all(cat: &Catalog, now: i64) -> Vec<ToArchive> {
+/// Claims those of `ids` that may leave, bound for `/archive/{id}`.
+fn claim(cat: &Catalog, ids: &[i64], now: i64) -> Vec<ToArchive> {
+    cat.claim_for_archive(ids, now, &|_, id, _| format!("/archive/{id}"))
+        .unwrap()
+}
+
+/// Claims and archives those of `ids` that may leave; returns their ids.
+fn archive(cat: &Catalog, ids: &[i64], now: i64) -> Vec<i64> {
+    let moved: Vec<(i64, Departure)> = claim(cat, ids, now)
+        .iter()
+        .map(|a| (a.file_id, Departure::Archived))
+        .collect();
+    cat.settle_departures(&moved, now).unwrap();
+    moved.into_iter().map(|(id, _)| id).collect()
+}
+
+fn file_state(cat: &Catalog, id: i64) -> String {
+    cat.lock()
+        .query_row("SELECT state FROM files WHERE id = ?1", [id], |r| r.get(0))
+        .unwrap()
+}
+
+fn forward_all(cat: &Catalog, now: i64) -> Vec<i64> {
     let mut archived = Vec::new();
     for w in cat.claim(now, 100).unwrap() {
         let fw: Vec<Forwarded> = w
@@ -135,9 +158,9 @@ fn audio_then_metadata_is_ready_at_once_and_forwards() {
         bytes: 10,
         sha256: "aa".into(),
     }];
-    let mut leave = fx.cat.complete(work[0].id, &fw, "dir:x", "p/", 1003, 1004).unwrap();
-    leave.sort_by_key(|a| a.file_id);
-    let ids: Vec<i64> = leave.iter().map(|a| a.file_id).collect();
+    let candidates = fx.cat.complete(work[0].id, &fw, "dir:x", "p/", 1003, 1004).unwrap();
+    let mut ids = archive(&fx.cat, &candidates, 1004);
+    ids.sort();
     assert_eq!(
         ids,
         [wav, csv_file],
@@ -175,8 +198,12 @@ fn repeated_events_are_duplicates() {
         Registered::Duplicate
     );
     let rel = RelPath::parse("c1.wav").unwrap();
-    assert!(fx.cat.is_present_unchanged("acme", &rel, 10, 1000).unwrap());
-    assert!(!fx.cat.is_present_unchanged("acme", &rel, 11, 1000).unwrap());
+    assert!(fx.cat.is_present_unchanged("acme", &rel, 10, 1000, 1000).unwrap());
+    assert!(!fx.cat.is_present_unchanged("acme", &rel, 11, 1000, 1000).unwrap());
+    assert!(
+        !fx.cat.is_present_unchanged("acme", &rel, 10, 1000, 7).unwrap(),
+        "another inode is another file"
+    );
 }
 
 #[test]
@@ -206,9 +233,7 @@ fn resend_identical_is_a_no_op_and_changed_is_an_update() {
         .unwrap();
     forward_all(&fx.cat, 1001);
     // The client sends the same audio and row again (the first copies were archived).
-    for a in fx.cat.all_archivable("acme").unwrap() {
-        fx.cat.mark_archived(&[(a.file_id, "x".into())], 1002).unwrap();
-    }
+    archive(&fx.cat, &fx.cat.archive_candidates("acme").unwrap(), 1002);
     let again = recording(&fx.cat, "c1.wav", "aa", 1003);
     let (_, m2) = metadata(&fx.cat, "b2.csv", 1003);
     let (_, decided) = fx
@@ -378,14 +403,76 @@ fn report_staleness_survives_a_change_during_the_write() {
 }
 
 #[test]
+fn a_file_resent_while_its_namesake_leaves_is_a_new_file() {
+    let fx = fixture();
+    let old = recording(&fx.cat, "c1.wav", "aa", 1000);
+    let (_, m1) = metadata(&fx.cat, "b1.csv", 1000);
+    fx.cat
+        .add_rows(m1, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
+        .unwrap();
+    let candidates = forward_all(&fx.cat, 1001);
+    let claimed = claim(&fx.cat, &candidates, 1002);
+    assert!(claimed.iter().any(|c| c.file_id == old && c.ino == Some(1000)));
+    assert_eq!(file_state(&fx.cat, old), "leaving");
+    // The tenant sends it again while it is being moved: a new record, matched by new rows.
+    let new = recording(&fx.cat, "c1.wav", "aa", 1003);
+    assert_ne!(new, old);
+    let (_, m2) = metadata(&fx.cat, "b2.csv", 1003);
+    let (_, decided) = fx
+        .cat
+        .add_rows(m2, &[row(2, "C1", &["c1.wav"], "a")], 1003, GRACE)
+        .unwrap();
+    assert!(
+        decided.contains(&new),
+        "the identical re-send is decided with its own file"
+    );
+    assert!(!decided.contains(&old));
+    let moved: Vec<_> = claimed.iter().map(|c| (c.file_id, Departure::Archived)).collect();
+    fx.cat.settle_departures(&moved, 1004).unwrap();
+    assert_eq!(
+        (file_state(&fx.cat, old), file_state(&fx.cat, new)),
+        ("archived".into(), "present".into())
+    );
+}
+
+#[test]
+fn a_move_that_failed_leaves_the_file_present_unless_a_newer_one_took_its_name() {
+    let fx = fixture();
+    let (a, ma) = metadata(&fx.cat, "a.csv", 1000);
+    let (b, mb) = metadata(&fx.cat, "b.csv", 1000);
+    for m in [ma, mb] {
+        fx.cat.finish_metadata(m, Ok(())).unwrap();
+    }
+    assert_eq!(claim(&fx.cat, &[a, b], 1001).len(), 2);
+    let (newer, _) = metadata(&fx.cat, "b.csv", 1002);
+    fx.cat
+        .settle_departures(&[(a, Departure::Stayed), (b, Departure::Stayed)], 1003)
+        .unwrap();
+    assert_eq!(file_state(&fx.cat, a), "present");
+    assert_eq!(file_state(&fx.cat, b), "gone");
+    assert_eq!(file_state(&fx.cat, newer), "present");
+    assert_eq!(fx.cat.unsettled_departures(i64::MAX).unwrap(), []);
+}
+
+#[test]
 fn purge_after_retention() {
     let fx = fixture();
     let f = recording(&fx.cat, "c1.wav", "aa", 1000);
-    fx.cat.mark_archived(&[(f, "/archive/x".into())], 2000).unwrap();
+    let (_, m) = metadata(&fx.cat, "b.csv", 1000);
+    fx.cat
+        .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
+        .unwrap();
+    fx.cat.finish_metadata(m, Ok(())).unwrap();
+    let candidates = forward_all(&fx.cat, 1001);
+    archive(&fx.cat, &candidates, 2000);
     assert!(fx.cat.purgeable(2999, 1000, 10).unwrap().is_empty());
     let p = fx.cat.purgeable(3000, 1000, 10).unwrap();
-    assert_eq!((p.len(), p[0].path.as_str(), p[0].archived), (1, "/archive/x", true));
-    fx.cat.mark_purged(f, 3000).unwrap();
+    assert_eq!(p.len(), 2, "the recording and its metadata file");
+    let rec = p.iter().find(|p| p.file_id == f).unwrap();
+    assert_eq!((rec.path.clone(), rec.archived), (format!("/archive/{f}"), true));
+    for item in &p {
+        fx.cat.mark_purged(item.file_id, 3000).unwrap();
+    }
     assert!(fx.cat.purgeable(9999, 1000, 10).unwrap().is_empty());
 }
 

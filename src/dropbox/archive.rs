@@ -2,14 +2,21 @@
 //! `{state_dir}/archive/{tenant}/{yyyy-mm-dd}/{file id}-{name}`, where housekeeping deletes
 //! them after `retention.local`.
 
-use std::path::PathBuf;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use super::{DropRoot, RelPath};
-use crate::catalog::{Catalog, CatalogError, ToArchive, now_ms};
+use crate::catalog::{Catalog, CatalogError, Departure, ToArchive, now_ms};
 use crate::fsutil;
 use crate::tenant::TenantId;
 
 /// Moves decided files out of the drop folders. Blocking.
+///
+/// A file is first claimed in the catalog (`leaving`, with its destination), then moved, then
+/// recorded where it ended. A file re-sent under the same name at any point of this is a new
+/// file: the claim took the old record out of matching, and the move only takes the inode that
+/// was recorded at arrival. A crash between the steps is settled by [`Archiver::settle_stale`].
 #[derive(Clone)]
 pub struct Archiver {
     pub catalog: Catalog,
@@ -23,38 +30,102 @@ impl Archiver {
         if file_ids.is_empty() {
             return Ok(());
         }
-        let list = self.catalog.archivable_among(file_ids)?;
-        self.move_all(&list)
-    }
-
-    /// Moves each file, then records it. The catalog already says the file may go, so a crash
-    /// between the two only repeats the move, which [`fsutil::move_durable`] tolerates.
-    pub fn move_all(&self, list: &[ToArchive]) -> Result<(), CatalogError> {
         let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
-        let mut moved: Vec<(i64, String)> = Vec::with_capacity(list.len());
-        for item in list {
-            let (Ok(tenant), Some(rel)) = (TenantId::parse(&item.tenant), RelPath::parse(&item.rel_path)) else {
-                continue;
-            };
-            let src = self.drop.path_of(&tenant, &rel);
+        let plan = |tenant: &str, file_id: i64, rel: &str| {
+            let name = rel.rsplit('/').next().unwrap_or(rel);
             let dst = self
                 .archive_root
-                .join(tenant.as_str())
+                .join(tenant)
                 .join(&day)
-                .join(archive_name(item.file_id, rel.file_name()));
-            match fsutil::move_durable(&src, &dst) {
-                Ok(()) => moved.push((item.file_id, dst.to_string_lossy().into_owned())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    // Deleted by the tenant after it was decided: nothing left to keep.
-                    self.catalog.files_gone(&[item.file_id], now_ms())?;
-                }
-                Err(e) => {
-                    tracing::warn!(tenant = %tenant, file = rel.as_str(), error = %e, "cannot archive; will try again")
-                }
-            }
-        }
-        self.catalog.mark_archived(&moved, now_ms())
+                .join(archive_name(file_id, name));
+            dst.to_string_lossy().into_owned()
+        };
+        let claimed = self.catalog.claim_for_archive(file_ids, now_ms(), &plan)?;
+        let ended: Vec<(i64, Departure)> = claimed.iter().map(|item| (item.file_id, self.move_one(item))).collect();
+        self.catalog.settle_departures(&ended, now_ms())
     }
+
+    /// Settles claims older than `before` whose move was never recorded: done if the file is
+    /// in the archive, back to present if it is still in the drop folder, gone otherwise.
+    pub fn settle_stale(&self, before: i64) -> Result<(), CatalogError> {
+        let stale = self.catalog.unsettled_departures(before)?;
+        let ended: Vec<(i64, Departure)> = stale
+            .iter()
+            .map(|item| {
+                let how = if is_that_file(Path::new(&item.archive_path), item.ino) {
+                    Departure::Archived
+                } else if self.source(item).is_some_and(|src| is_that_file(&src, item.ino)) {
+                    Departure::Stayed
+                } else {
+                    Departure::Gone
+                };
+                (item.file_id, how)
+            })
+            .collect();
+        if !ended.is_empty() {
+            tracing::info!(files = ended.len(), "settled moves to the archive left unrecorded");
+        }
+        self.catalog.settle_departures(&ended, now_ms())
+    }
+
+    fn source(&self, item: &ToArchive) -> Option<PathBuf> {
+        let (Ok(tenant), Some(rel)) = (TenantId::parse(&item.tenant), RelPath::parse(&item.rel_path)) else {
+            return None;
+        };
+        Some(self.drop.path_of(&tenant, &rel))
+    }
+
+    /// Moves one claimed file, if the file at its path is still the one recorded.
+    fn move_one(&self, item: &ToArchive) -> Departure {
+        let Some(src) = self.source(item) else {
+            return Departure::Gone;
+        };
+        let dst = Path::new(&item.archive_path);
+        match std::fs::symlink_metadata(&src) {
+            // Deleted by the tenant after it was decided (or moved before a crash): nothing
+            // left to keep here.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return if is_that_file(dst, item.ino) {
+                    Departure::Archived
+                } else {
+                    Departure::Gone
+                };
+            }
+            Err(e) => return self.stays(item, &e),
+            // Replaced by a file of the same name: that one is a new arrival, not ours to move.
+            Ok(meta) if item.ino.is_some_and(|ino| meta.ino() != ino) => return Departure::Gone,
+            Ok(_) => {}
+        }
+        if let Err(e) = fsutil::move_durable(&src, dst) {
+            return self.stays(item, &e);
+        }
+        if is_that_file(dst, item.ino) {
+            return Departure::Archived;
+        }
+        // Replaced between the check and the move: put the newcomer back where it was sent.
+        tracing::warn!(tenant = %item.tenant, file = %item.rel_path, "a file re-sent while being archived; putting it back");
+        if let Err(e) = rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            dst,
+            rustix::fs::CWD,
+            &src,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            tracing::warn!(tenant = %item.tenant, file = %item.rel_path, archived_as = %dst.display(), error = %e,
+                "cannot put a re-sent file back; it stays in the archive");
+        }
+        Departure::Gone
+    }
+
+    fn stays(&self, item: &ToArchive, e: &io::Error) -> Departure {
+        tracing::warn!(tenant = %item.tenant, file = %item.rel_path, error = %e, "cannot archive; will try again");
+        Departure::Stayed
+    }
+}
+
+/// Whether `path` is the file recorded with inode `ino` (any file, for records without one).
+fn is_that_file(path: &Path, ino: Option<u64>) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && ino.is_none_or(|ino| m.ino() == ino))
 }
 
 /// `{file id}-{name}`, the name cut short (on a character boundary) where the whole would pass

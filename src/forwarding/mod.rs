@@ -322,7 +322,7 @@ impl Forwarder {
         metrics::histogram!("dropsync_forward_latency_seconds")
             .record((forwarded_at - work.received_at).max(0) as f64 / 1000.0);
         let archiver = self.archiver.clone();
-        match tokio::task::spawn_blocking(move || archiver.move_all(&to_archive)).await {
+        match tokio::task::spawn_blocking(move || archiver.archive(&to_archive)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot archive forwarded files; start-up will"),
             Err(e) => tracing::warn!(error = %e, "archive task failed; start-up will archive"),

@@ -54,7 +54,26 @@ struct Prepared {
     kind: FileKind,
     size: u64,
     mtime_ns: i64,
+    ino: u64,
     sha256: Option<String>,
+}
+
+/// What a file on disk looks like: tells a changed or re-sent file from the one recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i64,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            size: meta.len(),
+            mtime_ns: mtime_ns(meta),
+            ino: meta.ino(),
+        }
+    }
 }
 
 /// What checking an arrival found.
@@ -84,9 +103,9 @@ pub struct Intake {
 }
 
 impl Intake {
-    fn stat(&self, tenant: &TenantId, rel: &RelPath) -> Option<(u64, i64)> {
+    fn stat(&self, tenant: &TenantId, rel: &RelPath) -> Option<Stamp> {
         let meta = std::fs::symlink_metadata(self.drop.path_of(tenant, rel)).ok()?;
-        meta.is_file().then(|| (meta.len(), mtime_ns(&meta)))
+        meta.is_file().then(|| Stamp::of(&meta))
     }
 
     fn tenant(&self, id: &TenantId) -> Option<Tenant> {
@@ -197,10 +216,10 @@ impl Intake {
         };
         match self.stat(tenant, &rel) {
             None => Some(IntakeOutcome::Done),
-            Some((size, mtime_ns)) if Some(size) == item.size && Some(mtime_ns) == item.mtime_ns => None,
-            Some((size, mtime_ns)) => Some(IntakeOutcome::Settling {
-                size,
-                mtime_ns,
+            Some(now) if Some(now.size) == item.size && Some(now.mtime_ns) == item.mtime_ns => None,
+            Some(now) => Some(IntakeOutcome::Settling {
+                size: now.size,
+                mtime_ns: now.mtime_ns,
                 at: now_ms() + ms(SETTLE),
             }),
         }
@@ -219,6 +238,7 @@ impl Intake {
                 via: p.via,
                 size: p.size,
                 mtime_ns: p.mtime_ns,
+                ino: p.ino,
                 sha256: p.sha256.clone(),
             })
             .collect();
@@ -255,10 +275,10 @@ impl Intake {
             }
         };
         let meta = file.metadata()?;
-        let mtime_ns = mtime_ns(&meta);
+        let Stamp { size, mtime_ns, ino } = Stamp::of(&meta);
         if self
             .catalog
-            .is_present_unchanged(tenant.as_str(), &rel, meta.len(), mtime_ns)?
+            .is_present_unchanged(tenant.as_str(), &rel, size, mtime_ns, ino)?
         {
             return Ok(Check::Unchanged(rel));
         }
@@ -283,8 +303,9 @@ impl Intake {
             rel,
             via: item.via,
             kind,
-            size: meta.len(),
+            size,
             mtime_ns,
+            ino,
             sha256,
         }))
     }

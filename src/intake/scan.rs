@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::{Intake, IntakeError, SETTLE};
-use crate::catalog::{IntakeKind, NewIntake, Via, ms, now_ms};
+use crate::catalog::{IntakeKind, NewIntake, RecordedFile, Via, ms, now_ms};
 use crate::dropbox::RelPath;
 use crate::tenant::TenantId;
 
@@ -25,11 +25,11 @@ impl Intake {
         let due = now_ms() + ms(SETTLE);
         let mut items = Vec::new();
         for rel in self.drop.scan(tenant, Some(dir))? {
-            if let Some((size, mtime_ns)) = self.stat(tenant, &rel) {
+            if let Some(stamp) = self.stat(tenant, &rel) {
                 items.push(NewIntake {
                     kind: IntakeKind::Settle,
-                    size: Some(size),
-                    mtime_ns: Some(mtime_ns),
+                    size: Some(stamp.size),
+                    mtime_ns: Some(stamp.mtime_ns),
                     ..self.file_item(tenant, &rel, Via::Local, due)
                 });
             }
@@ -43,26 +43,33 @@ impl Intake {
     fn scan_tenant(&self, tenant: &TenantId) -> Result<(), IntakeError> {
         metrics::counter!("dropsync_rescans_total", "tenant" => tenant.to_string()).increment(1);
         let on_disk = self.drop.scan_tenant(tenant)?;
-        let mut recorded: HashMap<String, (i64, i64, i64)> = self
+        let mut recorded: HashMap<String, RecordedFile> = self
             .catalog
-            .present_files(tenant.as_str())?
+            .recorded_files(tenant.as_str())?
             .into_iter()
-            .map(|(id, rel, size, mtime)| (rel, (id, size, mtime)))
+            .map(|f| (f.rel_path.clone(), f))
             .collect();
         let now = now_ms();
         let mut items = Vec::new();
         for rel in on_disk {
             let known = recorded.remove(rel.as_str());
             let unchanged = match (known, self.stat(tenant, &rel)) {
-                (Some((_, size, mtime)), Some((s, m))) => (size, mtime) == (s as i64, m),
+                (Some(f), Some(disk)) => {
+                    (f.size, f.mtime_ns) == (disk.size, disk.mtime_ns) && f.ino.is_none_or(|ino| ino == disk.ino)
+                }
                 _ => false,
             };
             if !unchanged {
                 items.push(self.file_item(tenant, &rel, Via::Local, now));
             }
         }
-        // What is still in `recorded` is no longer on disk.
-        let gone: Vec<i64> = recorded.into_values().map(|(id, ..)| id).collect();
+        // What is still in `recorded` is no longer on disk. (Files leaving for the archive are
+        // the archiver's to settle.)
+        let gone: Vec<i64> = recorded
+            .into_values()
+            .filter(|f| !f.leaving)
+            .map(|f| f.file_id)
+            .collect();
         if !gone.is_empty() {
             tracing::info!(tenant = %tenant, files = gone.len(), "files left the drop folder behind our back");
             self.catalog.files_gone(&gone, now)?;
@@ -76,8 +83,8 @@ impl Intake {
             tracing::info!(tenant = %tenant, files = items.len(), "scan found files to take in");
         }
         self.catalog.enqueue_intake(&items, now)?;
-        let decided = self.catalog.all_archivable(tenant.as_str())?;
-        self.archiver.move_all(&decided)?;
+        let candidates = self.catalog.archive_candidates(tenant.as_str())?;
+        self.archiver.archive(&candidates)?;
         Ok(())
     }
 }

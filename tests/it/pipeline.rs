@@ -1,7 +1,7 @@
 //! The pipeline end to end on the real binary: drop folder in, dir sink out.
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
@@ -278,6 +278,54 @@ fn resend_identical_is_a_no_op_and_changed_is_an_update() {
     let fwd = d.forwarded();
     assert_eq!(fwd.len(), 1);
     assert_recordings(&d, &fwd["R-1"], &[("c1.wav", &a2)]);
+}
+
+/// A recording sent again the moment it leaves the drop folder, while the rest of its
+/// conversation is still being moved to the archive, is a new file: matched by the next row,
+/// not archived in the old one's place. (Before files were claimed for the archive first, the
+/// re-sent file's record was marked archived with the old one, and the next row waited for good.)
+#[test]
+fn a_recording_resent_the_moment_it_leaves_is_a_new_file() {
+    let mut d = Daemon::new("1h", ACME);
+    d.start();
+    // Four hundred recordings in one conversation: moving them takes long enough to send one again.
+    let names: Vec<String> = (0..400).map(|i| format!("r{i:03}.wav")).collect();
+    let audios: Vec<Vec<u8>> = (0..400).map(|i| audio(&format!("r{i}"), 300)).collect();
+    for (name, a) in names.iter().zip(&audios) {
+        d.put("acme", name, a);
+    }
+    d.put("acme", "b0.csv", one_row_csv("R-0", &names.join(";")).as_bytes());
+    let deadline = Instant::now() + T;
+    let first_gone = loop {
+        if let Some(i) = names.iter().position(|n| !d.drop_dir("acme").join(n).exists()) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no recording left the drop folder");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    d.put("acme", &names[first_gone], &audios[first_gone]);
+    // A copy keeps its own mtime (as `cp -p` or `sftp put -p` would), so it is not taken for a
+    // repeated event of the first.
+    let copy = std::fs::File::options()
+        .write(true)
+        .open(d.drop_dir("acme").join(&names[first_gone]))
+        .unwrap();
+    copy.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000))
+        .unwrap();
+    drop(copy);
+    // The next row once the whole first conversation is in the archive (its move recorded).
+    let archive = d.dir.path().join("var/archive");
+    wait_for("the first conversation in the archive", T, || {
+        walk(&archive).len() == 401
+    });
+    d.put("acme", "b1.csv", one_row_csv("R-1", &names[first_gone]).as_bytes());
+    let lines = d.wait_report("acme", "b1.csv.report.csv", 1);
+    assert_eq!(lines[0][3], "forwarded", "{:?}", lines[0]);
+    assert_recordings(
+        &d,
+        &d.forwarded()["R-1"],
+        &[(names[first_gone].as_str(), &audios[first_gone])],
+    );
 }
 
 #[test]
