@@ -244,8 +244,13 @@ impl Daemon {
 
     /// SIGTERM, then wait for the exit.
     pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// Waits for the daemon to exit (a stop already asked for), up to 40 s.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("not running");
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Some(status) = c.try_wait().unwrap() {

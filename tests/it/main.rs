@@ -10,3 +10,4 @@ mod quota;
 mod s3;
 mod sftp;
 mod sftp_keys;
+mod sshfs;

@@ -678,3 +678,32 @@ fn open_handles_cannot_use_up_the_daemons_descriptors() {
     assert_recordings(&d, &fwd["FD-1"], &[("FD-1.wav", &audio)]);
     assert!(d.is_running());
 }
+
+/// A stop ends idle sessions at once (those that uploaded before too) and waits for an upload in
+/// flight, which then completes: its client gets its OK and the file is in place.
+#[test]
+fn a_stop_waits_for_uploads_in_flight_but_not_for_idle_sessions() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let idle = d.paramiko_background(
+        "import time\nt, s = connect()\nf = s.open('done.wav', 'w'); f.write(b'x' * 1000); f.close()\n\
+         print('idle', flush=True)\nwhile t.is_active():\n    time.sleep(0.05)\nprint('disconnected', flush=True)\n",
+    );
+    let writer = d.paramiko_background(
+        "import time\nt, s = connect()\nf = s.open('inflight.wav', 'w')\nf.write(b'a' * 100000)\nf.stat()\n\
+         print('half', flush=True)\nwhile not os.path.exists(os.path.join(DIR, 'go')):\n    time.sleep(0.01)\n\
+         f.write(b'b' * 100000)\nf.close()\nprint('closed', flush=True)\n",
+    );
+    wait_for("both clients", T, || idle.line_seen("idle") && writer.line_seen("half"));
+    assert!(d.signal(libc::SIGTERM));
+    // Well within the drain deadline (30 s): the idle session goes, the writer's stays.
+    wait_for("the idle session to be ended", Duration::from_secs(10), || {
+        idle.line_seen("disconnected")
+    });
+    assert!(d.is_running(), "the daemon must wait for the upload in flight");
+    std::fs::write(d.dir.path().join("go"), b"").unwrap();
+    wait_for("the upload to close", T, || writer.line_seen("closed"));
+    assert_eq!(d.wait_exit().code(), Some(0));
+    let got = std::fs::read(d.drop_dir("acme").join("inflight.wav")).unwrap();
+    assert_eq!(got.len(), 200_000);
+}

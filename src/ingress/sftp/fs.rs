@@ -6,15 +6,21 @@
 //! and files are opened without following links. `/reports/` is read-only. Our own temp files
 //! (`.dropsync-*`) are invisible.
 //!
-//! Uploads are written to a hidden temp name beside the target and renamed into place on close,
-//! so a connection that drops mid-upload never leaves a file under its final name.
+//! Uploads are written to a hidden temp name beside the target and renamed into place when their
+//! last handle is closed, so a connection that drops mid-upload never leaves a file under its
+//! final name. Until then the tenant's sessions see them under that name (see [`super::pending`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use russh_sftp::protocol::{FileAttributes, StatusCode};
+
+use super::durable::{UPLOAD_PREFIX, mark_complete};
+use super::pending::{LastClose, Pending, PendingUploads};
+use crate::limits::FileGrant;
 
 use crate::dropbox::{REPORTS_DIR, is_temp_name};
 use crate::fsutil;
@@ -118,118 +124,31 @@ pub struct FinishedUpload {
     pub sync_folder: Option<PathBuf>,
 }
 
-/// The extended attribute that marks an upload temp file as complete; its value is the name
-/// the file was renamed to.
-const COMPLETE_XATTR: &std::ffi::CStr = c"user.dropsync.final";
+/// Counts a new upload (given what it already holds) against its tenant's quota, or says why
+/// it may not be written.
+pub type Granter = dyn Fn(&VPath, u64) -> Result<Option<FileGrant>, String>;
 
-/// Where our SFTP uploads are written until they are closed.
-const UPLOAD_PREFIX: &str = ".dropsync-upload-";
-
-fn mark_complete(file: &File, final_name: &str) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fsetxattr on a descriptor we own, with a valid C string and a byte buffer.
-    let r = unsafe {
-        libc::fsetxattr(
-            file.as_raw_fd(),
-            COMPLETE_XATTR.as_ptr(),
-            final_name.as_ptr().cast(),
-            final_name.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn completed_name(path: &Path) -> Option<String> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut buf = [0u8; 1024];
-    // SAFETY: lgetxattr with valid C strings and a buffer of the length given; it does not
-    // follow links.
-    let n = unsafe {
-        libc::lgetxattr(
-            c_path.as_ptr(),
-            COMPLETE_XATTR.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    let n = usize::try_from(n).ok()?;
-    String::from_utf8(buf[..n].to_vec()).ok()
-}
-
-/// At start-up, before any session: upload temp files left by a crash are either complete
-/// (marked at CLOSE, so the client was told "done"), and renamed into place, or partial, and
-/// removed. Returns (renamed, removed).
-pub fn recover_uploads(tenant_root: &Path) -> io::Result<(usize, usize)> {
-    let mut found = Vec::new();
-    let mut stack = vec![tenant_root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let ft = entry.file_type()?;
-            let name = entry.file_name();
-            if ft.is_dir() {
-                stack.push(entry.path());
-            } else if ft.is_file() && name.to_str().is_some_and(|n| n.starts_with(UPLOAD_PREFIX)) {
-                let mtime = entry.metadata()?.modified()?;
-                found.push((mtime, entry.path()));
-            }
-        }
-    }
-    // Oldest first, so that of two completed uploads of one name the later one wins.
-    found.sort();
-    let (mut renamed, mut removed) = (0, 0);
-    for (_, tmp) in found {
-        let folder = tmp.parent().unwrap_or(tenant_root);
-        // The marker names a file in the same folder, never a path and never one of ours.
-        let target = completed_name(&tmp)
-            .filter(|n| crate::dropbox::RelPath::parse(n).is_some_and(|r| r.dir().is_empty()) && !is_internal(n));
-        match target {
-            Some(name) => {
-                fs::rename(&tmp, folder.join(name))?;
-                fsutil::sync_dir(folder)?;
-                renamed += 1;
-            }
-            None => {
-                fs::remove_file(&tmp)?;
-                removed += 1;
-            }
-        }
-    }
-    Ok((renamed, removed))
-}
-
-/// An upload in progress: data goes to `tmp`, which becomes `target` on close.
-#[derive(Debug)]
-pub struct Upload {
-    pub file: File,
-    pub tmp: PathBuf,
-    pub target: PathBuf,
-    pub vpath: VPath,
+/// An upload opened for writing: a new one, or one already open (joined).
+pub struct Opened {
+    pub pending: Arc<Pending>,
+    /// A new upload that starts empty (its digest can be taken as it is written).
+    pub fresh: bool,
 }
 
 /// The tenant's folder, as its SFTP client sees it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TenantFs {
     root: PathBuf,
     owner: String,
+    pending: Arc<PendingUploads>,
 }
 
 impl TenantFs {
-    pub fn new(root: PathBuf, owner: &str) -> Self {
+    pub fn new(root: PathBuf, owner: &str, pending: Arc<PendingUploads>) -> Self {
         TenantFs {
             root,
             owner: owner.to_owned(),
+            pending,
         }
     }
 
@@ -266,6 +185,9 @@ impl TenantFs {
     pub fn stat(&self, raw: &str) -> FsResult<FileAttributes> {
         let v = VPath::parse(raw)?;
         let p = self.real(&v)?;
+        if let Some(up) = self.pending.get(&p) {
+            return up.file.metadata().map(|m| attrs(&m)).map_err(|e| FsError::io(&v, &e));
+        }
         let meta = fs::symlink_metadata(&p).map_err(|e| FsError::io(&v, &e))?;
         if meta.file_type().is_symlink() {
             return Err(FsError::no_such(&v));
@@ -276,18 +198,25 @@ impl TenantFs {
     pub fn open_read(&self, raw: &str) -> FsResult<File> {
         let v = VPath::parse(raw)?;
         let p = self.real(&v)?;
+        if let Some(up) = self.pending.get(&p) {
+            return up.file.try_clone().map_err(|e| FsError::io(&v, &e));
+        }
         fsutil::open_regular_nofollow(&p).map_err(|e| FsError::io(&v, &e))
     }
 
     /// Opens `raw` for writing: `truncate` starts empty, otherwise the current content is kept
-    /// (resumed uploads, appends); `exclusive` fails if it exists.
-    pub fn open_write(&self, raw: &str, truncate: bool, exclusive: bool) -> FsResult<Upload> {
+    /// (resumed uploads, appends); `exclusive` fails if it exists. An upload already open to
+    /// the same place is joined. A new one is counted by `grant` (given what it holds) first.
+    pub fn open_write(&self, raw: &str, truncate: bool, exclusive: bool, grant: &Granter) -> FsResult<Opened> {
         let v = VPath::parse(raw)?;
         self.writable(&v)?;
         if is_internal(v.name()) {
             return Err(FsError::denied(&v, "names starting with .dropsync- are reserved"));
         }
         let target = self.real(&v)?;
+        if let Some(pending) = self.pending.join(&target) {
+            return self.reopen(pending, &v, truncate, exclusive);
+        }
         let parent = target.parent().unwrap_or(&self.root).to_path_buf();
         match fs::symlink_metadata(&parent) {
             Ok(m) if m.is_dir() => {}
@@ -315,19 +244,60 @@ impl TenantFs {
             .mode(0o640)
             .open(&tmp)
             .map_err(|e| FsError::io(&v, &e))?;
-        if existing && !truncate {
-            let copied = fsutil::open_regular_nofollow(&target).and_then(|mut src| io::copy(&mut src, &mut file));
-            if let Err(e) = copied {
+        let copied = if existing && !truncate {
+            fsutil::open_regular_nofollow(&target).and_then(|mut src| io::copy(&mut src, &mut file))
+        } else {
+            Ok(0)
+        };
+        let granted = copied
+            .map_err(|e| FsError::io(&v, &e))
+            .and_then(|held| grant(&v, held).map_err(|why| FsError::new(StatusCode::Failure, why)));
+        let grant = match granted {
+            Ok(g) => g,
+            Err(e) => {
                 let _ = fs::remove_file(&tmp);
-                return Err(FsError::io(&v, &e));
+                return Err(e);
+            }
+        };
+        let fresh = !existing || truncate;
+        let pending = Arc::new(Pending::new(file, tmp, target, v.clone(), grant));
+        match self.pending.insert_or_join(&pending) {
+            Ok(()) => Ok(Opened { pending, fresh }),
+            // Another session opened the same file meanwhile: that upload it is.
+            Err(theirs) => {
+                let _ = fs::remove_file(&pending.tmp);
+                self.reopen(theirs, &v, truncate, exclusive)
             }
         }
-        Ok(Upload {
-            file,
-            tmp,
-            target,
-            vpath: v,
-        })
+    }
+
+    /// A further handle on an upload already open (joined by the caller).
+    fn reopen(&self, pending: Arc<Pending>, v: &VPath, truncate: bool, exclusive: bool) -> FsResult<Opened> {
+        let refused = if exclusive {
+            Some(FsError::new(StatusCode::Failure, format!("{v}: already exists")))
+        } else if truncate {
+            pending.file.set_len(0).err().map(|e| FsError::io(v, &e))
+        } else {
+            None
+        };
+        match refused {
+            Some(e) => {
+                self.release(&pending);
+                Err(e)
+            }
+            None => Ok(Opened { pending, fresh: false }),
+        }
+    }
+
+    /// The upload open to `raw`, if there is one.
+    pub fn pending_at(&self, raw: &str) -> Option<Arc<Pending>> {
+        let v = VPath::parse(raw).ok()?;
+        self.pending.get(&self.real(&v).ok()?)
+    }
+
+    /// One handle of an upload is closed; the last one gets what it must finish.
+    pub fn release(&self, pending: &Arc<Pending>) -> Option<LastClose> {
+        self.pending.release(pending)
     }
 
     /// Completes an upload. Returns the path relative to the drop folder if it is now a file
@@ -341,23 +311,23 @@ impl TenantFs {
     /// off the client's path; a crash before that leaves a marked temp file, which
     /// [`recover_uploads`] renames into place at the next start. Without xattrs: fdatasync,
     /// rename, folder fsync, all before the answer.
-    pub fn finish_upload(&self, upload: Upload, durable: bool) -> FsResult<FinishedUpload> {
-        let v = upload.vpath.clone();
-        let folder = upload.target.parent().unwrap_or(&self.root).to_path_buf();
+    pub fn finish_upload(&self, upload: &Pending, last: &LastClose, durable: bool) -> FsResult<FinishedUpload> {
+        let v = last.vpath.clone();
+        let folder = last.target.parent().unwrap_or(&self.root).to_path_buf();
         let marked = durable && mark_complete(&upload.file, v.name()).is_ok();
         let done = if marked {
             upload
                 .file
                 .sync_all()
-                .and_then(|()| fs::rename(&upload.tmp, &upload.target))
+                .and_then(|()| fs::rename(&upload.tmp, &last.target))
         } else if durable {
             upload
                 .file
                 .sync_data()
-                .and_then(|()| fs::rename(&upload.tmp, &upload.target))
+                .and_then(|()| fs::rename(&upload.tmp, &last.target))
                 .and_then(|()| fsutil::sync_dir(&folder))
         } else {
-            fs::rename(&upload.tmp, &upload.target)
+            fs::rename(&upload.tmp, &last.target)
         };
         if let Err(e) = done {
             let _ = fs::remove_file(&upload.tmp);
@@ -369,8 +339,9 @@ impl TenantFs {
         })
     }
 
-    /// Drops an unfinished upload (the connection went away): nothing is left behind.
-    pub fn abort_upload(&self, upload: Upload) {
+    /// Drops an upload whose last handle is gone (refused, failed, removed, or its connection
+    /// went away): nothing is left behind.
+    pub fn discard_upload(&self, upload: &Pending) {
         let _ = fs::remove_file(&upload.tmp);
     }
 
@@ -397,10 +368,15 @@ impl TenantFs {
                 continue;
             }
             let Ok(m) = e.path().symlink_metadata() else { continue };
-            if m.file_type().is_symlink() {
+            if m.file_type().is_symlink() || self.pending.get(&e.path()).is_some() {
                 continue;
             }
             out.push(entry(&name, &m, &self.owner));
+        }
+        for (name, up) in self.pending.in_folder(&p) {
+            if let Ok(m) = up.file.metadata() {
+                out.push(entry(&name, &m, &self.owner));
+            }
         }
         Ok(out)
     }
@@ -409,6 +385,13 @@ impl TenantFs {
         let v = VPath::parse(raw)?;
         self.writable(&v)?;
         let p = self.real(&v)?;
+        if self.pending.unlink(&p) {
+            // The name goes now, with the file it replaces; the data with the last handle.
+            return match fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(FsError::io(&v, &e)),
+                _ => Ok(()),
+            };
+        }
         match fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => Err(FsError::new(
                 StatusCode::Failure,
@@ -456,10 +439,18 @@ impl TenantFs {
             return Err(FsError::denied(&vt, "names starting with .dropsync- are reserved"));
         }
         let (pf, pt) = (self.real(&vf)?, self.real(&vt)?);
-        let meta = fs::symlink_metadata(&pf).map_err(|e| FsError::io(&vf, &e))?;
-        if !overwrite && fs::symlink_metadata(&pt).is_ok() {
+        let exists = |p: &Path| fs::symlink_metadata(p).is_ok() || self.pending.get(p).is_some();
+        if !overwrite && exists(&pt) {
             return Err(FsError::new(StatusCode::Failure, format!("{vt}: already exists")));
         }
+        if self.pending.get(&pf).is_some() {
+            // Still open: it goes to its new name when its last handle is closed.
+            return match self.pending.retarget(&pf, &pt, vt.clone()) {
+                true => Ok(None),
+                false => Err(FsError::new(StatusCode::Failure, format!("{vt}: is being written"))),
+            };
+        }
+        let meta = fs::symlink_metadata(&pf).map_err(|e| FsError::io(&vf, &e))?;
         fs::rename(&pf, &pt).map_err(|e| FsError::io(&vt, &e))?;
         let _ = fsutil::sync_dir(pt.parent().unwrap_or(&self.root));
         Ok((meta.is_file() && !is_temp_name(vt.name())).then(|| vt.rel()))
@@ -469,6 +460,9 @@ impl TenantFs {
     pub fn setstat(&self, raw: &str, a: &FileAttributes) -> FsResult<()> {
         let v = VPath::parse(raw)?;
         let p = self.real(&v)?;
+        if let Some(up) = self.pending.get(&p) {
+            return set_attrs(&up.file, a).map_err(|e| FsError::io(&v, &e));
+        }
         let meta = fs::symlink_metadata(&p).map_err(|e| FsError::io(&v, &e))?;
         if meta.file_type().is_symlink() {
             return Err(FsError::no_such(&v));
@@ -487,12 +481,8 @@ impl TenantFs {
     }
 
     pub fn statvfs(&self) -> FsResult<[u64; 11]> {
-        let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
-            .map_err(|_| FsError::new(StatusCode::Failure, "bad root"))?;
-        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-            return Err(FsError::new(StatusCode::Failure, "statvfs failed"));
-        }
+        let s = rustix::fs::statvfs(&self.root)
+            .map_err(|e| FsError::new(StatusCode::Failure, format!("statvfs failed: {e}")))?;
         Ok([
             s.f_bsize,
             s.f_frsize,
@@ -503,7 +493,7 @@ impl TenantFs {
             s.f_ffree,
             s.f_favail,
             s.f_fsid,
-            s.f_flag,
+            s.f_flag.bits(),
             s.f_namemax,
         ])
     }
@@ -572,12 +562,28 @@ fn entry(name: &str, m: &fs::Metadata, owner: &str) -> russh_sftp::protocol::Fil
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingress::sftp::durable::recover_uploads;
 
     fn fx() -> (tempfile::TempDir, TenantFs) {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("drop/acme");
         fs::create_dir_all(root.join("reports")).unwrap();
-        (d, TenantFs::new(root, "acme"))
+        (d, TenantFs::new(root, "acme", Arc::default()))
+    }
+
+    fn put(t: &TenantFs, raw: &str, truncate: bool, exclusive: bool) -> FsResult<Arc<Pending>> {
+        t.open_write(raw, truncate, exclusive, &|_, _| Ok(None))
+            .map(|o| o.pending)
+    }
+
+    /// CLOSE of a handle that is the last one.
+    fn close(t: &TenantFs, up: Arc<Pending>) -> FsResult<FinishedUpload> {
+        let last = t.release(&up).expect("the last handle");
+        t.finish_upload(&up, &last, true)
+    }
+
+    fn write(up: &Pending, data: &[u8]) {
+        std::io::Write::write_all(&mut &*up.file, data).unwrap();
     }
 
     #[test]
@@ -626,7 +632,7 @@ mod tests {
         assert_eq!(t.stat("/s.wav").unwrap_err().code, StatusCode::NoSuchFile);
         assert!(t.open_read("/s.wav").is_err());
         assert!(t.open_read("/up/s.wav").is_err());
-        assert!(t.open_write("/up/new.wav", true, false).is_err());
+        assert!(put(&t, "/up/new.wav", true, false).is_err());
         assert!(!outside.join("new.wav").exists());
         let names: Vec<String> = t.read_dir("/").unwrap().into_iter().map(|f| f.filename).collect();
         assert!(
@@ -641,7 +647,7 @@ mod tests {
         fs::write(t.root().join("reports/b.csv.report.csv"), b"row").unwrap();
         assert!(t.open_read("/reports/b.csv.report.csv").is_ok());
         for e in [
-            t.open_write("/reports/x.csv", true, false).map(|_| ()),
+            put(&t, "/reports/x.csv", true, false).map(|_| ()),
             t.remove("/reports/b.csv.report.csv"),
             t.mkdir("/reports/sub"),
             t.rmdir("/reports"),
@@ -657,25 +663,44 @@ mod tests {
     }
 
     #[test]
-    fn uploads_appear_only_when_finished() {
+    fn uploads_are_seen_by_the_tenant_while_open_and_arrive_at_the_last_close() {
         let (_d, t) = fx();
-        let mut up = t.open_write("/c1.wav", true, false).unwrap();
-        std::io::Write::write_all(&mut up.file, b"RIFF").unwrap();
-        assert!(t.stat("/c1.wav").is_err(), "visible before close");
-        assert_eq!(t.read_dir("/").unwrap().len(), 3, ". .. reports");
-        assert_eq!(t.finish_upload(up, true).unwrap().arrived, Some("c1.wav".into()));
+        let up = put(&t, "/c1.wav", true, false).unwrap();
+        write(&up, b"RIFF");
+        // The tenant sees it where it goes (sshfs looks a new file up at once)...
         assert_eq!(t.stat("/c1.wav").unwrap().size, Some(4));
+        let names: Vec<String> = t.read_dir("/").unwrap().into_iter().map(|f| f.filename).collect();
+        assert_eq!(names, [".", "..", "reports", "c1.wav"]);
+        // ...but the drop folder has nothing under that name until the last handle closes.
+        assert!(!t.root().join("c1.wav").exists());
+        let again = put(&t, "/c1.wav", false, false).unwrap();
+        assert!(Arc::ptr_eq(&up, &again), "a second OPEN joins the upload");
+        std::os::unix::fs::FileExt::write_at(&*again.file, b"-more", 4).unwrap();
+        assert!(t.release(&up).is_none(), "not the last handle");
+        assert!(!t.root().join("c1.wav").exists());
+        t.setstat(
+            "/c1.wav",
+            &FileAttributes {
+                mtime: Some(1_500_000_000),
+                ..FileAttributes::empty()
+            },
+        )
+        .unwrap();
+        assert_eq!(close(&t, again).unwrap().arrived, Some("c1.wav".into()));
+        assert_eq!(fs::read(t.root().join("c1.wav")).unwrap(), b"RIFF-more");
+        assert_eq!(t.stat("/c1.wav").unwrap().mtime, Some(1_500_000_000));
         // A dropped upload leaves nothing.
-        let up = t.open_write("/c2.wav", true, false).unwrap();
-        t.abort_upload(up);
+        let up = put(&t, "/c2.wav", true, false).unwrap();
+        assert!(t.release(&up).is_some());
+        t.discard_upload(&up);
         let names: Vec<String> = fs::read_dir(t.root())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(!names.iter().any(|n| n.contains("c2")), "{names:?}");
         // Temp names are not arrivals, until renamed.
-        let up = t.open_write("/c3.wav.filepart", true, false).unwrap();
-        assert_eq!(t.finish_upload(up, true).unwrap().arrived, None);
+        let up = put(&t, "/c3.wav.filepart", true, false).unwrap();
+        assert_eq!(close(&t, up).unwrap().arrived, None);
         assert_eq!(
             t.rename("/c3.wav.filepart", "/c3.wav", false).unwrap(),
             Some("c3.wav".into())
@@ -687,23 +712,23 @@ mod tests {
         let (_d, t) = fx();
         fs::create_dir(t.root().join("sub")).unwrap();
         // Closed: marked complete (as CLOSE does), but a crash came before the rename.
-        let mut done = t.open_write("/sub/c1.wav", true, false).unwrap();
-        std::io::Write::write_all(&mut done.file, b"RIFF-all").unwrap();
+        let done = put(&t, "/sub/c1.wav", true, false).unwrap();
+        write(&done, b"RIFF-all");
         let xattrs = mark_complete(&done.file, "c1.wav").is_ok();
         // Cut: the connection went away mid-upload (or the daemon died).
-        let mut cut = t.open_write("/c2.wav", true, false).unwrap();
-        std::io::Write::write_all(&mut cut.file, b"RIF").unwrap();
+        let cut = put(&t, "/c2.wav", true, false).unwrap();
+        write(&cut, b"RIF");
         if !xattrs {
             // A file system without extended attributes: CLOSE makes everything durable before
             // it answers, and every temp file left is an unfinished one.
-            let up = t.open_write("/c9.wav", true, false).unwrap();
-            assert!(t.finish_upload(up, true).unwrap().sync_folder.is_none());
+            let up = put(&t, "/c9.wav", true, false).unwrap();
+            assert!(close(&t, up).unwrap().sync_folder.is_none());
             drop((done, cut));
             assert_eq!(recover_uploads(t.root()).unwrap(), (0, 2));
             return;
         }
         // A marker naming something outside its folder is not followed.
-        let evil = t.open_write("/c3.wav", true, false).unwrap();
+        let evil = put(&t, "/c3.wav", true, false).unwrap();
         mark_complete(&evil.file, "../x.wav").unwrap();
         let (tmp_done, tmp_cut, tmp_evil) = (done.tmp.clone(), cut.tmp.clone(), evil.tmp.clone());
         drop((done, cut, evil));
@@ -715,16 +740,40 @@ mod tests {
     }
 
     #[test]
+    fn open_uploads_can_be_renamed_and_removed() {
+        let (_d, t) = fx();
+        let up = put(&t, "/a.wav.part", true, false).unwrap();
+        write(&up, b"a");
+        assert_eq!(
+            t.rename("/a.wav.part", "/a.wav", false).unwrap(),
+            None,
+            "arrives at close"
+        );
+        assert!(t.stat("/a.wav.part").is_err());
+        assert_eq!(t.stat("/a.wav").unwrap().size, Some(1));
+        assert_eq!(close(&t, up).unwrap().arrived, Some("a.wav".into()));
+        assert_eq!(fs::read(t.root().join("a.wav")).unwrap(), b"a");
+        // Removed while open: gone now, and nothing arrives at its close.
+        let up = put(&t, "/a.wav", true, false).unwrap();
+        t.remove("/a.wav").unwrap();
+        assert!(t.stat("/a.wav").is_err() && !t.root().join("a.wav").exists());
+        let last = t.release(&up).unwrap();
+        assert!(last.removed);
+        t.discard_upload(&up);
+        assert_eq!(fs::read_dir(t.root()).unwrap().count(), 1, "only reports/");
+    }
+
+    #[test]
     fn resume_keeps_content_and_exclusive_refuses() {
         let (_d, t) = fx();
         fs::write(t.root().join("a.wav"), b"12345").unwrap();
-        let up = t.open_write("/a.wav", false, false).unwrap();
-        std::os::unix::fs::FileExt::write_at(&up.file, b"67", 5).unwrap();
-        t.finish_upload(up, true).unwrap();
+        let up = put(&t, "/a.wav", false, false).unwrap();
+        std::os::unix::fs::FileExt::write_at(&*up.file, b"67", 5).unwrap();
+        close(&t, up).unwrap();
         assert_eq!(fs::read(t.root().join("a.wav")).unwrap(), b"1234567");
         assert_eq!(
-            t.open_write("/a.wav", true, true).unwrap_err().code,
-            StatusCode::Failure
+            put(&t, "/a.wav", true, true).err().map(|e| e.code),
+            Some(StatusCode::Failure)
         );
     }
 
@@ -746,7 +795,7 @@ mod tests {
             t.stat("/.dropsync-upload-1-x.wav").unwrap_err().code,
             StatusCode::NoSuchFile
         );
-        assert!(t.open_write("/.dropsync-x", true, false).is_err());
+        assert!(put(&t, "/.dropsync-x", true, false).is_err());
         assert!(
             !t.read_dir("/")
                 .unwrap()

@@ -210,7 +210,11 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(id)?;
         let ctx = SessionCtx {
-            fs: TenantFs::new(self.shared.drops.tenant_dir(&tenant), tenant.as_str()),
+            fs: TenantFs::new(
+                self.shared.drops.tenant_dir(&tenant),
+                tenant.as_str(),
+                self.shared.pending.clone(),
+            ),
             tenant,
             arrivals: self.shared.arrivals.clone(),
             hints: self.shared.hints.clone(),

@@ -7,9 +7,11 @@
 //! Completed uploads leave as [`IngressEvent::Arrived`]; SFTP code never matches anything.
 
 pub mod auth;
+pub mod durable;
 pub mod fs;
 pub mod handler;
 mod key_options;
+pub mod pending;
 pub mod session;
 
 use std::collections::HashMap;
@@ -65,6 +67,8 @@ pub struct Shared {
     pub quotas: Arc<Limits>,
     pub config: LiveConfig,
     pub tracker: TaskTracker,
+    /// Uploads open in any session, seen by their tenant under their final names.
+    pub pending: Arc<pending::PendingUploads>,
     ssh: Arc<russh::server::Config>,
     /// Logged-in sessions (taken at login, not at connect).
     pub sessions: Arc<Semaphore>,
@@ -248,6 +252,7 @@ impl SftpServer {
         let host_key = load_or_create_host_key(&limits.host_key)?;
         let shared = Shared {
             keys: RwLock::new(Arc::new(keys)),
+            pending: Arc::default(),
             drops: deps.drops,
             arrivals: deps.arrivals,
             hints: deps.hints,
@@ -338,24 +343,33 @@ impl SftpServer {
                 Some(Ok(running)) => {
                     let handle = running.handle();
                     let mut running = std::pin::pin!(running);
+                    let kicked = || async {
+                        let _ = handle.disconnect(russh::Disconnect::ByApplication, "the key or tenant of this session was removed".into(), "en".into()).await;
+                    };
+                    // A stop, or the end of the login grace time. (A `select!` condition is read
+                    // once, when the select starts: whether the peer has logged in is read here,
+                    // when one of them comes.)
+                    let stop_or_grace = async {
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = tokio::time::sleep_until(deadline) => {}
+                        }
+                    };
                     tokio::select! {
                         r = &mut running => log_end(peer, r),
                         // Its key or tenant was removed by a reload: the connection ends now.
-                        _ = kick.cancelled() => {
-                            let _ = handle.disconnect(russh::Disconnect::ByApplication, "the key or tenant of this session was removed".into(), "en".into()).await;
-                        }
-                        // Not logged in yet when a stop comes: nothing to wait for.
-                        _ = cancel.cancelled(), if !authenticated.load(Ordering::Relaxed) => {
-                            let _ = handle.disconnect(russh::Disconnect::ByApplication, "dropsync is stopping".into(), "en".into()).await;
-                        }
-                        _ = tokio::time::sleep_until(deadline) => {
+                        _ = kick.cancelled() => kicked().await,
+                        _ = stop_or_grace => {
                             if !authenticated.load(Ordering::Relaxed) {
-                                tracing::info!(peer = %peer, "no login within the grace time; disconnecting");
-                                let _ = handle.disconnect(russh::Disconnect::ByApplication, "login grace time over".into(), "en".into()).await;
+                                let why = if cancel.is_cancelled() { "dropsync is stopping" } else { "login grace time over" };
+                                tracing::info!(peer = %peer, "{why}: disconnecting a connection that has not logged in");
+                                let _ = handle.disconnect(russh::Disconnect::ByApplication, why.into(), "en".into()).await;
                             }
+                            // A logged-in session is ended by its client, a reload, or a stop's
+                            // drain (which waits for its uploads).
                             tokio::select! {
                                 r = &mut running => log_end(peer, r),
-                                _ = cancel.cancelled() => {}
+                                _ = kick.cancelled() => kicked().await,
                             }
                         }
                     }

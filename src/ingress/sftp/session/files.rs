@@ -1,37 +1,36 @@
 //! File handles of a session: OPEN, WRITE, READ and CLOSE, and the uploads they make.
 //!
-//! An upload is written under a hidden temp name and put in place at CLOSE; writes land at their
-//! offsets on the blocking pool, concurrently. Any refused or failed WRITE poisons the upload:
-//! CLOSE then discards it and answers with the reason.
+//! An upload is written under a hidden temp name and put in place when its last handle is
+//! closed (see [`super::super::pending`]); writes land at their offsets on the blocking pool,
+//! concurrently. Any refused or failed WRITE poisons the upload: its last CLOSE then discards it
+//! and answers with the reason.
 
 use super::digest::StreamDigest;
 use super::*;
 use crate::dropbox::FileKind;
+use crate::ingress::sftp::fs::VPath;
+use crate::ingress::sftp::pending::Pending;
 use crate::ingress::{Hint, KnownDigest};
 use std::os::unix::fs::MetadataExt;
 
 pub(super) struct UploadHandle {
-    /// Shared with in-flight writes; the `Upload` itself is taken on close.
-    pub(super) file: Arc<File>,
-    upload: Upload,
-    /// Writes hold it shared; CLOSE takes it exclusively, so it waits for them.
-    gate: Arc<RwLock<()>>,
-    /// Counts the upload against the tenant's quota while it is open.
-    pub(super) grant: FileGrant,
-    /// Why a write was refused or failed: the upload is then discarded at CLOSE, never put
-    /// under its final name (a partial file must not arrive as a recording).
-    failed: Arc<Mutex<Option<String>>>,
-    /// A recording's SHA-256, taken as its writes come in, for intake.
+    /// The upload, shared with the other handles that have it open and with in-flight writes.
+    pub(super) pending: Arc<Pending>,
+    /// A recording's SHA-256, taken as this handle's writes come in (a new upload only).
     digest: StreamDigest,
 }
 
-impl UploadHandle {
-    fn poison(failed: &Mutex<Option<String>>, why: &str) {
-        let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
-        if f.is_none() {
-            *f = Some(why.to_owned());
-        }
+/// Why an upload may not reach `end` bytes (a write, or a size set), if it may not.
+pub(super) fn refuse_growth(pending: &Pending, end: u64, max_file_size: u64) -> Option<String> {
+    if end > max_file_size {
+        return Some(too_large(max_file_size));
     }
+    let mut state = pending.state();
+    state
+        .grant
+        .as_mut()
+        .and_then(|g| g.grow_to(end).err())
+        .map(|e| e.to_string())
 }
 
 impl Session {
@@ -48,55 +47,43 @@ impl Session {
         }
         let truncate = flags.contains(OpenFlags::TRUNCATE);
         let exclusive = flags.contains(OpenFlags::EXCLUDE);
+        // Counted against the quota from the start, with what a resumed upload already holds.
+        let (quotas, tenant) = (self.ctx.quotas.clone(), self.ctx.tenant.clone());
+        let grant = move |v: &VPath, held: u64| {
+            let granted = quotas
+                .open_file(&tenant, v.name())
+                .and_then(|mut g| g.grow_to(held).map(|()| g));
+            granted.map(Some).map_err(|e| {
+                tracing::warn!(tenant = %tenant, file = %v, error = %e, "upload refused");
+                e.to_string()
+            })
+        };
         // Without TRUNCATE an existing file is copied into the upload first: that can take long.
         let opened = if truncate {
-            self.quick(|fs| fs.open_write(&path, truncate, exclusive))
+            self.quick(|fs| fs.open_write(&path, truncate, exclusive, &grant))
         } else {
-            self.blocking(move |fs| fs.open_write(&path, truncate, exclusive))
+            self.blocking(move |fs| fs.open_write(&path, truncate, exclusive, &grant))
                 .await?
         };
-        let upload = match opened {
-            Ok(upload) => upload,
+        let opened = match opened {
+            Ok(opened) => opened,
             Err(e) => return Ok(fs_err(id, e)),
-        };
-        // Counted against the quota from the start, with what a resumed upload already holds.
-        let held = upload.file.metadata().ok().map(|m| m.len());
-        let granted = self
-            .ctx
-            .quotas
-            .open_file(&self.ctx.tenant, upload.vpath.name())
-            .and_then(|mut g| g.grow_to(held.unwrap_or(0)).map(|()| g));
-        let (grant, file) = match (granted, upload.file.try_clone()) {
-            (Ok(grant), Ok(file)) => (grant, file),
-            (Err(e), _) => {
-                tracing::warn!(tenant = %self.ctx.tenant, error = %e, "upload refused");
-                self.ctx.fs.abort_upload(upload);
-                return Ok(status(id, StatusCode::Failure, &e.to_string()));
-            }
-            (_, Err(e)) => {
-                self.ctx.fs.abort_upload(upload);
-                return Ok(status(id, StatusCode::Failure, &e.to_string()));
-            }
         };
         // A recording that starts empty is hashed as it arrives.
         let is_recording = matches!(
-            FileKind::of(upload.vpath.name(), &self.ctx.config.get().matching),
+            FileKind::of(opened.pending.vpath().name(), &self.ctx.config.get().matching),
             FileKind::Recording
         );
-        let digest = if is_recording && held == Some(0) {
+        let digest = if is_recording && opened.fresh {
             StreamDigest::start()
         } else {
             StreamDigest::none()
         };
-        let h = UploadHandle {
-            file: Arc::new(file),
-            upload,
-            gate: Arc::new(RwLock::new(())),
-            grant,
-            failed: Arc::default(),
+        self.ctx.open_uploads.fetch_add(1, Ordering::Relaxed);
+        let handle = self.new_handle(OpenHandle::Upload(UploadHandle {
+            pending: opened.pending,
             digest,
-        };
-        let handle = self.new_handle(OpenHandle::Upload(h));
+        }));
         Ok(Packet::Handle(HandleReply { id, handle }))
     }
 
@@ -106,17 +93,13 @@ impl Session {
         let (file, guard, failed): (Arc<File>, OwnedRwLockReadGuard<()>, _) = match self.handles.get_mut(&w.handle) {
             Some(OpenHandle::Upload(u)) => {
                 let end = w.offset.saturating_add(data.len() as u64);
-                let refused = if end > max_file_size {
-                    Some(too_large(max_file_size))
-                } else {
-                    u.grant.grow_to(end).err().map(|e| e.to_string())
-                };
-                if let Some(msg) = refused {
-                    UploadHandle::poison(&u.failed, &msg);
+                if let Some(msg) = refuse_growth(&u.pending, end, max_file_size) {
+                    u.pending.poison(&msg);
                     return self.send(status(w.id, StatusCode::Failure, &msg)).await;
                 }
                 u.digest.write(w.offset, &data).await;
-                (u.file.clone(), u.gate.clone().read_owned().await, u.failed.clone())
+                let p = &u.pending;
+                (p.file.clone(), p.gate.clone().read_owned().await, p.clone())
             }
             Some(_) => {
                 return self
@@ -148,7 +131,7 @@ impl Session {
                 Ok(()) => ok(id),
                 Err(e) => {
                     let msg = format!("write failed: {e}");
-                    UploadHandle::poison(&failed, &msg);
+                    failed.poison(&msg);
                     status(id, StatusCode::Failure, &msg)
                 }
             };
@@ -162,7 +145,7 @@ impl Session {
     pub(super) async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Result<(), String> {
         let file = match self.handles.get(&handle) {
             Some(OpenHandle::Read(f)) => f.clone(),
-            Some(OpenHandle::Upload(u)) => u.file.clone(),
+            Some(OpenHandle::Upload(u)) => u.pending.file.clone(),
             _ => return self.send(status(id, StatusCode::Failure, "invalid handle")).await,
         };
         let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
@@ -200,75 +183,95 @@ impl Session {
             Some(OpenHandle::Read(_)) | Some(OpenHandle::Dir(_)) => Ok(ok(id)),
             Some(OpenHandle::Upload(u)) => {
                 self.ctx.open_uploads.fetch_sub(1, Ordering::Relaxed);
-                // Every write sent before CLOSE has landed once we hold the gate.
-                let _all_written = u.gate.clone().write_owned().await;
-                drop(u.file);
-                let failed = u.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some(why) = failed {
-                    tracing::warn!(tenant = %self.ctx.tenant, file = %u.upload.vpath, reason = %why, "upload discarded: a write was refused");
-                    self.ctx.fs.abort_upload(u.upload);
-                    return Ok(status(id, StatusCode::Failure, &format!("upload discarded: {why}")));
-                }
-                u.grant.keep();
-                // How it came, and its digest if every byte was hashed as it arrived: noted
-                // before the rename, which the watcher may report first.
-                let meta = u.upload.file.metadata().ok();
-                let size = meta.as_ref().map_or(0, |m| m.len());
-                let digest = match &meta {
-                    Some(m) => u.digest.finish(size).await.map(|sha256| KnownDigest {
-                        size,
-                        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-                        sha256,
-                    }),
-                    None => None,
-                };
-                let hint = (self.ctx.hints.clone(), u.upload.target.clone());
-                let durable = self.ctx.fsync_on_close;
-                let finish = move |fs: &TenantFs| {
-                    hint.0.note_hint(hint.1, Hint { via: Via::Sftp, digest });
-                    fs.finish_upload(u.upload, durable)
-                };
-                // Without fsync, finishing is a rename.
-                let finished = if durable {
-                    self.blocking(move |fs| finish(&fs)).await?
-                } else {
-                    self.quick(finish)
-                };
-                match finished {
-                    Ok(FinishedUpload {
-                        arrived: Some(rel),
-                        sync_folder: None,
-                    }) => {
-                        self.announce(&rel).await;
-                        Ok(ok(id))
-                    }
-                    Ok(FinishedUpload {
-                        arrived,
-                        sync_folder: Some(folder),
-                    }) => {
-                        // The data is durable and the client may go on; the rename becomes
-                        // durable before the file is announced (a crash in between is undone
-                        // by recover_uploads).
-                        if let Some(q) = &self.folder_syncs {
-                            let _ = q.send((folder, arrived));
-                        }
-                        Ok(ok(id))
-                    }
-                    Ok(FinishedUpload { arrived: None, .. }) => Ok(ok(id)),
-                    Err(e) => Ok(fs_err(id, e)),
-                }
+                self.close_upload(id, u).await
             }
         }
     }
 
-    /// The client went away: unfinished uploads leave nothing behind.
+    /// CLOSE of an upload handle. The last one puts the upload in place and announces it (or
+    /// discards it, if a write failed or it was removed meanwhile).
+    async fn close_upload(&mut self, id: u32, u: UploadHandle) -> Result<Packet, String> {
+        let pending = u.pending.clone();
+        // Every write sent before CLOSE has landed once we hold the gate.
+        let all_written = pending.gate.clone().write_owned().await;
+        let Some(last) = self.ctx.fs.release(&pending) else {
+            return Ok(ok(id)); // other handles still have it open
+        };
+        drop(all_written);
+        if last.removed {
+            self.ctx.fs.discard_upload(&pending);
+            return Ok(ok(id));
+        }
+        if let Some(why) = last.failed {
+            tracing::warn!(tenant = %self.ctx.tenant, file = %last.vpath, reason = %why, "upload discarded: a write was refused");
+            self.ctx.fs.discard_upload(&pending);
+            return Ok(status(id, StatusCode::Failure, &format!("upload discarded: {why}")));
+        }
+        let mut last = last;
+        if let Some(grant) = last.grant.take() {
+            grant.keep();
+        }
+        // How it came, and its digest if every byte was hashed as one handle wrote it: noted
+        // before the rename, which the watcher may report first.
+        let meta = pending.file.metadata().ok();
+        let size = meta.as_ref().map_or(0, |m| m.len());
+        let digest = match &meta {
+            Some(m) if !last.shared => u.digest.finish(size).await.map(|sha256| KnownDigest {
+                size,
+                mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                sha256,
+            }),
+            _ => None,
+        };
+        let hint = (self.ctx.hints.clone(), last.target.clone());
+        let durable = self.ctx.fsync_on_close;
+        let finish = move |fs: &TenantFs| {
+            hint.0.note_hint(hint.1, Hint { via: Via::Sftp, digest });
+            fs.finish_upload(&pending, &last, durable)
+        };
+        // Without fsync, finishing is a rename.
+        let finished = if durable {
+            self.blocking(move |fs| finish(&fs)).await?
+        } else {
+            self.quick(finish)
+        };
+        match finished {
+            Ok(FinishedUpload {
+                arrived: Some(rel),
+                sync_folder: None,
+            }) => {
+                self.announce(&rel).await;
+                Ok(ok(id))
+            }
+            Ok(FinishedUpload {
+                arrived,
+                sync_folder: Some(folder),
+            }) => {
+                // The data is durable and the client may go on; the rename becomes durable
+                // before the file is announced (a crash in between is undone by recover_uploads).
+                if let Some(q) = &self.folder_syncs {
+                    let _ = q.send((folder, arrived));
+                }
+                Ok(ok(id))
+            }
+            Ok(FinishedUpload { arrived: None, .. }) => Ok(ok(id)),
+            Err(e) => Ok(fs_err(id, e)),
+        }
+    }
+
+    /// The client went away: its unfinished uploads leave nothing behind (an upload another
+    /// session also has open is discarded at that session's last CLOSE).
     pub(super) async fn abort_all(&mut self) {
         for (_, h) in self.handles.drain() {
             if let OpenHandle::Upload(u) = h {
                 self.ctx.open_uploads.fetch_sub(1, Ordering::Relaxed);
-                let _all_written = u.gate.clone().write_owned().await;
-                tracing::info!(tenant = %self.ctx.tenant, file = %u.upload.vpath, "upload not closed; discarded");
-                self.ctx.fs.abort_upload(u.upload);
+                let _all_written = u.pending.gate.clone().write_owned().await;
+                let vpath = u.pending.vpath();
+                tracing::info!(tenant = %self.ctx.tenant, file = %vpath, "upload not closed; discarded");
+                u.pending.poison("the connection that was writing it was lost");
+                if self.ctx.fs.release(&u.pending).is_some() {
+                    self.ctx.fs.discard_upload(&u.pending);
+                }
             }
         }
     }

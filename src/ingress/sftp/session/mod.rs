@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{
@@ -18,14 +18,14 @@ use russh_sftp::protocol::{
     Version,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::{OwnedRwLockReadGuard, RwLock, Semaphore, mpsc};
+use tokio::sync::{OwnedRwLockReadGuard, Semaphore, mpsc};
 
-use super::fs::{FinishedUpload, FsError, TenantFs, Upload, set_attrs};
+use super::fs::{FinishedUpload, FsError, TenantFs, set_attrs};
 use crate::catalog::Via;
 use crate::config::LiveConfig;
 use crate::dropbox::RelPath;
 use crate::ingress::{Arrived, IngressEvent, ViaHints};
-use crate::limits::{FileGrant, Limits};
+use crate::limits::Limits;
 use crate::tenant::TenantId;
 
 /// Largest READ/WRITE payload we announce in `limits@openssh.com` (as OpenSSH does).
@@ -59,7 +59,7 @@ mod digest;
 mod files;
 mod replies;
 
-use files::{UploadHandle, attrs_of};
+use files::{UploadHandle, attrs_of, refuse_growth};
 use replies::{Reply, send_packet_blocking, write_in_order};
 
 enum OpenHandle {
@@ -331,7 +331,7 @@ impl Session {
             Packet::Lstat(s) => self.stat(s.id, s.path).await,
             Packet::Fstat(f) => {
                 let reply = match self.handles.get(&f.handle) {
-                    Some(OpenHandle::Upload(u)) => attrs_of(f.id, &u.file),
+                    Some(OpenHandle::Upload(u)) => attrs_of(f.id, &u.pending.file),
                     Some(OpenHandle::Read(file)) => attrs_of(f.id, file),
                     _ => status(f.id, StatusCode::Failure, "not an open file handle"),
                 };
@@ -341,6 +341,12 @@ impl Session {
                 // A size set on a file counts like bytes written: a sparse file at its
                 // apparent size.
                 if let Some(size) = s.attrs.size {
+                    if let Some(pending) = self.ctx.fs.pending_at(&s.path) {
+                        // Being written: its own quota grant grows.
+                        if let Some(why) = refuse_growth(&pending, size, self.ctx.max_file_size) {
+                            return self.send(status(s.id, StatusCode::Failure, &why)).await;
+                        }
+                    }
                     let held = self.quick(|fs| fs.stat(&s.path)).ok().and_then(|a| a.size).unwrap_or(0);
                     let refused = self.size_refused(size).or_else(|| {
                         let extra = size.saturating_sub(held);
@@ -361,14 +367,13 @@ impl Session {
                 let max_file_size = self.ctx.max_file_size;
                 let reply = match self.handles.get_mut(&s.handle) {
                     Some(OpenHandle::Upload(u)) => {
-                        let refused = match s.attrs.size {
-                            Some(size) if size > max_file_size => Some(too_large(max_file_size)),
-                            Some(size) => u.grant.grow_to(size).err().map(|e| e.to_string()),
-                            None => None,
-                        };
+                        let refused = s
+                            .attrs
+                            .size
+                            .and_then(|size| refuse_growth(&u.pending, size, max_file_size));
                         let result: Result<(), String> = match refused {
                             Some(why) => Err(why),
-                            None => set_attrs(&u.file, &s.attrs).map_err(|e| e.to_string()),
+                            None => set_attrs(&u.pending.file, &s.attrs).map_err(|e| e.to_string()),
                         };
                         match result {
                             Ok(()) => ok(s.id),
@@ -513,7 +518,7 @@ impl Session {
                 let reply = match take_string(&mut data).and_then(|h| self.handles.get(&h)) {
                     Some(OpenHandle::Upload(u)) => {
                         // An fsync takes milliseconds: not on the session task.
-                        let file = u.file.clone();
+                        let file = u.pending.file.clone();
                         match self.blocking(move |_| file.sync_all()).await? {
                             Ok(()) => ok(id),
                             Err(e) => status(id, StatusCode::Failure, &e.to_string()),
