@@ -43,6 +43,8 @@ pub(super) struct RawSftp {
     pub(super) max_channels: Option<u32>,
     pub(super) max_startups: Option<u32>,
     pub(super) max_startups_per_source: Option<u32>,
+    #[serde(default)]
+    pub(super) penalty_exempt: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -649,7 +649,11 @@ fn half_open_connections_cannot_lock_tenants_out() {
 /// tenant's upload would fail with "Failure".
 #[test]
 fn open_handles_cannot_use_up_the_daemons_descriptors() {
-    let mut d = Daemon::with_sftp("max_handles = 20\n");
+    let metrics = free_port();
+    let mut d = Daemon::with_sftp("max_handles = 20\n").with_replaced(
+        "state_dir = \"var\"\n",
+        &format!("state_dir = \"var\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+    );
     d.start();
     d.limit_descriptors(200);
     // Two sessions open files until refused, and keep them open while beta uploads.
@@ -665,6 +669,9 @@ fn open_handles_cannot_use_up_the_daemons_descriptors() {
         "the handle limit did not hold"
     );
     assert!(holder.line_seen("session 1 refused after 20"));
+    let gauge = |name: &str| sample(&http_get(metrics, "/metrics").1, &[name]);
+    assert_eq!(gauge("dropsync_sftp_handles"), Some(40.0), "handles in use");
+    assert_eq!(gauge("dropsync_sftp_sessions"), Some(2.0));
     let (audio, _) = files(&d, "FD-1", "fd1");
     let csv = d.dir.path().join("FD-1.csv");
     std::fs::write(
@@ -676,6 +683,11 @@ fn open_handles_cannot_use_up_the_daemons_descriptors() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let fwd = d.wait_forwarded(1, T);
     assert_recordings(&d, &fwd["FD-1"], &[("FD-1.wav", &audio)]);
+    // The client goes away: its handles are released and counted down.
+    drop(holder);
+    wait_for("the handles to be released", T, || {
+        gauge("dropsync_sftp_handles") == Some(0.0) && gauge("dropsync_sftp_sessions") == Some(0.0)
+    });
     assert!(d.is_running());
 }
 
@@ -706,4 +718,57 @@ fn a_stop_waits_for_uploads_in_flight_but_not_for_idle_sessions() {
     assert_eq!(d.wait_exit().code(), Some(0));
     let got = std::fs::read(d.drop_dir("acme").join("inflight.wav")).unwrap();
     assert_eq!(got.len(), 200_000);
+}
+
+/// Sources whose connections sit out the login grace time are refused after two of them
+/// (OpenSSH's PerSourcePenalties), unless `penalty_exempt` lists them (load balancers); logged-in
+/// tenants are served meanwhile, and the refusals are counted by reason.
+#[test]
+fn sources_that_never_log_in_are_penalised_unless_exempt() {
+    let metrics = free_port();
+    let mut d = Daemon::with_sftp("login_grace = \"1s\"\npenalty_exempt = [\"127.0.0.6\"]\n").with_replaced(
+        "state_dir = \"var\"\n",
+        &format!("state_dir = \"var\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+    );
+    d.start();
+    let silent = |source: &str, n: usize| {
+        let out = d.paramiko(&format!(
+            "import socket\ndef silent(a):\n    s = socket.socket(); s.bind((a, 0)); s.connect(('127.0.0.1', PORT)); s.settimeout(10)\n\
+             \x20   try:\n        if s.recv(8) != b'SSH-2.0-':\n            return 'refused'\n        while s.recv(4096) != b'':\n            pass\n\
+             \x20       return 'dropped'\n    except ConnectionResetError:\n        return 'refused'\n    except socket.timeout:\n        return 'held'\n\
+             for i in range({n}):\n    print(silent('{source}'), flush=True)\n"
+        ));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let grace_drops = |n: f64| {
+        wait_for("the grace drops to be counted", T, || {
+            let (_, body) = http_get(metrics, "/metrics");
+            sample(&body, &["dropsync_sftp_refused_total", "reason=\"login_grace\""]) == Some(n)
+        })
+    };
+    assert_eq!(silent("127.0.0.5", 2), ["dropped", "dropped"]);
+    grace_drops(2.0);
+    assert_eq!(silent("127.0.0.5", 1), ["refused"], "a penalised source got a banner");
+    assert_eq!(
+        silent("127.0.0.6", 3),
+        ["dropped", "dropped", "dropped"],
+        "an exempt source"
+    );
+    grace_drops(5.0);
+    assert_eq!(silent("127.0.0.6", 1), ["dropped"]);
+    // Tenants from another address log in and are served meanwhile.
+    let (audio, _) = files(&d, "PN-1", "pn1");
+    let out = d.sftp_batch("acme", "acme", "put PN-1.wav\nput PN-1.csv\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_forwarded_via_sftp(&d, "PN-1", &audio);
+    let (_, body) = http_get(metrics, "/metrics");
+    assert_eq!(
+        sample(&body, &["dropsync_sftp_refused_total", "reason=\"penalty\""]),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(d.stop().code(), Some(0));
 }

@@ -152,6 +152,7 @@ impl russh::server::Handler for Connection {
             Ok(slot) => self.session_slot = Some(slot),
             Err(_) => {
                 tracing::warn!(peer = %self.peer, max = self.shared.limits.max_sessions, "sftp session refused: too many sessions");
+                super::refusal("sessions");
                 self.tenant = None;
                 return session.disconnect(
                     russh::Disconnect::TooManyConnections,
@@ -165,6 +166,7 @@ impl russh::server::Handler for Connection {
                 Ok(grant) => self.session_grant = Some(grant),
                 Err(e) => {
                     tracing::warn!(peer = %self.peer, tenant = %tenant, error = %e, "sftp session refused");
+                    super::refusal("quota_sessions");
                     self.tenant = None;
                     return session.disconnect(russh::Disconnect::TooManyConnections, &e.to_string(), "en");
                 }
@@ -195,6 +197,7 @@ impl russh::server::Handler for Connection {
         } else if self.tenant.is_some() {
             tracing::warn!(peer = %self.peer, max = self.shared.limits.max_channels,
                 "channel refused: too many at once on one connection (sftp.max_channels)");
+            super::refusal("channels");
         }
         // A channel not accepted is refused when `reply` is dropped.
         Ok(())

@@ -82,6 +82,24 @@ impl KeyOptions {
     }
 }
 
+/// A list of address patterns as in `from=` (addresses, CIDR, `*`/`?`, `!` to exclude), for
+/// configuration keys such as `sftp.penalty_exempt`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressList(Vec<Pattern>);
+
+impl AddressList {
+    pub fn parse(items: &[String]) -> Result<AddressList, String> {
+        if items.is_empty() {
+            return Ok(AddressList::default());
+        }
+        Ok(AddressList(parse_patterns(&items.join(","))?))
+    }
+
+    pub fn matches(&self, peer: IpAddr) -> bool {
+        matches_from(&self.0, peer.to_canonical())
+    }
+}
+
 /// OpenSSH's rule: a negated pattern that matches refuses at once; otherwise some pattern
 /// must match.
 fn matches_from(patterns: &[Pattern], peer: IpAddr) -> bool {

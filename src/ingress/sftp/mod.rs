@@ -10,7 +10,8 @@ pub mod auth;
 pub mod durable;
 pub mod fs;
 pub mod handler;
-mod key_options;
+pub mod key_options;
+pub mod penalties;
 pub mod pending;
 pub mod session;
 
@@ -77,6 +78,7 @@ pub struct Shared {
     startups: Arc<Semaphore>,
     startups_per_source: Mutex<HashMap<IpAddr, std::collections::VecDeque<(u64, CancellationToken)>>>,
     bans: Bans,
+    penalties: penalties::Penalties,
     /// Logged-in sessions, so that a key or tenant removed by a reload can be disconnected.
     logged_in: Mutex<HashMap<u64, LoggedIn>>,
     next_session: std::sync::atomic::AtomicU64,
@@ -262,6 +264,7 @@ impl SftpServer {
             startups: Arc::new(Semaphore::new(limits.max_startups as usize)),
             startups_per_source: Mutex::new(HashMap::new()),
             bans: Bans::new(limits.max_auth_failures, limits.ban_time),
+            penalties: penalties::Penalties::new(limits.penalty_exempt.clone()),
             logged_in: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(1),
             limits,
@@ -301,6 +304,12 @@ impl SftpServer {
         let ip = peer.ip();
         if shared.bans.is_banned(ip) {
             tracing::debug!(peer = %peer, "connection refused: banned after repeated failed logins");
+            refusal("banned");
+            return;
+        }
+        if shared.penalties.refuses(ip) {
+            tracing::debug!(peer = %peer, "connection refused: penalised for connections that never logged in");
+            refusal("penalty");
             return;
         }
         let kick = CancellationToken::new();
@@ -312,6 +321,7 @@ impl SftpServer {
             let n = per_ip.entry(ip).or_insert(0);
             if *n >= shared.limits.max_sessions_per_ip {
                 tracing::warn!(peer = %peer, max = shared.limits.max_sessions_per_ip, "connection refused: too many sessions from this address");
+                refusal("sessions_per_ip");
                 return;
             }
             *n += 1;
@@ -322,6 +332,7 @@ impl SftpServer {
             // Every startup slot was taken: one of the fattest source's was freed for us.
             let Some(startup) = startup.ready().await else {
                 tracing::warn!(peer = %peer, "connection refused: no startup slot came free");
+                refusal("startups");
                 release_ip(&shared, ip);
                 return;
             };
@@ -334,6 +345,8 @@ impl SftpServer {
             let deadline = tokio::time::Instant::now() + shared.limits.login_grace;
             // A stop during the handshake ends it too (the deadline is then now).
             let handshake = tokio::time::timeout_at(deadline, russh::server::run_stream(shared.ssh.clone(), stream, conn));
+            // Whether it was dropped for sitting out the login grace time (a penalty).
+            let mut grace_exceeded = false;
             let handshake = tokio::select! {
                 r = handshake => r.ok(),
                 _ = cancel.cancelled() => None,
@@ -361,7 +374,8 @@ impl SftpServer {
                         _ = kick.cancelled() => kicked().await,
                         _ = stop_or_grace => {
                             if !authenticated.load(Ordering::Relaxed) {
-                                let why = if cancel.is_cancelled() { "dropsync is stopping" } else { "login grace time over" };
+                                grace_exceeded = !cancel.is_cancelled();
+                                let why = if grace_exceeded { "login grace time over" } else { "dropsync is stopping" };
                                 tracing::info!(peer = %peer, "{why}: disconnecting a connection that has not logged in");
                                 let _ = handle.disconnect(russh::Disconnect::ByApplication, why.into(), "en".into()).await;
                             }
@@ -375,16 +389,37 @@ impl SftpServer {
                     }
                 }
                 Some(Err(e)) => tracing::debug!(peer = %peer, error = %e, "ssh handshake failed"),
-                None => tracing::info!(peer = %peer, "no ssh handshake within the grace time (or a stop); disconnecting"),
+                None => {
+                    grace_exceeded = !cancel.is_cancelled();
+                    tracing::info!(peer = %peer, "no ssh handshake within the grace time (or a stop); disconnecting");
+                }
             }
             if authenticated.load(Ordering::Relaxed) {
                 shared.bans.succeeded(ip);
-            } else if refused.load(Ordering::Relaxed) && shared.bans.failed(ip) {
-                tracing::warn!(peer = %peer, ban = ?shared.limits.ban_time, "address banned after repeated failed logins");
+                shared.penalties.forgive(ip);
+            } else if refused.load(Ordering::Relaxed) {
+                refusal("login_refused");
+                if shared.bans.failed(ip) {
+                    tracing::warn!(peer = %peer, ban = ?shared.limits.ban_time, "address banned after repeated failed logins");
+                }
+            } else if !cancel.is_cancelled() {
+                let how = if grace_exceeded { penalties::NoLogin::GraceExceeded } else { penalties::NoLogin::Closed };
+                if shared.penalties.penalise(ip, how) {
+                    tracing::warn!(peer = %peer, "source penalised: its connections do not log in (sftp.penalty_exempt lists sources never penalised)");
+                }
+            }
+            // Counted once the penalty is recorded, so the count tells when it is.
+            if grace_exceeded {
+                refusal("login_grace");
             }
             release_ip(&shared, ip);
         });
     }
+}
+
+/// Counts a connection or session turned away, by why.
+pub(super) fn refusal(reason: &'static str) {
+    metrics::counter!("dropsync_sftp_refused_total", "reason" => reason).increment(1);
 }
 
 fn release_ip(shared: &Shared, ip: IpAddr) {
@@ -428,6 +463,7 @@ impl StartupSlot {
         if mine >= shared.limits.max_startups_per_source as usize {
             tracing::warn!(peer = %ip, max = shared.limits.max_startups_per_source,
                 "connection refused: too many connections not logged in yet from this source (sftp.max_startups_per_source)");
+            refusal("startups_per_source");
             return None;
         }
         let permit = match shared.startups.clone().try_acquire_owned() {

@@ -178,7 +178,11 @@ impl Session {
     }
 
     pub(super) async fn close(&mut self, id: u32, handle: &str) -> Result<Packet, String> {
-        match self.handles.remove(handle) {
+        let removed = self.handles.remove(handle);
+        if removed.is_some() {
+            metrics::gauge!("dropsync_sftp_handles").decrement(1.0);
+        }
+        match removed {
             None => Ok(status(id, StatusCode::Failure, "invalid handle")),
             Some(OpenHandle::Read(_)) | Some(OpenHandle::Dir(_)) => Ok(ok(id)),
             Some(OpenHandle::Upload(u)) => {

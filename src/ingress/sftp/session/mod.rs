@@ -136,6 +136,7 @@ where
     // Closing the queue lets the folder syncer finish what is queued, then end.
     session.folder_syncs = None;
     while session.requests.join_next().await.is_some() {}
+    metrics::gauge!("dropsync_sftp_handles").decrement(session.handles.len() as f64);
     session.abort_all().await;
     drop(session);
     let _ = write_task.await;
@@ -245,6 +246,7 @@ impl Session {
     }
 
     fn new_handle(&mut self, h: OpenHandle) -> String {
+        metrics::gauge!("dropsync_sftp_handles").increment(1.0);
         self.next_handle += 1;
         let name = format!("h{}", self.next_handle);
         self.handles.insert(name.clone(), h);
