@@ -6,6 +6,8 @@
 #   bench/sftp.sh                 # 1 GiB file, 1,000 x 100 KiB files, 3 reps, 200 idle sessions
 #   ONLY_IDLE=1 IDLE=1000 bench/sftp.sh   # 1,000 idle sessions on each server, nothing else
 #   CIPHER=chacha20-poly1305@openssh.com REPS=5 bench/sftp.sh
+#   ONLY_CONCURRENT=1 bench/sftp.sh       # 100 sessions uploading at once (~2 min on the faster),
+#                                         # servers pinned to CPU 1, clients to CPU 0
 #
 # The small files are .wav: dropsync ingests them as recordings (hash, catalog) while it
 # receives, as in production. The big file is .bin: it is received exactly like a recording,
@@ -22,6 +24,11 @@ BIG_MIB=${BIG_MIB:-1024}
 SMALL_N=${SMALL_N:-1000}
 IDLE=${IDLE:-200}
 FSYNC=${FSYNC:-1}
+SESSIONS=${SESSIONS:-100}        # concurrent mode: sessions uploading at once
+PUTS=${PUTS:-44}                 # concurrent mode: 8 MiB files each session uploads
+# Concurrent mode pins the servers to one core and the clients to the other: unpinned, a hundred
+# client processes take most of a 2-core machine from whichever server runs beside them.
+if [ -n "${ONLY_CONCURRENT:-}" ]; then SERVER_PIN=(taskset -c 1); CLIENT_PIN=(taskset -c 0); else SERVER_PIN=(); CLIENT_PIN=(); fi
 
 if [ ! -x /usr/sbin/sshd ]; then
     echo "installing openssh-server (the peer)"
@@ -55,9 +62,10 @@ KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
 PermitRootLogin prohibit-password
+MaxStartups 2000
 Subsystem sftp internal-sftp
 CFG
-/usr/sbin/sshd -e -f "$W/sshd_config"
+"${SERVER_PIN[@]}" /usr/sbin/sshd -e -f "$W/sshd_config"
 
 cat > "$W/dropsync.toml" <<CFG
 state_dir = "state"
@@ -77,11 +85,11 @@ quota = { sessions = 2000 }
 id = "bench"
 authorized_keys_file = "client.pub"
 CFG
-RUST_LOG=warn ./target/release/dropsync run --config "$W/dropsync.toml" 2>"$W/dropsync.log" &
+RUST_LOG=warn "${SERVER_PIN[@]}" ./target/release/dropsync run --config "$W/dropsync.toml" 2>"$W/dropsync.log" &
 DS_PID=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$P_DS) 2>/dev/null && break; sleep 0.1; done
 
-if [ -z "${ONLY_IDLE:-}" ]; then
+if [ -z "${ONLY_IDLE:-}${ONLY_CONCURRENT:-}" ]; then
 mkdir -p "$W/small"
 head -c $((BIG_MIB * 1048576)) /dev/urandom > "$W/big.bin"
 for i in $(seq -w 1 "$SMALL_N"); do head -c 102400 /dev/urandom > "$W/small/f$i.wav"; done
@@ -113,6 +121,37 @@ upload() {
     rm -f "$W/sshd-in"/big-* 2>/dev/null || true
     echo "$t1 - $t0" | bc -l
 }
+
+# concurrent PEER -> seconds for SESSIONS sessions, each putting PUTS x 8 MiB (two names in turn,
+# so that the disk holds 2 files a session); every client's exit code is checked.
+concurrent() {
+    local port user target i k pids=() t0 t1 failed=0
+    if [ "$1" = sshd ]; then port=$P_SSHD; user=$(id -un); target="$W/sshd-in"; else port=$P_DS; user=bench; target=.; fi
+    for i in $(seq "$SESSIONS"); do
+        for k in $(seq "$PUTS"); do echo "put $W/chunk.wav $target/s$i-$((k % 2)).wav"; done > "$W/batch-$i"
+    done
+    t0=$(date +%s.%N)
+    for i in $(seq "$SESSIONS"); do
+        "${CLIENT_PIN[@]}" sftp -q -b "$W/batch-$i" "${SSH_OPTS[@]}" -P "$port" "$user@127.0.0.1" >/dev/null 2>>"$W/clients.err" &
+        pids+=($!)
+    done
+    for i in "${pids[@]}"; do wait "$i" || failed=$((failed + 1)); done
+    t1=$(date +%s.%N)
+    if [ "$failed" -gt 0 ]; then echo "$failed of $SESSIONS sessions to $1 failed:" >&2; sort "$W/clients.err" | uniq -c >&2; exit 1; fi
+    echo "$t1 - $t0" | bc -l
+}
+if [ -n "${ONLY_CONCURRENT:-}" ]; then
+    head -c $((8 << 20)) /dev/urandom > "$W/chunk.wav"
+    mib=$((SESSIONS * PUTS * 8))
+    echo "$SESSIONS sessions at once, each $PUTS x 8 MiB ($mib MiB in all), cipher $CIPHER, servers on CPU 1, clients on CPU 0, dropsync fsync_on_close=$([ "$FSYNC" = 1 ] && echo true || echo false)"
+    s_ds=$(concurrent dropsync); s_sshd=$(concurrent sshd)
+    python3 - "$mib" "$s_sshd" "$s_ds" <<'PY'
+import sys
+mib, a, b = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+print(f"concurrent: OpenSSH sshd {mib/a:8.1f} MiB/s   dropsync {mib/b:8.1f} MiB/s   ratio {a/b:.2f}x  (seconds {a:.1f} vs {b:.1f}, no errors)")
+PY
+    exit 0
+fi
 
 declare -A T
 [ -n "${ONLY_IDLE:-}" ] && REPS=0

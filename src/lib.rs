@@ -16,6 +16,7 @@ pub mod app;
 pub mod backoff;
 pub mod catalog;
 pub mod config;
+pub mod confine;
 pub mod dropbox;
 pub mod forwarding;
 pub mod fsutil;

@@ -772,3 +772,51 @@ fn sources_that_never_log_in_are_penalised_unless_exempt() {
     );
     assert_eq!(d.stop().code(), Some(0));
 }
+
+/// A local writer that keeps swapping a sub-folder of acme's drop folder for a link to beta's
+/// (SPEC §3 allows other writers there) never gets an SFTP upload or read to land in beta's
+/// folder: paths are resolved by the kernel with no link followed, so there is no window
+/// between a check and its use. Beta is served meanwhile; the daemon stops cleanly.
+#[test]
+fn a_folder_swapped_for_a_link_mid_session_leads_nowhere() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    d.put("beta", "secret.wav", b"beta's");
+    let (acme, beta) = (d.drop_dir("acme"), d.drop_dir("beta"));
+    std::fs::create_dir_all(acme.join("sub")).unwrap();
+    std::fs::write(acme.join("sub/secret.wav"), b"acme's").unwrap();
+    let swapper = d.paramiko_background(&format!(
+        "import os\nacme, beta = {acme:?}, {beta:?}\nprint('swapping', flush=True)\nwhile True:\n\
+         \x20   os.rename(acme + '/sub', acme + '/real')\n    os.symlink(beta, acme + '/sub')\n\
+         \x20   os.unlink(acme + '/sub')\n    os.rename(acme + '/real', acme + '/sub')\n"
+    ));
+    wait_for("the swapper", T, || swapper.line_seen("swapping"));
+    let out = d.paramiko(
+        "t, s = connect()\nleaked = 0\nfor i in range(400):\n    try:\n        f = s.open('sub/p%d.wav' % i, 'w'); f.write(b'x' * 100); f.close()\n\
+         \x20   except IOError:\n        pass\n    try:\n        if s.open('sub/secret.wav').read() == b\"beta's\":\n            leaked += 1\n\
+         \x20   except IOError:\n        pass\nprint('leaked', leaked)\n",
+    );
+    drop(swapper);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("leaked 0"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let planted: Vec<String> = std::fs::read_dir(&beta)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('p') || n.starts_with(".dropsync"))
+        .collect();
+    assert!(planted.is_empty(), "uploads landed in beta's folder: {planted:?}");
+    let (audio, _) = files(&d, "SW-1", "sw1");
+    std::fs::write(
+        d.dir.path().join("SW-1.csv"),
+        "conversation_id,agent,contact_time,recording\nSW-1,b@beta.example,2019-05-03T09:27:23Z,SW-1.wav\n",
+    )
+    .unwrap();
+    let out = d.sftp_batch("beta", "beta", "put SW-1.wav\nput SW-1.csv\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_recordings(&d, &d.wait_forwarded(1, T)["SW-1"], &[("SW-1.wav", &audio)]);
+    assert_eq!(d.stop().code(), Some(0));
+}

@@ -10,20 +10,22 @@
 //! last handle is closed, so a connection that drops mid-upload never leaves a file under its
 //! final name. Until then the tenant's sessions see them under that name (see [`super::pending`]).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use russh_sftp::protocol::{FileAttributes, StatusCode};
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::durable::{UPLOAD_PREFIX, mark_complete};
 use super::pending::{LastClose, Pending, PendingUploads};
 use crate::limits::FileGrant;
 
+use crate::confine::Confined;
 use crate::dropbox::{REPORTS_DIR, is_temp_name};
-use crate::fsutil;
 
 /// An SFTP error: the status code and a message for the user.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,35 +141,41 @@ pub struct Opened {
 #[derive(Clone)]
 pub struct TenantFs {
     root: PathBuf,
+    /// The drop folder held open: every path is resolved under it by the kernel, with no link
+    /// followed (see [`crate::confine`]).
+    dir: Arc<Confined>,
     owner: String,
     pending: Arc<PendingUploads>,
 }
 
 impl TenantFs {
-    pub fn new(root: PathBuf, owner: &str, pending: Arc<PendingUploads>) -> Self {
-        TenantFs {
+    pub fn new(root: PathBuf, owner: &str, pending: Arc<PendingUploads>) -> io::Result<Self> {
+        Ok(TenantFs {
+            dir: Arc::new(Confined::open(&root)?),
             root,
             owner: owner.to_owned(),
             pending,
-        }
+        })
     }
 
-    /// The real path of `v`, after checking that no folder on the way is a link.
+    /// Where `v` is (the name open uploads are known by); our own files do not exist.
     fn real(&self, v: &VPath) -> FsResult<PathBuf> {
         if v.hidden() {
             return Err(FsError::no_such(v));
         }
-        let mut p = self.root.clone();
-        for (i, part) in v.0.iter().enumerate() {
-            p.push(part);
-            if i + 1 < v.0.len() {
-                match fs::symlink_metadata(&p) {
-                    Ok(m) if m.is_dir() => {}
-                    _ => return Err(FsError::no_such(v)),
-                }
-            }
-        }
-        Ok(p)
+        Ok(self.root.join(v.rel()))
+    }
+
+    /// What `v` is, a link in its last part shown as a link.
+    fn meta(&self, v: &VPath) -> io::Result<fs::Metadata> {
+        self.dir.metadata(&v.rel())
+    }
+
+    /// The folder `v` is in, held open (no link on the way).
+    fn parent_of(&self, v: &VPath) -> FsResult<OwnedFd> {
+        self.dir
+            .dir(&v.parent().rel())
+            .map_err(|_| FsError::new(StatusCode::NoSuchFile, format!("{}: no such folder", v.parent())))
     }
 
     fn writable(&self, v: &VPath) -> FsResult<()> {
@@ -188,7 +196,7 @@ impl TenantFs {
         if let Some(up) = self.pending.get(&p) {
             return up.file.metadata().map(|m| attrs(&m)).map_err(|e| FsError::io(&v, &e));
         }
-        let meta = fs::symlink_metadata(&p).map_err(|e| FsError::io(&v, &e))?;
+        let meta = self.meta(&v).map_err(|e| FsError::io(&v, &e))?;
         if meta.file_type().is_symlink() {
             return Err(FsError::no_such(&v));
         }
@@ -201,7 +209,7 @@ impl TenantFs {
         if let Some(up) = self.pending.get(&p) {
             return up.file.try_clone().map_err(|e| FsError::io(&v, &e));
         }
-        fsutil::open_regular_nofollow(&p).map_err(|e| FsError::io(&v, &e))
+        self.dir.open_file(&v.rel()).map_err(|e| FsError::io(&v, &e))
     }
 
     /// Opens `raw` for writing: `truncate` starts empty, otherwise the current content is kept
@@ -217,17 +225,8 @@ impl TenantFs {
         if let Some(pending) = self.pending.join(&target) {
             return self.reopen(pending, &v, truncate, exclusive);
         }
-        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
-        match fs::symlink_metadata(&parent) {
-            Ok(m) if m.is_dir() => {}
-            _ => {
-                return Err(FsError::new(
-                    StatusCode::NoSuchFile,
-                    format!("{}: no such folder", v.parent()),
-                ));
-            }
-        }
-        let existing = match fs::symlink_metadata(&target) {
+        let parent = self.parent_of(&v)?;
+        let existing = match self.meta(&v) {
             Ok(m) if m.is_file() => true,
             Ok(_) => return Err(FsError::new(StatusCode::Failure, format!("{v}: not a regular file"))),
             Err(_) => false,
@@ -236,16 +235,19 @@ impl TenantFs {
             return Err(FsError::new(StatusCode::Failure, format!("{v}: already exists")));
         }
         // A fixed-length name, so that an upload of a 255-byte name has a temp name too.
-        let tmp = parent.join(format!("{UPLOAD_PREFIX}{:016x}", fastrand::u64(..)));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .open(&tmp)
-            .map_err(|e| FsError::io(&v, &e))?;
+        let tmp_name = format!("{UPLOAD_PREFIX}{:016x}", fastrand::u64(..));
+        let created = rustix::fs::openat(
+            &parent,
+            tmp_name.as_str(),
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o640),
+        );
+        let mut file = File::from(created.map_err(|e| FsError::io(&v, &e.into()))?);
+        let tmp = target.with_file_name(&tmp_name);
         let copied = if existing && !truncate {
-            fsutil::open_regular_nofollow(&target).and_then(|mut src| io::copy(&mut src, &mut file))
+            self.dir
+                .open_file(&v.rel())
+                .and_then(|mut src| io::copy(&mut src, &mut file))
         } else {
             Ok(0)
         };
@@ -255,17 +257,17 @@ impl TenantFs {
         let grant = match granted {
             Ok(g) => g,
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
+                let _ = rustix::fs::unlinkat(&parent, tmp_name.as_str(), AtFlags::empty());
                 return Err(e);
             }
         };
         let fresh = !existing || truncate;
-        let pending = Arc::new(Pending::new(file, tmp, target, v.clone(), grant));
+        let pending = Arc::new(Pending::new(file, parent, tmp, target, v.clone(), grant));
         match self.pending.insert_or_join(&pending) {
             Ok(()) => Ok(Opened { pending, fresh }),
             // Another session opened the same file meanwhile: that upload it is.
             Err(theirs) => {
-                let _ = fs::remove_file(&pending.tmp);
+                self.discard_upload(&pending);
                 self.reopen(theirs, &v, truncate, exclusive)
             }
         }
@@ -314,23 +316,35 @@ impl TenantFs {
     pub fn finish_upload(&self, upload: &Pending, last: &LastClose, durable: bool) -> FsResult<FinishedUpload> {
         let v = last.vpath.clone();
         let folder = last.target.parent().unwrap_or(&self.root).to_path_buf();
+        let target_dir = match self.parent_of(&v) {
+            Ok(d) => d,
+            Err(e) => {
+                self.discard_upload(upload);
+                return Err(e);
+            }
+        };
+        let put_in_place = || -> io::Result<()> {
+            Ok(rustix::fs::renameat(
+                &upload.dir,
+                upload.tmp_name(),
+                &target_dir,
+                v.name(),
+            )?)
+        };
         let marked = durable && mark_complete(&upload.file, v.name()).is_ok();
         let done = if marked {
-            upload
-                .file
-                .sync_all()
-                .and_then(|()| fs::rename(&upload.tmp, &last.target))
+            upload.file.sync_all().and_then(|()| put_in_place())
         } else if durable {
             upload
                 .file
                 .sync_data()
-                .and_then(|()| fs::rename(&upload.tmp, &last.target))
-                .and_then(|()| fsutil::sync_dir(&folder))
+                .and_then(|()| put_in_place())
+                .and_then(|()| File::from(target_dir.try_clone()?).sync_all())
         } else {
-            fs::rename(&upload.tmp, &last.target)
+            put_in_place()
         };
         if let Err(e) = done {
-            let _ = fs::remove_file(&upload.tmp);
+            self.discard_upload(upload);
             return Err(FsError::io(&v, &e));
         }
         Ok(FinishedUpload {
@@ -342,33 +356,36 @@ impl TenantFs {
     /// Drops an upload whose last handle is gone (refused, failed, removed, or its connection
     /// went away): nothing is left behind.
     pub fn discard_upload(&self, upload: &Pending) {
-        let _ = fs::remove_file(&upload.tmp);
+        let _ = rustix::fs::unlinkat(&upload.dir, upload.tmp_name(), AtFlags::empty());
     }
 
     /// Entries of a folder, our own temp files left out.
     pub fn read_dir(&self, raw: &str) -> FsResult<Vec<russh_sftp::protocol::File>> {
         let v = VPath::parse(raw)?;
         let p = self.real(&v)?;
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {}
+        let rel = v.rel();
+        let folder = match self.meta(&v) {
+            Ok(m) if m.is_dir() => m,
             Ok(_) => return Err(FsError::new(StatusCode::Failure, format!("{v}: not a folder"))),
             Err(e) => return Err(FsError::io(&v, &e)),
-        }
-        let mut out = Vec::new();
-        for name in [".", ".."] {
-            if let Ok(m) = fs::symlink_metadata(&p) {
-                out.push(entry(name, &m, &self.owner));
-            }
-        }
-        for e in fs::read_dir(&p).map_err(|e| FsError::io(&v, &e))?.flatten() {
-            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+        };
+        let mut out = vec![entry(".", &folder, &self.owner), entry("..", &folder, &self.owner)];
+        let fd = self.dir.dir(&rel).map_err(|e| FsError::io(&v, &e))?;
+        let names = rustix::fs::Dir::read_from(&fd).map_err(|e| FsError::io(&v, &e.into()))?;
+        for e in names.flatten() {
+            let Ok(name) = e.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            if is_internal(&name) {
+            if name == "." || name == ".." || is_internal(&name) {
                 continue;
             }
-            let Ok(m) = e.path().symlink_metadata() else { continue };
-            if m.file_type().is_symlink() || self.pending.get(&e.path()).is_some() {
+            let child = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let Ok(m) = self.dir.metadata(&child) else { continue };
+            if m.file_type().is_symlink() || self.pending.get(&p.join(&name)).is_some() {
                 continue;
             }
             out.push(entry(&name, &m, &self.owner));
@@ -385,19 +402,21 @@ impl TenantFs {
         let v = VPath::parse(raw)?;
         self.writable(&v)?;
         let p = self.real(&v)?;
+        let parent = self.parent_of(&v)?;
+        let unlink = || rustix::fs::unlinkat(&parent, v.name(), AtFlags::empty()).map_err(io::Error::from);
         if self.pending.unlink(&p) {
             // The name goes now, with the file it replaces; the data with the last handle.
-            return match fs::remove_file(&p) {
+            return match unlink() {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(FsError::io(&v, &e)),
                 _ => Ok(()),
             };
         }
-        match fs::symlink_metadata(&p) {
+        match self.meta(&v) {
             Ok(m) if m.is_dir() => Err(FsError::new(
                 StatusCode::Failure,
                 format!("{v}: is a folder (use rmdir)"),
             )),
-            Ok(_) => fs::remove_file(&p).map_err(|e| FsError::io(&v, &e)),
+            Ok(_) => unlink().map_err(|e| FsError::io(&v, &e)),
             Err(e) => Err(FsError::io(&v, &e)),
         }
     }
@@ -408,8 +427,10 @@ impl TenantFs {
         if is_internal(v.name()) {
             return Err(FsError::denied(&v, "names starting with .dropsync- are reserved"));
         }
-        let p = self.real(&v)?;
-        fs::create_dir(&p).map_err(|e| match e.kind() {
+        self.real(&v)?;
+        let parent = self.parent_of(&v)?;
+        let made = rustix::fs::mkdirat(&parent, v.name(), Mode::from_raw_mode(0o750)).map_err(io::Error::from);
+        made.map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => FsError::new(StatusCode::Failure, format!("{v}: already exists")),
             _ => FsError::io(&v, &e),
         })
@@ -421,9 +442,10 @@ impl TenantFs {
             return Err(FsError::denied(&v, "the reports folder cannot be removed"));
         }
         self.writable(&v)?;
-        let p = self.real(&v)?;
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => fs::remove_dir(&p).map_err(|e| FsError::io(&v, &e)),
+        self.real(&v)?;
+        match self.meta(&v) {
+            Ok(m) if m.is_dir() => rustix::fs::unlinkat(&self.parent_of(&v)?, v.name(), AtFlags::REMOVEDIR)
+                .map_err(|e| FsError::io(&v, &e.into())),
             Ok(_) => Err(FsError::new(StatusCode::Failure, format!("{v}: not a folder"))),
             Err(e) => Err(FsError::io(&v, &e)),
         }
@@ -439,8 +461,7 @@ impl TenantFs {
             return Err(FsError::denied(&vt, "names starting with .dropsync- are reserved"));
         }
         let (pf, pt) = (self.real(&vf)?, self.real(&vt)?);
-        let exists = |p: &Path| fs::symlink_metadata(p).is_ok() || self.pending.get(p).is_some();
-        if !overwrite && exists(&pt) {
+        if !overwrite && (self.meta(&vt).is_ok() || self.pending.get(&pt).is_some()) {
             return Err(FsError::new(StatusCode::Failure, format!("{vt}: already exists")));
         }
         if self.pending.get(&pf).is_some() {
@@ -450,9 +471,10 @@ impl TenantFs {
                 false => Err(FsError::new(StatusCode::Failure, format!("{vt}: is being written"))),
             };
         }
-        let meta = fs::symlink_metadata(&pf).map_err(|e| FsError::io(&vf, &e))?;
-        fs::rename(&pf, &pt).map_err(|e| FsError::io(&vt, &e))?;
-        let _ = fsutil::sync_dir(pt.parent().unwrap_or(&self.root));
+        let meta = self.meta(&vf).map_err(|e| FsError::io(&vf, &e))?;
+        let (from_dir, to_dir) = (self.parent_of(&vf)?, self.parent_of(&vt)?);
+        rustix::fs::renameat(&from_dir, vf.name(), &to_dir, vt.name()).map_err(|e| FsError::io(&vt, &e.into()))?;
+        let _ = File::from(to_dir).sync_all();
         Ok((meta.is_file() && !is_temp_name(vt.name())).then(|| vt.rel()))
     }
 
@@ -463,7 +485,7 @@ impl TenantFs {
         if let Some(up) = self.pending.get(&p) {
             return set_attrs(&up.file, a).map_err(|e| FsError::io(&v, &e));
         }
-        let meta = fs::symlink_metadata(&p).map_err(|e| FsError::io(&v, &e))?;
+        let meta = self.meta(&v).map_err(|e| FsError::io(&v, &e))?;
         if meta.file_type().is_symlink() {
             return Err(FsError::no_such(&v));
         }
@@ -471,13 +493,16 @@ impl TenantFs {
             return Ok(());
         }
         self.writable(&v)?;
-        let f = OpenOptions::new()
-            .write(meta.is_file())
-            .read(!meta.is_file())
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&p);
-        let f = f.map_err(|e| FsError::io(&v, &e))?;
-        set_attrs(&f, a).map_err(|e| FsError::io(&v, &e))
+        let how = if meta.is_file() {
+            OFlags::WRONLY
+        } else {
+            OFlags::RDONLY | OFlags::DIRECTORY
+        };
+        let fd = self
+            .dir
+            .open_at(&v.rel(), how | OFlags::NOFOLLOW, Mode::empty())
+            .map_err(|e| FsError::io(&v, &e))?;
+        set_attrs(&File::from(fd), a).map_err(|e| FsError::io(&v, &e))
     }
 
     pub fn statvfs(&self) -> FsResult<[u64; 11]> {
@@ -568,7 +593,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("drop/acme");
         fs::create_dir_all(root.join("reports")).unwrap();
-        (d, TenantFs::new(root, "acme", Arc::default()))
+        (d, TenantFs::new(root, "acme", Arc::default()).unwrap())
     }
 
     fn put(t: &TenantFs, raw: &str, truncate: bool, exclusive: bool) -> FsResult<Arc<Pending>> {

@@ -211,13 +211,20 @@ impl russh::server::Handler for Connection {
         let Some(channel) = self.channels.remove(&id) else {
             return session.channel_failure(id);
         };
+        let fs = match TenantFs::new(
+            self.shared.drops.tenant_dir(&tenant),
+            tenant.as_str(),
+            self.shared.pending.clone(),
+        ) {
+            Ok(fs) => fs,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, tenant = %tenant, error = %e, "cannot open the tenant's drop folder");
+                return session.channel_failure(id);
+            }
+        };
         session.channel_success(id)?;
         let ctx = SessionCtx {
-            fs: TenantFs::new(
-                self.shared.drops.tenant_dir(&tenant),
-                tenant.as_str(),
-                self.shared.pending.clone(),
-            ),
+            fs,
             tenant,
             arrivals: self.shared.arrivals.clone(),
             hints: self.shared.hints.clone(),

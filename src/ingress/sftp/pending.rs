@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -26,6 +27,9 @@ pub struct PendingUploads {
 pub struct Pending {
     /// The temp file, open for reading and writing.
     pub file: Arc<File>,
+    /// The folder it is in, held open: it is renamed or removed there, whatever happens to the
+    /// path meanwhile.
+    pub dir: OwnedFd,
     pub tmp: PathBuf,
     /// Writes hold it shared; the last CLOSE takes it exclusively, so it waits for them.
     pub gate: Arc<tokio::sync::RwLock<()>>,
@@ -60,9 +64,17 @@ pub struct LastClose {
 }
 
 impl Pending {
-    pub fn new(file: File, tmp: PathBuf, target: PathBuf, vpath: VPath, grant: Option<FileGrant>) -> Pending {
+    pub fn new(
+        file: File,
+        dir: OwnedFd,
+        tmp: PathBuf,
+        target: PathBuf,
+        vpath: VPath,
+        grant: Option<FileGrant>,
+    ) -> Pending {
         Pending {
             file: Arc::new(file),
+            dir,
             tmp,
             gate: Arc::new(tokio::sync::RwLock::new(())),
             state: Mutex::new(PendingState {
@@ -87,6 +99,11 @@ impl Pending {
         if s.failed.is_none() {
             s.failed = Some(why.to_owned());
         }
+    }
+
+    /// The temp file's name in [`Pending::dir`].
+    pub fn tmp_name(&self) -> &str {
+        self.tmp.file_name().and_then(|n| n.to_str()).unwrap_or_default()
     }
 
     pub fn vpath(&self) -> VPath {
