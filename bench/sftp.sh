@@ -25,7 +25,7 @@ SMALL_N=${SMALL_N:-1000}
 IDLE=${IDLE:-200}
 FSYNC=${FSYNC:-1}
 SESSIONS=${SESSIONS:-100}        # concurrent mode: sessions uploading at once
-PUTS=${PUTS:-44}                 # concurrent mode: 8 MiB files each session uploads
+PUTS=${PUTS:-60}                 # concurrent mode: 8 MiB files each session uploads
 # Concurrent mode pins the servers to one core and the clients to the other: unpinned, a hundred
 # client processes take most of a 2-core machine from whichever server runs beside them.
 if [ -n "${ONLY_CONCURRENT:-}" ]; then SERVER_PIN=(taskset -c 1); CLIENT_PIN=(taskset -c 0); else SERVER_PIN=(); CLIENT_PIN=(); fi
