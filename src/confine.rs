@@ -59,6 +59,25 @@ impl Confined {
         )
     }
 
+    /// The folder `rel`, created level by level if missing (a level that is a link or a file
+    /// is an error), held open.
+    pub fn ensure_dir(&self, rel: &str) -> io::Result<OwnedFd> {
+        let mut dir = self.dir("")?;
+        let mut path = String::new();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o750)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if !path.is_empty() {
+                path.push('/');
+            }
+            path.push_str(part);
+            dir = self.dir(&path)?;
+        }
+        Ok(dir)
+    }
+
     /// What `rel` is, without following a link in its last part (a link shows as a link).
     pub fn metadata(&self, rel: &str) -> io::Result<std::fs::Metadata> {
         File::from(self.open_at(rel, OFlags::PATH | OFlags::NOFOLLOW, Mode::empty())?).metadata()
@@ -96,6 +115,9 @@ mod tests {
         }
         assert!(c.metadata("s.wav").unwrap().file_type().is_symlink(), "the link itself");
         assert!(c.dir("up").is_err());
+        assert!(c.ensure_dir("up/new").is_err(), "a link on the way");
+        assert!(!d.path().join("new").exists());
+        assert!(c.ensure_dir("sub/x/y").is_ok() && root.join("sub/x/y").is_dir());
         assert!(c.dir("sub").is_ok() && c.dir("").is_ok());
     }
 }

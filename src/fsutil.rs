@@ -5,8 +5,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use sha2::{Digest, Sha256};
 
@@ -18,7 +21,12 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// A temp name beside `path`, hidden (leading '.') so that no watcher takes it for an arrival,
 /// and of a fixed length, so that a final name of 255 bytes still has a temp name.
 pub fn temp_beside(path: &Path) -> PathBuf {
-    path.with_file_name(format!(".dropsync-{:016x}.tmp", fastrand::u64(..)))
+    path.with_file_name(temp_name())
+}
+
+/// The name part of [`temp_beside`].
+pub fn temp_name() -> String {
+    format!(".dropsync-{:016x}.tmp", fastrand::u64(..))
 }
 
 /// Whether a file name is one of our own temp names (left behind only by a crash).
@@ -54,22 +62,44 @@ pub fn write_atomic_via(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()>
 }
 
 /// A file written under a temp name beside its final path and put in place by [`AtomicFile::commit`];
-/// dropped uncommitted, it leaves nothing behind.
+/// dropped uncommitted, it leaves nothing behind. Its folder is held open from the start, so the
+/// rename lands where the file was begun.
 pub struct AtomicFile {
-    tmp: PathBuf,
-    path: PathBuf,
+    dir: OwnedFd,
+    tmp: String,
+    name: String,
     file: Option<io::BufWriter<File>>,
 }
 
 impl AtomicFile {
+    /// A file at `path` (a folder of ours, created if missing).
     pub fn create(path: &Path) -> io::Result<AtomicFile> {
-        fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-        let tmp = temp_beside(path);
-        let file = io::BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+        let folder = path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(folder)?;
+        let dir = rustix::fs::open(
+            folder,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        AtomicFile::create_in(dir, name)
+    }
+
+    /// A file named `name` in the folder `dir`, held open.
+    pub fn create_in(dir: OwnedFd, name: &str) -> io::Result<AtomicFile> {
+        let tmp = temp_name();
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let file = File::from(rustix::fs::openat(
+            &dir,
+            tmp.as_str(),
+            flags,
+            Mode::from_raw_mode(0o644),
+        )?);
         Ok(AtomicFile {
+            dir,
             tmp,
-            path: path.to_path_buf(),
-            file: Some(file),
+            name: name.to_owned(),
+            file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
         })
     }
 
@@ -82,8 +112,12 @@ impl AtomicFile {
             .into_inner()
             .map_err(|e| e.into_error())?;
         file.sync_all()?;
-        fs::rename(&self.tmp, &self.path)?;
-        sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+        let renamed = rustix::fs::renameat(&self.dir, self.tmp.as_str(), &self.dir, self.name.as_str());
+        if let Err(e) = renamed {
+            let _ = rustix::fs::unlinkat(&self.dir, self.tmp.as_str(), AtFlags::empty());
+            return Err(e.into());
+        }
+        Ok(rustix::fs::fsync(&self.dir)?)
     }
 }
 
@@ -99,7 +133,7 @@ impl Write for AtomicFile {
 impl Drop for AtomicFile {
     fn drop(&mut self) {
         if self.file.is_some() {
-            let _ = fs::remove_file(&self.tmp);
+            let _ = rustix::fs::unlinkat(&self.dir, self.tmp.as_str(), AtFlags::empty());
         }
     }
 }

@@ -77,22 +77,25 @@ fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention_ms: i64) -
     {
         let batch = catalog.purgeable(now, retention_ms, 1000)?;
         for item in &batch {
-            let path = if item.archived {
-                PathBuf::from(&item.path)
+            // Archived copies are ours (state_dir); orphans are removed from their drop
+            // folder held open, with no link followed on the way.
+            let path = PathBuf::from(&item.path);
+            let removed = if item.archived {
+                std::fs::remove_file(&path)
             } else {
                 match (TenantId::parse(&item.tenant), RelPath::parse(&item.path)) {
-                    (Ok(t), Some(rel)) => drop.path_of(&t, &rel),
+                    (Ok(t), Some(rel)) => remove_orphan(drop, &t, &rel),
                     _ => {
                         catalog.mark_purged(item.file_id, now)?;
                         continue;
                     }
                 }
             };
-            match std::fs::remove_file(&path) {
+            match removed {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot delete an expired local copy");
+                    tracing::warn!(tenant = %item.tenant, path = %item.path, error = %e, "cannot delete an expired local copy");
                     continue;
                 }
             }
@@ -110,4 +113,14 @@ fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention_ms: i64) -
         tracing::info!(purged, "local copies past retention deleted");
     }
     Ok(expired + orphaned + purged > 0)
+}
+
+/// Deletes an orphan from its tenant's drop folder.
+fn remove_orphan(drop: &DropRoot, tenant: &TenantId, rel: &RelPath) -> std::io::Result<()> {
+    let dir = drop.confined(tenant)?.dir(rel.dir())?;
+    Ok(rustix::fs::unlinkat(
+        &dir,
+        rel.file_name(),
+        rustix::fs::AtFlags::empty(),
+    )?)
 }

@@ -13,6 +13,7 @@ use crate::dropbox::{DropRoot, REPORTS_DIR, RelPath};
 use crate::fsutil;
 use crate::tenant::TenantId;
 use crate::worker::{Worker, WorkerError, WorkerState};
+use std::io::Write as _;
 
 /// Changes within this window are written as one rewrite.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -144,7 +145,7 @@ impl Reporter {
                     continue;
                 };
                 let path = self.report_path(&tenant, &rel);
-                match self.write_report(r.metadata_file_id, &path) {
+                match self.write_report(r.metadata_file_id, &tenant, &rel) {
                     Ok(()) => {
                         self.catalog.report_written(r.metadata_file_id, r.version)?;
                         failing.remove(&r.metadata_file_id);
@@ -174,9 +175,22 @@ impl Reporter {
         path.join(report_name(rel.file_name()))
     }
 
+    /// A report file in the tenant's `reports/` folder (`dir` below it), the folder created
+    /// and held open with no link followed: a link planted there leads nowhere.
+    fn report_file(&self, tenant: &TenantId, dir: &str, name: &str) -> std::io::Result<fsutil::AtomicFile> {
+        let folder = if dir.is_empty() {
+            REPORTS_DIR.to_owned()
+        } else {
+            format!("{REPORTS_DIR}/{dir}")
+        };
+        let dir = self.drop.confined(tenant)?.ensure_dir(&folder)?;
+        fsutil::AtomicFile::create_in(dir, name)
+    }
+
     /// Streams one report into place; memory stays bounded by a line.
-    fn write_report(&self, metadata_file_id: i64, path: &std::path::Path) -> Result<(), ReportError> {
-        let mut w = csv::Writer::from_writer(fsutil::AtomicFile::create(path)?);
+    fn write_report(&self, metadata_file_id: i64, tenant: &TenantId, rel: &RelPath) -> Result<(), ReportError> {
+        let file = self.report_file(tenant, rel.dir(), &report_name(rel.file_name()))?;
+        let mut w = csv::Writer::from_writer(file);
         w.write_record(REPORT_HEADER)?;
         let mut failed = None;
         self.catalog.each_report_line(metadata_file_id, |l| {
@@ -195,8 +209,11 @@ impl Reporter {
         for (tenant, version) in self.catalog.stale_orphan_reports()? {
             let Ok(tid) = TenantId::parse(&tenant) else { continue };
             let lines = self.catalog.orphan_lines(&tenant)?;
-            let path = self.drop.tenant_dir(&tid).join(REPORTS_DIR).join("orphans.csv");
-            match fsutil::write_atomic(&path, &orphans_csv(&lines)) {
+            let written = self.report_file(&tid, "", "orphans.csv").and_then(|mut f| {
+                f.write_all(&orphans_csv(&lines))?;
+                f.commit()
+            });
+            match written {
                 Ok(()) => self.catalog.orphan_report_written(&tenant, version)?,
                 Err(e) => tracing::warn!(tenant = %tenant, error = %e, "cannot write orphans.csv"),
             }

@@ -3,11 +3,15 @@
 //! them after `retention.local`.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::RenameFlags;
+
 use super::{DropRoot, RelPath};
 use crate::catalog::{Catalog, CatalogError, Departure, ToArchive, now_ms};
+use crate::confine::Confined;
 use crate::fsutil;
 use crate::tenant::TenantId;
 
@@ -54,7 +58,7 @@ impl Archiver {
             .map(|item| {
                 let how = if is_that_file(Path::new(&item.archive_path), item.ino) {
                     Departure::Archived
-                } else if self.source(item).is_some_and(|src| is_that_file(&src, item.ino)) {
+                } else if self.still_there(item) {
                     Departure::Stayed
                 } else {
                     Departure::Gone
@@ -68,20 +72,31 @@ impl Archiver {
         self.catalog.settle_departures(&ended, now_ms())
     }
 
-    fn source(&self, item: &ToArchive) -> Option<PathBuf> {
+    /// The claimed file's folder, held open with no link on the way, and its name there.
+    fn source(&self, item: &ToArchive) -> io::Result<(Confined, OwnedFd, String)> {
         let (Ok(tenant), Some(rel)) = (TenantId::parse(&item.tenant), RelPath::parse(&item.rel_path)) else {
-            return None;
+            return Err(io::Error::new(io::ErrorKind::NotFound, "not a drop folder path"));
         };
-        Some(self.drop.path_of(&tenant, &rel))
+        let confined = self.drop.confined(&tenant)?;
+        let dir = confined.dir(rel.dir())?;
+        Ok((confined, dir, rel.file_name().to_owned()))
     }
 
-    /// Moves one claimed file, if the file at its path is still the one recorded.
+    /// Whether the claimed file is still in its drop folder, unmoved.
+    fn still_there(&self, item: &ToArchive) -> bool {
+        self.source(item)
+            .and_then(|(confined, ..)| confined.metadata(&item.rel_path))
+            .is_ok_and(|m| m.is_file() && item.ino.is_none_or(|ino| m.ino() == ino))
+    }
+
+    /// Moves one claimed file, if the file at its path is still the one recorded. The move is
+    /// made from its folder held open, so no link swapped in on the way can redirect it.
     fn move_one(&self, item: &ToArchive) -> Departure {
-        let Some(src) = self.source(item) else {
-            return Departure::Gone;
-        };
         let dst = Path::new(&item.archive_path);
-        match std::fs::symlink_metadata(&src) {
+        let found = self
+            .source(item)
+            .and_then(|(confined, dir, name)| Ok((confined.metadata(&item.rel_path)?, dir, name)));
+        let (dir, name) = match found {
             // Deleted by the tenant after it was decided (or moved before a crash): nothing
             // left to keep here.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -93,10 +108,19 @@ impl Archiver {
             }
             Err(e) => return self.stays(item, &e),
             // Replaced by a file of the same name: that one is a new arrival, not ours to move.
-            Ok(meta) if item.ino.is_some_and(|ino| meta.ino() != ino) => return Departure::Gone,
-            Ok(_) => {}
-        }
-        if let Err(e) = fsutil::move_durable(&src, dst) {
+            Ok((meta, ..)) if !meta.is_file() || item.ino.is_some_and(|ino| meta.ino() != ino) => {
+                return Departure::Gone;
+            }
+            Ok((_, dir, name)) => (dir, name),
+        };
+        let moved = (|| -> io::Result<()> {
+            let dst_dir = dst.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dst_dir)?;
+            rustix::fs::renameat(&dir, name.as_str(), rustix::fs::CWD, dst)?;
+            fsutil::sync_dir(dst_dir)?;
+            Ok(rustix::fs::fsync(&dir)?)
+        })();
+        if let Err(e) = moved {
             return self.stays(item, &e);
         }
         if is_that_file(dst, item.ino) {
@@ -104,13 +128,7 @@ impl Archiver {
         }
         // Replaced between the check and the move: put the newcomer back where it was sent.
         tracing::warn!(tenant = %item.tenant, file = %item.rel_path, "a file re-sent while being archived; putting it back");
-        if let Err(e) = rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            dst,
-            rustix::fs::CWD,
-            &src,
-            rustix::fs::RenameFlags::NOREPLACE,
-        ) {
+        if let Err(e) = rustix::fs::renameat_with(rustix::fs::CWD, dst, &dir, name.as_str(), RenameFlags::NOREPLACE) {
             tracing::warn!(tenant = %item.tenant, file = %item.rel_path, archived_as = %dst.display(), error = %e,
                 "cannot put a re-sent file back; it stays in the archive");
         }

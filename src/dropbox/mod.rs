@@ -13,6 +13,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use crate::config::MatchingConfig;
+use crate::confine::Confined;
 use crate::fsutil;
 use crate::matching::{MetadataFormat, extension};
 
@@ -148,23 +149,16 @@ impl DropRoot {
         }
     }
 
-    /// Checks that no folder between the tenant's root and `rel` is a symlink, so that a link
-    /// planted in a drop folder cannot lead us out of it; then opens the file itself without
-    /// following a link.
+    /// A tenant's drop folder held open, for paths resolved under it with no link followed
+    /// (see [`crate::confine`]).
+    pub fn confined(&self, tenant: &TenantId) -> io::Result<Confined> {
+        Confined::open(&self.tenant_dir(tenant))
+    }
+
+    /// Opens the regular file `rel` of a tenant's drop folder, with no link followed on the
+    /// way or at the end, and no way out of the folder.
     pub fn open_confined(&self, tenant: &TenantId, rel: &RelPath) -> io::Result<File> {
-        let base = self.tenant_dir(tenant);
-        let mut dir = base.clone();
-        let parts: Vec<&str> = rel.as_str().split('/').collect();
-        for part in &parts[..parts.len() - 1] {
-            dir.push(part);
-            if !fs::symlink_metadata(&dir)?.is_dir() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "a folder on the way is a link",
-                ));
-            }
-        }
-        fsutil::open_regular_nofollow(&base.join(rel.as_str()))
+        self.confined(tenant)?.open_file(rel.as_str())
     }
 
     /// Creates the folder `dir` ("" for the root) inside a tenant's drop folder, one level at a

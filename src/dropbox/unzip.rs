@@ -1,8 +1,10 @@
 //! Zip batches (SPEC §2): unpacked flat beside the archive, entry by entry, within limits.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::is_temp_name;
 use crate::config::MatchingConfig;
@@ -43,8 +45,10 @@ pub struct Unpacked {
 ///
 /// Entries are written under hidden temp names and renamed into place only once all are
 /// complete and fsynced, so a crash leaves only temp names, which are never ingested.
-pub fn unpack_zip(archive: &Path, dest: &Path, limits: &ZipLimits) -> Result<Unpacked, String> {
-    let file = fsutil::open_regular_nofollow(archive).map_err(|e| format!("cannot be opened: {e}"))?;
+///
+/// `dest` is the folder held open (entries are created and renamed in it, whatever happens to
+/// its path meanwhile); `file` is the archive, opened by the caller.
+pub fn unpack_zip(file: File, dest: &OwnedFd, limits: &ZipLimits) -> Result<Unpacked, String> {
     let archive_len = file.metadata().map_err(|e| format!("cannot be read: {e}"))?.len();
     let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("is not a readable zip archive: {e}"))?;
     if zip.len() as u64 > limits.max_entries {
@@ -74,10 +78,13 @@ pub fn unpack_zip(archive: &Path, dest: &Path, limits: &ZipLimits) -> Result<Unp
         )
     };
     let mut out = Unpacked::default();
-    let mut staged: Vec<(PathBuf, String)> = Vec::new();
-    let cleanup = |staged: &[(PathBuf, String)]| {
+    let mut staged: Vec<(String, String)> = Vec::new();
+    let remove = |tmp: &str| {
+        let _ = rustix::fs::unlinkat(dest, tmp, AtFlags::empty());
+    };
+    let cleanup = |staged: &[(String, String)]| {
         for (tmp, _) in staged {
-            let _ = fs::remove_file(tmp);
+            remove(tmp);
         }
     };
     let mut total = 0u64;
@@ -123,10 +130,15 @@ pub fn unpack_zip(archive: &Path, dest: &Path, limits: &ZipLimits) -> Result<Unp
             out.refused.push((name, why.to_owned()));
             continue;
         }
-        let final_path = dest.join(&name);
-        let tmp = fsutil::temp_beside(&final_path);
+        let tmp = fsutil::temp_name();
         let written = (|| -> io::Result<u64> {
-            let mut f = File::create(&tmp)?;
+            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let mut f = File::from(rustix::fs::openat(
+                dest,
+                tmp.as_str(),
+                flags,
+                Mode::from_raw_mode(0o640),
+            )?);
             let budget = max_bytes.saturating_sub(total);
             let n = io::copy(&mut (&mut entry).take(budget + 1), &mut f)?;
             f.sync_all()?;
@@ -151,8 +163,8 @@ pub fn unpack_zip(archive: &Path, dest: &Path, limits: &ZipLimits) -> Result<Unp
     // that 10,000 entries cost 10,000 lookups, not 50 million comparisons.)
     let mut placed = std::collections::HashSet::with_capacity(staged.len());
     for (tmp, name) in staged {
-        if let Err(e) = fs::rename(&tmp, dest.join(&name)) {
-            let _ = fs::remove_file(&tmp);
+        if let Err(e) = rustix::fs::renameat(dest, tmp.as_str(), dest, name.as_str()) {
+            remove(&tmp);
             out.refused.push((name, format!("could not be put in place: {e}")));
             continue;
         }
@@ -160,13 +172,24 @@ pub fn unpack_zip(archive: &Path, dest: &Path, limits: &ZipLimits) -> Result<Unp
             out.files.push(name);
         }
     }
-    fsutil::sync_dir(dest).map_err(|e| format!("folder cannot be synced: {e}"))?;
+    rustix::fs::fsync(dest).map_err(|e| format!("folder cannot be synced: {e}"))?;
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::path::Path;
+
+    fn unpack(zip: &Path, dest: &Path, limits: &ZipLimits) -> Result<Unpacked, String> {
+        let dir = rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        unpack_zip(
+            File::open(zip).map_err(|e| format!("cannot be opened: {e}"))?,
+            &dir,
+            limits,
+        )
+    }
     use std::io::Write;
     use zip::write::SimpleFileOptions;
 
@@ -207,7 +230,7 @@ mod tests {
         );
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
-        let u = unpack_zip(&zip_path, &out, &limits(1 << 20)).unwrap();
+        let u = unpack(&zip_path, &out, &limits(1 << 20)).unwrap();
         assert_eq!(u.files, ["c1.wav", "batch.csv"]);
         assert_eq!(listing(&out), ["batch.csv", "c1.wav"]);
         assert_eq!(fs::read(out.join("c1.wav")).unwrap(), b"RIFF1");
@@ -238,7 +261,7 @@ mod tests {
         w.finish().unwrap();
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
-        let u = unpack_zip(&zip_path, &out, &limits(1 << 20)).unwrap();
+        let u = unpack(&zip_path, &out, &limits(1 << 20)).unwrap();
         assert_eq!(u.files, ["ok.wav"]);
         assert_eq!(u.refused[0].0, "link.wav");
         assert!(u.refused[0].1.contains("link"));
@@ -268,11 +291,11 @@ mod tests {
             max_ratio: 1_000_000,
             ..limits(10 << 20)
         };
-        let err = unpack_zip(&zip_path, &out, &by_size).unwrap_err();
+        let err = unpack(&zip_path, &out, &by_size).unwrap_err();
         assert!(err.contains("more than the limit of 10.0 MiB"), "{err}");
         assert!(listing(&out).is_empty(), "{:?}", listing(&out));
         // By ratio: well within the size limit, but over 200 times the archive's size.
-        let err = unpack_zip(&zip_path, &out, &limits(1 << 30)).unwrap_err();
+        let err = unpack(&zip_path, &out, &limits(1 << 30)).unwrap_err();
         assert!(err.contains("200 times its own size"), "{err}");
         assert!(listing(&out).is_empty(), "{:?}", listing(&out));
         // By entries.
@@ -280,7 +303,7 @@ mod tests {
             max_entries: 3,
             ..limits(1 << 30)
         };
-        let err = unpack_zip(&zip_path, &out, &few).unwrap_err();
+        let err = unpack(&zip_path, &out, &few).unwrap_err();
         assert!(err.contains("has 4 entries, more than the limit of 3"), "{err}");
     }
 
@@ -298,7 +321,7 @@ mod tests {
         let p = dir.path().join("x.zip");
         fs::write(&p, b"not a zip at all").unwrap();
         assert!(
-            unpack_zip(&p, dir.path(), &limits(1 << 20))
+            unpack(&p, dir.path(), &limits(1 << 20))
                 .unwrap_err()
                 .contains("not a readable zip")
         );

@@ -492,9 +492,16 @@ impl Intake {
 
     fn unpack(&self, tenant: &Tenant, file_id: i64, id: i64, rel: &RelPath, via: Via) -> Result<(), IntakeError> {
         tracing::info!("unpacking zip batch");
-        let archive = self.drop.path_of(&tenant.id, rel);
-        let dest = archive.parent().unwrap_or(self.drop.root()).to_path_buf();
-        match dropbox::unpack_zip(&archive, &dest, &ZipLimits::of(&self.config.get().matching)) {
+        // The archive and its folder, each held open with no link on the way.
+        let confined = self.drop.confined(&tenant.id)?;
+        let opened = confined
+            .open_file(rel.as_str())
+            .and_then(|f| Ok((f, confined.dir(rel.dir())?)));
+        let unpacked = match opened {
+            Ok((archive, dest)) => dropbox::unpack_zip(archive, &dest, &ZipLimits::of(&self.config.get().matching)),
+            Err(e) => Err(format!("cannot be opened: {e}")),
+        };
+        match unpacked {
             Ok(unpacked) => {
                 for (name, why) in &unpacked.refused {
                     tracing::warn!(entry = %name, reason = %why, "zip entry refused");

@@ -381,3 +381,33 @@ fn check_config_reports_every_problem_with_exit_2() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+/// A `reports` folder that another local writer replaced with a link gets no report written
+/// through it (the report would land wherever the link points); the report is retried, and
+/// written once the folder is a folder again.
+#[test]
+fn reports_are_never_written_through_a_link() {
+    let mut d = Daemon::new("1h", ACME);
+    d.start();
+    let elsewhere = d.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let reports = d.drop_dir("acme").join("reports");
+    std::fs::remove_dir_all(&reports).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &reports).unwrap();
+    let a = audio("rl", 800);
+    d.put("acme", "rl.wav", &a);
+    d.put("acme", "rl.csv", one_row_csv("RL-1", "rl.wav").as_bytes());
+    assert_recordings(&d, &d.wait_forwarded(1, T)["RL-1"], &[("rl.wav", &a)]);
+    wait_for("the report to be refused", T, || {
+        d.log().contains("cannot write report")
+    });
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "a report went through the link"
+    );
+    std::fs::remove_file(&reports).unwrap();
+    let lines = d.wait_report("acme", "rl.csv.report.csv", 1);
+    assert_eq!(lines[0][3], "forwarded");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+}

@@ -183,7 +183,8 @@ fn cp_rsync_append_touch_and_mv_through_sshfs_arrive_intact() {
 }
 
 /// A file being written through the mount is seen there (its size grows) but does not arrive:
-/// intake sees nothing until it is closed, while a file written after it arrives at once.
+/// intake sees nothing until it is closed, while a file written after it arrives at once and
+/// another tenant is served.
 #[test]
 fn a_file_open_in_sshfs_arrives_only_when_closed() {
     let mut d = Daemon::with_sftp("");
@@ -221,6 +222,16 @@ fn a_file_open_in_sshfs_arrives_only_when_closed() {
     });
     assert!(!d.log().contains("file=\"slow.wav\""), "{}", d.log());
     assert!(!d.drop_dir("acme").join("slow.wav").exists());
+    // Beta is served meanwhile.
+    std::fs::write(d.dir.path().join("BO-1.wav"), audio("bo1", 4000)).unwrap();
+    std::fs::write(
+        d.dir.path().join("BO-1.csv"),
+        "conversation_id,agent,contact_time,recording\nBO-1,b@beta.example,2019-05-03T09:27:23Z,BO-1.wav\n",
+    )
+    .unwrap();
+    let beta = d.sftp_batch("beta", "beta", "put BO-1.wav\nput BO-1.csv\n");
+    assert!(beta.status.success(), "{}", String::from_utf8_lossy(&beta.stderr));
+    assert!(d.wait_forwarded(1, T).contains_key("BO-1"));
 
     std::io::Write::write_all(writer.stdin.as_mut().unwrap(), b"go\n").unwrap();
     line.clear();
@@ -228,7 +239,7 @@ fn a_file_open_in_sshfs_arrives_only_when_closed() {
     assert_eq!(line.trim(), "closed");
     assert!(writer.wait().unwrap().success());
     std::fs::write(m.path("slow.csv"), one_row_csv("SL-1", "slow.wav")).unwrap();
-    let fwd = d.wait_forwarded(1, T);
+    let fwd = d.wait_forwarded(2, T);
     assert_recordings(&d, &fwd["SL-1"], &[("slow.wav", &bytes)]);
     drop(m);
     assert_eq!(d.stop().code(), Some(0));
