@@ -257,6 +257,14 @@ impl Catalog {
 }
 
 /// One arrival, inside the caller's transaction (see [`Catalog::register_file`]).
+/// Two selects, each on its partial index: `state IN (…)` would scan the whole table.
+pub(super) const SAME_FILE: &str = "SELECT id FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'
+       AND size = ?3 AND mtime_ns = ?4 AND (ino IS NULL OR ino = ?5)
+     UNION ALL
+     SELECT id FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'leaving'
+       AND size = ?3 AND mtime_ns = ?4 AND (ino IS NULL OR ino = ?5)
+     LIMIT 1";
+
 /// The file recorded as present or leaving at `rel` if it is this very file (size, mtime and,
 /// when recorded, inode).
 fn same_file_recorded(
@@ -268,10 +276,7 @@ fn same_file_recorded(
     ino: u64,
 ) -> Result<Option<i64>> {
     Ok(conn
-        .prepare_cached(
-            "SELECT id FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state IN ('present', 'leaving')
-               AND size = ?3 AND mtime_ns = ?4 AND (ino IS NULL OR ino = ?5)",
-        )?
+        .prepare_cached(SAME_FILE)?
         .query_row(params![tenant, rel, size as i64, mtime_ns, ino as i64], |r| r.get(0))
         .optional()?)
 }

@@ -90,6 +90,16 @@ pub struct ToPurge {
     pub archived: bool,
 }
 
+/// Present and leaving files of a tenant, each select on its partial index.
+pub(super) const RECORDED_FILES: &str =
+    "SELECT id, rel_path, size, mtime_ns, ino, 0 FROM files WHERE tenant = ?1 AND state = 'present'
+     UNION ALL
+     SELECT id, rel_path, size, mtime_ns, ino, 1 FROM files WHERE tenant = ?1 AND state = 'leaving'";
+
+/// Claims for the archive made before ?1 (the few leaving files, through their index).
+pub(super) const UNSETTLED: &str =
+    "SELECT id, tenant, rel_path, coalesce(archive_path, ''), ino FROM files WHERE state = 'leaving' AND left_at <= ?1";
+
 /// States whose files must stay in the drop folder.
 pub(super) const OPEN_STATES: &str = "('waiting', 'ready', 'forwarding', 'failed')";
 
@@ -265,10 +275,7 @@ impl Catalog {
     /// ones leaving for the archive (whose record the archiver settles, not the scan).
     pub fn recorded_files(&self, tenant: &str) -> Result<Vec<RecordedFile>> {
         let conn = self.read()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, rel_path, size, mtime_ns, ino, state = 'leaving' FROM files
-             WHERE tenant = ?1 AND state IN ('present', 'leaving')",
-        )?;
+        let mut stmt = conn.prepare_cached(RECORDED_FILES)?;
         let rows = stmt
             .query_map([tenant], |r| {
                 Ok(RecordedFile {
@@ -277,7 +284,7 @@ impl Catalog {
                     size: r.get::<_, i64>(2)? as u64,
                     mtime_ns: r.get(3)?,
                     ino: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
-                    leaving: r.get(5)?,
+                    leaving: r.get::<_, i64>(5)? == 1,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -366,9 +373,7 @@ impl Catalog {
     /// crash, or a catalog error after the move).
     pub fn unsettled_departures(&self, before: i64) -> Result<Vec<ToArchive>> {
         let conn = self.read()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, tenant, rel_path, coalesce(archive_path, ''), ino FROM files WHERE state = 'leaving' AND left_at <= ?1",
-        )?;
+        let mut stmt = conn.prepare_cached(UNSETTLED)?;
         let rows = stmt.query_map([before], to_archive)?.collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }

@@ -201,5 +201,7 @@ CREATE INDEX intake_next ON intake_queue(next_attempt_at);
     r#"
 ALTER TABLE files ADD COLUMN ino INTEGER;  -- NULL for files recorded before migration 4
 -- state gains 'leaving': claimed for the archive, being moved (archive_path is where to).
+-- Few at a time; looked up by path (a repeated event) and all together (settling them).
+CREATE INDEX files_leaving ON files(tenant, rel_path) WHERE state = 'leaving';
 "#,
 ];
