@@ -26,6 +26,7 @@ IDLE=${IDLE:-200}
 FSYNC=${FSYNC:-1}
 SESSIONS=${SESSIONS:-100}        # concurrent mode: sessions uploading at once
 PUTS=${PUTS:-60}                 # concurrent mode: 8 MiB files each session uploads
+EXT=${EXT:-wav}                  # concurrent mode: wav = recordings (hashed as they arrive), bin = other files
 # Concurrent mode pins the servers to one core and the clients to the other: unpinned, a hundred
 # client processes take most of a 2-core machine from whichever server runs beside them.
 if [ -n "${ONLY_CONCURRENT:-}" ]; then SERVER_PIN=(taskset -c 1); CLIENT_PIN=(taskset -c 0); else SERVER_PIN=(); CLIENT_PIN=(); fi
@@ -128,7 +129,7 @@ concurrent() {
     local port user target i k pids=() t0 t1 failed=0
     if [ "$1" = sshd ]; then port=$P_SSHD; user=$(id -un); target="$W/sshd-in"; else port=$P_DS; user=bench; target=.; fi
     for i in $(seq "$SESSIONS"); do
-        for k in $(seq "$PUTS"); do echo "put $W/chunk.wav $target/s$i-$((k % 2)).wav"; done > "$W/batch-$i"
+        for k in $(seq "$PUTS"); do echo "put $W/chunk.wav $target/s$i-$((k % 2)).$EXT"; done > "$W/batch-$i"
     done
     t0=$(date +%s.%N)
     for i in $(seq "$SESSIONS"); do
@@ -143,8 +144,10 @@ concurrent() {
 if [ -n "${ONLY_CONCURRENT:-}" ]; then
     head -c $((8 << 20)) /dev/urandom > "$W/chunk.wav"
     mib=$((SESSIONS * PUTS * 8))
-    echo "$SESSIONS sessions at once, each $PUTS x 8 MiB ($mib MiB in all), cipher $CIPHER, servers on CPU 1, clients on CPU 0, dropsync fsync_on_close=$([ "$FSYNC" = 1 ] && echo true || echo false)"
-    s_ds=$(concurrent dropsync); s_sshd=$(concurrent sshd)
+    echo "$SESSIONS sessions at once, each $PUTS x 8 MiB .$EXT ($mib MiB in all), cipher $CIPHER, servers on CPU 1, clients on CPU 0, dropsync fsync_on_close=$([ "$FSYNC" = 1 ] && echo true || echo false)"
+    s_ds=$(concurrent dropsync)
+    if [ -n "${ONLY_DROPSYNC:-}" ]; then echo "dropsync alone: $(echo "$mib / $s_ds" | bc -l | cut -c1-6) MiB/s ($s_ds s)"; exit 0; fi
+    s_sshd=$(concurrent sshd)
     python3 - "$mib" "$s_sshd" "$s_ds" <<'PY'
 import sys
 mib, a, b = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])

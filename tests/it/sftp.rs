@@ -820,3 +820,52 @@ fn a_folder_swapped_for_a_link_mid_session_leads_nowhere() {
     assert_recordings(&d, &d.wait_forwarded(1, T)["SW-1"], &[("SW-1.wav", &audio)]);
     assert_eq!(d.stop().code(), Some(0));
 }
+
+/// A folder is listed a batch at a time from the disk (never read whole into memory at
+/// OPENDIR): every entry comes once, an upload open in the folder comes under its final name,
+/// our temp files never; another tenant is served meanwhile.
+#[test]
+fn large_folders_are_listed_in_batches_with_open_uploads() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let many = d.drop_dir("acme").join("many");
+    std::fs::create_dir_all(&many).unwrap();
+    // Recordings: they stay in the folder, waiting for their rows (other files would be
+    // refused and moved out while the listing runs).
+    for i in 0..2500 {
+        std::fs::write(many.join(format!("f{i:04}.wav")), b"x").unwrap();
+    }
+    let out = d.paramiko(
+        "t, s = connect()\nf = s.open('many/open.wav', 'w'); f.write(b'y' * 10); f.flush()\n\
+         names = s.listdir('many')\nprint(len(names), len(set(names)), 'open.wav' in names, any(n.startswith('.dropsync') for n in names))\n\
+         f.close()\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        "2501 2501 True False",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 200 folder handles held open, never read: each costs a descriptor, not a copy of the
+    // folder (whole listings would take 200 x 2,500 entries, about 90 MiB).
+    let before = d.rss_kib();
+    let holder = d.paramiko_background(
+        "from paramiko.sftp import CMD_OPENDIR\nimport time\nheld = []\nfor c in range(2):\n    t, s = connect()\n\
+         \x20   held.append((t, s, [s._request(CMD_OPENDIR, 'many') for i in range(100)]))\nprint('held', flush=True)\ntime.sleep(600)\n",
+    );
+    wait_for("200 folder handles", T, || holder.line_seen("held"));
+    let grown = d.rss_kib().saturating_sub(before);
+    assert!(grown < 24 * 1024, "200 open folder handles took {grown} KiB");
+    drop(holder);
+    let (audio, _) = files(&d, "LD-1", "ld1");
+    std::fs::write(
+        d.dir.path().join("LD-1.csv"),
+        "conversation_id,agent,contact_time,recording\nLD-1,b@beta.example,2019-05-03T09:27:23Z,LD-1.wav\n",
+    )
+    .unwrap();
+    let out = d.sftp_batch("beta", "beta", "put LD-1.wav\nput LD-1.csv\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_recordings(&d, &d.wait_forwarded(1, T)["LD-1"], &[("LD-1.wav", &audio)]);
+    assert_eq!(d.stop().code(), Some(0));
+}

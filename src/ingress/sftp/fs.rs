@@ -47,7 +47,7 @@ impl FsError {
     fn denied(path: &VPath, why: &str) -> Self {
         FsError::new(StatusCode::PermissionDenied, format!("{path}: {why}"))
     }
-    fn io(path: &VPath, e: &io::Error) -> Self {
+    pub(super) fn io(path: &VPath, e: &io::Error) -> Self {
         let code = match e.kind() {
             io::ErrorKind::NotFound => StatusCode::NoSuchFile,
             io::ErrorKind::PermissionDenied => StatusCode::PermissionDenied,
@@ -140,12 +140,12 @@ pub struct Opened {
 /// The tenant's folder, as its SFTP client sees it.
 #[derive(Clone)]
 pub struct TenantFs {
-    root: PathBuf,
+    pub(super) root: PathBuf,
     /// The drop folder held open: every path is resolved under it by the kernel, with no link
     /// followed (see [`crate::confine`]).
-    dir: Arc<Confined>,
-    owner: String,
-    pending: Arc<PendingUploads>,
+    pub(super) dir: Arc<Confined>,
+    pub(super) owner: String,
+    pub(super) pending: Arc<PendingUploads>,
 }
 
 impl TenantFs {
@@ -159,7 +159,7 @@ impl TenantFs {
     }
 
     /// Where `v` is (the name open uploads are known by); our own files do not exist.
-    fn real(&self, v: &VPath) -> FsResult<PathBuf> {
+    pub(super) fn real(&self, v: &VPath) -> FsResult<PathBuf> {
         if v.hidden() {
             return Err(FsError::no_such(v));
         }
@@ -167,7 +167,7 @@ impl TenantFs {
     }
 
     /// What `v` is, a link in its last part shown as a link.
-    fn meta(&self, v: &VPath) -> io::Result<fs::Metadata> {
+    pub(super) fn meta(&self, v: &VPath) -> io::Result<fs::Metadata> {
         self.dir.metadata(&v.rel())
     }
 
@@ -359,45 +359,6 @@ impl TenantFs {
         let _ = rustix::fs::unlinkat(&upload.dir, upload.tmp_name(), AtFlags::empty());
     }
 
-    /// Entries of a folder, our own temp files left out.
-    pub fn read_dir(&self, raw: &str) -> FsResult<Vec<russh_sftp::protocol::File>> {
-        let v = VPath::parse(raw)?;
-        let p = self.real(&v)?;
-        let rel = v.rel();
-        let folder = match self.meta(&v) {
-            Ok(m) if m.is_dir() => m,
-            Ok(_) => return Err(FsError::new(StatusCode::Failure, format!("{v}: not a folder"))),
-            Err(e) => return Err(FsError::io(&v, &e)),
-        };
-        let mut out = vec![entry(".", &folder, &self.owner), entry("..", &folder, &self.owner)];
-        let fd = self.dir.dir(&rel).map_err(|e| FsError::io(&v, &e))?;
-        let names = rustix::fs::Dir::read_from(&fd).map_err(|e| FsError::io(&v, &e.into()))?;
-        for e in names.flatten() {
-            let Ok(name) = e.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if name == "." || name == ".." || is_internal(&name) {
-                continue;
-            }
-            let child = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            let Ok(m) = self.dir.metadata(&child) else { continue };
-            if m.file_type().is_symlink() || self.pending.get(&p.join(&name)).is_some() {
-                continue;
-            }
-            out.push(entry(&name, &m, &self.owner));
-        }
-        for (name, up) in self.pending.in_folder(&p) {
-            if let Ok(m) = up.file.metadata() {
-                out.push(entry(&name, &m, &self.owner));
-            }
-        }
-        Ok(out)
-    }
-
     pub fn remove(&self, raw: &str) -> FsResult<()> {
         let v = VPath::parse(raw)?;
         self.writable(&v)?;
@@ -559,28 +520,6 @@ pub fn attrs(m: &fs::Metadata) -> FileAttributes {
         permissions: Some(m.mode()),
         atime: Some(m.atime().clamp(0, u32::MAX as i64) as u32),
         mtime: Some(m.mtime().clamp(0, u32::MAX as i64) as u32),
-    }
-}
-
-fn entry(name: &str, m: &fs::Metadata, owner: &str) -> russh_sftp::protocol::File {
-    let kind = if m.is_dir() { 'd' } else { '-' };
-    let mode = m.mode();
-    let mut perms = String::with_capacity(10);
-    perms.push(kind);
-    for shift in [6, 3, 0] {
-        let bits = (mode >> shift) & 7;
-        perms.push(if bits & 4 != 0 { 'r' } else { '-' });
-        perms.push(if bits & 2 != 0 { 'w' } else { '-' });
-        perms.push(if bits & 1 != 0 { 'x' } else { '-' });
-    }
-    let when = chrono::DateTime::from_timestamp(m.mtime(), 0)
-        .map(|t| t.format("%b %e %H:%M").to_string())
-        .unwrap_or_default();
-    let longname = format!("{perms} 1 {owner:<8} {owner:<8} {:>10} {when} {name}", m.len());
-    russh_sftp::protocol::File {
-        filename: name.to_owned(),
-        longname,
-        attrs: attrs(m),
     }
 }
 
@@ -786,6 +725,31 @@ mod tests {
         assert!(last.removed);
         t.discard_upload(&up);
         assert_eq!(fs::read_dir(t.root()).unwrap().count(), 1, "only reports/");
+    }
+
+    #[test]
+    fn listings_come_in_batches_each_entry_once() {
+        let (_d, t) = fx();
+        fs::create_dir(t.root().join("many")).unwrap();
+        for i in 0..2500 {
+            fs::write(t.root().join(format!("many/f{i:04}")), b"x").unwrap();
+        }
+        let mut l = t.open_dir("/many").unwrap();
+        let mut names = std::collections::BTreeSet::new();
+        let mut batches = 0;
+        loop {
+            let batch = t.read_dir_batch(&mut l, 100).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() <= 100);
+            batches += 1;
+            for f in batch {
+                assert!(names.insert(f.filename.clone()), "{} twice", f.filename);
+            }
+        }
+        assert_eq!(names.len(), 2502, "2,500 files, . and ..");
+        assert!(batches >= 25);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod durable;
 pub mod fs;
 pub mod handler;
 pub mod key_options;
+pub mod listing;
 pub mod penalties;
 pub mod pending;
 pub mod session;

@@ -274,6 +274,46 @@ impl Session {
         }
     }
 
+    pub(super) async fn open_dir(&mut self, id: u32, path: String) -> Result<(), String> {
+        let reply = match self.blocking(move |fs| fs.open_dir(&path)).await? {
+            Ok(listing) => {
+                let handle = self.new_handle(OpenHandle::Dir(Box::new(listing)));
+                Packet::Handle(HandleReply { id, handle })
+            }
+            Err(e) => fs_err(id, e),
+        };
+        self.send(reply).await
+    }
+
+    /// One batch of a listing: it goes to a blocking thread to be read from the disk, and
+    /// comes back to its handle.
+    pub(super) async fn read_dir(&mut self, id: u32, handle: String) -> Result<(), String> {
+        let mut listing = match self.handles.remove(&handle) {
+            Some(OpenHandle::Dir(listing)) => listing,
+            other => {
+                if let Some(h) = other {
+                    self.handles.insert(handle, h);
+                }
+                return self
+                    .send(status(id, StatusCode::Failure, "not an open folder handle"))
+                    .await;
+            }
+        };
+        let (listing, batch) = self
+            .blocking(move |fs| {
+                let batch = fs.read_dir_batch(&mut listing, DIR_BATCH);
+                (listing, batch)
+            })
+            .await?;
+        self.handles.insert(handle, OpenHandle::Dir(listing));
+        let reply = match batch {
+            Ok(files) if files.is_empty() => status(id, StatusCode::Eof, "end of folder"),
+            Ok(files) => Packet::Name(Name { id, files }),
+            Err(e) => fs_err(id, e),
+        };
+        self.send(reply).await
+    }
+
     /// The client went away: its unfinished uploads leave nothing behind (an upload another
     /// session also has open is discarded at that session's last CLOSE).
     pub(super) async fn abort_all(&mut self) {

@@ -65,7 +65,7 @@ use replies::{Reply, send_packet_blocking, write_in_order};
 enum OpenHandle {
     Upload(UploadHandle),
     Read(Arc<File>),
-    Dir(Vec<russh_sftp::protocol::File>),
+    Dir(Box<super::listing::Listing>),
 }
 
 fn status(id: u32, code: StatusCode, message: &str) -> Packet {
@@ -314,33 +314,8 @@ impl Session {
                 let reply = self.close(c.id, &c.handle).await?;
                 self.send(reply).await
             }
-            Packet::OpenDir(o) => {
-                let path = o.path;
-                let reply = match self.blocking(move |fs| fs.read_dir(&path)).await? {
-                    Ok(entries) => {
-                        let handle = self.new_handle(OpenHandle::Dir(entries));
-                        Packet::Handle(HandleReply { id: o.id, handle })
-                    }
-                    Err(e) => fs_err(o.id, e),
-                };
-                self.send(reply).await
-            }
-            Packet::ReadDir(r) => {
-                let reply = match self.handles.get_mut(&r.handle) {
-                    Some(OpenHandle::Dir(entries)) if entries.is_empty() => {
-                        status(r.id, StatusCode::Eof, "end of folder")
-                    }
-                    Some(OpenHandle::Dir(entries)) => {
-                        let n = entries.len().min(DIR_BATCH);
-                        Packet::Name(Name {
-                            id: r.id,
-                            files: entries.drain(..n).collect(),
-                        })
-                    }
-                    _ => status(r.id, StatusCode::Failure, "not an open folder handle"),
-                };
-                self.send(reply).await
-            }
+            Packet::OpenDir(o) => self.open_dir(o.id, o.path).await,
+            Packet::ReadDir(r) => self.read_dir(r.id, r.handle).await,
             Packet::Stat(s) => self.stat(s.id, s.path).await,
             Packet::Lstat(s) => self.stat(s.id, s.path).await,
             Packet::Fstat(f) => {
