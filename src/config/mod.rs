@@ -96,6 +96,9 @@ pub struct SftpConfig {
     pub max_sessions: u32,
     pub max_sessions_per_ip: u32,
     pub login_grace: Duration,
+    /// How long a peer may take to send its SSH identification (a silent peer holds a startup
+    /// slot for nothing); at most `login_grace`.
+    pub silent_grace: Duration,
     pub idle_timeout: Duration,
     pub max_auth_failures: u32,
     pub ban_time: Duration,
@@ -259,6 +262,7 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
             max_sessions: s.max_sessions.unwrap_or(256),
             max_sessions_per_ip: s.max_sessions_per_ip.unwrap_or(64),
             login_grace: p.duration("sftp.login_grace", s.login_grace.as_deref(), Duration::from_secs(30)),
+            silent_grace: p.duration("sftp.silent_grace", s.silent_grace.as_deref(), Duration::from_secs(10)),
             idle_timeout: p.duration("sftp.idle_timeout", s.idle_timeout.as_deref(), Duration::from_secs(900)),
             max_auth_failures: s.max_auth_failures.unwrap_or(6),
             ban_time: p.duration("sftp.ban_time", s.ban_time.as_deref(), Duration::from_secs(600)),

@@ -34,6 +34,7 @@ pub(super) struct RawSftp {
     pub(super) max_sessions: Option<u32>,
     pub(super) max_sessions_per_ip: Option<u32>,
     pub(super) login_grace: Option<String>,
+    pub(super) silent_grace: Option<String>,
     pub(super) idle_timeout: Option<String>,
     pub(super) max_auth_failures: Option<u32>,
     pub(super) ban_time: Option<String>,

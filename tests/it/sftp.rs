@@ -869,3 +869,40 @@ fn large_folders_are_listed_in_batches_with_open_uploads() {
     assert_recordings(&d, &d.wait_forwarded(1, T)["LD-1"], &[("LD-1.wav", &audio)]);
     assert_eq!(d.stop().code(), Some(0));
 }
+
+/// A peer that connects and says nothing is dropped after `silent_grace`, long before
+/// `login_grace`; a peer that has sent its SSH identification keeps the login grace time.
+/// Tenants are served meanwhile, and the drop is counted.
+#[test]
+fn silent_peers_get_a_shorter_grace() {
+    let metrics = free_port();
+    let mut d = Daemon::with_sftp("login_grace = \"60s\"\nsilent_grace = \"1s\"\n").with_replaced(
+        "state_dir = \"var\"\n",
+        &format!("state_dir = \"var\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+    );
+    d.start();
+    let out = d.paramiko(
+        "import socket\ndef conn(a):\n    s = socket.socket(); s.bind((a, 0)); s.connect(('127.0.0.1', PORT)); s.settimeout(30)\n\
+         \x20   assert s.recv(8) == b'SSH-2.0-'\n    return s\n\
+         silent, talker = conn('127.0.0.7'), conn('127.0.0.8')\ntalker.sendall(b'SSH-2.0-test\\r\\n')\n\
+         while silent.recv(4096) != b'':\n    pass\nprint('silent dropped', flush=True)\n\
+         talker.setblocking(False)\ntry:\n    while talker.recv(4096):\n        pass\n    print('talker dropped')\n\
+         except BlockingIOError:\n    print('talker open')\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        "silent dropped\ntalker open",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the drop to be counted", T, || {
+        let (_, body) = http_get(metrics, "/metrics");
+        sample(&body, &["dropsync_sftp_refused_total", "reason=\"login_grace\""]) == Some(1.0)
+    });
+    let (audio, _) = files(&d, "SG-1", "sg1");
+    let out = d.sftp_batch("acme", "acme", "put SG-1.wav\nput SG-1.csv\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_forwarded_via_sftp(&d, "SG-1", &audio);
+    assert_eq!(d.stop().code(), Some(0));
+}

@@ -343,9 +343,13 @@ impl SftpServer {
             let (authenticated, refused) = (conn.authenticated.clone(), conn.refused.clone());
             // One deadline for the handshake and the login: a client that never speaks (or
             // never logs in) is dropped at it.
-            let deadline = tokio::time::Instant::now() + shared.limits.login_grace;
-            // A stop during the handshake ends it too (the deadline is then now).
-            let handshake = tokio::time::timeout_at(deadline, russh::server::run_stream(shared.ssh.clone(), stream, conn));
+            let now = tokio::time::Instant::now();
+            let deadline = now + shared.limits.login_grace;
+            // A peer that does not even say which SSH it speaks has a shorter grace. A stop
+            // during the handshake ends it too.
+            let silent_deadline = deadline.min(now + shared.limits.silent_grace);
+            let handshake =
+                tokio::time::timeout_at(silent_deadline, russh::server::run_stream(shared.ssh.clone(), stream, conn));
             // Whether it was dropped for sitting out the login grace time (a penalty).
             let mut grace_exceeded = false;
             let handshake = tokio::select! {
