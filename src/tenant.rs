@@ -135,6 +135,8 @@ pub struct FtpSource {
     pub min_age: Duration,
     pub after_download: AfterDownload,
     pub ca_file: Option<PathBuf>,
+    /// SHA-256 of server keys (SubjectPublicKeyInfo) accepted whatever their certificate.
+    pub tls_pin_sha256: Vec<[u8; 32]>,
     pub tls_insecure_skip_verify: bool,
     pub timeout: Duration,
     /// Control connections used at once for downloads (each carries one transfer).

@@ -150,6 +150,8 @@ pub(super) struct RawFtp {
     pub(super) min_age: Option<String>,
     pub(super) after_download: Option<String>,
     pub(super) ca_file: Option<String>,
+    #[serde(default)]
+    pub(super) tls_pin_sha256: Vec<String>,
     pub(super) tls_insecure_skip_verify: Option<bool>,
     pub(super) timeout: Option<String>,
     pub(super) connections: Option<u32>,

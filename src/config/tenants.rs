@@ -188,6 +188,17 @@ pub(super) fn ftp_source(p: &mut Problems<'_>, base: &Path, at: &str, f: RawFtp)
         min_age: p.duration(&format!("{at}.min_age"), f.min_age.as_deref(), Duration::from_secs(120)),
         after_download,
         ca_file: f.ca_file.map(|c| resolve(base, &c)),
+        tls_pin_sha256: f
+            .tls_pin_sha256
+            .iter()
+            .filter_map(|pin| match crate::ingress::ftp_poll::parse_pin(pin) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    p.add(format!("{at}.tls_pin_sha256"), e);
+                    None
+                }
+            })
+            .collect(),
         tls_insecure_skip_verify: f.tls_insecure_skip_verify.unwrap_or(false),
         timeout: p.duration(&format!("{at}.timeout"), f.timeout.as_deref(), Duration::from_secs(60)),
     })

@@ -306,6 +306,96 @@ fn explicit_ftps_with_a_private_ca_and_a_broken_source_beside_it() {
     assert!(text.contains("FTP sources:") && text.contains("last error"), "{text}");
 }
 
+/// The certificates the servers' own guides make (`openssl req -x509`, as Pure-FTPd's
+/// README.TLS and `proftpd-gencert` do: self-signed, `CA:TRUE`, which WebPKI refuses as a
+/// server's own) are accepted when given in `ca_file` (by their exact bytes) or pinned by key
+/// in `tls_pin_sha256`; a source with a wrong pin is refused with an error that says what to do,
+/// and holds no one up.
+#[test]
+fn ftps_with_a_self_signed_certificate_in_ca_file_or_pinned_by_key() {
+    let certs = tempfile::tempdir().unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(certs.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-nodes",
+        "-newkey",
+        "rsa:2048",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ftp.example.com",
+        "-keyout",
+        "self.key",
+        "-out",
+        "self.pem",
+    ]);
+    openssl(&["x509", "-in", "self.pem", "-pubkey", "-noout", "-out", "self.pub"]);
+    openssl(&[
+        "pkey",
+        "-pubin",
+        "-in",
+        "self.pub",
+        "-outform",
+        "der",
+        "-out",
+        "self.spki",
+    ]);
+    let pin = sha256_hex(&std::fs::read(certs.path().join("self.spki")).unwrap());
+    let (cert, key) = (certs.path().join("self.pem"), certs.path().join("self.key"));
+    let mut ftp = FtpServer::new(&["--tls", cert.to_str().unwrap(), key.to_str().unwrap()]);
+    ftp.start();
+    let a = audio("selfsigned", 40_000);
+    ftp.put("t.wav", &a);
+    ftp.put("t.csv", one_row_csv("SS-1", "t.wav").as_bytes());
+    let url = format!("ftps://calls@127.0.0.1:{}/", ftp.port);
+    let source = |extra: &str| {
+        format!(
+            "[[tenants.ftp]]\nurl = \"{url}\"\npassword_file = \"ftp.pass\"\npoll_interval = \"300ms\"\nmin_age = \"0s\"\n{extra}\n"
+        )
+    };
+    let tenants = format!(
+        "{ACME}{}\n[[tenants]]\nid = \"beta\"\n{}\n[[tenants]]\nid = \"gamma\"\n{}",
+        source(&format!("ca_file = {:?}", cert.to_str().unwrap())),
+        source(&format!("tls_pin_sha256 = [\"{pin}\"]")),
+        source(&format!("tls_pin_sha256 = [\"{}\"]", "00".repeat(32))),
+    );
+    let mut d = Daemon::new("1h", &tenants);
+    std::fs::write(d.dir.path().join("ftp.pass"), "secret").unwrap();
+    d.start();
+    // acme: the certificate itself in ca_file.
+    assert_recordings(&d, &d.wait_forwarded(1, T)["SS-1"], &[("t.wav", &a)]);
+    // beta: its key pinned (beta's mapping rejects acme's CSV, but the recording is pulled).
+    wait_for("beta's pull", T, || {
+        std::fs::read(d.drop_dir("beta").join("t.wav")).is_ok_and(|b| b == a)
+    });
+    // gamma: a wrong pin, and an error naming the way out, with the key to pin.
+    let mut gamma = serde_json::Value::Null;
+    wait_for("gamma's certificate error in status", T, || {
+        let v: serde_json::Value =
+            serde_json::from_slice(&d.cli(&["status", "--json", "--tenant", "gamma"]).stdout).unwrap();
+        gamma = v["ftp_sources"][0].clone();
+        gamma["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("tls_pin_sha256"))
+    });
+    let error = gamma["last_error"].as_str().unwrap();
+    assert!(error.contains("ca_file") && error.contains(&pin), "{error}");
+    assert_eq!(gamma["files_pulled"], 0, "{gamma}");
+    assert!(!d.drop_dir("gamma").join("t.wav").exists());
+}
+
 #[test]
 fn insecure_skip_verify_works_and_is_logged_loudly() {
     let certs = tempfile::tempdir().unwrap();

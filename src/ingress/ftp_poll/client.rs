@@ -4,20 +4,15 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsStream, ImplAsyncFtpStream};
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode};
 use tokio::io::AsyncReadExt;
 
 use super::listing::{self, Entry, Format};
+pub use super::tls::Tls;
 use crate::catalog::RemoteFile;
 use crate::dropbox::{RelPath, is_temp_name};
 use crate::tenant::FtpSource;
@@ -84,104 +79,6 @@ impl FtpPollError {
 }
 
 type Result<T> = std::result::Result<T, FtpPollError>;
-
-/// TLS settings of one source, loaded once; each control connection gets its own
-/// `ClientConfig` (and so its own session cache), so the data connections resume that control
-/// connection's TLS session, as vsftpd's `require_ssl_reuse` insists.
-#[derive(Clone)]
-pub struct Tls {
-    provider: Arc<CryptoProvider>,
-    trust: Trust,
-}
-
-#[derive(Clone)]
-enum Trust {
-    Roots(Arc<RootCertStore>),
-    /// `tls_insecure_skip_verify`: any certificate is accepted (test servers only).
-    Anything,
-}
-
-impl Tls {
-    /// The TLS settings for `source`, or `None` for plain `ftp://`.
-    pub fn for_source(source: &FtpSource) -> Result<Option<Tls>> {
-        if !source.url.tls {
-            return Ok(None);
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let trust = if source.tls_insecure_skip_verify {
-            Trust::Anything
-        } else {
-            let mut roots = RootCertStore::empty();
-            match &source.ca_file {
-                Some(path) => {
-                    let bad_file = |source| FtpPollError::CaFile {
-                        path: path.clone(),
-                        source,
-                    };
-                    for cert in CertificateDer::pem_file_iter(path).map_err(bad_file)? {
-                        roots.add(cert.map_err(bad_file)?).map_err(FtpPollError::Tls)?;
-                    }
-                }
-                None => {
-                    let found = rustls_native_certs::load_native_certs();
-                    roots.add_parsable_certificates(found.certs);
-                }
-            }
-            Trust::Roots(Arc::new(roots))
-        };
-        Ok(Some(Tls { provider, trust }))
-    }
-
-    fn client_config(&self) -> Result<Arc<ClientConfig>> {
-        let builder = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(FtpPollError::Tls)?;
-        let config = match &self.trust {
-            Trust::Roots(roots) => builder.with_root_certificates(roots.clone()).with_no_client_auth(),
-            Trust::Anything => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(self.provider.clone())))
-                .with_no_client_auth(),
-        };
-        Ok(Arc::new(config))
-    }
-}
-
-/// Accepts any server certificate, still checking the handshake signatures.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
 
 /// A complete listing of a source's folder tree.
 #[derive(Debug, Default)]

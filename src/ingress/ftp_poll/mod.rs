@@ -17,6 +17,9 @@
 mod client;
 pub mod listing;
 mod pull;
+mod tls;
+
+pub use tls::parse_pin;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
