@@ -256,7 +256,11 @@ impl Catalog {
             )?;
         }
         match &poll.error {
-            None => tx.execute("UPDATE ftp_sources SET errors_in_row = 0 WHERE source = ?1", [source])?,
+            // A good poll clears the error: status shows what is wrong now, not what was.
+            None => tx.execute(
+                "UPDATE ftp_sources SET errors_in_row = 0, last_error = NULL, last_error_at = NULL WHERE source = ?1",
+                [source],
+            )?,
             Some(e) => tx.execute(
                 "UPDATE ftp_sources SET last_error = ?2, last_error_at = ?3, errors_in_row = errors_in_row + 1
                  WHERE source = ?1",

@@ -473,6 +473,39 @@ fn the_server_going_away_mid_download_is_resumed_with_rest() {
     assert_eq!(rest.len(), 1, "one resumed RETR: {log}");
     let offset: u64 = rest[0].split_whitespace().rev().nth(1).unwrap().parse().unwrap();
     assert!(offset >= 1 << 20, "resumed from {offset}");
+    // A good poll clears the error: status shows what is wrong now.
+    wait_for("the error to be cleared", T, || {
+        source_status(&d)["last_error"].is_null()
+    });
+}
+
+/// A server that refuses DELE after a good pull: the file is pulled and forwarded once, and
+/// the log and status speak of the delete, not of a failed pull.
+#[test]
+fn a_refused_delete_is_reported_as_a_delete_not_a_failed_pull() {
+    let mut ftp = FtpServer::new(&["--no-delete"]);
+    ftp.start();
+    let a = audio("nodele", 3_000);
+    ftp.put("n.wav", &a);
+    ftp.put("n.csv", one_row_csv("N-1", "n.wav").as_bytes());
+    let mut d = daemon_polling(
+        &format!("ftp://calls@127.0.0.1:{}/", ftp.port),
+        "after_download = \"delete\"",
+    );
+    d.start();
+    assert_recordings(&d, &d.wait_forwarded(1, T)["N-1"], &[("n.wav", &a)]);
+    wait_for("the refused delete in status", T, || {
+        source_status(&d)["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused to delete"))
+    });
+    let log = d.log();
+    assert!(
+        log.contains("pulled already, but the server refused to delete its copy"),
+        "{log}"
+    );
+    assert!(!log.contains("could not pull"), "{log}");
+    assert_eq!(ftp.served_log().matches("RETR").count() / 2, 2, "each file pulled once");
 }
 
 #[test]

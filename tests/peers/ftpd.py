@@ -23,6 +23,7 @@ p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
 p.add_argument("--throttle", type=int, default=0)
 p.add_argument("--no-mlsd", action="store_true")
 p.add_argument("--no-epsv", action="store_true")
+p.add_argument("--no-delete", action="store_true")
 p.add_argument("--log")
 a = p.parse_args()
 
@@ -57,7 +58,7 @@ if a.no_epsv:
 Handler.proto_cmds = {k: v for k, v in Handler.proto_cmds.items() if k not in drop}
 
 auth = DummyAuthorizer()
-auth.add_user(a.user, a.password, a.root, perm="elradfmwMT")
+auth.add_user(a.user, a.password, a.root, perm="elrafmwMT" if a.no_delete else "elradfmwMT")
 Handler.authorizer = auth
 Handler.passive_ports = None
 Handler.permit_foreign_addresses = False

@@ -378,7 +378,11 @@ impl Poller {
         for path in deletes {
             let remote = client.remote(&path);
             if let Err(e) = client.delete(&remote).await {
-                self.note_file_error(&mut summary, &path, &e);
+                // Our copy is safe; only the clean-up on the server failed.
+                tracing::warn!(file = path, error = %e, "pulled already, but the server refused to delete its copy; trying again at the next poll");
+                if summary.file_error.is_none() {
+                    summary.file_error = Some(format!("{path}: pulled, but the server refused to delete it: {e}"));
+                }
                 if !e.keeps_session() {
                     return Err(e);
                 }
