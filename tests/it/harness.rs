@@ -96,6 +96,21 @@ impl Daemon {
         c
     }
 
+    /// Beta uploads `{id}.wav` and a one-row CSV naming it over OpenSSH's sftp (exit code
+    /// checked): the other tenant served while a test does something to acme. Returns the audio.
+    pub fn beta_uploads(&self, id: &str) -> Vec<u8> {
+        let audio = audio(id, 20_000);
+        std::fs::write(self.dir.path().join(format!("{id}.wav")), &audio).unwrap();
+        std::fs::write(
+            self.dir.path().join(format!("{id}.csv")),
+            beta_csv(id, &format!("{id}.wav")),
+        )
+        .unwrap();
+        let out = self.sftp_batch("beta", "beta", &format!("put {id}.wav\nput {id}.csv\n"));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        audio
+    }
+
     /// Runs a Python script with paramiko; `ARGS` holds port, key and folder.
     pub fn paramiko(&self, script: &str) -> Output {
         python(&self.paramiko_prelude(), script, "paramiko")
@@ -510,6 +525,11 @@ pub fn csv_row(id: &str, recording: &str) -> String {
 }
 
 /// A metadata CSV with the header and one row naming `recording`.
+/// A one-row CSV for beta, whose mapping is the default one (columns named after the fields).
+pub fn beta_csv(id: &str, recording: &str) -> String {
+    format!("conversation_id,agent,contact_time,recording\n{id},b@beta.example,2019-05-03T09:27:23Z,{recording}\n")
+}
+
 pub fn one_row_csv(id: &str, recording: &str) -> String {
     format!("{HEADER}\n{}\n", csv_row(id, recording))
 }

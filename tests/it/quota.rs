@@ -10,11 +10,6 @@ use crate::harness::*;
 
 const T: Duration = Duration::from_secs(60);
 
-/// A one-row CSV for beta, whose mapping is the default one (columns named after the fields).
-fn beta_csv(id: &str, recording: &str) -> String {
-    format!("conversation_id,agent,contact_time,recording\n{id},b@beta.example,2019-05-03T09:27:23Z,{recording}\n")
-}
-
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -556,15 +556,7 @@ fn clients_that_stop_reading_stall_only_themselves() {
              \x20   held.append((t, s))\nprint('stalled', flush=True)\ntime.sleep(600)\n",
     );
     wait_for("ten stalled clients", T, || stalled.line_seen("stalled"));
-    let (audio, _) = files(&d, "ST-1", "st1");
-    let csv = d.dir.path().join("ST-1.csv");
-    std::fs::write(
-        &csv,
-        "conversation_id,agent,contact_time,recording\nST-1,b@beta.example,2019-05-03T09:27:23Z,ST-1.wav\n",
-    )
-    .unwrap();
-    let out = d.sftp_batch("beta", "beta", "put ST-1.wav\nput ST-1.csv\n");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let audio = d.beta_uploads("ST-1");
     let fwd = d.wait_forwarded(1, T);
     assert_recordings(&d, &fwd["ST-1"], &[("ST-1.wav", &audio)]);
     assert_eq!(d.stop().code(), Some(0));
@@ -591,18 +583,7 @@ fn sizes_set_by_setstat_count_against_the_limits() {
     assert!(text.contains("setstat refused: file larger than the limit"), "{text}");
     assert!(text.contains("size 4"), "{text}");
     // The small file it is arrives as it is; another tenant is served meanwhile.
-    let (audio, _) = files(&d, "SZ-1", "sz1");
-    let csv = d.dir.path().join("SZ-1.csv");
-    std::fs::write(
-        &csv,
-        "conversation_id,agent,contact_time,recording\nSZ-1,b@beta.example,2019-05-03T09:27:23Z,SZ-1.wav\n",
-    )
-    .unwrap();
-    assert!(
-        d.sftp_batch("beta", "beta", "put SZ-1.wav\nput SZ-1.csv\n")
-            .status
-            .success()
-    );
+    let audio = d.beta_uploads("SZ-1");
     let fwd = d.wait_forwarded(1, T);
     assert_recordings(&d, &fwd["SZ-1"], &[("SZ-1.wav", &audio)]);
     assert_eq!(
@@ -672,15 +653,7 @@ fn open_handles_cannot_use_up_the_daemons_descriptors() {
     let gauge = |name: &str| sample(&http_get(metrics, "/metrics").1, &[name]);
     assert_eq!(gauge("dropsync_sftp_handles"), Some(40.0), "handles in use");
     assert_eq!(gauge("dropsync_sftp_sessions"), Some(2.0));
-    let (audio, _) = files(&d, "FD-1", "fd1");
-    let csv = d.dir.path().join("FD-1.csv");
-    std::fs::write(
-        &csv,
-        "conversation_id,agent,contact_time,recording\nFD-1,b@beta.example,2019-05-03T09:27:23Z,FD-1.wav\n",
-    )
-    .unwrap();
-    let out = d.sftp_batch("beta", "beta", "put FD-1.wav\nput FD-1.csv\n");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let audio = d.beta_uploads("FD-1");
     let fwd = d.wait_forwarded(1, T);
     assert_recordings(&d, &fwd["FD-1"], &[("FD-1.wav", &audio)]);
     // The client goes away: its handles are released and counted down.
@@ -821,14 +794,7 @@ fn a_folder_swapped_for_a_link_mid_session_leads_nowhere() {
         .filter(|n| n.starts_with('p') || n.starts_with(".dropsync"))
         .collect();
     assert!(planted.is_empty(), "uploads landed in beta's folder: {planted:?}");
-    let (audio, _) = files(&d, "SW-1", "sw1");
-    std::fs::write(
-        d.dir.path().join("SW-1.csv"),
-        "conversation_id,agent,contact_time,recording\nSW-1,b@beta.example,2019-05-03T09:27:23Z,SW-1.wav\n",
-    )
-    .unwrap();
-    let out = d.sftp_batch("beta", "beta", "put SW-1.wav\nput SW-1.csv\n");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let audio = d.beta_uploads("SW-1");
     assert_recordings(&d, &d.wait_forwarded(1, T)["SW-1"], &[("SW-1.wav", &audio)]);
     assert_eq!(d.stop().code(), Some(0));
 }
@@ -870,14 +836,7 @@ fn large_folders_are_listed_in_batches_with_open_uploads() {
     let grown = d.rss_kib().saturating_sub(before);
     assert!(grown < 24 * 1024, "200 open folder handles took {grown} KiB");
     drop(holder);
-    let (audio, _) = files(&d, "LD-1", "ld1");
-    std::fs::write(
-        d.dir.path().join("LD-1.csv"),
-        "conversation_id,agent,contact_time,recording\nLD-1,b@beta.example,2019-05-03T09:27:23Z,LD-1.wav\n",
-    )
-    .unwrap();
-    let out = d.sftp_batch("beta", "beta", "put LD-1.wav\nput LD-1.csv\n");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let audio = d.beta_uploads("LD-1");
     assert_recordings(&d, &d.wait_forwarded(1, T)["LD-1"], &[("LD-1.wav", &audio)]);
     assert_eq!(d.stop().code(), Some(0));
 }

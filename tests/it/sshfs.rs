@@ -148,16 +148,10 @@ fn cp_rsync_append_touch_and_mv_through_sshfs_arrive_intact() {
     sh(work, &format!("cp fs.csv {mnt}/"));
 
     // Beta, over OpenSSH's sftp meanwhile.
-    std::fs::write(work.join("BS-1.wav"), audio("bs1", 5000)).unwrap();
-    std::fs::write(
-        work.join("BS-1.csv"),
-        "conversation_id,agent,contact_time,recording\nBS-1,b@beta.example,2019-05-03T09:27:23Z,BS-1.wav\n",
-    )
-    .unwrap();
-    let out = d.sftp_batch("beta", "beta", "put BS-1.wav\nput BS-1.csv\n");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let beta = d.beta_uploads("BS-1");
 
     let fwd = d.wait_forwarded(6, T);
+    assert_recordings(&d, &fwd["BS-1"], &[("BS-1.wav", &beta)]);
     for (i, bytes) in a.iter().enumerate() {
         let name = format!("c{}.wav", i + 1);
         assert_recordings(&d, &fwd[&format!("FS-{}", i + 1)], &[(name.as_str(), bytes)]);
@@ -223,15 +217,8 @@ fn a_file_open_in_sshfs_arrives_only_when_closed() {
     assert!(!d.log().contains("file=\"slow.wav\""), "{}", d.log());
     assert!(!d.drop_dir("acme").join("slow.wav").exists());
     // Beta is served meanwhile.
-    std::fs::write(d.dir.path().join("BO-1.wav"), audio("bo1", 4000)).unwrap();
-    std::fs::write(
-        d.dir.path().join("BO-1.csv"),
-        "conversation_id,agent,contact_time,recording\nBO-1,b@beta.example,2019-05-03T09:27:23Z,BO-1.wav\n",
-    )
-    .unwrap();
-    let beta = d.sftp_batch("beta", "beta", "put BO-1.wav\nput BO-1.csv\n");
-    assert!(beta.status.success(), "{}", String::from_utf8_lossy(&beta.stderr));
-    assert!(d.wait_forwarded(1, T).contains_key("BO-1"));
+    let beta = d.beta_uploads("BO-1");
+    assert_recordings(&d, &d.wait_forwarded(1, T)["BO-1"], &[("BO-1.wav", &beta)]);
 
     std::io::Write::write_all(writer.stdin.as_mut().unwrap(), b"go\n").unwrap();
     line.clear();
