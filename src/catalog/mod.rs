@@ -25,6 +25,7 @@ mod ftp;
 mod intake;
 mod intake_queue;
 mod queue;
+mod rows;
 mod schema;
 mod views;
 
@@ -319,5 +320,7 @@ pub fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+#[cfg(test)]
+mod queue_tests;
 #[cfg(test)]
 mod tests;

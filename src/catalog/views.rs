@@ -338,7 +338,7 @@ impl Catalog {
                 |r| r.get(0),
             )?;
             if open == 0 {
-                super::intake::make_ready(&tx, *conv, now, &mut decided)?;
+                super::rows::make_ready(&tx, *conv, now, &mut decided)?;
             }
         }
         tx.commit()?;

@@ -1,0 +1,129 @@
+//! Tests of the catalog's two work queues besides conversations: FTP listings and intake
+//! items.
+
+use super::tests::fixture;
+use super::*;
+
+fn remote(path: &str, size: u64, mtime_ms: i64) -> RemoteFile {
+    RemoteFile {
+        path: path.into(),
+        size,
+        mtime_ms,
+    }
+}
+
+#[test]
+fn ftp_listing_settles_pulls_once_and_forgets_vanished_files() {
+    let f = fixture();
+    let cat = &f.cat;
+    let src = "acme ftp://u@h:21/out";
+    cat.ftp_register_source(src, "acme", "ftp://u@h:21/out").unwrap();
+    let a = cat
+        .ftp_apply_listing(src, &[remote("a.wav", 10, 1000), remote("b.csv", 5, 1000)], 100)
+        .unwrap();
+    assert_eq!((a.new, a.changed, a.vanished), (2, 0, 0));
+    assert_eq!(a.files["a.wav"].stable_since, 100);
+
+    // Unchanged: stable_since stays, so the file settles; a growing one starts over.
+    let a = cat
+        .ftp_apply_listing(src, &[remote("a.wav", 10, 1000), remote("b.csv", 9, 2000)], 200)
+        .unwrap();
+    assert_eq!((a.new, a.changed), (0, 1));
+    assert_eq!(a.files["a.wav"].stable_since, 100);
+    assert_eq!(a.files["b.csv"].stable_since, 200);
+
+    cat.ftp_mark_partials(src, &[("a.wav".into(), version_tag(10, 1000))])
+        .unwrap();
+    cat.ftp_mark_downloaded(src, "a.wav", 10, 1000, 300).unwrap();
+    cat.ftp_mark_partials(src, &[("b.csv".into(), version_tag(9, 2000))])
+        .unwrap();
+    let a = cat
+        .ftp_apply_listing(src, &[remote("a.wav", 10, 1000), remote("b.csv", 9, 2000)], 400)
+        .unwrap();
+    assert!(a.files["a.wav"].is_pulled());
+    assert_eq!(a.files["a.wav"].partial, None);
+    assert!(!a.files["b.csv"].is_pulled());
+
+    // Pulled again only when it changes.
+    let a = cat.ftp_apply_listing(src, &[remote("a.wav", 11, 1000)], 500).unwrap();
+    assert!(!a.files["a.wav"].is_pulled());
+    assert_eq!(a.vanished, 1);
+    assert_eq!(a.vanished_partials, vec!["b.csv".to_string()]);
+
+    cat.ftp_record_poll(
+        src,
+        "acme",
+        "ftp://u@h:21/out",
+        600,
+        &PollRecord {
+            listed: false,
+            error: Some("530 Login incorrect".into()),
+            remote_files: 0,
+            waiting: 0,
+        },
+    )
+    .unwrap();
+    let s = &cat.ftp_sources(Some("acme")).unwrap()[0];
+    assert_eq!((s.files_pulled, s.bytes_pulled, s.errors_in_row), (1, 10, 1));
+    assert_eq!(s.last_error.as_deref(), Some("530 Login incorrect"));
+}
+
+fn queued(tenant: &str, rel: &str, heavy: bool, due: i64) -> NewIntake {
+    NewIntake::file(tenant, rel, Via::Local, heavy, due)
+}
+
+#[test]
+fn intake_items_come_light_first_heavy_alone_and_retry_later() {
+    let fx = fixture();
+    let now = 1_000;
+    fx.cat
+        .enqueue_intake(
+            &[
+                queued("acme", "batch.csv", true, now),
+                queued("acme", "c1.wav", false, now),
+                queued("acme", "c2.wav", false, now),
+                queued("beta", "b.wav", false, now + 500),
+                NewIntake::scan("acme", String::new(), now),
+            ],
+            now,
+        )
+        .unwrap();
+    let next = |after: &str, at: i64| fx.cat.next_intake_tenant(after, at).unwrap();
+    assert_eq!(next("", now).as_deref(), Some("acme"));
+    assert_eq!(next("acme", now), None);
+    assert_eq!(next("acme", now + 500).as_deref(), Some("beta"));
+    let names = |items: &[IntakeItem]| items.iter().map(|i| i.rel_path.clone()).collect::<Vec<_>>();
+    // A scan goes first, alone; then the light items together; then the heavy one alone.
+    let scan = fx.cat.claim_intake("acme", now, 10).unwrap();
+    assert_eq!((scan.len(), scan[0].kind), (1, IntakeKind::Scan));
+    fx.cat.finish_intake(&[(scan[0].clone(), IntakeOutcome::Done)]).unwrap();
+    let light = fx.cat.claim_intake("acme", now, 10).unwrap();
+    assert_eq!(names(&light), ["c1.wav", "c2.wav"]);
+    // A new event for c2 while it is being processed keeps it queued.
+    fx.cat
+        .enqueue_intake(&[queued("acme", "c2.wav", false, now)], now)
+        .unwrap();
+    let done: Vec<_> = light.iter().map(|i| (i.clone(), IntakeOutcome::Done)).collect();
+    fx.cat.finish_intake(&done).unwrap();
+    assert_eq!(names(&fx.cat.claim_intake("acme", now, 10).unwrap()), ["c2.wav"]);
+    let c2 = fx.cat.claim_intake("acme", now, 10).unwrap();
+    fx.cat.finish_intake(&[(c2[0].clone(), IntakeOutcome::Done)]).unwrap();
+    let heavy = fx.cat.claim_intake("acme", now, 10).unwrap();
+    assert_eq!(names(&heavy), ["batch.csv"]);
+    // A failure: not due until its retry time, then due with the attempt counted.
+    let retry = IntakeOutcome::Retry {
+        error: "database is locked".into(),
+        at: now + 2_000,
+    };
+    fx.cat.finish_intake(&[(heavy[0].clone(), retry)]).unwrap();
+    assert!(fx.cat.claim_intake("acme", now + 1_999, 10).unwrap().is_empty());
+    assert_eq!(fx.cat.next_intake_due().unwrap(), Some(now + 500));
+    let again = fx.cat.claim_intake("acme", now + 2_000, 10).unwrap();
+    assert_eq!((again[0].rel_path.as_str(), again[0].attempts), ("batch.csv", 1));
+    let status = fx.cat.status(Some("acme")).unwrap();
+    assert_eq!(status.tenants["acme"].intake_queued, 1);
+    assert_eq!(
+        status.tenants["acme"].intake_last_error.as_deref(),
+        Some("batch.csv: database is locked")
+    );
+}
