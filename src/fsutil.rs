@@ -3,10 +3,9 @@
 //! "Atomic" here means: readers see the old file or the new one, never a part, and once the call
 //! returns the new file survives a crash (data fsynced, then renamed, then the folder fsynced).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -138,18 +137,6 @@ impl Drop for AtomicFile {
     }
 }
 
-/// Opens a regular file without following a symlink in its last component.
-pub fn open_regular_nofollow(path: &Path) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
-    }
-    Ok(f)
-}
-
 /// Size and sha256 of everything `reader` yields, copying it to `out` on the way.
 fn hash_copy(mut reader: impl Read, mut out: impl Write) -> io::Result<(u64, [u8; 32])> {
     let mut hasher = Sha256::new();
@@ -189,26 +176,6 @@ pub fn copy_atomic_via(input: impl Read, tmp: &Path, dst: &Path) -> io::Result<(
         let _ = fs::remove_file(tmp);
     }
     result
-}
-
-/// Moves `src` to `dst` (same file system), durably. Replaying a move that already happened
-/// (source gone, destination there) succeeds, so a crash between the move and its catalog
-/// record is harmless.
-pub fn move_durable(src: &Path, dst: &Path) -> io::Result<()> {
-    let dst_dir = dst.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dst_dir)?;
-    match fs::rename(src, dst) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound && dst.exists() => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    sync_dir(dst_dir)?;
-    if let Some(src_dir) = src.parent()
-        && src_dir != dst_dir
-    {
-        sync_dir(src_dir)?;
-    }
-    Ok(())
 }
 
 /// Asks the kernel to start writing `len` bytes of `file` from `offset` (0: to the end) to disk,
@@ -321,7 +288,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         fs::write(&path, b"keep").unwrap();
-        let mut file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let mut file = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
         file.seek(io::SeekFrom::Start(4)).unwrap();
         let mut w = BackgroundWriter::start(file);
         let mut expected = b"keep".to_vec();
