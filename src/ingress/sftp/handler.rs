@@ -239,11 +239,15 @@ impl russh::server::Handler for Connection {
         let open_channels = self.open_channels.clone();
         open_channels.fetch_add(1, Ordering::Relaxed);
         self.shared.tracker.spawn(async move {
-            serve(channel.into_stream(), ctx).await;
-            open_channels.fetch_sub(1, Ordering::Relaxed);
             // As sshd does when its sftp subsystem ends: scp (SFTP mode) reads a channel closed
-            // without an exit status as a failure, and exits 1 after a good upload.
-            let _ = handle.exit_status_request(id, 0).await;
+            // without an exit status as a failure, and exits 1 after a good upload. The status
+            // goes out before the stream is dropped, which closes the channel.
+            let status = handle.clone();
+            serve(channel.into_stream(), ctx, async move {
+                let _ = status.exit_status_request(id, 0).await;
+            })
+            .await;
+            open_channels.fetch_sub(1, Ordering::Relaxed);
             let _ = handle.eof(id).await;
             let _ = handle.close(id).await;
         });

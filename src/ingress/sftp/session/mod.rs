@@ -105,10 +105,13 @@ fn take_string(b: &mut Bytes) -> Option<String> {
     String::from_utf8(b.split_to(n).to_vec()).ok()
 }
 
-/// Serves SFTP on `stream` until the client goes away.
-pub async fn serve<S>(stream: S, ctx: SessionCtx)
+/// Serves SFTP on `stream` until the client goes away, then runs `ended` while the stream is
+/// still open: russh closes a channel when its stream is dropped, and an exit status sent after
+/// that close is lost (scp then exits 1 after a good upload).
+pub async fn serve<S, E>(stream: S, ctx: SessionCtx, ended: E)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
+    E: std::future::Future<Output = ()>,
 {
     let (mut reader, writer) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel::<Reply>(IN_FLIGHT * 2);
@@ -140,6 +143,8 @@ where
     session.abort_all().await;
     drop(session);
     let _ = write_task.await;
+    ended.await;
+    drop(reader);
 }
 
 struct Session {
