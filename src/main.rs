@@ -269,6 +269,9 @@ fn status(config: &Config, tenant: Option<&str>, json: bool) -> anyhow::Result<(
                     s.errors_in_row
                 );
             }
+            if let Some(folders) = &s.listing_incomplete {
+                println!("      listing incomplete (files it could not see are kept, not taken as gone): {folders}");
+            }
         }
     }
     if !view.recent_failures.is_empty() {

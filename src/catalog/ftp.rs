@@ -69,6 +69,8 @@ pub struct PollRecord {
     pub error: Option<String>,
     pub remote_files: usize,
     pub waiting: usize,
+    /// Folders the listing could not see whole, and why.
+    pub incomplete: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,6 +86,9 @@ pub struct FtpSourceStatus {
     pub bytes_pulled: i64,
     pub remote_files: i64,
     pub waiting: i64,
+    /// Folders the last listing could not see whole (refused, or cut short by the server),
+    /// in the server's words; their files are neither pulled nor taken as gone meanwhile.
+    pub listing_incomplete: Option<String>,
 }
 
 impl PollRecord {
@@ -94,6 +99,7 @@ impl PollRecord {
             error: Some(error),
             remote_files: 0,
             waiting: 0,
+            incomplete: None,
         }
     }
 }
@@ -112,15 +118,28 @@ impl FtpSourceStatus {
             bytes_pulled: 0,
             remote_files: 0,
             waiting: 0,
+            listing_incomplete: None,
         }
     }
 }
 
+/// Whether `path` lies in folder `dir` ("" is the source's folder: everything does).
+fn is_under(path: &str, dir: &str) -> bool {
+    dir.is_empty() || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+}
+
 impl Catalog {
-    /// Records a complete listing of `source`: new files start settling, changed ones settle
-    /// again, vanished ones are forgotten. Writes nothing when nothing changed, so re-polling
-    /// an unchanged server costs one read.
-    pub fn ftp_apply_listing(&self, source: &str, listing: &[RemoteFile], now: i64) -> Result<AppliedListing> {
+    /// Records a listing of `source`: new files start settling, changed ones settle again,
+    /// vanished ones are forgotten, except under the `incomplete` folders (refused or cut
+    /// short), where a file missing from the listing is kept as it was. Writes nothing when
+    /// nothing changed, so re-polling an unchanged server costs one read.
+    pub fn ftp_apply_listing(
+        &self,
+        source: &str,
+        listing: &[RemoteFile],
+        incomplete: &[String],
+        now: i64,
+    ) -> Result<AppliedListing> {
         let mut conn = self.lock();
         let mut known: HashMap<String, RemoteFileState> = HashMap::new();
         {
@@ -177,7 +196,9 @@ impl Catalog {
             };
             out.files.insert(f.path.clone(), state);
         }
-        // What is left in `known` was not listed this time.
+        // What is left in `known` was not listed this time; under an incomplete folder, that
+        // says nothing.
+        known.retain(|path, _| !incomplete.iter().any(|dir| is_under(path, dir)));
         out.vanished = known.len();
         out.vanished_partials = known
             .iter()
@@ -199,8 +220,10 @@ impl Catalog {
                 upsert.execute(params![source, f.path, f.size as i64, f.mtime_ms, now])?;
             }
             let mut delete = tx.prepare_cached("DELETE FROM ftp_files WHERE source = ?1 AND path = ?2")?;
+            let mut forget = tx.prepare_cached("DELETE FROM ftp_revisions WHERE source = ?1 AND rel_path = ?2")?;
             for path in known.keys() {
                 delete.execute(params![source, path])?;
+                forget.execute(params![source, path])?;
             }
         }
         tx.commit()?;
@@ -208,14 +231,30 @@ impl Catalog {
     }
 
     /// Notes, before downloads start, which version (see [`version_tag`]) the bytes in each
-    /// (path, version) temp file will belong to.
-    pub fn ftp_mark_partials(&self, source: &str, marks: &[(String, String)]) -> Result<()> {
+    /// (path, version) temp file will belong to, and which of the files are `revisions`
+    /// (path, size): pulled before, changed since, so their arrival re-sends what used them.
+    pub fn ftp_mark_partials(
+        &self,
+        source: &str,
+        tenant: &str,
+        marks: &[(String, String)],
+        revisions: &[(String, u64)],
+        now: i64,
+    ) -> Result<()> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached("UPDATE ftp_files SET partial = ?3 WHERE source = ?1 AND path = ?2")?;
             for (path, version) in marks {
                 stmt.execute(params![source, path, version])?;
+            }
+            let mut note = tx.prepare_cached(
+                "INSERT INTO ftp_revisions (tenant, rel_path, source, size, noted_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(tenant, rel_path) DO UPDATE SET source = excluded.source, size = excluded.size,
+                    noted_at = excluded.noted_at",
+            )?;
+            for (path, size) in revisions {
+                note.execute(params![tenant, path, source, *size as i64, now])?;
             }
         }
         tx.commit()?;
@@ -251,8 +290,15 @@ impl Catalog {
         )?;
         if poll.listed {
             tx.execute(
-                "UPDATE ftp_sources SET last_ok_at = ?2, remote_files = ?3, waiting = ?4 WHERE source = ?1",
-                params![source, now, poll.remote_files as i64, poll.waiting as i64],
+                "UPDATE ftp_sources SET last_ok_at = ?2, remote_files = ?3, waiting = ?4, listing_incomplete = ?5
+                 WHERE source = ?1",
+                params![
+                    source,
+                    now,
+                    poll.remote_files as i64,
+                    poll.waiting as i64,
+                    poll.incomplete
+                ],
             )?;
         }
         match &poll.error {
@@ -292,7 +338,7 @@ impl Catalog {
         }
         let mut stmt = conn.prepare_cached(
             "SELECT tenant, url, last_poll_at, last_ok_at, last_error, last_error_at, errors_in_row,
-                    files_pulled, bytes_pulled, remote_files, waiting
+                    files_pulled, bytes_pulled, remote_files, waiting, listing_incomplete
              FROM ftp_sources WHERE (?1 IS NULL OR tenant = ?1) ORDER BY tenant, url",
         )?;
         let iso = |v: Option<i64>| v.map(super::views::iso);
@@ -310,6 +356,7 @@ impl Catalog {
                     bytes_pulled: r.get(8)?,
                     remote_files: r.get(9)?,
                     waiting: r.get(10)?,
+                    listing_incomplete: r.get(11)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;

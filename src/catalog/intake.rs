@@ -4,6 +4,7 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::queue::OPEN_STATES;
+use super::revisions::{resend_with_revision, take_revision};
 use super::rows::{add_row, is_complete, make_ready};
 use super::{Catalog, Result, Via};
 use crate::dropbox::{FileKind, RelPath};
@@ -286,6 +287,7 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
     if same_file_recorded(tx, f.tenant, f.rel.as_str(), f.size, f.mtime_ns, f.ino)?.is_some() {
         return Ok(Registered::Duplicate);
     }
+    let revision = f.kind == FileKind::Recording && take_revision(tx, f.tenant, f.rel.as_str(), f.size)?;
     let existing: Option<(i64, String, bool)> = tx
         .prepare_cached(&format!(
             "SELECT id, kind, EXISTS (SELECT 1 FROM recordings r JOIN conversations c ON c.id = r.conversation
@@ -351,7 +353,10 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
     let outcome = match f.kind {
         FileKind::Recording => {
             let mut decided = Vec::new();
-            let completed = attach_arrival(tx, file_id, f.tenant, f.rel.dir(), name, now, &mut decided)?;
+            let mut completed = attach_arrival(tx, file_id, f.tenant, f.rel.dir(), name, now, &mut decided)?;
+            if revision {
+                completed += resend_with_revision(tx, file_id, f.tenant, f.rel.as_str(), now)?;
+            }
             Registered::Recording {
                 file_id,
                 completed,

@@ -25,6 +25,7 @@ mod ftp;
 mod intake;
 mod intake_queue;
 mod queue;
+mod revisions;
 mod rows;
 mod schema;
 mod views;

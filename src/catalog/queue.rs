@@ -35,6 +35,9 @@ pub struct WorkRecording {
     pub mtime_ns: i64,
     /// Hashed when the file arrived.
     pub sha256: Option<String>,
+    /// Where it is if it already left the drop folder (a conversation sent again because
+    /// another of its recordings changed on the FTP server).
+    pub archive_path: Option<String>,
 }
 
 /// One recording as it was written to the sink.
@@ -447,7 +450,8 @@ fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
         })?;
     work.recordings = tx
         .prepare_cached(
-            "SELECT r.position, f.id, f.rel_path, f.name, f.size, f.mtime_ns, f.sha256 FROM recordings r JOIN files f ON f.id = r.file_id
+            "SELECT r.position, f.id, f.rel_path, f.name, f.size, f.mtime_ns, f.sha256, f.archive_path
+             FROM recordings r JOIN files f ON f.id = r.file_id
              WHERE r.conversation = ?1 ORDER BY r.position",
         )?
         .query_map([id], |r| {
@@ -459,6 +463,7 @@ fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
                 size: r.get(4)?,
                 mtime_ns: r.get(5)?,
                 sha256: r.get(6)?,
+                archive_path: r.get(7)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;

@@ -137,21 +137,7 @@ pub(super) fn add_row(
 /// is done, nothing is sent), or `ready` to forward (reported `updated` if an earlier, different
 /// version went out). Appends to `decided` the files an identical re-send no longer needs.
 pub(super) fn make_ready(tx: &Transaction<'_>, conv: i64, now: i64, decided: &mut Vec<i64>) -> Result<()> {
-    let (tenant, conversation_id, agent, contact_time, fields): (String, String, String, String, String) = tx
-        .prepare_cached("SELECT tenant, conversation_id, agent, contact_time, fields FROM conversations WHERE id = ?1")?
-        .query_row([conv], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
-    let recordings: Vec<(String, Option<String>)> = tx
-        .prepare_cached(
-            "SELECT f.name, f.sha256 FROM recordings r JOIN files f ON f.id = r.file_id WHERE r.conversation = ?1 ORDER BY r.position",
-        )?
-        .query_map([conv], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let hash = content_hash(
-        &agent,
-        &contact_time,
-        &fields,
-        recordings.iter().map(|(n, sha)| (n.as_str(), sha.as_deref())),
-    );
+    let (tenant, conversation_id, hash) = conversation_hash(tx, conv)?;
     let previous: Option<(String, String, i64)> = tx
         .prepare_cached(
             "SELECT c.content_hash, m.rel_path, c.row_no FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
@@ -183,4 +169,24 @@ pub(super) fn make_ready(tx: &Transaction<'_>, conv: i64, now: i64, decided: &mu
         }
     }
     Ok(())
+}
+
+/// A conversation's (tenant, conversation_id, content hash) as its recordings stand now.
+pub(super) fn conversation_hash(tx: &Transaction<'_>, conv: i64) -> Result<(String, String, String)> {
+    let (tenant, conversation_id, agent, contact_time, fields): (String, String, String, String, String) = tx
+        .prepare_cached("SELECT tenant, conversation_id, agent, contact_time, fields FROM conversations WHERE id = ?1")?
+        .query_row([conv], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+    let recordings: Vec<(String, Option<String>)> = tx
+        .prepare_cached(
+            "SELECT f.name, f.sha256 FROM recordings r JOIN files f ON f.id = r.file_id WHERE r.conversation = ?1 ORDER BY r.position",
+        )?
+        .query_map([conv], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let hash = content_hash(
+        &agent,
+        &contact_time,
+        &fields,
+        recordings.iter().map(|(n, sha)| (n.as_str(), sha.as_deref())),
+    );
+    Ok((tenant, conversation_id, hash))
 }

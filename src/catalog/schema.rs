@@ -204,4 +204,21 @@ ALTER TABLE files ADD COLUMN ino INTEGER;  -- NULL for files recorded before mig
 -- Few at a time; looked up by path (a repeated event) and all together (settling them).
 CREATE INDEX files_leaving ON files(tenant, rel_path) WHERE state = 'leaving';
 "#,
+    // 5: FTP listings that are incomplete, and FTP files that changed after they were pulled
+    // (issue 13).
+    r#"
+ALTER TABLE ftp_sources ADD COLUMN listing_incomplete TEXT;  -- folders not seen whole, and why
+-- A remote file pulled before whose size or mtime changed: noted before it is pulled again, so
+-- that its arrival re-sends the conversations that used the version pulled before.
+CREATE TABLE ftp_revisions (
+    tenant   TEXT NOT NULL,
+    rel_path TEXT NOT NULL,
+    source   TEXT NOT NULL,
+    size     INTEGER NOT NULL,          -- of the new version, as listed
+    noted_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, rel_path)
+) WITHOUT ROWID;
+-- Earlier records of a path, whatever their state (finding what a revision replaces).
+CREATE INDEX files_path ON files(tenant, rel_path);
+"#,
 ];

@@ -6,7 +6,7 @@ use super::*;
 use crate::dropbox::{FileKind, RelPath};
 use crate::matching::{MetadataFormat, RecordingRef, RowVerdict, Submission};
 
-const GRACE: i64 = 60_000;
+pub(super) const GRACE: i64 = 60_000;
 
 pub(super) struct Fixture {
     _dir: tempfile::TempDir,
@@ -21,7 +21,7 @@ pub(super) fn fixture() -> Fixture {
     Fixture { _dir: dir, path, cat }
 }
 
-fn arrive(cat: &Catalog, rel: &str, kind: FileKind, size: u64, sha: &str, now: i64) -> Registered {
+pub(super) fn arrive(cat: &Catalog, rel: &str, kind: FileKind, size: u64, sha: &str, now: i64) -> Registered {
     let rel = RelPath::parse(rel).unwrap();
     let f = NewFile {
         tenant: "acme",
@@ -36,14 +36,14 @@ fn arrive(cat: &Catalog, rel: &str, kind: FileKind, size: u64, sha: &str, now: i
     cat.register_file(&f, now, "unknown kind").unwrap()
 }
 
-fn recording(cat: &Catalog, rel: &str, sha: &str, now: i64) -> i64 {
+pub(super) fn recording(cat: &Catalog, rel: &str, sha: &str, now: i64) -> i64 {
     match arrive(cat, rel, FileKind::Recording, 10, sha, now) {
         Registered::Recording { file_id, .. } => file_id,
         other => panic!("{other:?}"),
     }
 }
 
-fn metadata(cat: &Catalog, rel: &str, now: i64) -> (i64, i64) {
+pub(super) fn metadata(cat: &Catalog, rel: &str, now: i64) -> (i64, i64) {
     match arrive(cat, rel, FileKind::Metadata(MetadataFormat::Csv), 100, "", now) {
         Registered::Metadata {
             file_id,
@@ -53,7 +53,7 @@ fn metadata(cat: &Catalog, rel: &str, now: i64) -> (i64, i64) {
     }
 }
 
-fn row(row_no: u64, id: &str, recordings: &[&str], agent: &str) -> RowInput {
+pub(super) fn row(row_no: u64, id: &str, recordings: &[&str], agent: &str) -> RowInput {
     RowInput {
         row_no,
         verdict: RowVerdict::Accepted(Submission {
@@ -68,7 +68,7 @@ fn row(row_no: u64, id: &str, recordings: &[&str], agent: &str) -> RowInput {
     }
 }
 
-fn states(cat: &Catalog) -> Vec<(String, String)> {
+pub(super) fn states(cat: &Catalog) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = cat
         .conversations(Some("acme"), None, 100)
         .unwrap()
@@ -86,7 +86,7 @@ fn claim(cat: &Catalog, ids: &[i64], now: i64) -> Vec<ToArchive> {
 }
 
 /// Claims and archives those of `ids` that may leave; returns their ids.
-fn archive(cat: &Catalog, ids: &[i64], now: i64) -> Vec<i64> {
+pub(super) fn archive(cat: &Catalog, ids: &[i64], now: i64) -> Vec<i64> {
     let moved: Vec<(i64, Departure)> = claim(cat, ids, now)
         .iter()
         .map(|a| (a.file_id, Departure::Archived))
@@ -101,22 +101,25 @@ fn file_state(cat: &Catalog, id: i64) -> String {
         .unwrap()
 }
 
-fn forward_all(cat: &Catalog, now: i64) -> Vec<i64> {
+pub(super) fn forward_all(cat: &Catalog, now: i64) -> Vec<i64> {
     let mut archived = Vec::new();
     for w in cat.claim(now, 100).unwrap() {
-        let fw: Vec<Forwarded> = w
-            .recordings
-            .iter()
-            .map(|r| Forwarded {
-                position: r.position,
-                key: format!("k/{}", r.name),
-                bytes: 10,
-                sha256: "s".into(),
-            })
-            .collect();
-        archived.extend(cat.complete(w.id, &fw, "dir:x", "k/", now, now).unwrap());
+        archived.extend(cat.complete(w.id, &sent(&w), "dir:x", "k/", now, now).unwrap());
     }
     archived
+}
+
+/// What the sink would report for `work`'s recordings.
+pub(super) fn sent(work: &Work) -> Vec<Forwarded> {
+    work.recordings
+        .iter()
+        .map(|r| Forwarded {
+            position: r.position,
+            key: format!("k/{}", r.name),
+            bytes: 10,
+            sha256: "s".into(),
+        })
+        .collect()
 }
 
 #[test]

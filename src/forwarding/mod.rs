@@ -255,7 +255,11 @@ impl Forwarder {
                 why,
             };
             let rel = RelPath::parse(&rec.rel_path).ok_or_else(|| vanished(format!("bad path {:?}", rec.rel_path)))?;
-            let file = match self.drop.open_confined(&tenant, &rel) {
+            let opened = match (self.drop.open_confined(&tenant, &rel), &rec.archive_path) {
+                (Err(e), Some(archived)) if e.kind() == std::io::ErrorKind::NotFound => open_archived(archived),
+                (opened, _) => opened,
+            };
+            let file = match opened {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(vanished(format!("{} is no longer in the drop folder", rec.rel_path)));
@@ -329,4 +333,13 @@ impl Forwarder {
         }
         Ok(())
     }
+}
+
+/// A recording in the archive (our own folder, not a tenant's), never through a link.
+fn open_archived(path: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
 }

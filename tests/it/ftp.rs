@@ -1,5 +1,5 @@
 //! FTP/FTPS polling against real servers on loopback: pyftpdlib (plain, explicit TLS, without
-//! MLSD/EPSV, throttled) and vsftpd.
+//! MLSD/EPSV, throttled); vsftpd, ProFTPD and Pure-FTPd are in `ftp_servers`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -106,7 +106,7 @@ fn speaks_ftp(port: u16) -> bool {
 
 /// Tenant "acme" (usual mapping) polling `url` with `extra` source keys; password "secret"
 /// in a file.
-fn daemon_polling(url: &str, extra: &str) -> Daemon {
+pub fn daemon_polling(url: &str, extra: &str) -> Daemon {
     let tenants = format!(
         "{ACME}[[tenants.ftp]]\nurl = \"{url}\"\npassword_file = \"ftp.pass\"\npoll_interval = \"300ms\"\n\
          min_age = \"0s\"\ntimeout = \"5s\"\n{extra}\n"
@@ -117,7 +117,7 @@ fn daemon_polling(url: &str, extra: &str) -> Daemon {
 }
 
 /// The `status --json` entry of the only FTP source.
-fn source_status(d: &Daemon) -> serde_json::Value {
+pub fn source_status(d: &Daemon) -> serde_json::Value {
     let out = d.cli(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["ftp_sources"][0].clone()
@@ -207,7 +207,7 @@ fn audio_then_metadata_csv_and_json_are_pulled_once_across_restarts() {
 
 /// A private CA and a server certificate for 127.0.0.1 that it signed, made with openssl.
 /// Returns (CA certificate, server certificate, server key).
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let p = |name: &str| dir.join(name);
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl")
@@ -314,46 +314,7 @@ fn explicit_ftps_with_a_private_ca_and_a_broken_source_beside_it() {
 #[test]
 fn ftps_with_a_self_signed_certificate_in_ca_file_or_pinned_by_key() {
     let certs = tempfile::tempdir().unwrap();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(certs.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-nodes",
-        "-newkey",
-        "rsa:2048",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=ftp.example.com",
-        "-keyout",
-        "self.key",
-        "-out",
-        "self.pem",
-    ]);
-    openssl(&["x509", "-in", "self.pem", "-pubkey", "-noout", "-out", "self.pub"]);
-    openssl(&[
-        "pkey",
-        "-pubin",
-        "-in",
-        "self.pub",
-        "-outform",
-        "der",
-        "-out",
-        "self.spki",
-    ]);
-    let pin = sha256_hex(&std::fs::read(certs.path().join("self.spki")).unwrap());
-    let (cert, key) = (certs.path().join("self.pem"), certs.path().join("self.key"));
+    let (cert, key, pin) = crate::ftp_servers::guide_certificate(certs.path());
     let mut ftp = FtpServer::new(&["--tls", cert.to_str().unwrap(), key.to_str().unwrap()]);
     ftp.start();
     let a = audio("selfsigned", 40_000);
@@ -555,90 +516,6 @@ fn a_ten_thousand_file_listing() {
     // One more file shows up at the next poll.
     ftp.put("day0/late.wav", b"y");
     wait_for("10,001 files listed", T, || source_status(&d)["remote_files"] == 10_001);
-}
-
-/// A server process stopped however the test ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// vsftpd serving a read-only anonymous folder with `calls/v.wav` and its CSV; with `tls`, FTPS
-/// is required on control and data, and the data connection must resume the control
-/// connection's TLS session (`require_ssl_reuse`, vsftpd's default).
-fn vsftpd_pull(tls: bool) {
-    let which = Command::new("sh")
-        .args(["-c", "command -v vsftpd || ls /usr/sbin/vsftpd"])
-        .output()
-        .expect("sh is missing");
-    assert!(
-        which.status.success(),
-        "vsftpd is missing: apt install vsftpd (./scripts/test does)"
-    );
-    let root = tempfile::tempdir().unwrap();
-    let pub_dir = root.path().join("pub");
-    std::fs::create_dir_all(pub_dir.join("calls")).unwrap();
-    let a = audio("vsftpd", 400_000);
-    std::fs::write(pub_dir.join("calls/v.wav"), &a).unwrap();
-    std::fs::write(pub_dir.join("calls/v.csv"), one_row_csv("V-1", "v.wav")).unwrap();
-    let port = free_port();
-    let empty = root.path().join("empty");
-    std::fs::create_dir_all(&empty).unwrap();
-    let mut conf = format!(
-        "listen=YES\nlisten_ipv6=NO\nbackground=NO\nlisten_address=127.0.0.1\nlisten_port={port}\n\
-         anonymous_enable=YES\nlocal_enable=NO\nwrite_enable=NO\nanon_root={}\nno_anon_password=YES\n\
-         seccomp_sandbox=NO\nsecure_chroot_dir={}\npasv_enable=YES\nrun_as_launching_user=YES\n",
-        pub_dir.display(),
-        empty.display(),
-    );
-    let mut source = String::new();
-    let scheme = if tls {
-        let (ca, cert, key) = certificates(root.path());
-        conf += &format!(
-            "ssl_enable=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=YES\nforce_anon_data_ssl=YES\n\
-             require_ssl_reuse=YES\nrsa_cert_file={}\nrsa_private_key_file={}\n",
-            cert.display(),
-            key.display()
-        );
-        source = format!("ca_file = {:?}\n", ca.to_str().unwrap());
-        "ftps"
-    } else {
-        "ftp"
-    };
-    let conf_file = root.path().join("vsftpd.conf");
-    std::fs::write(&conf_file, conf).unwrap();
-    let _server = KillOnDrop(
-        Command::new("vsftpd")
-            .arg(&conf_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("vsftpd to listen", T, || speaks_ftp(port));
-    // The URL path is relative to the login folder (RFC 1738), here the anonymous root.
-    let tenants = format!(
-        "{ACME}[[tenants.ftp]]\nurl = \"{scheme}://anonymous@127.0.0.1:{port}/calls\"\npoll_interval = \"300ms\"\n\
-         min_age = \"0s\"\n{source}"
-    );
-    let mut d = Daemon::new("1h", &tenants);
-    d.start();
-    let fwd = d.wait_forwarded(1, T);
-    assert_recordings(&d, &fwd["V-1"], &[("v.wav", &a)]);
-}
-
-#[test]
-fn vsftpd_plain_with_unix_list_format() {
-    vsftpd_pull(false);
-}
-
-#[test]
-fn vsftpd_ftps_with_tls_session_reuse_required() {
-    vsftpd_pull(true);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod crash;
 mod ftp;
+mod ftp_servers;
 mod harness;
 mod isolation;
 mod ops;

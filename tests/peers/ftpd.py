@@ -2,9 +2,11 @@
 """A real FTP/FTPS server for dropsync's tests and benchmarks (pyftpdlib), on 127.0.0.1 only.
 
   ftpd.py --root DIR --port P --user U --password PW [--tls CERT KEY] [--throttle BYTES_PER_S]
-          [--no-mlsd] [--no-epsv] [--log FILE]
+          [--no-mlsd] [--no-epsv] [--no-delete] [--slow-logins SECONDS] [--log FILE]
 
 --no-mlsd / --no-epsv remove those commands (and MLST from FEAT), as older servers lack them.
+--slow-logins answers a login only after SECONDS while another session is logged in (as a
+server that hashes passwords slowly, or throttles parallel logins, does).
 --log records the transfer commands it served (RETR, REST, DELE, ...), one per line.
 """
 import argparse
@@ -24,6 +26,7 @@ p.add_argument("--throttle", type=int, default=0)
 p.add_argument("--no-mlsd", action="store_true")
 p.add_argument("--no-epsv", action="store_true")
 p.add_argument("--no-delete", action="store_true")
+p.add_argument("--slow-logins", type=float, default=0)
 p.add_argument("--log")
 a = p.parse_args()
 
@@ -56,6 +59,30 @@ if a.no_mlsd:
 if a.no_epsv:
     drop |= {"EPSV"}
 Handler.proto_cmds = {k: v for k, v in Handler.proto_cmds.items() if k not in drop}
+
+if a.slow_logins:
+    live = set()
+    answer = Handler.ftp_PASS
+
+    def ftp_PASS(self, line):
+        if not live:
+            return answer(self, line)
+
+        def later():
+            if self.connected:
+                answer(self, line)
+
+        self.ioloop.call_later(a.slow_logins, later)
+
+    def on_login(self, username):
+        live.add(self)
+
+    def on_disconnect(self):
+        live.discard(self)
+
+    Handler.ftp_PASS = ftp_PASS
+    Handler.on_login = on_login
+    Handler.on_disconnect = on_disconnect
 
 auth = DummyAuthorizer()
 auth.add_user(a.user, a.password, a.root, perm="elrafmwMT" if a.no_delete else "elradfmwMT")

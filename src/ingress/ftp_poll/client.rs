@@ -2,7 +2,9 @@
 //! log in, list a folder tree, download with resume (REST, RFC 3659 §5), delete. Every step has
 //! a time limit, since suppaftp has none of its own and a silent server must not hang a poller.
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode};
 use tokio::io::AsyncReadExt;
 
+use super::data::{self, DataTls, Passive};
 use super::listing::{self, Entry, Format};
 pub use super::tls::Tls;
 use crate::catalog::RemoteFile;
@@ -18,7 +21,7 @@ use crate::dropbox::{RelPath, is_temp_name};
 use crate::tenant::FtpSource;
 
 /// The control connection type; without TLS its data connections are plain TCP.
-type Control = ImplAsyncFtpStream<AsyncRustlsStream>;
+pub(super) type Control = ImplAsyncFtpStream<AsyncRustlsStream>;
 
 /// A listing deeper than this is refused (a server could loop us through links or mounts).
 const MAX_DEPTH: usize = 32;
@@ -76,16 +79,54 @@ impl FtpPollError {
             _ => false,
         }
     }
+
+    /// A 4xx or 5xx reply about the thing asked for (not "closing the connection", 421, and
+    /// not a missing feature): the connection is fine, the server refuses this one request.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            FtpPollError::Ftp {
+                source: FtpError::UnexpectedResponse(r),
+                ..
+            } => {
+                let code = r.status.code();
+                (400..600).contains(&code) && code != 421 && !not_implemented(code)
+            }
+            _ => false,
+        }
+    }
+
+    /// The server's reply, for a refusal; else the whole error.
+    pub fn reply_text(&self) -> String {
+        match self {
+            FtpPollError::Ftp {
+                source: FtpError::UnexpectedResponse(r),
+                ..
+            } => one_line(&format!("{} {}", r.status.code(), String::from_utf8_lossy(&r.body))),
+            other => other.to_string(),
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, FtpPollError>;
 
-/// A complete listing of a source's folder tree.
+/// A listing of a source's folder tree.
 #[derive(Debug, Default)]
 pub struct Listing {
     pub files: Vec<RemoteFile>,
     /// Entries that cannot be mirrored, with the reason.
     pub skipped: Vec<(String, &'static str)>,
+    /// Folders whose files may be missing from `files`: the server refused to list them, or
+    /// said it cut their listing short.
+    pub incomplete: Vec<IncompleteFolder>,
+}
+
+/// A folder the listing could not see whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncompleteFolder {
+    /// Relative to the source's folder; "" is the source's folder itself.
+    pub dir: String,
+    /// What happened, in the server's words.
+    pub why: String,
 }
 
 /// A logged-in control connection.
@@ -96,8 +137,12 @@ pub struct FtpClient {
     root: String,
     /// The server refused MLSD once: use LIST from then on.
     use_list: bool,
-    /// The server refused EPSV once: PASV is in use.
-    passive_fallback: bool,
+    /// EPSV until the server refuses it once, then PASV.
+    passive: Passive,
+    /// The server's address, which data connections go to.
+    peer: SocketAddr,
+    /// TLS for data connections, for ftps://.
+    data_tls: Option<DataTls>,
 }
 
 impl FtpClient {
@@ -119,10 +164,26 @@ impl FtpClient {
         })
         .await?;
         let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().map_err(|e| FtpPollError::Ftp {
+            op: op.clone(),
+            source: FtpError::ConnectionError(e),
+        })?;
         let mut ftp = timed(&op, timeout, Control::connect_with_stream(stream)).await?;
+        let mut data_tls = None;
         if let Some(tls) = tls {
-            let connector = AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(tls.client_config()?));
-            ftp = timed("AUTH TLS", timeout, ftp.into_secure(connector, &url.host)).await?;
+            let connector = tokio_rustls::TlsConnector::from(tls.client_config()?);
+            let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+                .map_err(|e| FtpPollError::Tls(rustls::Error::General(format!("server name {:?}: {e}", url.host))))?;
+            data_tls = Some(DataTls {
+                connector: connector.clone(),
+                name,
+            });
+            ftp = timed(
+                "AUTH TLS",
+                timeout,
+                ftp.into_secure(AsyncRustlsConnector::from(connector), &url.host),
+            )
+            .await?;
         }
         // EPSV (RFC 2428) connects the data channel to the address we already talk to, so a
         // server behind NAT that announces a private address in PASV still works.
@@ -153,7 +214,9 @@ impl FtpClient {
             timeout,
             root,
             use_list,
-            passive_fallback: false,
+            passive: Passive::Extended,
+            peer,
+            data_tls,
         })
     }
 
@@ -162,24 +225,57 @@ impl FtpClient {
         remote_path(&self.root, rel)
     }
 
-    /// Lists every file under the source's folder, depth first. Names that are not safe as local paths are
-    /// skipped with a reason; files still being written under a temp name, hidden files and the
-    /// reserved `reports` folder are left out.
+    /// Lists every file under the source's folder, depth first. Names that are not safe as
+    /// local paths are skipped with a reason; files still being written under a temp name,
+    /// hidden files and the reserved `reports` folder are left out. A sub-folder the server
+    /// refuses to list (a 4xx or 5xx reply: no permission, a link loop) is skipped and named in
+    /// `incomplete`, as is one whose listing the server says it cut short; the source's own
+    /// folder failing fails the listing.
     pub async fn list_tree(&mut self) -> Result<Listing> {
         let root = self.root.clone();
         let root = root.as_str();
         let mut out = Listing::default();
         let mut entries_seen = 0usize;
+        // Folders already listed, by MLSD's `unique` fact: a link to one is not followed. Not
+        // every server lists a folder's own entry (`type=cdir`), so the source's folder is
+        // asked for its own (MLST), or a link back up to it would be listed all over again.
+        let mut seen_folders = HashSet::new();
+        if !self.use_list
+            && let Some(unique) = self.own_unique(root).await
+        {
+            seen_folders.insert(unique);
+        }
         let mut stack = vec![(String::new(), 0usize)];
         while let Some((dir, depth)) = stack.pop() {
             let remote_dir = remote_path(root, &dir);
-            for entry in self.list_dir(&remote_dir).await? {
+            let (entries, closing) = match self.list_dir(&remote_dir).await {
+                Ok(listed) => listed,
+                Err(e) if !dir.is_empty() && e.is_refusal() => {
+                    out.incomplete.push(IncompleteFolder {
+                        dir,
+                        why: format!("not listed: {}", e.reply_text()),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if closing.to_ascii_lowercase().contains("truncat") {
+                out.incomplete.push(IncompleteFolder {
+                    dir: dir.clone(),
+                    why: format!("listing cut short by the server: {}", one_line(&closing)),
+                });
+            }
+            for entry in entries {
                 entries_seen += 1;
                 if entries_seen > MAX_ENTRIES {
                     return Err(FtpPollError::Listing {
                         path: root.to_owned(),
                         why: format!("more than {MAX_ENTRIES} entries"),
                     });
+                }
+                if let Entry::Current { unique } = &entry {
+                    seen_folders.insert(unique.clone());
+                    continue;
                 }
                 let name = entry.name();
                 let rel = if dir.is_empty() {
@@ -201,6 +297,12 @@ impl FtpClient {
                     Entry::Dir { .. } if depth + 1 >= MAX_DEPTH => {
                         out.skipped.push((rel, "is nested too deep"));
                     }
+                    Entry::Dir { unique: Some(u), .. } if !seen_folders.insert(u.clone()) => {
+                        out.skipped.push((
+                            rel,
+                            "is a folder listed already under another name (a link; not followed)",
+                        ));
+                    }
                     Entry::Dir { .. } => stack.push((rel, depth + 1)),
                     Entry::File { size, mtime_ms, .. } => {
                         if is_temp_name(name) {
@@ -216,17 +318,38 @@ impl FtpClient {
                         }
                     }
                     Entry::Other { .. } => out.skipped.push((rel, "is a link or special file (not followed)")),
+                    Entry::Current { .. } => {}
                 }
             }
         }
         Ok(out)
     }
 
-    async fn list_dir(&mut self, dir: &str) -> Result<Vec<Entry>> {
+    /// The `unique` fact of `dir` itself (MLST, RFC 3659 §7), if the server gives one.
+    async fn own_unique(&mut self, dir: &str) -> Option<String> {
+        let reply = tokio::time::timeout(
+            self.timeout,
+            self.ftp
+                .custom_command(format!("MLST {dir}"), &[suppaftp::Status::RequestedFileActionOk]),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let text = String::from_utf8_lossy(&reply.body);
+        // "250-Listing /", then " type=dir;unique=…; /", then "250 End".
+        let facts = text.lines().find(|l| l.starts_with(' '))?;
+        match listing::parse(&[facts.trim_start().to_owned()], Format::Mlsd).pop()? {
+            Entry::Dir { unique, .. } => unique,
+            Entry::Current { unique } => Some(unique),
+            _ => None,
+        }
+    }
+
+    /// One folder's entries, and the server's closing reply.
+    async fn list_dir(&mut self, dir: &str) -> Result<(Vec<Entry>, String)> {
         if !self.use_list {
-            let op = format!("MLSD {dir}");
-            match self.listing_command(&op, Some(dir)).await {
-                Ok(lines) => return Ok(listing::parse(&lines, Format::Mlsd)),
+            match self.listing_command(&format!("MLSD {dir}")).await {
+                Ok(reply) => return Ok((listing::parse(&reply.lines, Format::Mlsd), reply.closing)),
                 Err(FtpPollError::Ftp {
                     source: FtpError::UnexpectedResponse(r),
                     ..
@@ -240,28 +363,31 @@ impl FtpClient {
         // LIST takes no standard options, and some servers read a path argument as `ls` flags:
         // change into the folder and list it.
         timed(&format!("CWD {dir}"), self.timeout, self.ftp.cwd(dir)).await?;
-        let op = format!("LIST {dir}");
-        let lines = self.listing_command(&op, None).await?;
-        Ok(listing::parse(&lines, Format::List))
+        let reply = self.listing_command("LIST").await?;
+        Ok((listing::parse(&reply.lines, Format::List), reply.closing))
     }
 
-    /// MLSD `dir` (or LIST the current folder when `dir` is `None`), falling back from EPSV to
-    /// PASV once if the server does not know EPSV. (FEAT already said whether MLSD exists, so a
-    /// "not implemented" here is most likely EPSV; if it was MLSD after all, PASV fails the same
-    /// way and the caller moves on to LIST.)
-    async fn listing_command(&mut self, op: &str, mlsd: Option<&str>) -> Result<Vec<String>> {
+    /// Runs a listing command, falling back from EPSV to PASV once if the server does not know
+    /// EPSV. (FEAT already said whether MLSD exists, so a "not implemented" here is most likely
+    /// EPSV; if it was MLSD after all, PASV fails the same way and the caller moves on to LIST.)
+    async fn listing_command(&mut self, command: &str) -> Result<data::ListingReply> {
         loop {
-            let result = match mlsd {
-                Some(dir) => timed(op, self.timeout, self.ftp.mlsd(Some(dir))).await,
-                None => timed(op, self.timeout, self.ftp.list(None)).await,
-            };
+            let result = data::list(
+                &mut self.ftp,
+                self.peer,
+                command,
+                self.passive,
+                self.data_tls.as_ref(),
+                self.timeout,
+            )
+            .await;
             match result {
                 Err(FtpPollError::Ftp {
                     source: FtpError::UnexpectedResponse(r),
                     ..
-                }) if !self.passive_fallback && not_implemented(r.status.code()) => {
+                }) if self.passive == Passive::Extended && not_implemented(r.status.code()) => {
                     tracing::info!(reply = %r, "the server has no EPSV; using PASV");
-                    self.passive_fallback = true;
+                    self.passive = Passive::Classic;
                     self.ftp.set_mode(Mode::Passive);
                 }
                 other => return other,
@@ -369,6 +495,16 @@ impl FtpClient {
     }
 }
 
+/// A multi-line reply on one line, for status and logs.
+fn one_line(reply: &str) -> String {
+    reply
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 /// 500 (unknown command), 501, 502 (not implemented), 504: the server lacks a feature.
 fn not_implemented(code: u32) -> bool {
     matches!(code, 500 | 501 | 502 | 504)
@@ -385,7 +521,11 @@ pub fn remote_path(root: &str, rel: &str) -> String {
     }
 }
 
-async fn timed<T>(op: &str, after: Duration, fut: impl Future<Output = suppaftp::FtpResult<T>>) -> Result<T> {
+pub(super) async fn timed<T>(
+    op: &str,
+    after: Duration,
+    fut: impl Future<Output = suppaftp::FtpResult<T>>,
+) -> Result<T> {
     match tokio::time::timeout(after, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(source)) => Err(FtpPollError::Ftp {

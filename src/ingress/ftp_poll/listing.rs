@@ -16,17 +16,25 @@ pub enum Entry {
     },
     Dir {
         name: String,
+        /// MLSD's `unique` fact (RFC 3659 §7.5.2): the same folder reached twice (through a
+        /// link the server shows as a folder) has the same one.
+        unique: Option<String>,
     },
     /// A link or something else we do not follow.
     Other {
         name: String,
+    },
+    /// MLSD's entry for the listed folder itself (`type=cdir`), for its `unique` fact.
+    Current {
+        unique: String,
     },
 }
 
 impl Entry {
     pub fn name(&self) -> &str {
         match self {
-            Entry::File { name, .. } | Entry::Dir { name } | Entry::Other { name } => name,
+            Entry::File { name, .. } | Entry::Dir { name, .. } | Entry::Other { name } => name,
+            Entry::Current { .. } => ".",
         }
     }
 }
@@ -38,36 +46,64 @@ pub enum Format {
     List,
 }
 
-/// Parses the lines of one listing. Lines that are not entries ("total 12", the `.`/`..` of
-/// MLSD, blank lines) are left out, and so are lines no parser understands.
+/// Parses the lines of one listing. Lines that are not entries ("total 12", MLSD's parent
+/// folder, blank lines) are left out, and so are lines no parser understands.
 pub fn parse(lines: &[String], format: Format) -> Vec<Entry> {
     lines
         .iter()
         .filter_map(|line| {
             let line = line.trim_end_matches(['\r', '\n']);
-            let file = match format {
-                Format::Mlsd => {
-                    // cdir/pdir are the folder itself and its parent (RFC 3659 §7.5.1).
-                    // An entry is "facts; name"; without a type (or a file without a size) we
-                    // cannot tell what it is.
-                    let facts = line.split_once("; ").map_or("", |(f, _)| f).to_ascii_lowercase() + ";";
-                    let is_file = facts.contains("type=file;");
-                    if !facts.contains("type=")
-                        || (is_file && !facts.contains("size="))
-                        || facts.contains("type=cdir;")
-                        || facts.contains("type=pdir;")
-                    {
-                        return None;
-                    }
-                    ListParser::parse_mlsd(line).ok()?
-                }
-                Format::List => ListParser::parse_posix(line)
-                    .or_else(|_| ListParser::parse_dos(line))
-                    .ok()?,
-            };
-            entry(&file)
+            match format {
+                Format::Mlsd => mlsd_entry(line),
+                Format::List => entry(
+                    &ListParser::parse_posix(line)
+                        .or_else(|_| ListParser::parse_dos(line))
+                        .ok()?,
+                ),
+            }
         })
         .collect()
+}
+
+/// One MLSD line (RFC 3659 §7.2): `fact=value;fact=value; name`. Parsed here rather than by
+/// suppaftp, which drops a line with an empty fact (ProFTPD's `perm=;` on a folder the user
+/// may not enter), and with it the very folder whose refusal must be reported.
+fn mlsd_entry(line: &str) -> Option<Entry> {
+    let (facts, name) = line.split_once(' ')?;
+    let fact = |key: &str| {
+        facts.split(';').find_map(|f| {
+            let (k, v) = f.split_once('=')?;
+            k.trim().eq_ignore_ascii_case(key).then_some(v)
+        })
+    };
+    let unique = fact("unique").map(str::to_owned);
+    let kind = fact("type")?.to_ascii_lowercase();
+    let name = name.to_owned();
+    // cdir/pdir are the folder itself and its parent (RFC 3659 §7.5.1).
+    match kind.as_str() {
+        "cdir" => unique.map(|unique| Entry::Current { unique }),
+        "pdir" => None,
+        _ if name.is_empty() || name == "." || name == ".." => None,
+        "dir" => Some(Entry::Dir { name, unique }),
+        // A file without a size cannot be checked once pulled.
+        "file" => Some(Entry::File {
+            name,
+            size: fact("size")?.parse().ok()?,
+            mtime_ms: fact("modify").and_then(mlsd_time).unwrap_or(0),
+        }),
+        _ => Some(Entry::Other { name }),
+    }
+}
+
+/// `YYYYMMDDHHMMSS[.sss]` in UTC (RFC 3659 §2.3), as ms since the epoch.
+fn mlsd_time(value: &str) -> Option<i64> {
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    let t = chrono::NaiveDateTime::parse_from_str(whole, "%Y%m%d%H%M%S").ok()?;
+    let ms = match fraction.get(..fraction.len().min(3)) {
+        Some(f) if !f.is_empty() => f.parse::<i64>().ok()? * 10_i64.pow(3 - f.len() as u32),
+        _ => 0,
+    };
+    Some(t.and_utc().timestamp_millis() + ms)
 }
 
 fn entry(f: &File) -> Option<Entry> {
@@ -76,7 +112,7 @@ fn entry(f: &File) -> Option<Entry> {
         return None;
     }
     Some(if f.is_directory() {
-        Entry::Dir { name }
+        Entry::Dir { name, unique: None }
     } else if f.is_file() {
         let mtime_ms = f
             .modified()
@@ -117,10 +153,12 @@ mod tests {
     fn mlsd_lines() {
         let got = parse(
             &lines(
-                "type=cdir;modify=20261121090000; .\n\
+                "type=cdir;modify=20261121090000;unique=FE00U1; .\n\
                  type=pdir;modify=20261121090000; ..\n\
                  type=file;size=1048576;modify=20261121093015.250; call 1.wav\n\
-                 Type=dir;Modify=20261121093015; 2026-11\n\
+                 Type=dir;Modify=20261121093015;UNIQUE=fe00u2; 2026-11\n\
+                 type=dir;modify=20261121093015; 2026-12\n\
+                 modify=20261130113529;perm=;type=dir;unique=FE00U9BC9F1;UNIX.mode=00; locked\n\
                  type=OS.unix=slink:/etc;modify=20261121093015; link\n\
                  garbage",
             ),
@@ -129,12 +167,27 @@ mod tests {
         assert_eq!(
             got,
             vec![
+                Entry::Current {
+                    unique: "FE00U1".into()
+                },
                 Entry::File {
                     name: "call 1.wav".into(),
                     size: 1_048_576,
                     mtime_ms: 1_795_253_415_250,
                 },
-                Entry::Dir { name: "2026-11".into() },
+                Entry::Dir {
+                    name: "2026-11".into(),
+                    unique: Some("fe00u2".into()),
+                },
+                Entry::Dir {
+                    name: "2026-12".into(),
+                    unique: None,
+                },
+                Entry::Dir {
+                    name: "locked".into(),
+                    unique: Some("FE00U9BC9F1".into()),
+                },
+                Entry::Other { name: "link".into() },
             ]
         );
     }

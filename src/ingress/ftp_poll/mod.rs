@@ -15,6 +15,7 @@
 //! configuration is reloaded.
 
 mod client;
+mod data;
 pub mod listing;
 mod pull;
 mod tls;
@@ -118,6 +119,7 @@ impl FtpPollers {
                 source,
                 ctx: self.ctx.clone(),
                 warned: Mutex::new(HashSet::new()),
+                incomplete_said: Mutex::new(None),
             });
             let span = tracing::info_span!("ftp", tenant = %poller.tenant, source = %poller.source.url);
             let worker = PollWorker {
@@ -148,6 +150,8 @@ struct Poller {
     ctx: PollContext,
     /// Remote names already warned about, so a bad name is logged once, not every poll.
     warned: Mutex<HashSet<String>>,
+    /// What the last listing could not see, so that it is logged once per change.
+    incomplete_said: Mutex<Option<String>>,
 }
 
 /// One file to pull.
@@ -169,6 +173,8 @@ struct PollSummary {
     next_stable_at: Option<i64>,
     /// The first per-file failure.
     file_error: Option<String>,
+    /// Folders the listing could not see whole, and why.
+    incomplete: Option<String>,
 }
 
 /// A poller as a worker: one poll a unit; idle until the next poll is due. A failed poll is an
@@ -294,6 +300,7 @@ impl Poller {
             error: summary.file_error.clone(),
             remote_files: summary.listed,
             waiting: summary.waiting,
+            incomplete: summary.incomplete.clone(),
         })
         .await;
         let mut delay = crate::backoff::jittered(self.source.poll_interval);
@@ -325,13 +332,15 @@ impl Poller {
         let mut client = FtpClient::connect(&self.source, tls).await?;
         let listing = client.list_tree().await?;
         self.warn_skipped(&listing.skipped);
+        let incomplete = self.say_incomplete(&listing.incomplete);
         let now = now_ms();
         let (key, files) = (self.key.clone(), listing.files);
+        let dirs: Vec<String> = listing.incomplete.into_iter().map(|f| f.dir).collect();
         let listed = files.len();
         let applied = self
             .ctx
             .catalog
-            .run(move |c| c.ftp_apply_listing(&key, &files, now))
+            .run(move |c| c.ftp_apply_listing(&key, &files, &dirs, now))
             .await?;
         for path in &applied.vanished_partials {
             if let Ok(tmp) = self.temp_path(path) {
@@ -342,6 +351,7 @@ impl Poller {
         let min_age = i64::try_from(self.source.min_age.as_millis()).unwrap_or(i64::MAX);
         let mut summary = PollSummary {
             listed,
+            incomplete,
             ..PollSummary::default()
         };
         let mut jobs = Vec::new();
@@ -390,14 +400,27 @@ impl Poller {
         }
 
         // Which version each temp file will hold, in one commit before any download starts.
+        // Files pulled before that changed since are revisions: their arrival re-sends the
+        // conversations that used the version pulled before (SPEC §2 rule 4).
         let marks: Vec<(String, String)> = jobs
             .iter()
             .filter(|j| !j.resumable)
             .map(|j| (j.path.clone(), j.state.version()))
             .collect();
-        if !marks.is_empty() {
-            let key = self.key.clone();
-            self.ctx.catalog.run(move |c| c.ftp_mark_partials(&key, &marks)).await?;
+        let revisions: Vec<(String, u64)> = jobs
+            .iter()
+            .filter(|j| {
+                j.state.downloaded.is_some()
+                    && FileKind::of(j.path.rsplit('/').next().unwrap_or(&j.path), &matching) == FileKind::Recording
+            })
+            .map(|j| (j.path.clone(), j.state.size))
+            .collect();
+        if !marks.is_empty() || !revisions.is_empty() {
+            let (key, tenant) = (self.key.clone(), self.tenant.to_string());
+            self.ctx
+                .catalog
+                .run(move |c| c.ftp_mark_partials(&key, &tenant, &marks, &revisions, now_ms()))
+                .await?;
         }
         // What the tenant's quota lets in now; the rest waits, and the source says so.
         let mut grants = Vec::with_capacity(jobs.len());
@@ -442,6 +465,30 @@ impl Poller {
         if summary.file_error.is_none() {
             summary.file_error = Some(e.to_string());
         }
+    }
+
+    /// Says in the log, once per change, which folders the listing could not see whole;
+    /// returns that for `status`.
+    fn say_incomplete(&self, folders: &[client::IncompleteFolder]) -> Option<String> {
+        let text = (!folders.is_empty()).then(|| {
+            folders
+                .iter()
+                .map(|f| format!("{}: {}", if f.dir.is_empty() { "/" } else { &f.dir }, f.why))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        let mut said = self.incomplete_said.lock().unwrap_or_else(|p| p.into_inner());
+        if *said != text {
+            match &text {
+                Some(t) => tracing::warn!(
+                    folders = folders.len(),
+                    "the listing is incomplete; what it could not see is not taken as gone: {t}"
+                ),
+                None => tracing::info!("the listing is complete again"),
+            }
+            said.clone_from(&text);
+        }
+        text
     }
 
     fn warn_skipped(&self, skipped: &[(String, &'static str)]) {

@@ -2,6 +2,8 @@
 //! a hidden temp file (resumed with REST when a version's bytes are already there), checked
 //! against the listed size, fsynced, renamed into place and recorded; then the arrival.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::*;
 
 /// A file received into its temp name, not yet durable.
@@ -24,7 +26,9 @@ const MAX_FINISHING: usize = 4;
 impl Poller {
     /// Drains `queue` over up to `connections` control connections; the first is `first`, the
     /// others are opened only if there is more than one file. A connection that fails ends its
-    /// worker; its file waits for the next poll.
+    /// worker; its file waits for the next poll. A connection still logging in when the queue
+    /// is empty and a worker ends is dropped: a server with slow logins (Pure-FTPd hashes
+    /// passwords with argon2, about 3 s) must not hold the poll open after the files are in.
     pub(super) async fn pull_all(
         self: &Arc<Self>,
         first: FtpClient,
@@ -37,20 +41,30 @@ impl Poller {
         let span = tracing::Span::current();
         workers.spawn(
             self.clone()
-                .pull_worker(Some(first), queue.clone(), tls.cloned())
+                .pull_worker(Some(first), queue.clone(), tls.cloned(), None)
                 .instrument(span.clone()),
         );
+        let mut connecting = Vec::with_capacity(extra);
         for _ in 0..extra {
-            workers.spawn(
+            let logged_in = Arc::new(AtomicBool::new(false));
+            let handle = workers.spawn(
                 self.clone()
-                    .pull_worker(None, queue.clone(), tls.cloned())
+                    .pull_worker(None, queue.clone(), tls.cloned(), Some(logged_in.clone()))
                     .instrument(span.clone()),
             );
+            connecting.push((handle, logged_in));
         }
         let mut out = Vec::new();
         while let Some(r) = workers.join_next().await {
             if let Ok(mut results) = r {
                 out.append(&mut results);
+            }
+            if queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                for (handle, logged_in) in connecting.drain(..) {
+                    if !logged_in.load(Ordering::Acquire) {
+                        handle.abort();
+                    }
+                }
             }
         }
         out
@@ -61,6 +75,7 @@ impl Poller {
         client: Option<FtpClient>,
         queue: Arc<Mutex<VecDeque<Job>>>,
         tls: Option<Tls>,
+        logged_in: Option<Arc<AtomicBool>>,
     ) -> Vec<PullResult> {
         let mut results = Vec::new();
         let mut client = match client {
@@ -74,6 +89,10 @@ impl Poller {
                 }
             },
         };
+        if let Some(flag) = &logged_in {
+            // Set before the first file is taken: from here on this worker is never dropped.
+            flag.store(true, Ordering::Release);
+        }
         // Files received but not yet durable and recorded. The connection moves on to the next
         // file meanwhile, so a transfer never waits for the disk or the catalog.
         let mut finishing = tokio::task::JoinSet::new();

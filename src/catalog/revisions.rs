@@ -1,0 +1,79 @@
+//! FTP files that changed after they were pulled: SPEC §2 rule 4 for a recording that changes on
+//! the tenant's server. The poller notes the revision before it pulls the new version
+//! ([`super::Catalog::ftp_mark_partials`]); when that version arrives, the conversations that
+//! went out with the old one are sent again with the new bytes and reported `updated`, rather
+//! than the new version becoming an orphan that no row claims.
+//!
+//! Only a noted revision does this: a file of the same name that arrives otherwise (a new call
+//! that reuses a name after the old file was deleted from the server) is a new recording.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::queue::OPEN_STATES;
+use super::rows::conversation_hash;
+use super::{ConvState, Result};
+
+/// Whether the recording arriving at `rel_path` with `size` bytes is the revision the poller
+/// noted; the note is used up either way.
+pub(super) fn take_revision(tx: &Transaction<'_>, tenant: &str, rel_path: &str, size: u64) -> Result<bool> {
+    let noted: Option<i64> = tx
+        .prepare_cached("DELETE FROM ftp_revisions WHERE tenant = ?1 AND rel_path = ?2 RETURNING size")?
+        .query_row(params![tenant, rel_path], |r| r.get(0))
+        .optional()?;
+    Ok(noted == Some(size as i64))
+}
+
+/// Sends again, with recording `file_id` in place of the earlier version at the same path,
+/// every conversation whose latest send used that version and that has no newer send of its
+/// own. A conversation whose other recordings are no longer kept (purged) cannot be sent whole
+/// and stays as it is. Returns how many are sent again.
+pub(super) fn resend_with_revision(
+    tx: &Transaction<'_>,
+    file_id: i64,
+    tenant: &str,
+    rel_path: &str,
+    now: i64,
+) -> Result<usize> {
+    let used: Vec<(i64, i64)> = tx
+        .prepare_cached(&format!(
+            "SELECT r.conversation, r.file_id FROM files f
+               JOIN recordings r ON r.file_id = f.id
+               JOIN conversations c ON c.id = r.conversation
+             WHERE f.tenant = ?1 AND f.rel_path = ?2 AND f.id != ?3 AND f.kind = 'recording' AND c.state = 'forwarded'
+               AND NOT EXISTS (SELECT 1 FROM conversations o WHERE o.tenant = c.tenant
+                               AND o.conversation_id = c.conversation_id AND o.id != c.id
+                               AND (o.state IN {OPEN_STATES}
+                                    OR (o.state = 'forwarded' AND (o.forwarded_at, o.id) > (c.forwarded_at, c.id))))"
+        ))?
+        .query_map(params![tenant, rel_path, file_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let name = rel_path.rsplit('/').next().unwrap_or(rel_path);
+    let mut resent = 0;
+    for (conv, old_file) in used {
+        let lost: i64 = tx
+            .prepare_cached(
+                "SELECT count(*) FROM recordings r JOIN files f ON f.id = r.file_id
+                 WHERE r.conversation = ?1 AND r.file_id != ?2 AND f.state NOT IN ('present', 'leaving', 'archived')",
+            )?
+            .query_row(params![conv, old_file], |r| r.get(0))?;
+        if lost > 0 {
+            continue;
+        }
+        tx.prepare_cached("UPDATE recordings SET file_id = ?3 WHERE conversation = ?1 AND file_id = ?2")?
+            .execute(params![conv, old_file, file_id])?;
+        let (_, _, hash) = conversation_hash(tx, conv)?;
+        tx.prepare_cached(
+            "UPDATE conversations SET state = ?2, content_hash = ?3, updated = 1, next_attempt_at = ?4, attempts = 0,
+                    detail = ?5, changed_at = ?4 WHERE id = ?1",
+        )?
+        .execute(params![
+            conv,
+            ConvState::Ready.as_str(),
+            hash,
+            now,
+            format!("{name} changed on the FTP server after this conversation was forwarded: sending it again with the new version")
+        ])?;
+        resent += 1;
+    }
+    Ok(resent)
+}
