@@ -20,3 +20,20 @@ alternate() {
         fi
     done
 }
+
+# wav_noise BYTES FILE: a WAV file (8 kHz, 8-bit mono PCM) of BYTES bytes of noise, so that
+# intake reads a duration instead of rejecting a "recording" that is not audio.
+wav_noise() {
+    python3 - "$1" "$2" <<'PY'
+import os, sys
+n, path = int(sys.argv[1]), sys.argv[2]
+data = n - 44
+with open(path, "wb") as f:
+    f.write(b"RIFF" + (36 + data).to_bytes(4, "little") + b"WAVEfmt \x10\0\0\0\x01\0\x01\0"
+            + (8000).to_bytes(4, "little") * 2 + b"\x01\0\x08\0data" + data.to_bytes(4, "little"))
+    while data > 0:
+        k = min(data, 1 << 20)
+        f.write(os.urandom(k))
+        data -= k
+PY
+}

@@ -39,13 +39,20 @@ def connect(tenant):
     return t, paramiko.SFTPClient.from_transport(t)
 
 
+def wav(samples):
+    """A WAV file (8 kHz, 8-bit mono PCM) around `samples`: intake reads its duration."""
+    return (b"RIFF" + (36 + len(samples)).to_bytes(4, "little") + b"WAVEfmt \x10\0\0\0\x01\0\x01\0"
+            + (8000).to_bytes(4, "little") + (8000).to_bytes(4, "little") + b"\x01\0\x08\0data"
+            + len(samples).to_bytes(4, "little") + samples)
+
+
 def row(cid, recording):
     return f"{cid},agent@example.com,2019-05-03T09:27:23Z,{recording}"
 
 
 def quiet_run(sftp, tag, busy=lambda: False):
     """N conversations, one at a time; returns (latency in ms, noisy load busy at its end)."""
-    audio = os.urandom(4096)
+    audio = wav(os.urandom(4096))
     out = []
     for i in range(N):
         cid = f"Q-{tag}-{i:03d}"

@@ -29,7 +29,7 @@ rclone serve s3 "$W/store" --addr "127.0.0.1:$P" --auth-key AKID,SECRET 2>"$W/rc
 RC_PID=$!
 printf AKID > "$W/ak"; printf SECRET > "$W/sk"
 REMOTE=":s3,provider=Other,endpoint='http://127.0.0.1:$P',access_key_id=AKID,secret_access_key=SECRET,force_path_style=true:calls"
-for i in $(seq -w 1 "$N"); do head -c $((SIZE * 1048576)) /dev/urandom > "$W/files/r$i.wav"; done
+for i in $(seq -w 1 "$N"); do wav_noise $((SIZE * 1048576)) "$W/files/r$i.wav"; done
 
 config() {  # $1 = state folder
     cat <<CFG
@@ -101,7 +101,9 @@ d, n = sys.argv[1], int(sys.argv[2])
 rows = ["conversation_id,agent,contact_time,recording"]
 for i in range(n):
     with open(os.path.join(d, f"b{i:05d}.wav"), "wb") as f:
-        f.write(os.urandom(100 * 1024))
+        data = os.urandom(100 * 1024 - 44)  # a WAV file (8 kHz, 8-bit mono): intake reads its duration
+        f.write(b"RIFF" + (36 + len(data)).to_bytes(4, "little") + b"WAVEfmt \x10\0\0\0\x01\0\x01\0"
+                + (8000).to_bytes(4, "little") * 2 + b"\x01\0\x08\0data" + len(data).to_bytes(4, "little") + data)
     rows.append(f"B-{i:05d},a@x,2019-05-03T09:27:23Z,b{i:05d}.wav")
 with open(os.path.join(d, "backlog.csv"), "w") as f:
     f.write("\n".join(rows) + "\n")

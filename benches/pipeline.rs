@@ -86,11 +86,14 @@ fn pipeline(n: usize) {
     let drop = dir.path().join("var/drop/acme");
     wait("the daemon", Duration::from_secs(30), || drop.is_dir());
 
-    let audio = vec![0x55u8; 1024];
+    // 1 KiB WAV files (8 kHz, 8-bit mono, 980 bytes of samples: 123 ms), which intake probes for their duration.
+    let mut audio =
+        b"RIFF\xf8\x03\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0\x40\x1f\0\0\x40\x1f\0\0\x01\0\x08\0data\xd4\x03\0\0".to_vec();
+    audio.resize(1024, 0x55);
     let t = Instant::now();
     for i in 0..n {
         let mut a = audio.clone();
-        a[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        a[44..52].copy_from_slice(&(i as u64).to_le_bytes());
         std::fs::write(drop.join(format!("c{i:07}.wav")), &a).unwrap();
     }
     wait("recordings to arrive", Duration::from_secs(3600), || {

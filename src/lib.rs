@@ -13,6 +13,7 @@
 //! catalog's durable queue into a sink; [`reports`] tells tenants what happened to each row.
 
 pub mod app;
+pub mod audio;
 pub mod backoff;
 pub mod catalog;
 pub mod config;

@@ -67,6 +67,11 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
     Man,
+    /// Print each recording's duration as intake reads it, or why it is not readable audio.
+    Probe {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Probe { files } => return probe(files),
         _ => {}
     }
     let config = match config::load(&cli.config) {
@@ -141,7 +147,7 @@ fn main() -> ExitCode {
         } => conversations(&config, tenant.as_deref(), state.as_deref(), json, limit),
         Command::Retry { tenant, conversation } => retry(&config, tenant.as_deref(), conversation.as_deref()),
         Command::Tenant(TenantCommand::Add { id, key }) => tenant_add(&config, &id, &key),
-        Command::Completions { .. } | Command::Man => Ok(()),
+        Command::Completions { .. } | Command::Man | Command::Probe { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -353,4 +359,27 @@ fn tenant_add(config: &Config, id: &str, key: &std::path::Path) -> anyhow::Resul
     }
     println!("reload the running daemon to let it in: systemctl reload dropsync (SIGHUP)");
     Ok(())
+}
+
+/// `dropsync probe FILE…`: needs no configuration; exits 1 if any file is not readable audio.
+fn probe(files: &[PathBuf]) -> ExitCode {
+    let mut all_audio = true;
+    for path in files {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+        let result = std::fs::File::open(path)
+            .map_err(|e| e.to_string())
+            .and_then(|mut f| dropsync::audio::duration_ms(&mut f, ext).map_err(|e| e.to_string()));
+        match result {
+            Ok(ms) => println!("{}\t{ms} ms", path.display()),
+            Err(e) => {
+                all_audio = false;
+                println!("{}\t{e}", path.display());
+            }
+        }
+    }
+    if all_audio {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

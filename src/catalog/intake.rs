@@ -60,6 +60,11 @@ pub struct NewFile<'a> {
     /// Tells a file re-sent under the same name from the one recorded before it.
     pub ino: u64,
     pub sha256: Option<String>,
+    /// Recordings: the length read from the headers, if they could be read.
+    pub duration_ms: Option<u64>,
+    /// Recordings that are not readable audio of their extension's format, with the reason
+    /// (only when `check_audio` is on): the rows that name them are rejected with it.
+    pub audio_error: Option<String>,
 }
 
 fn kind_str(kind: FileKind) -> &'static str {
@@ -306,10 +311,21 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
             // complete with the old content are decided again with the new one. (A recording
             // only forwarded ones used is a new file: its record may be leaving for the archive.)
             tx.prepare_cached(
-                "UPDATE files SET size = ?2, mtime_ns = ?3, ino = ?4, sha256 = ?5, arrived_at = ?6, via = ?7, orphan_since = NULL
+                "UPDATE files SET size = ?2, mtime_ns = ?3, ino = ?4, sha256 = ?5, arrived_at = ?6, via = ?7, orphan_since = NULL,
+                        duration_ms = ?8, audio_error = ?9
                  WHERE id = ?1",
             )?
-            .execute(params![id, f.size as i64, f.mtime_ns, f.ino as i64, f.sha256, now, f.via.as_str()])?;
+            .execute(params![
+                id,
+                f.size as i64,
+                f.mtime_ns,
+                f.ino as i64,
+                f.sha256,
+                now,
+                f.via.as_str(),
+                f.duration_ms.map(|d| d as i64),
+                f.audio_error
+            ])?;
             let convs: Vec<i64> = tx
                 .prepare_cached(
                     "SELECT c.id FROM recordings r JOIN conversations c ON c.id = r.conversation
@@ -332,8 +348,9 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
             .execute(params![id, now])?;
     }
     tx.prepare_cached(
-        "INSERT INTO files (tenant, rel_path, dir, name, stem, kind, via, size, mtime_ns, sha256, arrived_at, ino, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'present')",
+        "INSERT INTO files (tenant, rel_path, dir, name, stem, kind, via, size, mtime_ns, sha256, arrived_at, ino, state,
+                            duration_ms, audio_error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'present', ?13, ?14)",
     )?
     .execute(params![
         f.tenant,
@@ -347,7 +364,9 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
         f.mtime_ns,
         f.sha256,
         now,
-        f.ino as i64
+        f.ino as i64,
+        f.duration_ms.map(|d| d as i64),
+        f.audio_error
     ])?;
     let file_id = tx.last_insert_rowid();
     let outcome = match f.kind {

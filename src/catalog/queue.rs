@@ -38,6 +38,8 @@ pub struct WorkRecording {
     /// Where it is if it already left the drop folder (a conversation sent again because
     /// another of its recordings changed on the FTP server).
     pub archive_path: Option<String>,
+    /// Read from its headers at intake.
+    pub duration_ms: Option<u64>,
 }
 
 /// One recording as it was written to the sink.
@@ -450,7 +452,7 @@ fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
         })?;
     work.recordings = tx
         .prepare_cached(
-            "SELECT r.position, f.id, f.rel_path, f.name, f.size, f.mtime_ns, f.sha256, f.archive_path
+            "SELECT r.position, f.id, f.rel_path, f.name, f.size, f.mtime_ns, f.sha256, f.archive_path, f.duration_ms
              FROM recordings r JOIN files f ON f.id = r.file_id
              WHERE r.conversation = ?1 ORDER BY r.position",
         )?
@@ -464,6 +466,7 @@ fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
                 mtime_ns: r.get(5)?,
                 sha256: r.get(6)?,
                 archive_path: r.get(7)?,
+                duration_ms: r.get::<_, Option<i64>>(8)?.map(|d| d.max(0) as u64),
             })
         })?
         .collect::<rusqlite::Result<_>>()?;

@@ -137,6 +137,19 @@ pub(super) fn add_row(
 /// is done, nothing is sent), or `ready` to forward (reported `updated` if an earlier, different
 /// version went out). Appends to `decided` the files an identical re-send no longer needs.
 pub(super) fn make_ready(tx: &Transaction<'_>, conv: i64, now: i64, decided: &mut Vec<i64>) -> Result<()> {
+    // A recording that is not audio rejects its row, with the reason, before anything is sent.
+    let not_audio: Option<(String, String)> = tx
+        .prepare_cached(
+            "SELECT f.name, f.audio_error FROM recordings r JOIN files f ON f.id = r.file_id
+             WHERE r.conversation = ?1 AND f.audio_error IS NOT NULL ORDER BY r.position LIMIT 1",
+        )?
+        .query_row([conv], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((name, why)) = not_audio {
+        tx.prepare_cached("UPDATE conversations SET state = 'rejected', detail = ?2, changed_at = ?3 WHERE id = ?1")?
+            .execute(params![conv, format!("{name} is {why}"), now])?;
+        return Ok(());
+    }
     let (tenant, conversation_id, hash) = conversation_hash(tx, conv)?;
     let previous: Option<(String, String, i64)> = tx
         .prepare_cached(

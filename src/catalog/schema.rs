@@ -221,4 +221,10 @@ CREATE TABLE ftp_revisions (
 -- Earlier records of a path, whatever their state (finding what a revision replaces).
 CREATE INDEX files_path ON files(tenant, rel_path);
 "#,
+    // 6: recording durations and audio checks (issue 15).
+    r#"
+ALTER TABLE files ADD COLUMN duration_ms INTEGER;  -- recordings: read from the headers at intake
+ALTER TABLE files ADD COLUMN audio_error TEXT;     -- recordings that are not readable audio of
+                                                   -- their extension's format (check_audio on)
+"#,
 ];

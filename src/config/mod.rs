@@ -136,6 +136,8 @@ pub struct MatchingConfig {
     pub zip_max_ratio: u64,
     /// A metadata row (a line, a JSON element) longer than this rejects its file.
     pub max_field_bytes: u64,
+    /// A recording that is not readable audio of its extension's format rejects its rows.
+    pub check_audio: bool,
 }
 
 impl MatchingConfig {
@@ -315,6 +317,7 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         zip_max_entries: m.zip_max_entries.unwrap_or(10_000),
         zip_max_ratio: m.zip_max_ratio.unwrap_or(200),
         max_field_bytes: p.size("matching.max_field_bytes", m.max_field_bytes.as_deref(), 1 << 20),
+        check_audio: m.check_audio.unwrap_or(true),
     };
     if matching.zip_max_entries == 0 {
         p.add("matching.zip_max_entries", "must be at least 1");

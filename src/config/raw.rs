@@ -74,6 +74,7 @@ pub(super) struct RawMatching {
     pub(super) zip_max_entries: Option<u64>,
     pub(super) zip_max_ratio: Option<u64>,
     pub(super) max_field_bytes: Option<String>,
+    pub(super) check_audio: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

@@ -34,6 +34,7 @@ pub struct RecordingEntry {
     pub key: String,
     pub bytes: u64,
     pub sha256: String,
+    pub duration_ms: Option<u64>,
 }
 
 fn iso_ms(ms: i64) -> String {
@@ -49,8 +50,10 @@ pub fn metadata_json(work: &Work, recordings: &[RecordingEntry], forwarded_at: i
         "conversation_id": work.conversation_id,
         "agent": work.agent,
         "contact_time": work.contact_time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        // The conversation lasts as long as its longest recording (SPEC §9).
+        "duration_ms": recordings.iter().filter_map(|r| r.duration_ms).max(),
         "recordings": recordings.iter().map(|r| json!({
-            "file": r.file, "key": r.key, "bytes": r.bytes, "sha256": r.sha256,
+            "file": r.file, "key": r.key, "bytes": r.bytes, "sha256": r.sha256, "duration_ms": r.duration_ms,
         })).collect::<Vec<_>>(),
         "fields": Value::Object(work.fields.clone()),
         "source": {"via": work.via.as_str(), "metadata_file": work.metadata_file, "row": work.row_no},

@@ -300,6 +300,7 @@ impl Forwarder {
                 key: key.clone(),
                 bytes,
                 sha256: sha256.clone(),
+                duration_ms: rec.duration_ms,
             });
             forwarded.push(Forwarded {
                 position: rec.position,

@@ -56,6 +56,8 @@ struct Prepared {
     mtime_ns: i64,
     ino: u64,
     sha256: Option<String>,
+    duration_ms: Option<u64>,
+    audio_error: Option<String>,
 }
 
 /// What a file on disk looks like: tells a changed or re-sent file from the one recorded.
@@ -240,6 +242,8 @@ impl Intake {
                 mtime_ns: p.mtime_ns,
                 ino: p.ino,
                 sha256: p.sha256.clone(),
+                duration_ms: p.duration_ms,
+                audio_error: p.audio_error.clone(),
             })
             .collect();
         let outcomes = self.catalog.register_files(&news, now_ms(), &self.unknown_reason())?;
@@ -298,6 +302,10 @@ impl Intake {
             }
             _ => None,
         };
+        let (duration_ms, audio_error) = match kind {
+            FileKind::Recording => self.probe(tenant, &rel, &file),
+            _ => (None, None),
+        };
         Ok(Check::New(Prepared {
             tenant: tenant.clone(),
             rel,
@@ -307,7 +315,30 @@ impl Intake {
             mtime_ns,
             ino,
             sha256,
+            duration_ms,
+            audio_error,
         }))
+    }
+
+    /// A recording's length from its headers; or, when it is not readable audio of its
+    /// extension's format and `check_audio` is on, the reason its rows will be rejected.
+    fn probe(&self, tenant: &TenantId, rel: &RelPath, file: &std::fs::File) -> (Option<u64>, Option<String>) {
+        let ext = rel.file_name().rsplit_once('.').map_or("", |(_, e)| e);
+        let result = file
+            .try_clone()
+            .map_err(|e| crate::audio::NotAudio {
+                format: "audio",
+                why: format!("cannot read it: {e}"),
+            })
+            .and_then(|mut f| crate::audio::duration_ms(&mut f, ext));
+        match result {
+            Ok(ms) => (Some(ms), None),
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, file = rel.as_str(), "{e}");
+                metrics::counter!("dropsync_recordings_not_audio_total", "tenant" => tenant.to_string()).increment(1);
+                (None, self.config.get().matching.check_audio.then(|| e.to_string()))
+            }
+        }
     }
 
     /// A file already recorded as it is: finishes its parse or unpack if an earlier attempt

@@ -155,7 +155,7 @@ fn now_iso() -> String {
 fn audio_then_metadata_csv_and_json_are_pulled_once_across_restarts() {
     let mut ftp = FtpServer::new(&[]);
     ftp.start();
-    let (a1, a2) = (audio("f1", 70_000), audio("f2", 1_000));
+    let (a1, a2) = (audio("f1", 70_000), encoded("f2", "mp3", 1_000));
     ftp.put("a1.wav", &a1);
     ftp.put("2026/11/a2.mp3", &a2);
     let mut d = daemon_polling(&format!("ftp://calls@127.0.0.1:{}/", ftp.port), "");

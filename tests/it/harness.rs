@@ -497,7 +497,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Distinct bytes that look like a tiny WAV.
 pub fn audio(seed: &str, len: usize) -> Vec<u8> {
-    let mut v = b"RIFF....WAVEfmt ".to_vec();
+    assert!(len >= 44, "a WAV file takes at least 44 bytes");
+    let data = (len - 44) as u32;
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(b"RIFF");
+    v.extend_from_slice(&(36 + data).to_le_bytes());
+    // fmt: PCM, mono, 8 kHz, 8 bits: (len - 44) / 8 ms of noise.
+    v.extend_from_slice(b"WAVEfmt \x10\0\0\0\x01\0\x01\0\x40\x1f\0\0\x40\x1f\0\0\x01\0\x08\0data");
+    v.extend_from_slice(&data.to_le_bytes());
     let mut x = sha256_hex(seed.as_bytes()).into_bytes();
     while v.len() < len {
         x = sha256_hex(&x).into_bytes();
@@ -505,6 +512,45 @@ pub fn audio(seed: &str, len: usize) -> Vec<u8> {
     }
     v.truncate(len);
     v
+}
+
+/// Real audio made by ffmpeg: a tone derived from `seed`, `ms` long, 8 kHz mono, in the format
+/// of `ext` (mp3, ogg, opus, flac, aiff, au, gsm, m4a, wav).
+pub fn encoded(seed: &str, ext: &str, ms: u32) -> Vec<u8> {
+    encoded_with(seed, ext, ms, &[])
+}
+
+/// [`encoded`], with more ffmpeg output options (`-write_xing 0`, `-q:a 5`).
+pub fn encoded_with(seed: &str, ext: &str, ms: u32, options: &[&str]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join(format!("a.{ext}"));
+    let hz = 200 + u32::from_str_radix(&sha256_hex(seed.as_bytes())[..4], 16).unwrap() % 2000;
+    let codec: &[&str] = match ext {
+        "ogg" => &["-c:a", "libvorbis"],
+        "opus" => &["-c:a", "libopus"],
+        "au" => &["-c:a", "pcm_mulaw", "-f", "au"],
+        "gsm" => &["-c:a", "libgsm", "-f", "gsm"],
+        _ => &[],
+    };
+    let result = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!(
+            "sine=frequency={hz}:sample_rate=8000:duration={}.{:03}",
+            ms / 1000,
+            ms % 1000
+        ))
+        .args(["-ac", "1"])
+        .args(codec)
+        .args(options)
+        .arg(&out)
+        .output()
+        .expect("ffmpeg is missing: apt install ffmpeg (./scripts/test does)");
+    assert!(
+        result.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    std::fs::read(&out).unwrap()
 }
 
 pub const HEADER: &str = "Contact Reference,Agent Email,Contact Date,Audio Filename";

@@ -1,5 +1,6 @@
 //! Integration tests: the real `dropsync` binary on temporary configs and folders.
 
+mod audio;
 mod crash;
 mod ftp;
 mod ftp_servers;

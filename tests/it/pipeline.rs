@@ -12,7 +12,7 @@ fn audio_then_csv_is_forwarded_and_leaves_the_drop_folder() {
     let mut d = Daemon::new("1h", ACME);
     d.start();
     let a1 = audio("c1", 5000);
-    let a2 = audio("c1b", 300);
+    let a2 = encoded("c1b", "mp3", 300);
     d.put("acme", "c1.wav", &a1);
     d.put("acme", "c1b.mp3", &a2);
     d.put(
@@ -61,7 +61,7 @@ fn csv_then_audio_waits_for_the_recording() {
             == 2
     });
     // The same name in another folder does not complete it (same-directory rule).
-    d.put("acme", "c1.wav", &audio("wrong", 10));
+    d.put("acme", "c1.wav", &audio("wrong", 60));
     let a1 = audio("c1", 2000);
     d.put("acme", "calls/c1.wav", &a1);
     let fwd = d.wait_forwarded(1, T);
@@ -137,7 +137,7 @@ contact_clock = "time"
 "#;
     let mut d = Daemon::new("1h", tenants);
     d.start();
-    let a1 = audio("s1", 1000);
+    let a1 = encoded("s1", "ogg", 1000);
     d.put("acme", "call-17.ogg", &a1);
     d.put(
         "acme",
@@ -158,7 +158,7 @@ contact_clock = "time"
 fn tsv_and_json_lines_with_bom_and_crlf() {
     let mut d = Daemon::new("1h", ACME);
     d.start();
-    let (a1, a2) = (audio("t1", 100), audio("t2", 100));
+    let (a1, a2) = (encoded("t1", "flac", 100), encoded("t2", "opus", 100));
     d.put("acme", "t1.flac", &a1);
     d.put("acme", "t2.opus", &a2);
     d.put(
@@ -332,7 +332,7 @@ fn a_recording_resent_the_moment_it_leaves_is_a_new_file() {
 fn grace_expires_rows_and_reports_orphans_and_retry_requeues() {
     let mut d = Daemon::new("1s", ACME);
     d.start();
-    d.put("acme", "stray.wav", &audio("stray", 10));
+    d.put("acme", "stray.wav", &audio("stray", 60));
     d.put("acme", "b.csv", one_row_csv("E-1", "e1.wav").as_bytes());
     let lines = d.wait_report("acme", "b.csv.report.csv", 1);
     assert_eq!(lines[0][3], "expired");
@@ -353,7 +353,7 @@ fn grace_expires_rows_and_reports_orphans_and_retry_requeues() {
     // Nothing is deleted before retention.
     assert!(d.drop_dir("acme").join("stray.wav").exists());
     // The recording turns up late: the expired row is still forwarded.
-    let a = audio("e1", 10);
+    let a = audio("e1", 60);
     d.put("acme", "e1.wav", &a);
     let fwd = d.wait_forwarded(1, T);
     assert_recordings(&d, &fwd["E-1"], &[("e1.wav", &a)]);

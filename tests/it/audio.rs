@@ -1,0 +1,110 @@
+//! Recording durations read at intake (SPEC §9), on real audio that ffmpeg makes at test time.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Every format's duration lands in `metadata.json`, per recording and for the conversation
+/// (its longest recording), to the millisecond where the format allows it.
+#[test]
+fn each_formats_duration_is_in_metadata_json() {
+    let mut d = Daemon::new("1h", ACME);
+    d.start();
+    // 61.23 s of audio in each format. GSM counts whole 20 ms frames; AAC in M4A starts with
+    // 1,024 samples of encoder priming that symphonia counts (128 ms at 8 kHz).
+    let formats: [(&str, u64, u64); 9] = [
+        ("wav", 61_230, 0),
+        ("mp3", 61_230, 0),
+        ("ogg", 61_230, 0),
+        ("opus", 61_230, 0),
+        ("flac", 61_230, 0),
+        ("aiff", 61_230, 0),
+        ("au", 61_230, 0),
+        ("gsm", 61_240, 0),
+        ("m4a", 61_230, 128),
+    ];
+    let mut csv = format!("{HEADER}\n");
+    for (ext, ..) in formats {
+        d.put("acme", &format!("f-{ext}.{ext}"), &encoded(ext, ext, 61_230));
+        csv += &format!("{}\n", csv_row(&format!("F-{ext}"), &format!("f-{ext}.{ext}")));
+    }
+    // MP3 without a Xing/Info header, constant and variable bitrate: every frame is counted
+    // (72 ms each at 8 kHz), so the encoder's delay and padding are in, at most 3 frames.
+    for (name, options) in [
+        ("cbr", &["-write_xing", "0"][..]),
+        ("vbr", &["-write_xing", "0", "-q:a", "7"][..]),
+    ] {
+        d.put(
+            "acme",
+            &format!("{name}.mp3"),
+            &encoded_with(name, "mp3", 61_230, options),
+        );
+        csv += &format!("{}\n", csv_row(&format!("MP3-{name}"), &format!("{name}.mp3")));
+    }
+    // Two recordings: the conversation lasts as long as the longer one.
+    d.put("acme", "two-a.wav", &encoded("two-a", "wav", 2_500));
+    d.put("acme", "two-b.mp3", &encoded("two-b", "mp3", 4_000));
+    csv += &format!("{}\n", csv_row("TWO", "two-a.wav;two-b.mp3"));
+    d.put("acme", "batch.csv", csv.as_bytes());
+    let fwd = d.wait_forwarded(formats.len() + 3, T);
+    for name in ["cbr", "vbr"] {
+        let got = fwd[&format!("MP3-{name}")]["duration_ms"].as_u64().unwrap();
+        assert!(
+            (61_230..=61_230 + 3 * 72).contains(&got),
+            "{name} MP3 without Xing: {got} ms"
+        );
+        assert_eq!((got * 8) % 576, 0, "{name}: a whole number of frames, {got} ms");
+    }
+    for (ext, ms, slack) in formats {
+        let doc = &fwd[&format!("F-{ext}")];
+        let got = doc["recordings"][0]["duration_ms"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{ext}: {doc}"));
+        assert!(
+            got >= ms && got <= ms + slack,
+            "{ext}: {got} ms, expected {ms} (+{slack})"
+        );
+        assert_eq!(doc["duration_ms"], got, "{ext}");
+    }
+    let two = &fwd["TWO"];
+    assert_eq!(two["recordings"][0]["duration_ms"], 2_500);
+    assert_eq!(two["recordings"][1]["duration_ms"], 4_000);
+    assert_eq!(two["duration_ms"], 4_000);
+}
+
+/// A file named `.wav` that is not WAV rejects its row with a reason a person can act on; the
+/// file's other rows go on, and the daemon says so in its log.
+#[test]
+fn a_recording_that_is_not_audio_rejects_its_row_with_the_reason() {
+    let mut d = Daemon::new("1h", ACME);
+    d.start();
+    let good = audio("good", 8_044);
+    d.put("acme", "good.wav", &good);
+    d.put("acme", "fake.wav", b"Subject: call notes\n\nnot a recording at all\n");
+    d.put("acme", "fake.mp3", &encoded("x", "wav", 500));
+    d.put(
+        "acme",
+        "batch.csv",
+        format!(
+            "{HEADER}\n{}\n{}\n{}\n",
+            csv_row("GOOD", "good.wav"),
+            csv_row("FAKE", "fake.wav"),
+            csv_row("WRONG", "fake.mp3")
+        )
+        .as_bytes(),
+    );
+    let lines = d.wait_report("acme", "batch.csv.report.csv", 3);
+    assert_eq!(lines[0][3], "forwarded", "{lines:?}");
+    assert_eq!(lines[1][3], "rejected", "{lines:?}");
+    assert_eq!(lines[1][4], "fake.wav is not a readable WAV file: no RIFF header");
+    assert_eq!(lines[2][3], "rejected", "{lines:?}");
+    assert_eq!(
+        lines[2][4],
+        "fake.mp3 is not a readable MP3 file: no MPEG audio frame found"
+    );
+    assert_recordings(&d, &d.forwarded()["GOOD"], &[("good.wav", &good)]);
+    assert_eq!(d.forwarded()["GOOD"]["duration_ms"], 1_000);
+    assert!(d.log().contains("not a readable WAV file"), "{}", d.log());
+}
