@@ -101,6 +101,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 listener,
                 handle,
                 catalog.clone(),
+                live.clone(),
                 liveness.clone(),
                 cancel.clone(),
             ));
@@ -175,6 +176,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         grace: config.matching.grace,
         wake: forwarder_wake.clone(),
         reports: reports_wake.clone(),
+        config: live.clone(),
     });
     for index in 0..config.forwarding.workers {
         workers.spawn(ForwardWorker {
@@ -196,6 +198,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracker.spawn(reload_on_hangup(
         hangups,
         live,
+        forwarder_wake.clone(),
         sftp_shared.clone(),
         pollers,
         drops.clone(),
@@ -225,6 +228,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 async fn reload_on_hangup(
     hangups: Option<tokio::signal::unix::Signal>,
     live: LiveConfig,
+    forwarder_wake: Arc<Notify>,
     sftp: Option<Arc<SftpShared>>,
     pollers: Arc<FtpPollers>,
     drops: DropRoot,
@@ -239,7 +243,11 @@ async fn reload_on_hangup(
             r = hup.recv() => if r.is_none() { return },
         }
         match reload(&live, sftp.as_deref(), &pollers, &drops) {
-            Ok(summary) => tracing::info!("configuration reloaded: {summary}"),
+            Ok(summary) => {
+                tracing::info!("configuration reloaded: {summary}");
+                // A raised minute allocation releases held conversations now.
+                forwarder_wake.notify_one();
+            }
             Err(problems) => {
                 for p in &problems {
                     tracing::error!("reload refused: {p}");

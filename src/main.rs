@@ -228,6 +228,10 @@ fn status(config: &Config, tenant: Option<&str>, json: bool) -> anyhow::Result<(
         }
     }
     view.ftp_sources = sources;
+    let catalog = open_catalog(config)?;
+    let mut allocations = dropsync::catalog::allocations_for(&config.tenants, dropsync::catalog::now_ms());
+    allocations.retain(|t, _| tenant.is_none_or(|id| t == id));
+    view.minutes = catalog.minutes(&allocations)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
@@ -253,6 +257,15 @@ fn status(config: &Config, tenant: Option<&str>, json: bool) -> anyhow::Result<(
                 s.intake_retrying
             );
         }
+    }
+    for (t, m) in &view.minutes {
+        let allocation = m
+            .minute_allocation
+            .map_or("unlimited".to_owned(), |a| format!("of {a}"));
+        println!(
+            "{t}: {:.2} minutes forwarded in {} ({allocation})",
+            m.minutes_used, m.month
+        );
     }
     if !view.ftp_sources.is_empty() {
         println!("\nFTP sources:");

@@ -51,6 +51,23 @@ pub struct Tenant {
     pub ftp: Vec<FtpSource>,
     /// This tenant's own quota keys; the others come from `[limits] quota`.
     pub quota: Quota,
+    /// Minutes of audio it may have forwarded per calendar month in its time zone (SPEC §9).
+    pub allocation: Option<MinuteAllocation>,
+}
+
+/// A tenant's monthly minute allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinuteAllocation {
+    pub minutes: u64,
+    pub on_exceeded: OnExceeded,
+}
+
+/// What happens to a conversation that would pass the allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExceeded {
+    /// It waits (`held`) until the allocation is raised or a new month begins.
+    Hold,
+    Reject,
 }
 
 /// How much a tenant may hold in its drop folder, and how many SFTP sessions it may have at

@@ -21,6 +21,7 @@
 //!   replayed at start-up if the crash fell between the move and its record.
 //! - **Reports**: the "stale" flag is set by triggers in the same transaction as the change.
 
+mod allocation;
 mod ftp;
 mod intake;
 mod intake_queue;
@@ -36,6 +37,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+pub use allocation::{AllocationNow, Allocations, MinutesStatus, allocations_for};
 pub use ftp::{AppliedListing, FtpSourceStatus, PollRecord, RemoteFile, RemoteFileState, version_tag};
 pub use intake::{NewFile, PendingParse, Registered, RowInput};
 pub use intake_queue::{IntakeItem, IntakeKind, IntakeOutcome, NewIntake};
@@ -89,10 +91,12 @@ pub enum ConvState {
     Rejected,
     Expired,
     Failed,
+    /// Over its tenant's minute allocation (SPEC §9): waits for a raise or a new month.
+    Held,
 }
 
 impl ConvState {
-    pub const ALL: [ConvState; 7] = [
+    pub const ALL: [ConvState; 8] = [
         ConvState::Waiting,
         ConvState::Ready,
         ConvState::Forwarding,
@@ -100,6 +104,7 @@ impl ConvState {
         ConvState::Rejected,
         ConvState::Expired,
         ConvState::Failed,
+        ConvState::Held,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -110,6 +115,7 @@ impl ConvState {
             ConvState::Rejected => "rejected",
             ConvState::Expired => "expired",
             ConvState::Failed => "failed",
+            ConvState::Held => "held",
         }
     }
     pub fn parse(s: &str) -> Option<ConvState> {

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use super::allocation::{Allocations, Verdict, charge, refund};
 use super::{Catalog, CatalogError, Result, Via};
 
 /// A conversation claimed for forwarding, with everything the sink needs.
@@ -106,7 +107,7 @@ pub(super) const UNSETTLED: &str =
     "SELECT id, tenant, rel_path, coalesce(archive_path, ''), ino FROM files WHERE state = 'leaving' AND left_at <= ?1";
 
 /// States whose files must stay in the drop folder.
-pub(super) const OPEN_STATES: &str = "('waiting', 'ready', 'forwarding', 'failed')";
+pub(super) const OPEN_STATES: &str = "('waiting', 'ready', 'forwarding', 'failed', 'held')";
 
 impl Catalog {
     /// Start-up recovery: a conversation left `forwarding` by a crash is `ready` again. Its
@@ -122,7 +123,7 @@ impl Catalog {
     /// Claims up to `limit` due conversations (`ready -> forwarding`, committed before any byte
     /// is sent). A conversation is not claimed while another send of the same conversation is
     /// being forwarded, so two versions never race for the same keys.
-    pub fn claim(&self, now: i64, limit: usize) -> Result<Vec<Work>> {
+    pub fn claim(&self, now: i64, limit: usize, allocations: &Allocations) -> Result<Vec<Work>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let ids: Vec<i64> = tx
@@ -140,6 +141,14 @@ impl Catalog {
             let work = load_work(&tx, id)?;
             // Two sends of one conversation in the same batch: take the older, leave the other.
             if !claimed_keys.insert((work.tenant.clone(), work.conversation_id.clone())) {
+                continue;
+            }
+            // Counted against its tenant's minutes in this transaction, or held / rejected.
+            if let Some(a) = allocations.get(&work.tenant)
+                && let Verdict::Stop { state, detail } = charge(&tx, id, &work.tenant, a)?
+            {
+                tx.prepare_cached("UPDATE conversations SET state = ?2, detail = ?3, changed_at = ?4 WHERE id = ?1")?
+                    .execute(params![id, state, detail, now])?;
                 continue;
             }
             tx.prepare_cached(
@@ -212,9 +221,16 @@ impl Catalog {
 
     /// A permanent failure: `failed`, until `dropsync retry`.
     pub fn fail(&self, conv: i64, error: &str, now: i64) -> Result<()> {
-        let conn = self.lock();
-        conn.prepare_cached("UPDATE conversations SET state = 'failed', detail = ?2, changed_at = ?3 WHERE id = ?1 AND state = 'forwarding'")?
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let failed = tx
+            .prepare_cached("UPDATE conversations SET state = 'failed', detail = ?2, changed_at = ?3 WHERE id = ?1 AND state = 'forwarding'")?
             .execute(params![conv, error, now])?;
+        // Minutes are for what went out: a retry is charged again.
+        if failed > 0 {
+            refund(&tx, conv)?;
+        }
+        tx.commit()?;
         Ok(())
     }
 

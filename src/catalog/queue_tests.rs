@@ -126,17 +126,17 @@ fn a_revision_of_a_pulled_recording_sends_its_conversation_again() {
         .unwrap();
     forward_all(cat, 1001);
     archive(cat, &cat.archive_candidates("acme").unwrap(), 1002);
-    assert!(cat.claim(1003, 10).unwrap().is_empty());
+    assert!(cat.claim(1003, 10, &Allocations::new()).unwrap().is_empty());
 
     // Not a noted revision: a new recording no row claims.
     let stranger = recording(cat, "c1.wav", "cc", 1004);
-    assert!(cat.claim(1005, 10).unwrap().is_empty());
+    assert!(cat.claim(1005, 10, &Allocations::new()).unwrap().is_empty());
     archive(cat, &[stranger], 1005);
 
     cat.ftp_mark_partials(src, "acme", &[], &[("c1.wav".into(), 10)], 1006)
         .unwrap();
     let new = recording(cat, "c1.wav", "dd", 1007);
-    let work = cat.claim(1008, 10).unwrap();
+    let work = cat.claim(1008, 10, &Allocations::new()).unwrap();
     assert_eq!(work.len(), 1, "sent again");
     let files: Vec<i64> = work[0].recordings.iter().map(|r| r.file_id).collect();
     assert_eq!(
@@ -158,7 +158,7 @@ fn a_revision_of_a_pulled_recording_sends_its_conversation_again() {
     assert_eq!(states(cat), [("C1".to_string(), "forwarded".to_string())]);
     // The note is used up: the next file of that name is a new recording again.
     recording(cat, "c1.wav", "ee", 1010);
-    assert!(cat.claim(1011, 10).unwrap().is_empty());
+    assert!(cat.claim(1011, 10, &Allocations::new()).unwrap().is_empty());
 }
 
 fn queued(tenant: &str, rel: &str, heavy: bool, due: i64) -> NewIntake {
@@ -218,5 +218,115 @@ fn intake_items_come_light_first_heavy_alone_and_retry_later() {
     assert_eq!(
         status.tenants["acme"].intake_last_error.as_deref(),
         Some("batch.csv: database is locked")
+    );
+}
+
+/// A recording of `ms` milliseconds.
+fn timed_recording(cat: &Catalog, rel: &str, ms: u64, now: i64) {
+    let rel = crate::dropbox::RelPath::parse(rel).unwrap();
+    let f = NewFile {
+        tenant: "acme",
+        rel: &rel,
+        kind: crate::dropbox::FileKind::Recording,
+        via: Via::Sftp,
+        size: 10,
+        mtime_ns: now,
+        ino: now as u64,
+        sha256: Some(rel.as_str().into()),
+        duration_ms: Some(ms),
+        audio_error: None,
+    };
+    cat.register_file(&f, now, "").unwrap();
+}
+
+fn allocation(minutes: Option<u64>, on_exceeded: crate::tenant::OnExceeded) -> Allocations {
+    Allocations::from([(
+        "acme".to_string(),
+        AllocationNow {
+            seconds: minutes.map(|m| m * 60),
+            on_exceeded,
+            month: "2026-11".into(),
+        },
+    )])
+}
+
+fn claimed_ids(cat: &Catalog, now: i64, a: &Allocations) -> Vec<String> {
+    let work = cat.claim(now, 100, a).unwrap();
+    for w in &work {
+        cat.complete(w.id, &sent(w), "dir", "k/", now, now).unwrap();
+    }
+    work.into_iter().map(|w| w.conversation_id).collect()
+}
+
+/// Two minutes: 61 s and 50 s go (rounded up: 60.2 s counts 61), 30 s is held, and the 5 s one
+/// after it waits behind it (arrival order); a raise releases both in order; a retry of a
+/// charged conversation is not charged twice; with "reject", each is decided on its own.
+#[test]
+fn a_minute_allocation_lets_through_what_fits_and_holds_the_rest_in_order() {
+    use crate::tenant::OnExceeded;
+    let fx = fixture();
+    let cat = &fx.cat;
+    for (name, ms) in [("a", 60_200), ("b", 50_000), ("c", 30_000), ("d", 5_000)] {
+        timed_recording(cat, &format!("{name}.wav"), ms, 1000);
+    }
+    let (_, m) = metadata(cat, "batch.csv", 1000);
+    let rows: Vec<RowInput> = ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| row(i as u64 + 2, &n.to_uppercase(), &[&format!("{n}.wav")], "x"))
+        .collect();
+    cat.add_rows(m, &rows, 1000, GRACE).unwrap();
+    let two = allocation(Some(2), OnExceeded::Hold);
+    assert_eq!(claimed_ids(cat, 1001, &two), ["A", "B"]);
+    let lines = cat.report_lines(m).unwrap();
+    assert_eq!((lines[2].status, lines[3].status), ("held", "held"));
+    assert!(
+        lines[2]
+            .detail
+            .contains("would pass the 2 minutes of 2026-11 (1:51 used)"),
+        "{}",
+        lines[2].detail
+    );
+    assert_eq!(cat.minutes(&two).unwrap()["acme"].seconds_used, 111);
+    // Nothing fits yet, so nothing is released; three minutes fit both: 111 + 30 + 5 <= 180.
+    assert_eq!(cat.release_held(&two, 1002).unwrap(), 0);
+    let three = allocation(Some(3), OnExceeded::Hold);
+    assert_eq!(cat.release_held(&three, 1003).unwrap(), 2);
+    assert_eq!(claimed_ids(cat, 1004, &three), ["C", "D"]);
+    assert_eq!(cat.minutes(&three).unwrap()["acme"].seconds_used, 146);
+    // A new month starts from zero.
+    let mut next = three.clone();
+    next.get_mut("acme").unwrap().month = "2026-12".into();
+    assert_eq!(cat.minutes(&next).unwrap()["acme"].seconds_used, 0);
+
+    // "reject": e (40 s) passes two minutes of a fresh month on its own; f (10 s) still fits.
+    let fx = fixture();
+    let cat = &fx.cat;
+    for (name, ms) in [("e", 100_000), ("f", 40_000), ("g", 10_000)] {
+        timed_recording(cat, &format!("{name}.wav"), ms, 1000);
+    }
+    let (_, m) = metadata(cat, "b.csv", 1000);
+    let rows: Vec<RowInput> = ["e", "f", "g"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| row(i as u64 + 2, &n.to_uppercase(), &[&format!("{n}.wav")], "x"))
+        .collect();
+    cat.add_rows(m, &rows, 1000, GRACE).unwrap();
+    let reject = allocation(Some(2), OnExceeded::Reject);
+    // Claimed but not completed, then recovered after a "crash": charged once.
+    let work = cat.claim(1001, 100, &reject).unwrap();
+    assert_eq!(
+        work.iter().map(|w| w.conversation_id.as_str()).collect::<Vec<_>>(),
+        ["E", "G"]
+    );
+    assert_eq!(cat.recover(1002).unwrap(), 2);
+    assert_eq!(claimed_ids(cat, 1003, &reject), ["E", "G"]);
+    assert_eq!(cat.minutes(&reject).unwrap()["acme"].seconds_used, 110);
+    let lines = cat.report_lines(m).unwrap();
+    assert_eq!(lines[1].status, "rejected");
+    assert!(
+        lines[1].detail.starts_with("minute allocation exceeded"),
+        "{}",
+        lines[1].detail
     );
 }

@@ -64,7 +64,7 @@ pub(super) fn add_row(
     // A later send of the same conversation replaces an earlier one that has not gone out yet.
     tx.prepare_cached(
         "UPDATE conversations SET state = 'rejected', changed_at = ?4, detail = ?3
-         WHERE tenant = ?1 AND conversation_id = ?2 AND state IN ('waiting', 'ready', 'failed', 'expired')",
+         WHERE tenant = ?1 AND conversation_id = ?2 AND state IN ('waiting', 'ready', 'failed', 'expired', 'held')",
     )?
     .execute(params![
         tenant,

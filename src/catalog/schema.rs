@@ -226,5 +226,16 @@ CREATE INDEX files_path ON files(tenant, rel_path);
 ALTER TABLE files ADD COLUMN duration_ms INTEGER;  -- recordings: read from the headers at intake
 ALTER TABLE files ADD COLUMN audio_error TEXT;     -- recordings that are not readable audio of
                                                    -- their extension's format (check_audio on)
+-- Minute allocations (SPEC §9): a conversation is counted once, when it is first claimed for
+-- forwarding, in the same transaction; state gains 'held' (over the allocation).
+ALTER TABLE conversations ADD COLUMN charged_month TEXT;     -- 'YYYY-MM', the tenant's time zone
+ALTER TABLE conversations ADD COLUMN charged_seconds INTEGER;
+CREATE TABLE minute_usage (
+    tenant  TEXT NOT NULL,
+    month   TEXT NOT NULL,
+    seconds INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, month)
+) WITHOUT ROWID;
+CREATE INDEX conv_held ON conversations(tenant, received_at, id) WHERE state = 'held';
 "#,
 ];

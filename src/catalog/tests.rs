@@ -105,7 +105,7 @@ fn file_state(cat: &Catalog, id: i64) -> String {
 
 pub(super) fn forward_all(cat: &Catalog, now: i64) -> Vec<i64> {
     let mut archived = Vec::new();
-    for w in cat.claim(now, 100).unwrap() {
+    for w in cat.claim(now, 100, &Allocations::new()).unwrap() {
         archived.extend(cat.complete(w.id, &sent(&w), "dir:x", "k/", now, now).unwrap());
     }
     archived
@@ -148,13 +148,13 @@ fn audio_then_metadata_is_ready_at_once_and_forwards() {
     fx.cat.finish_metadata(meta, Ok(())).unwrap();
     assert_eq!(ready, 1);
     assert_eq!(states(&fx.cat), [("C1".into(), "ready".into())]);
-    let work = fx.cat.claim(1003, 10).unwrap();
+    let work = fx.cat.claim(1003, 10, &Allocations::new()).unwrap();
     assert_eq!(work.len(), 1);
     assert_eq!(work[0].recordings[0].file_id, wav);
     assert_eq!(work[0].metadata_file, "batch.csv");
     assert_eq!(states(&fx.cat), [("C1".into(), "forwarding".into())]);
     assert!(
-        fx.cat.claim(1003, 10).unwrap().is_empty(),
+        fx.cat.claim(1003, 10, &Allocations::new()).unwrap().is_empty(),
         "a claimed conversation is not claimed twice"
     );
     let fw = [Forwarded {
@@ -253,7 +253,7 @@ fn resend_identical_is_a_no_op_and_changed_is_an_update() {
     assert_eq!(l.status, "forwarded");
     assert!(l.detail.contains("identical"), "{}", l.detail);
     assert!(
-        fx.cat.claim(1004, 10).unwrap().is_empty(),
+        fx.cat.claim(1004, 10, &Allocations::new()).unwrap().is_empty(),
         "nothing is sent for an identical re-send"
     );
     // Now with a different agent: forwarded again, reported as updated.
@@ -285,16 +285,16 @@ fn a_later_send_replaces_a_waiting_one_and_never_races_a_forwarding_one() {
     );
 
     recording(&fx.cat, "c1.wav", "aa", 1002);
-    let first = fx.cat.claim(1003, 10).unwrap();
+    let first = fx.cat.claim(1003, 10, &Allocations::new()).unwrap();
     assert_eq!(first.len(), 1);
     // A third send arrives while the second is being forwarded: it waits its turn.
     let (_, m3) = metadata(&fx.cat, "b3.csv", 1004);
     fx.cat
         .add_rows(m3, &[row(2, "C1", &["c1.wav"], "c")], 1004, GRACE)
         .unwrap();
-    assert!(fx.cat.claim(1005, 10).unwrap().is_empty());
+    assert!(fx.cat.claim(1005, 10, &Allocations::new()).unwrap().is_empty());
     fx.cat.complete(first[0].id, &[], "dir:x", "k/", 1003, 1006).unwrap();
-    assert_eq!(fx.cat.claim(1007, 10).unwrap().len(), 1);
+    assert_eq!(fx.cat.claim(1007, 10, &Allocations::new()).unwrap().len(), 1);
 }
 
 #[test]
@@ -305,11 +305,11 @@ fn recovery_requeues_interrupted_forwards() {
     fx.cat
         .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
-    assert_eq!(fx.cat.claim(1001, 10).unwrap().len(), 1);
+    assert_eq!(fx.cat.claim(1001, 10, &Allocations::new()).unwrap().len(), 1);
     drop(fx.cat);
     let cat = Catalog::open(&fx.path).unwrap();
     assert_eq!(cat.recover(1002).unwrap(), 1);
-    let w = cat.claim(1003, 10).unwrap();
+    let w = cat.claim(1003, 10, &Allocations::new()).unwrap();
     assert_eq!((w.len(), w[0].attempts), (1, 2));
 }
 
@@ -321,17 +321,17 @@ fn transient_failures_back_off_and_permanent_ones_wait_for_retry() {
     fx.cat
         .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
-    let w = fx.cat.claim(1001, 10).unwrap();
+    let w = fx.cat.claim(1001, 10, &Allocations::new()).unwrap();
     fx.cat.retry_later(w[0].id, "503 Slow Down", 5000, 1001).unwrap();
-    assert!(fx.cat.claim(4999, 10).unwrap().is_empty());
+    assert!(fx.cat.claim(4999, 10, &Allocations::new()).unwrap().is_empty());
     assert_eq!(fx.cat.next_due().unwrap(), Some(5000));
-    let w = fx.cat.claim(5000, 10).unwrap();
+    let w = fx.cat.claim(5000, 10, &Allocations::new()).unwrap();
     fx.cat.fail(w[0].id, "AccessDenied", 5001).unwrap();
     assert_eq!(states(&fx.cat), [("C1".into(), "failed".into())]);
     assert_eq!(fx.cat.report_lines(m).unwrap()[0].detail, "AccessDenied");
-    assert!(fx.cat.claim(99_999, 10).unwrap().is_empty());
+    assert!(fx.cat.claim(99_999, 10, &Allocations::new()).unwrap().is_empty());
     assert_eq!(fx.cat.retry(Some("acme"), None, 6000, GRACE).unwrap(), 1);
-    assert_eq!(fx.cat.claim(6000, 10).unwrap().len(), 1);
+    assert_eq!(fx.cat.claim(6000, 10, &Allocations::new()).unwrap().len(), 1);
 }
 
 #[test]
@@ -361,7 +361,7 @@ fn vanished_recordings_put_the_conversation_back_to_waiting() {
     fx.cat
         .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
-    let w = fx.cat.claim(1001, 10).unwrap();
+    let w = fx.cat.claim(1001, 10, &Allocations::new()).unwrap();
     fx.cat.recording_vanished(w[0].id, f, "deleted", 1002, GRACE).unwrap();
     assert_eq!(states(&fx.cat), [("C1".into(), "waiting".into())]);
     recording(&fx.cat, "c1.wav", "aa", 1003);

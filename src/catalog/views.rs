@@ -70,6 +70,8 @@ pub struct StatusView {
     pub recent_failures: Vec<ConversationView>,
     /// FTP sources polled so far (the CLI keeps those still configured).
     pub ftp_sources: Vec<super::FtpSourceStatus>,
+    /// Minutes forwarded this month and allocated, per configured tenant (filled by the CLI).
+    pub minutes: BTreeMap<String, super::MinutesStatus>,
 }
 
 /// Report status as tenants see it (SPEC §3).
@@ -80,6 +82,7 @@ fn report_status(state: &str, updated: bool) -> &'static str {
         "rejected" => "rejected",
         "expired" => "expired",
         "failed" => "failed",
+        "held" => "held",
         _ => "waiting",
     }
 }

@@ -111,6 +111,8 @@ pub(super) struct RawTenant {
     pub(super) authorized_keys: Vec<String>,
     pub(super) authorized_keys_file: Option<String>,
     pub(super) timezone: Option<String>,
+    pub(super) minute_allocation: Option<u64>,
+    pub(super) on_allocation_exceeded: Option<String>,
     pub(super) mapping: Option<RawMapping>,
     #[serde(default)]
     pub(super) ftp: Vec<RawFtp>,

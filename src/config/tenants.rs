@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::problems::{Problems, resolve};
 use super::raw::{RawFtp, RawMapping, RawQuota, RawTenant};
 use crate::secret::SecretSource;
-use crate::tenant::{FtpSource, Mapping, Quota, Tenant, TenantId, TimeColumns};
+use crate::tenant::{FtpSource, Mapping, MinuteAllocation, OnExceeded, Quota, Tenant, TenantId, TimeColumns};
 
 pub(super) fn tenant(p: &mut Problems<'_>, base: &Path, at: &str, t: RawTenant) -> Option<Tenant> {
     let id = match t.id.as_deref() {
@@ -35,6 +35,20 @@ pub(super) fn tenant(p: &mut Problems<'_>, base: &Path, at: &str, t: RawTenant) 
             }
         },
     };
+    let on_exceeded = match t.on_allocation_exceeded.as_deref() {
+        None | Some("hold") => OnExceeded::Hold,
+        Some("reject") => OnExceeded::Reject,
+        Some(other) => {
+            p.add(
+                format!("{at}.on_allocation_exceeded"),
+                format!("{other:?} is neither \"hold\" nor \"reject\""),
+            );
+            OnExceeded::Hold
+        }
+    };
+    let allocation = t
+        .minute_allocation
+        .map(|minutes| MinuteAllocation { minutes, on_exceeded });
     let mapping = mapping(p, &format!("{at}.mapping"), t.mapping);
     let quota = quota(p, &format!("{at}.quota"), t.quota.unwrap_or_default());
     let mut ftp = Vec::new();
@@ -60,6 +74,7 @@ pub(super) fn tenant(p: &mut Problems<'_>, base: &Path, at: &str, t: RawTenant) 
         mapping: mapping?,
         ftp,
         quota,
+        allocation,
     })
 }
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::catalog::{Catalog, Forwarded, Work, ms, now_ms};
-use crate::config::SinkConfig;
+use crate::catalog::{Catalog, Forwarded, Work, allocations_for, ms, now_ms};
+use crate::config::{LiveConfig, SinkConfig};
 use crate::dropbox::Archiver;
 use crate::dropbox::{DropRoot, RelPath};
 use crate::tenant::TenantId;
@@ -152,6 +152,8 @@ pub struct Forwarder {
     /// Woken when work may be due.
     pub wake: Arc<Notify>,
     pub reports: Arc<Notify>,
+    /// For the tenants' minute allocations, which a reload may change.
+    pub config: LiveConfig,
 }
 
 /// One forward worker: claims a few due conversations, forwards them, repeats; idle until woken
@@ -167,7 +169,20 @@ impl Worker for ForwardWorker {
     }
 
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
-        let batch = self.forwarder.catalog.run(|c| c.claim(now_ms(), CLAIM_BATCH)).await?;
+        // Minute allocations as they stand now: held conversations that fit again (raised by a
+        // reload, or a new month) go back to the queue before the claim.
+        let allocations = allocations_for(&self.forwarder.config.get().tenants, now_ms());
+        let batch = self
+            .forwarder
+            .catalog
+            .run(move |c| {
+                let released = c.release_held(&allocations, now_ms())?;
+                if released > 0 {
+                    tracing::info!(released, "held conversations fit in their minute allocation again");
+                }
+                c.claim(now_ms(), CLAIM_BATCH, &allocations)
+            })
+            .await?;
         if batch.is_empty() {
             return Ok(WorkerState::Idle);
         }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Liveness;
 use crate::catalog::{Catalog, ConvState};
+use crate::config::LiveConfig;
 
 /// Installs the process-wide recorder; returns the handle that renders it.
 pub fn install() -> Option<PrometheusHandle> {
@@ -40,6 +41,7 @@ pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     catalog: Catalog,
+    config: LiveConfig,
     liveness: Arc<Liveness>,
     cancel: CancellationToken,
 ) {
@@ -50,9 +52,10 @@ pub async fn serve(
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
         };
         while requests.try_join_next().is_some() {}
-        let (handle, catalog, liveness) = (handle.clone(), catalog.clone(), liveness.clone());
+        let (handle, catalog, config, liveness) = (handle.clone(), catalog.clone(), config.clone(), liveness.clone());
         requests.spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, handle, catalog, liveness)).await;
+            let answered = answer(stream, handle, catalog, config, liveness);
+            let _ = tokio::time::timeout(Duration::from_secs(10), answered).await;
         });
     }
 }
@@ -61,6 +64,7 @@ async fn answer(
     stream: tokio::net::TcpStream,
     handle: PrometheusHandle,
     catalog: Catalog,
+    config: LiveConfig,
     liveness: Arc<Liveness>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -70,6 +74,7 @@ async fn answer(
     let (status, content_type, body) = match path {
         "/metrics" => {
             record_states(&catalog).await;
+            record_minutes(&catalog, &config).await;
             ("200 OK", "text/plain; version=0.0.4", handle.render())
         }
         "/healthz" => {
@@ -107,5 +112,19 @@ async fn record_states(catalog: &Catalog) {
                 .set(n as f64);
         }
         metrics::gauge!("dropsync_orphan_recordings", "tenant" => tenant.clone()).set(t.orphans as f64);
+    }
+}
+
+/// Minutes forwarded this month and allocated, per tenant, from the catalog and the config.
+async fn record_minutes(catalog: &Catalog, config: &LiveConfig) {
+    let allocations = crate::catalog::allocations_for(&config.get().tenants, crate::catalog::now_ms());
+    let Ok(minutes) = catalog.run(move |c| c.minutes(&allocations)).await else {
+        return;
+    };
+    for (tenant, m) in minutes {
+        metrics::gauge!("dropsync_minutes_used", "tenant" => tenant.clone()).set(m.seconds_used as f64 / 60.0);
+        if let Some(a) = m.minute_allocation {
+            metrics::gauge!("dropsync_minute_allocation", "tenant" => tenant).set(a as f64);
+        }
     }
 }

@@ -108,3 +108,70 @@ fn a_recording_that_is_not_audio_rejects_its_row_with_the_reason() {
     assert_eq!(d.forwarded()["GOOD"]["duration_ms"], 1_000);
     assert!(d.log().contains("not a readable WAV file"), "{}", d.log());
 }
+
+/// One minute a month: 30 s and 25 s go out, the 10 s conversation after them is held (with
+/// the reason in its report) until a SIGHUP raises the allocation to two minutes. `status
+/// --json` and the metrics count the seconds that went out.
+#[test]
+fn a_minute_allocation_holds_what_does_not_fit_until_it_is_raised() {
+    let tenants = ACME.replace("id = \"acme\"", "id = \"acme\"\nminute_allocation = 1");
+    let mut d = Daemon::new("1h", &tenants);
+    let port = free_port();
+    let config = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        format!("{config}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    d.start();
+    // (len - 44) / 8 ms of audio each.
+    let calls = [("A", 240_044), ("B", 200_044), ("C", 80_044)];
+    let mut csv = format!("{HEADER}\n");
+    for (id, len) in calls {
+        d.put("acme", &format!("{id}.wav"), &audio(id, len));
+        csv += &format!("{}\n", csv_row(id, &format!("{id}.wav")));
+    }
+    d.put("acme", "batch.csv", csv.as_bytes());
+    let lines = d.wait_report("acme", "batch.csv.report.csv", 3);
+    let states: Vec<&str> = lines.iter().map(|l| l[3].as_str()).collect();
+    assert_eq!(states, ["forwarded", "forwarded", "held"], "{lines:?}");
+    assert!(lines[2][4].contains("would pass the 1 minutes"), "{lines:?}");
+    assert_eq!(d.forwarded().len(), 2);
+    let minutes = |d: &Daemon| -> serde_json::Value {
+        let out = d.cli(&["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["minutes"]["acme"].clone()
+    };
+    let m = minutes(&d);
+    assert_eq!(
+        (m["seconds_used"].as_u64(), m["minute_allocation"].as_u64()),
+        (Some(55), Some(1)),
+        "{m}"
+    );
+    let text = String::from_utf8(d.cli(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains("acme: 0.92 minutes forwarded in") && text.contains("(of 1)"),
+        "{text}"
+    );
+
+    let raised = std::fs::read_to_string(&d.config)
+        .unwrap()
+        .replace("minute_allocation = 1", "minute_allocation = 2");
+    std::fs::write(&d.config, raised).unwrap();
+    assert!(d.signal(libc::SIGHUP));
+    let fwd = d.wait_forwarded(3, T);
+    assert_eq!(fwd["C"]["duration_ms"], 10_000);
+    let m = minutes(&d);
+    assert_eq!(
+        (m["seconds_used"].as_u64(), m["minute_allocation"].as_u64()),
+        (Some(65), Some(2)),
+        "{m}"
+    );
+    let (_, body) = http_get(port, "/metrics");
+    let used = sample(&body, &["dropsync_minutes_used{", "tenant=\"acme\""]).unwrap_or(-1.0);
+    assert!((used - 65.0 / 60.0).abs() < 1e-6, "{body}");
+    assert_eq!(
+        sample(&body, &["dropsync_minute_allocation{", "tenant=\"acme\""]),
+        Some(2.0),
+        "{body}"
+    );
+}

@@ -1,0 +1,245 @@
+//! Minute allocations (SPEC §9). A conversation counts its longest recording, rounded up to
+//! the second. It is charged to the tenant's month when it is first claimed for forwarding, in
+//! the claim's own transaction, so concurrent forwarders and restarts never count it twice or
+//! let two conversations share the last minutes. One that would pass the allocation is `held`
+//! (behind any conversation held before it, so they go out in arrival order) or `rejected`.
+//! Held ones are released in arrival order while they fit: when the allocation is raised, when
+//! it is removed, or when a new month begins.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::Serialize;
+
+use super::{Catalog, Result};
+use crate::tenant::{OnExceeded, Tenant};
+
+/// A tenant's allocation as it applies now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationNow {
+    /// `None`: unlimited (its minutes are still counted).
+    pub seconds: Option<u64>,
+    pub on_exceeded: OnExceeded,
+    /// The current month in the tenant's time zone, `YYYY-MM`.
+    pub month: String,
+}
+
+/// Allocations by tenant id, for every configured tenant.
+pub type Allocations = HashMap<String, AllocationNow>;
+
+/// Every tenant's allocation at `now_ms`, its month taken in the tenant's time zone.
+pub fn allocations_for(tenants: &[Tenant], now_ms: i64) -> Allocations {
+    let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
+    tenants
+        .iter()
+        .map(|t| {
+            let a = AllocationNow {
+                seconds: t.allocation.map(|a| a.minutes.saturating_mul(60)),
+                on_exceeded: t.allocation.map_or(OnExceeded::Hold, |a| a.on_exceeded),
+                month: now.with_timezone(&t.timezone).format("%Y-%m").to_string(),
+            };
+            (t.id.to_string(), a)
+        })
+        .collect()
+}
+
+/// A tenant's minutes this month, for `status` and metrics.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MinutesStatus {
+    /// `YYYY-MM` in the tenant's time zone.
+    pub month: String,
+    pub seconds_used: u64,
+    pub minutes_used: f64,
+    /// `None`: unlimited.
+    pub minute_allocation: Option<u64>,
+}
+
+/// What the allocation says about forwarding one conversation now.
+pub(super) enum Verdict {
+    Go,
+    Stop { state: &'static str, detail: String },
+}
+
+/// The seconds a conversation counts: its longest recording, rounded up.
+fn seconds_of(tx: &Transaction<'_>, conv: i64) -> Result<u64> {
+    let ms: Option<i64> = tx
+        .prepare_cached(
+            "SELECT max(f.duration_ms) FROM recordings r JOIN files f ON f.id = r.file_id WHERE r.conversation = ?1",
+        )?
+        .query_row([conv], |r| r.get(0))?;
+    Ok((ms.unwrap_or(0).max(0) as u64).div_ceil(1000))
+}
+
+fn used(tx: &Transaction<'_>, tenant: &str, month: &str) -> Result<u64> {
+    let s: Option<i64> = tx
+        .prepare_cached("SELECT seconds FROM minute_usage WHERE tenant = ?1 AND month = ?2")?
+        .query_row(params![tenant, month], |r| r.get(0))
+        .optional()?;
+    Ok(s.unwrap_or(0).max(0) as u64)
+}
+
+fn minutes(seconds: u64) -> String {
+    format!("{}:{:02}", seconds / 60, seconds % 60)
+}
+
+/// Decides, inside the claim's transaction, whether `conv` of `tenant` may be forwarded now,
+/// and charges it if so. A conversation already charged (a retry) or an update of one already
+/// forwarded is not charged again.
+pub(super) fn charge(tx: &Transaction<'_>, conv: i64, tenant: &str, a: &AllocationNow) -> Result<Verdict> {
+    let (charged, updated): (Option<String>, bool) = tx
+        .prepare_cached("SELECT charged_month, updated FROM conversations WHERE id = ?1")?
+        .query_row([conv], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if charged.is_some() || updated {
+        return Ok(Verdict::Go);
+    }
+    let seconds = seconds_of(tx, conv)?;
+    if let Some(allocated) = a.seconds
+        && let Some(stop) = over_allocation(tx, conv, tenant, a, allocated, seconds)?
+    {
+        return Ok(stop);
+    }
+    tx.prepare_cached(
+        "INSERT INTO minute_usage (tenant, month, seconds) VALUES (?1, ?2, ?3)
+         ON CONFLICT(tenant, month) DO UPDATE SET seconds = seconds + excluded.seconds",
+    )?
+    .execute(params![tenant, a.month, seconds as i64])?;
+    tx.prepare_cached("UPDATE conversations SET charged_month = ?2, charged_seconds = ?3 WHERE id = ?1")?
+        .execute(params![conv, a.month, seconds as i64])?;
+    Ok(Verdict::Go)
+}
+
+/// Why `conv` (`seconds` long) may not go now under an allocation of `allocated` seconds.
+fn over_allocation(
+    tx: &Transaction<'_>,
+    conv: i64,
+    tenant: &str,
+    a: &AllocationNow,
+    allocated: u64,
+    seconds: u64,
+) -> Result<Option<Verdict>> {
+    if a.on_exceeded == OnExceeded::Hold {
+        let earlier: Option<i64> = tx
+            .prepare_cached("SELECT id FROM conversations WHERE tenant = ?1 AND state = 'held' AND id != ?2 LIMIT 1")?
+            .query_row(params![tenant, conv], |r| r.get(0))
+            .optional()?;
+        if earlier.is_some() {
+            return Ok(Some(Verdict::Stop {
+                state: "held",
+                detail: "minute allocation: waiting behind conversations held before it".into(),
+            }));
+        }
+    }
+    let used = used(tx, tenant, &a.month)?;
+    if used + seconds > allocated {
+        let detail = format!(
+            "minute allocation exceeded: this conversation ({}) would pass the {} minutes of {} ({} used)",
+            minutes(seconds),
+            allocated / 60,
+            a.month,
+            minutes(used)
+        );
+        let state = match a.on_exceeded {
+            OnExceeded::Hold => "held",
+            OnExceeded::Reject => "rejected",
+        };
+        return Ok(Some(Verdict::Stop { state, detail }));
+    }
+    Ok(None)
+}
+
+/// Gives back what a conversation that will not be forwarded was charged.
+pub(super) fn refund(tx: &Transaction<'_>, conv: i64) -> Result<()> {
+    let charged: Option<(String, String, i64)> = tx
+        .prepare_cached(
+            "SELECT tenant, charged_month, charged_seconds FROM conversations WHERE id = ?1 AND charged_month IS NOT NULL",
+        )?
+        .query_row([conv], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    if let Some((tenant, month, seconds)) = charged {
+        tx.prepare_cached("UPDATE minute_usage SET seconds = max(0, seconds - ?3) WHERE tenant = ?1 AND month = ?2")?
+            .execute(params![tenant, month, seconds])?;
+        tx.prepare_cached("UPDATE conversations SET charged_month = NULL, charged_seconds = NULL WHERE id = ?1")?
+            .execute([conv])?;
+    }
+    Ok(())
+}
+
+impl Catalog {
+    /// Releases held conversations, in arrival order, while they fit in their tenant's
+    /// allocation now (all of them if it has none any more). Returns how many.
+    pub fn release_held(&self, allocations: &Allocations, now: i64) -> Result<usize> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let tenants: Vec<String> = tx
+            .prepare_cached("SELECT DISTINCT tenant FROM conversations WHERE state = 'held'")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut released = 0;
+        for tenant in tenants {
+            let held: Vec<i64> = tx
+                .prepare_cached(
+                    "SELECT id FROM conversations WHERE tenant = ?1 AND state = 'held' ORDER BY received_at, id",
+                )?
+                .query_map([&tenant], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut room = match allocations.get(&tenant) {
+                Some(AllocationNow {
+                    seconds: Some(allocated),
+                    month,
+                    ..
+                }) => Some(allocated.saturating_sub(used(&tx, &tenant, month)?)),
+                _ => None,
+            };
+            for conv in held {
+                if let Some(room) = room.as_mut() {
+                    let seconds = seconds_of(&tx, conv)?;
+                    if seconds > *room {
+                        break;
+                    }
+                    *room -= seconds;
+                }
+                tx.prepare_cached(
+                    "UPDATE conversations SET state = 'ready', detail = NULL, next_attempt_at = ?2, changed_at = ?2 WHERE id = ?1",
+                )?
+                .execute(params![conv, now])?;
+                released += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(released)
+    }
+
+    /// Each tenant's minutes forwarded this month, and its allocation.
+    pub fn minutes(&self, allocations: &Allocations) -> Result<BTreeMap<String, MinutesStatus>> {
+        let conn = self.read()?;
+        // An old database opened read-only by the CLI may predate the table.
+        let exists: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'minute_usage'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let mut out = BTreeMap::new();
+        for (tenant, a) in allocations {
+            let s: Option<i64> = match exists {
+                Some(_) => conn
+                    .prepare_cached("SELECT seconds FROM minute_usage WHERE tenant = ?1 AND month = ?2")?
+                    .query_row(params![tenant, a.month], |r| r.get(0))
+                    .optional()?,
+                None => None,
+            };
+            let seconds = s.unwrap_or(0).max(0) as u64;
+            out.insert(
+                tenant.clone(),
+                MinutesStatus {
+                    month: a.month.clone(),
+                    seconds_used: seconds,
+                    minutes_used: (seconds as f64 / 60.0 * 100.0).round() / 100.0,
+                    minute_allocation: a.seconds.map(|s| s / 60),
+                },
+            );
+        }
+        Ok(out)
+    }
+}
