@@ -146,18 +146,20 @@ pub fn mp3_ms(file: &mut File) -> Result<u64> {
         return Ok(frames_to_ms(samples, u64::from(first.sample_rate)));
     }
     // No header with a count: every frame is counted (the bitrate may vary; never estimated).
+    // Relative seeks keep BufReader's buffer: one read per 64 KiB, not one per frame.
     let mut at = first_at;
     let mut frames = 0u64;
     let mut header = [0u8; 4];
+    r.seek(SeekFrom::Start(at)).map_err(io)?;
     while at + 4 <= len {
-        r.seek(SeekFrom::Start(at)).map_err(io)?;
         if read_up_to_buf(&mut r, &mut header)? < 4 {
             break;
         }
         match frame_header(header) {
-            Some(h) if h.sample_rate == first.sample_rate && h.layer == first.layer && h.length > 0 => {
+            Some(h) if h.sample_rate == first.sample_rate && h.layer == first.layer && h.length >= 4 => {
                 frames += 1;
                 at += u64::from(h.length);
+                r.seek_relative(i64::from(h.length) - 4).map_err(io)?;
             }
             // The end of the frames: an ID3v1/APE tag, or trailing bytes.
             _ => break,
@@ -319,4 +321,68 @@ pub fn au_ms(file: &mut File) -> Result<u64> {
     };
     let frames = data / (bytes_per_sample * u64::from(channels));
     Ok(frames_to_ms(frames, u64::from(rate)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(bytes: &[u8]) -> File {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, bytes).unwrap();
+        std::io::Seek::seek(&mut f, SeekFrom::Start(0)).unwrap();
+        f
+    }
+
+    /// MPEG-1 layer III, 128 kbit/s, 44.1 kHz, no padding: 417-byte frames of 1,152 samples.
+    const MP3_HEADER: [u8; 4] = [0xFF, 0xFB, 0x90, 0x00];
+
+    #[test]
+    fn mp3_frame_headers() {
+        let h = frame_header(MP3_HEADER).unwrap();
+        assert_eq!((h.sample_rate, h.samples, h.length, h.layer), (44_100, 1152, 417, 3));
+        // MPEG-2.5 layer III at 8 kHz, 16 kbit/s: 576 samples, 72 * 16000 / 8000 = 144 bytes.
+        let h = frame_header([0xFF, 0xE3, 0x28, 0xC4]).unwrap();
+        assert_eq!((h.sample_rate, h.samples, h.length), (8_000, 576, 144));
+        assert_eq!(
+            frame_header([0xFF, 0xFB, 0xF0, 0x00]),
+            None,
+            "bitrate index 15 is invalid"
+        );
+        assert_eq!(frame_header([0x12, 0x34, 0x56, 0x78]), None);
+    }
+
+    #[test]
+    fn mp3_without_a_header_is_counted_frame_by_frame() {
+        let mut bytes = b"ID3\x03\x00\x00\x00\x00\x00\x0a0123456789".to_vec();
+        for _ in 0..100 {
+            let mut frame = vec![0u8; 417];
+            frame[..4].copy_from_slice(&MP3_HEADER);
+            bytes.extend_from_slice(&frame);
+        }
+        bytes.extend_from_slice(b"TAG");
+        bytes.resize(bytes.len() + 125, b' ');
+        // 100 frames of 1,152 samples at 44.1 kHz.
+        assert_eq!(mp3_ms(&mut file_with(&bytes)), Ok(frames_to_ms(115_200, 44_100)));
+        assert_eq!(
+            mp3_ms(&mut file_with(b"plain text, no frames")),
+            Err("no MPEG audio frame found".into())
+        );
+    }
+
+    #[test]
+    fn gsm_and_au() {
+        let mut gsm = vec![0u8; 33 * 50];
+        for frame in gsm.chunks_mut(33) {
+            frame[0] = 0xD8;
+        }
+        assert_eq!(gsm_ms(&mut file_with(&gsm)), Ok(1000));
+        assert!(gsm_ms(&mut file_with(&gsm[..40])).unwrap_err().contains("33-byte"));
+        // µ-law, 8 kHz, mono, data size unknown (all ones): 8,000 bytes after a 24-byte header.
+        let mut au = b".snd\x00\x00\x00\x18\xff\xff\xff\xff\x00\x00\x00\x01\x00\x00\x1f\x40\x00\x00\x00\x01".to_vec();
+        au.resize(24 + 8000, 0x7F);
+        assert_eq!(au_ms(&mut file_with(&au)), Ok(1000));
+        au[15] = 23; // G.721 ADPCM
+        assert!(au_ms(&mut file_with(&au)).unwrap_err().contains("encoding 23"));
+    }
 }

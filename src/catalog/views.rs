@@ -50,6 +50,8 @@ pub struct ConversationView {
     pub detail: Option<String>,
     pub received_at: String,
     pub forwarded_at: Option<String>,
+    /// Its longest recording, once they are all in.
+    pub duration_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -95,7 +97,8 @@ pub(super) fn iso(ms: i64) -> String {
 
 const VIEW_COLUMNS: &str =
     "c.tenant, c.conversation_id, c.state, c.updated, m.rel_path, c.row_no, c.recording_text, c.contact_time,
-     c.attempts, c.detail, c.received_at, c.forwarded_at";
+     c.attempts, c.detail, c.received_at, c.forwarded_at,
+     (SELECT max(f.duration_ms) FROM recordings r JOIN files f ON f.id = r.file_id WHERE r.conversation = c.id)";
 
 fn view_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationView> {
     Ok(ConversationView {
@@ -111,6 +114,7 @@ fn view_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationView> {
         detail: r.get(9)?,
         received_at: iso(r.get(10)?),
         forwarded_at: r.get::<_, Option<i64>>(11)?.map(iso),
+        duration_ms: r.get(12)?,
     })
 }
 
