@@ -95,13 +95,14 @@ impl FtpPollError {
         }
     }
 
-    /// The server's reply, for a refusal; else the whole error.
+    /// The server's reply, for a refusal (its body carries the status code); else the whole
+    /// error.
     pub fn reply_text(&self) -> String {
         match self {
             FtpPollError::Ftp {
                 source: FtpError::UnexpectedResponse(r),
                 ..
-            } => one_line(&format!("{} {}", r.status.code(), String::from_utf8_lossy(&r.body))),
+            } => one_line(&String::from_utf8_lossy(&r.body)),
             other => other.to_string(),
         }
     }
