@@ -5,16 +5,12 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 
-use super::{frames_to_ms, read_up_to};
+use super::{frames_to_ms, read_up_to, unreadable};
 
 type Result<T> = std::result::Result<T, String>;
 
-fn io(e: std::io::Error) -> String {
-    format!("cannot read it: {e}")
-}
-
 fn len_of(file: &File) -> Result<u64> {
-    file.metadata().map(|m| m.len()).map_err(io)
+    file.metadata().map(|m| m.len()).map_err(unreadable)
 }
 
 // ---- Ogg Opus (RFC 7845) ----
@@ -28,9 +24,9 @@ pub fn is_ogg_opus(file: &mut File) -> bool {
 
 /// The pre-skip of the `OpusHead` packet on the first page (RFC 7845 §5.1).
 fn opus_head(file: &mut File) -> Result<u16> {
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    file.seek(SeekFrom::Start(0)).map_err(unreadable)?;
     let mut page = [0u8; 27 + 255 + 19];
-    let n = read_up_to(file, &mut page).map_err(io)?;
+    let n = read_up_to(file, &mut page)?;
     let page = &page[..n];
     if !page.starts_with(b"OggS") || page.len() < 27 {
         return Err("no Ogg page at the start".into());
@@ -49,9 +45,9 @@ pub fn ogg_opus_ms(file: &mut File) -> Result<u64> {
     let len = len_of(file)?;
     // The last page is at most 65,307 bytes long.
     let tail_len = len.min(65_536 + 27 + 255);
-    file.seek(SeekFrom::Start(len - tail_len)).map_err(io)?;
+    file.seek(SeekFrom::Start(len - tail_len)).map_err(unreadable)?;
     let mut tail = vec![0u8; tail_len as usize];
-    let n = read_up_to(file, &mut tail).map_err(io)?;
+    let n = read_up_to(file, &mut tail)?;
     tail.truncate(n);
     let granule = (0..tail.len().saturating_sub(27))
         .rev()
@@ -139,8 +135,8 @@ pub fn mp3_ms(file: &mut File) -> Result<u64> {
     let (first_at, first) = find_first_frame(&mut r, start, len)?;
     // The first frame may be a Xing/Info or VBRI header frame instead of audio.
     let mut frame = vec![0u8; first.length as usize];
-    r.seek(SeekFrom::Start(first_at)).map_err(io)?;
-    let n = read_up_to_buf(&mut r, &mut frame)?;
+    r.seek(SeekFrom::Start(first_at)).map_err(unreadable)?;
+    let n = read_up_to(&mut r, &mut frame)?;
     frame.truncate(n);
     if let Some(samples) = xing_samples(&frame, &first).or_else(|| vbri_samples(&frame, &first)) {
         return Ok(frames_to_ms(samples, u64::from(first.sample_rate)));
@@ -150,16 +146,16 @@ pub fn mp3_ms(file: &mut File) -> Result<u64> {
     let mut at = first_at;
     let mut frames = 0u64;
     let mut header = [0u8; 4];
-    r.seek(SeekFrom::Start(at)).map_err(io)?;
+    r.seek(SeekFrom::Start(at)).map_err(unreadable)?;
     while at + 4 <= len {
-        if read_up_to_buf(&mut r, &mut header)? < 4 {
+        if read_up_to(&mut r, &mut header)? < 4 {
             break;
         }
         match frame_header(header) {
             Some(h) if h.sample_rate == first.sample_rate && h.layer == first.layer && h.length >= 4 => {
                 frames += 1;
                 at += u64::from(h.length);
-                r.seek_relative(i64::from(h.length) - 4).map_err(io)?;
+                r.seek_relative(i64::from(h.length) - 4).map_err(unreadable)?;
             }
             // The end of the frames: an ID3v1/APE tag, or trailing bytes.
             _ => break,
@@ -171,22 +167,11 @@ pub fn mp3_ms(file: &mut File) -> Result<u64> {
     ))
 }
 
-fn read_up_to_buf<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]).map_err(io)? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
 /// Where the audio starts after an ID3v2 tag, if there is one.
 fn skip_id3v2<R: Read + Seek>(r: &mut R) -> Result<u64> {
     let mut h = [0u8; 10];
-    r.seek(SeekFrom::Start(0)).map_err(io)?;
-    if read_up_to_buf(r, &mut h)? < 10 || !h.starts_with(b"ID3") {
+    r.seek(SeekFrom::Start(0)).map_err(unreadable)?;
+    if read_up_to(r, &mut h)? < 10 || !h.starts_with(b"ID3") {
         return Ok(0);
     }
     let size = h[6..10].iter().fold(0u64, |acc, b| (acc << 7) | u64::from(b & 0x7F));
@@ -199,8 +184,8 @@ fn skip_id3v2<R: Read + Seek>(r: &mut R) -> Result<u64> {
 fn find_first_frame<R: Read + Seek>(r: &mut R, start: u64, len: u64) -> Result<(u64, FrameHeader)> {
     let window = (len.saturating_sub(start)).min(64 << 10) as usize;
     let mut buf = vec![0u8; window + 4];
-    r.seek(SeekFrom::Start(start)).map_err(io)?;
-    let n = read_up_to_buf(r, &mut buf)?;
+    r.seek(SeekFrom::Start(start)).map_err(unreadable)?;
+    let n = read_up_to(r, &mut buf)?;
     buf.truncate(n);
     for i in 0..buf.len().saturating_sub(3) {
         let Some(h) = frame_header([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]) else {
@@ -212,8 +197,8 @@ fn find_first_frame<R: Read + Seek>(r: &mut R, start: u64, len: u64) -> Result<(
             return Ok((start + i as u64, h));
         }
         let mut b = [0u8; 4];
-        r.seek(SeekFrom::Start(next)).map_err(io)?;
-        if read_up_to_buf(r, &mut b)? == 4 && frame_header(b).is_some_and(|n| n.sample_rate == h.sample_rate) {
+        r.seek(SeekFrom::Start(next)).map_err(unreadable)?;
+        if read_up_to(r, &mut b)? == 4 && frame_header(b).is_some_and(|n| n.sample_rate == h.sample_rate) {
             return Ok((start + i as u64, h));
         }
     }
@@ -281,7 +266,7 @@ pub fn gsm_ms(file: &mut File) -> Result<u64> {
         ));
     }
     let mut first = [0u8; 1];
-    file.read_exact(&mut first).map_err(io)?;
+    file.read_exact(&mut first).map_err(unreadable)?;
     if first[0] >> 4 != 0xD {
         return Err("its first frame lacks the GSM signature".into());
     }
@@ -292,7 +277,7 @@ pub fn gsm_ms(file: &mut File) -> Result<u64> {
 pub fn au_ms(file: &mut File) -> Result<u64> {
     let len = len_of(file)?;
     let mut h = [0u8; 24];
-    if read_up_to(file, &mut h).map_err(io)? < 24 || !h.starts_with(b".snd") {
+    if read_up_to(file, &mut h)? < 24 || !h.starts_with(b".snd") {
         return Err("no .snd header".into());
     }
     let (offset, size, encoding, rate, channels) = (

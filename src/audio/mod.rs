@@ -98,11 +98,11 @@ fn check_magic(file: &mut File, ext: &str) -> Result<(), String> {
     })
 }
 
-/// Reads until `buf` is full or the file ends; returns how much was read.
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads until `buf` is full or the input ends; returns how much was read.
+fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize, String> {
     let mut n = 0;
     while n < buf.len() {
-        match file.read(&mut buf[n..])? {
+        match r.read(&mut buf[n..]).map_err(unreadable)? {
             0 => break,
             k => n += k,
         }
@@ -110,10 +110,15 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// The reason for an I/O error while reading a recording.
+fn unreadable(e: std::io::Error) -> String {
+    format!("cannot read it: {e}")
+}
+
 /// symphonia's reading: the default audio track's playable frames at its sample rate, else its
 /// duration in its time base.
 fn symphonia_ms(file: &mut File, ext: &str) -> Result<u64, String> {
-    let file = file.try_clone().map_err(|e| format!("cannot read it: {e}"))?;
+    let file = file.try_clone().map_err(unreadable)?;
     let stream = MediaSourceStream::new(Box::new(file), MediaSourceStreamOptions::default());
     let mut hint = Hint::new();
     hint.with_extension(ext);
