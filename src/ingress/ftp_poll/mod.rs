@@ -374,8 +374,9 @@ impl Poller {
         }
         // Recordings first and metadata last, so that rows find their recordings already here.
         let matching = self.ctx.config.get().matching.clone();
+        let kind_of = |path: &str| FileKind::of(path.rsplit('/').next().unwrap_or(path), &matching);
         jobs.sort_by_cached_key(|j| {
-            let rank = match FileKind::of(j.path.rsplit('/').next().unwrap_or(&j.path), &matching) {
+            let rank = match kind_of(&j.path) {
                 FileKind::Recording => 0,
                 FileKind::Zip | FileKind::Unknown => 1,
                 FileKind::Metadata(_) => 2,
@@ -409,10 +410,7 @@ impl Poller {
             .collect();
         let revisions: Vec<(String, u64)> = jobs
             .iter()
-            .filter(|j| {
-                j.state.downloaded.is_some()
-                    && FileKind::of(j.path.rsplit('/').next().unwrap_or(&j.path), &matching) == FileKind::Recording
-            })
+            .filter(|j| j.state.downloaded.is_some() && kind_of(&j.path) == FileKind::Recording)
             .map(|j| (j.path.clone(), j.state.size))
             .collect();
         if !marks.is_empty() || !revisions.is_empty() {
