@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
 use super::{Catalog, Result};
@@ -70,8 +70,9 @@ fn seconds_of(tx: &Transaction<'_>, conv: i64) -> Result<u64> {
     Ok((ms.unwrap_or(0).max(0) as u64).div_ceil(1000))
 }
 
-fn used(tx: &Transaction<'_>, tenant: &str, month: &str) -> Result<u64> {
-    let s: Option<i64> = tx
+/// Seconds charged to `tenant` in `month`.
+fn used(conn: &Connection, tenant: &str, month: &str) -> Result<u64> {
+    let s: Option<i64> = conn
         .prepare_cached("SELECT seconds FROM minute_usage WHERE tenant = ?1 AND month = ?2")?
         .query_row(params![tenant, month], |r| r.get(0))
         .optional()?;
@@ -212,24 +213,10 @@ impl Catalog {
     /// Each tenant's minutes forwarded this month, and its allocation.
     pub fn minutes(&self, allocations: &Allocations) -> Result<BTreeMap<String, MinutesStatus>> {
         let conn = self.read()?;
-        // An old database opened read-only by the CLI may predate the table.
-        let exists: Option<i64> = conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'minute_usage'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let counted = super::has_table(&conn, "minute_usage")?;
         let mut out = BTreeMap::new();
         for (tenant, a) in allocations {
-            let s: Option<i64> = match exists {
-                Some(_) => conn
-                    .prepare_cached("SELECT seconds FROM minute_usage WHERE tenant = ?1 AND month = ?2")?
-                    .query_row(params![tenant, a.month], |r| r.get(0))
-                    .optional()?,
-                None => None,
-            };
-            let seconds = s.unwrap_or(0).max(0) as u64;
+            let seconds = if counted { used(&conn, tenant, &a.month)? } else { 0 };
             out.insert(
                 tenant.clone(),
                 MinutesStatus {

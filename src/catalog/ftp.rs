@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::Serialize;
 
 use super::{Catalog, Result};
@@ -325,15 +325,7 @@ impl Catalog {
     /// Every source the catalog has seen, optionally of one tenant.
     pub fn ftp_sources(&self, tenant: Option<&str>) -> Result<Vec<FtpSourceStatus>> {
         let conn = self.read()?;
-        // An old database opened read-only by the CLI may predate the table.
-        let exists: Option<i64> = conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ftp_sources'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if exists.is_none() {
+        if !super::has_table(&conn, "ftp_sources")? {
             return Ok(Vec::new());
         }
         let mut stmt = conn.prepare_cached(
