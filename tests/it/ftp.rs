@@ -209,18 +209,7 @@ fn audio_then_metadata_csv_and_json_are_pulled_once_across_restarts() {
 /// Returns (CA certificate, server certificate, server key).
 pub fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let p = |name: &str| dir.join(name);
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl is missing: apt install openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let openssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir), OPENSSL);
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     openssl(
         &[

@@ -66,16 +66,6 @@ fn lib_path() -> String {
     format!("{UNPACKED}/usr/lib/x86_64-linux-gnu:{UNPACKED}/usr/lib")
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// ProFTPD and Pure-FTPd switch to the FTP user's uid, which needs root.
 fn assert_root(peer: Peer) {
     assert!(
@@ -190,7 +180,7 @@ fn vsftpd(home: &Path, conf: &Path, port: u16, opts: &Opts) -> Child {
 fn proftpd(home: &Path, conf: &Path, port: u16, opts: &Opts) -> Child {
     assert_root(Peer::Proftpd);
     let bin = unpacked("usr/sbin/proftpd");
-    let hash = run(Command::new("openssl").args(["passwd", "-1", "secret"]));
+    let hash = run(Command::new("openssl").args(["passwd", "-1", "secret"]), OPENSSL);
     let (passwd, group) = (conf.join("passwd"), conf.join("group"));
     std::fs::write(
         &passwd,
@@ -252,16 +242,19 @@ fn pure_ftpd(home: &Path, conf: &Path, port: u16, opts: &Opts) -> Child {
         child.stdin.take().unwrap().write_all(b"secret\nsecret\n").unwrap();
         assert!(child.wait().unwrap().success(), "pure-pw useradd");
     } else {
-        let hash = run(Command::new("openssl").args(["passwd", "-1", "secret"]));
+        let hash = run(Command::new("openssl").args(["passwd", "-1", "secret"]), OPENSSL);
         let line = format!("calls:{}:65534:65534::{}/./::::::::::::\n", hash.trim(), home.display());
         std::fs::write(&passwd, line).unwrap();
     }
-    run(Command::new(&pure_pw)
-        .arg("mkdb")
-        .arg(&pdb)
-        .arg("-f")
-        .arg(&passwd)
-        .env("LD_LIBRARY_PATH", lib_path()));
+    run(
+        Command::new(&pure_pw)
+            .arg("mkdb")
+            .arg(&pdb)
+            .arg("-f")
+            .arg(&passwd)
+            .env("LD_LIBRARY_PATH", lib_path()),
+        "./scripts/ftp-peers unpacks pure-pw",
+    );
     let mut cmd = Command::new(bin);
     cmd.args(["-S", &format!("127.0.0.1,{port}"), "-E", "-A", "-H"])
         .arg("-l")
@@ -407,7 +400,7 @@ fn a_listing_pure_ftpd_cuts_short_is_reported_and_every_file_still_arrives() {
 /// A certificate made the way the servers' guides say (`openssl req -x509 -nodes -newkey
 /// rsa:2048`: self-signed, CA:TRUE). Returns (certificate, key, SHA-256 pin of its key).
 pub fn guide_certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
-    let openssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir));
+    let openssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir), OPENSSL);
     openssl(&[
         "req",
         "-x509",

@@ -532,23 +532,19 @@ pub fn encoded_with(seed: &str, ext: &str, ms: u32, options: &[&str]) -> Vec<u8>
         "gsm" => &["-c:a", "libgsm", "-f", "gsm"],
         _ => &[],
     };
-    let result = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!(
-            "sine=frequency={hz}:sample_rate=8000:duration={}.{:03}",
-            ms / 1000,
-            ms % 1000
-        ))
-        .args(["-ac", "1"])
-        .args(codec)
-        .args(options)
-        .arg(&out)
-        .output()
-        .expect("ffmpeg is missing: apt install ffmpeg (./scripts/test does)");
-    assert!(
-        result.status.success(),
-        "ffmpeg: {}",
-        String::from_utf8_lossy(&result.stderr)
+    run(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg(format!(
+                "sine=frequency={hz}:sample_rate=8000:duration={}.{:03}",
+                ms / 1000,
+                ms % 1000
+            ))
+            .args(["-ac", "1"])
+            .args(codec)
+            .args(options)
+            .arg(&out),
+        "apt install ffmpeg (./scripts/test does)",
     );
     std::fs::read(&out).unwrap()
 }
@@ -733,4 +729,21 @@ pub fn sample(body: &str, parts: &[&str]) -> Option<f64> {
         .find(|l| parts.iter().all(|p| l.contains(p)))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// How to install openssl, for [`run`].
+pub const OPENSSL: &str = "apt install openssl (./scripts/test does)";
+
+/// Runs a peer tool to completion and returns its stdout; fails the test with `install` if the
+/// tool is missing, and with its stderr if it fails.
+pub fn run(cmd: &mut Command, install: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{:?} could not run ({e}): {install}", cmd.get_program()));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
