@@ -361,6 +361,50 @@ t.sock.close()   # the connection drops mid-upload: no CLOSE is ever sent
 }
 
 #[test]
+fn an_upload_a_second_session_finished_survives_the_first_sessions_cut() {
+    // A client's connection stalls mid-upload and the server has not yet noticed it is dead.
+    // The client reconnects, sends one file again from the start and resumes the other, and is
+    // told both arrived. Then the first connection is found dead: what the second session was
+    // told must hold.
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let (again, resumed) = (audio("cut-again", 40_000), audio("cut-resumed", 40_000));
+    std::fs::write(d.dir.path().join("CA-1.wav"), &again).unwrap();
+    std::fs::write(d.dir.path().join("CR-1.wav"), &resumed).unwrap();
+    let out = d.paramiko(
+        r#"
+AGAIN = open(os.path.join(DIR, 'CA-1.wav'), 'rb').read()
+RESUMED = open(os.path.join(DIR, 'CR-1.wav'), 'rb').read()
+first, s1 = connect()
+a = s1.open('CA-1.wav', 'w'); a.write(AGAIN[:20000]); a.flush()
+b = s1.open('CR-1.wav', 'w'); b.write(RESUMED[:20000]); b.flush()
+second, s2 = connect()
+with s2.open('CA-1.wav', 'w') as f:
+    f.write(AGAIN)
+with s2.open('CR-1.wav', 'r+') as f:
+    f.seek(20000)
+    f.write(RESUMED[20000:])
+second.close()
+first.sock.close()   # only now does the first connection drop, its handles never closed
+"#,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.put(
+        "acme",
+        "cut.csv",
+        format!(
+            "{HEADER}\n{}\n{}\n",
+            csv_row("CA-1", "CA-1.wav"),
+            csv_row("CR-1", "CR-1.wav")
+        )
+        .as_bytes(),
+    );
+    let fwd = d.wait_forwarded(2, T);
+    assert_recordings(&d, &fwd["CA-1"], &[("CA-1.wav", &again)]);
+    assert_recordings(&d, &fwd["CR-1"], &[("CR-1.wav", &resumed)]);
+}
+
+#[test]
 fn winscp_style_filepart_upload_arrives_once_under_its_final_name() {
     let mut d = Daemon::with_sftp("");
     d.start();

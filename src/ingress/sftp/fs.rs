@@ -222,8 +222,12 @@ impl TenantFs {
             return Err(FsError::denied(&v, "names starting with .dropsync- are reserved"));
         }
         let target = self.real(&v)?;
-        if let Some(pending) = self.pending.join(&target) {
-            return self.reopen(pending, &v, truncate, exclusive);
+        if exclusive && self.pending.get(&target).is_some() {
+            return Err(FsError::new(StatusCode::Failure, format!("{v}: already exists")));
+        }
+        // An OPEN with TRUNCATE starts a new upload (see `insert_or_join`); others join.
+        if let Some(pending) = (!truncate).then(|| self.pending.join(&target)).flatten() {
+            return self.reopen(pending, &v, exclusive);
         }
         let parent = self.parent_of(&v)?;
         let existing = match self.meta(&v) {
@@ -263,32 +267,23 @@ impl TenantFs {
         };
         let fresh = !existing || truncate;
         let pending = Arc::new(Pending::new(file, parent, tmp, target, v.clone(), grant));
-        match self.pending.insert_or_join(&pending) {
+        match self.pending.insert_or_join(&pending, truncate) {
             Ok(()) => Ok(Opened { pending, fresh }),
             // Another session opened the same file meanwhile: that upload it is.
             Err(theirs) => {
                 self.discard_upload(&pending);
-                self.reopen(theirs, &v, truncate, exclusive)
+                self.reopen(theirs, &v, exclusive)
             }
         }
     }
 
     /// A further handle on an upload already open (joined by the caller).
-    fn reopen(&self, pending: Arc<Pending>, v: &VPath, truncate: bool, exclusive: bool) -> FsResult<Opened> {
-        let refused = if exclusive {
-            Some(FsError::new(StatusCode::Failure, format!("{v}: already exists")))
-        } else if truncate {
-            pending.file.set_len(0).err().map(|e| FsError::io(v, &e))
-        } else {
-            None
-        };
-        match refused {
-            Some(e) => {
-                self.release(&pending);
-                Err(e)
-            }
-            None => Ok(Opened { pending, fresh: false }),
+    fn reopen(&self, pending: Arc<Pending>, v: &VPath, exclusive: bool) -> FsResult<Opened> {
+        if exclusive {
+            self.release(&pending, false);
+            return Err(FsError::new(StatusCode::Failure, format!("{v}: already exists")));
         }
+        Ok(Opened { pending, fresh: false })
     }
 
     /// The upload open to `raw`, if there is one.
@@ -298,8 +293,8 @@ impl TenantFs {
     }
 
     /// One handle of an upload is closed; the last one gets what it must finish.
-    pub fn release(&self, pending: &Arc<Pending>) -> Option<LastClose> {
-        self.pending.release(pending)
+    pub fn release(&self, pending: &Arc<Pending>, closed: bool) -> Option<LastClose> {
+        self.pending.release(pending, closed)
     }
 
     /// Completes an upload. Returns the path relative to the drop folder if it is now a file
@@ -542,7 +537,7 @@ mod tests {
 
     /// CLOSE of a handle that is the last one.
     fn close(t: &TenantFs, up: Arc<Pending>) -> FsResult<FinishedUpload> {
-        let last = t.release(&up).expect("the last handle");
+        let last = t.release(&up, true).expect("the last handle");
         t.finish_upload(&up, &last, true)
     }
 
@@ -640,7 +635,7 @@ mod tests {
         let again = put(&t, "/c1.wav", false, false).unwrap();
         assert!(Arc::ptr_eq(&up, &again), "a second OPEN joins the upload");
         std::os::unix::fs::FileExt::write_at(&*again.file, b"-more", 4).unwrap();
-        assert!(t.release(&up).is_none(), "not the last handle");
+        assert!(t.release(&up, true).is_none(), "not the last handle");
         assert!(!t.root().join("c1.wav").exists());
         t.setstat(
             "/c1.wav",
@@ -655,7 +650,7 @@ mod tests {
         assert_eq!(t.stat("/c1.wav").unwrap().mtime, Some(1_500_000_000));
         // A dropped upload leaves nothing.
         let up = put(&t, "/c2.wav", true, false).unwrap();
-        assert!(t.release(&up).is_some());
+        assert!(t.release(&up, false).is_some());
         t.discard_upload(&up);
         let names: Vec<String> = fs::read_dir(t.root())
             .unwrap()
@@ -669,6 +664,42 @@ mod tests {
             t.rename("/c3.wav.filepart", "/c3.wav", false).unwrap(),
             Some("c3.wav".into())
         );
+    }
+
+    #[test]
+    fn an_upload_sent_again_or_finished_elsewhere_outlives_a_cut_connection() {
+        let (_d, t) = fx();
+        // Sent again from the start (TRUNCATE) while the cut upload is still open: a new upload,
+        // so the cut one's late writes and its discarding cannot touch it.
+        let cut = put(&t, "/a.wav", true, false).unwrap();
+        let again = put(&t, "/a.wav", true, false).unwrap();
+        assert!(!Arc::ptr_eq(&cut, &again), "a truncating OPEN started a new upload");
+        write(&again, b"RIFF-whole");
+        write(&cut, b"RIF");
+        assert!(cut.poison_unless_confirmed("lost"));
+        assert!(t.release(&cut, false).is_some());
+        t.discard_upload(&cut);
+        assert_eq!(close(&t, again).unwrap().arrived, Some("a.wav".into()));
+        assert_eq!(fs::read(t.root().join("a.wav")).unwrap(), b"RIFF-whole");
+        // Resumed by another session (no TRUNCATE) and closed there: confirmed, so a cut of
+        // the first handle keeps it.
+        let first = put(&t, "/b.wav", true, false).unwrap();
+        write(&first, b"RIFF");
+        let resumed = put(&t, "/b.wav", false, false).unwrap();
+        assert!(Arc::ptr_eq(&first, &resumed));
+        std::os::unix::fs::FileExt::write_at(&*resumed.file, b"-rest", 4).unwrap();
+        assert!(t.release(&resumed, true).is_none());
+        assert!(!first.poison_unless_confirmed("lost"), "confirmed by the other CLOSE");
+        let last = t.release(&first, false).unwrap();
+        assert!(last.confirmed && last.failed.is_none());
+        t.finish_upload(&first, &last, true).unwrap();
+        assert_eq!(fs::read(t.root().join("b.wav")).unwrap(), b"RIFF-rest");
+        // Cut first: a later CLOSE elsewhere is not confirmed and finds the upload doomed.
+        let first = put(&t, "/c.wav", true, false).unwrap();
+        let other = put(&t, "/c.wav", false, false).unwrap();
+        assert!(first.poison_unless_confirmed("lost"));
+        assert!(t.release(&first, false).is_none());
+        assert_eq!(other.failure().as_deref(), Some("lost"));
     }
 
     #[test]
@@ -721,7 +752,7 @@ mod tests {
         let up = put(&t, "/a.wav", true, false).unwrap();
         t.remove("/a.wav").unwrap();
         assert!(t.stat("/a.wav").is_err() && !t.root().join("a.wav").exists());
-        let last = t.release(&up).unwrap();
+        let last = t.release(&up, true).unwrap();
         assert!(last.removed);
         t.discard_upload(&up);
         assert_eq!(fs::read_dir(t.root()).unwrap().count(), 1, "only reports/");

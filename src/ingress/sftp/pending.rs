@@ -51,6 +51,9 @@ pub struct PendingState {
     pub grant: Option<FileGrant>,
     /// Removed by the client while open: it vanishes at its last CLOSE.
     removed: bool,
+    /// A handle's CLOSE was answered "done" while others stayed open: the client was told the
+    /// upload is complete, so losing the others' connections must not discard it.
+    confirmed: bool,
 }
 
 /// What the last handle's CLOSE has to finish.
@@ -61,6 +64,7 @@ pub struct LastClose {
     pub failed: Option<String>,
     pub grant: Option<FileGrant>,
     pub removed: bool,
+    pub confirmed: bool,
 }
 
 impl Pending {
@@ -85,6 +89,7 @@ impl Pending {
                 failed: None,
                 grant,
                 removed: false,
+                confirmed: false,
             }),
         }
     }
@@ -99,6 +104,22 @@ impl Pending {
         if s.failed.is_none() {
             s.failed = Some(why.to_owned());
         }
+    }
+
+    /// The connection of one of its handles was lost: the upload is to be discarded, unless a
+    /// CLOSE of another handle was already answered "done" (then it is kept; `false`).
+    pub fn poison_unless_confirmed(&self, why: &str) -> bool {
+        let mut s = self.state();
+        if s.confirmed {
+            return false;
+        }
+        s.failed.get_or_insert_with(|| why.to_owned());
+        true
+    }
+
+    /// Why it will be discarded, if it will.
+    pub fn failure(&self) -> Option<String> {
+        self.state().failed.clone()
     }
 
     /// The temp file's name in [`Pending::dir`].
@@ -133,11 +154,14 @@ impl PendingUploads {
     }
 
     /// Records a new upload, or, if another session opened one to the same place meanwhile,
-    /// joins that one and returns it (`p` is then to be discarded).
-    pub fn insert_or_join(&self, p: &Arc<Pending>) -> Result<(), Arc<Pending>> {
+    /// joins that one and returns it (`p` is then to be discarded). A `fresh` upload (OPEN with
+    /// TRUNCATE) never joins: it takes the name from any upload still open there, which goes on
+    /// alone to its own end. So writes still in flight from a connection that is dead but not
+    /// yet noticed cannot land in a file its client is sending again.
+    pub fn insert_or_join(&self, p: &Arc<Pending>, fresh: bool) -> Result<(), Arc<Pending>> {
         let target = p.state().target.clone();
         let mut map = self.map();
-        if let Some(existing) = map.get(&target) {
+        if let Some(existing) = map.get(&target).filter(|_| !fresh) {
             let mut s = existing.state();
             s.handles += 1;
             s.shared = true;
@@ -182,13 +206,15 @@ impl PendingUploads {
         true
     }
 
-    /// One handle of `p` is closed (or its connection lost). The last one gets what it must
-    /// finish, and the upload stops being visible.
-    pub fn release(&self, p: &Arc<Pending>) -> Option<LastClose> {
+    /// One handle of `p` is closed (`closed`: by a CLOSE about to be answered "done") or its
+    /// connection lost. The last one gets what it must finish, and the upload stops being
+    /// visible.
+    pub fn release(&self, p: &Arc<Pending>, closed: bool) -> Option<LastClose> {
         let mut map = self.map();
         let mut s = p.state();
         s.handles -= 1;
         if s.handles > 0 {
+            s.confirmed |= closed && s.failed.is_none();
             return None;
         }
         if map.get(&s.target).is_some_and(|q| Arc::ptr_eq(q, p)) {
@@ -201,6 +227,7 @@ impl PendingUploads {
             failed: s.failed.take(),
             grant: s.grant.take(),
             removed: s.removed,
+            confirmed: s.confirmed,
         })
     }
 }

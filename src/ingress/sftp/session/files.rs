@@ -8,8 +8,9 @@
 use super::digest::StreamDigest;
 use super::*;
 use crate::dropbox::FileKind;
+use crate::ingress::sftp::fs::FsResult;
 use crate::ingress::sftp::fs::VPath;
-use crate::ingress::sftp::pending::Pending;
+use crate::ingress::sftp::pending::{LastClose, Pending};
 use crate::ingress::{Hint, KnownDigest};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
@@ -262,23 +263,38 @@ impl Session {
     }
 
     /// CLOSE of an upload handle. The last one puts the upload in place and announces it (or
-    /// discards it, if a write failed or it was removed meanwhile).
+    /// discards it, if a write failed, its other connection was lost, or it was removed).
     async fn close_upload(&mut self, id: u32, u: UploadHandle) -> Result<Packet, String> {
         let pending = u.pending.clone();
         // Every write sent before CLOSE has landed once we hold the gate.
         let all_written = pending.gate.clone().write_owned().await;
-        let Some(last) = self.ctx.fs.release(&pending) else {
-            return Ok(ok(id)); // other handles still have it open
+        let Some(last) = self.ctx.fs.release(&pending, true) else {
+            // Other handles still have it open. "Done" unless it is already doomed.
+            return Ok(match pending.failure() {
+                Some(why) => status(id, StatusCode::Failure, &format!("upload discarded: {why}")),
+                None => ok(id),
+            });
         };
         drop(all_written);
+        Ok(match self.finish_last(u, last).await? {
+            Ok(()) => ok(id),
+            Err(e) => fs_err(id, e),
+        })
+    }
+
+    /// What the last handle of an upload leaves: the file in place and announced, or nothing
+    /// if a write failed or it was removed meanwhile.
+    async fn finish_last(&mut self, u: UploadHandle, last: LastClose) -> Result<FsResult<()>, String> {
+        let pending = u.pending.clone();
         if last.removed {
             self.ctx.fs.discard_upload(&pending);
-            return Ok(ok(id));
+            return Ok(Ok(()));
         }
         if let Some(why) = last.failed {
-            tracing::warn!(tenant = %self.ctx.tenant, file = %last.vpath, reason = %why, "upload discarded: a write was refused");
+            tracing::warn!(tenant = %self.ctx.tenant, file = %last.vpath, reason = %why, "upload discarded");
             self.ctx.fs.discard_upload(&pending);
-            return Ok(status(id, StatusCode::Failure, &format!("upload discarded: {why}")));
+            let why = format!("upload discarded: {why}");
+            return Ok(Err(FsError::new(StatusCode::Failure, why)));
         }
         let mut last = last;
         if let Some(grant) = last.grant.take() {
@@ -308,13 +324,13 @@ impl Session {
         } else {
             self.quick(finish)
         };
-        match finished {
+        Ok(match finished {
             Ok(FinishedUpload {
                 arrived: Some(rel),
                 sync_folder: None,
             }) => {
                 self.announce(&rel).await;
-                Ok(ok(id))
+                Ok(())
             }
             Ok(FinishedUpload {
                 arrived,
@@ -325,11 +341,11 @@ impl Session {
                 if let Some(q) = &self.folder_syncs {
                     let _ = q.send((folder, arrived));
                 }
-                Ok(ok(id))
+                Ok(())
             }
-            Ok(FinishedUpload { arrived: None, .. }) => Ok(ok(id)),
-            Err(e) => Ok(fs_err(id, e)),
-        }
+            Ok(FinishedUpload { arrived: None, .. }) => Ok(()),
+            Err(e) => Err(e),
+        })
     }
 
     pub(super) async fn open_dir(&mut self, id: u32, path: String) -> Result<(), String> {
@@ -372,18 +388,34 @@ impl Session {
         self.send(reply).await
     }
 
-    /// The client went away: its unfinished uploads leave nothing behind (an upload another
-    /// session also has open is discarded at that session's last CLOSE).
+    /// The client went away: its unfinished uploads leave nothing behind. An upload another
+    /// session also has open is discarded at that session's last CLOSE, unless that session was
+    /// already told it is done: then it is kept (a client that reconnected and finished it).
     pub(super) async fn abort_all(&mut self) {
-        for (_, h) in self.handles.drain() {
-            if let OpenHandle::Upload(u) = h {
-                self.ctx.open_uploads.fetch_sub(1, Ordering::Relaxed);
-                let _all_written = u.pending.gate.clone().write_owned().await;
-                let vpath = u.pending.vpath();
-                tracing::info!(tenant = %self.ctx.tenant, file = %vpath, "upload not closed; discarded");
-                u.pending.poison("the connection that was writing it was lost");
-                if self.ctx.fs.release(&u.pending).is_some() {
+        let handles: Vec<OpenHandle> = self.handles.drain().map(|(_, h)| h).collect();
+        for h in handles {
+            let OpenHandle::Upload(u) = h else { continue };
+            self.ctx.open_uploads.fetch_sub(1, Ordering::Relaxed);
+            let all_written = u.pending.gate.clone().write_owned().await;
+            let vpath = u.pending.vpath();
+            let doomed = u
+                .pending
+                .poison_unless_confirmed("the connection that was writing it was lost");
+            let last = self.ctx.fs.release(&u.pending, false);
+            drop(all_written);
+            match last {
+                Some(last) if !doomed => {
+                    tracing::info!(tenant = %self.ctx.tenant, file = %vpath, "upload not closed here but closed by another session; kept");
+                    if let Ok(Err(e)) = self.finish_last(u, last).await {
+                        tracing::warn!(tenant = %self.ctx.tenant, file = %vpath, error = %e.message, "upload could not be put in place");
+                    }
+                }
+                Some(_) => {
+                    tracing::info!(tenant = %self.ctx.tenant, file = %vpath, "upload not closed; discarded");
                     self.ctx.fs.discard_upload(&u.pending);
+                }
+                None => {
+                    tracing::info!(tenant = %self.ctx.tenant, file = %vpath, "upload not closed; left to its other handles")
                 }
             }
         }
