@@ -88,6 +88,13 @@ enum TenantCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run) {
+        // `dropsync status | head` ends quietly when the pipe closes, as Unix tools do, instead
+        // of panicking in println!. The daemon keeps SIGPIPE ignored: a peer that closes a
+        // socket is an error to handle there, not a reason to die.
+        // SAFETY: at start, before any thread exists; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // Generated from the CLI definition; they need no configuration.
     match &cli.command {
         Command::Completions { shell } => {

@@ -145,6 +145,32 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     );
 }
 
+#[test]
+fn commands_piped_into_a_closed_pipe_end_quietly() {
+    // `dropsync status | head -1`: the reader is gone before the command writes.
+    let mut d = Daemon::new("1h", ACME);
+    d.start();
+    for args in [&["status"][..], &["conversations", "--json"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&d.config)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(libc::SIGPIPE),
+            "{args:?}: ended by SIGPIPE, as Unix tools are: {:?} {stderr}",
+            out.status
+        );
+    }
+}
+
 fn can_log_in(d: &Daemon, user: &str, key: &Path) -> bool {
     d.sftp_batch_with(user, key, "ls\n").status.success()
 }
