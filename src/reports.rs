@@ -110,8 +110,9 @@ pub struct Reporter {
     /// Reports that failed: (failures in a row, not before). Memory only: a restart tries
     /// them all again at once, which is what a restart is for.
     failing: Arc<Mutex<HashMap<i64, (i64, std::time::Instant)>>>,
-    /// How long the last pass took: big reports are rewritten less often.
-    last_pass: Duration,
+    /// How long the slowest report of the last pass took to write: big reports are rewritten
+    /// less often.
+    slowest_report: Duration,
 }
 
 impl Reporter {
@@ -121,15 +122,17 @@ impl Reporter {
             drop,
             wake,
             failing: Arc::default(),
-            last_pass: Duration::ZERO,
+            slowest_report: Duration::ZERO,
         }
     }
 
     /// Rewrites every stale report whose turn it is; one that cannot be written is logged and
-    /// retried later, never in the way of the others. Blocking.
-    pub fn write_stale(&self) -> Result<(), CatalogError> {
+    /// retried later, never in the way of the others. Blocking. Gives the time the slowest one
+    /// took.
+    pub fn write_stale(&self) -> Result<Duration, CatalogError> {
         let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
         let mut after = 0;
+        let mut slowest = Duration::ZERO;
         loop {
             let batch = self.catalog.stale_reports(after, 200)?;
             for r in &batch {
@@ -145,7 +148,10 @@ impl Reporter {
                     continue;
                 };
                 let path = self.report_path(&tenant, &rel);
-                match self.write_report(r.metadata_file_id, &tenant, &rel) {
+                let started = std::time::Instant::now();
+                let written = self.write_report(r.metadata_file_id, &tenant, &rel);
+                slowest = slowest.max(started.elapsed());
+                match written {
                     Ok(()) => {
                         self.catalog.report_written(r.metadata_file_id, r.version)?;
                         failing.remove(&r.metadata_file_id);
@@ -164,7 +170,8 @@ impl Reporter {
                 break;
             }
         }
-        self.write_orphans()
+        self.write_orphans()?;
+        Ok(slowest)
     }
 
     fn report_path(&self, tenant: &TenantId, rel: &RelPath) -> std::path::PathBuf {
@@ -222,23 +229,28 @@ impl Reporter {
     }
 }
 
+/// The pause before the next pass. A big report is rewritten less often, so that rewriting it
+/// takes a bounded share of the catalog's time (about a fifth) however large its file is. The
+/// pass as a whole does not count: many small reports are work that must be done, and pausing
+/// for their sum let the backlog outgrow the writer under load (the soak found reports minutes
+/// behind).
+fn pause_after(slowest_report: Duration) -> Duration {
+    DEBOUNCE.max(slowest_report * 4)
+}
+
 impl Worker for Reporter {
     fn name(&self) -> String {
         "reports".into()
     }
 
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
-        let started = std::time::Instant::now();
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.write_stale()).await??;
-        self.last_pass = started.elapsed();
+        self.slowest_report = tokio::task::spawn_blocking(move || this.write_stale()).await??;
         Ok(WorkerState::Idle)
     }
 
     async fn wait_for_work(&mut self) {
-        // Big reports are rewritten less often, so that they take a bounded share of the
-        // catalog's time (about a fifth) however large a batch is; failed ones are retried.
-        let pause = DEBOUNCE.max(self.last_pass * 4);
+        let pause = pause_after(self.slowest_report);
         tokio::select! {
             _ = self.wake.notified() => tokio::time::sleep(pause).await,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -255,6 +267,14 @@ impl Worker for Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pause_between_passes_follows_the_slowest_report_not_the_pass() {
+        // Small reports: the debounce only, however many a pass wrote.
+        assert_eq!(pause_after(Duration::from_millis(3)), DEBOUNCE);
+        // A big one: four times its own write, so it takes about a fifth of the time.
+        assert_eq!(pause_after(Duration::from_secs(2)), Duration::from_secs(8));
+    }
 
     #[test]
     fn report_csv_quotes_what_needs_quoting() {
