@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -206,7 +205,7 @@ retry_max = "20s"
         load = int(self.a.minutes * 60)
         plan = [(t, "kill") for t in range(self.a.kill_every, load, self.a.kill_every)]
         plan += [(load * 0.25, "s3"), (load * 0.7, "s3"), (load * 0.4, "ftp"), (load * 0.8, "ftp"),
-                 (load * 0.5, "quota")]
+                 (load * 0.35, "quota")]
         plan.sort()
         for at, what in plan:
             while time.time() - self.t0 < at:
@@ -266,6 +265,7 @@ retry_max = "20s"
                         name = f"filler-{len(names)}.wav"
                         try:
                             with sftp.open(name, "wb") as f:
+                                f.set_pipelined(True)  # fast: the quota, not paramiko, should end it
                                 f.write(wav(1000) + os.urandom(8 << 20))
                             names.append(name)
                         except IOError as e:
@@ -567,7 +567,15 @@ retry_max = "20s"
         with ThreadPoolExecutor(8) as pool:
             for found in pool.map(one, folders.items()):
                 problems += found
-        problems += self.check_reports()
+        started = time.time()
+        while True:  # reports follow the catalog a little behind: a bounded wait, measured
+            missing_reports = self.check_reports()
+            if not missing_reports or time.time() - started > 120:
+                break
+            time.sleep(1)
+        self.log(f"reports: {len(self.ledger.bad_rows) - len(missing_reports)} of {len(self.ledger.bad_rows)} "
+                 f"bad rows in their reports {time.time() - started:.0f} s after the drain")
+        problems += missing_reports
         status = self.status()
         for tenant, view in status.get("tenants", {}).items():
             stuck = {k: v for k, v in view.get("states", {}).items() if k in ("ready", "forwarding", "failed") and v}
@@ -662,7 +670,9 @@ retry_max = "20s"
               f"zips {c['zips']}, sidecars {c['sidecars']}, bad rows {c['bad_rows']} "
               f"({len(self.ledger.bad_rows)} delivered), quota refusals seen by clients {c['quota_refusals']}")
         print(f"delivered conversations per tenant: {per_tenant}; conversations in S3: {in_s3}")
-        if self.quota_window:
+        if self.quota_window and self.quota_window[0] > self.t0 + load_end:
+            problems.append("gamma's quota filled only after the load: make the run longer")
+        elif self.quota_window:
             a, b, why = self.quota_window
             during = {}
             for t, tenant in self.ledger.by_tenant_time:
