@@ -318,7 +318,6 @@ fn migrate(conn: &Connection, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Milliseconds since the Unix epoch, the catalog's clock.
 /// Whether the database has table `name`: an old database opened read-only by the CLI may
 /// predate it.
 fn has_table(conn: &Connection, name: &str) -> Result<bool> {
@@ -332,6 +331,7 @@ fn has_table(conn: &Connection, name: &str) -> Result<bool> {
         .is_some())
 }
 
+/// Milliseconds since the Unix epoch, the catalog's clock.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
