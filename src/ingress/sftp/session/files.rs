@@ -8,8 +8,7 @@
 use super::digest::StreamDigest;
 use super::*;
 use crate::dropbox::FileKind;
-use crate::ingress::sftp::fs::FsResult;
-use crate::ingress::sftp::fs::VPath;
+use crate::ingress::sftp::fs::{FsResult, VPath};
 use crate::ingress::sftp::pending::{LastClose, Pending};
 use crate::ingress::{Hint, KnownDigest};
 use std::os::unix::fs::MetadataExt;
