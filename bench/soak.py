@@ -76,8 +76,7 @@ class Ledger:
         self.versions = {}    # (tenant, file name) -> set of sha256 the clients ever completed
         self.counts = {"sessions": 0, "failed_sessions": 0, "cut_uploads": 0, "zips": 0,
                        "sidecars": 0, "bad_rows": 0, "quota_refusals": 0}
-        self.by_tenant_time = []
-        self.delivered_by = []    # the client kind of each SFTP delivery  # (time, tenant) of each delivery, for the quota window
+        self.deliveries = []  # (time, tenant, client kind) of each delivery
 
     def attempt(self, tenant, conv):
         with self.lock:
@@ -85,12 +84,12 @@ class Ledger:
             for name, data in conv["files"].items():
                 self.versions.setdefault((tenant, name), set()).add(sha(data))
 
-    def deliver(self, tenant, conv, bad=()):
+    def deliver(self, tenant, conv, kind, bad=()):
         with self.lock:
             if conv["files"]:  # a rejected sidecar delivers only its bad row
                 self.delivered[(tenant, conv["id"])] = conv
             self.bad_rows.extend((tenant, conv["metadata_file"], b) for b in bad)
-            self.by_tenant_time.append((time.time(), tenant))
+            self.deliveries.append((time.time(), tenant, kind))
 
     def count(self, key, n=1):
         with self.lock:
@@ -254,48 +253,54 @@ retry_max = "20s"
 
     def fault_quota(self):
         """Fills gamma's drop folder to its quota with recordings no row names, keeps it full
-        for a while, then removes them: gamma's uploads are refused meanwhile, not the others'.
-        A kill -9 meanwhile cuts the session: it reconnects and goes on."""
-        names, refused = [], None
-        while refused is None:
+        for a while, then removes them: gamma's uploads are refused meanwhile, not the others'."""
+        names, refused = [], []
+
+        def fill(sftp):
+            name = f"filler-{len(names)}.wav"
             try:
-                t, sftp = self.paramiko_connect("gamma")
+                with sftp.open(name, "wb") as f:
+                    f.set_pipelined(True)  # fast: the quota, not paramiko, should end it
+                    f.write(wav(1000) + os.urandom(8 << 20))
+            except IOError as e:
+                if "quota" not in str(e):
+                    raise
+                refused.append(str(e))
+                return True
+            names.append(name)
+            return False
+
+        def empty(sftp):
+            if names:
                 try:
-                    while refused is None:
-                        name = f"filler-{len(names)}.wav"
-                        try:
-                            with sftp.open(name, "wb") as f:
-                                f.set_pipelined(True)  # fast: the quota, not paramiko, should end it
-                                f.write(wav(1000) + os.urandom(8 << 20))
-                            names.append(name)
-                        except IOError as e:
-                            if "quota" in str(e):
-                                refused = str(e)
-                            else:
-                                raise
-                finally:
-                    t.close()
-            except (OSError, EOFError, paramiko.SSHException):
-                time.sleep(1)
+                    sftp.remove(names[-1])
+                except FileNotFoundError:
+                    pass
+                names.pop()
+            return not names
+
+        self.as_gamma_until(fill)
         start = time.time()
-        self.log(f"gamma's quota full after {len(names)} filler files: {refused!r}")
+        self.log(f"gamma's quota full after {len(names)} filler files: {refused[0]!r}")
         time.sleep(self.a.quota_hold)
-        while names:
+        self.as_gamma_until(empty)
+        self.quota_window = (start, time.time(), refused[0])
+        self.log("gamma's filler files removed")
+
+    def as_gamma_until(self, step):
+        """Calls step(sftp) on a paramiko session of gamma until it returns True. A kill -9
+        meanwhile cuts the session: it reconnects and goes on."""
+        while True:
             try:
                 t, sftp = self.paramiko_connect("gamma")
                 try:
-                    while names:
-                        try:
-                            sftp.remove(names[-1])
-                        except FileNotFoundError:
-                            pass
-                        names.pop()
+                    while not step(sftp):
+                        pass
+                    return
                 finally:
                     t.close()
             except (OSError, EOFError, paramiko.SSHException):
                 time.sleep(1)
-        self.quota_window = (start, time.time(), refused)
-        self.log("gamma's filler files removed")
 
     # ---------------------------------------------------------------- clients
     def paramiko_connect(self, tenant):
@@ -328,8 +333,7 @@ retry_max = "20s"
                 ok = self.upload(kind, tenant, uploads, scratch, cut)
                 self.ledger.count("sessions")
                 if ok:
-                    self.ledger.deliver(tenant, conv, bad)
-                    self.ledger.delivered_by.append(kind)
+                    self.ledger.deliver(tenant, conv, kind, bad)
                     break
                 self.ledger.count("failed_sessions")
                 cut = False
@@ -473,7 +477,7 @@ retry_max = "20s"
                 with open(os.path.join(root, f".{name}.tmp"), "wb") as f:
                     f.write(data)
                 os.rename(os.path.join(root, f".{name}.tmp"), os.path.join(root, name))
-            self.ledger.deliver("delta", conv)
+            self.ledger.deliver("delta", conv, "ftp")
             time.sleep(self.a.ftp_every)
 
     # ---------------------------------------------------------------- watching
@@ -675,7 +679,7 @@ retry_max = "20s"
         elif self.quota_window:
             a, b, why = self.quota_window
             during = {}
-            for t, tenant in self.ledger.by_tenant_time:
+            for t, tenant, _ in self.ledger.deliveries:
                 if a <= t <= b:
                     during[tenant] = during.get(tenant, 0) + 1
             print(f"while gamma's quota was full ({b - a:.0f} s, refused with {why!r}): deliveries {during}")
@@ -684,13 +688,12 @@ retry_max = "20s"
         else:
             problems.append("the quota fault did not run")
         problems += [f"soak client crashed: {c}" for c in self.crashed]
-        kinds = {k: sum(1 for x in self.ledger.delivered_by if x == k) for k in ("paramiko", "openssh", "rclone")}
+        kinds = {k: sum(1 for *_, x in self.ledger.deliveries if x == k) for k in ("paramiko", "openssh", "rclone")}
         print(f"delivered conversations per client: {kinds}")
         problems += [f"no conversation delivered by {k}" for k, v in kinds.items() if not v]
-        for name in ["daemon.log"]:
-            panics = [l for l in open(os.path.join(self.w, name), errors="replace") if "panicked" in l]
-            if panics:
-                problems.append(f"{len(panics)} panics in {name}: {panics[0].strip()}")
+        panics = [l for l in open(os.path.join(self.w, "daemon.log"), errors="replace") if "panicked" in l]
+        if panics:
+            problems.append(f"{len(panics)} panics in daemon.log: {panics[0].strip()}")
         print(f"catalog after the drain: { {t: v.get('states') for t, v in status.get('tenants', {}).items()} }")
         print(f"\nproblems: {len(problems)}")
         for p in problems[:50]:
