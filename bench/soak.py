@@ -103,7 +103,7 @@ class Soak:
         self.stop_load = threading.Event()
         self.ledger = Ledger()
         self.events = []
-        self.samples = []  # (t, pid, rss_kib, fds)
+        self.samples = []  # (t, pid, rss_kib, fds, anon_kib)
         self.t0 = time.time()
         self.daemon = None
         self.s3 = None
@@ -485,10 +485,13 @@ retry_max = "20s"
         while not self.stop_monitor.is_set():
             pid = self.daemon.pid
             try:
-                rss = int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")).split()[1])
+                # VmRSS, and its anonymous part (the heap; the rest is mapped files: the binary,
+                # the catalog's WAL index)
+                kib = {l.split(":")[0]: int(l.split()[1]) for l in open(f"/proc/{pid}/status")
+                       if l.startswith(("VmRSS:", "RssAnon:"))}
                 fds = len(os.listdir(f"/proc/{pid}/fd"))
-                self.samples.append((time.time() - self.t0, pid, rss, fds))
-            except (OSError, StopIteration):
+                self.samples.append((time.time() - self.t0, pid, kib["VmRSS"], fds, kib["RssAnon"]))
+            except (OSError, KeyError, ValueError):
                 pass
             self.stop_monitor.wait(2)
 
@@ -633,7 +636,7 @@ retry_max = "20s"
         return self.summary(problems, folders, status)
 
     def progress(self):
-        last = self.samples[-1] if self.samples else (0, 0, 0, 0)
+        last = self.samples[-1] if self.samples else (0, 0, 0, 0, 0)
         c = self.ledger.counts
         self.log(f"delivered {len(self.ledger.delivered)} conversations in {c['sessions']} sessions "
                  f"({c['failed_sessions']} failed and retried); daemon RSS {last[2] / 1024:.0f} MiB, {last[3]} fds")
@@ -644,12 +647,16 @@ retry_max = "20s"
         last5 = [s for s in self.samples if load_end - 300 <= s[0] <= load_end]
         halves = [[s for s in last5 if s[0] < load_end - 150], [s for s in last5 if s[0] >= load_end - 150]]
         print("\n== RSS and open file descriptors of the daemon, per minute (max) ==")
-        print(" minute   RSS MiB   fds   pids")
+        print(" minute   RSS MiB   anon MiB   fds   pids")
         for m in range(0, int(max((s[0] for s in self.samples), default=0)) // 60 + 1):
             xs = [s for s in self.samples if m * 60 <= s[0] < (m + 1) * 60]
             if xs:
-                print(f"  {m:5d}   {max(s[2] for s in xs) / 1024:7.1f}   {max(s[3] for s in xs):4d}   "
-                      f"{len({s[1] for s in xs})}")
+                print(f"  {m:5d}   {max(s[2] for s in xs) / 1024:7.1f}   {max(s[4] for s in xs) / 1024:8.1f}   "
+                      f"{max(s[3] for s in xs):4d}   {len({s[1] for s in xs})}")
+        with open(os.path.join(self.w, "samples.csv"), "w") as f:
+            f.write("seconds,pid,rss_kib,fds,anon_kib\n")
+            f.writelines(",".join(str(round(v) if i == 0 else v) for i, v in enumerate(s)) + "\n"
+                         for s in self.samples)
         # RSS: the peak of each window (each holds a whole life of the daemon between kills).
         # Descriptors follow the sessions open at the sampled moment, so a leak shows as a rising
         # middle: the median of each window.
