@@ -24,6 +24,8 @@ pub(super) struct UploadHandle {
     digest: StreamDigest,
     /// Writes waiting for this handle's writer thread.
     queue: Arc<Mutex<WriteQueue>>,
+    /// Counted among the uploads a stop waits for; CLOSE hands it to its reply.
+    in_flight: Option<InFlight>,
 }
 
 /// The writes of one handle waiting to land. One blocking thread at a time takes all there are:
@@ -152,11 +154,11 @@ impl Session {
         } else {
             StreamDigest::none()
         };
-        self.ctx.open_uploads.fetch_add(1, Ordering::Relaxed);
         let handle = self.new_handle(OpenHandle::Upload(UploadHandle {
             pending: opened.pending,
             digest,
             queue: Arc::default(),
+            in_flight: Some(InFlight::count(&self.ctx.open_uploads)),
         }));
         Ok(Packet::Handle(HandleReply { id, handle }))
     }
@@ -246,17 +248,19 @@ impl Session {
         Ok(())
     }
 
-    pub(super) async fn close(&mut self, id: u32, handle: &str) -> Result<Packet, String> {
+    /// CLOSE of any handle. An upload's comes back with its place among the uploads in
+    /// flight, for the reply to hold until it is written.
+    pub(super) async fn close(&mut self, id: u32, handle: &str) -> Result<(Packet, Option<InFlight>), String> {
         let removed = self.handles.remove(handle);
         if removed.is_some() {
             metrics::gauge!("dropsync_sftp_handles").decrement(1.0);
         }
         match removed {
-            None => Ok(status(id, StatusCode::Failure, "invalid handle")),
-            Some(OpenHandle::Read(_)) | Some(OpenHandle::Dir(_)) => Ok(ok(id)),
-            Some(OpenHandle::Upload(u)) => {
-                self.ctx.open_uploads.fetch_sub(1, Ordering::Relaxed);
-                self.close_upload(id, u).await
+            None => Ok((status(id, StatusCode::Failure, "invalid handle"), None)),
+            Some(OpenHandle::Read(_)) | Some(OpenHandle::Dir(_)) => Ok((ok(id), None)),
+            Some(OpenHandle::Upload(mut u)) => {
+                let in_flight = u.in_flight.take();
+                Ok((self.close_upload(id, u).await?, in_flight))
             }
         }
     }
@@ -394,7 +398,6 @@ impl Session {
         let handles: Vec<OpenHandle> = self.handles.drain().map(|(_, h)| h).collect();
         for h in handles {
             let OpenHandle::Upload(u) = h else { continue };
-            self.ctx.open_uploads.fetch_sub(1, Ordering::Relaxed);
             let all_written = u.pending.gate.clone().write_owned().await;
             let vpath = u.pending.vpath();
             let doomed = u

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{
@@ -48,7 +47,8 @@ pub struct SessionCtx {
     /// Handles this session may hold open at once.
     pub max_handles: usize,
     pub fsync_on_close: bool,
-    /// Uploads open in this session (a stop waits for them, up to its deadline).
+    /// Uploads open in this session, each until its CLOSE is answered (a stop waits for them,
+    /// up to its deadline). Counted by [`replies::InFlight`].
     pub open_uploads: Arc<std::sync::atomic::AtomicUsize>,
     pub quotas: Arc<Limits>,
     /// The configuration in force (which names are recordings, hashed as they arrive).
@@ -60,7 +60,7 @@ mod files;
 mod replies;
 
 use files::{UploadHandle, attrs_of, refuse_growth};
-use replies::{Reply, send_packet_blocking, write_in_order};
+use replies::{Held, InFlight, Reply, send_packet_blocking, write_in_order};
 
 enum OpenHandle {
     Upload(UploadHandle),
@@ -197,10 +197,22 @@ impl Session {
     /// Sends the current request's reply. It takes a slot like READs and WRITEs, so that replies
     /// waiting for a slow client never fill the writer's queue.
     async fn send(&self, p: Packet) -> Result<(), String> {
+        self.send_holding(p, None).await
+    }
+
+    /// Sends the current request's reply, holding `upload` in flight until it is written.
+    async fn send_holding(&self, p: Packet, upload: Option<InFlight>) -> Result<(), String> {
         let bytes = Bytes::try_from(p).map_err(|e| format!("encode: {e}"))?;
         let slot = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         self.tx
-            .send((self.seq, bytes, slot))
+            .send((
+                self.seq,
+                bytes,
+                Held {
+                    _slot: slot,
+                    _upload: upload,
+                },
+            ))
             .await
             .map_err(|_| "client gone".to_string())
     }
@@ -316,8 +328,8 @@ impl Session {
                 self.send(reply).await
             }
             Packet::Close(c) => {
-                let reply = self.close(c.id, &c.handle).await?;
-                self.send(reply).await
+                let (reply, upload) = self.close(c.id, &c.handle).await?;
+                self.send_holding(reply, upload).await
             }
             Packet::OpenDir(o) => self.open_dir(o.id, o.path).await,
             Packet::ReadDir(r) => self.read_dir(r.id, r.handle).await,

@@ -1,14 +1,24 @@
 //! Replies of a session: in the order their requests came, each holding its request's slot
 //! until it is written, so that no blocking thread ever waits on the client.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::Bytes;
 use russh_sftp::protocol::Packet;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 /// A reply, with the place of its request in the session (replies leave in request order) and
-/// a slot, held until the reply is written to the client: at most `IN_FLIGHT` replies wait.
-pub(super) type Reply = (u64, Bytes, OwnedSemaphorePermit);
+/// what it holds until it is written to the client.
+pub(super) type Reply = (u64, Bytes, Held);
+
+/// What a reply holds until it is written: its request's slot (at most `IN_FLIGHT` replies
+/// wait), and for an upload's CLOSE, the upload's place among those a stop waits for.
+pub(super) struct Held {
+    pub _slot: OwnedSemaphorePermit,
+    pub _upload: Option<InFlight>,
+}
 
 /// Hands a reply to the session's writer from a blocking thread, which must never wait on the
 /// client: the request's
@@ -18,7 +28,11 @@ pub(super) type Reply = (u64, Bytes, OwnedSemaphorePermit);
 pub(super) fn send_packet_blocking(tx: &mpsc::Sender<Reply>, seq: u64, p: Packet, slot: OwnedSemaphorePermit) {
     match Bytes::try_from(p) {
         Ok(bytes) => {
-            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send((seq, bytes, slot)) {
+            let held = Held {
+                _slot: slot,
+                _upload: None,
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send((seq, bytes, held)) {
                 tracing::error!("sftp reply queue full: a reply was dropped (a bug; the session will stall)");
             }
         }
@@ -32,16 +46,35 @@ pub(super) fn send_packet_blocking(tx: &mpsc::Sender<Reply>, seq: u64, p: Packet
 /// own server answers in order too. At most `IN_FLIGHT` + 1 replies wait here.
 pub(super) async fn write_in_order<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Reply>, mut writer: W) {
     let mut next = 0u64;
-    let mut early: std::collections::BTreeMap<u64, (Bytes, OwnedSemaphorePermit)> = std::collections::BTreeMap::new();
-    'replies: while let Some((seq, bytes, slot)) = rx.recv().await {
-        early.insert(seq, (bytes, slot));
-        while let Some((bytes, slot)) = early.remove(&next) {
+    let mut early: std::collections::BTreeMap<u64, (Bytes, Held)> = std::collections::BTreeMap::new();
+    'replies: while let Some((seq, bytes, held)) = rx.recv().await {
+        early.insert(seq, (bytes, held));
+        while let Some((bytes, held)) = early.remove(&next) {
             next += 1;
             if writer.write_all(&bytes).await.is_err() {
                 break 'replies;
             }
-            drop(slot);
+            drop(held);
         }
     }
     let _ = writer.shutdown().await;
+}
+
+/// One upload handle's place in [`super::SessionCtx::open_uploads`], given back when dropped:
+/// with the handle when its connection is lost, or with its CLOSE's reply once that is written.
+/// A stop that saw the count fall at the start of a CLOSE cut the connection before the client
+/// heard that its file had arrived.
+pub(super) struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub(super) fn count(uploads: &Arc<AtomicUsize>) -> Self {
+        uploads.fetch_add(1, Ordering::Relaxed);
+        InFlight(uploads.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
