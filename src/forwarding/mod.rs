@@ -57,6 +57,9 @@ impl SinkError {
             std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
                 SinkError::permanent(message)
             }
+            // Keys are shortened to fit; a sink folder whose own file system takes shorter
+            // names cannot hold this one, however often it is tried.
+            _ if e.raw_os_error() == Some(libc::ENAMETOOLONG) => SinkError::permanent(message),
             _ => SinkError::transient(message),
         }
     }
@@ -256,15 +259,19 @@ impl Forwarder {
 
     async fn attempt(&self, work: &Work, started: i64) -> Result<(), Outcome> {
         let tenant = TenantId::parse(&work.tenant).map_err(|e| Outcome::Sink(SinkError::permanent(e)))?;
-        let prefix = layout::key_prefix(
+        let names: Vec<&str> = work.recordings.iter().map(|r| r.name.as_str()).collect();
+        let keys = layout::ConversationKeys::new(
             self.sink.prefix(),
             &work.tenant,
             work.contact_time,
             &work.conversation_id,
-        );
+            &names,
+        )
+        .map_err(|e| Outcome::Sink(SinkError::permanent(e.to_string())))?;
+        let prefix = keys.folder.clone();
         let mut entries = Vec::with_capacity(work.recordings.len());
         let mut forwarded = Vec::with_capacity(work.recordings.len());
-        for rec in &work.recordings {
+        for (rec, key_name) in work.recordings.iter().zip(&keys.names) {
             let vanished = |why: String| Outcome::Vanished {
                 file_id: rec.file_id,
                 why,
@@ -298,7 +305,7 @@ impl Forwarder {
             let check = file
                 .try_clone()
                 .map_err(|e| Outcome::Sink(SinkError::from_io("open", &e)))?;
-            let key = format!("{prefix}{}", rec.name);
+            let key = format!("{prefix}{key_name}");
             let (bytes, sha256) = self
                 .sink
                 .put_file(&key, file, rec.size as u64, rec.sha256.as_deref())
@@ -327,7 +334,7 @@ impl Forwarder {
         let forwarded_at = now_ms();
         let doc = layout::metadata_json(work, &entries, forwarded_at);
         self.sink
-            .put_bytes(&format!("{prefix}metadata.json"), doc)
+            .put_bytes(&keys.metadata_json(), doc)
             .await
             .map_err(Outcome::Sink)?;
 
@@ -358,4 +365,18 @@ fn open_archived(path: &str) -> std::io::Result<std::fs::File> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_errors_no_retry_can_mend_are_permanent() {
+        let kind = |code| SinkError::from_io("write", &std::io::Error::from_raw_os_error(code)).kind;
+        assert_eq!(kind(libc::ENAMETOOLONG), ErrorKind::Permanent);
+        assert_eq!(kind(libc::EACCES), ErrorKind::Permanent);
+        assert_eq!(kind(libc::ENOSPC), ErrorKind::Transient);
+        assert_eq!(kind(libc::EIO), ErrorKind::Transient);
+    }
 }

@@ -34,6 +34,8 @@ const PERMANENT_CODES: &[&str] = &[
     "InvalidBucketName",
     "AccountProblem",
     "InvalidObjectState",
+    // Keys are shortened to S3's 1,024 bytes; a store with a shorter limit refuses them for good.
+    "KeyTooLongError",
 ];
 
 /// A second, independent open of the same file: its own offset, so parts read concurrently

@@ -411,3 +411,33 @@ fn reports_are_never_written_through_a_link() {
     assert_eq!(lines[0][3], "forwarded");
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
+
+/// An id of 84 CJK characters is 252 bytes, valid, and 756 bytes percent-encoded; a recording
+/// name may have 255 bytes. Both reach the sink (shortened the same way every time) instead of
+/// waiting forever on "File name too long"; metadata.json keeps the originals. The tenant's
+/// other call, sent after it, is forwarded too.
+#[test]
+fn the_longest_names_a_tenant_may_use_are_forwarded() {
+    let mut d = Daemon::new("1h", ACME);
+    d.start();
+    let id = "話".repeat(84);
+    let name = format!("{}.wav", "r".repeat(251));
+    let (a1, a2) = (audio("long", 3000), audio("short", 2000));
+    d.put("acme", &name, &a1);
+    d.put("acme", "long.csv", one_row_csv(&id, &name).as_bytes());
+    d.put("acme", "c2.wav", &a2);
+    d.put("acme", "later.csv", one_row_csv("C-2", "c2.wav").as_bytes());
+    let fwd = d.wait_forwarded(2, T);
+    let doc = &fwd[&id];
+    assert_eq!(doc["conversation_id"], id.as_str());
+    assert_recordings(&d, doc, &[(&name, &a1)]);
+    let key = doc["recordings"][0]["key"].as_str().unwrap();
+    let segments: Vec<&str> = key.split('/').collect();
+    assert!(
+        segments[4].starts_with("%E8%A9%B1") && segments[4].len() <= 255,
+        "{key}"
+    );
+    assert_eq!(segments[5], name);
+    assert_eq!(d.wait_report("acme", "long.csv.report.csv", 1)[0][3], "forwarded");
+    assert_recordings(&d, &fwd["C-2"], &[("c2.wav", &a2)]);
+}

@@ -67,6 +67,32 @@ fn small_and_multipart_recordings_arrive_byte_identical() {
     assert_eq!(s3.open_multipart_uploads(), 0);
 }
 
+/// A conversation id whose encoding passes 255 bytes is shortened, the same way the dir sink
+/// shortens it, so a store that keeps objects as files (rclone's) takes it.
+#[test]
+fn a_long_conversation_id_reaches_s3_shortened() {
+    let mut s3 = S3Server::new();
+    s3.start();
+    let mut d = Daemon::with_s3(&s3, "SECRET", "");
+    d.start();
+    let id = "話".repeat(84);
+    let bytes = audio("s3-long", 4000);
+    d.put("acme", "long.wav", &bytes);
+    d.put("acme", "batch.csv", one_row_csv(&id, "long.wav").as_bytes());
+    let keys = wait_keys(&s3, 1);
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let folder = keys[0].rsplit_once('/').unwrap().0;
+    let segment = folder.rsplit('/').next().unwrap();
+    assert!(segment.starts_with("%E8%A9%B1") && segment.len() <= 255, "{segment}");
+    assert_eq!(keys[0], format!("{folder}/long.wav"));
+    assert_eq!(s3.sha256(&keys[0]), sha256_hex(&bytes));
+    let doc: serde_json::Value = serde_json::from_str(&s3.boto3(&format!(
+        "print(s3.get_object(Bucket='calls', Key='{folder}/metadata.json')['Body'].read().decode())"
+    )))
+    .unwrap();
+    assert_eq!(doc["conversation_id"], id.as_str());
+}
+
 #[test]
 fn an_outage_queues_conversations_and_the_backlog_drains() {
     let mut s3 = S3Server::new();
