@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod config;
 pub mod confine;
 pub mod dropbox;
+pub mod fault;
 pub mod forwarding;
 pub mod fsutil;
 pub mod housekeeping;

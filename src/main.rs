@@ -260,8 +260,8 @@ fn status(config: &Config, tenant: Option<&str>, json: bool) -> anyhow::Result<(
         );
         if let Some(e) = &s.intake_last_error {
             println!(
-                "    {} arrival(s) failed and wait for a retry; latest: {e}",
-                s.intake_retrying
+                "    {} arrival(s) failed and wait for a retry, {} failed for good (`dropsync retry` queues them again); latest: {e}",
+                s.intake_retrying, s.intake_failed
             );
         }
     }

@@ -127,6 +127,12 @@ pub enum IntakeOutcome {
         error: String,
         at: i64,
     },
+    /// Failed for good (`max_attempts` reached, or an error no retry can mend): kept, not
+    /// due, until `dropsync retry`; a metadata file's report says why.
+    Failed {
+        error: String,
+        at: i64,
+    },
     /// Still changing: checked again at `at` against this size and mtime.
     Settling {
         size: u64,
@@ -135,7 +141,26 @@ pub enum IntakeOutcome {
     },
 }
 
+/// The `next_attempt_at` of a failed item: after any due time a scan asks about.
+const NEVER: i64 = i64::MAX;
+
 impl Catalog {
+    /// `dropsync retry`: failed intake items are due again, with their attempts forgotten, and
+    /// a metadata file they left half-parsed resumes where it stopped. Returns how many.
+    pub(super) fn retry_failed_intake(tx: &rusqlite::Transaction<'_>, tenant: Option<&str>, now: i64) -> Result<usize> {
+        tx.prepare_cached(
+            "UPDATE metadata_files SET status = 'parsing', reason = NULL, report_stale = report_stale + 1
+             WHERE status = 'failed' AND (?1 IS NULL OR tenant = ?1)",
+        )?
+        .execute(params![tenant])?;
+        Ok(tx
+            .prepare_cached(
+                "UPDATE intake_queue SET failed_at = NULL, attempts = 0, next_attempt_at = ?2
+                 WHERE failed_at IS NOT NULL AND (?1 IS NULL OR tenant = ?1)",
+            )?
+            .execute(params![tenant, now])?)
+    }
+
     /// Records work items. A new event for an item already queued makes it due at once and
     /// bumps its version (so a lane processing the older event leaves it queued).
     pub fn enqueue_intake(&self, items: &[NewIntake], now: i64) -> Result<()> {
@@ -248,6 +273,28 @@ impl Catalog {
                              WHERE id = ?1",
                         )?
                         .execute(params![item.id, error, at, item.version])?;
+                    }
+                    IntakeOutcome::Failed { error, at } => {
+                        // A newer event (the file sent again) gets a fresh try instead.
+                        let failed = tx
+                            .prepare_cached(
+                                "UPDATE intake_queue SET attempts = attempts + 1, last_error = ?2, failed_at = ?3,
+                                    next_attempt_at = ?4 WHERE id = ?1 AND version = ?5",
+                            )?
+                            .execute(params![item.id, error, at, NEVER, item.version])?;
+                        if failed > 0 {
+                            tx.prepare_cached(
+                                "UPDATE metadata_files SET status = 'failed', reason = ?3, report_stale = report_stale + 1
+                                 WHERE status = 'parsing' AND file_id IN
+                                    (SELECT id FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present')",
+                            )?
+                            .execute(params![item.tenant, item.rel_path, error])?;
+                        } else {
+                            tx.prepare_cached(
+                                "UPDATE intake_queue SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+                            )?
+                            .execute(params![item.id, error])?;
+                        }
                     }
                     IntakeOutcome::Settling { size, mtime_ns, at } => {
                         tx.prepare_cached(

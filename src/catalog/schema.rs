@@ -238,4 +238,11 @@ CREATE TABLE minute_usage (
 ) WITHOUT ROWID;
 CREATE INDEX conv_held ON conversations(tenant, received_at, id) WHERE state = 'held';
 "#,
+    // 7: poison work (issue 20). An intake item that failed `max_attempts` times, or with an
+    // error no retry can mend, is kept (with `next_attempt_at` pushed to the end of time, so no
+    // due scan finds it) until `dropsync retry` queues it again.
+    r#"
+ALTER TABLE intake_queue ADD COLUMN failed_at INTEGER;  -- NULL: live
+-- metadata_files.status gains 'failed': its item failed for good; the report says why.
+"#,
 ];

@@ -63,6 +63,9 @@ pub struct TenantStatus {
     pub intake_queued: i64,
     /// Of those, the ones that failed at least once and wait for a retry; the latest error.
     pub intake_retrying: i64,
+    /// Arrivals that failed for good (`max_attempts`, or an error no retry mends), until
+    /// `dropsync retry`.
+    pub intake_failed: i64,
     pub intake_last_error: Option<String>,
 }
 
@@ -152,15 +155,26 @@ impl Catalog {
         let (status, reason): (String, Option<String>) = conn
             .prepare_cached("SELECT status, reason FROM metadata_files WHERE id = ?1")?
             .query_row([metadata_file_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        if status == "rejected" {
-            f(ReportLine {
+        match status.as_str() {
+            "rejected" => {
+                f(ReportLine {
+                    row: None,
+                    conversation_id: String::new(),
+                    recording: String::new(),
+                    status: "rejected",
+                    detail: reason.unwrap_or_default(),
+                });
+                return Ok(());
+            }
+            // Failed part-way: the rows committed before the failure follow.
+            "failed" => f(ReportLine {
                 row: None,
                 conversation_id: String::new(),
                 recording: String::new(),
-                status: "rejected",
+                status: "failed",
                 detail: reason.unwrap_or_default(),
-            });
-            return Ok(());
+            }),
+            _ => {}
         }
         let mut stmt =
             conn.prepare_cached("SELECT line, name, reason FROM refusals WHERE metadata_file_id = ?1 ORDER BY line")?;
@@ -284,18 +298,21 @@ impl Catalog {
                 entry.files_waiting = present;
             }
             let mut stmt = conn.prepare_cached(
-                "SELECT tenant, count(*), count(*) FILTER (WHERE attempts > 0),
+                "SELECT tenant, count(*) FILTER (WHERE failed_at IS NULL),
+                        count(*) FILTER (WHERE attempts > 0 AND failed_at IS NULL),
+                        count(*) FILTER (WHERE failed_at IS NOT NULL),
                         (SELECT q.rel_path || ': ' || q.last_error FROM intake_queue q
                          WHERE q.tenant = i.tenant AND q.attempts > 0 ORDER BY q.next_attempt_at DESC LIMIT 1)
                  FROM intake_queue i WHERE (?1 IS NULL OR tenant = ?1) GROUP BY tenant",
             )?;
             for r in stmt.query_map([tenant], |r| {
-                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })? {
-                let (t, queued, retrying, last_error) = r?;
+                let (t, queued, retrying, failed, last_error) = r?;
                 let entry = view.tenants.entry(t).or_default();
                 entry.intake_queued = queued;
                 entry.intake_retrying = retrying;
+                entry.intake_failed = failed;
                 entry.intake_last_error = last_error;
             }
             let mut stmt = conn.prepare_cached(&format!(
@@ -317,6 +334,10 @@ impl Catalog {
         let mut decided = Vec::new();
         let mut conn = self.lock();
         let tx = conn.transaction()?;
+        let intake = match conversation_id {
+            None => Catalog::retry_failed_intake(&tx, tenant, now)?,
+            Some(_) => 0,
+        };
         let failed = tx.execute(
             "UPDATE conversations SET state = 'ready', next_attempt_at = ?3, attempts = 0, changed_at = ?3
              WHERE state = 'failed' AND (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR conversation_id = ?2)",
@@ -349,6 +370,6 @@ impl Catalog {
             }
         }
         tx.commit()?;
-        Ok(failed + expired.len())
+        Ok(intake + failed + expired.len())
     }
 }

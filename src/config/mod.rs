@@ -169,6 +169,9 @@ pub struct IntakeConfig {
 pub struct LimitsConfig {
     /// Every tenant's quota, unless its own `quota` sets a key.
     pub quota: Quota,
+    /// Failed attempts after which a unit of work (an intake item, a conversation that
+    /// panicked) is `failed` until `dropsync retry`, so a poison file never loops for ever.
+    pub max_attempts: u32,
 }
 
 /// SPEC §8's defaults: what one contact centre may hold in its drop folder at once.
@@ -353,14 +356,14 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     if intake.lanes == 0 || intake.lanes > 256 {
         p.add("intake.lanes", "must be between 1 and 256");
     }
+    let raw_limits = raw.limits.unwrap_or_default();
     let limits = LimitsConfig {
-        quota: quota(
-            &mut p,
-            "limits.quota",
-            raw.limits.unwrap_or_default().quota.unwrap_or_default(),
-        )
-        .over(DEFAULT_QUOTA),
+        quota: quota(&mut p, "limits.quota", raw_limits.quota.unwrap_or_default()).over(DEFAULT_QUOTA),
+        max_attempts: raw_limits.max_attempts.unwrap_or(10),
     };
+    if limits.max_attempts == 0 {
+        p.add("limits.max_attempts", "must be at least 1");
+    }
     let catalog = CatalogConfig {
         busy_timeout: p.duration(
             "catalog.busy_timeout",

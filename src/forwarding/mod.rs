@@ -194,7 +194,7 @@ impl Worker for ForwardWorker {
         // Claimed conversations are finished even during shutdown: they are short, and if
         // the process dies anyway, the catalog replays them.
         for work in batch {
-            self.forwarder.forward_one(work).await;
+            self.forwarder.forward_one_catching_panics(work).await;
         }
         Ok(WorkerState::Busy)
     }
@@ -212,6 +212,37 @@ impl Worker for ForwardWorker {
 }
 
 impl Forwarder {
+    /// A panic while forwarding (a bug) counts as a failed attempt of that conversation only:
+    /// it is tried again with backoff, and `failed` once it has been claimed `max_attempts`
+    /// times. The worker goes on with the rest of the queue.
+    async fn forward_one_catching_panics(&self, work: Work) {
+        use futures_util::FutureExt;
+        let (id, attempts) = (work.id, work.attempts);
+        let span = tracing::info_span!("forward", tenant = %work.tenant, conversation = %work.conversation_id);
+        let Err(payload) = std::panic::AssertUnwindSafe(self.forward_one(work))
+            .catch_unwind()
+            .await
+        else {
+            return;
+        };
+        let error = crate::fault::panic_message(&*payload);
+        let now = now_ms();
+        let recorded = if attempts >= i64::from(self.config.get().limits.max_attempts) {
+            span.in_scope(
+                || tracing::error!(%error, attempts, "forwarding failed for good; `dropsync retry` re-queues it"),
+            );
+            self.catalog.run(move |c| c.fail(id, &error, now)).await
+        } else {
+            let at = now + ms(crate::backoff::exponential(attempts, self.retry_min, self.retry_max));
+            span.in_scope(|| tracing::error!(%error, attempts, "forwarding failed; will retry"));
+            self.catalog.run(move |c| c.retry_later(id, &error, at, now)).await
+        };
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "cannot record the outcome; start-up recovery will replay it");
+        }
+        self.reports.notify_one();
+    }
+
     async fn forward_one(&self, work: Work) {
         // Instrumented, not entered: an entered span does not follow a future across awaits.
         let span = tracing::info_span!("forward", tenant = %work.tenant, conversation = %work.conversation_id, attempt = work.attempts);
@@ -258,6 +289,7 @@ impl Forwarder {
     }
 
     async fn attempt(&self, work: &Work, started: i64) -> Result<(), Outcome> {
+        crate::fault::panic_point("forward", &work.conversation_id);
         let tenant = TenantId::parse(&work.tenant).map_err(|e| Outcome::Sink(SinkError::permanent(e)))?;
         let names: Vec<&str> = work.recordings.iter().map(|r| r.name.as_str()).collect();
         let keys = layout::ConversationKeys::new(

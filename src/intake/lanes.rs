@@ -6,13 +6,14 @@
 //! remembers whose turn it is and which tenants are in a lane.
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
 use super::Intake;
-use crate::catalog::{Catalog, CatalogError, IntakeItem, NewIntake, Via, now_ms};
+use crate::catalog::{Catalog, CatalogError, IntakeItem, IntakeOutcome, NewIntake, Via, now_ms};
 use crate::ingress::{Arrived, IngressEvent};
 use crate::worker::{Worker, WorkerError, WorkerState};
 
@@ -148,7 +149,7 @@ impl Worker for Lane {
             };
             // There was work: another lane may find more (another tenant's).
             scheduler.wake.notify_one();
-            let outcomes = intake.process(items);
+            let outcomes = process_catching_panics(&intake, items);
             intake.catalog.finish_intake(&outcomes)?;
             Ok(None)
         })
@@ -176,6 +177,28 @@ impl Worker for Lane {
             _ = self.scheduler.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// Processes a unit; a panic counts as one failed attempt of the item that caused it (found by
+/// processing the unit's items again one at a time, which replays safely), so a bug that one
+/// file triggers costs that file only and ends `failed` after `max_attempts`.
+fn process_catching_panics(intake: &Intake, items: Vec<IntakeItem>) -> Vec<(IntakeItem, IntakeOutcome)> {
+    let run = |items: Vec<IntakeItem>| std::panic::catch_unwind(AssertUnwindSafe(|| intake.process(items)));
+    let panicked = |item: IntakeItem, payload: Box<dyn std::any::Any + Send>| {
+        let outcome = intake.failed_attempt(&item, &crate::fault::panic_message(&*payload), false, now_ms());
+        (item, outcome)
+    };
+    match run(items.clone()) {
+        Ok(outcomes) => outcomes,
+        Err(payload) if items.len() == 1 => items.into_iter().zip([payload]).map(|(i, p)| panicked(i, p)).collect(),
+        Err(_) => items
+            .into_iter()
+            .flat_map(|item| match run(vec![item.clone()]) {
+                Ok(outcomes) => outcomes,
+                Err(payload) => vec![panicked(item, payload)],
+            })
+            .collect(),
     }
 }
 

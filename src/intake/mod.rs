@@ -46,6 +46,14 @@ pub enum IntakeError {
     Io(#[from] std::io::Error),
 }
 
+impl IntakeError {
+    /// Whether no retry can help: the file cannot be read by us at all. A busy catalog, a full
+    /// disk or an I/O hiccup may clear.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, IntakeError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
+    }
+}
+
 /// An arrival checked and read, ready to be recorded.
 struct Prepared {
     tenant: TenantId,
@@ -121,19 +129,33 @@ impl Intake {
         NewIntake::file(tenant.as_str(), rel.as_str(), via, heavy, due)
     }
 
+    /// How a failed attempt at `item` ends: retried with backoff, or `failed` for good once it
+    /// has failed `max_attempts` times or no retry can mend it (a poison file must not loop
+    /// for ever, nor hide from its tenant).
+    pub fn failed_attempt(&self, item: &IntakeItem, error: &str, permanent: bool, now: i64) -> IntakeOutcome {
+        let attempt = item.attempts + 1;
+        if permanent || attempt >= i64::from(self.config.get().limits.max_attempts) {
+            tracing::error!(tenant = %item.tenant, file = %item.rel_path, error, attempt,
+                "intake failed for good; `dropsync retry` queues it again");
+            return IntakeOutcome::Failed {
+                error: error.to_owned(),
+                at: now,
+            };
+        }
+        let at = now + ms(crate::backoff::exponential(attempt, RETRY_MIN, RETRY_MAX));
+        tracing::warn!(tenant = %item.tenant, file = %item.rel_path, error, attempt, "intake failed; will retry");
+        IntakeOutcome::Retry {
+            error: error.to_owned(),
+            at,
+        }
+    }
+
     /// Processes one unit of a tenant's work; says for each item how it ended. Never fails as
     /// a whole: an item whose processing fails is retried later, on its own.
     pub fn process(&self, items: Vec<IntakeItem>) -> Vec<(IntakeItem, IntakeOutcome)> {
         let now = now_ms();
-        let retry = |item: &IntakeItem, e: &dyn std::fmt::Display| {
-            let at = now + ms(crate::backoff::exponential(item.attempts + 1, RETRY_MIN, RETRY_MAX));
-            tracing::warn!(tenant = %item.tenant, file = %item.rel_path, error = %e, attempt = item.attempts + 1,
-                "intake failed; will retry");
-            IntakeOutcome::Retry {
-                error: e.to_string(),
-                at,
-            }
-        };
+        let retry =
+            |item: &IntakeItem, e: &IntakeError| self.failed_attempt(item, &e.to_string(), e.is_permanent(), now);
         let mut out = Vec::with_capacity(items.len());
         let mut files = Vec::new();
         for item in items {
@@ -415,6 +437,7 @@ impl Intake {
         resume_after: u64,
     ) -> Result<(), IntakeError> {
         tracing::info!(resume_after, "reading metadata file");
+        crate::fault::panic_point("parse", rel.file_name());
         let open = || self.drop.open_confined(&tenant.id, rel);
         let mapping = &tenant.mapping;
         let max_row_bytes = self.config.get().matching.max_field_bytes;

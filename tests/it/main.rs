@@ -8,6 +8,7 @@ mod harness;
 mod isolation;
 mod ops;
 mod pipeline;
+mod poison;
 mod quota;
 mod s3;
 mod sftp;
