@@ -33,7 +33,7 @@ mod views;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 
@@ -135,6 +135,42 @@ pub struct Catalog {
     readers: Arc<Readers>,
 }
 
+/// The writer connection while it is held. Its hold time goes to the summary
+/// `dropsync_catalog_writer_hold_seconds` (p99 and max on `/metrics`); a hold past
+/// [`LONG_HOLD`] is logged with the code that held it.
+pub(crate) struct Writer<'a> {
+    conn: MutexGuard<'a, Connection>,
+    since: Instant,
+    caller: &'static std::panic::Location<'static>,
+}
+
+/// A writer hold long enough that every other writer (every tenant's intake and forwarding)
+/// noticeably waited on it.
+const LONG_HOLD: Duration = Duration::from_millis(100);
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        let held = self.since.elapsed();
+        metrics::histogram!("dropsync_catalog_writer_hold_seconds").record(held.as_secs_f64());
+        if held >= LONG_HOLD {
+            tracing::warn!(held_ms = held.as_millis() as u64, at = %self.caller, "catalog writer held long");
+        }
+    }
+}
+
 /// Read-only connections, opened on demand and kept for reuse.
 struct Readers {
     path: PathBuf,
@@ -224,10 +260,19 @@ impl Catalog {
         Ok(self.lock().busy_timeout(timeout)?)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    /// The writer, the one place it is taken: how long each holder keeps it is recorded, so
+    /// that no tenant's work holding everyone's writer for long goes unseen.
+    #[track_caller]
+    fn lock(&self) -> Writer<'_> {
+        let caller = std::panic::Location::caller();
         // A panic while holding the lock cannot leave a half-done transaction behind (rusqlite
         // rolls back on drop), so a poisoned lock is still a usable connection.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        Writer {
+            conn,
+            since: Instant::now(),
+            caller,
+        }
     }
 
     /// A read-only connection of the pool.
@@ -246,6 +291,7 @@ impl Catalog {
     /// Runs `f` in a transaction whose commit is not fsynced: for records that the start-up
     /// scan rebuilds if a power cut loses them (intake work items). A later full commit makes
     /// it durable too, as the write-ahead log is written in order.
+    #[track_caller]
     fn light<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
         let mut conn = self.lock();
         conn.pragma_update(None, "synchronous", "NORMAL")?;

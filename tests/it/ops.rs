@@ -325,6 +325,14 @@ fn metrics_and_healthz_are_served_and_parse() {
         sample(&body, &["dropsync_received_bytes_total{", "via=\"sftp\""]).unwrap_or(0.0) >= 4000.0,
         "{body}"
     );
+    // Every hold of the catalog writer is timed: arrivals, parsing and the forward took it.
+    assert!(
+        sample(&body, &["dropsync_catalog_writer_hold_seconds_count"]).unwrap_or(0.0) >= 4.0,
+        "{body}"
+    );
+    let p99 = sample(&body, &["dropsync_catalog_writer_hold_seconds{", "quantile=\"0.99\""]);
+    let max = sample(&body, &["dropsync_catalog_writer_hold_seconds{", "quantile=\"1\""]);
+    assert!(p99.is_some_and(|p| p > 0.0) && max >= p99, "{body}");
     assert_eq!(
         sample(&body, &["dropsync_forward_latency_seconds_count"]),
         Some(1.0),
