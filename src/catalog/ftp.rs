@@ -123,6 +123,9 @@ impl FtpSourceStatus {
     }
 }
 
+/// Rows written per transaction when a listing is recorded: a few milliseconds of the writer.
+const WRITE_BATCH: usize = 500;
+
 /// Whether `path` lies in folder `dir` ("" is the source's folder: everything does).
 fn is_under(path: &str, dir: &str) -> bool {
     dir.is_empty() || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
@@ -140,9 +143,13 @@ impl Catalog {
         incomplete: &[String],
         now: i64,
     ) -> Result<AppliedListing> {
-        let mut conn = self.lock();
+        // Read on a reader, written in bounded batches: a listing of millions of files never
+        // holds the writer (everyone's intake and forwarding) for more than one batch. Only
+        // this source's poller writes its rows, so nothing changes them between read and write,
+        // and a crash between batches is repaired by the next poll's diff.
         let mut known: HashMap<String, RemoteFileState> = HashMap::new();
         {
+            let conn = self.read()?;
             let mut stmt = conn.prepare_cached(
                 "SELECT path, size, mtime, stable_since, partial, downloaded_size, downloaded_mtime
                  FROM ftp_files WHERE source = ?1",
@@ -208,25 +215,36 @@ impl Catalog {
         if upserts.is_empty() && known.is_empty() {
             return Ok(out);
         }
-        let tx = conn.transaction()?;
-        {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO ftp_files (source, path, size, mtime, first_seen_at, stable_since)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)
-                 ON CONFLICT(source, path) DO UPDATE SET
-                    size = excluded.size, mtime = excluded.mtime, stable_since = excluded.stable_since",
-            )?;
-            for f in upserts {
-                upsert.execute(params![source, f.path, f.size as i64, f.mtime_ms, now])?;
+        for batch in upserts.chunks(WRITE_BATCH) {
+            let mut conn = self.lock();
+            let tx = conn.transaction()?;
+            {
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO ftp_files (source, path, size, mtime, first_seen_at, stable_since)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                     ON CONFLICT(source, path) DO UPDATE SET
+                        size = excluded.size, mtime = excluded.mtime, stable_since = excluded.stable_since",
+                )?;
+                for f in batch {
+                    upsert.execute(params![source, f.path, f.size as i64, f.mtime_ms, now])?;
+                }
             }
-            let mut delete = tx.prepare_cached("DELETE FROM ftp_files WHERE source = ?1 AND path = ?2")?;
-            let mut forget = tx.prepare_cached("DELETE FROM ftp_revisions WHERE source = ?1 AND rel_path = ?2")?;
-            for path in known.keys() {
-                delete.execute(params![source, path])?;
-                forget.execute(params![source, path])?;
-            }
+            tx.commit()?;
         }
-        tx.commit()?;
+        let vanished: Vec<&String> = known.keys().collect();
+        for batch in vanished.chunks(WRITE_BATCH) {
+            let mut conn = self.lock();
+            let tx = conn.transaction()?;
+            {
+                let mut delete = tx.prepare_cached("DELETE FROM ftp_files WHERE source = ?1 AND path = ?2")?;
+                let mut forget = tx.prepare_cached("DELETE FROM ftp_revisions WHERE source = ?1 AND rel_path = ?2")?;
+                for path in batch {
+                    delete.execute(params![source, path])?;
+                    forget.execute(params![source, path])?;
+                }
+            }
+            tx.commit()?;
+        }
         Ok(out)
     }
 

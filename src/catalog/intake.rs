@@ -447,7 +447,9 @@ fn attach_arrival(
 ) -> Result<usize> {
     // By name, then by stem: one indexed lookup each (an OR of the two would scan the folder).
     let keys = ArrivalKeys::of(name);
+    // A recording that thousands of rows name is attached to each once, in linear time.
     let mut convs: Vec<i64> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (sql, key) in [
         (
             "UPDATE recordings SET file_id = ?1 WHERE tenant = ?2 AND dir = ?3 AND name = ?4 AND file_id IS NULL
@@ -464,11 +466,7 @@ fn attach_arrival(
     ] {
         let mut stmt = tx.prepare_cached(sql)?;
         let found: Vec<i64> = stmt.query_map(params![file_id, tenant, dir, key], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-        for conv in found {
-            if !convs.contains(&conv) {
-                convs.push(conv);
-            }
-        }
+        convs.extend(found.into_iter().filter(|c| seen.insert(*c)));
     }
     let mut completed = 0;
     for conv in convs {
