@@ -9,9 +9,14 @@ one load over its own session:
   zip    a zip of ZIP_GIB GiB of zeros (small to send, long to unpack)
   files  FILES small recordings, as fast as one session sends them
   wide   a CSV with 150,000 columns (WIDE_ROWS rows)
+  backlog  BACKLOG one-recording conversations (default 20,000) made ready at once: recordings
+         written into the noisy drop folder (as an FTP backfill or a mount would), then one
+         CSV naming them all, so the forwarders have a backlog of that tenant's
 
 Prints one line per load: p50 and p99 in milliseconds, and whether the noisy load was still
-being taken in when the quiet tenant's last conversation was forwarded.
+being taken in (or, for the backlog, forwarded) when the quiet tenant's last conversation was
+forwarded; and the catalog writer's hold p99 and max over the series, from /metrics (the
+summary covers about the last minute).
 """
 
 import io
@@ -30,6 +35,8 @@ N = int(os.environ.get("N", "100"))
 ZIP_GIB = float(os.environ.get("ZIP_GIB", "2"))
 FILES = int(os.environ.get("FILES", "5000"))
 WIDE_ROWS = int(os.environ.get("WIDE_ROWS", "300"))
+BACKLOG = int(os.environ.get("BACKLOG", "20000"))
+METRICS = os.environ.get("METRICS")
 HEADER = "Contact Reference,Agent Email,Contact Date,Audio Filename"
 
 
@@ -113,12 +120,26 @@ def noisy(load, sftp, staged):
             sftp.putfo(io.BytesIO(data), f"n{i:05d}.wav")
     elif load == "wide":
         sftp.putfo(io.BytesIO(staged["wide"]), "wide.csv")
+    elif load == "backlog":
+        folder = os.path.join(WORK, "var/drop/noisy")
+        audio = wav(os.urandom(2048))
+        rows = [HEADER]
+        for i in range(BACKLOG):
+            with open(os.path.join(folder, f"b{i:05d}.wav"), "wb") as f:
+                f.write(audio)
+            rows.append(row(f"B-{i:05d}", f"b{i:05d}.wav"))
+        tmp = os.path.join(folder, ".backlog.csv.tmp")
+        with open(tmp, "w") as f:
+            f.write("\n".join(rows) + "\n")
+        os.rename(tmp, os.path.join(folder, "backlog.csv"))
 
 
 def noisy_done(load):
     """Whether the noisy load has been taken in whole: its report written (the zip unpacked,
     the CSV read) and nothing of the noisy tenant left in the intake queue (the zip's entries
-    and the small files hashed and recorded)."""
+    and the small files hashed and recorded); for the backlog, every conversation forwarded."""
+    if load == "backlog":
+        return status("noisy").get("states", {}).get("forwarded", 0) >= BACKLOG
     reports = os.path.join(WORK, "var/drop/noisy/reports")
     report = {"zip": "big.zip.report.csv", "wide": "wide.csv.report.csv"}.get(load)
     if report and not os.path.exists(os.path.join(reports, report)):
@@ -127,6 +148,10 @@ def noisy_done(load):
 
 
 def intake_queued(tenant):
+    return status(tenant).get("intake_queued", 0)
+
+
+def status(tenant):
     import json
     import subprocess
 
@@ -136,13 +161,28 @@ def intake_queued(tenant):
         text=True,
     )
     try:
-        return json.loads(out.stdout)["tenants"][tenant]["intake_queued"]
+        return json.loads(out.stdout)["tenants"][tenant]
     except (ValueError, KeyError):
-        return 0
+        return {}
+
+
+def writer_hold():
+    """The catalog writer's hold p99 and max (ms) over about the last minute, from /metrics."""
+    if not METRICS:
+        return ""
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{METRICS}/metrics").read().decode()
+    q = {}
+    for line in body.splitlines():
+        if line.startswith("dropsync_catalog_writer_hold_seconds{"):
+            label, value = line.rsplit(" ", 1)
+            q[label.split('quantile="')[1].split('"')[0]] = float(value) * 1000
+    return f"  writer hold p99 {q.get('0.99', float('nan')):.1f} ms max {q.get('1', float('nan')):.1f} ms"
 
 
 def main():
-    loads = sys.argv[1:] or ["idle", "zip", "files", "wide"]
+    loads = sys.argv[1:] or ["idle", "zip", "files", "wide", "backlog"]
     staged = {}
     if "zip" in loads:
         staged["zip"] = os.path.join(WORK, "big.zip")
@@ -155,7 +195,11 @@ def main():
     for load in loads:
         th = threading.Thread(target=noisy, args=(load, loud, staged))
         th.start()
-        if load != "idle":
+        if load == "backlog":
+            th.join()  # the backlog is in place; the quiet tenant sends while it is forwarded
+            while status("noisy").get("states", {}).get("ready", 0) < BACKLOG // 4 and not noisy_done(load):
+                time.sleep(0.05)
+        elif load != "idle":
             time.sleep(0.2)  # let the noisy load get going (the zip's upload is quick)
 
         def busy():
@@ -170,7 +214,7 @@ def main():
             overlap += f" (their p99 {percentile(during, 99):.1f} ms)"
         print(
             f"{load:6s} p50 {percentile(lat, 50):8.1f} ms  p99 {percentile(lat, 99):8.1f} ms  "
-            f"max {max(lat):8.1f} ms  {overlap}",
+            f"max {max(lat):8.1f} ms  {overlap}{writer_hold()}",
             flush=True,
         )
     tq.close()

@@ -191,6 +191,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         archiver,
         grace: config.matching.grace,
         retention: config.retention.local,
+        catalog_retention: config.retention.catalog,
         reports: reports_wake,
     });
     tracker.close();

@@ -1,5 +1,6 @@
 //! After the fact: waiting rows and unclaimed recordings expire after `matching.grace`;
-//! archived copies and orphans are deleted after `retention.local`. (Files whose fate is
+//! archived copies and orphans are deleted after `retention.local`; the catalog forgets what
+//! ended before `retention.catalog` (counts kept). (Files whose fate is
 //! decided leave the drop folders through [`crate::dropbox::Archiver`].)
 
 use std::path::PathBuf;
@@ -23,8 +24,13 @@ pub struct Housekeeper {
     pub archiver: Archiver,
     pub grace: Duration,
     pub retention: Duration,
+    pub catalog_retention: Duration,
     pub reports: Arc<Notify>,
 }
+
+/// Conversations the catalog forgets per sweep at most: a backlog of history (an upgrade, a
+/// lowered `retention.catalog`) is worked off a slice at a time.
+const PRUNE_PER_SWEEP: usize = 20_000;
 
 impl Housekeeper {
     /// How often to look: often enough that a grace or retention period is not overrun by much.
@@ -44,6 +50,17 @@ impl Worker for Housekeeper {
         let (grace, retention) = (ms(self.grace), ms(self.retention));
         if tokio::task::spawn_blocking(move || sweep(&catalog, &drop, grace, retention)).await?? {
             self.reports.notify_one();
+        }
+        let catalog = self.catalog.clone();
+        let before = now_ms() - ms(self.catalog_retention);
+        let pruned = tokio::task::spawn_blocking(move || catalog.prune(before, PRUNE_PER_SWEEP)).await??;
+        if pruned.conversations + pruned.files > 0 {
+            tracing::info!(
+                conversations = pruned.conversations,
+                metadata_files = pruned.metadata_files,
+                files = pruned.files,
+                "catalog forgot history past retention.catalog (counts kept)"
+            );
         }
         // A claim this old was not settled by its mover (a catalog error after the move).
         let archiver = self.archiver.clone();

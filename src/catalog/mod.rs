@@ -25,6 +25,7 @@ mod allocation;
 mod ftp;
 mod intake;
 mod intake_queue;
+mod prune;
 mod queue;
 mod revisions;
 mod rows;
@@ -41,6 +42,7 @@ pub use allocation::{AllocationNow, Allocations, MinutesStatus, allocations_for}
 pub use ftp::{AppliedListing, FtpSourceStatus, PollRecord, RemoteFile, RemoteFileState, version_tag};
 pub use intake::{NewFile, PendingParse, Registered, RowInput};
 pub use intake_queue::{IntakeItem, IntakeKind, IntakeOutcome, NewIntake};
+pub use prune::Pruned;
 pub use queue::{Departure, Forwarded, RecordedFile, ToArchive, ToPurge, Work, WorkRecording};
 pub use views::{ConversationView, OrphanLine, ReportLine, StaleReport, StatusView, TenantStatus};
 

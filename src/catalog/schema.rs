@@ -245,4 +245,36 @@ CREATE INDEX conv_held ON conversations(tenant, received_at, id) WHERE state = '
 ALTER TABLE intake_queue ADD COLUMN failed_at INTEGER;  -- NULL: live
 -- metadata_files.status gains 'failed': its item failed for good; the report says why.
 "#,
+    // 8: a long history costs nothing to read (issue 20). Conversations per tenant and state
+    // are counted by triggers, so `status` and `/metrics` read a few rows however many
+    // conversations the catalog holds; pruning (past `[retention] catalog`) adds the rows it
+    // forgets back, so the counts keep them.
+    r#"
+CREATE TABLE conversation_counts (
+    tenant TEXT NOT NULL,
+    state  TEXT NOT NULL,
+    n      INTEGER NOT NULL,
+    PRIMARY KEY (tenant, state)
+) WITHOUT ROWID;
+INSERT INTO conversation_counts (tenant, state, n)
+    SELECT tenant, state, count(*) FROM conversations GROUP BY tenant, state;
+CREATE TRIGGER conversation_counted AFTER INSERT ON conversations BEGIN
+    INSERT INTO conversation_counts (tenant, state, n) VALUES (NEW.tenant, NEW.state, 1)
+    ON CONFLICT (tenant, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER conversation_recounted AFTER UPDATE OF state ON conversations
+WHEN OLD.state IS NOT NEW.state BEGIN
+    UPDATE conversation_counts SET n = n - 1 WHERE tenant = OLD.tenant AND state = OLD.state;
+    INSERT INTO conversation_counts (tenant, state, n) VALUES (NEW.tenant, NEW.state, 1)
+    ON CONFLICT (tenant, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER conversation_uncounted AFTER DELETE ON conversations BEGIN
+    UPDATE conversation_counts SET n = n - 1 WHERE tenant = OLD.tenant AND state = OLD.state;
+END;
+-- Pruning finds metadata files that left long ago, oldest first, then checks their rows.
+CREATE INDEX files_left_batches ON files(left_at) WHERE state IN ('purged', 'gone') AND kind != 'recording';
+CREATE INDEX files_left_orphans ON files(left_at) WHERE state IN ('purged', 'gone') AND orphan_since IS NOT NULL;
+CREATE INDEX conv_ended ON conversations(metadata_file_id, changed_at)
+    WHERE state IN ('forwarded', 'rejected', 'expired');
+"#,
 ];

@@ -150,6 +150,9 @@ impl MatchingConfig {
 #[derive(Debug, Clone)]
 pub struct RetentionConfig {
     pub local: Duration,
+    /// How long the catalog remembers conversations that ended (and their files' records):
+    /// `conversations`, reports' rows and the identical/updated rule look this far back.
+    pub catalog: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -331,13 +334,22 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     if matching.max_field_bytes < 1024 {
         p.add("matching.max_field_bytes", "must be at least 1 KiB");
     }
+    let raw_retention = raw.retention.unwrap_or_default();
     let retention = RetentionConfig {
         local: p.duration(
             "retention.local",
-            raw.retention.unwrap_or_default().local.as_deref(),
+            raw_retention.local.as_deref(),
             Duration::from_secs(7 * 24 * 3600),
         ),
+        catalog: p.duration(
+            "retention.catalog",
+            raw_retention.catalog.as_deref(),
+            Duration::from_secs(90 * 24 * 3600),
+        ),
     };
+    if retention.catalog < retention.local {
+        p.add("retention.catalog", "must be at least retention.local");
+    }
     let f = raw.forwarding.unwrap_or_default();
     let forwarding = ForwardingConfig {
         workers: f.workers.unwrap_or(4),

@@ -80,6 +80,7 @@ pub(super) struct RawMatching {
 #[derive(Deserialize, Default)]
 pub(super) struct RawRetention {
     pub(super) local: Option<String>,
+    pub(super) catalog: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -441,3 +441,33 @@ fn the_longest_names_a_tenant_may_use_are_forwarded() {
     assert_eq!(d.wait_report("acme", "long.csv.report.csv", 1)[0][3], "forwarded");
     assert_recordings(&d, &fwd["C-2"], &[("c2.wav", &a2)]);
 }
+
+/// Past `retention.catalog` the catalog forgets a batch whose file and rows all ended (so that
+/// what `status` and `/metrics` read does not grow with history), and keeps counting it; work
+/// still open is kept whatever its age.
+#[test]
+fn history_past_retention_is_forgotten_and_still_counted() {
+    let tenants = format!("[retention]\nlocal = \"1s\"\ncatalog = \"2s\"\n{ACME}");
+    let mut d = Daemon::new("1h", &tenants);
+    d.start();
+    d.put("acme", "w.csv", one_row_csv("W-1", "never.wav").as_bytes());
+    d.put("acme", "c1.wav", &audio("c1", 2000));
+    d.put("acme", "b.csv", one_row_csv("C-1", "c1.wav").as_bytes());
+    d.wait_forwarded(1, T);
+    wait_for("the catalog to forget the forwarded batch", T, || {
+        d.log().contains("catalog forgot history past retention.catalog")
+    });
+    let list: serde_json::Value = serde_json::from_slice(&d.cli(&["conversations", "--json"]).stdout).unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["conversation_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["W-1"], "{list}");
+    let status: serde_json::Value = serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["tenants"]["acme"]["states"]["forwarded"], 1, "{status}");
+    assert_eq!(status["tenants"]["acme"]["states"]["waiting"], 1, "{status}");
+    // The waiting row's batch is still there: its report is still kept up to date.
+    assert_eq!(d.read_report("acme", "w.csv.report.csv")[0][3], "waiting");
+}
