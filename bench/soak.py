@@ -641,6 +641,31 @@ retry_max = "20s"
         self.log(f"delivered {len(self.ledger.delivered)} conversations in {c['sessions']} sessions "
                  f"({c['failed_sessions']} failed and retried); daemon RSS {last[2] / 1024:.0f} MiB, {last[3]} fds")
 
+    def memory_rule(self, problems, load_end):
+        """A leak shows as a life of the daemon that ends fatter than an earlier life of the same
+        length under the same load. So compare the peak anonymous RSS (the heap: mapped files
+        follow the page cache) of the first and the last whole lives between kills; each starts
+        cold, so start-up is in both. Without two whole lives (no kills), the two halves of the
+        last 5 minutes stand in, which a short run's start-up can skew."""
+        lives = {}
+        for s in self.samples:
+            if s[0] <= load_end:
+                lives.setdefault(s[1], []).append(s)
+        span = lambda xs: xs[-1][0] - xs[0][0]
+        whole = [xs for xs in list(lives.values())[:-1] if self.a.kill_every and span(xs) >= 0.8 * self.a.kill_every]
+        if len(whole) >= 2:
+            first, last = max(s[4] for s in whole[0]), max(s[4] for s in whole[-1])
+            where = f"the first whole life (pid {whole[0][0][1]}) and the last (pid {whole[-1][0][1]}), {len(whole)} in all"
+        else:
+            last5 = [s for s in self.samples if load_end - 300 <= s[0] <= load_end]
+            halves = [[s[4] for s in last5 if s[0] < load_end - 150], [s[4] for s in last5 if s[0] >= load_end - 150]]
+            first, last = (max(h) if h else 0 for h in halves)
+            where = "the two halves of the last 5 minutes (no two whole lives between kills)"
+        growth = last / first - 1 if first else 0
+        print(f"anonymous RSS (KiB, peak): {first} and {last} in {where}: {growth * 100:+.1f} %")
+        if growth > 0.10:
+            problems.append(f"anonymous RSS grew {growth * 100:.1f} % between {where}")
+
     def summary(self, problems, folders, status):
         c = self.ledger.counts
         load_end = self.a.minutes * 60
@@ -657,16 +682,15 @@ retry_max = "20s"
             f.write("seconds,pid,rss_kib,fds,anon_kib\n")
             f.writelines(",".join(str(round(v) if i == 0 else v) for i, v in enumerate(s)) + "\n"
                          for s in self.samples)
-        # RSS: the peak of each window (each holds a whole life of the daemon between kills).
+        self.memory_rule(problems, load_end)
         # Descriptors follow the sessions open at the sampled moment, so a leak shows as a rising
         # middle: the median of each window.
-        for what, i, pick in [("RSS (KiB, max)", 2, max), ("fds (median)", 3, median)]:
-            first, second = (pick([s[i] for s in h]) if h else 0 for h in halves)
-            growth = second / first - 1 if first else 0
-            print(f"{what}: {first} in minutes {(load_end - 300) / 60:.1f}-{(load_end - 150) / 60:.1f}, "
-                  f"{second} in the 2.5 minutes after: {growth * 100:+.1f} %")
-            if growth > 0.10:
-                problems.append(f"{what} grew {growth * 100:.1f} % over the last 5 minutes of load")
+        first, second = (median([s[3] for s in h]) if h else 0 for h in halves)
+        growth = second / first - 1 if first else 0
+        print(f"fds (median): {first} in minutes {(load_end - 300) / 60:.1f}-{(load_end - 150) / 60:.1f}, "
+              f"{second} in the 2.5 minutes after: {growth * 100:+.1f} %")
+        if growth > 0.10:
+            problems.append(f"fds (median) grew {growth * 100:.1f} % over the last 5 minutes of load")
         per_tenant = {}
         for t, _ in self.ledger.delivered:
             per_tenant[t] = per_tenant.get(t, 0) + 1
