@@ -374,7 +374,8 @@ fn tenant_add(config: &Config, id: &str, key: &std::path::Path) -> anyhow::Resul
     }
     println!("username:       {}", added.username);
     println!("key:            {}", added.key_fingerprint);
-    if let Some(fp) = &added.host_key_fingerprint {
+    // The client checks the one key it negotiates; which one depends on the client.
+    for fp in &added.host_key_fingerprints {
         println!("host key:       {fp}");
     }
     println!("reload the running daemon to let it in: systemctl reload dropsync (SIGHUP)");

@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use russh::keys::HashAlg;
-use russh::keys::ssh_key::{PrivateKey, PublicKey};
+use russh::keys::ssh_key::PublicKey;
 
 use crate::config::{self, Config};
 use crate::ingress::sftp::auth::parse_authorized_keys;
+use crate::ingress::sftp::host_keys;
 use crate::tenant::TenantId;
 
 /// What a new tenant needs to connect.
@@ -18,7 +19,8 @@ pub struct Onboarded {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub key_fingerprint: String,
-    pub host_key_fingerprint: Option<String>,
+    /// Each host key as a client is shown it (`SHA256:… (TYPE)`); empty without `[sftp]`.
+    pub host_key_fingerprints: Vec<String>,
 }
 
 /// The folder new tenant files go to: that of the config's first `include` pattern.
@@ -84,17 +86,17 @@ pub fn add_tenant(cfg: &Config, id: &str, key_file: &Path) -> Result<Onboarded, 
     let first = PublicKey::from(keys[0].0.clone())
         .fingerprint(HashAlg::Sha256)
         .to_string();
-    let host_key_fingerprint = cfg
+    let host_key_fingerprints = cfg
         .sftp
         .as_ref()
-        .and_then(|s| PrivateKey::read_openssh_file(&s.host_key).ok())
-        .map(|k| k.public_key().fingerprint(HashAlg::Sha256).to_string());
+        .map(|s| host_keys::fingerprints(&s.host_keys))
+        .unwrap_or_default();
     Ok(Onboarded {
         file,
         username: id.to_string(),
         host: cfg.sftp.as_ref().map(|s| s.listen.ip().to_string()),
         port: cfg.sftp.as_ref().map(|s| s.listen.port()),
         key_fingerprint: first,
-        host_key_fingerprint,
+        host_key_fingerprints,
     })
 }

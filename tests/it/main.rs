@@ -5,6 +5,7 @@ mod crash;
 mod ftp;
 mod ftp_servers;
 mod harness;
+mod host_keys;
 mod isolation;
 mod ops;
 mod pipeline;

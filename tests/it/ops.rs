@@ -120,6 +120,20 @@ fn tenant_add_prints_how_to_connect_and_the_new_tenant_can_log_in() {
     ] {
         assert!(text.contains(&want), "{want:?} missing in:\n{text}");
     }
+    // Every host key's fingerprint, as the client will be shown them.
+    let mut printed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("host key:"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("SHA256:")))
+        .collect();
+    printed.sort();
+    let mut offered: Vec<String> = crate::host_keys::scanned(d.sftp_port)
+        .into_iter()
+        .map(|k| k.1)
+        .collect();
+    offered.sort();
+    assert_eq!(offered.len(), 3, "{offered:?}");
+    assert_eq!(printed, offered, "in:\n{text}");
     assert!(d.dir.path().join("tenants.d/newco.toml").is_file());
     // Adding it twice is refused.
     assert!(!tenant_add(&d, "newco", &key).status.success());

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod durable;
 pub mod fs;
 pub mod handler;
+pub mod host_keys;
 pub mod key_options;
 pub mod listing;
 pub mod penalties;
@@ -18,13 +19,11 @@ pub mod session;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use russh::keys::ssh_key::{LineEnding, PrivateKey};
-use russh::keys::{Algorithm, HashAlg};
+use russh::keys::ssh_key::PrivateKey;
 use russh::{MethodKind, MethodSet, SshId};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -43,8 +42,8 @@ use auth::{Bans, KeyStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SftpError {
-    #[error("host key {path}: {message}")]
-    HostKey { path: String, message: String },
+    #[error(transparent)]
+    HostKey(#[from] host_keys::HostKeyError),
     #[error(transparent)]
     Keys(#[from] auth::KeyError),
 }
@@ -173,41 +172,14 @@ impl Shared {
     }
 }
 
-/// Reads the host key, or creates an ed25519 one (mode 0600, written atomically) on first start.
-pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey, SftpError> {
-    let err = |message: String| SftpError::HostKey {
-        path: path.display().to_string(),
-        message,
-    };
-    if path.exists() {
-        return PrivateKey::read_openssh_file(path).map_err(|e| err(e.to_string()));
-    }
-    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| err(e.to_string()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    let tmp = crate::fsutil::temp_beside(path);
-    key.write_openssh_file(&tmp, LineEnding::LF)
-        .map_err(|e| err(e.to_string()))?;
-    let done = std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .and_then(|()| crate::fsutil::sync_dir(dir));
-    if let Err(e) = done {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(e.to_string()));
-    }
-    tracing::info!(path = %path.display(), fingerprint = %key.public_key().fingerprint(HashAlg::Sha256), "created SSH host key");
-    Ok(key)
-}
-
-fn ssh_config(limits: &SftpConfig, host_key: PrivateKey) -> russh::server::Config {
+fn ssh_config(limits: &SftpConfig, keys: Vec<PrivateKey>) -> russh::server::Config {
     russh::server::Config {
         server_id: SshId::Standard(format!("SSH-2.0-dropsync_{}", env!("CARGO_PKG_VERSION")).into()),
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         // OpenSSH's first "none" probe must not cost a second; real refusals still do.
         auth_rejection_time: Duration::from_millis(500),
         auth_rejection_time_initial: Some(Duration::ZERO),
-        keys: vec![host_key],
+        keys,
         inactivity_timeout: Some(limits.idle_timeout),
         max_auth_attempts: 10,
         // Throughput: a large window and packets, and room for OpenSSH's 64 writes in flight.
@@ -217,6 +189,7 @@ fn ssh_config(limits: &SftpConfig, host_key: PrivateKey) -> russh::server::Confi
         nodelay: true,
         preferred: russh::Preferred {
             cipher: std::borrow::Cow::Borrowed(CIPHERS),
+            key: std::borrow::Cow::Borrowed(host_keys::ALGORITHMS),
             ..Default::default()
         },
         ..Default::default()
@@ -252,14 +225,14 @@ pub struct SftpDeps {
 
 impl SftpServer {
     pub fn new(limits: SftpConfig, keys: KeyStore, deps: SftpDeps) -> Result<SftpServer, SftpError> {
-        let host_key = load_or_create_host_key(&limits.host_key)?;
+        let host_keys = host_keys::load_or_create_all(&limits.host_keys)?;
         let shared = Shared {
             keys: RwLock::new(Arc::new(keys)),
             pending: Arc::default(),
             drops: deps.drops,
             arrivals: deps.arrivals,
             hints: deps.hints,
-            ssh: Arc::new(ssh_config(&limits, host_key)),
+            ssh: Arc::new(ssh_config(&limits, host_keys)),
             sessions: Arc::new(Semaphore::new(limits.max_sessions as usize)),
             per_ip: Mutex::new(HashMap::new()),
             startups: Arc::new(Semaphore::new(limits.max_startups as usize)),
