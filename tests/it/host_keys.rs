@@ -150,3 +150,73 @@ fn the_old_host_key_setting_is_one_key() {
     assert_eq!(fps.len(), 1, "{fps:?}");
     assert_eq!(fps[0].0, "ED25519");
 }
+
+/// The first INFO line of the daemon's log holding every one of `parts`.
+fn info_line(d: &Daemon, parts: &[&str]) -> Option<String> {
+    d.log()
+        .lines()
+        .find(|l| l.contains(" INFO ") && parts.iter().all(|p| l.contains(p)))
+        .map(str::to_owned)
+}
+
+/// OpenSSH `sftp` as `user` with `key` and `options`, running `pwd`.
+fn sftp_with(d: &Daemon, user: &str, key: &Path, options: &[&str]) -> Output {
+    Command::new("sftp")
+        .args(["-b", "-"])
+        .args(SSH_OPTS)
+        .args(options)
+        .arg("-i")
+        .arg(key)
+        .args(["-P", &d.sftp_port.to_string(), &format!("{user}@127.0.0.1")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn failed_handshakes_and_logins_are_logged_at_info_with_what_each_side_offered() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let t = std::time::Duration::from_secs(30);
+    // A client that knows only DSA host keys, which dropsync does not have.
+    assert!(
+        !sftp_with(&d, "acme", &d.key("acme"), &["-o", "HostKeyAlgorithms=ssh-dss"])
+            .status
+            .success()
+    );
+    let want = [
+        "ssh handshake failed: no common host key algorithm",
+        "client offered ssh-dss;",
+        "server offers ssh-ed25519,ecdsa-sha2-nistp256,rsa-sha2-512,rsa-sha2-256",
+        "peer=127.0.0.1:",
+    ];
+    wait_for("the host key failure at INFO", t, || info_line(&d, &want).is_some());
+    // One that knows only a key exchange dropsync does not do.
+    let kex = "diffie-hellman-group1-sha1";
+    assert!(
+        !sftp_with(&d, "acme", &d.key("acme"), &["-o", &format!("KexAlgorithms={kex}")])
+            .status
+            .success()
+    );
+    let want = [
+        "no common key exchange algorithm",
+        &format!("client offered {kex}")[..],
+        "server offers mlkem768x25519-sha256,curve25519-sha256,",
+    ];
+    wait_for("the key exchange failure at INFO", t, || info_line(&d, &want).is_some());
+    // A login with a key that is not the tenant's.
+    assert!(!sftp_with(&d, "acme", &d.key("beta"), &[]).status.success());
+    let beta_fp = fingerprint_of_file(&d.key("beta")).1;
+    let want = [
+        "sftp login failed",
+        "user=acme",
+        "unknown user or key",
+        &beta_fp[..],
+        "peer=127.0.0.1:",
+    ];
+    wait_for("the failed login at INFO", t, || info_line(&d, &want).is_some());
+    // beta is served meanwhile.
+    let audio = d.beta_uploads("B-1");
+    let forwarded = d.wait_forwarded(1, t);
+    assert_recordings(&d, &forwarded["B-1"], &[("B-1.wav", &audio)]);
+}

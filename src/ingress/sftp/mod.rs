@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod durable;
+pub mod failures;
 pub mod fs;
 pub mod handler;
 pub mod host_keys;
@@ -313,7 +314,9 @@ impl SftpServer {
             let mut conn = handler::Connection::new(shared.clone(), ip);
             conn.startup = Some(startup);
             conn.kick = kick.clone();
-            let (authenticated, refused) = (conn.authenticated.clone(), conn.refused.clone());
+            let (authenticated, refused, login) = (conn.authenticated.clone(), conn.refused.clone(), conn.login.clone());
+            // Once a login was tried, how the connection ends is told by the login's own line.
+            let tried_login = || authenticated.load(Ordering::Relaxed) || refused.load(Ordering::Relaxed);
             // One deadline for the handshake and the login: a client that never speaks (or
             // never logs in) is dropped at it.
             let now = tokio::time::Instant::now();
@@ -347,7 +350,7 @@ impl SftpServer {
                         }
                     };
                     tokio::select! {
-                        r = &mut running => log_end(peer, r),
+                        r = &mut running => failures::log_end(peer, r, tried_login()),
                         // Its key or tenant was removed by a reload: the connection ends now.
                         _ = kick.cancelled() => kicked().await,
                         _ = stop_or_grace => {
@@ -360,13 +363,13 @@ impl SftpServer {
                             // A logged-in session is ended by its client, a reload, or a stop's
                             // drain (which waits for its uploads).
                             tokio::select! {
-                                r = &mut running => log_end(peer, r),
+                                r = &mut running => failures::log_end(peer, r, tried_login()),
                                 _ = kick.cancelled() => kicked().await,
                             }
                         }
                     }
                 }
-                Some(Err(e)) => tracing::debug!(peer = %peer, error = %e, "ssh handshake failed"),
+                Some(Err(e)) => failures::log_end(peer, Err(e), false),
                 None => {
                     grace_exceeded = !cancel.is_cancelled();
                     tracing::info!(peer = %peer, "no ssh handshake within the grace time (or a stop); disconnecting");
@@ -376,6 +379,7 @@ impl SftpServer {
                 shared.bans.succeeded(ip);
                 shared.penalties.forgive(ip);
             } else if refused.load(Ordering::Relaxed) {
+                login.lock().unwrap_or_else(|p| p.into_inner()).log_failed(peer);
                 refusal("login_refused");
                 if shared.bans.failed(ip) {
                     tracing::warn!(peer = %peer, ban = ?shared.limits.ban_time, "address banned after repeated failed logins");
@@ -496,12 +500,5 @@ impl Drop for StartupSlot {
                 per_source.remove(&self.source);
             }
         }
-    }
-}
-
-fn log_end(peer: SocketAddr, r: Result<(), russh::Error>) {
-    match r {
-        Ok(()) => tracing::debug!(peer = %peer, "ssh connection closed"),
-        Err(e) => tracing::debug!(peer = %peer, error = %e, "ssh connection ended"),
     }
 }
