@@ -7,6 +7,7 @@ mod ftp_servers;
 mod harness;
 mod host_keys;
 mod isolation;
+mod jsch;
 mod ops;
 mod pipeline;
 mod quota;
