@@ -80,9 +80,10 @@ enum TenantCommand {
     Add {
         /// The tenant id, also its SFTP user name.
         id: String,
-        /// Its public key(s), OpenSSH format.
+        /// Its public key(s), OpenSSH format: the key's text ("ssh-ed25519 AAAA… ops@acme"),
+        /// a file holding them, or - for standard input.
         #[arg(long)]
-        key: PathBuf,
+        key: String,
     },
 }
 
@@ -362,8 +363,9 @@ fn retry(config: &Config, tenant: Option<&str>, conversation: Option<&str>) -> a
     Ok(())
 }
 
-fn tenant_add(config: &Config, id: &str, key: &std::path::Path) -> anyhow::Result<()> {
-    let added = dropsync::onboard::add_tenant(config, id, key).map_err(anyhow::Error::msg)?;
+fn tenant_add(config: &Config, id: &str, key: &str) -> anyhow::Result<()> {
+    let key = dropsync::onboard::read_key_arg(key, std::io::stdin().lock()).map_err(anyhow::Error::msg)?;
+    let added = dropsync::onboard::add_tenant(config, id, &key).map_err(anyhow::Error::msg)?;
     println!("wrote {}", added.file.display());
     match (&added.host, added.port) {
         (Some(host), Some(port)) => {
