@@ -11,6 +11,7 @@ mod jsch;
 mod ops;
 mod pipeline;
 mod quota;
+mod readme;
 mod s3;
 mod sftp;
 mod sftp_keys;
