@@ -66,9 +66,10 @@ impl LoginAttempts {
     /// Logs the attempts of a connection that ended without logging in; nothing if none.
     pub fn log_failed(&self, peer: SocketAddr) {
         if let Some(user) = &self.user {
+            let accepted: Vec<String> = super::host_keys::ALGORITHMS.iter().map(ToString::to_string).collect();
             tracing::info!(peer = %peer, user = %user,
-                "sftp login failed: {}; server accepts publickey (ssh-ed25519, ecdsa-sha2-*, rsa-sha2-512/256)",
-                self.tried.join("; "));
+                "sftp login failed: {}; server accepts publickey ({})",
+                self.tried.join("; "), accepted.join(","));
         }
     }
 }

@@ -172,7 +172,7 @@ fn same_type(a: &PrivateKey, b: &PrivateKey) -> bool {
 }
 
 /// The algorithms russh may negotiate: as host keys (filtered by the keys it holds) and as the
-/// `server-sig-algs` it announces for client keys. russh's default list ends with SHA-1
+/// `server-sig-algs` it announces for client keys (so also what a failed login's log names). russh's default list ends with SHA-1
 /// `ssh-rsa`, left out here for both.
 pub const ALGORITHMS: &[Algorithm] = &[
     Algorithm::Ed25519,
