@@ -215,6 +215,28 @@ fn failed_handshakes_and_logins_are_logged_at_info_with_what_each_side_offered()
         "peer=127.0.0.1:",
     ];
     wait_for("the failed login at INFO", t, || info_line(&d, &want).is_some());
+    // The tenant's own key with a signature that does not verify (russh checks it without asking
+    // the handler, after the handler accepted the key).
+    let out = d.paramiko(
+        "k = paramiko.Ed25519Key.from_private_key_file(KEY)\nsign = k.sign_ssh_data\n\
+         k.sign_ssh_data = lambda data, algorithm=None: sign(b'not the session', algorithm)\n\
+         t = paramiko.Transport(('127.0.0.1', PORT))\ntry:\n    t.connect(username='acme', pkey=k)\n    print('in')\n\
+         except paramiko.AuthenticationException:\n    print('refused')\n",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "refused",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acme_fp = fingerprint_of_file(&d.key("acme")).1;
+    let want = [
+        "sftp login failed",
+        "user=acme",
+        &acme_fp[..],
+        "its signature did not verify",
+    ];
+    wait_for("the bad signature at INFO", t, || info_line(&d, &want).is_some());
     // beta is served meanwhile.
     let audio = d.beta_uploads("B-1");
     let forwarded = d.wait_forwarded(1, t);

@@ -50,6 +50,9 @@ fn kind_name(kind: &AlgorithmKind) -> &'static str {
 pub struct LoginAttempts {
     user: Option<String>,
     tried: Vec<String>,
+    /// A key the handler accepted, whose signature russh then checks on its own: if no login
+    /// follows, that signature did not verify.
+    accepted: Option<String>,
 }
 
 impl LoginAttempts {
@@ -63,8 +66,24 @@ impl LoginAttempts {
         }
     }
 
+    /// Records a key of `user`'s that was accepted, before russh checks its signature.
+    pub fn accepted(&mut self, user: &str, tried: String) {
+        self.user = Some(user.to_owned());
+        self.accepted = Some(tried);
+    }
+
+    /// Whether the connection tried to log in, and failed, if it ends now without a login.
+    pub fn failed(&self) -> bool {
+        self.user.is_some()
+    }
+
     /// Logs the attempts of a connection that ended without logging in; nothing if none.
-    pub fn log_failed(&self, peer: SocketAddr) {
+    pub fn log_failed(&mut self, peer: SocketAddr) {
+        if let Some(key) = self.accepted.take() {
+            self.tried.push(format!(
+                "{key}: the key is the tenant's, but its signature did not verify"
+            ));
+        }
         if let Some(user) = &self.user {
             let accepted: Vec<String> = super::host_keys::ALGORITHMS.iter().map(ToString::to_string).collect();
             tracing::info!(peer = %peer, user = %user,

@@ -125,7 +125,13 @@ impl russh::server::Handler for Connection {
             .keys()
             .check(user, offer.public_key, offer.algorithm, self.peer, now_secs())
         {
-            Ok(_) => Ok(Auth::Accept),
+            Ok(_) => {
+                self.login
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .accepted(user, tried(offer.public_key, offer.algorithm));
+                Ok(Auth::Accept)
+            }
             Err(refusal) => {
                 // A key a client merely has is no news; one of the tenant's keys turned away is.
                 if refusal != Refusal::UnknownKey {

@@ -316,7 +316,8 @@ impl SftpServer {
             conn.kick = kick.clone();
             let (authenticated, refused, login) = (conn.authenticated.clone(), conn.refused.clone(), conn.login.clone());
             // Once a login was tried, how the connection ends is told by the login's own line.
-            let tried_login = || authenticated.load(Ordering::Relaxed) || refused.load(Ordering::Relaxed);
+            let failed_login = || refused.load(Ordering::Relaxed) || login.lock().unwrap_or_else(|p| p.into_inner()).failed();
+            let tried_login = || authenticated.load(Ordering::Relaxed) || failed_login();
             // One deadline for the handshake and the login: a client that never speaks (or
             // never logs in) is dropped at it.
             let now = tokio::time::Instant::now();
@@ -378,7 +379,7 @@ impl SftpServer {
             if authenticated.load(Ordering::Relaxed) {
                 shared.bans.succeeded(ip);
                 shared.penalties.forgive(ip);
-            } else if refused.load(Ordering::Relaxed) {
+            } else if failed_login() {
                 login.lock().unwrap_or_else(|p| p.into_inner()).log_failed(peer);
                 refusal("login_refused");
                 if shared.bans.failed(ip) {
