@@ -72,6 +72,12 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Write a sample recording to try dropsync with: a WAV file (8 kHz mono, a 440 Hz tone).
+    SampleWav {
+        file: PathBuf,
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+        seconds: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,9 +86,10 @@ enum TenantCommand {
     Add {
         /// The tenant id, also its SFTP user name.
         id: String,
-        /// Its public key(s), OpenSSH format.
+        /// Its public key(s), OpenSSH format: the key's text ("ssh-ed25519 AAAA… ops@acme"),
+        /// a file holding them, or - for standard input.
         #[arg(long)]
-        key: PathBuf,
+        key: String,
     },
 }
 
@@ -117,6 +124,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Probe { files } => return probe(files),
+        Command::SampleWav { file, seconds } => return sample_wav(file, *seconds),
         _ => {}
     }
     let config = match config::load(&cli.config) {
@@ -154,7 +162,7 @@ fn main() -> ExitCode {
         } => conversations(&config, tenant.as_deref(), state.as_deref(), json, limit),
         Command::Retry { tenant, conversation } => retry(&config, tenant.as_deref(), conversation.as_deref()),
         Command::Tenant(TenantCommand::Add { id, key }) => tenant_add(&config, &id, &key),
-        Command::Completions { .. } | Command::Man | Command::Probe { .. } => Ok(()),
+        Command::Completions { .. } | Command::Man | Command::Probe { .. } | Command::SampleWav { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -362,8 +370,9 @@ fn retry(config: &Config, tenant: Option<&str>, conversation: Option<&str>) -> a
     Ok(())
 }
 
-fn tenant_add(config: &Config, id: &str, key: &std::path::Path) -> anyhow::Result<()> {
-    let added = dropsync::onboard::add_tenant(config, id, key).map_err(anyhow::Error::msg)?;
+fn tenant_add(config: &Config, id: &str, key: &str) -> anyhow::Result<()> {
+    let key = dropsync::onboard::read_key_arg(key, std::io::stdin().lock()).map_err(anyhow::Error::msg)?;
+    let added = dropsync::onboard::add_tenant(config, id, &key).map_err(anyhow::Error::msg)?;
     println!("wrote {}", added.file.display());
     match (&added.host, added.port) {
         (Some(host), Some(port)) => {
@@ -374,11 +383,24 @@ fn tenant_add(config: &Config, id: &str, key: &std::path::Path) -> anyhow::Resul
     }
     println!("username:       {}", added.username);
     println!("key:            {}", added.key_fingerprint);
-    if let Some(fp) = &added.host_key_fingerprint {
+    // The client checks the one key it negotiates; which one depends on the client.
+    for fp in &added.host_key_fingerprints {
         println!("host key:       {fp}");
     }
     println!("reload the running daemon to let it in: systemctl reload dropsync (SIGHUP)");
     Ok(())
+}
+
+/// `dropsync sample-wav FILE`: needs no configuration. Written under a hidden temp name and
+/// renamed, so that a drop folder sees one whole file arrive.
+fn sample_wav(file: &std::path::Path, seconds: u32) -> ExitCode {
+    match dropsync::fsutil::write_atomic(file, &dropsync::audio::sample_wav(seconds)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dropsync: cannot write {}: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `dropsync probe FILE…`: needs no configuration; exits 1 if any file is not readable audio.

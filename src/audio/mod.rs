@@ -8,6 +8,9 @@
 //! (33 bytes a 20 ms frame) and Sun `.au` (its header).
 
 mod formats;
+mod sample;
+
+pub use sample::sample_wav;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

@@ -21,6 +21,7 @@ use raw::{RawConfig, RawIncluded};
 use sink::sink_config;
 use tenants::{quota, tenant};
 
+use crate::ingress::sftp::host_keys::HostKeyKind;
 pub use crate::secret::{Secret, SecretSource};
 use crate::tenant::{Quota, Tenant};
 
@@ -92,7 +93,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct SftpConfig {
     pub listen: SocketAddr,
-    pub host_key: PathBuf,
+    /// The host key files: each read if it exists, else created of the type its name says.
+    pub host_keys: Vec<PathBuf>,
     pub max_sessions: u32,
     pub max_sessions_per_ip: u32,
     pub login_grace: Duration,
@@ -263,10 +265,7 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 2022)));
         SftpConfig {
             listen,
-            host_key: s
-                .host_key
-                .map(|h| resolve(&base, &h))
-                .unwrap_or_else(|| state_dir.join("ssh_host_ed25519_key")),
+            host_keys: host_keys(&mut p, &base, &state_dir, s.host_key, s.host_keys),
             max_sessions: s.max_sessions.unwrap_or(256),
             max_sessions_per_ip: s.max_sessions_per_ip.unwrap_or(64),
             login_grace: p.duration("sftp.login_grace", s.login_grace.as_deref(), Duration::from_secs(30)),
@@ -452,9 +451,50 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     })
 }
 
+/// `[sftp] host_keys`, or the older `host_key` as a one-key list; by default OpenSSH's three
+/// names in `state_dir`.
+fn host_keys(
+    p: &mut Problems,
+    base: &Path,
+    state_dir: &Path,
+    one: Option<String>,
+    list: Option<Vec<String>>,
+) -> Vec<PathBuf> {
+    match (one, list) {
+        (None, None) => crate::ingress::sftp::host_keys::default_paths(state_dir),
+        (Some(one), None) => vec![resolve(base, &one)],
+        (Some(_), Some(_)) => {
+            p.add(
+                "sftp.host_key",
+                "give host_keys alone (host_key is its older one-key form)",
+            );
+            Vec::new()
+        }
+        (None, Some(list)) => {
+            if list.is_empty() {
+                p.add("sftp.host_keys", "list at least one key file");
+            }
+            list.iter().map(|k| resolve(base, k)).collect()
+        }
+    }
+}
+
 /// Checks what only matters when the daemon runs: secrets and key files can be read.
 pub fn check_runtime(config: &Config) -> Vec<ConfigProblem> {
     let mut out = Vec::new();
+    for (i, key) in config.sftp.iter().flat_map(|s| s.host_keys.iter()).enumerate() {
+        if !key.exists() && HostKeyKind::from_name(key).is_none() {
+            out.push(ConfigProblem {
+                file: config.file.clone(),
+                key: format!("sftp.host_keys.{i}"),
+                message: format!(
+                    "{} does not exist and its name does not say which key to create: \
+                     name it after its type (ed25519, ecdsa or rsa)",
+                    key.display()
+                ),
+            });
+        }
+    }
     for t in &config.tenants {
         if let Some(f) = &t.authorized_keys_file
             && let Err(e) = std::fs::metadata(f)

@@ -30,7 +30,9 @@ pub(super) struct RawIncluded {
 #[derive(Deserialize, Default)]
 pub(super) struct RawSftp {
     pub(super) listen: Option<String>,
+    /// The older one-key form of `host_keys`.
     pub(super) host_key: Option<String>,
+    pub(super) host_keys: Option<Vec<String>>,
     pub(super) max_sessions: Option<u32>,
     pub(super) max_sessions_per_ip: Option<u32>,
     pub(super) login_grace: Option<String>,

@@ -146,3 +146,34 @@ fn secrets_never_print() {
     assert_eq!(format!("{s:?}"), "<secret>");
     assert_eq!(format!("{:?}", Some(s)), "Some(<secret>)");
 }
+
+#[test]
+fn host_keys_default_to_openssh_names_and_take_the_old_one_key_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "c.toml", "[sftp]\n[[tenants]]\nid = \"acme\"\n");
+    let keys = load(&f).unwrap().sftp.unwrap().host_keys;
+    let names: Vec<_> = keys
+        .iter()
+        .map(|k| k.strip_prefix(dir.path().join("var")).unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["ssh_host_ed25519_key", "ssh_host_ecdsa_key", "ssh_host_rsa_key"].map(Path::new)
+    );
+    let f = write(
+        dir.path(),
+        "c.toml",
+        "[sftp]\nhost_key = \"k/ed25519\"\n[[tenants]]\nid = \"acme\"\n",
+    );
+    assert_eq!(
+        load(&f).unwrap().sftp.unwrap().host_keys,
+        [dir.path().join("k/ed25519")]
+    );
+    let both = problems("[sftp]\nhost_key = \"a\"\nhost_keys = [\"b\"]\n[[tenants]]\nid = \"acme\"\n");
+    assert_eq!(
+        both,
+        ["sftp.host_key: give host_keys alone (host_key is its older one-key form)"]
+    );
+    let none = problems("[sftp]\nhost_keys = []\n[[tenants]]\nid = \"acme\"\n");
+    assert_eq!(none, ["sftp.host_keys: list at least one key file"]);
+}

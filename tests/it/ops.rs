@@ -120,6 +120,20 @@ fn tenant_add_prints_how_to_connect_and_the_new_tenant_can_log_in() {
     ] {
         assert!(text.contains(&want), "{want:?} missing in:\n{text}");
     }
+    // Every host key's fingerprint, as the client will be shown them.
+    let mut printed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("host key:"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("SHA256:")))
+        .collect();
+    printed.sort();
+    let mut offered: Vec<String> = crate::host_keys::scanned(d.sftp_port)
+        .into_iter()
+        .map(|k| k.1)
+        .collect();
+    offered.sort();
+    assert_eq!(offered.len(), 3, "{offered:?}");
+    assert_eq!(printed, offered, "in:\n{text}");
     assert!(d.dir.path().join("tenants.d/newco.toml").is_file());
     // Adding it twice is refused.
     assert!(!tenant_add(&d, "newco", &key).status.success());
@@ -173,6 +187,79 @@ fn commands_piped_into_a_closed_pipe_end_quietly() {
 
 fn can_log_in(d: &Daemon, user: &str, key: &Path) -> bool {
     d.sftp_batch_with(user, key, "ls\n").status.success()
+}
+
+/// `dropsync tenant add ID --key ARG`, with `stdin` on standard input.
+fn tenant_add_arg(d: &Daemon, id: &str, arg: &str, stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(["tenant", "add", id, "--key", arg, "--config"])
+        .arg(&d.config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn tenant_add_takes_a_key_as_text_as_a_file_or_on_standard_input() {
+    let mut d = daemon_with_tenants_d();
+    d.start();
+    let keys: Vec<std::path::PathBuf> = ["by_text", "by_file", "by_stdin"]
+        .iter()
+        .map(|name| {
+            let key = d.dir.path().join(format!("{name}_key"));
+            make_key(&key);
+            key
+        })
+        .collect();
+    let public = |key: &Path| std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    // Pasted as an operator copies it from an e-mail: one line, with its comment.
+    let text = public(&keys[0]);
+    let added = [
+        ("by-text", tenant_add_arg(&d, "by-text", text.trim(), "")),
+        (
+            "by-file",
+            tenant_add_arg(&d, "by-file", keys[1].with_extension("pub").to_str().unwrap(), ""),
+        ),
+        ("by-stdin", tenant_add_arg(&d, "by-stdin", "-", &public(&keys[2]))),
+    ];
+    for (id, out) in &added {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{id}: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(&format!("username:       {id}")), "{id}: {stdout}");
+    }
+    // Text that is neither a file nor a key says both.
+    let out = tenant_add_arg(&d, "broken", "ssh-ed25519 AAAAnot-base64 ops@acme", "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not a public key") && err.contains("key 1 cannot be read"),
+        "{err}"
+    );
+    assert!(!d.dir.path().join("tenants.d/broken.toml").exists());
+    let out = tenant_add_arg(&d, "empty", "-", "");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("standard input holds no public key"));
+
+    assert!(d.signal(libc::SIGHUP));
+    for (id, key) in ["by-text", "by-file", "by-stdin"].iter().zip(&keys) {
+        wait_for(
+            &format!("{id} to log in after the reload"),
+            Duration::from_secs(10),
+            || can_log_in(&d, id, key),
+        );
+    }
+    // beta is served meanwhile.
+    let audio = d.beta_uploads("B-1");
+    let forwarded = d.wait_forwarded(1, Duration::from_secs(60));
+    assert_recordings(&d, &forwarded["B-1"], &[("B-1.wav", &audio)]);
 }
 
 #[test]

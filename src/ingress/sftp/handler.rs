@@ -12,6 +12,7 @@ use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty};
 
 use super::Shared;
 use super::auth::Refusal;
+use super::failures::LoginAttempts;
 use super::fs::TenantFs;
 use super::session::{SessionCtx, serve};
 use crate::limits::SessionGrant;
@@ -43,6 +44,8 @@ pub struct Connection {
     pub startup: Option<super::StartupSlot>,
     /// Held from login: the connection counts against `max_sessions` from then.
     session_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Refused login attempts, logged by the listener if the connection ends without a login.
+    pub login: Arc<std::sync::Mutex<LoginAttempts>>,
 }
 
 impl Drop for Connection {
@@ -70,7 +73,15 @@ impl Connection {
             kick: Default::default(),
             startup: None,
             session_slot: None,
+            login: Arc::default(),
         }
+    }
+
+    fn refused_login(&self, user: &str, tried: String, reason: &str) {
+        self.login
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refused(user, tried, reason);
     }
 
     fn public_key_only() -> Auth {
@@ -90,16 +101,18 @@ impl russh::server::Handler for Connection {
 
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
         tracing::info!(peer = %self.peer, user, "password login refused: public keys only");
+        self.refused_login(user, "password".into(), "public keys only");
         self.refused.store(true, Ordering::Relaxed);
         Ok(Self::public_key_only())
     }
 
     async fn auth_keyboard_interactive<'a>(
         &'a mut self,
-        _user: &str,
+        user: &str,
         _submethods: &str,
         _response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        self.refused_login(user, "keyboard-interactive".into(), "public keys only");
         self.refused.store(true, Ordering::Relaxed);
         Ok(Self::public_key_only())
     }
@@ -112,12 +125,19 @@ impl russh::server::Handler for Connection {
             .keys()
             .check(user, offer.public_key, offer.algorithm, self.peer, now_secs())
         {
-            Ok(_) => Ok(Auth::Accept),
+            Ok(_) => {
+                self.login
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .accepted(user, tried(offer.public_key, offer.algorithm));
+                Ok(Auth::Accept)
+            }
             Err(refusal) => {
                 // A key a client merely has is no news; one of the tenant's keys turned away is.
                 if refusal != Refusal::UnknownKey {
                     tracing::warn!(peer = %self.peer, user, "sftp key refused: {}", refusal.reason());
                 }
+                self.refused_login(user, tried(offer.public_key, offer.algorithm), &refusal.reason());
                 self.refused.store(true, Ordering::Relaxed);
                 Ok(Self::public_key_only())
             }
@@ -139,6 +159,7 @@ impl russh::server::Handler for Connection {
             }
             Err(refusal) => {
                 tracing::warn!(peer = %self.peer, user, "sftp login refused: {}", refusal.reason());
+                self.refused_login(user, tried(key.public_key, key.algorithm), &refusal.reason());
                 self.refused.store(true, Ordering::Relaxed);
                 Ok(Self::public_key_only())
             }
@@ -304,6 +325,14 @@ impl russh::server::Handler for Connection {
     async fn agent_request(&mut self, _id: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
         Ok(false)
     }
+}
+
+/// A key a client tried, as the log shows it: its signature algorithm and fingerprint.
+fn tried(key: &russh::keys::PublicKey, algorithm: &russh::keys::Algorithm) -> String {
+    format!(
+        "publickey {algorithm} {}",
+        key.fingerprint(russh::keys::HashAlg::Sha256)
+    )
 }
 
 fn now_secs() -> i64 {

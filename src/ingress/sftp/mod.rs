@@ -8,8 +8,10 @@
 
 pub mod auth;
 pub mod durable;
+pub mod failures;
 pub mod fs;
 pub mod handler;
+pub mod host_keys;
 pub mod key_options;
 pub mod listing;
 pub mod penalties;
@@ -18,13 +20,11 @@ pub mod session;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use russh::keys::ssh_key::{LineEnding, PrivateKey};
-use russh::keys::{Algorithm, HashAlg};
+use russh::keys::ssh_key::PrivateKey;
 use russh::{MethodKind, MethodSet, SshId};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -43,8 +43,8 @@ use auth::{Bans, KeyStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SftpError {
-    #[error("host key {path}: {message}")]
-    HostKey { path: String, message: String },
+    #[error(transparent)]
+    HostKey(#[from] host_keys::HostKeyError),
     #[error(transparent)]
     Keys(#[from] auth::KeyError),
 }
@@ -173,41 +173,14 @@ impl Shared {
     }
 }
 
-/// Reads the host key, or creates an ed25519 one (mode 0600, written atomically) on first start.
-pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey, SftpError> {
-    let err = |message: String| SftpError::HostKey {
-        path: path.display().to_string(),
-        message,
-    };
-    if path.exists() {
-        return PrivateKey::read_openssh_file(path).map_err(|e| err(e.to_string()));
-    }
-    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| err(e.to_string()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    let tmp = crate::fsutil::temp_beside(path);
-    key.write_openssh_file(&tmp, LineEnding::LF)
-        .map_err(|e| err(e.to_string()))?;
-    let done = std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .and_then(|()| crate::fsutil::sync_dir(dir));
-    if let Err(e) = done {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(e.to_string()));
-    }
-    tracing::info!(path = %path.display(), fingerprint = %key.public_key().fingerprint(HashAlg::Sha256), "created SSH host key");
-    Ok(key)
-}
-
-fn ssh_config(limits: &SftpConfig, host_key: PrivateKey) -> russh::server::Config {
+fn ssh_config(limits: &SftpConfig, keys: Vec<PrivateKey>) -> russh::server::Config {
     russh::server::Config {
         server_id: SshId::Standard(format!("SSH-2.0-dropsync_{}", env!("CARGO_PKG_VERSION")).into()),
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         // OpenSSH's first "none" probe must not cost a second; real refusals still do.
         auth_rejection_time: Duration::from_millis(500),
         auth_rejection_time_initial: Some(Duration::ZERO),
-        keys: vec![host_key],
+        keys,
         inactivity_timeout: Some(limits.idle_timeout),
         max_auth_attempts: 10,
         // Throughput: a large window and packets, and room for OpenSSH's 64 writes in flight.
@@ -217,6 +190,7 @@ fn ssh_config(limits: &SftpConfig, host_key: PrivateKey) -> russh::server::Confi
         nodelay: true,
         preferred: russh::Preferred {
             cipher: std::borrow::Cow::Borrowed(CIPHERS),
+            key: std::borrow::Cow::Borrowed(host_keys::ALGORITHMS),
             ..Default::default()
         },
         ..Default::default()
@@ -252,14 +226,14 @@ pub struct SftpDeps {
 
 impl SftpServer {
     pub fn new(limits: SftpConfig, keys: KeyStore, deps: SftpDeps) -> Result<SftpServer, SftpError> {
-        let host_key = load_or_create_host_key(&limits.host_key)?;
+        let host_keys = host_keys::load_or_create_all(&limits.host_keys)?;
         let shared = Shared {
             keys: RwLock::new(Arc::new(keys)),
             pending: Arc::default(),
             drops: deps.drops,
             arrivals: deps.arrivals,
             hints: deps.hints,
-            ssh: Arc::new(ssh_config(&limits, host_key)),
+            ssh: Arc::new(ssh_config(&limits, host_keys)),
             sessions: Arc::new(Semaphore::new(limits.max_sessions as usize)),
             per_ip: Mutex::new(HashMap::new()),
             startups: Arc::new(Semaphore::new(limits.max_startups as usize)),
@@ -340,7 +314,10 @@ impl SftpServer {
             let mut conn = handler::Connection::new(shared.clone(), ip);
             conn.startup = Some(startup);
             conn.kick = kick.clone();
-            let (authenticated, refused) = (conn.authenticated.clone(), conn.refused.clone());
+            let (authenticated, refused, login) = (conn.authenticated.clone(), conn.refused.clone(), conn.login.clone());
+            // Once a login was tried, how the connection ends is told by the login's own line.
+            let failed_login = || refused.load(Ordering::Relaxed) || login.lock().unwrap_or_else(|p| p.into_inner()).failed();
+            let tried_login = || authenticated.load(Ordering::Relaxed) || failed_login();
             // One deadline for the handshake and the login: a client that never speaks (or
             // never logs in) is dropped at it.
             let now = tokio::time::Instant::now();
@@ -374,7 +351,7 @@ impl SftpServer {
                         }
                     };
                     tokio::select! {
-                        r = &mut running => log_end(peer, r),
+                        r = &mut running => failures::log_end(peer, r, tried_login()),
                         // Its key or tenant was removed by a reload: the connection ends now.
                         _ = kick.cancelled() => kicked().await,
                         _ = stop_or_grace => {
@@ -387,13 +364,13 @@ impl SftpServer {
                             // A logged-in session is ended by its client, a reload, or a stop's
                             // drain (which waits for its uploads).
                             tokio::select! {
-                                r = &mut running => log_end(peer, r),
+                                r = &mut running => failures::log_end(peer, r, tried_login()),
                                 _ = kick.cancelled() => kicked().await,
                             }
                         }
                     }
                 }
-                Some(Err(e)) => tracing::debug!(peer = %peer, error = %e, "ssh handshake failed"),
+                Some(Err(e)) => failures::log_end(peer, Err(e), false),
                 None => {
                     grace_exceeded = !cancel.is_cancelled();
                     tracing::info!(peer = %peer, "no ssh handshake within the grace time (or a stop); disconnecting");
@@ -402,7 +379,8 @@ impl SftpServer {
             if authenticated.load(Ordering::Relaxed) {
                 shared.bans.succeeded(ip);
                 shared.penalties.forgive(ip);
-            } else if refused.load(Ordering::Relaxed) {
+            } else if failed_login() {
+                login.lock().unwrap_or_else(|p| p.into_inner()).log_failed(peer);
                 refusal("login_refused");
                 if shared.bans.failed(ip) {
                     tracing::warn!(peer = %peer, ban = ?shared.limits.ban_time, "address banned after repeated failed logins");
@@ -523,12 +501,5 @@ impl Drop for StartupSlot {
                 per_source.remove(&self.source);
             }
         }
-    }
-}
-
-fn log_end(peer: SocketAddr, r: Result<(), russh::Error>) {
-    match r {
-        Ok(()) => tracing::debug!(peer = %peer, "ssh connection closed"),
-        Err(e) => tracing::debug!(peer = %peer, error = %e, "ssh connection ended"),
     }
 }
