@@ -88,7 +88,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let quotas = Limits::new(live.clone());
     workers.spawn(UsageWorker {
         limits: quotas.clone(),
-        catalog: catalog.clone(),
+        drops: drops.clone(),
+        last_walk: Duration::ZERO,
     });
     // Metrics first, so that the workers' first counts are kept.
     if let Some(m) = &config.metrics {
@@ -191,6 +192,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         archiver,
         grace: config.matching.grace,
         retention: config.retention.local,
+        config: live.clone(),
+        limits: quotas.clone(),
         reports: reports_wake,
     });
     tracker.close();

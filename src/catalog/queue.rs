@@ -260,23 +260,6 @@ impl Catalog {
         Ok(())
     }
 
-    /// Bytes and files each tenant holds in its drop folder, as recorded (for quotas).
-    pub fn held_per_tenant(&self) -> Result<std::collections::HashMap<String, (u64, u64)>> {
-        let conn = self.read()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT tenant, coalesce(sum(size), 0), count(*) FROM files WHERE state = 'present' GROUP BY tenant",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
-                ))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
-    }
-
     /// A path found missing when it was looked for: if it is recorded as present, it is gone.
     pub fn path_gone(&self, tenant: &str, rel: &crate::dropbox::RelPath, now: i64) -> Result<()> {
         let mut conn = self.lock();

@@ -169,6 +169,9 @@ pub struct IntakeConfig {
 pub struct LimitsConfig {
     /// Every tenant's quota, unless its own `quota` sets a key.
     pub quota: Quota,
+    /// How long a temp file of an unfinished upload may sit untouched before housekeeping
+    /// removes it.
+    pub stale_upload: Duration,
 }
 
 /// SPEC §8's defaults: what one contact centre may hold in its drop folder at once.
@@ -353,14 +356,18 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     if intake.lanes == 0 || intake.lanes > 256 {
         p.add("intake.lanes", "must be between 1 and 256");
     }
+    let l = raw.limits.unwrap_or_default();
     let limits = LimitsConfig {
-        quota: quota(
-            &mut p,
-            "limits.quota",
-            raw.limits.unwrap_or_default().quota.unwrap_or_default(),
-        )
-        .over(DEFAULT_QUOTA),
+        quota: quota(&mut p, "limits.quota", l.quota.unwrap_or_default()).over(DEFAULT_QUOTA),
+        stale_upload: p.duration(
+            "limits.stale_upload",
+            l.stale_upload.as_deref(),
+            Duration::from_secs(24 * 3600),
+        ),
     };
+    if limits.stale_upload < Duration::from_secs(1) {
+        p.add("limits.stale_upload", "must be at least 1s");
+    }
     let catalog = CatalogConfig {
         busy_timeout: p.duration(
             "catalog.busy_timeout",

@@ -122,6 +122,7 @@ pub(super) struct RawTenant {
 #[derive(Deserialize, Default)]
 pub(super) struct RawLimits {
     pub(super) quota: Option<RawQuota>,
+    pub(super) stale_upload: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -43,7 +43,21 @@ fn minimal_config_gets_defaults_and_relative_paths() {
     assert_eq!(cfg.matching.grace, Duration::from_secs(86400));
     assert_eq!(cfg.retention.local, Duration::from_secs(7 * 86400));
     assert_eq!(cfg.matching.zip_max_unpacked, 3 << 30);
+    assert_eq!(cfg.limits.stale_upload, Duration::from_secs(86400));
     assert!(cfg.sftp.is_none());
+}
+
+#[test]
+fn stale_upload_is_a_duration_of_at_least_a_second() {
+    let tenant = "[[tenants]]\nid = \"a\"\n";
+    assert!(problems(&format!("[limits]\nstale_upload = \"90m\"\n{tenant}")).is_empty());
+    let found = problems(&format!("[limits]\nstale_upload = \"soon\"\n{tenant}"));
+    assert!(
+        found[0].starts_with("limits.stale_upload: \"soon\" is not a duration"),
+        "{found:?}"
+    );
+    let found = problems(&format!("[limits]\nstale_upload = \"0s\"\n{tenant}"));
+    assert_eq!(found, ["limits.stale_upload: must be at least 1s"]);
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! files out to the archive ([`archive`]). Nothing here follows a path out of a tenant's folder.
 
 mod archive;
+mod held;
 mod unzip;
 
 use std::fs::{self, File};
@@ -19,6 +20,7 @@ use crate::matching::{MetadataFormat, extension};
 
 use crate::tenant::TenantId;
 pub use archive::Archiver;
+pub use held::{FileId, HeldFile, Removal};
 pub use unzip::{Unpacked, ZipLimits, unpack_zip};
 
 /// The folder, inside each tenant's drop folder, where we write reports; never ingested.
