@@ -138,6 +138,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         forwarder: forwarder_wake.clone(),
         reports: reports_wake.clone(),
         hints: hints.clone(),
+        quotas: quotas.clone(),
     };
     // The reconciliation scans are ordinary work items, asked for now (the watch is already in
     // place, so nothing falls in between) and done by the lanes after READY: a large backlog

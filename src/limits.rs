@@ -286,34 +286,36 @@ impl Worker for UsageWorker {
     }
 }
 
+/// Quotas of a tenant "acme" whose drop folder is in a temp folder, for tests elsewhere.
+#[cfg(test)]
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub drops: DropRoot,
+    pub limits: Arc<Limits>,
+    pub acme: TenantId,
+}
+
+#[cfg(test)]
+pub fn fixture(quota: Quota) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("d.toml");
+    std::fs::write(&file, "[[tenants]]\nid = \"acme\"\n").unwrap();
+    let mut config: crate::config::Config = crate::config::load(&file).unwrap();
+    config.limits.quota = quota;
+    let drops = DropRoot::new(dir.path().join("drop"));
+    let acme = TenantId::parse("acme").unwrap();
+    drops.ensure_tenant(&acme).unwrap();
+    Fixture {
+        dir,
+        drops,
+        limits: Limits::new(LiveConfig::new(Arc::new(config))),
+        acme,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        drops: DropRoot,
-        limits: Arc<Limits>,
-        acme: TenantId,
-    }
-
-    fn fixture(quota: Quota) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("d.toml");
-        std::fs::write(&file, "[[tenants]]\nid = \"acme\"\n").unwrap();
-        let mut config: Config = crate::config::load(&file).unwrap();
-        config.limits.quota = quota;
-        let drops = DropRoot::new(dir.path().join("drop"));
-        let acme = TenantId::parse("acme").unwrap();
-        drops.ensure_tenant(&acme).unwrap();
-        Fixture {
-            _dir: dir,
-            drops,
-            limits: Limits::new(LiveConfig::new(Arc::new(config))),
-            acme,
-        }
-    }
 
     #[test]
     fn bytes_files_and_sessions_are_counted_and_given_back() {

@@ -21,7 +21,7 @@ use crate::matching::{MetadataFormat, extension};
 use crate::tenant::TenantId;
 pub use archive::Archiver;
 pub use held::{FileId, HeldFile, Removal};
-pub use unzip::{Unpacked, ZipLimits, unpack_zip};
+pub use unzip::{Unpacked, ZipLimits, ZipQuota, unpack_zip};
 
 /// The folder, inside each tenant's drop folder, where we write reports; never ingested.
 pub const REPORTS_DIR: &str = "reports";

@@ -23,8 +23,9 @@ use crate::catalog::{
 };
 use crate::config::LiveConfig;
 use crate::dropbox::Archiver;
-use crate::dropbox::{self, DropRoot, FileKind, RelPath, ZipLimits};
+use crate::dropbox::{self, DropRoot, FileKind, RelPath, ZipLimits, ZipQuota};
 use crate::ingress::ViaHints;
+use crate::limits::Limits;
 use crate::matching::{self, MetadataFormat, ReadError, RowContext, RowVerdict};
 use crate::tenant::{Tenant, TenantId};
 
@@ -102,6 +103,8 @@ pub struct Intake {
     pub reports: Arc<Notify>,
     /// How files written by our own ingresses arrived.
     pub hints: ViaHints,
+    /// Tenants' quotas, which zip batches are unpacked within.
+    pub quotas: Arc<Limits>,
 }
 
 impl Intake {
@@ -529,7 +532,13 @@ impl Intake {
             .open_file(rel.as_str())
             .and_then(|f| Ok((f, confined.dir(rel.dir())?)));
         let unpacked = match opened {
-            Ok((archive, dest)) => dropbox::unpack_zip(archive, &dest, &ZipLimits::of(&self.config.get().matching)),
+            Ok((archive, dest)) => {
+                let quota = ZipQuota {
+                    limits: &self.quotas,
+                    tenant: &tenant.id,
+                };
+                dropbox::unpack_zip(archive, &dest, &ZipLimits::of(&self.config.get().matching), &quota)
+            }
             Err(e) => Err(format!("cannot be opened: {e}")),
         };
         match unpacked {

@@ -251,3 +251,45 @@ fn uploads_that_never_finished_are_removed_once_stale() {
     assert_eq!(drop_files(&d, "acme"), ["fresh.wav.part", "keep.wav"]);
     assert_eq!(removed(), 3.0);
 }
+
+#[test]
+fn a_zip_is_unpacked_only_within_the_quota() {
+    let (d, metrics) = limited("quota = { bytes = \"10 MiB\" }");
+    let mut d = d.with_replaced("[matching]\n", "[matching]\nzip_max_ratio = 2000\n");
+    // 12 MiB of zeros in three entries, a few KiB to send: the quota, not the ratio, stops it.
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for i in 1..=3 {
+        w.start_file(format!("z{i}.wav"), opts).unwrap();
+        std::io::Write::write_all(&mut w, &vec![0u8; 4 << 20]).unwrap();
+    }
+    let bytes = w.finish().unwrap().into_inner();
+    assert!(bytes.len() < 64 << 10, "{} bytes", bytes.len());
+    std::fs::write(d.dir.path().join("bomb.zip"), &bytes).unwrap();
+    d.start();
+    let out = d.sftp_batch("acme", "acme", "put bomb.zip\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.beta_uploads("B-1");
+    wait_for("the zip's report", T, || {
+        d.report("acme", "bomb.zip.report.csv").exists()
+    });
+    let lines = d.read_report("acme", "bomb.zip.report.csv");
+    assert!(
+        lines.len() == 1
+            && lines[0][3] == "rejected"
+            && lines[0][4].contains("quota exceeded: 10.0 MiB held (quota.bytes)"),
+        "{lines:?}; left in the drop folder: {:?}",
+        drop_files(&d, "acme")
+    );
+    wait_for("beta's call", T, || d.forwarded().contains_key("B-1"));
+    // Nothing of it stays, under any name, and nothing of it counts.
+    wait_for("the zip to leave the drop folder", T, || {
+        drop_files(&d, "acme").is_empty()
+    });
+    wait_for("acme's usage to be read again", T, || {
+        metric(metrics, &["dropsync_tenant_held_files", "tenant=\"acme\""]) == 0.0
+    });
+    std::fs::write(d.dir.path().join("big.wav"), audio("big", 8 << 20)).unwrap();
+    let out = d.sftp_batch("acme", "acme", "put big.wav\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+}
