@@ -3,13 +3,13 @@
 //! never finished are deleted after `limits.stale_upload`. (Files whose fate is decided leave
 //! the drop folders through [`crate::dropbox::Archiver`].)
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
-use crate::catalog::{Catalog, CatalogError, ms, now_ms};
+use crate::catalog::{Catalog, CatalogError, ToPurge, ms, now_ms};
 use crate::config::LiveConfig;
 use crate::dropbox::{Archiver, DropRoot, FileId, RelPath, Removal, is_temp_name};
 use crate::limits::Limits;
@@ -98,40 +98,23 @@ fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention_ms: i64) -
     }
     let mut purged = 0;
     // One bounded batch per sweep; the next sweep takes the rest (and retries failures).
-    {
-        let batch = catalog.purgeable(now, retention_ms, 1000)?;
-        for item in &batch {
-            // Archived copies are ours (state_dir); orphans are removed from their drop
-            // folder held open, with no link followed on the way.
-            let path = PathBuf::from(&item.path);
-            let removed = if item.archived {
-                std::fs::remove_file(&path)
-            } else {
-                match (TenantId::parse(&item.tenant), RelPath::parse(&item.path)) {
-                    (Ok(t), Some(rel)) => remove_orphan(drop, &t, &rel),
-                    _ => {
-                        catalog.mark_purged(item.file_id, now)?;
-                        continue;
-                    }
-                }
-            };
-            match removed {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(tenant = %item.tenant, path = %item.path, error = %e, "cannot delete an expired local copy");
-                    continue;
-                }
+    for item in catalog.purgeable(now, retention_ms, 1000)? {
+        match purge(drop, &item) {
+            Ok(Removal::Removed | Removal::Missing) => {}
+            // A new upload of the name that intake has not recorded yet: it is the tenant's,
+            // and its arrival closes the orphan's record.
+            Ok(Removal::Replaced) => {
+                tracing::info!(tenant = %item.tenant, file = %item.path,
+                    "an orphan past retention was replaced by a new file of its name; the new file stays");
+                continue;
             }
-            if item.archived {
-                // Day folders go once empty; a non-empty one simply stays.
-                if let Some(dir) = path.parent() {
-                    let _ = std::fs::remove_dir(dir);
-                }
+            Err(e) => {
+                tracing::warn!(tenant = %item.tenant, path = %item.path, error = %e, "cannot delete an expired local copy");
+                continue;
             }
-            catalog.mark_purged(item.file_id, now)?;
-            purged += 1;
         }
+        catalog.mark_purged(item.file_id, now)?;
+        purged += 1;
     }
     if purged > 0 {
         tracing::info!(purged, "local copies past retention deleted");
@@ -158,7 +141,7 @@ fn remove_stale_uploads(drop: &DropRoot, limits: &Limits, tenant: &TenantId, sta
     }
     let (mut removed, mut bytes) = (0u64, 0u64);
     for (rel, id, size) in found {
-        match drop.remove_if_same(tenant, &rel, id) {
+        match drop.remove_if_same(tenant, &rel, |found| found == id) {
             Ok(Removal::Removed) => {
                 tracing::info!(tenant = %tenant, file = %rel.as_str(), bytes = size, "stale upload removed");
                 (removed, bytes) = (removed + 1, bytes + size);
@@ -179,12 +162,102 @@ fn remove_stale_uploads(drop: &DropRoot, limits: &Limits, tenant: &TenantId, sta
     }
 }
 
-/// Deletes an orphan from its tenant's drop folder.
-fn remove_orphan(drop: &DropRoot, tenant: &TenantId, rel: &RelPath) -> std::io::Result<()> {
-    let dir = drop.confined(tenant)?.dir(rel.dir())?;
-    Ok(rustix::fs::unlinkat(
-        &dir,
-        rel.file_name(),
-        rustix::fs::AtFlags::empty(),
-    )?)
+/// Deletes one local copy past retention. Archived copies are ours (state_dir); orphans are
+/// removed from their drop folder held open, with no link followed on the way, and only while
+/// the file at their path is still the one recorded (inode and device).
+fn purge(drop: &DropRoot, item: &ToPurge) -> std::io::Result<Removal> {
+    if item.archived {
+        let path = Path::new(&item.path);
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removal::Missing),
+            Err(e) => return Err(e),
+        }
+        // Day folders go once empty; a non-empty one simply stays.
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        return Ok(Removal::Removed);
+    }
+    match (TenantId::parse(&item.tenant), RelPath::parse(&item.path)) {
+        (Ok(tenant), Some(rel)) => {
+            match drop.remove_if_same(&tenant, &rel, |found| found.is_recorded(item.ino, item.dev)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Removal::Missing),
+                other => other,
+            }
+        }
+        // Not a path we could have recorded in a drop folder: nothing to delete.
+        _ => Ok(Removal::Missing),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{NewFile, Via};
+    use crate::dropbox::FileKind;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        catalog: Catalog,
+        drop: DropRoot,
+        acme: TenantId,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("dropsync.db")).unwrap();
+        let drop = DropRoot::new(dir.path().join("drop"));
+        let acme = TenantId::parse("acme").unwrap();
+        drop.ensure_tenant(&acme).unwrap();
+        Fixture {
+            _dir: dir,
+            catalog,
+            drop,
+            acme,
+        }
+    }
+
+    /// Writes `rel` and records it as intake would, a while ago.
+    fn arrived(fx: &Fixture, rel: &str, bytes: &[u8]) {
+        let path = fx.drop.tenant_dir(&fx.acme).join(rel);
+        std::fs::write(&path, bytes).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let rel = RelPath::parse(rel).unwrap();
+        let f = NewFile {
+            tenant: "acme",
+            rel: &rel,
+            kind: FileKind::Recording,
+            via: Via::Sftp,
+            size: meta.len(),
+            mtime_ns: 0,
+            ino: std::os::unix::fs::MetadataExt::ino(&meta),
+            dev: std::os::unix::fs::MetadataExt::dev(&meta),
+            sha256: Some("00".into()),
+            duration_ms: None,
+            audio_error: None,
+        };
+        fx.catalog.register_file(&f, now_ms() - 1000, "unknown").unwrap();
+    }
+
+    #[test]
+    fn an_orphan_replaced_by_a_new_upload_of_its_name_is_not_purged() {
+        let fx = fixture();
+        let dir = fx.drop.tenant_dir(&fx.acme);
+        arrived(&fx, "c1.wav", b"orphan");
+        arrived(&fx, "c2.wav", b"orphan too");
+        // A new upload of c1.wav, put in place by a rename (a new inode), that intake has not
+        // recorded yet.
+        std::fs::write(dir.join(".upload"), b"new upload").unwrap();
+        std::fs::rename(dir.join(".upload"), dir.join("c1.wav")).unwrap();
+        // Both become orphans and pass retention in this sweep (grace and retention of 0).
+        assert!(sweep(&fx.catalog, &fx.drop, 0, 0).unwrap());
+        assert_eq!(std::fs::read(dir.join("c1.wav")).unwrap(), b"new upload");
+        assert!(!dir.join("c2.wav").exists(), "the orphan that stayed itself is purged");
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "c1.wav and reports/, nothing set aside: {left:?}");
+    }
 }

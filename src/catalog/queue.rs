@@ -59,8 +59,10 @@ pub struct ToArchive {
     pub tenant: String,
     pub rel_path: String,
     pub archive_path: String,
-    /// The inode recorded at arrival (`None` before migration 4): what may be moved.
+    /// The inode and device recorded at arrival (`None` before migrations 4 and 7): what may
+    /// be moved.
     pub ino: Option<u64>,
+    pub dev: Option<u64>,
 }
 
 /// A file recorded as in a drop folder (present, or leaving for the archive).
@@ -94,6 +96,10 @@ pub struct ToPurge {
     /// Absolute for archived files; inside the drop folder for orphans.
     pub path: String,
     pub archived: bool,
+    /// The inode and device recorded at arrival (`None` before migrations 4 and 7): what may
+    /// be deleted.
+    pub ino: Option<u64>,
+    pub dev: Option<u64>,
 }
 
 /// Present and leaving files of a tenant, each select on its partial index.
@@ -103,8 +109,7 @@ pub(super) const RECORDED_FILES: &str =
      SELECT id, rel_path, size, mtime_ns, ino, 1 FROM files WHERE tenant = ?1 AND state = 'leaving'";
 
 /// Claims for the archive made before ?1 (the few leaving files, through their index).
-pub(super) const UNSETTLED: &str =
-    "SELECT id, tenant, rel_path, coalesce(archive_path, ''), ino FROM files WHERE state = 'leaving' AND left_at <= ?1";
+pub(super) const UNSETTLED: &str = "SELECT id, tenant, rel_path, coalesce(archive_path, ''), ino, dev FROM files WHERE state = 'leaving' AND left_at <= ?1";
 
 /// States whose files must stay in the drop folder.
 pub(super) const OPEN_STATES: &str = "('waiting', 'ready', 'forwarding', 'failed', 'held')";
@@ -386,9 +391,9 @@ impl Catalog {
     pub fn purgeable(&self, now: i64, keep_ms: i64, limit: usize) -> Result<Vec<ToPurge>> {
         let conn = self.read()?;
         let mut stmt = conn.prepare_cached(
-            "SELECT id, tenant, archive_path, 1 FROM files WHERE state = 'archived' AND left_at <= ?1 - ?2
+            "SELECT id, tenant, archive_path, 1, ino, dev FROM files WHERE state = 'archived' AND left_at <= ?1 - ?2
              UNION ALL
-             SELECT id, tenant, rel_path, 0 FROM files WHERE state = 'present' AND orphan_since IS NOT NULL AND orphan_since <= ?1 - ?2
+             SELECT id, tenant, rel_path, 0, ino, dev FROM files WHERE state = 'present' AND orphan_since IS NOT NULL AND orphan_since <= ?1 - ?2
              LIMIT ?3",
         )?;
         let rows = stmt
@@ -398,6 +403,8 @@ impl Catalog {
                     tenant: r.get(1)?,
                     path: r.get(2)?,
                     archived: r.get::<_, i64>(3)? == 1,
+                    ino: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
+                    dev: r.get::<_, Option<i64>>(5)?.map(|d| d as u64),
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -506,7 +513,7 @@ fn mark_gone(tx: &Transaction<'_>, file_id: i64, now: i64) -> Result<()> {
 fn archivable(tx: &Transaction<'_>, candidates: &[i64]) -> Result<Vec<ToArchive>> {
     let mut out = Vec::new();
     let mut stmt = tx.prepare_cached(&format!(
-        "SELECT f.id, f.tenant, f.rel_path, '', f.ino FROM files f WHERE f.id = ?1 AND f.state = 'present' AND (
+        "SELECT f.id, f.tenant, f.rel_path, '', f.ino, f.dev FROM files f WHERE f.id = ?1 AND f.state = 'present' AND (
            (f.kind = 'recording'
               AND EXISTS (SELECT 1 FROM recordings r JOIN conversations c ON c.id = r.conversation
                           WHERE r.file_id = f.id AND c.state = 'forwarded')
@@ -531,5 +538,6 @@ fn to_archive(r: &rusqlite::Row<'_>) -> rusqlite::Result<ToArchive> {
         rel_path: r.get(2)?,
         archive_path: r.get(3)?,
         ino: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
+        dev: r.get::<_, Option<i64>>(5)?.map(|d| d as u64),
     })
 }

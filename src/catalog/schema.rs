@@ -238,4 +238,10 @@ CREATE TABLE minute_usage (
 ) WITHOUT ROWID;
 CREATE INDEX conv_held ON conversations(tenant, received_at, id) WHERE state = 'held';
 "#,
+    // 7: a file's device beside its inode (issue 20). Retention and archive moves take a file
+    // only if the one at its path is still the one recorded: device and inode, compared on a
+    // descriptor, so that a new upload of the same name is never deleted or moved in its place.
+    r#"
+ALTER TABLE files ADD COLUMN dev INTEGER;  -- NULL for files recorded before migration 7
+"#,
 ];

@@ -31,6 +31,7 @@ pub(super) fn arrive(cat: &Catalog, rel: &str, kind: FileKind, size: u64, sha: &
         size,
         mtime_ns: now,
         ino: now as u64,
+        dev: 1,
         sha256: (kind == FileKind::Recording).then(|| sha.to_string()),
         duration_ms: (kind == FileKind::Recording).then_some(1000),
         audio_error: None,

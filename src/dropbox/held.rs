@@ -33,6 +33,11 @@ impl FileId {
             ino: meta.ino(),
         }
     }
+    /// Whether this is the file recorded with `ino` and `dev` (either unknown for records
+    /// older than the migration that added it: then that part is not compared).
+    pub fn is_recorded(&self, ino: Option<u64>, dev: Option<u64>) -> bool {
+        ino.is_none_or(|ino| ino == self.ino) && dev.is_none_or(|dev| dev == self.dev)
+    }
     fn of_stat(st: &rustix::fs::Stat) -> FileId {
         FileId {
             dev: st.st_dev,
@@ -121,12 +126,17 @@ impl DropRoot {
     /// link on the way), then the file under that temp name is compared: a file is never
     /// deleted by a name that another file may have taken between a check and the unlink. A
     /// newcomer caught by the rename is put back, unless yet another file took the name.
-    pub fn remove_if_same(&self, tenant: &TenantId, rel: &RelPath, id: FileId) -> io::Result<Removal> {
+    pub fn remove_if_same(
+        &self,
+        tenant: &TenantId,
+        rel: &RelPath,
+        is_it: impl Fn(FileId) -> bool,
+    ) -> io::Result<Removal> {
         let dir = self.confined(tenant)?.dir(rel.dir())?;
         let name = rel.file_name();
         let same = |at: &str| -> io::Result<Option<bool>> {
             match rustix::fs::statat(&dir, at, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => Ok(Some(FileId::of_stat(&st) == id)),
+                Ok(st) => Ok(Some(is_it(FileId::of_stat(&st)))),
                 Err(rustix::io::Errno::NOENT) => Ok(None),
                 Err(e) => Err(e.into()),
             }
@@ -203,14 +213,23 @@ mod tests {
         // A new upload of the same name, put in place by a rename (a new inode).
         std::fs::write(t.join("new"), b"new upload").unwrap();
         std::fs::rename(t.join("new"), t.join("c1.wav")).unwrap();
-        assert_eq!(d.remove_if_same(&acme, &rel, old).unwrap(), Removal::Replaced);
+        assert_eq!(d.remove_if_same(&acme, &rel, |f| f == old).unwrap(), Removal::Replaced);
         assert_eq!(std::fs::read(t.join("c1.wav")).unwrap(), b"new upload");
         let new = FileId::of(&std::fs::metadata(t.join("c1.wav")).unwrap());
         assert_eq!(new.ino, std::fs::metadata(t.join("c1.wav")).unwrap().ino());
-        assert_eq!(d.remove_if_same(&acme, &rel, new).unwrap(), Removal::Removed);
+        assert_eq!(d.remove_if_same(&acme, &rel, |f| f == new).unwrap(), Removal::Removed);
         assert!(!t.join("c1.wav").exists());
-        assert_eq!(d.remove_if_same(&acme, &rel, new).unwrap(), Removal::Missing);
+        assert_eq!(d.remove_if_same(&acme, &rel, |f| f == new).unwrap(), Removal::Missing);
         let names: Vec<_> = std::fs::read_dir(&t).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["reports"], "nothing left aside");
+    }
+
+    #[test]
+    fn a_record_without_a_device_or_inode_compares_what_it_has() {
+        let id = FileId { dev: 1, ino: 2 };
+        assert!(id.is_recorded(Some(2), Some(1)));
+        assert!(!id.is_recorded(Some(2), Some(9)), "same inode on another device");
+        assert!(!id.is_recorded(Some(3), Some(1)));
+        assert!(id.is_recorded(Some(2), None) && id.is_recorded(None, None));
     }
 }

@@ -9,6 +9,7 @@ mod isolation;
 mod ops;
 mod pipeline;
 mod quota;
+mod retention;
 mod s3;
 mod sftp;
 mod sftp_keys;
