@@ -192,7 +192,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         drop: drops.clone(),
         archiver,
         grace: config.matching.grace,
-        retention: config.retention.local,
         config: live.clone(),
         limits: quotas.clone(),
         reports: reports_wake,

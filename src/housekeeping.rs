@@ -28,8 +28,7 @@ pub struct Housekeeper {
     pub drop: DropRoot,
     pub archiver: Archiver,
     pub grace: Duration,
-    pub retention: Duration,
-    /// Tenants and `limits.stale_upload`, as reloaded.
+    /// Tenants, their retention and `limits.stale_upload`, as reloaded.
     pub config: LiveConfig,
     /// Which temp files are being written now (never stale, however old).
     pub limits: Arc<Limits>,
@@ -40,10 +39,13 @@ impl Housekeeper {
     /// How often to look: often enough that no grace, retention or staleness period is overrun
     /// by more than an eighth.
     fn tick(&self) -> Duration {
-        let shortest = self
-            .grace
-            .min(self.retention)
-            .min(self.config.get().limits.stale_upload);
+        let config = self.config.get();
+        let retention = config
+            .tenants
+            .iter()
+            .map(|t| config.retention_of(t))
+            .fold(config.retention.local, Duration::min);
+        let shortest = self.grace.min(retention).min(config.limits.stale_upload);
         (shortest / 8).clamp(Duration::from_millis(250), Duration::from_secs(60))
     }
 }
@@ -56,8 +58,17 @@ impl Worker for Housekeeper {
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
         let catalog = self.catalog.clone();
         let drop = self.drop.clone();
-        let (grace, retention) = (ms(self.grace), ms(self.retention));
-        if tokio::task::spawn_blocking(move || sweep(&catalog, &drop, grace, retention)).await?? {
+        let config = self.config.get();
+        let grace = ms(self.grace);
+        let retention = Retention {
+            default_ms: ms(config.retention.local),
+            per_tenant: config
+                .tenants
+                .iter()
+                .map(|t| (t.id.to_string(), ms(config.retention_of(t))))
+                .collect(),
+        };
+        if tokio::task::spawn_blocking(move || sweep(&catalog, &drop, grace, &retention)).await?? {
             self.reports.notify_one();
         }
         // A claim this old was not settled by its mover (a catalog error after the move).
@@ -80,8 +91,14 @@ impl Worker for Housekeeper {
     }
 }
 
+/// How long local copies are kept: each tenant's own, and for tenants no longer configured.
+struct Retention {
+    default_ms: i64,
+    per_tenant: Vec<(String, i64)>,
+}
+
 /// One sweep; returns whether anything changed.
-fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention_ms: i64) -> Result<bool, CatalogError> {
+fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention: &Retention) -> Result<bool, CatalogError> {
     let now = now_ms();
     let (expired, orphaned) = catalog.expire(now, grace_ms)?;
     if expired > 0 {
@@ -98,7 +115,8 @@ fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention_ms: i64) -
     }
     let mut purged = 0;
     // One bounded batch per sweep; the next sweep takes the rest (and retries failures).
-    for item in catalog.purgeable(now, retention_ms, 1000)? {
+    let per_tenant: Vec<(&str, i64)> = retention.per_tenant.iter().map(|(t, ms)| (t.as_str(), *ms)).collect();
+    for item in catalog.purgeable(now, retention.default_ms, &per_tenant, 1000)? {
         match purge(drop, &item) {
             Ok(Removal::Removed | Removal::Missing) => {}
             // A new upload of the name that intake has not recorded yet: it is the tenant's,
@@ -251,7 +269,11 @@ mod tests {
         std::fs::write(dir.join(".upload"), b"new upload").unwrap();
         std::fs::rename(dir.join(".upload"), dir.join("c1.wav")).unwrap();
         // Both become orphans and pass retention in this sweep (grace and retention of 0).
-        assert!(sweep(&fx.catalog, &fx.drop, 0, 0).unwrap());
+        let retention = Retention {
+            default_ms: 0,
+            per_tenant: vec![],
+        };
+        assert!(sweep(&fx.catalog, &fx.drop, 0, &retention).unwrap());
         assert_eq!(std::fs::read(dir.join("c1.wav")).unwrap(), b"new upload");
         assert!(!dir.join("c2.wav").exists(), "the orphan that stayed itself is purged");
         let left: Vec<_> = std::fs::read_dir(&dir)

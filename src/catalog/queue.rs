@@ -387,17 +387,27 @@ impl Catalog {
         Ok(rows)
     }
 
-    /// Archived copies older than `keep_ms`, and orphans unclaimed for `keep_ms`.
-    pub fn purgeable(&self, now: i64, keep_ms: i64, limit: usize) -> Result<Vec<ToPurge>> {
+    /// Archived copies older than their tenant's retention, and orphans unclaimed for as long:
+    /// `keep_ms` for tenants `keep_for` does not name (tenant, ms).
+    pub fn purgeable(&self, now: i64, keep_ms: i64, keep_for: &[(&str, i64)], limit: usize) -> Result<Vec<ToPurge>> {
+        let shortest = keep_for.iter().map(|(_, ms)| *ms).fold(keep_ms, i64::min);
+        let keep_for: serde_json::Map<String, serde_json::Value> =
+            keep_for.iter().map(|(t, ms)| ((*t).to_owned(), (*ms).into())).collect();
         let conn = self.read()?;
+        // The shortest retention first (an index range), then each tenant's own.
         let mut stmt = conn.prepare_cached(
-            "SELECT id, tenant, archive_path, 1, ino, dev FROM files WHERE state = 'archived' AND left_at <= ?1 - ?2
+            "WITH keep(tenant, ms) AS (SELECT key, value FROM json_each(?4))
+             SELECT id, f.tenant, archive_path, 1, ino, dev FROM files f LEFT JOIN keep k ON k.tenant = f.tenant
+              WHERE state = 'archived' AND left_at <= ?1 - ?5 AND left_at <= ?1 - coalesce(k.ms, ?2)
              UNION ALL
-             SELECT id, tenant, rel_path, 0, ino, dev FROM files WHERE state = 'present' AND orphan_since IS NOT NULL AND orphan_since <= ?1 - ?2
+             SELECT id, f.tenant, rel_path, 0, ino, dev FROM files f LEFT JOIN keep k ON k.tenant = f.tenant
+              WHERE state = 'present' AND orphan_since IS NOT NULL AND orphan_since <= ?1 - ?5
+                AND orphan_since <= ?1 - coalesce(k.ms, ?2)
              LIMIT ?3",
         )?;
+        let keep_for = serde_json::Value::Object(keep_for).to_string();
         let rows = stmt
-            .query_map(params![now, keep_ms, limit as i64], |r| {
+            .query_map(params![now, keep_ms, limit as i64, keep_for, shortest], |r| {
                 Ok(ToPurge {
                     file_id: r.get(0)?,
                     tenant: r.get(1)?,

@@ -60,6 +60,10 @@ impl Config {
     pub fn tenant(&self, id: &str) -> Option<&Tenant> {
         self.tenants.iter().find(|t| t.id.as_str() == id)
     }
+    /// How long a tenant's local copies are kept: its own `retention`, or `[retention] local`.
+    pub fn retention_of(&self, tenant: &Tenant) -> Duration {
+        tenant.retention.unwrap_or(self.retention.local)
+    }
     /// A tenant's quota: its own keys, the others from `[limits] quota`.
     pub fn quota_of(&self, tenant: &Tenant) -> Quota {
         tenant.quota.over(self.limits.quota)

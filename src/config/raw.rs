@@ -117,6 +117,7 @@ pub(super) struct RawTenant {
     #[serde(default)]
     pub(super) ftp: Vec<RawFtp>,
     pub(super) quota: Option<RawQuota>,
+    pub(super) retention: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -160,3 +160,22 @@ fn secrets_never_print() {
     assert_eq!(format!("{s:?}"), "<secret>");
     assert_eq!(format!("{:?}", Some(s)), "Some(<secret>)");
 }
+
+#[test]
+fn a_tenant_may_keep_its_local_copies_for_its_own_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "c.toml",
+        "[retention]\nlocal = \"7d\"\n[[tenants]]\nid = \"a\"\nretention = \"30d\"\n[[tenants]]\nid = \"b\"\n",
+    );
+    let cfg = load(&f).unwrap();
+    assert_eq!(cfg.retention_of(&cfg.tenants[0]), Duration::from_secs(30 * 86400));
+    assert_eq!(cfg.retention_of(&cfg.tenants[1]), Duration::from_secs(7 * 86400));
+    let found = problems("[[tenants]]\nid = \"a\"\nretention = \"a month\"\n");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("tenants.0.retention: \"a month\" is not a duration"),
+        "{found:?}"
+    );
+}

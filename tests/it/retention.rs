@@ -72,3 +72,29 @@ fn orphans_and_archived_copies_are_deleted_after_retention() {
     assert!(d.log().contains("local copies past retention deleted"));
     assert_eq!(drop_files(&d, "acme"), Vec::<String>::new());
 }
+
+#[test]
+fn each_tenant_keeps_local_copies_for_its_own_retention() {
+    let (mut d, metrics) = daemon("1h", &tenants("retention = \"2s\"\n", "retention = \"30d\"\n"));
+    d.start();
+    call_and_orphan(&d, "acme", "A-1");
+    call_and_orphan(&d, "beta", "B-1");
+    wait_for("both calls to be forwarded and archived", T, || {
+        archived(&d, "acme").len() == 2 && archived(&d, "beta").len() == 2
+    });
+    wait_for("acme's local copies to be deleted after its 2 s", T, || {
+        archived(&d, "acme").is_empty() && !orphan_kept(&d, "acme", "A-1")
+    });
+    // beta's are kept for its 30 days, through whole housekeeping passes after acme's went.
+    let passes = || {
+        sample(
+            &http_get(metrics, "/metrics").1,
+            &["dropsync_housekeeping_passes_total"],
+        )
+        .unwrap_or(0.0)
+    };
+    let seen = passes();
+    wait_for("two more housekeeping passes", T, || passes() >= seen + 2.0);
+    assert_eq!(archived(&d, "beta").len(), 2);
+    assert!(orphan_kept(&d, "beta", "B-1"));
+}
