@@ -163,37 +163,6 @@ impl DropRoot {
         self.confined(tenant)?.open_file(rel.as_str())
     }
 
-    /// Creates the folder `dir` ("" for the root) inside a tenant's drop folder, one level at a
-    /// time, refusing any level that is a link or not a folder. Returns its path.
-    pub fn ensure_dir(&self, tenant: &TenantId, dir: &str) -> io::Result<PathBuf> {
-        let mut path = self.tenant_dir(tenant);
-        for part in dir.split('/').filter(|p| !p.is_empty()) {
-            if part == "." || part == ".." {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "'.' or '..' in a folder name",
-                ));
-            }
-            path.push(part);
-            match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        format!("{} exists and is not a folder", path.display()),
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e),
-                },
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(path)
-    }
-
     /// Every regular, non-temporary file of a tenant (for reconciliation), sorted by path. Our
     /// own temp files, which only a crash leaves behind, are removed on the way.
     pub fn scan_tenant(&self, tenant: &TenantId) -> io::Result<Vec<RelPath>> {
