@@ -88,7 +88,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let quotas = Limits::new(live.clone());
     workers.spawn(UsageWorker {
         limits: quotas.clone(),
-        catalog: catalog.clone(),
+        drops: drops.clone(),
+        last_walk: Duration::ZERO,
     });
     // Metrics first, so that the workers' first counts are kept.
     if let Some(m) = &config.metrics {
@@ -137,6 +138,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         forwarder: forwarder_wake.clone(),
         reports: reports_wake.clone(),
         hints: hints.clone(),
+        quotas: quotas.clone(),
     };
     // The reconciliation scans are ordinary work items, asked for now (the watch is already in
     // place, so nothing falls in between) and done by the lanes after READY: a large backlog
@@ -190,8 +192,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         drop: drops.clone(),
         archiver,
         grace: config.matching.grace,
-        retention: config.retention.local,
-        catalog_retention: config.retention.catalog,
+        config: live.clone(),
+        limits: quotas.clone(),
         reports: reports_wake,
     });
     tracker.close();

@@ -73,7 +73,22 @@ impl Confined {
                 path.push('/');
             }
             path.push_str(part);
-            dir = self.dir(&path)?;
+            dir = match self.dir(&path) {
+                Ok(d) => d,
+                // Say which: a link in the way (as everywhere else), or a file.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
+                    let link = self.metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+                    return Err(if link {
+                        io::Error::new(io::ErrorKind::NotFound, "no such file (links are not followed)")
+                    } else {
+                        io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            format!("{path} exists and is not a folder"),
+                        )
+                    });
+                }
+                Err(e) => return Err(e),
+            };
         }
         Ok(dir)
     }
@@ -116,6 +131,10 @@ mod tests {
         assert!(c.metadata("s.wav").unwrap().file_type().is_symlink(), "the link itself");
         assert!(c.dir("up").is_err());
         assert!(c.ensure_dir("up/new").is_err(), "a link on the way");
+        let e = c.ensure_dir("up").unwrap_err();
+        assert_eq!(e.to_string(), "no such file (links are not followed)");
+        let e = c.ensure_dir("sub/a.wav/x").unwrap_err();
+        assert_eq!(e.to_string(), "sub/a.wav exists and is not a folder");
         assert!(!d.path().join("new").exists());
         assert!(c.ensure_dir("sub/x/y").is_ok() && root.join("sub/x/y").is_dir());
         assert!(c.dir("sub").is_ok() && c.dir("").is_ok());

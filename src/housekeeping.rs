@@ -1,21 +1,27 @@
 //! After the fact: waiting rows and unclaimed recordings expire after `matching.grace`;
-//! archived copies and orphans are deleted after `retention.local`; the catalog forgets what
-//! ended before `retention.catalog` (counts kept). (Files whose fate is
-//! decided leave the drop folders through [`crate::dropbox::Archiver`].)
+//! archived copies and orphans are deleted after `retention.local`; temp files of uploads that
+//! never finished are deleted after `limits.stale_upload`; the catalog forgets what ended
+//! before `retention.catalog` (counts kept). (Files whose fate is decided leave the drop
+//! folders through [`crate::dropbox::Archiver`].)
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
-use crate::catalog::{Catalog, CatalogError, ms, now_ms};
-use crate::dropbox::{Archiver, DropRoot, RelPath};
+use crate::catalog::{Catalog, CatalogError, ToPurge, ms, now_ms};
+use crate::config::LiveConfig;
+use crate::dropbox::{Archiver, DropRoot, FileId, RelPath, Removal, is_temp_name};
+use crate::limits::Limits;
 use crate::tenant::TenantId;
 use crate::worker::{Worker, WorkerError, WorkerState};
 
 /// How long a file may stay claimed for the archive before housekeeping settles it.
 const UNSETTLED_CLAIM: Duration = Duration::from_secs(600);
+
+/// Stale uploads removed per tenant and sweep; the next sweep takes the rest.
+const STALE_BATCH: usize = 1000;
 
 /// Periodic expiry and retention.
 pub struct Housekeeper {
@@ -23,8 +29,10 @@ pub struct Housekeeper {
     pub drop: DropRoot,
     pub archiver: Archiver,
     pub grace: Duration,
-    pub retention: Duration,
-    pub catalog_retention: Duration,
+    /// Tenants, their retention and `limits.stale_upload`, as reloaded.
+    pub config: LiveConfig,
+    /// Which temp files are being written now (never stale, however old).
+    pub limits: Arc<Limits>,
     pub reports: Arc<Notify>,
 }
 
@@ -33,9 +41,17 @@ pub struct Housekeeper {
 const PRUNE_PER_SWEEP: usize = 20_000;
 
 impl Housekeeper {
-    /// How often to look: often enough that a grace or retention period is not overrun by much.
+    /// How often to look: often enough that no grace, retention or staleness period is overrun
+    /// by more than an eighth.
     fn tick(&self) -> Duration {
-        (self.grace.min(self.retention) / 4).clamp(Duration::from_millis(250), Duration::from_secs(60))
+        let config = self.config.get();
+        let retention = config
+            .tenants
+            .iter()
+            .map(|t| config.retention_of(t))
+            .fold(config.retention.local, Duration::min);
+        let shortest = self.grace.min(retention).min(config.limits.stale_upload);
+        (shortest / 8).clamp(Duration::from_millis(250), Duration::from_secs(60))
     }
 }
 
@@ -47,12 +63,27 @@ impl Worker for Housekeeper {
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
         let catalog = self.catalog.clone();
         let drop = self.drop.clone();
-        let (grace, retention) = (ms(self.grace), ms(self.retention));
-        if tokio::task::spawn_blocking(move || sweep(&catalog, &drop, grace, retention)).await?? {
+        let config = self.config.get();
+        let grace = ms(self.grace);
+        let retention = Retention {
+            default_ms: ms(config.retention.local),
+            per_tenant: config
+                .tenants
+                .iter()
+                .map(|t| (t.id.to_string(), ms(config.retention_of(t))))
+                .collect(),
+        };
+        if tokio::task::spawn_blocking(move || sweep(&catalog, &drop, grace, &retention)).await?? {
             self.reports.notify_one();
         }
+        // Never forget a batch whose files a tenant's longer retention still keeps.
+        let remembered = config
+            .tenants
+            .iter()
+            .map(|t| config.retention_of(t))
+            .fold(config.retention.catalog, Duration::max);
         let catalog = self.catalog.clone();
-        let before = now_ms() - ms(self.catalog_retention);
+        let before = now_ms() - ms(remembered);
         let pruned = tokio::task::spawn_blocking(move || catalog.prune(before, PRUNE_PER_SWEEP)).await??;
         if pruned.conversations + pruned.files > 0 {
             tracing::info!(
@@ -65,6 +96,15 @@ impl Worker for Housekeeper {
         // A claim this old was not settled by its mover (a catalog error after the move).
         let archiver = self.archiver.clone();
         tokio::task::spawn_blocking(move || archiver.settle_stale(now_ms() - ms(UNSETTLED_CLAIM))).await??;
+        let (drop, limits, config) = (self.drop.clone(), self.limits.clone(), self.config.get());
+        tokio::task::spawn_blocking(move || {
+            for tenant in &config.tenants {
+                remove_stale_uploads(&drop, &limits, &tenant.id, config.limits.stale_upload);
+            }
+        })
+        .await?;
+        // A pass seen whole: tests wait on it before they say "nothing was removed".
+        metrics::counter!("dropsync_housekeeping_passes_total").increment(1);
         Ok(WorkerState::Idle)
     }
 
@@ -73,8 +113,14 @@ impl Worker for Housekeeper {
     }
 }
 
+/// How long local copies are kept: each tenant's own, and for tenants no longer configured.
+struct Retention {
+    default_ms: i64,
+    per_tenant: Vec<(String, i64)>,
+}
+
 /// One sweep; returns whether anything changed.
-fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention_ms: i64) -> Result<bool, CatalogError> {
+fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention: &Retention) -> Result<bool, CatalogError> {
     let now = now_ms();
     let (expired, orphaned) = catalog.expire(now, grace_ms)?;
     if expired > 0 {
@@ -91,40 +137,24 @@ fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention_ms: i64) -
     }
     let mut purged = 0;
     // One bounded batch per sweep; the next sweep takes the rest (and retries failures).
-    {
-        let batch = catalog.purgeable(now, retention_ms, 1000)?;
-        for item in &batch {
-            // Archived copies are ours (state_dir); orphans are removed from their drop
-            // folder held open, with no link followed on the way.
-            let path = PathBuf::from(&item.path);
-            let removed = if item.archived {
-                std::fs::remove_file(&path)
-            } else {
-                match (TenantId::parse(&item.tenant), RelPath::parse(&item.path)) {
-                    (Ok(t), Some(rel)) => remove_orphan(drop, &t, &rel),
-                    _ => {
-                        catalog.mark_purged(item.file_id, now)?;
-                        continue;
-                    }
-                }
-            };
-            match removed {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(tenant = %item.tenant, path = %item.path, error = %e, "cannot delete an expired local copy");
-                    continue;
-                }
+    let per_tenant: Vec<(&str, i64)> = retention.per_tenant.iter().map(|(t, ms)| (t.as_str(), *ms)).collect();
+    for item in catalog.purgeable(now, retention.default_ms, &per_tenant, 1000)? {
+        match purge(drop, &item) {
+            Ok(Removal::Removed | Removal::Missing) => {}
+            // A new upload of the name that intake has not recorded yet: it is the tenant's,
+            // and its arrival closes the orphan's record.
+            Ok(Removal::Replaced) => {
+                tracing::info!(tenant = %item.tenant, file = %item.path,
+                    "an orphan past retention was replaced by a new file of its name; the new file stays");
+                continue;
             }
-            if item.archived {
-                // Day folders go once empty; a non-empty one simply stays.
-                if let Some(dir) = path.parent() {
-                    let _ = std::fs::remove_dir(dir);
-                }
+            Err(e) => {
+                tracing::warn!(tenant = %item.tenant, path = %item.path, error = %e, "cannot delete an expired local copy");
+                continue;
             }
-            catalog.mark_purged(item.file_id, now)?;
-            purged += 1;
         }
+        catalog.mark_purged(item.file_id, now)?;
+        purged += 1;
     }
     if purged > 0 {
         tracing::info!(purged, "local copies past retention deleted");
@@ -132,12 +162,146 @@ fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention_ms: i64) -
     Ok(expired + orphaned + purged > 0)
 }
 
-/// Deletes an orphan from its tenant's drop folder.
-fn remove_orphan(drop: &DropRoot, tenant: &TenantId, rel: &RelPath) -> std::io::Result<()> {
-    let dir = drop.confined(tenant)?.dir(rel.dir())?;
-    Ok(rustix::fs::unlinkat(
-        &dir,
-        rel.file_name(),
-        rustix::fs::AtFlags::empty(),
-    )?)
+/// Deletes the temp files of a tenant's uploads that never finished: temp names (client ones
+/// like `.part`, dot-files, ours left by a cut) unchanged for `stale` and not being written
+/// now. Each is deleted only if it is still the file found stale (a new upload under the same
+/// name stays). Failures are logged and tried again at the next sweep.
+fn remove_stale_uploads(drop: &DropRoot, limits: &Limits, tenant: &TenantId, stale: Duration) {
+    let cutoff = SystemTime::now() - stale;
+    let mut found: Vec<(RelPath, FileId, u64)> = Vec::new();
+    let walked = drop.for_each_held(tenant, |f| {
+        let temp = f.name.to_str().is_some_and(is_temp_name);
+        if temp && f.changed <= cutoff && found.len() < STALE_BATCH && !limits.is_being_written(tenant, f.id) {
+            found.extend(f.rel.clone().map(|rel| (rel, f.id, f.size)));
+        }
+    });
+    if let Err(e) = walked {
+        tracing::warn!(tenant = %tenant, error = %e, "cannot look for stale uploads");
+        return;
+    }
+    let (mut removed, mut bytes) = (0u64, 0u64);
+    for (rel, id, size) in found {
+        match drop.remove_if_same(tenant, &rel, |found| found == id) {
+            Ok(Removal::Removed) => {
+                tracing::info!(tenant = %tenant, file = %rel.as_str(), bytes = size, "stale upload removed");
+                (removed, bytes) = (removed + 1, bytes + size);
+            }
+            Ok(Removal::Replaced) => {
+                tracing::info!(tenant = %tenant, file = %rel.as_str(), "a stale upload was replaced by a new file; left alone")
+            }
+            Ok(Removal::Missing) => {}
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, file = %rel.as_str(), error = %e, "cannot remove a stale upload")
+            }
+        }
+    }
+    if removed > 0 {
+        metrics::counter!("dropsync_stale_uploads_removed_total", "tenant" => tenant.to_string()).increment(removed);
+        tracing::info!(tenant = %tenant, removed, bytes, stale_after = %humantime::format_duration(stale),
+            "stale uploads removed: temp files of uploads that never finished");
+    }
+}
+
+/// Deletes one local copy past retention. Archived copies are ours (state_dir); orphans are
+/// removed from their drop folder held open, with no link followed on the way, and only while
+/// the file at their path is still the one recorded (inode and device).
+fn purge(drop: &DropRoot, item: &ToPurge) -> std::io::Result<Removal> {
+    if item.archived {
+        let path = Path::new(&item.path);
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removal::Missing),
+            Err(e) => return Err(e),
+        }
+        // Day folders go once empty; a non-empty one simply stays.
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        return Ok(Removal::Removed);
+    }
+    match (TenantId::parse(&item.tenant), RelPath::parse(&item.path)) {
+        (Ok(tenant), Some(rel)) => {
+            match drop.remove_if_same(&tenant, &rel, |found| found.is_recorded(item.ino, item.dev)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Removal::Missing),
+                other => other,
+            }
+        }
+        // Not a path we could have recorded in a drop folder: nothing to delete.
+        _ => Ok(Removal::Missing),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{NewFile, Via};
+    use crate::dropbox::FileKind;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        catalog: Catalog,
+        drop: DropRoot,
+        acme: TenantId,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("dropsync.db")).unwrap();
+        let drop = DropRoot::new(dir.path().join("drop"));
+        let acme = TenantId::parse("acme").unwrap();
+        drop.ensure_tenant(&acme).unwrap();
+        Fixture {
+            _dir: dir,
+            catalog,
+            drop,
+            acme,
+        }
+    }
+
+    /// Writes `rel` and records it as intake would, a while ago.
+    fn arrived(fx: &Fixture, rel: &str, bytes: &[u8]) {
+        let path = fx.drop.tenant_dir(&fx.acme).join(rel);
+        std::fs::write(&path, bytes).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let rel = RelPath::parse(rel).unwrap();
+        let f = NewFile {
+            tenant: "acme",
+            rel: &rel,
+            kind: FileKind::Recording,
+            via: Via::Sftp,
+            size: meta.len(),
+            mtime_ns: 0,
+            ino: std::os::unix::fs::MetadataExt::ino(&meta),
+            dev: std::os::unix::fs::MetadataExt::dev(&meta),
+            sha256: Some("00".into()),
+            duration_ms: None,
+            audio_error: None,
+        };
+        fx.catalog.register_file(&f, now_ms() - 1000, "unknown").unwrap();
+    }
+
+    #[test]
+    fn an_orphan_replaced_by_a_new_upload_of_its_name_is_not_purged() {
+        let fx = fixture();
+        let dir = fx.drop.tenant_dir(&fx.acme);
+        arrived(&fx, "c1.wav", b"orphan");
+        arrived(&fx, "c2.wav", b"orphan too");
+        // A new upload of c1.wav, put in place by a rename (a new inode), that intake has not
+        // recorded yet.
+        std::fs::write(dir.join(".upload"), b"new upload").unwrap();
+        std::fs::rename(dir.join(".upload"), dir.join("c1.wav")).unwrap();
+        // Both become orphans and pass retention in this sweep (grace and retention of 0).
+        let retention = Retention {
+            default_ms: 0,
+            per_tenant: vec![],
+        };
+        assert!(sweep(&fx.catalog, &fx.drop, 0, &retention).unwrap());
+        assert_eq!(std::fs::read(dir.join("c1.wav")).unwrap(), b"new upload");
+        assert!(!dir.join("c2.wav").exists(), "the orphan that stayed itself is purged");
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "c1.wav and reports/, nothing set aside: {left:?}");
+    }
 }

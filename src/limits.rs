@@ -1,22 +1,24 @@
 //! Per-tenant quotas (SPEC §8), in one place that every ingress asks: how many bytes and files
 //! a tenant holds in its drop folder, and how many SFTP sessions it has open.
 //!
-//! What a tenant holds is what the catalog records as present (refreshed every second by
-//! [`UsageWorker`]) plus what is being written right now (uploads and downloads hold a
-//! [`FileGrant`] while open). A file closed a moment ago and not yet recorded is counted again
-//! once intake records it, a second or so later: quotas are a budget, not an exact ledger.
+//! What a tenant holds is every file in its drop folder, read from the folder itself by
+//! [`UsageWorker`] (temp names, hidden files and files intake has not recorded yet included:
+//! SPEC §8 "Everything held counts"), plus what is being written right now (uploads, downloads
+//! and zip entries hold a [`FileGrant`] while open). A file being written under a grant is
+//! counted by its grant alone: the walk skips the file the grant covers. A file completed while
+//! a walk runs is counted twice until the next one, never not at all.
 //!
 //! Metadata files may pass the quota by a little ([`METADATA_HEADROOM_BYTES`] and
 //! [`METADATA_HEADROOM_FILES`]): a tenant whose recordings fill its quota while they wait for
 //! their metadata (audio first is the documented order) must still be able to send the CSV that
 //! lets them leave.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::catalog::Catalog;
 use crate::config::LiveConfig;
+use crate::dropbox::{DropRoot, FileId};
 use crate::matching::MetadataFormat;
 use crate::tenant::{Quota, TenantId};
 use crate::worker::{Worker, WorkerError, WorkerState};
@@ -30,14 +32,19 @@ pub struct QuotaExceeded(String);
 pub const METADATA_HEADROOM_BYTES: u64 = 16 << 20;
 pub const METADATA_HEADROOM_FILES: u64 = 16;
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Usage {
-    /// Present in the drop folder, as the catalog records it.
+    /// In the drop folder, as the last walk found it (plus files completed since).
     held_bytes: u64,
     held_files: u64,
+    /// Completed while a walk of the folder runs: added to what the walk finds, as the walk
+    /// may have passed their folder already.
+    kept_while_walking: Option<(u64, u64)>,
     /// Being written now.
     open_bytes: u64,
     open_files: u64,
+    /// The files being written now, which the walk leaves to their grants.
+    covered: HashSet<FileId>,
     sessions: u32,
 }
 
@@ -64,20 +71,42 @@ impl Limits {
         f(usage.entry(tenant.to_owned()).or_default())
     }
 
-    /// What the catalog records as present, per tenant (tenants not named hold nothing).
-    pub fn set_held(&self, held: &HashMap<String, (u64, u64)>) {
-        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        for (tenant, u) in usage.iter_mut() {
-            let (bytes, files) = held.get(tenant).copied().unwrap_or((0, 0));
-            (u.held_bytes, u.held_files) = (bytes, files);
-        }
-        for (tenant, (bytes, files)) in held {
-            usage.entry(tenant.clone()).or_insert(Usage {
-                held_bytes: *bytes,
-                held_files: *files,
-                ..Usage::default()
+    /// Reads what each configured tenant holds from its drop folder; returns how long it took.
+    /// Blocking.
+    pub fn refresh(&self, drops: &DropRoot) -> Duration {
+        let started = std::time::Instant::now();
+        for tenant in &self.config.get().tenants {
+            let id = tenant.id.as_str();
+            let covered = self.with_usage(id, |u| {
+                u.kept_while_walking = Some((0, 0));
+                u.covered.clone()
             });
+            let (mut bytes, mut files) = (0u64, 0u64);
+            let walked = drops.for_each_held(&tenant.id, |f| {
+                if !covered.contains(&f.id) {
+                    bytes += f.size;
+                    files += 1;
+                }
+            });
+            if let Err(e) = &walked {
+                tracing::warn!(tenant = %tenant.id, error = %e, "cannot read what the tenant holds; its quota counts the last reading");
+            }
+            let (bytes, files) = self.with_usage(id, |u| {
+                let (kept_bytes, kept_files) = u.kept_while_walking.take().unwrap_or_default();
+                if walked.is_ok() {
+                    (u.held_bytes, u.held_files) = (bytes + kept_bytes, files + kept_files);
+                }
+                (u.held_bytes, u.held_files)
+            });
+            metrics::gauge!("dropsync_tenant_held_bytes", "tenant" => id.to_owned()).set(bytes as f64);
+            metrics::gauge!("dropsync_tenant_held_files", "tenant" => id.to_owned()).set(files as f64);
         }
+        started.elapsed()
+    }
+
+    /// Whether `id` is a file being written under a grant now.
+    pub fn is_being_written(&self, tenant: &TenantId, id: FileId) -> bool {
+        self.with_usage(tenant.as_str(), |u| u.covered.contains(&id))
     }
 
     /// A new file named `name` is being written into the tenant's folder; refused if the
@@ -111,6 +140,7 @@ impl Limits {
             tenant: tenant.to_string(),
             bytes: 0,
             headroom: headroom_bytes,
+            covers: None,
         })
     }
 
@@ -155,6 +185,8 @@ pub struct FileGrant {
     bytes: u64,
     /// How far past the byte quota this file may go (metadata files).
     headroom: u64,
+    /// The file being written, counted here and not by the walk of the folder.
+    covers: Option<FileId>,
 }
 
 impl FileGrant {
@@ -182,23 +214,36 @@ impl FileGrant {
 }
 
 impl FileGrant {
-    /// The file is complete and stays: it counts as held until the next refresh from the
-    /// catalog has it, so a burst of uploads cannot slip past the quota meanwhile.
+    /// This grant counts the file `id` (its temp file), which the walk of the folder then
+    /// leaves out: one file is never counted twice.
+    pub fn cover(&mut self, id: FileId) {
+        self.limits.with_usage(&self.tenant, |u| u.covered.insert(id));
+        self.covers = Some(id);
+    }
+
+    /// The file is complete and stays: it counts as held at once (the next walk finds it
+    /// under its name), so a burst of uploads cannot slip past the quota meanwhile.
     pub fn keep(self) {
         let bytes = self.bytes;
         self.limits.with_usage(&self.tenant, |u| {
             u.held_bytes += bytes;
             u.held_files += 1;
+            if let Some((b, f)) = &mut u.kept_while_walking {
+                (*b, *f) = (*b + bytes, *f + 1);
+            }
         });
     }
 }
 
 impl Drop for FileGrant {
     fn drop(&mut self) {
-        let bytes = self.bytes;
+        let (bytes, covers) = (self.bytes, self.covers);
         self.limits.with_usage(&self.tenant, |u| {
             u.open_files = u.open_files.saturating_sub(1);
             u.open_bytes = u.open_bytes.saturating_sub(bytes);
+            if let Some(id) = covers {
+                u.covered.remove(&id);
+            }
         });
     }
 }
@@ -217,10 +262,12 @@ impl Drop for SessionGrant {
     }
 }
 
-/// Refreshes what each tenant holds from the catalog, every second.
+/// Reads what each tenant holds from its folder: every second, or less often where a walk
+/// takes long, so that walking never takes more than a twentieth of a core.
 pub struct UsageWorker {
     pub limits: Arc<Limits>,
-    pub catalog: Catalog,
+    pub drops: DropRoot,
+    pub last_walk: Duration,
 }
 
 impl Worker for UsageWorker {
@@ -229,42 +276,60 @@ impl Worker for UsageWorker {
     }
 
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
-        let held = self.catalog.run(|c| c.held_per_tenant()).await?;
-        self.limits.set_held(&held);
+        let (limits, drops) = (self.limits.clone(), self.drops.clone());
+        self.last_walk = tokio::task::spawn_blocking(move || limits.refresh(&drops)).await?;
         Ok(WorkerState::Idle)
     }
 
     async fn wait_for_work(&mut self) {
-        tokio::time::sleep(Duration::from_secs(1)).await
+        tokio::time::sleep(Duration::from_secs(1).max(self.last_walk * 20)).await
+    }
+}
+
+/// Quotas of a tenant "acme" whose drop folder is in a temp folder, for tests elsewhere.
+#[cfg(test)]
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub drops: DropRoot,
+    pub limits: Arc<Limits>,
+    pub acme: TenantId,
+}
+
+#[cfg(test)]
+pub fn fixture(quota: Quota) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("d.toml");
+    std::fs::write(&file, "[[tenants]]\nid = \"acme\"\n").unwrap();
+    let mut config: crate::config::Config = crate::config::load(&file).unwrap();
+    config.limits.quota = quota;
+    let drops = DropRoot::new(dir.path().join("drop"));
+    let acme = TenantId::parse("acme").unwrap();
+    drops.ensure_tenant(&acme).unwrap();
+    Fixture {
+        dir,
+        drops,
+        limits: Limits::new(LiveConfig::new(Arc::new(config))),
+        acme,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-
-    fn limits(quota: Quota) -> Arc<Limits> {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("d.toml");
-        std::fs::write(&file, "[[tenants]]\nid = \"acme\"\n").unwrap();
-        let mut config: Config = crate::config::load(&file).unwrap();
-        config.limits.quota = quota;
-        Limits::new(LiveConfig::new(Arc::new(config)))
-    }
 
     #[test]
     fn bytes_files_and_sessions_are_counted_and_given_back() {
-        let l = limits(Quota {
+        let fx = fixture(Quota {
             bytes: Some(1000),
             files: Some(3),
             sessions: Some(1),
         });
-        let acme = TenantId::parse("acme").unwrap();
-        l.set_held(&HashMap::from([("acme".to_string(), (400, 1))]));
-        let mut a = l.open_file(&acme, "a.wav").unwrap();
+        let (l, acme) = (&fx.limits, &fx.acme);
+        std::fs::write(fx.drops.tenant_dir(acme).join("held.wav.part"), vec![0; 400]).unwrap();
+        l.refresh(&fx.drops);
+        let mut a = l.open_file(acme, "a.wav").unwrap();
         a.grow_to(500).unwrap();
-        let mut b = l.open_file(&acme, "b.wav").unwrap();
+        let mut b = l.open_file(acme, "b.wav").unwrap();
         // 400 held + 500 open: 100 left.
         assert_eq!(
             b.grow_to(101).unwrap_err().to_string(),
@@ -272,27 +337,60 @@ mod tests {
         );
         b.grow_to(100).unwrap();
         assert!(
-            l.open_file(&acme, "c.wav")
+            l.open_file(acme, "c.wav")
                 .err()
                 .unwrap()
                 .to_string()
                 .contains("3 files held")
         );
         // Metadata gets a little room past the quota, so recordings waiting for it can leave.
-        let mut m = l.open_file(&acme, "batch.csv").unwrap();
+        let mut m = l.open_file(acme, "batch.csv").unwrap();
         m.grow_to(10 << 10).unwrap();
         assert!(m.grow_to(METADATA_HEADROOM_BYTES + 1).is_err());
         drop((a, m));
-        let _c = l.open_file(&acme, "c.wav").unwrap();
-        let s = l.open_session(&acme).unwrap();
+        let _c = l.open_file(acme, "c.wav").unwrap();
+        let s = l.open_session(acme).unwrap();
         assert!(
-            l.open_session(&acme)
+            l.open_session(acme)
                 .err()
                 .unwrap()
                 .to_string()
                 .contains("1 sessions at once")
         );
         drop(s);
-        l.open_session(&acme).unwrap();
+        l.open_session(acme).unwrap();
+    }
+
+    #[test]
+    fn a_file_being_written_is_counted_once_and_a_kept_one_stays_counted() {
+        let fx = fixture(Quota {
+            bytes: Some(1000),
+            files: None,
+            sessions: None,
+        });
+        let (l, acme) = (&fx.limits, &fx.acme);
+        let dir = fx.drops.tenant_dir(acme);
+        // An upload in progress: 600 bytes on disk under its temp name, counted by its grant.
+        let tmp = dir.join(".dropsync-upload-0000000000000001");
+        std::fs::write(&tmp, vec![0; 600]).unwrap();
+        let mut up = l.open_file(acme, "c1.wav.part").unwrap();
+        up.grow_to(600).unwrap();
+        up.cover(FileId::of(&std::fs::metadata(&tmp).unwrap()));
+        assert!(l.is_being_written(acme, FileId::of(&std::fs::metadata(&tmp).unwrap())));
+        l.refresh(&fx.drops);
+        let mut other = l.open_file(acme, "c2.wav").unwrap();
+        other.grow_to(400).unwrap();
+        drop(other);
+        // Closed: renamed to its (temp) final name and kept; it counts before and after a walk.
+        std::fs::rename(&tmp, dir.join("c1.wav.part")).unwrap();
+        up.keep();
+        assert!(l.open_file(acme, "c2.wav").unwrap().grow_to(401).is_err());
+        l.refresh(&fx.drops);
+        assert!(l.open_file(acme, "c2.wav").unwrap().grow_to(401).is_err());
+        assert!(l.open_file(acme, "c2.wav").unwrap().grow_to(400).is_ok());
+        // Removed: room again at the next walk.
+        std::fs::remove_file(dir.join("c1.wav.part")).unwrap();
+        l.refresh(&fx.drops);
+        assert!(l.open_file(acme, "c2.wav").unwrap().grow_to(1000).is_ok());
     }
 }

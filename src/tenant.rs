@@ -53,6 +53,8 @@ pub struct Tenant {
     pub quota: Quota,
     /// Minutes of audio it may have forwarded per calendar month in its time zone (SPEC §9).
     pub allocation: Option<MinuteAllocation>,
+    /// How long its local copies are kept; `None`: `[retention] local`.
+    pub retention: Option<Duration>,
 }
 
 /// A tenant's monthly minute allocation.

@@ -59,6 +59,8 @@ pub struct NewFile<'a> {
     pub mtime_ns: i64,
     /// Tells a file re-sent under the same name from the one recorded before it.
     pub ino: u64,
+    /// The device the inode is on.
+    pub dev: u64,
     pub sha256: Option<String>,
     /// Recordings: the length read from the headers, if they could be read.
     pub duration_ms: Option<u64>,
@@ -312,7 +314,7 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
             // only forwarded ones used is a new file: its record may be leaving for the archive.)
             tx.prepare_cached(
                 "UPDATE files SET size = ?2, mtime_ns = ?3, ino = ?4, sha256 = ?5, arrived_at = ?6, via = ?7, orphan_since = NULL,
-                        duration_ms = ?8, audio_error = ?9
+                        duration_ms = ?8, audio_error = ?9, dev = ?10
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -324,7 +326,8 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
                 now,
                 f.via.as_str(),
                 f.duration_ms.map(|d| d as i64),
-                f.audio_error
+                f.audio_error,
+                f.dev as i64
             ])?;
             let convs: Vec<i64> = tx
                 .prepare_cached(
@@ -349,8 +352,8 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
     }
     tx.prepare_cached(
         "INSERT INTO files (tenant, rel_path, dir, name, stem, kind, via, size, mtime_ns, sha256, arrived_at, ino, state,
-                            duration_ms, audio_error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'present', ?13, ?14)",
+                            duration_ms, audio_error, dev)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'present', ?13, ?14, ?15)",
     )?
     .execute(params![
         f.tenant,
@@ -366,7 +369,8 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
         now,
         f.ino as i64,
         f.duration_ms.map(|d| d as i64),
-        f.audio_error
+        f.audio_error,
+        f.dev as i64
     ])?;
     let file_id = tx.last_insert_rowid();
     let outcome = match f.kind {

@@ -59,8 +59,10 @@ pub struct ToArchive {
     pub tenant: String,
     pub rel_path: String,
     pub archive_path: String,
-    /// The inode recorded at arrival (`None` before migration 4): what may be moved.
+    /// The inode and device recorded at arrival (`None` before migrations 4 and 7): what may
+    /// be moved.
     pub ino: Option<u64>,
+    pub dev: Option<u64>,
 }
 
 /// A file recorded as in a drop folder (present, or leaving for the archive).
@@ -94,6 +96,10 @@ pub struct ToPurge {
     /// Absolute for archived files; inside the drop folder for orphans.
     pub path: String,
     pub archived: bool,
+    /// The inode and device recorded at arrival (`None` before migrations 4 and 7): what may
+    /// be deleted.
+    pub ino: Option<u64>,
+    pub dev: Option<u64>,
 }
 
 /// Present and leaving files of a tenant, each select on its partial index.
@@ -103,8 +109,7 @@ pub(super) const RECORDED_FILES: &str =
      SELECT id, rel_path, size, mtime_ns, ino, 1 FROM files WHERE tenant = ?1 AND state = 'leaving'";
 
 /// Claims for the archive made before ?1 (the few leaving files, through their index).
-pub(super) const UNSETTLED: &str =
-    "SELECT id, tenant, rel_path, coalesce(archive_path, ''), ino FROM files WHERE state = 'leaving' AND left_at <= ?1";
+pub(super) const UNSETTLED: &str = "SELECT id, tenant, rel_path, coalesce(archive_path, ''), ino, dev FROM files WHERE state = 'leaving' AND left_at <= ?1";
 
 /// States whose files must stay in the drop folder.
 pub(super) const OPEN_STATES: &str = "('waiting', 'ready', 'forwarding', 'failed', 'held')";
@@ -260,23 +265,6 @@ impl Catalog {
         Ok(())
     }
 
-    /// Bytes and files each tenant holds in its drop folder, as recorded (for quotas).
-    pub fn held_per_tenant(&self) -> Result<std::collections::HashMap<String, (u64, u64)>> {
-        let conn = self.read()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT tenant, coalesce(sum(size), 0), count(*) FROM files WHERE state = 'present' GROUP BY tenant",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
-                ))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
-    }
-
     /// A path found missing when it was looked for: if it is recorded as present, it is gone.
     pub fn path_gone(&self, tenant: &str, rel: &crate::dropbox::RelPath, now: i64) -> Result<()> {
         let mut conn = self.lock();
@@ -399,22 +387,34 @@ impl Catalog {
         Ok(rows)
     }
 
-    /// Archived copies older than `keep_ms`, and orphans unclaimed for `keep_ms`.
-    pub fn purgeable(&self, now: i64, keep_ms: i64, limit: usize) -> Result<Vec<ToPurge>> {
+    /// Archived copies older than their tenant's retention, and orphans unclaimed for as long:
+    /// `keep_ms` for tenants `keep_for` does not name (tenant, ms).
+    pub fn purgeable(&self, now: i64, keep_ms: i64, keep_for: &[(&str, i64)], limit: usize) -> Result<Vec<ToPurge>> {
+        let shortest = keep_for.iter().map(|(_, ms)| *ms).fold(keep_ms, i64::min);
+        let keep_for: serde_json::Map<String, serde_json::Value> =
+            keep_for.iter().map(|(t, ms)| ((*t).to_owned(), (*ms).into())).collect();
         let conn = self.read()?;
+        // The shortest retention first (an index range), then each tenant's own.
         let mut stmt = conn.prepare_cached(
-            "SELECT id, tenant, archive_path, 1 FROM files WHERE state = 'archived' AND left_at <= ?1 - ?2
+            "WITH keep(tenant, ms) AS (SELECT key, value FROM json_each(?4))
+             SELECT id, f.tenant, archive_path, 1, ino, dev FROM files f LEFT JOIN keep k ON k.tenant = f.tenant
+              WHERE state = 'archived' AND left_at <= ?1 - ?5 AND left_at <= ?1 - coalesce(k.ms, ?2)
              UNION ALL
-             SELECT id, tenant, rel_path, 0 FROM files WHERE state = 'present' AND orphan_since IS NOT NULL AND orphan_since <= ?1 - ?2
+             SELECT id, f.tenant, rel_path, 0, ino, dev FROM files f LEFT JOIN keep k ON k.tenant = f.tenant
+              WHERE state = 'present' AND orphan_since IS NOT NULL AND orphan_since <= ?1 - ?5
+                AND orphan_since <= ?1 - coalesce(k.ms, ?2)
              LIMIT ?3",
         )?;
+        let keep_for = serde_json::Value::Object(keep_for).to_string();
         let rows = stmt
-            .query_map(params![now, keep_ms, limit as i64], |r| {
+            .query_map(params![now, keep_ms, limit as i64, keep_for, shortest], |r| {
                 Ok(ToPurge {
                     file_id: r.get(0)?,
                     tenant: r.get(1)?,
                     path: r.get(2)?,
                     archived: r.get::<_, i64>(3)? == 1,
+                    ino: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
+                    dev: r.get::<_, Option<i64>>(5)?.map(|d| d as u64),
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -523,7 +523,7 @@ fn mark_gone(tx: &Transaction<'_>, file_id: i64, now: i64) -> Result<()> {
 fn archivable(tx: &Transaction<'_>, candidates: &[i64]) -> Result<Vec<ToArchive>> {
     let mut out = Vec::new();
     let mut stmt = tx.prepare_cached(&format!(
-        "SELECT f.id, f.tenant, f.rel_path, '', f.ino FROM files f WHERE f.id = ?1 AND f.state = 'present' AND (
+        "SELECT f.id, f.tenant, f.rel_path, '', f.ino, f.dev FROM files f WHERE f.id = ?1 AND f.state = 'present' AND (
            (f.kind = 'recording'
               AND EXISTS (SELECT 1 FROM recordings r JOIN conversations c ON c.id = r.conversation
                           WHERE r.file_id = f.id AND c.state = 'forwarded')
@@ -548,5 +548,6 @@ fn to_archive(r: &rusqlite::Row<'_>) -> rusqlite::Result<ToArchive> {
         rel_path: r.get(2)?,
         archive_path: r.get(3)?,
         ino: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
+        dev: r.get::<_, Option<i64>>(5)?.map(|d| d as u64),
     })
 }

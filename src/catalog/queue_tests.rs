@@ -232,6 +232,7 @@ fn timed_recording(cat: &Catalog, rel: &str, ms: u64, now: i64) {
         size: 10,
         mtime_ns: now,
         ino: now as u64,
+        dev: 1,
         sha256: Some(rel.as_str().into()),
         duration_ms: Some(ms),
         audio_error: None,

@@ -277,4 +277,10 @@ CREATE INDEX files_left_orphans ON files(left_at) WHERE state IN ('purged', 'gon
 CREATE INDEX conv_ended ON conversations(metadata_file_id, changed_at)
     WHERE state IN ('forwarded', 'rejected', 'expired');
 "#,
+    // 9: a file's device beside its inode (issue 20). Retention and archive moves take a file
+    // only if the one at its path is still the one recorded: device and inode, compared on a
+    // descriptor, so that a new upload of the same name is never deleted or moved in its place.
+    r#"
+ALTER TABLE files ADD COLUMN dev INTEGER;  -- NULL for files recorded before migration 9
+"#,
 ];

@@ -31,6 +31,7 @@ pub(super) fn arrive(cat: &Catalog, rel: &str, kind: FileKind, size: u64, sha: &
         size,
         mtime_ns: now,
         ino: now as u64,
+        dev: 1,
         sha256: (kind == FileKind::Recording).then(|| sha.to_string()),
         duration_ms: (kind == FileKind::Recording).then_some(1000),
         audio_error: None,
@@ -493,13 +494,17 @@ fn purge_after_retention() {
     fx.cat.finish_metadata(m, Ok(())).unwrap();
     let candidates = forward_all(&fx.cat, 1001);
     archive(&fx.cat, &candidates, 2000);
-    assert!(fx.cat.purgeable(2999, 1000, 10).unwrap().is_empty());
-    let p = fx.cat.purgeable(3000, 1000, 10).unwrap();
+    assert!(fx.cat.purgeable(2999, 1000, &[], 10).unwrap().is_empty());
+    // A tenant's own retention, longer or shorter than the default.
+    assert!(fx.cat.purgeable(3000, 1000, &[("acme", 1001)], 10).unwrap().is_empty());
+    assert_eq!(fx.cat.purgeable(2500, 1000, &[("acme", 500)], 10).unwrap().len(), 2);
+    assert_eq!(fx.cat.purgeable(2500, 1000, &[("beta", 500)], 10).unwrap().len(), 0);
+    let p = fx.cat.purgeable(3000, 1000, &[], 10).unwrap();
     assert_eq!(p.len(), 2, "the recording and its metadata file");
     let rec = p.iter().find(|p| p.file_id == f).unwrap();
     assert_eq!((rec.path.clone(), rec.archived), (format!("/archive/{f}"), true));
     for item in &p {
         fx.cat.mark_purged(item.file_id, 3000).unwrap();
     }
-    assert!(fx.cat.purgeable(9999, 1000, 10).unwrap().is_empty());
+    assert!(fx.cat.purgeable(9999, 1000, &[], 10).unwrap().is_empty());
 }

@@ -61,6 +61,10 @@ impl Config {
     pub fn tenant(&self, id: &str) -> Option<&Tenant> {
         self.tenants.iter().find(|t| t.id.as_str() == id)
     }
+    /// How long a tenant's local copies are kept: its own `retention`, or `[retention] local`.
+    pub fn retention_of(&self, tenant: &Tenant) -> Duration {
+        tenant.retention.unwrap_or(self.retention.local)
+    }
     /// A tenant's quota: its own keys, the others from `[limits] quota`.
     pub fn quota_of(&self, tenant: &Tenant) -> Quota {
         tenant.quota.over(self.limits.quota)
@@ -177,6 +181,9 @@ pub struct LimitsConfig {
     /// Failed attempts after which a unit of work (an intake item, a conversation that
     /// panicked) is `failed` until `dropsync retry`, so a poison file never loops for ever.
     pub max_attempts: u32,
+    /// How long a temp file of an unfinished upload may sit untouched before housekeeping
+    /// removes it.
+    pub stale_upload: Duration,
 }
 
 /// SPEC §8's defaults: what one contact centre may hold in its drop folder at once.
@@ -371,9 +378,17 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     let limits = LimitsConfig {
         quota: quota(&mut p, "limits.quota", raw_limits.quota.unwrap_or_default()).over(DEFAULT_QUOTA),
         max_attempts: raw_limits.max_attempts.unwrap_or(10),
+        stale_upload: p.duration(
+            "limits.stale_upload",
+            raw_limits.stale_upload.as_deref(),
+            Duration::from_secs(24 * 3600),
+        ),
     };
     if limits.max_attempts == 0 {
         p.add("limits.max_attempts", "must be at least 1");
+    }
+    if limits.stale_upload < Duration::from_secs(1) {
+        p.add("limits.stale_upload", "must be at least 1s");
     }
     let catalog = CatalogConfig {
         busy_timeout: p.duration(

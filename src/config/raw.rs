@@ -120,12 +120,14 @@ pub(super) struct RawTenant {
     #[serde(default)]
     pub(super) ftp: Vec<RawFtp>,
     pub(super) quota: Option<RawQuota>,
+    pub(super) retention: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 pub(super) struct RawLimits {
     pub(super) quota: Option<RawQuota>,
     pub(super) max_attempts: Option<u32>,
+    pub(super) stale_upload: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -51,6 +51,10 @@ pub(super) fn tenant(p: &mut Problems<'_>, base: &Path, at: &str, t: RawTenant) 
         .map(|minutes| MinuteAllocation { minutes, on_exceeded });
     let mapping = mapping(p, &format!("{at}.mapping"), t.mapping);
     let quota = quota(p, &format!("{at}.quota"), t.quota.unwrap_or_default());
+    let retention = t
+        .retention
+        .as_deref()
+        .map(|r| p.duration(&format!("{at}.retention"), Some(r), Duration::ZERO));
     let mut ftp = Vec::new();
     for (i, raw) in t.ftp.into_iter().enumerate() {
         if let Some(src) = ftp_source(p, base, &format!("{at}.ftp.{i}"), raw) {
@@ -75,6 +79,7 @@ pub(super) fn tenant(p: &mut Problems<'_>, base: &Path, at: &str, t: RawTenant) 
         ftp,
         quota,
         allocation,
+        retention,
     })
 }
 

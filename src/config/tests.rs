@@ -43,7 +43,21 @@ fn minimal_config_gets_defaults_and_relative_paths() {
     assert_eq!(cfg.matching.grace, Duration::from_secs(86400));
     assert_eq!(cfg.retention.local, Duration::from_secs(7 * 86400));
     assert_eq!(cfg.matching.zip_max_unpacked, 3 << 30);
+    assert_eq!(cfg.limits.stale_upload, Duration::from_secs(86400));
     assert!(cfg.sftp.is_none());
+}
+
+#[test]
+fn stale_upload_is_a_duration_of_at_least_a_second() {
+    let tenant = "[[tenants]]\nid = \"a\"\n";
+    assert!(problems(&format!("[limits]\nstale_upload = \"90m\"\n{tenant}")).is_empty());
+    let found = problems(&format!("[limits]\nstale_upload = \"soon\"\n{tenant}"));
+    assert!(
+        found[0].starts_with("limits.stale_upload: \"soon\" is not a duration"),
+        "{found:?}"
+    );
+    let found = problems(&format!("[limits]\nstale_upload = \"0s\"\n{tenant}"));
+    assert_eq!(found, ["limits.stale_upload: must be at least 1s"]);
 }
 
 #[test]
@@ -176,4 +190,23 @@ fn host_keys_default_to_openssh_names_and_take_the_old_one_key_form() {
     );
     let none = problems("[sftp]\nhost_keys = []\n[[tenants]]\nid = \"acme\"\n");
     assert_eq!(none, ["sftp.host_keys: list at least one key file"]);
+}
+
+#[test]
+fn a_tenant_may_keep_its_local_copies_for_its_own_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "c.toml",
+        "[retention]\nlocal = \"7d\"\n[[tenants]]\nid = \"a\"\nretention = \"30d\"\n[[tenants]]\nid = \"b\"\n",
+    );
+    let cfg = load(&f).unwrap();
+    assert_eq!(cfg.retention_of(&cfg.tenants[0]), Duration::from_secs(30 * 86400));
+    assert_eq!(cfg.retention_of(&cfg.tenants[1]), Duration::from_secs(7 * 86400));
+    let found = problems("[[tenants]]\nid = \"a\"\nretention = \"a month\"\n");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("tenants.0.retention: \"a month\" is not a duration"),
+        "{found:?}"
+    );
 }

@@ -4,12 +4,11 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::RenameFlags;
 
-use super::{DropRoot, RelPath};
+use super::{DropRoot, FileId, RelPath};
 use crate::catalog::{Catalog, CatalogError, Departure, ToArchive, now_ms};
 use crate::confine::Confined;
 use crate::fsutil;
@@ -56,7 +55,7 @@ impl Archiver {
         let ended: Vec<(i64, Departure)> = stale
             .iter()
             .map(|item| {
-                let how = if is_that_file(Path::new(&item.archive_path), item.ino) {
+                let how = if is_that_file(Path::new(&item.archive_path), item) {
                     Departure::Archived
                 } else if self.still_there(item) {
                     Departure::Stayed
@@ -86,7 +85,7 @@ impl Archiver {
     fn still_there(&self, item: &ToArchive) -> bool {
         self.source(item)
             .and_then(|(confined, ..)| confined.metadata(&item.rel_path))
-            .is_ok_and(|m| m.is_file() && item.ino.is_none_or(|ino| m.ino() == ino))
+            .is_ok_and(|m| m.is_file() && FileId::of(&m).is_recorded(item.ino, item.dev))
     }
 
     /// Moves one claimed file, if the file at its path is still the one recorded. The move is
@@ -100,7 +99,7 @@ impl Archiver {
             // Deleted by the tenant after it was decided (or moved before a crash): nothing
             // left to keep here.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return if is_that_file(dst, item.ino) {
+                return if is_that_file(dst, item) {
                     Departure::Archived
                 } else {
                     Departure::Gone
@@ -108,7 +107,8 @@ impl Archiver {
             }
             Err(e) => return self.stays(item, &e),
             // Replaced by a file of the same name: that one is a new arrival, not ours to move.
-            Ok((meta, ..)) if !meta.is_file() || item.ino.is_some_and(|ino| meta.ino() != ino) => {
+            // (Compared on a descriptor of the file, opened with no link followed.)
+            Ok((meta, ..)) if !meta.is_file() || !FileId::of(&meta).is_recorded(item.ino, item.dev) => {
                 return Departure::Gone;
             }
             Ok((_, dir, name)) => (dir, name),
@@ -123,7 +123,7 @@ impl Archiver {
         if let Err(e) = moved {
             return self.stays(item, &e);
         }
-        if is_that_file(dst, item.ino) {
+        if is_that_file(dst, item) {
             return Departure::Archived;
         }
         // Replaced between the check and the move: put the newcomer back where it was sent.
@@ -141,9 +141,9 @@ impl Archiver {
     }
 }
 
-/// Whether `path` is the file recorded with inode `ino` (any file, for records without one).
-fn is_that_file(path: &Path, ino: Option<u64>) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && ino.is_none_or(|ino| m.ino() == ino))
+/// Whether `path` is the file recorded for `item` (inode and device, where recorded).
+fn is_that_file(path: &Path, item: &ToArchive) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && FileId::of(&m).is_recorded(item.ino, item.dev))
 }
 
 /// `{file id}-{name}`, the name cut short (on a character boundary) where the whole would pass

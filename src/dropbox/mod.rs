@@ -6,6 +6,7 @@
 //! files out to the archive ([`archive`]). Nothing here follows a path out of a tenant's folder.
 
 mod archive;
+mod held;
 mod unzip;
 
 use std::fs::{self, File};
@@ -19,7 +20,8 @@ use crate::matching::{MetadataFormat, extension};
 
 use crate::tenant::TenantId;
 pub use archive::Archiver;
-pub use unzip::{Unpacked, ZipLimits, unpack_zip};
+pub use held::{FileId, HeldFile, Removal};
+pub use unzip::{Unpacked, ZipLimits, ZipQuota, unpack_zip};
 
 /// The folder, inside each tenant's drop folder, where we write reports; never ingested.
 pub const REPORTS_DIR: &str = "reports";
@@ -159,37 +161,6 @@ impl DropRoot {
     /// way or at the end, and no way out of the folder.
     pub fn open_confined(&self, tenant: &TenantId, rel: &RelPath) -> io::Result<File> {
         self.confined(tenant)?.open_file(rel.as_str())
-    }
-
-    /// Creates the folder `dir` ("" for the root) inside a tenant's drop folder, one level at a
-    /// time, refusing any level that is a link or not a folder. Returns its path.
-    pub fn ensure_dir(&self, tenant: &TenantId, dir: &str) -> io::Result<PathBuf> {
-        let mut path = self.tenant_dir(tenant);
-        for part in dir.split('/').filter(|p| !p.is_empty()) {
-            if part == "." || part == ".." {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "'.' or '..' in a folder name",
-                ));
-            }
-            path.push(part);
-            match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        format!("{} exists and is not a folder", path.display()),
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e),
-                },
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(path)
     }
 
     /// Every regular, non-temporary file of a tenant (for reconciliation), sorted by path. Our

@@ -1,15 +1,43 @@
-//! Zip batches (SPEC §2): unpacked flat beside the archive, entry by entry, within limits.
+//! Zip batches (SPEC §2): unpacked flat beside the archive, entry by entry, within limits and
+//! within the tenant's quota (SPEC §8).
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use super::is_temp_name;
+use super::{FileId, is_temp_name};
 use crate::config::MatchingConfig;
 use crate::fsutil;
+use crate::limits::{FileGrant, Limits, QuotaExceeded};
 use crate::matching::extension;
+use crate::tenant::TenantId;
+
+/// Bytes read from an entry at a time, each asked of the quota before it is written.
+const CHUNK: usize = 256 << 10;
+
+/// Whose quota a zip batch is unpacked into.
+pub struct ZipQuota<'a> {
+    pub limits: &'a Arc<Limits>,
+    pub tenant: &'a TenantId,
+}
+
+/// Why an entry stopped being written.
+enum Stop {
+    Io(io::Error),
+    /// The archive's unpacked total passed its limit.
+    Limit,
+    Quota(QuotaExceeded),
+}
+
+impl From<io::Error> for Stop {
+    fn from(e: io::Error) -> Self {
+        Stop::Io(e)
+    }
+}
 
 /// How much a zip batch may hold (SPEC §8).
 #[derive(Debug, Clone, Copy)]
@@ -41,14 +69,15 @@ pub struct Unpacked {
 /// Unpacks `archive` into `dest` (SPEC §2 "Zip batch"): flat; entries with a folder part, `..`,
 /// an absolute path, a link, a hidden or temp name, or a nested archive are refused one by one.
 /// If the unpacked total would pass `max_bytes` (counted as bytes come out, not as the archive
-/// claims), or the archive cannot be read, nothing is left behind and the reason is returned.
+/// claims), or the tenant's quota (each entry is a file it holds, its bytes asked for as they
+/// come out), or the archive cannot be read, nothing is left behind and the reason is returned.
 ///
 /// Entries are written under hidden temp names and renamed into place only once all are
 /// complete and fsynced, so a crash leaves only temp names, which are never ingested.
 ///
 /// `dest` is the folder held open (entries are created and renamed in it, whatever happens to
 /// its path meanwhile); `file` is the archive, opened by the caller.
-pub fn unpack_zip(file: File, dest: &OwnedFd, limits: &ZipLimits) -> Result<Unpacked, String> {
+pub fn unpack_zip(file: File, dest: &OwnedFd, limits: &ZipLimits, quota: &ZipQuota<'_>) -> Result<Unpacked, String> {
     let archive_len = file.metadata().map_err(|e| format!("cannot be read: {e}"))?.len();
     let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("is not a readable zip archive: {e}"))?;
     if zip.len() as u64 > limits.max_entries {
@@ -78,12 +107,13 @@ pub fn unpack_zip(file: File, dest: &OwnedFd, limits: &ZipLimits) -> Result<Unpa
         )
     };
     let mut out = Unpacked::default();
-    let mut staged: Vec<(String, String)> = Vec::new();
+    // Each entry under its temp name, with its final name and the grant that counts it.
+    let mut staged: Vec<(String, String, FileGrant)> = Vec::new();
     let remove = |tmp: &str| {
         let _ = rustix::fs::unlinkat(dest, tmp, AtFlags::empty());
     };
-    let cleanup = |staged: &[(String, String)]| {
-        for (tmp, _) in staged {
+    let cleanup = |staged: &[(String, String, FileGrant)]| {
+        for (tmp, ..) in staged {
             remove(tmp);
         }
     };
@@ -107,73 +137,107 @@ pub fn unpack_zip(file: File, dest: &OwnedFd, limits: &ZipLimits) -> Result<Unpa
         if entry.is_dir() {
             continue;
         }
-        let refusal = if entry.is_symlink() {
-            Some("is a link; links are not unpacked")
-        } else if name.starts_with('/') || name.contains(':') && name.chars().nth(1) == Some(':') {
-            Some("has an absolute path")
-        } else if name.split(['/', '\\']).any(|p| p == "..") {
-            Some("has '..' in its path")
-        } else if name.contains('/') || name.contains('\\') {
-            Some("is inside a folder; put the files at the top of the archive")
-        } else if entry.enclosed_name().is_none() || name.is_empty() || name.contains('\0') {
-            Some("has a name that is not safe to unpack")
-        } else if is_temp_name(&name) {
-            Some("is a hidden or temporary file")
-        } else if extension(&name).as_deref() == Some("zip") {
-            Some("is an archive inside the archive; archives are not unpacked twice")
-        } else if entry.encrypted() {
-            Some("is encrypted")
-        } else {
-            None
-        };
-        if let Some(why) = refusal {
+        if let Some(why) = refusal(&entry, &name) {
             out.refused.push((name, why.to_owned()));
             continue;
         }
-        let tmp = fsutil::temp_name();
-        let written = (|| -> io::Result<u64> {
-            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let mut f = File::from(rustix::fs::openat(
-                dest,
-                tmp.as_str(),
-                flags,
-                Mode::from_raw_mode(0o640),
-            )?);
-            let budget = max_bytes.saturating_sub(total);
-            let n = io::copy(&mut (&mut entry).take(budget + 1), &mut f)?;
-            f.sync_all()?;
-            Ok(n)
-        })();
-        staged.push((tmp, name.clone()));
-        match written {
-            Ok(n) => {
-                total += n;
-                if total > max_bytes {
-                    cleanup(&staged);
-                    return Err(limit_reason);
-                }
-            }
+        let mut grant = match quota.limits.open_file(quota.tenant, &name) {
+            Ok(g) => g,
             Err(e) => {
                 cleanup(&staged);
-                return Err(format!("entry {name:?} cannot be unpacked: {e}"));
+                return Err(format!("{e}; nothing was unpacked"));
+            }
+        };
+        let tmp = fsutil::temp_name();
+        let budget = max_bytes.saturating_sub(total);
+        let written = write_entry(&mut entry, dest, &tmp, budget, &mut grant);
+        staged.push((tmp, name.clone(), grant));
+        match written {
+            Ok(n) => total += n,
+            Err(stop) => {
+                cleanup(&staged);
+                return Err(match stop {
+                    Stop::Limit => limit_reason,
+                    Stop::Quota(e) => format!("{e}; nothing was unpacked"),
+                    Stop::Io(e) => format!("entry {name:?} cannot be unpacked: {e}"),
+                });
             }
         }
     }
-    // Two entries with one name: the later wins, as an overwrite by upload would. (A set, so
-    // that 10,000 entries cost 10,000 lookups, not 50 million comparisons.)
-    let mut placed = std::collections::HashSet::with_capacity(staged.len());
-    for (tmp, name) in staged {
+    // Two entries with one name: the later wins, as an overwrite by upload would, and only its
+    // grant stays counted. (A map, so that 10,000 entries cost 10,000 lookups, not 50 million
+    // comparisons.)
+    let mut placed: HashMap<String, FileGrant> = HashMap::with_capacity(staged.len());
+    for (tmp, name, grant) in staged {
         if let Err(e) = rustix::fs::renameat(dest, tmp.as_str(), dest, name.as_str()) {
             remove(&tmp);
             out.refused.push((name, format!("could not be put in place: {e}")));
             continue;
         }
-        if placed.insert(name.clone()) {
+        if placed.insert(name.clone(), grant).is_none() {
             out.files.push(name);
         }
     }
+    // In place: each counts as held until the next reading of the folder finds it.
+    placed.into_values().for_each(FileGrant::keep);
     rustix::fs::fsync(dest).map_err(|e| format!("folder cannot be synced: {e}"))?;
     Ok(out)
+}
+
+/// Why an entry is not unpacked at all, if it is not.
+fn refusal(entry: &zip::read::ZipFile<'_, File>, name: &str) -> Option<&'static str> {
+    if entry.is_symlink() {
+        Some("is a link; links are not unpacked")
+    } else if name.starts_with('/') || name.contains(':') && name.chars().nth(1) == Some(':') {
+        Some("has an absolute path")
+    } else if name.split(['/', '\\']).any(|p| p == "..") {
+        Some("has '..' in its path")
+    } else if name.contains('/') || name.contains('\\') {
+        Some("is inside a folder; put the files at the top of the archive")
+    } else if entry.enclosed_name().is_none() || name.is_empty() || name.contains('\0') {
+        Some("has a name that is not safe to unpack")
+    } else if is_temp_name(name) {
+        Some("is a hidden or temporary file")
+    } else if extension(name).as_deref() == Some("zip") {
+        Some("is an archive inside the archive; archives are not unpacked twice")
+    } else if entry.encrypted() {
+        Some("is encrypted")
+    } else {
+        None
+    }
+}
+
+/// Writes one entry to `tmp` in `dest`, at most `budget` bytes, each chunk granted by the quota
+/// before it is written; fsynced. Returns its size.
+fn write_entry(
+    entry: &mut impl Read,
+    dest: &OwnedFd,
+    tmp: &str,
+    budget: u64,
+    grant: &mut FileGrant,
+) -> Result<u64, Stop> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut f = File::from(rustix::fs::openat(dest, tmp, flags, Mode::from_raw_mode(0o640)).map_err(io::Error::from)?);
+    // Counted by its grant, not again by the reading of the folder.
+    grant.cover(FileId::of(&f.metadata()?));
+    let mut buf = vec![0u8; CHUNK];
+    let mut n = 0u64;
+    loop {
+        let got = match entry.read(&mut buf) {
+            Ok(0) => break,
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        n += got as u64;
+        if n > budget {
+            return Err(Stop::Limit);
+        }
+        grant.grow_to(n).map_err(Stop::Quota)?;
+        f.write_all(&buf[..got])?;
+    }
+    f.sync_all()?;
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -183,11 +247,25 @@ mod tests {
     use std::path::Path;
 
     fn unpack(zip: &Path, dest: &Path, limits: &ZipLimits) -> Result<Unpacked, String> {
+        unpack_within(zip, dest, limits, &crate::limits::fixture(Default::default()))
+    }
+
+    fn unpack_within(
+        zip: &Path,
+        dest: &Path,
+        limits: &ZipLimits,
+        quota: &crate::limits::Fixture,
+    ) -> Result<Unpacked, String> {
         let dir = rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let quota = ZipQuota {
+            limits: &quota.limits,
+            tenant: &quota.acme,
+        };
         unpack_zip(
             File::open(zip).map_err(|e| format!("cannot be opened: {e}"))?,
             &dir,
             limits,
+            &quota,
         )
     }
     use std::io::Write;
@@ -305,6 +383,40 @@ mod tests {
         };
         let err = unpack(&zip_path, &out, &few).unwrap_err();
         assert!(err.contains("has 4 entries, more than the limit of 3"), "{err}");
+    }
+
+    #[test]
+    fn zips_are_unpacked_only_within_the_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip_path = dir.path().join("b.zip");
+        make_zip(
+            &zip_path,
+            &[("a.wav", &[1; 600]), ("b.wav", &[2; 600]), ("c.wav", &[3; 10])],
+        );
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let files = crate::limits::fixture(crate::tenant::Quota {
+            files: Some(2),
+            ..Default::default()
+        });
+        let err = unpack_within(&zip_path, &out, &limits(1 << 20), &files).unwrap_err();
+        assert_eq!(err, "quota exceeded: 2 files held (quota.files); nothing was unpacked");
+        assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+        let bytes = crate::limits::fixture(crate::tenant::Quota {
+            bytes: Some(1000),
+            ..Default::default()
+        });
+        let err = unpack_within(&zip_path, &out, &limits(1 << 20), &bytes).unwrap_err();
+        assert_eq!(err, "quota exceeded: 1000 B held (quota.bytes); nothing was unpacked");
+        assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+        // Nothing stays counted by a refused zip; a zip that fits stays counted once unpacked.
+        let mut probe = bytes.limits.open_file(&bytes.acme, "x.wav").unwrap();
+        probe.grow_to(1000).unwrap();
+        drop(probe);
+        make_zip(&zip_path, &[("a.wav", &[1; 600])]);
+        unpack_within(&zip_path, &out, &limits(1 << 20), &bytes).unwrap();
+        let mut probe = bytes.limits.open_file(&bytes.acme, "x.wav").unwrap();
+        assert!(probe.grow_to(401).is_err() && probe.grow_to(400).is_ok());
     }
 
     fn limits(max_unpacked: u64) -> ZipLimits {

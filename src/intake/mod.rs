@@ -23,8 +23,9 @@ use crate::catalog::{
 };
 use crate::config::LiveConfig;
 use crate::dropbox::Archiver;
-use crate::dropbox::{self, DropRoot, FileKind, RelPath, ZipLimits};
+use crate::dropbox::{self, DropRoot, FileKind, RelPath, ZipLimits, ZipQuota};
 use crate::ingress::ViaHints;
+use crate::limits::Limits;
 use crate::matching::{self, MetadataFormat, ReadError, RowContext, RowVerdict};
 use crate::tenant::{Tenant, TenantId};
 
@@ -63,6 +64,7 @@ struct Prepared {
     size: u64,
     mtime_ns: i64,
     ino: u64,
+    dev: u64,
     sha256: Option<String>,
     duration_ms: Option<u64>,
     audio_error: Option<String>,
@@ -110,6 +112,8 @@ pub struct Intake {
     pub reports: Arc<Notify>,
     /// How files written by our own ingresses arrived.
     pub hints: ViaHints,
+    /// Tenants' quotas, which zip batches are unpacked within.
+    pub quotas: Arc<Limits>,
 }
 
 impl Intake {
@@ -263,6 +267,7 @@ impl Intake {
                 size: p.size,
                 mtime_ns: p.mtime_ns,
                 ino: p.ino,
+                dev: p.dev,
                 sha256: p.sha256.clone(),
                 duration_ms: p.duration_ms,
                 audio_error: p.audio_error.clone(),
@@ -336,6 +341,7 @@ impl Intake {
             size,
             mtime_ns,
             ino,
+            dev: meta.dev(),
             sha256,
             duration_ms,
             audio_error,
@@ -552,7 +558,13 @@ impl Intake {
             .open_file(rel.as_str())
             .and_then(|f| Ok((f, confined.dir(rel.dir())?)));
         let unpacked = match opened {
-            Ok((archive, dest)) => dropbox::unpack_zip(archive, &dest, &ZipLimits::of(&self.config.get().matching)),
+            Ok((archive, dest)) => {
+                let quota = ZipQuota {
+                    limits: &self.quotas,
+                    tenant: &tenant.id,
+                };
+                dropbox::unpack_zip(archive, &dest, &ZipLimits::of(&self.config.get().matching), &quota)
+            }
             Err(e) => Err(format!("cannot be opened: {e}")),
         };
         match unpacked {

@@ -306,3 +306,58 @@ fn hold_write_lock(db: &Path) -> std::process::Child {
     assert_eq!(line.trim(), "locked");
     child
 }
+
+/// The hidden name an FTP pull of `path` from the source `key` is written under.
+fn ftp_temp_name(key: &str, path: &str) -> String {
+    format!(
+        ".dropsync-ftp-{}.part",
+        &sha256_hex(format!("{key}\n{path}").as_bytes())[..16]
+    )
+}
+
+#[test]
+fn links_planted_in_a_drop_folder_cannot_redirect_ftp_pulls() {
+    let mut ftp = crate::ftp::FtpServer::new(&[]);
+    ftp.start();
+    let mut d = crate::ftp::daemon_polling(&format!("ftp://calls@127.0.0.1:{}/", ftp.port), "");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{text}\n[[tenants]]\nid = \"beta\"\n")).unwrap();
+    d.start();
+    wait_for("a first poll", T, || {
+        crate::ftp::source_status(&d)["last_ok_at"].is_string()
+    });
+    let key = format!("acme {}", crate::ftp::source_status(&d)["url"].as_str().unwrap());
+    // Another local writer plants links: where a pulled file's sub-folder would be, and at the
+    // temp name a pull writes to; both lead out of the drop folder.
+    let outside = d.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let drop = d.drop_dir("acme");
+    std::os::unix::fs::symlink(&outside, drop.join("sub")).unwrap();
+    std::os::unix::fs::symlink(outside.join("stolen.wav"), drop.join(ftp_temp_name(&key, "c1.wav"))).unwrap();
+    ftp.put("sub/s1.wav", &audio("s1", 5000));
+    ftp.put("c1.wav", &audio("c1", 5000));
+    let c2 = audio("c2", 5000);
+    ftp.put("c2.wav", &c2);
+    ftp.put("c2.csv", one_row_csv("C-2", "c2.wav").as_bytes());
+    // The source's other files are pulled and forwarded; beta is served meanwhile.
+    d.put("beta", "b1.wav", &audio("b1", 5000));
+    d.put("beta", "b1.csv", beta_csv("B-1", "b1.wav").as_bytes());
+    let fwd = d.wait_forwarded(2, T);
+    assert_recordings(&d, &fwd["C-2"], &[("c2.wav", &c2)]);
+    let failed = |file: &str| {
+        d.log()
+            .lines()
+            .any(|l| l.contains("could not pull") && l.contains(file) && l.contains("links are not followed"))
+    };
+    wait_for("c1.wav's pull to end", T, || {
+        failed("c1.wav") || drop.join("c1.wav").exists()
+    });
+    assert_eq!(
+        walk(&outside),
+        Vec::<std::path::PathBuf>::new(),
+        "written outside the drop folder"
+    );
+    assert!(!drop.join("c1.wav").exists());
+    wait_for("sub/s1.wav's pull to fail with its reason", T, || failed("sub/s1.wav"));
+    assert_eq!(walk(&outside), Vec::<std::path::PathBuf>::new());
+}

@@ -13,6 +13,7 @@ mod pipeline;
 mod poison;
 mod quota;
 mod readme;
+mod retention;
 mod s3;
 mod sftp;
 mod sftp_keys;

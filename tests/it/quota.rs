@@ -176,3 +176,120 @@ fn a_full_disk_leaves_nothing_half_written_and_the_daemon_recovers_by_itself() {
 fn wait_log_contains(d: &Daemon, needle: &str) {
     wait_for(&format!("{needle:?} in the log"), T, || d.log().contains(needle));
 }
+
+/// A daemon with SFTP and `limits` (TOML lines of `[limits]`), its metrics on a free port.
+fn limited(limits: &str) -> (Daemon, u16) {
+    let metrics = free_port();
+    let d = Daemon::with_sftp("").with_replaced(
+        "state_dir = \"var\"\n",
+        &format!("state_dir = \"var\"\n[limits]\n{limits}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+    );
+    (d, metrics)
+}
+
+fn metric(port: u16, parts: &[&str]) -> f64 {
+    sample(&http_get(port, "/metrics").1, parts).unwrap_or(0.0)
+}
+
+#[test]
+fn temp_named_uploads_count_for_as_long_as_they_are_held() {
+    let (mut d, metrics) = limited("quota = { bytes = \"10 MiB\" }");
+    d.start();
+    std::fs::write(d.dir.path().join("big"), audio("big", 4 << 20)).unwrap();
+    let mut outcomes = Vec::new();
+    for n in 1..=3 {
+        let out = d.sftp_batch("acme", "acme", &format!("put big c{n}.wav.part\n"));
+        outcomes.push((out.status.success(), stderr(&out)));
+        // beta is served meanwhile, and acme's usage is refreshed from its folder before the
+        // next upload: what a temp name holds must still count then.
+        d.beta_uploads(&format!("B-{n}"));
+        d.wait_forwarded(n, T);
+        wait_for("acme's usage to be refreshed", T, || {
+            metric(metrics, &["dropsync_tenant_held_bytes", "tenant=\"acme\""]) >= (n.min(2) * (4 << 20)) as f64
+        });
+    }
+    assert!(outcomes[0].0 && outcomes[1].0, "{outcomes:?}");
+    assert!(
+        !outcomes[2].0,
+        "a third 4 MiB upload fit in a 10 MiB quota: {outcomes:?}"
+    );
+    assert!(d.log().contains("quota exceeded: 10.0 MiB held (quota.bytes)"));
+    let left = drop_files(&d, "acme");
+    assert_eq!(left, ["c1.wav.part", "c2.wav.part"], "{left:?}");
+    assert_eq!(metric(metrics, &["dropsync_tenant_held_files", "tenant=\"acme\""]), 2.0);
+}
+
+#[test]
+fn uploads_that_never_finished_are_removed_once_stale() {
+    let (mut d, metrics) = limited("stale_upload = \"12s\"");
+    d.start();
+    std::fs::write(d.dir.path().join("x.wav"), audio("x", 50_000)).unwrap();
+    // Left by clients that never finished: a `.part`, a dot-file; and one of our own temp
+    // files, as a cut leaves it (an FTP pull's partial download). An ordinary recording waits
+    // for its metadata beside them.
+    let out = d.sftp_batch(
+        "acme",
+        "acme",
+        "put x.wav old.wav.part\nput x.wav .old.wav\nput x.wav keep.wav\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.put("acme", ".dropsync-ftp-0123456789abcdef.part", b"left by a cut");
+    let removed = || metric(metrics, &["dropsync_stale_uploads_removed_total", "tenant=\"acme\""]);
+    wait_for("three stale uploads to be removed", T, || removed() >= 3.0);
+    assert_eq!(removed(), 3.0);
+    assert!(d.log().contains("stale uploads removed"), "{}", d.log());
+    // A fresh one stays, through a whole housekeeping pass that began after it came; beta is
+    // served meanwhile.
+    let out = d.sftp_batch("acme", "acme", "put x.wav fresh.wav.part\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.beta_uploads("B-1");
+    let passes = metric(metrics, &["dropsync_housekeeping_passes_total"]);
+    wait_for("two more housekeeping passes", T, || {
+        metric(metrics, &["dropsync_housekeeping_passes_total"]) >= passes + 2.0
+    });
+    wait_for("beta's call", T, || d.forwarded().contains_key("B-1"));
+    assert_eq!(drop_files(&d, "acme"), ["fresh.wav.part", "keep.wav"]);
+    assert_eq!(removed(), 3.0);
+}
+
+#[test]
+fn a_zip_is_unpacked_only_within_the_quota() {
+    let (d, metrics) = limited("quota = { bytes = \"10 MiB\" }");
+    let mut d = d.with_replaced("[matching]\n", "[matching]\nzip_max_ratio = 2000\n");
+    // 12 MiB of zeros in three entries, a few KiB to send: the quota, not the ratio, stops it.
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for i in 1..=3 {
+        w.start_file(format!("z{i}.wav"), opts).unwrap();
+        std::io::Write::write_all(&mut w, &vec![0u8; 4 << 20]).unwrap();
+    }
+    let bytes = w.finish().unwrap().into_inner();
+    assert!(bytes.len() < 64 << 10, "{} bytes", bytes.len());
+    std::fs::write(d.dir.path().join("bomb.zip"), &bytes).unwrap();
+    d.start();
+    let out = d.sftp_batch("acme", "acme", "put bomb.zip\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.beta_uploads("B-1");
+    wait_for("the zip's report", T, || {
+        d.report("acme", "bomb.zip.report.csv").exists()
+    });
+    let lines = d.read_report("acme", "bomb.zip.report.csv");
+    assert!(
+        lines.len() == 1
+            && lines[0][3] == "rejected"
+            && lines[0][4].contains("quota exceeded: 10.0 MiB held (quota.bytes)"),
+        "{lines:?}; left in the drop folder: {:?}",
+        drop_files(&d, "acme")
+    );
+    wait_for("beta's call", T, || d.forwarded().contains_key("B-1"));
+    // Nothing of it stays, under any name, and nothing of it counts.
+    wait_for("the zip to leave the drop folder", T, || {
+        drop_files(&d, "acme").is_empty()
+    });
+    wait_for("acme's usage to be read again", T, || {
+        metric(metrics, &["dropsync_tenant_held_files", "tenant=\"acme\""]) == 0.0
+    });
+    std::fs::write(d.dir.path().join("big.wav"), audio("big", 8 << 20)).unwrap();
+    let out = d.sftp_batch("acme", "acme", "put big.wav\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+}

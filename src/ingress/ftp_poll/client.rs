@@ -396,12 +396,14 @@ impl FtpClient {
         }
     }
 
-    /// Downloads `remote` into `tmp`, resuming after the `resume_from` bytes already there when
-    /// the server takes REST, and checks it has `expected` bytes. Returns the writer, which the
-    /// caller finishes (fsync) while this connection moves on, and the bytes received now.
+    /// Downloads `remote` into `file` (the temp file at `tmp`, opened by the caller), resuming
+    /// after the `resume_from` bytes already there when the server takes REST, and checks it has
+    /// `expected` bytes. Returns the writer, which the caller finishes (fsync) while this
+    /// connection moves on, and the bytes received now.
     pub async fn download(
         &mut self,
         remote: &str,
+        mut file: std::fs::File,
         tmp: &Path,
         resume_from: u64,
         expected: u64,
@@ -410,13 +412,6 @@ impl FtpClient {
             path: tmp.to_path_buf(),
             source,
         };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(tmp)
-            .map_err(local)?;
         let have = file.metadata().map_err(local)?.len();
         let mut offset = if resume_from > 0 && resume_from == have && have < expected {
             have

@@ -23,7 +23,6 @@ mod tls;
 pub use tls::parse_pin;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -343,9 +342,7 @@ impl Poller {
             .run(move |c| c.ftp_apply_listing(&key, &files, &dirs, now))
             .await?;
         for path in &applied.vanished_partials {
-            if let Ok(tmp) = self.temp_path(path) {
-                let _ = std::fs::remove_file(tmp);
-            }
+            self.remove_temp(path);
         }
 
         let min_age = i64::try_from(self.source.min_age.as_millis()).unwrap_or(i64::MAX);

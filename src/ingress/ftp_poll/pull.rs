@@ -1,14 +1,29 @@
 //! Pulling one poll's files: over up to `connections` control connections, each download into
 //! a hidden temp file (resumed with REST when a version's bytes are already there), checked
 //! against the listed size, fsynced, renamed into place and recorded; then the arrival.
+//!
+//! Downloads are written through the drop folder held open (see [`crate::confine`]): the
+//! file's folder is created and opened level by level with no link followed, and the temp file
+//! is created, renamed into place and fsynced relative to that folder. A link that another
+//! local writer plants in a drop folder, as a folder or at a temp name, fails that one file with
+//! "links are not followed"; nothing is written outside the drop folder.
 
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::*;
 
 /// A file received into its temp name, not yet durable.
 struct Received {
     writer: crate::fsutil::BackgroundWriter,
+    /// The file's folder, held open: the temp file is renamed into place in it.
+    dir: OwnedFd,
+    tmp_name: String,
+    /// Paths, for messages and the via hint only; no I/O goes by them.
     tmp: PathBuf,
     target: PathBuf,
     rel: RelPath,
@@ -172,38 +187,45 @@ impl Poller {
                 why: "not a valid path".into(),
             });
         };
-        let drops = self.ctx.drops.clone();
-        let (tenant, dir) = (self.tenant.clone(), rel.dir().to_owned());
-        let folder = tokio::task::spawn_blocking(move || drops.ensure_dir(&tenant, &dir))
+        let target = self.ctx.drops.path_of(&self.tenant, &rel);
+        let tmp_name = temp_name(&self.key, &job.path);
+        let tmp = target.with_file_name(&tmp_name);
+        let (drops, tenant, dir, name) = (
+            self.ctx.drops.clone(),
+            self.tenant.clone(),
+            rel.dir().to_owned(),
+            tmp_name.clone(),
+        );
+        let (dir, file) = tokio::task::spawn_blocking(move || open_temp(&drops, &tenant, &dir, &name))
             .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
+            .map_err(|e| io::Error::other(e.to_string()))
             .and_then(|r| r)
             .map_err(|source| FtpPollError::Local {
-                path: self.ctx.drops.tenant_dir(&self.tenant).join(rel.dir()),
+                path: tmp.clone(),
                 source,
             })?;
-        let tmp = folder.join(temp_name(&self.key, &job.path));
-        let resume_from = if job.resumable {
-            tokio::fs::metadata(&tmp).await.map_or(0, |m| m.len())
-        } else {
-            0
+        let resume_from = match file.metadata() {
+            Ok(m) if job.resumable => m.len(),
+            _ => 0,
         };
         let remote = client.remote(&job.path);
         let started = Instant::now();
-        match client.download(&remote, &tmp, resume_from, job.state.size).await {
+        match client.download(&remote, file, &tmp, resume_from, job.state.size).await {
             Ok((writer, received)) => {
                 metrics::counter!("dropsync_received_bytes_total", "via" => "ftp").increment(received);
                 Ok(Received {
                     writer,
+                    dir,
+                    tmp_name,
                     tmp,
-                    target: folder.join(rel.file_name()),
+                    target,
                     rel,
                     started,
                 })
             }
             Err(e) => {
                 if matches!(e, FtpPollError::Changed { .. }) {
-                    let _ = tokio::fs::remove_file(&tmp).await;
+                    let _ = rustix::fs::unlinkat(&dir, tmp_name.as_str(), AtFlags::empty());
                 }
                 Err(e)
             }
@@ -221,13 +243,13 @@ impl Poller {
         let sha256 = r.writer.finish().await.map_err(local(&r.tmp)).map_err(failed)?;
         // The watcher sees the rename too; the hint makes either path record `via = ftp`, and
         // spares intake reading the file again for its digest.
-        let meta = tokio::fs::metadata(&r.tmp)
-            .await
+        let meta = rustix::fs::statat(&r.dir, r.tmp_name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io::Error::from)
             .map_err(local(&r.tmp))
             .map_err(failed)?;
         let digest = KnownDigest {
-            size: meta.len(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            size: meta.st_size.max(0) as u64,
+            mtime_ns: meta.st_mtime * 1_000_000_000 + meta.st_mtime_nsec as i64,
             sha256,
         };
         self.ctx.hints.note_hint(
@@ -237,13 +259,13 @@ impl Poller {
                 digest: Some(digest),
             },
         );
-        let (tmp, target) = (r.tmp.clone(), r.target.clone());
-        tokio::task::spawn_blocking(move || {
-            std::fs::rename(&tmp, &target)?;
-            crate::fsutil::sync_dir(target.parent().unwrap_or(&target))
+        let (dir, tmp_name, name) = (r.dir, r.tmp_name, r.rel.file_name().to_owned());
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            rustix::fs::renameat(&dir, tmp_name.as_str(), &dir, name.as_str())?;
+            Ok(rustix::fs::fsync(&dir)?)
         })
         .await
-        .map_err(|e| std::io::Error::other(e.to_string()))
+        .map_err(|e| io::Error::other(e.to_string()))
         .and_then(|r| r)
         .map_err(local(&r.target))
         .map_err(failed)?;
@@ -266,13 +288,31 @@ impl Poller {
         Ok((job.path, remote, size))
     }
 
-    pub(super) fn temp_path(&self, path: &str) -> std::io::Result<PathBuf> {
-        let rel = RelPath::parse(path).ok_or_else(|| std::io::Error::other("bad path"))?;
-        Ok(self
-            .ctx
-            .drops
-            .path_of(&self.tenant, &rel)
-            .with_file_name(temp_name(&self.key, path)))
+    /// Removes the temp file of `path`'s download (its remote file vanished), through the
+    /// drop folder held open.
+    pub(super) fn remove_temp(&self, path: &str) {
+        let Some(rel) = RelPath::parse(path) else {
+            return;
+        };
+        if let Ok(dir) = self.ctx.drops.confined(&self.tenant).and_then(|c| c.dir(rel.dir())) {
+            let _ = rustix::fs::unlinkat(&dir, temp_name(&self.key, path).as_str(), AtFlags::empty());
+        }
+    }
+}
+
+/// The folder `dir` of the tenant's drop folder, created if missing and held open, and the temp
+/// file `name` in it, opened for reading and writing (created if missing). No link is followed:
+/// not on the way to the folder, nor at the temp name.
+fn open_temp(drops: &DropRoot, tenant: &TenantId, dir: &str, name: &str) -> io::Result<(OwnedFd, File)> {
+    let dir = drops.confined(tenant)?.ensure_dir(dir)?;
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat(&dir, name, flags, Mode::from_raw_mode(0o640)) {
+        Ok(fd) => Ok((dir, File::from(fd))),
+        Err(rustix::io::Errno::LOOP) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no such file (links are not followed)",
+        )),
+        Err(e) => Err(e.into()),
     }
 }
 

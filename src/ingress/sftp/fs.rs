@@ -259,7 +259,14 @@ impl TenantFs {
             .map_err(|e| FsError::io(&v, &e))
             .and_then(|held| grant(&v, held).map_err(|why| FsError::new(StatusCode::Failure, why)));
         let grant = match granted {
-            Ok(g) => g,
+            // The temp file is this grant's to count, not the walk of the folder's.
+            Ok(Some(mut g)) => {
+                if let Ok(meta) = file.metadata() {
+                    g.cover(crate::dropbox::FileId::of(&meta));
+                }
+                Some(g)
+            }
+            Ok(None) => None,
             Err(e) => {
                 let _ = rustix::fs::unlinkat(&parent, tmp_name.as_str(), AtFlags::empty());
                 return Err(e);
