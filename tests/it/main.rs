@@ -1,5 +1,6 @@
 //! Integration tests: the real `dropsync` binary on temporary configs and folders.
 
+mod arrivals;
 mod audio;
 mod crash;
 mod ftp;

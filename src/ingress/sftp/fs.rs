@@ -449,10 +449,13 @@ impl TenantFs {
             return Ok(());
         }
         self.writable(&v)?;
-        let how = if meta.is_file() {
-            OFlags::WRONLY
-        } else {
-            OFlags::RDONLY | OFlags::DIRECTORY
+        // Only a new size needs write access. Times are set through a descriptor opened for
+        // reading: closing one opened for writing is a close-after-write, which the watcher
+        // would take for new content (rclone and sshfs set a file's times after uploading it).
+        let how = match (meta.is_file(), a.size.is_some()) {
+            (true, true) => OFlags::WRONLY,
+            (true, false) => OFlags::RDONLY | OFlags::NONBLOCK,
+            (false, _) => OFlags::RDONLY | OFlags::DIRECTORY,
         };
         let fd = self
             .dir
@@ -484,7 +487,8 @@ impl TenantFs {
     }
 }
 
-/// Applies size and times from `a` to an open file (SETSTAT, FSETSTAT).
+/// Applies size and times from `a` to an open file (SETSTAT, FSETSTAT): a size needs `f` open
+/// for writing, times do not.
 pub fn set_attrs(f: &File, a: &FileAttributes) -> io::Result<()> {
     if let Some(size) = a.size
         && f.metadata()?.is_file()
@@ -492,15 +496,22 @@ pub fn set_attrs(f: &File, a: &FileAttributes) -> io::Result<()> {
         f.set_len(size)?;
     }
     if a.mtime.is_some() || a.atime.is_some() {
-        let to_time = |s: u32| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s as u64);
-        let mut times = fs::FileTimes::new();
-        if let Some(m) = a.mtime {
-            times = times.set_modified(to_time(m));
-        }
-        if let Some(at) = a.atime {
-            times = times.set_accessed(to_time(at));
-        }
-        f.set_times(times)?;
+        // futimens needs no write access, only ownership: `f` may be open for reading.
+        let time = |t: Option<u32>| match t {
+            Some(secs) => rustix::fs::Timespec {
+                tv_sec: i64::from(secs),
+                tv_nsec: 0,
+            },
+            None => rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: time(a.atime),
+            last_modification: time(a.mtime),
+        };
+        rustix::fs::futimens(f, &times)?;
     }
     Ok(())
 }
