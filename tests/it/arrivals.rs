@@ -86,3 +86,64 @@ fn setting_a_files_times_does_not_make_it_arrive_again() {
     let lines = d.wait_report("acme", "TA-1.csv.report.csv", 1);
     assert_eq!(lines[0][3], "forwarded", "{lines:?}");
 }
+
+/// Each upload is announced once (`dropsync_arrivals_total`): by the session that put it in
+/// place, never again by the watcher that sees the same rename and close. Three conversations
+/// by OpenSSH's sftp, one by rclone (under `.partial` names, renamed into place); then files
+/// that another process writes (`cp`) and renames (`mv`) into the folder, announced by the
+/// watcher, once each: their arrival is also the barrier behind which no late announcement of
+/// the uploads can hide. beta is served meanwhile.
+#[test]
+fn each_upload_is_announced_once() {
+    let (d, metrics) = daemon();
+    let mut batch = String::new();
+    let mut sent = Vec::new();
+    for i in 1..=3 {
+        let id = format!("AO-{i}");
+        let audio = audio(&id, 20_000);
+        std::fs::write(d.dir.path().join(format!("{id}.wav")), &audio).unwrap();
+        std::fs::write(
+            d.dir.path().join(format!("{id}.csv")),
+            one_row_csv(&id, &format!("{id}.wav")),
+        )
+        .unwrap();
+        batch += &format!("put {id}.wav\nput {id}.csv\n");
+        sent.push((id, audio));
+    }
+    let out = d.sftp_batch("acme", "acme", &batch);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let audio = audio("AO-4", 20_000);
+    std::fs::write(d.dir.path().join("AO-4.wav"), &audio).unwrap();
+    std::fs::write(d.dir.path().join("AO-4.csv"), one_row_csv("AO-4", "AO-4.wav")).unwrap();
+    rclone_put(&d, "acme", "AO-4.wav");
+    rclone_put(&d, "acme", "AO-4.csv");
+    sent.push(("AO-4".into(), audio));
+    let beta = d.beta_uploads("BO-1");
+    let fwd = d.wait_forwarded(5, T);
+    for (id, audio) in &sent {
+        assert_recordings(&d, &fwd[id], &[(&format!("{id}.wav"), audio)]);
+        assert_eq!(fwd[id]["source"]["via"], "sftp", "{id}");
+    }
+    assert_recordings(&d, &fwd["BO-1"], &[("BO-1.wav", &beta)]);
+    // Another process writes one file in place and renames another into place.
+    d.put("acme", "late-1.csv", one_row_csv("AO-5", "AO-5.wav").as_bytes());
+    d.put("acme", "late-2.csv.part", one_row_csv("AO-6", "AO-6.wav").as_bytes());
+    std::fs::rename(
+        d.drop_dir("acme").join("late-2.csv.part"),
+        d.drop_dir("acme").join("late-2.csv"),
+    )
+    .unwrap();
+    d.wait_report_any("acme", "late-1.csv.report.csv", 1);
+    d.wait_report_any("acme", "late-2.csv.report.csv", 1);
+    let arrivals = |via: &str| {
+        total(
+            metrics,
+            &["dropsync_arrivals_total", "tenant=\"acme\"", &format!("via=\"{via}\"")],
+        )
+    };
+    assert_eq!(
+        (arrivals("sftp"), arrivals("local")),
+        (8.0, 2.0),
+        "eight uploads and two local files, each announced once"
+    );
+}

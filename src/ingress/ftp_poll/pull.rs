@@ -219,8 +219,8 @@ impl Poller {
             move |source| FtpPollError::Local { path, source }
         };
         let sha256 = r.writer.finish().await.map_err(local(&r.tmp)).map_err(failed)?;
-        // The watcher sees the rename too; the hint makes either path record `via = ftp`, and
-        // spares intake reading the file again for its digest.
+        // The digest goes with the arrival, sparing intake reading the file again for it. (The
+        // watcher leaves the rename from our temp name alone: this is its only announcement.)
         let meta = tokio::fs::metadata(&r.tmp)
             .await
             .map_err(local(&r.tmp))
@@ -230,13 +230,6 @@ impl Poller {
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
             sha256,
         };
-        self.ctx.hints.note_hint(
-            r.target.clone(),
-            Hint {
-                via: Via::Ftp,
-                digest: Some(digest),
-            },
-        );
         let (tmp, target) = (r.tmp.clone(), r.target.clone());
         tokio::task::spawn_blocking(move || {
             std::fs::rename(&tmp, &target)?;
@@ -261,6 +254,7 @@ impl Poller {
                 tenant: self.tenant.clone(),
                 rel: r.rel,
                 via: Via::Ftp,
+                digest: Some(digest),
             }))
             .await;
         Ok((job.path, remote, size))

@@ -22,6 +22,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::durable::{UPLOAD_PREFIX, mark_complete};
 use super::pending::{LastClose, Pending, PendingUploads};
+use crate::ingress::OwnRenames;
 use crate::limits::FileGrant;
 
 use crate::confine::Confined;
@@ -146,15 +147,18 @@ pub struct TenantFs {
     pub(super) dir: Arc<Confined>,
     pub(super) owner: String,
     pub(super) pending: Arc<PendingUploads>,
+    /// Client RENAMEs into place, announced by the session: the watcher leaves them alone.
+    own_renames: OwnRenames,
 }
 
 impl TenantFs {
-    pub fn new(root: PathBuf, owner: &str, pending: Arc<PendingUploads>) -> io::Result<Self> {
+    pub fn new(root: PathBuf, owner: &str, pending: Arc<PendingUploads>, own_renames: OwnRenames) -> io::Result<Self> {
         Ok(TenantFs {
             dir: Arc::new(Confined::open(&root)?),
             root,
             owner: owner.to_owned(),
             pending,
+            own_renames,
         })
     }
 
@@ -207,7 +211,12 @@ impl TenantFs {
         let v = VPath::parse(raw)?;
         let p = self.real(&v)?;
         if let Some(up) = self.pending.get(&p) {
-            return up.file.try_clone().map_err(|e| FsError::io(&v, &e));
+            // A descriptor of its own, for reading only: a copy of the upload's would keep its
+            // writable descriptor open past the rename into place (see `put_in_place`).
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            return rustix::fs::openat(&up.dir, up.tmp_name(), flags, Mode::empty())
+                .map(File::from)
+                .map_err(|e| FsError::io(&v, &e.into()));
         }
         self.dir.open_file(&v.rel()).map_err(|e| FsError::io(&v, &e))
     }
@@ -308,40 +317,34 @@ impl TenantFs {
     /// off the client's path; a crash before that leaves a marked temp file, which
     /// [`recover_uploads`] renames into place at the next start. Without xattrs: fdatasync,
     /// rename, folder fsync, all before the answer.
-    pub fn finish_upload(&self, upload: &Pending, last: &LastClose, durable: bool) -> FsResult<FinishedUpload> {
+    pub fn finish_upload(&self, upload: Arc<Pending>, last: &LastClose, durable: bool) -> FsResult<FinishedUpload> {
         let v = last.vpath.clone();
         let folder = last.target.parent().unwrap_or(&self.root).to_path_buf();
         let target_dir = match self.parent_of(&v) {
             Ok(d) => d,
             Err(e) => {
-                self.discard_upload(upload);
+                self.discard_upload(&upload);
                 return Err(e);
             }
         };
-        let put_in_place = || -> io::Result<()> {
-            Ok(rustix::fs::renameat(
-                &upload.dir,
-                upload.tmp_name(),
-                &target_dir,
-                v.name(),
-            )?)
-        };
         let marked = durable && mark_complete(&upload.file, v.name()).is_ok();
-        let done = if marked {
-            upload.file.sync_all().and_then(|()| put_in_place())
+        let synced = if marked {
+            upload.file.sync_all()
         } else if durable {
-            upload
-                .file
-                .sync_data()
-                .and_then(|()| put_in_place())
-                .and_then(|()| File::from(target_dir.try_clone()?).sync_all())
+            upload.file.sync_data()
         } else {
-            put_in_place()
+            Ok(())
         };
-        if let Err(e) = done {
-            self.discard_upload(upload);
+        if let Err(e) = synced {
+            self.discard_upload(&upload);
             return Err(FsError::io(&v, &e));
         }
+        put_in_place(upload, &target_dir, v.name())
+            .and_then(|()| match durable && !marked {
+                true => File::from(target_dir.try_clone()?).sync_all(),
+                false => Ok(()),
+            })
+            .map_err(|e| FsError::io(&v, &e))?;
         Ok(FinishedUpload {
             arrived: (!is_temp_name(v.name())).then(|| v.rel()),
             sync_folder: marked.then_some(folder),
@@ -429,9 +432,18 @@ impl TenantFs {
         }
         let meta = self.meta(&vf).map_err(|e| FsError::io(&vf, &e))?;
         let (from_dir, to_dir) = (self.parent_of(&vf)?, self.parent_of(&vt)?);
-        rustix::fs::renameat(&from_dir, vf.name(), &to_dir, vt.name()).map_err(|e| FsError::io(&vt, &e.into()))?;
+        // A file renamed to a final name arrives by this RENAME, and the session announces it:
+        // the watcher, which sees the rename too, is to leave it alone.
+        let arrives = meta.is_file() && !is_temp_name(vt.name());
+        if arrives {
+            self.own_renames.expect(&pt);
+        }
+        if let Err(e) = rustix::fs::renameat(&from_dir, vf.name(), &to_dir, vt.name()) {
+            self.own_renames.cancel(&pt);
+            return Err(FsError::io(&vt, &e.into()));
+        }
         let _ = File::from(to_dir).sync_all();
-        Ok((meta.is_file() && !is_temp_name(vt.name())).then(|| vt.rel()))
+        Ok(arrives.then(|| vt.rel()))
     }
 
     /// SETSTAT: times and size are applied; ownership and mode are the daemon's business.
@@ -487,6 +499,31 @@ impl TenantFs {
     }
 }
 
+/// Renames an upload's temp file to `name` in `target_dir`, or removes it if that fails. The
+/// temp file is closed first unless something else still holds it (by the last CLOSE every
+/// write and read of it has landed): a descriptor open for writing that is closed after the
+/// rename is a close-after-write of the final name, which the watcher would announce as a
+/// second arrival.
+fn put_in_place(upload: Arc<Pending>, target_dir: &OwnedFd, name: &str) -> io::Result<()> {
+    let rename_or_remove = |dir: &OwnedFd, tmp: &str| {
+        rustix::fs::renameat(dir, tmp, target_dir, name).map_err(|e| {
+            let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+            io::Error::from(e)
+        })
+    };
+    match Arc::try_unwrap(upload) {
+        Ok(Pending { file, dir, tmp, .. }) => {
+            drop(file);
+            let tmp = tmp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            rename_or_remove(&dir, tmp)
+        }
+        Err(shared) => {
+            tracing::debug!(file = name, "upload still held elsewhere; renamed open");
+            rename_or_remove(&shared.dir, shared.tmp_name())
+        }
+    }
+}
+
 /// Applies size and times from `a` to an open file (SETSTAT, FSETSTAT): a size needs `f` open
 /// for writing, times do not.
 pub fn set_attrs(f: &File, a: &FileAttributes) -> io::Result<()> {
@@ -538,7 +575,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("drop/acme");
         fs::create_dir_all(root.join("reports")).unwrap();
-        (d, TenantFs::new(root, "acme", Arc::default()).unwrap())
+        (
+            d,
+            TenantFs::new(root, "acme", Arc::default(), OwnRenames::default()).unwrap(),
+        )
     }
 
     fn put(t: &TenantFs, raw: &str, truncate: bool, exclusive: bool) -> FsResult<Arc<Pending>> {
@@ -549,7 +589,7 @@ mod tests {
     /// CLOSE of a handle that is the last one.
     fn close(t: &TenantFs, up: Arc<Pending>) -> FsResult<FinishedUpload> {
         let last = t.release(&up, true).expect("the last handle");
-        t.finish_upload(&up, &last, true)
+        t.finish_upload(up, &last, true)
     }
 
     fn write(up: &Pending, data: &[u8]) {
@@ -703,7 +743,7 @@ mod tests {
         assert!(!first.poison_unless_confirmed("lost"), "confirmed by the other CLOSE");
         let last = t.release(&first, false).unwrap();
         assert!(last.confirmed && last.failed.is_none());
-        t.finish_upload(&first, &last, true).unwrap();
+        t.finish_upload(first, &last, true).unwrap();
         assert_eq!(fs::read(t.root().join("b.wav")).unwrap(), b"RIFF-rest");
         // Cut first: a later CLOSE elsewhere is not confirmed and finds the upload doomed.
         let first = put(&t, "/c.wav", true, false).unwrap();
