@@ -12,5 +12,6 @@ mod pipeline;
 mod quota;
 mod s3;
 mod sftp;
+mod sftp_fs;
 mod sftp_keys;
 mod sshfs;

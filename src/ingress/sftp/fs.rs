@@ -247,6 +247,18 @@ impl TenantFs {
         if existing && exclusive {
             return Err(FsError::new(StatusCode::Failure, format!("{v}: already exists")));
         }
+        // A resume or an append starts from a copy of the file: the copy is counted against the
+        // quota before a byte of it is made, so one past the quota costs the disk nothing.
+        let kept = match existing && !truncate {
+            true => {
+                let src = self.dir.open_file(&v.rel()).map_err(|e| FsError::io(&v, &e))?;
+                let len = src.metadata().map_err(|e| FsError::io(&v, &e))?.len();
+                Some((src, len))
+            }
+            false => None,
+        };
+        let held = kept.as_ref().map_or(0, |(_, len)| *len);
+        let grant = grant(&v, held).map_err(|why| FsError::new(StatusCode::Failure, why))?;
         // A fixed-length name, so that an upload of a 255-byte name has a temp name too.
         let tmp_name = format!("{UPLOAD_PREFIX}{:016x}", fastrand::u64(..));
         let created = rustix::fs::openat(
@@ -255,25 +267,14 @@ impl TenantFs {
             OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o640),
         );
-        let mut file = File::from(created.map_err(|e| FsError::io(&v, &e.into()))?);
+        let file = File::from(created.map_err(|e| FsError::io(&v, &e.into()))?);
         let tmp = target.with_file_name(&tmp_name);
-        let copied = if existing && !truncate {
-            self.dir
-                .open_file(&v.rel())
-                .and_then(|mut src| io::copy(&mut src, &mut file))
-        } else {
-            Ok(0)
-        };
-        let granted = copied
-            .map_err(|e| FsError::io(&v, &e))
-            .and_then(|held| grant(&v, held).map_err(|why| FsError::new(StatusCode::Failure, why)));
-        let grant = match granted {
-            Ok(g) => g,
-            Err(e) => {
-                let _ = rustix::fs::unlinkat(&parent, tmp_name.as_str(), AtFlags::empty());
-                return Err(e);
-            }
-        };
+        if let Some((src, len)) = kept
+            && let Err(e) = copy_prefix(&src, &file, len)
+        {
+            let _ = rustix::fs::unlinkat(&parent, tmp_name.as_str(), AtFlags::empty());
+            return Err(FsError::io(&v, &e));
+        }
         let fresh = !existing || truncate;
         let pending = Arc::new(Pending::new(file, parent, tmp, target, v.clone(), grant));
         match self.pending.insert_or_join(&pending, truncate) {
@@ -497,6 +498,21 @@ impl TenantFs {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// Copies the first `len` bytes of `src` to the start of `dst` inside the kernel
+/// (`copy_file_range`: no bytes pass through this process, and a file system that can share
+/// extents does). Stops early if `src` is shorter.
+fn copy_prefix(src: &File, dst: &File, len: u64) -> io::Result<()> {
+    let (mut off_in, mut off_out) = (0u64, 0u64);
+    while off_in < len {
+        // At most 1 GiB a call: the kernel copies less than asked anyway, and an `isize` holds it.
+        let chunk = (len - off_in).min(1 << 30) as usize;
+        if rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk)? == 0 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Renames an upload's temp file to `name` in `target_dir`, or removes it if that fails. The
