@@ -452,6 +452,9 @@ impl TenantFs {
         let v = VPath::parse(raw)?;
         let p = self.real(&v)?;
         if let Some(up) = self.pending.get(&p) {
+            if a.size.is_some() {
+                up.state().shared = true;
+            }
             return set_attrs(&up.file, a).map_err(|e| FsError::io(&v, &e));
         }
         let meta = self.meta(&v).map_err(|e| FsError::io(&v, &e))?;

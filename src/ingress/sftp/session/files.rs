@@ -21,7 +21,7 @@ pub(super) struct UploadHandle {
     /// The upload, shared with the other handles that have it open and with in-flight writes.
     pub(super) pending: Arc<Pending>,
     /// A recording's SHA-256, taken as this handle's writes come in (a new upload only).
-    digest: StreamDigest,
+    pub(super) digest: StreamDigest,
     /// Writes waiting for this handle's writer thread.
     queue: Arc<Mutex<WriteQueue>>,
     /// Counted among the uploads a stop waits for; CLOSE hands it to its reply.

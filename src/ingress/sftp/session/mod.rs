@@ -386,9 +386,13 @@ impl Session {
                             Some(why) => Err(why),
                             None => set_attrs(&u.pending.file, &s.attrs).map_err(|e| e.to_string()),
                         };
-                        match result {
-                            Ok(()) => ok(s.id),
-                            Err(why) => status(s.id, StatusCode::Failure, &why),
+                        match (result, s.attrs.size) {
+                            (Ok(()), Some(size)) => {
+                                u.digest.set_size(size, &u.pending.file).await;
+                                ok(s.id)
+                            }
+                            (Ok(()), None) => ok(s.id),
+                            (Err(why), _) => status(s.id, StatusCode::Failure, &why),
                         }
                     }
                     Some(OpenHandle::Read(_)) => status(s.id, StatusCode::PermissionDenied, "file is open for reading"),
