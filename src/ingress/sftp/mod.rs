@@ -15,6 +15,7 @@ pub mod listing;
 pub mod penalties;
 pub mod pending;
 pub mod session;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
