@@ -25,7 +25,7 @@ use crate::ingress::ftp_poll::{FtpPollers, PollContext};
 use crate::ingress::sftp::Shared as SftpShared;
 use crate::ingress::sftp::auth::KeyStore;
 use crate::ingress::sftp::{SftpDeps, SftpServer};
-use crate::ingress::{IngressEvent, ViaHints, watch};
+use crate::ingress::{IngressEvent, OwnRenames, watch};
 use crate::intake::{Intake, lanes};
 use crate::limits::{Limits, UsageWorker};
 use crate::ops::{self, Liveness};
@@ -79,7 +79,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let reports_wake = Arc::new(Notify::new());
 
     let (tx, rx) = mpsc::channel(8192);
-    let hints = ViaHints::default();
+    let own_renames = OwnRenames::default();
     let live = LiveConfig::new(config.clone());
     let liveness = Arc::new(Liveness::default());
     let cancel = CancellationToken::new();
@@ -119,7 +119,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let deps = SftpDeps {
             drops: drops.clone(),
             arrivals: tx.clone(),
-            hints: hints.clone(),
+            own_renames: own_renames.clone(),
             quotas: quotas.clone(),
             config: live.clone(),
             tracker: tracker.clone(),
@@ -129,7 +129,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         sftp_shared = Some(server.shared());
         tracker.spawn(server.run(listener, cancel.clone()));
     }
-    let _watch = watch::start(drops.clone(), tx.clone()).context("watching the drop folders")?;
+    let _watch = watch::start(drops.clone(), tx.clone(), own_renames).context("watching the drop folders")?;
     let intake = Intake {
         catalog: catalog.clone(),
         drop: drops.clone(),
@@ -137,7 +137,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         archiver: archiver.clone(),
         forwarder: forwarder_wake.clone(),
         reports: reports_wake.clone(),
-        hints: hints.clone(),
         quotas: quotas.clone(),
     };
     // The reconciliation scans are ordinary work items, asked for now (the watch is already in
@@ -162,7 +161,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             drops: drops.clone(),
             config: live.clone(),
             events: tx.clone(),
-            hints: hints.clone(),
             quotas: quotas.clone(),
         },
         workers.clone(),

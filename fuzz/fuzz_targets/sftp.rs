@@ -29,7 +29,13 @@ fuzz_target!(|data: &[u8]| {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(dir.path().join("var/secret"), b"outside").unwrap();
     let live = LiveConfig::new(config);
-    let fs = TenantFs::new(root.clone(), "acme", Arc::new(PendingUploads::default())).unwrap();
+    let fs = TenantFs::new(
+        root.clone(),
+        "acme",
+        Arc::new(PendingUploads::default()),
+        Default::default(),
+    )
+    .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -41,7 +47,6 @@ fuzz_target!(|data: &[u8]| {
             tenant: TenantId::parse("acme").unwrap(),
             fs,
             arrivals,
-            hints: Default::default(),
             max_file_size: 1 << 20,
             max_handles: 16,
             fsync_on_close: false,

@@ -11,17 +11,22 @@ pub mod watch;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::catalog::Via;
 use crate::dropbox::RelPath;
 use crate::tenant::TenantId;
 
-/// A file whose writer is done: closed after writing, or renamed to its final name.
+/// A file whose writer is done: closed after writing, or renamed to its final name. Each
+/// arrival is announced once, by the ingress that made it: the watcher leaves our own renames
+/// into place to the ingress that made them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Arrived {
     pub tenant: TenantId,
     pub rel: RelPath,
     pub via: Via,
+    /// Its digest, if its ingress hashed it while writing.
+    pub digest: Option<KnownDigest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,16 +50,8 @@ pub enum IngressEvent {
     },
 }
 
-/// What an ingress of ours knows about a file it wrote: how it came, and possibly its digest,
-/// computed while writing. The watcher sees those files too, and may report them first; intake
-/// asks here so that `via` is right either way, and so that it need not read the file again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hint {
-    pub via: Via,
-    pub digest: Option<KnownDigest>,
-}
-
-/// A file's SHA-256, valid while its size and mtime are these.
+/// A file's SHA-256, valid while its size and mtime are these: what an ingress of ours computed
+/// while writing it, so that intake need not read it again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownDigest {
     pub size: u64,
@@ -62,24 +59,57 @@ pub struct KnownDigest {
     pub sha256: [u8; 32],
 }
 
+/// Renames an ingress of ours makes on a client's behalf and announces itself (an SFTP RENAME
+/// of a finished `x.partial` to `x`). The watcher sees them as it sees any other process's
+/// rename: it looks here and leaves them alone, so that each arrival is announced once, by the
+/// ingress that knows how it came. (Renames from our own temp names need no entry: the watcher
+/// knows those by their names.) An entry lives from just before its rename until the watcher
+/// sees it; one the watcher never sees (its queue overflowed, or the folder was not watched yet)
+/// is dropped after [`OWN_RENAME_TTL`].
 #[derive(Clone, Default)]
-pub struct ViaHints(Arc<Mutex<HashMap<PathBuf, Hint>>>);
+pub struct OwnRenames(Arc<Mutex<HashMap<PathBuf, Instant>>>);
 
-/// Hints not taken (the file vanished before intake saw it) are dropped past this many.
-const MAX_HINTS: usize = 100_000;
+/// How long a rename of ours waits for the watcher to see it. The watcher takes one within
+/// milliseconds; this only bounds what a lost event leaves behind.
+const OWN_RENAME_TTL: Duration = Duration::from_secs(60);
 
-impl ViaHints {
-    pub fn note(&self, path: PathBuf, via: Via) {
-        self.note_hint(path, Hint { via, digest: None });
+impl OwnRenames {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Instant>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
-    pub fn note_hint(&self, path: PathBuf, hint: Hint) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_HINTS {
-            map.clear();
-        }
-        map.insert(path, hint);
+
+    /// To be called just before renaming a file to `to`.
+    pub fn expect(&self, to: &Path) {
+        let now = Instant::now();
+        let mut map = self.map();
+        map.retain(|_, at| now.duration_since(*at) < OWN_RENAME_TTL);
+        map.insert(to.to_path_buf(), now);
     }
-    pub fn take(&self, path: &Path) -> Option<Hint> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(path)
+
+    /// The rename did not happen: no event will come for it.
+    pub fn cancel(&self, to: &Path) {
+        self.map().remove(to);
+    }
+
+    /// Whether a rename to `to` that the watcher saw is one of ours (forgotten once seen).
+    pub fn take(&self, to: &Path) -> bool {
+        self.map().remove(to).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_renames_are_taken_once_and_cancelled_ones_not_at_all() {
+        let own = OwnRenames::default();
+        let (a, b) = (Path::new("/drop/acme/a.wav"), Path::new("/drop/acme/b.wav"));
+        own.expect(a);
+        own.expect(b);
+        own.cancel(b);
+        assert!(own.take(a), "the watcher's sighting of our rename");
+        assert!(!own.take(a), "a second rename to the same name is someone else's");
+        assert!(!own.take(b), "a rename that failed");
     }
 }

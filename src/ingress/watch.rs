@@ -1,12 +1,19 @@
 //! Watches the drop folders with inotify (through `notify`) and turns close-after-write and
-//! rename-into-place into arrivals. Temp names are ignored until renamed; a queue overflow asks
-//! for a full rescan. The start-up reconciliation scan lives in [`crate::intake`].
+//! rename-into-place by other processes into arrivals. Temp names are ignored until renamed; a
+//! queue overflow asks for a full rescan. The start-up reconciliation scan lives in
+//! [`crate::intake`].
+//!
+//! Our own ingresses announce what they put in place themselves, with what they know of it
+//! (how it came, its digest), so the watcher leaves their renames alone: a rename from one of
+//! our temp names (`.dropsync-…`: an upload closing, a pull or a zip entry put in place), and
+//! a client's RENAME that the SFTP server made ([`OwnRenames`]). A crash before an ingress
+//! announced its file is healed by the start-up scan.
 
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::{Arrived, IngressEvent};
+use super::{Arrived, IngressEvent, OwnRenames};
 use crate::catalog::Via;
 use crate::dropbox::DropRoot;
 
@@ -22,9 +29,13 @@ pub struct WatchError {
     source: notify::Error,
 }
 
-/// Starts watching every drop folder under `drop`, sending events to `tx`.
-pub fn start(drop: DropRoot, tx: mpsc::Sender<IngressEvent>) -> Result<DropWatch, WatchError> {
+/// Starts watching every drop folder under `drop`, sending events to `tx`; renames in `own`
+/// are announced by whoever made them.
+pub fn start(drop: DropRoot, tx: mpsc::Sender<IngressEvent>, own: OwnRenames) -> Result<DropWatch, WatchError> {
     let root = drop.root().to_path_buf();
+    // The last rename's source seen (its inotify cookie, and whether it was one of our temp
+    // names). inotify queues a rename's two halves one after the other, as notify pairs them.
+    let mut from_ours: Option<(Option<usize>, bool)> = None;
     let handler = move |res: notify::Result<notify::Event>| {
         let event = match res {
             Ok(e) => e,
@@ -47,21 +58,24 @@ pub fn start(drop: DropRoot, tx: mpsc::Sender<IngressEvent>) -> Result<DropWatch
         }
         let path = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => event.paths.first(),
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event.paths.first(),
-            // A rename from one of our own temp names (an SFTP upload closing, a zip entry put
-            // in place) is announced by whoever made it; a crash before that is healed by the
-            // start-up scan.
-            EventKind::Modify(ModifyKind::Name(RenameMode::Both))
-                if event
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                let ours = event
                     .paths
                     .first()
                     .and_then(|p| p.file_name())
                     .and_then(|n| n.to_str())
-                    .is_some_and(crate::fsutil::is_our_temp_prefix) =>
-            {
+                    .is_some_and(crate::fsutil::is_our_temp_prefix);
+                from_ours = Some((event.tracker(), ours));
                 None
             }
-            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.get(1),
+            // Every rename ends in a `To` (notify adds a `Both` when it saw the source too:
+            // taking both would announce the file twice).
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                let ours = from_ours
+                    .take()
+                    .is_some_and(|(cookie, ours)| ours && cookie == event.tracker());
+                event.paths.first().filter(|p| !ours && !own.take(p))
+            }
             _ => None,
         };
         let Some(path) = path else { return };
@@ -79,6 +93,7 @@ pub fn start(drop: DropRoot, tx: mpsc::Sender<IngressEvent>) -> Result<DropWatch
                 tenant,
                 rel,
                 via: Via::Local,
+                digest: None,
             }));
         }
     };

@@ -228,16 +228,21 @@ impl Recorder {
     fn items_for(&self, event: IngressEvent, now: i64) -> Vec<NewIntake> {
         let scan = |tenant: &str, rel_path: String| NewIntake::scan(tenant, rel_path, now);
         match event {
-            IngressEvent::Arrived(Arrived { tenant, rel, via }) => {
+            IngressEvent::Arrived(Arrived {
+                tenant,
+                rel,
+                via,
+                digest,
+            }) => {
+                // Announcements as the ingresses made them: one per arrival.
+                metrics::counter!("dropsync_arrivals_total", "tenant" => tenant.to_string(), "via" => via.as_str())
+                    .increment(1);
                 let mut item = self.intake.file_item(&tenant, &rel, via, now);
-                // What our own ingress knows of the file: how it came, and maybe its digest.
-                if let Some(hint) = self.intake.hints.take(&self.intake.drop.path_of(&tenant, &rel)) {
-                    item.via = hint.via;
-                    if let Some(d) = hint.digest {
-                        item.size = Some(d.size);
-                        item.mtime_ns = Some(d.mtime_ns);
-                        item.sha256 = Some(hex::encode(d.sha256));
-                    }
+                // Hashed while it was written: intake need not read it again while it is as it was.
+                if let Some(d) = digest {
+                    item.size = Some(d.size);
+                    item.mtime_ns = Some(d.mtime_ns);
+                    item.sha256 = Some(hex::encode(d.sha256));
                 }
                 vec![item]
             }

@@ -24,7 +24,6 @@ use crate::catalog::{
 use crate::config::LiveConfig;
 use crate::dropbox::Archiver;
 use crate::dropbox::{self, DropRoot, FileKind, RelPath, ZipLimits, ZipQuota};
-use crate::ingress::ViaHints;
 use crate::limits::Limits;
 use crate::matching::{self, MetadataFormat, ReadError, RowContext, RowVerdict};
 use crate::tenant::{Tenant, TenantId};
@@ -110,8 +109,6 @@ pub struct Intake {
     pub forwarder: Arc<Notify>,
     /// Woken when reports may be out of date.
     pub reports: Arc<Notify>,
-    /// How files written by our own ingresses arrived.
-    pub hints: ViaHints,
     /// Tenants' quotas, which zip batches are unpacked within.
     pub quotas: Arc<Limits>,
 }

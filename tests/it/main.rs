@@ -1,5 +1,6 @@
 //! Integration tests: the real `dropsync` binary on temporary configs and folders.
 
+mod arrivals;
 mod audio;
 mod crash;
 mod ftp;
@@ -16,5 +17,6 @@ mod readme;
 mod retention;
 mod s3;
 mod sftp;
+mod sftp_fs;
 mod sftp_keys;
 mod sshfs;

@@ -88,10 +88,10 @@ fn quotas_refuse_with_a_clear_message_and_recover_when_space_is_freed() {
 }
 
 /// A tmpfs of `size` mounted at `at`, unmounted when dropped.
-struct Tmpfs(PathBuf);
+pub struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(at).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])

@@ -35,7 +35,7 @@ use tracing::Instrument;
 pub use client::FtpPollError;
 use client::{FtpClient, Tls};
 
-use super::{Arrived, Hint, IngressEvent, KnownDigest, ViaHints};
+use super::{Arrived, IngressEvent, KnownDigest};
 use crate::catalog::{Catalog, PollRecord, RemoteFileState, Via, now_ms};
 use crate::config::LiveConfig;
 use crate::dropbox::{DropRoot, FileKind, RelPath};
@@ -55,7 +55,6 @@ pub struct PollContext {
     pub drops: DropRoot,
     pub config: LiveConfig,
     pub events: mpsc::Sender<IngressEvent>,
-    pub hints: ViaHints,
     pub quotas: Arc<Limits>,
 }
 

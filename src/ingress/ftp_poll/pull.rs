@@ -241,8 +241,8 @@ impl Poller {
             move |source| FtpPollError::Local { path, source }
         };
         let sha256 = r.writer.finish().await.map_err(local(&r.tmp)).map_err(failed)?;
-        // The watcher sees the rename too; the hint makes either path record `via = ftp`, and
-        // spares intake reading the file again for its digest.
+        // The digest goes with the arrival, sparing intake reading the file again for it. (The
+        // watcher leaves the rename from our temp name alone: this is its only announcement.)
         let meta = rustix::fs::statat(&r.dir, r.tmp_name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(io::Error::from)
             .map_err(local(&r.tmp))
@@ -252,13 +252,6 @@ impl Poller {
             mtime_ns: meta.st_mtime * 1_000_000_000 + meta.st_mtime_nsec as i64,
             sha256,
         };
-        self.ctx.hints.note_hint(
-            r.target.clone(),
-            Hint {
-                via: Via::Ftp,
-                digest: Some(digest),
-            },
-        );
         let (dir, tmp_name, name) = (r.dir, r.tmp_name, r.rel.file_name().to_owned());
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             rustix::fs::renameat(&dir, tmp_name.as_str(), &dir, name.as_str())?;
@@ -283,6 +276,7 @@ impl Poller {
                 tenant: self.tenant.clone(),
                 rel: r.rel,
                 via: Via::Ftp,
+                digest: Some(digest),
             }))
             .await;
         Ok((job.path, remote, size))

@@ -1,5 +1,5 @@
 //! Who may log in: each tenant's public keys (inline `authorized_keys` and an OpenSSH
-//! `authorized_keys_file`), and per-IP accounting of failed logins with temporary bans.
+//! `authorized_keys_file`), and per-source accounting of failed logins (IPv6 per /64) with temporary bans.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -124,15 +124,15 @@ impl KeyStore {
     }
 }
 
-/// Failed logins per IP; an IP with `max_failures` failed connections within `ban_time` is
-/// refused for `ban_time`.
+/// Failed logins per source (an IPv4 address, or an IPv6 /64, as penalties count them); a source
+/// with `max_failures` failed connections within `ban_time` is refused for `ban_time`.
 pub struct Bans {
     max_failures: u32,
     ban_time: Duration,
     state: Mutex<HashMap<IpAddr, Failures>>,
 }
 
-/// Failed logins of one address: how many, since when, and banned until when.
+/// Failed logins of one source: how many, since when, and banned until when.
 type Failures = (u32, Instant, Option<Instant>);
 
 impl Bans {
@@ -145,18 +145,19 @@ impl Bans {
     }
 
     pub fn is_banned(&self, ip: IpAddr) -> bool {
+        let source = super::source_of(ip);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match state.get(&ip) {
+        match state.get(&source) {
             Some((_, _, Some(until))) if *until > Instant::now() => true,
             Some((_, _, Some(_))) => {
-                state.remove(&ip);
+                state.remove(&source);
                 false
             }
             _ => false,
         }
     }
 
-    /// Records a failed login; returns true if the IP is now banned.
+    /// Records a failed login; returns true if its source is now banned.
     pub fn failed(&self, ip: IpAddr) -> bool {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,7 +167,7 @@ impl Bans {
                 until.is_some_and(|u| u > now) || now.duration_since(*since) < self.ban_time
             });
         }
-        let entry = state.entry(ip).or_insert((0, now, None));
+        let entry = state.entry(super::source_of(ip)).or_insert((0, now, None));
         if now.duration_since(entry.1) > self.ban_time {
             *entry = (0, now, None);
         }
@@ -179,7 +180,10 @@ impl Bans {
     }
 
     pub fn succeeded(&self, ip: IpAddr) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&super::source_of(ip));
     }
 }
 
@@ -217,5 +221,22 @@ mod tests {
         assert!(bans.failed(ip));
         assert!(bans.is_banned(ip));
         assert!(!bans.is_banned("127.0.0.8".parse().unwrap()));
+    }
+
+    /// An IPv6 host has a /64 to pick addresses from: failures count per /64, as penalties and
+    /// `max_startups_per_source` do, so a new address per attempt gains nothing.
+    #[test]
+    fn ipv6_failures_count_per_64() {
+        let bans = Bans::new(3, Duration::from_secs(60));
+        for ip in ["2001:db8::1", "2001:db8::2", "2001:db8::ffff:3"] {
+            bans.failed(ip.parse().unwrap());
+        }
+        assert!(bans.is_banned("2001:db8::42".parse().unwrap()), "the whole /64");
+        assert!(!bans.is_banned("2001:db8:0:1::1".parse().unwrap()), "the next /64");
+        bans.succeeded("2001:db8::7".parse().unwrap());
+        assert!(
+            !bans.is_banned("2001:db8::1".parse().unwrap()),
+            "a login clears its /64"
+        );
     }
 }

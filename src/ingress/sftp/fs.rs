@@ -4,11 +4,8 @@
 //! Confinement: client paths are normalised as in a chroot (`..` stops at `/`); backslashes and
 //! NULs are refused; every folder on the way must be a real folder (a link is "no such file"),
 //! and files are opened without following links. `/reports/` is read-only. Our own temp files
-//! (`.dropsync-*`) are invisible.
-//!
-//! Uploads are written to a hidden temp name beside the target and renamed into place when their
-//! last handle is closed, so a connection that drops mid-upload never leaves a file under its
-//! final name. Until then the tenant's sessions see them under that name (see [`super::pending`]).
+//! (`.dropsync-*`) are invisible. Uploads (OPEN for writing, the last CLOSE) are in
+//! [`super::upload`].
 
 use std::fs::{self, File};
 use std::io;
@@ -18,11 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use russh_sftp::protocol::{FileAttributes, StatusCode};
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
-use super::durable::{UPLOAD_PREFIX, mark_complete};
-use super::pending::{LastClose, Pending, PendingUploads};
-use crate::limits::FileGrant;
+use super::pending::PendingUploads;
+use crate::ingress::OwnRenames;
 
 use crate::confine::Confined;
 use crate::dropbox::{REPORTS_DIR, is_temp_name};
@@ -41,10 +37,10 @@ impl FsError {
             message: message.into(),
         }
     }
-    fn no_such(path: &VPath) -> Self {
+    pub(super) fn no_such(path: &VPath) -> Self {
         FsError::new(StatusCode::NoSuchFile, format!("{path}: no such file or folder"))
     }
-    fn denied(path: &VPath, why: &str) -> Self {
+    pub(super) fn denied(path: &VPath, why: &str) -> Self {
         FsError::new(StatusCode::PermissionDenied, format!("{path}: {why}"))
     }
     pub(super) fn io(path: &VPath, e: &io::Error) -> Self {
@@ -117,26 +113,6 @@ pub fn is_internal(name: &str) -> bool {
     name.starts_with(".dropsync-")
 }
 
-/// What [`TenantFs::finish_upload`] leaves to its caller.
-#[derive(Debug)]
-pub struct FinishedUpload {
-    /// The path relative to the drop folder, if the file may arrive.
-    pub arrived: Option<String>,
-    /// A folder to fsync before the arrival is announced (the rename is not durable yet).
-    pub sync_folder: Option<PathBuf>,
-}
-
-/// Counts a new upload (given what it already holds) against its tenant's quota, or says why
-/// it may not be written.
-pub type Granter = dyn Fn(&VPath, u64) -> Result<Option<FileGrant>, String>;
-
-/// An upload opened for writing: a new one, or one already open (joined).
-pub struct Opened {
-    pub pending: Arc<Pending>,
-    /// A new upload that starts empty (its digest can be taken as it is written).
-    pub fresh: bool,
-}
-
 /// The tenant's folder, as its SFTP client sees it.
 #[derive(Clone)]
 pub struct TenantFs {
@@ -146,15 +122,18 @@ pub struct TenantFs {
     pub(super) dir: Arc<Confined>,
     pub(super) owner: String,
     pub(super) pending: Arc<PendingUploads>,
+    /// Client RENAMEs into place, announced by the session: the watcher leaves them alone.
+    own_renames: OwnRenames,
 }
 
 impl TenantFs {
-    pub fn new(root: PathBuf, owner: &str, pending: Arc<PendingUploads>) -> io::Result<Self> {
+    pub fn new(root: PathBuf, owner: &str, pending: Arc<PendingUploads>, own_renames: OwnRenames) -> io::Result<Self> {
         Ok(TenantFs {
             dir: Arc::new(Confined::open(&root)?),
             root,
             owner: owner.to_owned(),
             pending,
+            own_renames,
         })
     }
 
@@ -172,13 +151,13 @@ impl TenantFs {
     }
 
     /// The folder `v` is in, held open (no link on the way).
-    fn parent_of(&self, v: &VPath) -> FsResult<OwnedFd> {
+    pub(super) fn parent_of(&self, v: &VPath) -> FsResult<OwnedFd> {
         self.dir
             .dir(&v.parent().rel())
             .map_err(|_| FsError::new(StatusCode::NoSuchFile, format!("{}: no such folder", v.parent())))
     }
 
-    fn writable(&self, v: &VPath) -> FsResult<()> {
+    pub(super) fn writable(&self, v: &VPath) -> FsResult<()> {
         if v.is_root() || v.in_reports() {
             return Err(FsError::denied(v, "read-only (reports are written by dropsync)"));
         }
@@ -207,158 +186,14 @@ impl TenantFs {
         let v = VPath::parse(raw)?;
         let p = self.real(&v)?;
         if let Some(up) = self.pending.get(&p) {
-            return up.file.try_clone().map_err(|e| FsError::io(&v, &e));
+            // A descriptor of its own, for reading only: a copy of the upload's would keep its
+            // writable descriptor open past the rename into place (see `put_in_place`).
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            return rustix::fs::openat(&up.dir, up.tmp_name(), flags, Mode::empty())
+                .map(File::from)
+                .map_err(|e| FsError::io(&v, &e.into()));
         }
         self.dir.open_file(&v.rel()).map_err(|e| FsError::io(&v, &e))
-    }
-
-    /// Opens `raw` for writing: `truncate` starts empty, otherwise the current content is kept
-    /// (resumed uploads, appends); `exclusive` fails if it exists. An upload already open to
-    /// the same place is joined. A new one is counted by `grant` (given what it holds) first.
-    pub fn open_write(&self, raw: &str, truncate: bool, exclusive: bool, grant: &Granter) -> FsResult<Opened> {
-        let v = VPath::parse(raw)?;
-        self.writable(&v)?;
-        if is_internal(v.name()) {
-            return Err(FsError::denied(&v, "names starting with .dropsync- are reserved"));
-        }
-        let target = self.real(&v)?;
-        if exclusive && self.pending.get(&target).is_some() {
-            return Err(FsError::new(StatusCode::Failure, format!("{v}: already exists")));
-        }
-        // An OPEN with TRUNCATE starts a new upload (see `insert_or_join`); others join.
-        if let Some(pending) = (!truncate).then(|| self.pending.join(&target)).flatten() {
-            return self.reopen(pending, &v, exclusive);
-        }
-        let parent = self.parent_of(&v)?;
-        let existing = match self.meta(&v) {
-            Ok(m) if m.is_file() => true,
-            Ok(_) => return Err(FsError::new(StatusCode::Failure, format!("{v}: not a regular file"))),
-            Err(_) => false,
-        };
-        if existing && exclusive {
-            return Err(FsError::new(StatusCode::Failure, format!("{v}: already exists")));
-        }
-        // A fixed-length name, so that an upload of a 255-byte name has a temp name too.
-        let tmp_name = format!("{UPLOAD_PREFIX}{:016x}", fastrand::u64(..));
-        let created = rustix::fs::openat(
-            &parent,
-            tmp_name.as_str(),
-            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o640),
-        );
-        let mut file = File::from(created.map_err(|e| FsError::io(&v, &e.into()))?);
-        let tmp = target.with_file_name(&tmp_name);
-        let copied = if existing && !truncate {
-            self.dir
-                .open_file(&v.rel())
-                .and_then(|mut src| io::copy(&mut src, &mut file))
-        } else {
-            Ok(0)
-        };
-        let granted = copied
-            .map_err(|e| FsError::io(&v, &e))
-            .and_then(|held| grant(&v, held).map_err(|why| FsError::new(StatusCode::Failure, why)));
-        let grant = match granted {
-            // The temp file is this grant's to count, not the walk of the folder's.
-            Ok(Some(mut g)) => {
-                if let Ok(meta) = file.metadata() {
-                    g.cover(crate::dropbox::FileId::of(&meta));
-                }
-                Some(g)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                let _ = rustix::fs::unlinkat(&parent, tmp_name.as_str(), AtFlags::empty());
-                return Err(e);
-            }
-        };
-        let fresh = !existing || truncate;
-        let pending = Arc::new(Pending::new(file, parent, tmp, target, v.clone(), grant));
-        match self.pending.insert_or_join(&pending, truncate) {
-            Ok(()) => Ok(Opened { pending, fresh }),
-            // Another session opened the same file meanwhile: that upload it is.
-            Err(theirs) => {
-                self.discard_upload(&pending);
-                self.reopen(theirs, &v, exclusive)
-            }
-        }
-    }
-
-    /// A further handle on an upload already open (joined by the caller).
-    fn reopen(&self, pending: Arc<Pending>, v: &VPath, exclusive: bool) -> FsResult<Opened> {
-        if exclusive {
-            self.release(&pending, false);
-            return Err(FsError::new(StatusCode::Failure, format!("{v}: already exists")));
-        }
-        Ok(Opened { pending, fresh: false })
-    }
-
-    /// The upload open to `raw`, if there is one.
-    pub fn pending_at(&self, raw: &str) -> Option<Arc<Pending>> {
-        let v = VPath::parse(raw).ok()?;
-        self.pending.get(&self.real(&v).ok()?)
-    }
-
-    /// One handle of an upload is closed; the last one gets what it must finish.
-    pub fn release(&self, pending: &Arc<Pending>, closed: bool) -> Option<LastClose> {
-        self.pending.release(pending, closed)
-    }
-
-    /// Completes an upload. Returns the path relative to the drop folder if it is now a file
-    /// that may arrive (not a temp name), and the folder the caller must still fsync before
-    /// announcing it.
-    ///
-    /// Durable close, in one journal commit where the file system keeps extended attributes:
-    /// the temp file is marked complete (`user.dropsync.final` = the final name) and fsynced,
-    /// which makes its data, its marker and its (new) name durable; then it is renamed into
-    /// place and CLOSE is answered. The rename becomes durable with the caller's folder fsync,
-    /// off the client's path; a crash before that leaves a marked temp file, which
-    /// [`recover_uploads`] renames into place at the next start. Without xattrs: fdatasync,
-    /// rename, folder fsync, all before the answer.
-    pub fn finish_upload(&self, upload: &Pending, last: &LastClose, durable: bool) -> FsResult<FinishedUpload> {
-        let v = last.vpath.clone();
-        let folder = last.target.parent().unwrap_or(&self.root).to_path_buf();
-        let target_dir = match self.parent_of(&v) {
-            Ok(d) => d,
-            Err(e) => {
-                self.discard_upload(upload);
-                return Err(e);
-            }
-        };
-        let put_in_place = || -> io::Result<()> {
-            Ok(rustix::fs::renameat(
-                &upload.dir,
-                upload.tmp_name(),
-                &target_dir,
-                v.name(),
-            )?)
-        };
-        let marked = durable && mark_complete(&upload.file, v.name()).is_ok();
-        let done = if marked {
-            upload.file.sync_all().and_then(|()| put_in_place())
-        } else if durable {
-            upload
-                .file
-                .sync_data()
-                .and_then(|()| put_in_place())
-                .and_then(|()| File::from(target_dir.try_clone()?).sync_all())
-        } else {
-            put_in_place()
-        };
-        if let Err(e) = done {
-            self.discard_upload(upload);
-            return Err(FsError::io(&v, &e));
-        }
-        Ok(FinishedUpload {
-            arrived: (!is_temp_name(v.name())).then(|| v.rel()),
-            sync_folder: marked.then_some(folder),
-        })
-    }
-
-    /// Drops an upload whose last handle is gone (refused, failed, removed, or its connection
-    /// went away): nothing is left behind.
-    pub fn discard_upload(&self, upload: &Pending) {
-        let _ = rustix::fs::unlinkat(&upload.dir, upload.tmp_name(), AtFlags::empty());
     }
 
     pub fn remove(&self, raw: &str) -> FsResult<()> {
@@ -424,11 +259,16 @@ impl TenantFs {
             return Err(FsError::denied(&vt, "names starting with .dropsync- are reserved"));
         }
         let (pf, pt) = (self.real(&vf)?, self.real(&vt)?);
-        if !overwrite && (self.meta(&vt).is_ok() || self.pending.get(&pt).is_some()) {
-            return Err(FsError::new(StatusCode::Failure, format!("{vt}: already exists")));
+        let exists = || FsError::new(StatusCode::Failure, format!("{vt}: already exists"));
+        if !overwrite && self.pending.get(&pt).is_some() {
+            return Err(exists());
         }
         if self.pending.get(&pf).is_some() {
-            // Still open: it goes to its new name when its last handle is closed.
+            // Still open: it goes to its new name when its last handle is closed, replacing
+            // what is there then (as any upload does); the client's RENAME is checked now.
+            if !overwrite && self.meta(&vt).is_ok() {
+                return Err(exists());
+            }
             return match self.pending.retarget(&pf, &pt, vt.clone()) {
                 true => Ok(None),
                 false => Err(FsError::new(StatusCode::Failure, format!("{vt}: is being written"))),
@@ -436,9 +276,27 @@ impl TenantFs {
         }
         let meta = self.meta(&vf).map_err(|e| FsError::io(&vf, &e))?;
         let (from_dir, to_dir) = (self.parent_of(&vf)?, self.parent_of(&vt)?);
-        rustix::fs::renameat(&from_dir, vf.name(), &to_dir, vt.name()).map_err(|e| FsError::io(&vt, &e.into()))?;
+        // A file renamed to a final name arrives by this RENAME, and the session announces it:
+        // the watcher, which sees the rename too, is to leave it alone.
+        let arrives = meta.is_file() && !is_temp_name(vt.name());
+        if arrives {
+            self.own_renames.expect(&pt);
+        }
+        // Without overwrite the kernel refuses an existing target in the same step, so a file
+        // another writer puts there meanwhile is never replaced (a check first would race it).
+        let flags = match overwrite {
+            true => RenameFlags::empty(),
+            false => RenameFlags::NOREPLACE,
+        };
+        if let Err(e) = rustix::fs::renameat_with(&from_dir, vf.name(), &to_dir, vt.name(), flags) {
+            self.own_renames.cancel(&pt);
+            return Err(match e {
+                rustix::io::Errno::EXIST => exists(),
+                e => FsError::io(&vt, &e.into()),
+            });
+        }
         let _ = File::from(to_dir).sync_all();
-        Ok((meta.is_file() && !is_temp_name(vt.name())).then(|| vt.rel()))
+        Ok(arrives.then(|| vt.rel()))
     }
 
     /// SETSTAT: times and size are applied; ownership and mode are the daemon's business.
@@ -446,6 +304,9 @@ impl TenantFs {
         let v = VPath::parse(raw)?;
         let p = self.real(&v)?;
         if let Some(up) = self.pending.get(&p) {
+            if a.size.is_some() {
+                up.state().shared = true;
+            }
             return set_attrs(&up.file, a).map_err(|e| FsError::io(&v, &e));
         }
         let meta = self.meta(&v).map_err(|e| FsError::io(&v, &e))?;
@@ -456,10 +317,13 @@ impl TenantFs {
             return Ok(());
         }
         self.writable(&v)?;
-        let how = if meta.is_file() {
-            OFlags::WRONLY
-        } else {
-            OFlags::RDONLY | OFlags::DIRECTORY
+        // Only a new size needs write access. Times are set through a descriptor opened for
+        // reading: closing one opened for writing is a close-after-write, which the watcher
+        // would take for new content (rclone and sshfs set a file's times after uploading it).
+        let how = match (meta.is_file(), a.size.is_some()) {
+            (true, true) => OFlags::WRONLY,
+            (true, false) => OFlags::RDONLY | OFlags::NONBLOCK,
+            (false, _) => OFlags::RDONLY | OFlags::DIRECTORY,
         };
         let fd = self
             .dir
@@ -491,7 +355,8 @@ impl TenantFs {
     }
 }
 
-/// Applies size and times from `a` to an open file (SETSTAT, FSETSTAT).
+/// Applies size and times from `a` to an open file (SETSTAT, FSETSTAT): a size needs `f` open
+/// for writing, times do not.
 pub fn set_attrs(f: &File, a: &FileAttributes) -> io::Result<()> {
     if let Some(size) = a.size
         && f.metadata()?.is_file()
@@ -499,15 +364,22 @@ pub fn set_attrs(f: &File, a: &FileAttributes) -> io::Result<()> {
         f.set_len(size)?;
     }
     if a.mtime.is_some() || a.atime.is_some() {
-        let to_time = |s: u32| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s as u64);
-        let mut times = fs::FileTimes::new();
-        if let Some(m) = a.mtime {
-            times = times.set_modified(to_time(m));
-        }
-        if let Some(at) = a.atime {
-            times = times.set_accessed(to_time(at));
-        }
-        f.set_times(times)?;
+        // futimens needs no write access, only ownership: `f` may be open for reading.
+        let time = |t: Option<u32>| match t {
+            Some(secs) => rustix::fs::Timespec {
+                tv_sec: i64::from(secs),
+                tv_nsec: 0,
+            },
+            None => rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: time(a.atime),
+            last_modification: time(a.mtime),
+        };
+        rustix::fs::futimens(f, &times)?;
     }
     Ok(())
 }
@@ -528,13 +400,18 @@ pub fn attrs(m: &fs::Metadata) -> FileAttributes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingress::sftp::durable::recover_uploads;
+    use crate::ingress::sftp::durable::{mark_complete, recover_uploads};
+    use crate::ingress::sftp::pending::Pending;
+    use crate::ingress::sftp::upload::FinishedUpload;
 
     fn fx() -> (tempfile::TempDir, TenantFs) {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("drop/acme");
         fs::create_dir_all(root.join("reports")).unwrap();
-        (d, TenantFs::new(root, "acme", Arc::default()).unwrap())
+        (
+            d,
+            TenantFs::new(root, "acme", Arc::default(), OwnRenames::default()).unwrap(),
+        )
     }
 
     fn put(t: &TenantFs, raw: &str, truncate: bool, exclusive: bool) -> FsResult<Arc<Pending>> {
@@ -545,7 +422,7 @@ mod tests {
     /// CLOSE of a handle that is the last one.
     fn close(t: &TenantFs, up: Arc<Pending>) -> FsResult<FinishedUpload> {
         let last = t.release(&up, true).expect("the last handle");
-        t.finish_upload(&up, &last, true)
+        t.finish_upload(up, &last, true)
     }
 
     fn write(up: &Pending, data: &[u8]) {
@@ -699,7 +576,7 @@ mod tests {
         assert!(!first.poison_unless_confirmed("lost"), "confirmed by the other CLOSE");
         let last = t.release(&first, false).unwrap();
         assert!(last.confirmed && last.failed.is_none());
-        t.finish_upload(&first, &last, true).unwrap();
+        t.finish_upload(first, &last, true).unwrap();
         assert_eq!(fs::read(t.root().join("b.wav")).unwrap(), b"RIFF-rest");
         // Cut first: a later CLOSE elsewhere is not confirmed and finds the upload doomed.
         let first = put(&t, "/c.wav", true, false).unwrap();

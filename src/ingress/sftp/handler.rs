@@ -236,6 +236,7 @@ impl russh::server::Handler for Connection {
             self.shared.drops.tenant_dir(&tenant),
             tenant.as_str(),
             self.shared.pending.clone(),
+            self.shared.own_renames.clone(),
         ) {
             Ok(fs) => fs,
             Err(e) => {
@@ -248,7 +249,6 @@ impl russh::server::Handler for Connection {
             fs,
             tenant,
             arrivals: self.shared.arrivals.clone(),
-            hints: self.shared.hints.clone(),
             max_file_size: self.shared.limits.max_file_size,
             max_handles: self.shared.limits.max_handles as usize,
             fsync_on_close: self.shared.limits.fsync_on_close,

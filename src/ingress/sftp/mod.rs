@@ -17,6 +17,7 @@ pub mod listing;
 pub mod penalties;
 pub mod pending;
 pub mod session;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -36,7 +37,7 @@ use russh::keys::ssh_key::public::KeyData;
 use crate::config::LiveConfig;
 use crate::config::SftpConfig;
 use crate::dropbox::DropRoot;
-use crate::ingress::{IngressEvent, ViaHints};
+use crate::ingress::{IngressEvent, OwnRenames};
 use crate::limits::Limits;
 use crate::tenant::TenantId;
 use auth::{Bans, KeyStore};
@@ -64,7 +65,8 @@ pub struct Shared {
     keys: RwLock<Arc<KeyStore>>,
     pub drops: DropRoot,
     pub arrivals: mpsc::Sender<IngressEvent>,
-    pub hints: ViaHints,
+    /// Client RENAMEs the sessions announce themselves, for the watcher to leave alone.
+    pub own_renames: OwnRenames,
     pub limits: SftpConfig,
     pub quotas: Arc<Limits>,
     pub config: LiveConfig,
@@ -217,7 +219,7 @@ pub struct SftpServer {
 pub struct SftpDeps {
     pub drops: DropRoot,
     pub arrivals: mpsc::Sender<IngressEvent>,
-    pub hints: ViaHints,
+    pub own_renames: OwnRenames,
     pub quotas: Arc<Limits>,
     /// The configuration in force (which names are recordings).
     pub config: LiveConfig,
@@ -232,7 +234,7 @@ impl SftpServer {
             pending: Arc::default(),
             drops: deps.drops,
             arrivals: deps.arrivals,
-            hints: deps.hints,
+            own_renames: deps.own_renames,
             ssh: Arc::new(ssh_config(&limits, host_keys)),
             sessions: Arc::new(Semaphore::new(limits.max_sessions as usize)),
             per_ip: Mutex::new(HashMap::new()),

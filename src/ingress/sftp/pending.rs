@@ -42,8 +42,8 @@ pub struct PendingState {
     pub target: PathBuf,
     pub vpath: VPath,
     handles: usize,
-    /// More than one handle wrote to it: a digest taken from one handle's writes is not the
-    /// file's.
+    /// More than one handle wrote to it, or its size was set by path (SETSTAT): a digest taken
+    /// from one handle's writes is not the file's.
     pub shared: bool,
     /// Why a write was refused or failed: the upload is discarded at its last CLOSE.
     pub failed: Option<String>,

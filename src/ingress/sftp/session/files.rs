@@ -8,9 +8,9 @@
 use super::digest::StreamDigest;
 use super::*;
 use crate::dropbox::FileKind;
+use crate::ingress::KnownDigest;
 use crate::ingress::sftp::fs::{FsResult, VPath};
 use crate::ingress::sftp::pending::{LastClose, Pending};
-use crate::ingress::{Hint, KnownDigest};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 
@@ -21,7 +21,7 @@ pub(super) struct UploadHandle {
     /// The upload, shared with the other handles that have it open and with in-flight writes.
     pub(super) pending: Arc<Pending>,
     /// A recording's SHA-256, taken as this handle's writes come in (a new upload only).
-    digest: StreamDigest,
+    pub(super) digest: StreamDigest,
     /// Writes waiting for this handle's writer thread.
     queue: Arc<Mutex<WriteQueue>>,
     /// Counted among the uploads a stop waits for; CLOSE hands it to its reply.
@@ -51,12 +51,19 @@ struct WriteJob {
 }
 
 /// A handle's writer: lands its queued writes, batch after batch, until none are left.
-fn write_queued(queue: &Mutex<WriteQueue>, pending: &Pending, tx: &mpsc::Sender<Reply>, durable: bool) {
+fn write_queued(queue: &Mutex<WriteQueue>, pending: Arc<Pending>, tx: &mpsc::Sender<Reply>, durable: bool) {
+    // The last write's gate is let go after this thread's reference to the upload: the last
+    // CLOSE, which waits for the gate, then holds the only one, and closes the temp file before
+    // its rename (see `put_in_place`).
+    let mut last_gate = None;
     loop {
         let jobs = {
             let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
             if q.jobs.is_empty() {
                 q.running = false;
+                drop(q);
+                drop(pending);
+                drop(last_gate);
                 return;
             }
             std::mem::take(&mut q.jobs)
@@ -71,7 +78,7 @@ fn write_queued(queue: &Mutex<WriteQueue>, pending: &Pending, tx: &mpsc::Sender<
                 }
             };
             // Released after the poison is set, so CLOSE (which waits for the gate) sees it.
-            drop(job.gate);
+            last_gate = Some(job.gate);
             send_packet_blocking(tx, job.seq, reply, job.permit);
         }
     }
@@ -208,16 +215,22 @@ impl Session {
             let (tx, durable) = (self.tx.clone(), self.ctx.fsync_on_close);
             // The blocking thread answers by itself: no hop back through the runtime.
             self.requests
-                .spawn_blocking(move || write_queued(&queue, &pending, &tx, durable));
+                .spawn_blocking(move || write_queued(&queue, pending, &tx, durable));
         }
         Ok(())
     }
 
     pub(super) async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Result<(), String> {
-        let file = match self.handles.get(&handle) {
-            Some(OpenHandle::Read(f)) => f.clone(),
-            Some(OpenHandle::Upload(u)) => u.pending.file.clone(),
+        let (file, gate) = match self.handles.get(&handle) {
+            Some(OpenHandle::Read(f)) => (f.clone(), None),
+            Some(OpenHandle::Upload(u)) => (u.pending.file.clone(), Some(u.pending.gate.clone())),
             _ => return self.send(status(id, StatusCode::Failure, "invalid handle")).await,
+        };
+        // A read of an upload holds its CLOSE off like a write, and lets go of the file first
+        // (see `write_queued`).
+        let gate = match gate {
+            Some(g) => Some(g.read_owned().await),
+            None => None,
         };
         let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let (tx, seq) = (self.tx.clone(), self.seq);
@@ -244,6 +257,8 @@ impl Session {
                 Err(e) => status(id, StatusCode::Failure, &format!("read failed: {e}")),
             };
             send_packet_blocking(&tx, seq, reply, permit);
+            drop(file);
+            drop(gate);
         });
         Ok(())
     }
@@ -278,7 +293,8 @@ impl Session {
                 None => ok(id),
             });
         };
-        drop(all_written);
+        // The handle's reference is the last one: it goes to `finish_upload`.
+        drop((all_written, pending));
         Ok(match self.finish_last(u, last).await? {
             Ok(()) => ok(id),
             Err(e) => fs_err(id, e),
@@ -288,7 +304,9 @@ impl Session {
     /// What the last handle of an upload leaves: the file in place and announced, or nothing
     /// if a write failed or it was removed meanwhile.
     async fn finish_last(&mut self, u: UploadHandle, last: LastClose) -> Result<FsResult<()>, String> {
-        let pending = u.pending.clone();
+        // Taken apart, so that `finish_upload` gets the upload's last reference and can close
+        // the temp file before it is renamed.
+        let UploadHandle { pending, digest, .. } = u;
         if last.removed {
             self.ctx.fs.discard_upload(&pending);
             return Ok(Ok(()));
@@ -303,24 +321,19 @@ impl Session {
         if let Some(grant) = last.grant.take() {
             grant.keep();
         }
-        // How it came, and its digest if every byte was hashed as one handle wrote it: noted
-        // before the rename, which the watcher may report first.
+        // Its digest, if every byte was hashed as one handle wrote it: it goes with the arrival.
         let meta = pending.file.metadata().ok();
         let size = meta.as_ref().map_or(0, |m| m.len());
         let digest = match &meta {
-            Some(m) if !last.shared => u.digest.finish(size).await.map(|sha256| KnownDigest {
+            Some(m) if !last.shared => digest.finish(size).await.map(|sha256| KnownDigest {
                 size,
                 mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
                 sha256,
             }),
             _ => None,
         };
-        let hint = (self.ctx.hints.clone(), last.target.clone());
         let durable = self.ctx.fsync_on_close;
-        let finish = move |fs: &TenantFs| {
-            hint.0.note_hint(hint.1, Hint { via: Via::Sftp, digest });
-            fs.finish_upload(&pending, &last, durable)
-        };
+        let finish = move |fs: &TenantFs| fs.finish_upload(pending, &last, durable);
         // Without fsync, finishing is a rename.
         let finished = if durable {
             self.blocking(move |fs| finish(&fs)).await?
@@ -332,7 +345,7 @@ impl Session {
                 arrived: Some(rel),
                 sync_folder: None,
             }) => {
-                self.announce(&rel).await;
+                self.announce(&rel, digest).await;
                 Ok(())
             }
             Ok(FinishedUpload {
@@ -342,7 +355,7 @@ impl Session {
                 // The data is durable and the client may go on; the rename becomes durable
                 // before the file is announced (a crash in between is undone by recover_uploads).
                 if let Some(q) = &self.folder_syncs {
-                    let _ = q.send((folder, arrived));
+                    let _ = q.send((folder, arrived.map(|rel| (rel, digest))));
                 }
                 Ok(())
             }

@@ -19,11 +19,12 @@ use russh_sftp::protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{OwnedRwLockReadGuard, Semaphore, mpsc};
 
-use super::fs::{FinishedUpload, FsError, TenantFs, set_attrs};
+use super::fs::{FsError, TenantFs, set_attrs};
+use super::upload::FinishedUpload;
 use crate::catalog::Via;
 use crate::config::LiveConfig;
 use crate::dropbox::RelPath;
-use crate::ingress::{Arrived, IngressEvent, ViaHints};
+use crate::ingress::{Arrived, IngressEvent, KnownDigest};
 use crate::limits::Limits;
 use crate::tenant::TenantId;
 
@@ -42,7 +43,6 @@ pub struct SessionCtx {
     pub tenant: TenantId,
     pub fs: TenantFs,
     pub arrivals: mpsc::Sender<IngressEvent>,
-    pub hints: ViaHints,
     pub max_file_size: u64,
     /// Handles this session may hold open at once.
     pub max_handles: usize,
@@ -136,11 +136,13 @@ where
     if let Err(why) = session.run(&mut reader).await {
         tracing::debug!(tenant = %session.ctx.tenant, "sftp session ended: {why}");
     }
-    // Closing the queue lets the folder syncer finish what is queued, then end.
+    metrics::gauge!("dropsync_sftp_handles").decrement(session.handles.len() as f64);
+    // Unfinished uploads first (each waits for its writes): one that another session's CLOSE
+    // confirmed is put in place, and announced with the folder syncer's last batch. Closing
+    // its queue then lets the syncer finish what is queued, and end.
+    session.abort_all().await;
     session.folder_syncs = None;
     while session.requests.join_next().await.is_some() {}
-    metrics::gauge!("dropsync_sftp_handles").decrement(session.handles.len() as f64);
-    session.abort_all().await;
     drop(session);
     let _ = write_task.await;
     ended.await;
@@ -158,9 +160,13 @@ struct Session {
     slots: Arc<Semaphore>,
     /// READ/WRITE requests in flight; waited for before the session ends.
     requests: tokio::task::JoinSet<()>,
-    /// Closed uploads whose rename is not durable yet: (folder, path to announce).
-    folder_syncs: Option<mpsc::UnboundedSender<(std::path::PathBuf, Option<String>)>>,
+    /// Closed uploads whose rename is not durable yet: their folders, and what to announce.
+    folder_syncs: Option<mpsc::UnboundedSender<(std::path::PathBuf, Option<Announce>)>>,
 }
+
+/// An arrival to announce: its path relative to the drop folder, and its digest if it was
+/// hashed as it was written.
+type Announce = (String, Option<KnownDigest>);
 
 /// How long the folder syncer waits for more closes before one fsync covers them all.
 const FOLDER_SYNC_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
@@ -169,7 +175,7 @@ const FOLDER_SYNC_WINDOW: std::time::Duration = std::time::Duration::from_millis
 /// announces the files. A client closing files one after another would otherwise pay a second
 /// journal commit per file.
 async fn sync_folders_then_announce(
-    mut pending: mpsc::UnboundedReceiver<(std::path::PathBuf, Option<String>)>,
+    mut pending: mpsc::UnboundedReceiver<(std::path::PathBuf, Option<Announce>)>,
     arrivals: mpsc::Sender<IngressEvent>,
     tenant: TenantId,
 ) {
@@ -185,9 +191,9 @@ async fn sync_folders_then_announce(
         if !matches!(synced, Ok(Ok(()))) {
             tracing::warn!(tenant = %tenant, "could not fsync a folder after uploads");
         }
-        for (_, rel) in batch {
-            if let Some(rel) = rel {
-                announce(&arrivals, &tenant, &rel).await;
+        for (_, arrived) in batch {
+            if let Some((rel, digest)) = arrived {
+                announce(&arrivals, &tenant, &rel, digest).await;
             }
         }
     }
@@ -381,9 +387,13 @@ impl Session {
                             Some(why) => Err(why),
                             None => set_attrs(&u.pending.file, &s.attrs).map_err(|e| e.to_string()),
                         };
-                        match result {
-                            Ok(()) => ok(s.id),
-                            Err(why) => status(s.id, StatusCode::Failure, &why),
+                        match (result, s.attrs.size) {
+                            (Ok(()), Some(size)) => {
+                                u.digest.set_size(size, &u.pending.file).await;
+                                ok(s.id)
+                            }
+                            (Ok(()), None) => ok(s.id),
+                            (Err(why), _) => status(s.id, StatusCode::Failure, &why),
                         }
                     }
                     Some(OpenHandle::Read(_)) => status(s.id, StatusCode::PermissionDenied, "file is open for reading"),
@@ -437,8 +447,8 @@ impl Session {
         (size > self.ctx.max_file_size).then(|| too_large(self.ctx.max_file_size))
     }
 
-    async fn announce(&self, rel: &str) {
-        announce(&self.ctx.arrivals, &self.ctx.tenant, rel).await;
+    async fn announce(&self, rel: &str, digest: Option<KnownDigest>) {
+        announce(&self.ctx.arrivals, &self.ctx.tenant, rel, digest).await;
     }
 
     /// Tells intake that a file the tenant removed (or renamed away) is gone, so that the
@@ -466,21 +476,13 @@ impl Session {
     }
 
     async fn rename(&self, id: u32, from: String, to: String, overwrite: bool) -> Result<(), String> {
-        let hints = self.ctx.hints.clone();
         let from_path = from.clone();
-        let result = self
-            .blocking(move |fs| {
-                if let Ok(v) = super::fs::VPath::parse(&to) {
-                    hints.note(fs.root().join(v.rel()), Via::Sftp);
-                }
-                fs.rename(&from, &to, overwrite)
-            })
-            .await?;
+        let result = self.blocking(move |fs| fs.rename(&from, &to, overwrite)).await?;
         let reply = match result {
             Ok(arrived) => {
                 self.announce_gone(&from_path).await;
                 if let Some(rel) = arrived {
-                    self.announce(&rel).await;
+                    self.announce(&rel, None).await;
                 }
                 ok(id)
             }
@@ -569,14 +571,16 @@ fn version() -> Version {
     v
 }
 
-/// Tells intake that `rel` has arrived.
-async fn announce(arrivals: &mpsc::Sender<IngressEvent>, tenant: &TenantId, rel: &str) {
+/// Tells intake that `rel` has arrived (the only announcement of it: the watcher leaves our
+/// renames alone), with its digest if it was hashed as it was written.
+async fn announce(arrivals: &mpsc::Sender<IngressEvent>, tenant: &TenantId, rel: &str, digest: Option<KnownDigest>) {
     if let Some(rel) = RelPath::parse(rel) {
         tracing::info!(tenant = %tenant, file = rel.as_str(), "upload complete");
         let event = IngressEvent::Arrived(Arrived {
             tenant: tenant.clone(),
             rel,
             via: Via::Sftp,
+            digest,
         });
         let _ = arrivals.send(event).await;
     }
