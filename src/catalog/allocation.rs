@@ -5,8 +5,14 @@
 //! (behind any conversation held before it, so they go out in arrival order) or `rejected`.
 //! Held ones are released in arrival order while they fit: when the allocation is raised, when
 //! it is removed, or when a new month begins.
+//!
+//! The held lists are derived again only when something could let one of them move: the
+//! allocations (a reload, a new month), or a change the writer connection counts in
+//! `temp.held_room` (seconds given back, a held or released conversation leaving the queue
+//! otherwise). Every forwarder pass asks, and most passes are told there is nothing to do.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
@@ -59,6 +65,32 @@ pub(super) enum Verdict {
     Go,
     Stop { state: &'static str, detail: String },
 }
+
+/// Counts, on the writer connection only, the changes that can make room for held
+/// conversations or take the head off a tenant's held list. Triggers count them in the same
+/// transaction as the change, whatever code made it. TEMP: nothing to migrate, and a restart
+/// derives the held lists anyway. Going from `held` or `ready` to `forwarding` or `held` is not
+/// counted (it takes room, never gives it); neither is a release (`held` to `ready`).
+const HELD_ROOM: &str = "
+CREATE TEMP TABLE IF NOT EXISTS held_room (changes INTEGER NOT NULL);
+INSERT INTO held_room SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM held_room);
+CREATE TEMP TRIGGER IF NOT EXISTS held_room_left AFTER UPDATE OF state ON main.conversations
+WHEN OLD.state IN ('held', 'ready') AND NEW.state NOT IN ('held', 'ready', 'forwarding') BEGIN
+    UPDATE held_room SET changes = changes + 1;
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS held_room_refund AFTER UPDATE OF seconds ON main.minute_usage
+WHEN NEW.seconds < OLD.seconds BEGIN
+    UPDATE held_room SET changes = changes + 1;
+END;
+";
+
+/// Installs the `held_room` count on a writer connection.
+pub(super) fn count_held_room(conn: &Connection) -> Result<()> {
+    Ok(conn.execute_batch(HELD_ROOM)?)
+}
+
+/// What the held lists were last derived for: the allocations, and the `held_room` count then.
+pub(super) type HeldDerived = Mutex<Option<(Allocations, i64)>>;
 
 /// The seconds a conversation counts: its longest recording, rounded up.
 fn seconds_of(tx: &Transaction<'_>, conv: i64) -> Result<u64> {
@@ -119,8 +151,13 @@ fn over_allocation(
     seconds: u64,
 ) -> Result<Option<Verdict>> {
     if a.on_exceeded == OnExceeded::Hold {
+        // Only one that arrived before it: those released with it arrived before the ones that
+        // stay held, and must not be held again behind them.
         let earlier: Option<i64> = tx
-            .prepare_cached("SELECT id FROM conversations WHERE tenant = ?1 AND state = 'held' AND id != ?2 LIMIT 1")?
+            .prepare_cached(
+                "SELECT h.id FROM conversations h, conversations c WHERE c.id = ?2 AND h.tenant = ?1 AND h.state = 'held'
+                   AND (h.received_at, h.id) < (c.received_at, c.id) LIMIT 1",
+            )?
             .query_row(params![tenant, conv], |r| r.get(0))
             .optional()?;
         if earlier.is_some() {
@@ -167,9 +204,18 @@ pub(super) fn refund(tx: &Transaction<'_>, conv: i64) -> Result<()> {
 
 impl Catalog {
     /// Releases held conversations, in arrival order, while they fit in their tenant's
-    /// allocation now (all of them if it has none any more). Returns how many.
+    /// allocation now (all of them if it has none any more). Returns how many. Does nothing,
+    /// without a transaction, unless the allocations or the `held_room` count changed since the
+    /// held lists were last derived; the ones that do not fit are not touched.
     pub fn release_held(&self, allocations: &Allocations, now: i64) -> Result<usize> {
         let mut conn = self.lock();
+        let changes: i64 = conn
+            .prepare_cached("SELECT changes FROM temp.held_room")?
+            .query_row([], |r| r.get(0))?;
+        let mut derived = self.held_derived.lock().unwrap_or_else(|p| p.into_inner());
+        if derived.as_ref().is_some_and(|(a, c)| *c == changes && a == allocations) {
+            return Ok(0);
+        }
         let tx = conn.transaction()?;
         let tenants: Vec<String> = tx
             .prepare_cached("SELECT DISTINCT tenant FROM conversations WHERE state = 'held'")?
@@ -177,36 +223,10 @@ impl Catalog {
             .collect::<rusqlite::Result<_>>()?;
         let mut released = 0;
         for tenant in tenants {
-            let held: Vec<i64> = tx
-                .prepare_cached(
-                    "SELECT id FROM conversations WHERE tenant = ?1 AND state = 'held' ORDER BY received_at, id",
-                )?
-                .query_map([&tenant], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut room = match allocations.get(&tenant) {
-                Some(AllocationNow {
-                    seconds: Some(allocated),
-                    month,
-                    ..
-                }) => Some(allocated.saturating_sub(used(&tx, &tenant, month)?)),
-                _ => None,
-            };
-            for conv in held {
-                if let Some(room) = room.as_mut() {
-                    let seconds = seconds_of(&tx, conv)?;
-                    if seconds > *room {
-                        break;
-                    }
-                    *room -= seconds;
-                }
-                tx.prepare_cached(
-                    "UPDATE conversations SET state = 'ready', detail = NULL, next_attempt_at = ?2, changed_at = ?2 WHERE id = ?1",
-                )?
-                .execute(params![conv, now])?;
-                released += 1;
-            }
+            released += release_tenant(&tx, &tenant, allocations.get(&tenant), now)?;
         }
         tx.commit()?;
+        *derived = Some((allocations.clone(), changes));
         Ok(released)
     }
 
@@ -229,4 +249,42 @@ impl Catalog {
         }
         Ok(out)
     }
+}
+
+/// Releases `tenant`'s held conversations in arrival order while they fit in `allocation`;
+/// stops at the first that does not, reading no further. Returns how many.
+fn release_tenant(tx: &Transaction<'_>, tenant: &str, allocation: Option<&AllocationNow>, now: i64) -> Result<usize> {
+    let mut room = match allocation {
+        Some(AllocationNow {
+            seconds: Some(allocated),
+            month,
+            ..
+        }) => Some(allocated.saturating_sub(used(tx, tenant, month)?)),
+        _ => None,
+    };
+    let mut fit = Vec::new();
+    {
+        let mut held = tx.prepare_cached(
+            "SELECT id FROM conversations WHERE tenant = ?1 AND state = 'held' ORDER BY received_at, id",
+        )?;
+        let mut rows = held.query([tenant])?;
+        while let Some(row) = rows.next()? {
+            let conv: i64 = row.get(0)?;
+            if let Some(room) = room.as_mut() {
+                let seconds = seconds_of(tx, conv)?;
+                if seconds > *room {
+                    break;
+                }
+                *room -= seconds;
+            }
+            fit.push(conv);
+        }
+    }
+    for conv in &fit {
+        tx.prepare_cached(
+            "UPDATE conversations SET state = 'ready', detail = NULL, next_attempt_at = ?2, changed_at = ?2 WHERE id = ?1",
+        )?
+        .execute(params![conv, now])?;
+    }
+    Ok(fit.len())
 }

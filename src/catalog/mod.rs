@@ -133,6 +133,8 @@ impl ConvState {
 pub struct Catalog {
     conn: Arc<Mutex<Connection>>,
     readers: Arc<Readers>,
+    /// Taken only with `conn` held.
+    held_derived: Arc<allocation::HeldDerived>,
 }
 
 /// Read-only connections, opened on demand and kept for reuse.
@@ -186,6 +188,7 @@ impl Catalog {
         let mut conn = Connection::open(path)?;
         configure(&mut conn)?;
         migrate(&conn, path)?;
+        allocation::count_held_room(&conn)?;
         Ok(Catalog::with_writer(conn, path))
     }
 
@@ -215,6 +218,7 @@ impl Catalog {
                 path: path.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
             }),
+            held_derived: Arc::default(),
         }
     }
 

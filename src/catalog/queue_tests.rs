@@ -258,6 +258,22 @@ fn claimed_ids(cat: &Catalog, now: i64, a: &Allocations) -> Vec<String> {
     work.into_iter().map(|w| w.conversation_id).collect()
 }
 
+/// One call per `(name, ms)`: `name.wav` of `ms`, and a row of `file` naming it (id: the name
+/// in capitals). Returns the metadata file's id.
+fn timed_calls(cat: &Catalog, file: &str, calls: &[(&str, u64)]) -> i64 {
+    for (name, ms) in calls {
+        timed_recording(cat, &format!("{name}.wav"), *ms, 1000);
+    }
+    let (_, m) = metadata(cat, file, 1000);
+    let rows: Vec<RowInput> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| row(i as u64 + 2, &n.to_uppercase(), &[&format!("{n}.wav")], "x"))
+        .collect();
+    cat.add_rows(m, &rows, 1000, GRACE).unwrap();
+    m
+}
+
 /// Two minutes: 61 s and 50 s go (rounded up: 60.2 s counts 61), 30 s is held, and the 5 s one
 /// after it waits behind it (arrival order); a raise releases both in order; a retry of a
 /// charged conversation is not charged twice; with "reject", each is decided on its own.
@@ -266,16 +282,11 @@ fn a_minute_allocation_lets_through_what_fits_and_holds_the_rest_in_order() {
     use crate::tenant::OnExceeded;
     let fx = fixture();
     let cat = &fx.cat;
-    for (name, ms) in [("a", 60_200), ("b", 50_000), ("c", 30_000), ("d", 5_000)] {
-        timed_recording(cat, &format!("{name}.wav"), ms, 1000);
-    }
-    let (_, m) = metadata(cat, "batch.csv", 1000);
-    let rows: Vec<RowInput> = ["a", "b", "c", "d"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| row(i as u64 + 2, &n.to_uppercase(), &[&format!("{n}.wav")], "x"))
-        .collect();
-    cat.add_rows(m, &rows, 1000, GRACE).unwrap();
+    let m = timed_calls(
+        cat,
+        "batch.csv",
+        &[("a", 60_200), ("b", 50_000), ("c", 30_000), ("d", 5_000)],
+    );
     let two = allocation(Some(2), OnExceeded::Hold);
     assert_eq!(claimed_ids(cat, 1001, &two), ["A", "B"]);
     let lines = cat.report_lines(m).unwrap();
@@ -302,16 +313,7 @@ fn a_minute_allocation_lets_through_what_fits_and_holds_the_rest_in_order() {
     // "reject": e (40 s) passes two minutes of a fresh month on its own; f (10 s) still fits.
     let fx = fixture();
     let cat = &fx.cat;
-    for (name, ms) in [("e", 100_000), ("f", 40_000), ("g", 10_000)] {
-        timed_recording(cat, &format!("{name}.wav"), ms, 1000);
-    }
-    let (_, m) = metadata(cat, "b.csv", 1000);
-    let rows: Vec<RowInput> = ["e", "f", "g"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| row(i as u64 + 2, &n.to_uppercase(), &[&format!("{n}.wav")], "x"))
-        .collect();
-    cat.add_rows(m, &rows, 1000, GRACE).unwrap();
+    let m = timed_calls(cat, "b.csv", &[("e", 100_000), ("f", 40_000), ("g", 10_000)]);
     let reject = allocation(Some(2), OnExceeded::Reject);
     // Claimed but not completed, then recovered after a "crash": charged once.
     let work = cat.claim(1001, 100, &reject).unwrap();
@@ -329,4 +331,60 @@ fn a_minute_allocation_lets_through_what_fits_and_holds_the_rest_in_order() {
         "{}",
         lines[1].detail
     );
+}
+
+/// The report-change counter of metadata file `m`.
+fn report_version(cat: &Catalog, m: i64) -> i64 {
+    let stale = cat.stale_reports(0, 100).unwrap();
+    stale.iter().find(|s| s.metadata_file_id == m).map_or(0, |s| s.version)
+}
+
+/// Five 35 s calls under one minute: one goes, four are held. Two minutes release the next two
+/// only (105 s), and they are not held again behind the two that stay, which are not touched.
+/// A new month releases what fits in it; seconds given back (a permanent failure) release more.
+#[test]
+fn held_calls_are_released_as_far_as_they_fit_and_the_rest_is_left_alone() {
+    use crate::tenant::OnExceeded;
+    let fx = fixture();
+    let cat = &fx.cat;
+    let calls = ["a", "b", "c", "d", "e"].map(|n| (n, 35_000));
+    let m = timed_calls(cat, "batch.csv", &calls);
+    let one = allocation(Some(1), OnExceeded::Hold);
+    assert_eq!(cat.release_held(&one, 1001).unwrap(), 0);
+    assert_eq!(claimed_ids(cat, 1001, &one), ["A"]);
+    let before = cat.report_lines(m).unwrap();
+    let statuses =
+        |cat: &Catalog| -> Vec<&'static str> { cat.report_lines(m).unwrap().iter().map(|l| l.status).collect() };
+    assert_eq!(statuses(cat), ["forwarded", "held", "held", "held", "held"]);
+
+    let two = allocation(Some(2), OnExceeded::Hold);
+    assert_eq!(cat.release_held(&two, 1002).unwrap(), 2);
+    assert_eq!(claimed_ids(cat, 1003, &two), ["B", "C"]);
+    assert_eq!(statuses(cat), ["forwarded", "forwarded", "forwarded", "held", "held"]);
+    assert_eq!(cat.minutes(&two).unwrap()["acme"].seconds_used, 105);
+    // The two that stay are not rewritten, however often the forwarders ask.
+    let version = report_version(cat, m);
+    for now in 1004..1010 {
+        assert_eq!(cat.release_held(&two, now).unwrap(), 0);
+        assert!(cat.claim(now, 100, &two).unwrap().is_empty());
+    }
+    assert_eq!(report_version(cat, m), version, "held rows were rewritten");
+    assert_eq!(cat.report_lines(m).unwrap()[3..], before[3..]);
+
+    // A new month: one minute holds D (35 s), not E after it.
+    let mut december = one.clone();
+    december.get_mut("acme").unwrap().month = "2026-12".into();
+    assert_eq!(cat.release_held(&december, 1010).unwrap(), 1);
+    let work = cat.claim(1011, 100, &december).unwrap();
+    assert_eq!(
+        work.iter().map(|w| w.conversation_id.as_str()).collect::<Vec<_>>(),
+        ["D"]
+    );
+    assert_eq!(cat.minutes(&december).unwrap()["acme"].seconds_used, 35);
+    assert_eq!(cat.release_held(&december, 1012).unwrap(), 0);
+    // D fails for good: its seconds come back, and E fits in them.
+    cat.fail(work[0].id, "permission denied", 1013).unwrap();
+    assert_eq!(cat.minutes(&december).unwrap()["acme"].seconds_used, 0);
+    assert_eq!(cat.release_held(&december, 1014).unwrap(), 1);
+    assert_eq!(claimed_ids(cat, 1015, &december), ["E"]);
 }

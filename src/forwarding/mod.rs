@@ -170,7 +170,8 @@ impl Worker for ForwardWorker {
 
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
         // Minute allocations as they stand now: held conversations that fit again (raised by a
-        // reload, or a new month) go back to the queue before the claim.
+        // reload, a new month, seconds given back) go back to the queue before the claim. The
+        // catalog derives its held lists again only when one of those changed.
         let allocations = allocations_for(&self.forwarder.config.get().tenants, now_ms());
         let batch = self
             .forwarder

@@ -6,6 +6,7 @@ mod ftp;
 mod ftp_servers;
 mod harness;
 mod isolation;
+mod minutes;
 mod ops;
 mod pipeline;
 mod quota;
