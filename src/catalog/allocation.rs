@@ -1,7 +1,8 @@
 //! Minute allocations (SPEC §9). A conversation counts its longest recording, rounded up to
 //! the second. It is charged to the tenant's month when it is first claimed for forwarding, in
 //! the claim's own transaction, so concurrent forwarders and restarts never count it twice or
-//! let two conversations share the last minutes. One that would pass the allocation is `held`
+//! let two conversations share the last minutes. A re-send is charged the difference from what
+//! the conversation was charged before (given back when shorter), the same way. One that would pass the allocation is `held`
 //! (behind any conversation held before it, so they go out in arrival order) or `rejected`.
 //! Held ones are released in arrival order while they fit: when the allocation is raised, when
 //! it is removed, or when a new month begins.
@@ -102,6 +103,39 @@ fn seconds_of(tx: &Transaction<'_>, conv: i64) -> Result<u64> {
     Ok((ms.unwrap_or(0).max(0) as u64).div_ceil(1000))
 }
 
+/// A send of a conversation against what its sends were charged so far.
+struct Owed {
+    /// What this send counts.
+    seconds: u64,
+    /// What the sends of the same conversation were charged and kept (this one included, if
+    /// it was charged before: a retry, or an FTP revision sent again in the same row).
+    counted: i64,
+}
+
+impl Owed {
+    /// What charging this send adds: all of it the first time, the difference for a re-send
+    /// (negative: given back), nothing for a retry.
+    fn due(&self) -> i64 {
+        self.seconds as i64 - self.counted
+    }
+}
+
+/// What `conv` owes now. The sum over the conversation's sends keeps what it was charged in all
+/// equal to the length of its last charged send, whichever row carries which part.
+fn owed(tx: &Transaction<'_>, conv: i64) -> Result<Owed> {
+    let counted: i64 = tx
+        .prepare_cached(
+            "SELECT coalesce(sum(o.charged_seconds), 0) FROM conversations c JOIN conversations o
+               ON o.tenant = c.tenant AND o.conversation_id = c.conversation_id
+             WHERE c.id = ?1 AND o.charged_month IS NOT NULL",
+        )?
+        .query_row([conv], |r| r.get(0))?;
+    Ok(Owed {
+        seconds: seconds_of(tx, conv)?,
+        counted,
+    })
+}
+
 /// Seconds charged to `tenant` in `month`.
 fn used(conn: &Connection, tenant: &str, month: &str) -> Result<u64> {
     let s: Option<i64> = conn
@@ -116,39 +150,42 @@ fn minutes(seconds: u64) -> String {
 }
 
 /// Decides, inside the claim's transaction, whether `conv` of `tenant` may be forwarded now,
-/// and charges it if so. A conversation already charged (a retry) or an update of one already
-/// forwarded is not charged again.
+/// and charges it if so: what it owes (see [`Owed::due`]) goes to this month, and onto the
+/// row's `charged_seconds`. A re-send that adds seconds is held or rejected like a first send
+/// when they do not fit; one that gives seconds back always goes (a month never drops below
+/// zero).
 pub(super) fn charge(tx: &Transaction<'_>, conv: i64, tenant: &str, a: &AllocationNow) -> Result<Verdict> {
-    let (charged, updated): (Option<String>, bool) = tx
-        .prepare_cached("SELECT charged_month, updated FROM conversations WHERE id = ?1")?
-        .query_row([conv], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    if charged.is_some() || updated {
-        return Ok(Verdict::Go);
-    }
-    let seconds = seconds_of(tx, conv)?;
-    if let Some(allocated) = a.seconds
-        && let Some(stop) = over_allocation(tx, conv, tenant, a, allocated, seconds)?
+    let owed = owed(tx, conv)?;
+    let due = owed.due();
+    if due > 0
+        && let Some(allocated) = a.seconds
+        && let Some(stop) = over_allocation(tx, conv, tenant, a, allocated, &owed)?
     {
         return Ok(stop);
     }
-    tx.prepare_cached(
-        "INSERT INTO minute_usage (tenant, month, seconds) VALUES (?1, ?2, ?3)
-         ON CONFLICT(tenant, month) DO UPDATE SET seconds = seconds + excluded.seconds",
-    )?
-    .execute(params![tenant, a.month, seconds as i64])?;
-    tx.prepare_cached("UPDATE conversations SET charged_month = ?2, charged_seconds = ?3 WHERE id = ?1")?
-        .execute(params![conv, a.month, seconds as i64])?;
+    if due != 0 {
+        tx.prepare_cached(
+            "INSERT INTO minute_usage (tenant, month, seconds) VALUES (?1, ?2, max(0, ?3))
+             ON CONFLICT(tenant, month) DO UPDATE SET seconds = max(0, seconds + ?3)",
+        )?
+        .execute(params![tenant, a.month, due])?;
+        tx.prepare_cached(
+            "UPDATE conversations SET charged_month = ?2, charged_seconds = coalesce(charged_seconds, 0) + ?3 WHERE id = ?1",
+        )?
+        .execute(params![conv, a.month, due])?;
+    }
     Ok(Verdict::Go)
 }
 
-/// Why `conv` (`seconds` long) may not go now under an allocation of `allocated` seconds.
+/// Why `conv` (owing `owed.due()` > 0 seconds) may not go now under an allocation of
+/// `allocated` seconds.
 fn over_allocation(
     tx: &Transaction<'_>,
     conv: i64,
     tenant: &str,
     a: &AllocationNow,
     allocated: u64,
-    seconds: u64,
+    owed: &Owed,
 ) -> Result<Option<Verdict>> {
     if a.on_exceeded == OnExceeded::Hold {
         // Only one that arrived before it: those released with it arrived before the ones that
@@ -168,10 +205,20 @@ fn over_allocation(
         }
     }
     let used = used(tx, tenant, &a.month)?;
-    if used + seconds > allocated {
+    let due = owed.due().max(0) as u64;
+    if used + due > allocated {
+        let what = if owed.counted == 0 {
+            format!("this conversation ({})", minutes(due))
+        } else {
+            format!(
+                "this re-send ({}, {} more than the {} counted before)",
+                minutes(owed.seconds),
+                minutes(due),
+                minutes(owed.counted.max(0) as u64)
+            )
+        };
         let detail = format!(
-            "minute allocation exceeded: this conversation ({}) would pass the {} minutes of {} ({} used)",
-            minutes(seconds),
+            "minute allocation exceeded: {what} would pass the {} minutes of {} ({} used)",
             allocated / 60,
             a.month,
             minutes(used)
@@ -185,7 +232,8 @@ fn over_allocation(
     Ok(None)
 }
 
-/// Gives back what a conversation that will not be forwarded was charged.
+/// Gives back what a send that will not be forwarded was charged (taking back what a shorter
+/// re-send gave back).
 pub(super) fn refund(tx: &Transaction<'_>, conv: i64) -> Result<()> {
     let charged: Option<(String, String, i64)> = tx
         .prepare_cached(

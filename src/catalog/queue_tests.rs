@@ -388,3 +388,63 @@ fn held_calls_are_released_as_far_as_they_fit_and_the_rest_is_left_alone() {
     assert_eq!(cat.release_held(&december, 1014).unwrap(), 1);
     assert_eq!(claimed_ids(cat, 1015, &december), ["E"]);
 }
+
+/// Sends conversation R again in `file`, naming `rec` of `ms`; returns the metadata file's id.
+fn resend_timed(cat: &Catalog, file: &str, rec: &str, ms: u64, now: i64) -> i64 {
+    timed_recording(cat, rec, ms, now);
+    let (_, m) = metadata(cat, file, now);
+    cat.add_rows(m, &[row(2, "R", &[rec], "x")], now, GRACE).unwrap();
+    m
+}
+
+/// Each send of a conversation is charged the difference from what it was charged before: a
+/// longer re-send the seconds it adds, a shorter one gives some back, a retry nothing, an FTP
+/// revision sent again in the same row its difference too. A re-send that adds more than is
+/// left is decided like a first send; one that fails for good gives back what it changed.
+#[test]
+fn a_resend_is_charged_the_difference_from_what_was_charged_before() {
+    use crate::tenant::OnExceeded;
+    let fx = fixture();
+    let cat = &fx.cat;
+    let two = allocation(Some(2), OnExceeded::Reject);
+    let used = |cat: &Catalog| cat.minutes(&two).unwrap()["acme"].seconds_used;
+    resend_timed(cat, "r1.csv", "r1.wav", 10_000, 1000);
+    assert_eq!(claimed_ids(cat, 1001, &two), ["R"]);
+    assert_eq!(used(cat), 10);
+    // 100 s: 90 more. A transient failure, then the retry: charged once.
+    let m = resend_timed(cat, "r2.csv", "r2.wav", 99_100, 1002);
+    let work = cat.claim(1003, 10, &two).unwrap();
+    assert_eq!(used(cat), 100);
+    cat.retry_later(work[0].id, "timeout", 1004, 1003).unwrap();
+    assert_eq!(claimed_ids(cat, 1004, &two), ["R"]);
+    assert_eq!(used(cat), 100);
+    assert_eq!(cat.report_lines(m).unwrap()[0].status, "updated");
+    // 40 s: 60 back.
+    resend_timed(cat, "r3.csv", "r3.wav", 40_000, 1005);
+    assert_eq!(claimed_ids(cat, 1006, &two), ["R"]);
+    assert_eq!(used(cat), 40);
+    // r3.wav, pulled by FTP, changes on the server to 50 s: its row is sent again, +10.
+    archive(cat, &cat.archive_candidates("acme").unwrap(), 1007);
+    cat.ftp_mark_partials("acme ftp://u@h:21/", "acme", &[], &[("r3.wav".into(), 10)], 1008)
+        .unwrap();
+    timed_recording(cat, "r3.wav", 50_000, 1009);
+    assert_eq!(claimed_ids(cat, 1010, &two), ["R"]);
+    assert_eq!(used(cat), 50);
+    // 130 s adds 80 to 50 used: over two minutes, rejected with the reason; nothing charged.
+    let m = resend_timed(cat, "r4.csv", "r4.wav", 130_000, 1011);
+    assert!(claimed_ids(cat, 1012, &two).is_empty());
+    let line = &cat.report_lines(m).unwrap()[0];
+    assert_eq!(line.status, "rejected");
+    assert_eq!(
+        line.detail,
+        "minute allocation exceeded: this re-send (2:10, 1:20 more than the 0:50 counted before) \
+         would pass the 2 minutes of 2026-11 (0:50 used)"
+    );
+    assert_eq!(used(cat), 50);
+    // 70 s adds 20 and fits, but fails for good: the 20 come back.
+    resend_timed(cat, "r5.csv", "r5.wav", 70_000, 1013);
+    let work = cat.claim(1014, 10, &two).unwrap();
+    assert_eq!(used(cat), 70);
+    cat.fail(work[0].id, "permission denied", 1015).unwrap();
+    assert_eq!(used(cat), 50);
+}

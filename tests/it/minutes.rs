@@ -90,3 +90,48 @@ fn a_raised_allocation_releases_held_calls_in_order_as_far_as_they_fit() {
     assert_eq!(v["minutes"]["acme"]["seconds_used"], 105, "{v}");
     assert_eq!(d.forwarded().len(), 5, "C1, C2, C3, B-1, B-2");
 }
+
+/// acme's `seconds_used` this month, from `status --json`.
+fn seconds_used(d: &Daemon) -> serde_json::Value {
+    let out = d.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["minutes"]["acme"]["seconds_used"].clone()
+}
+
+/// acme sends conversation R1 again in `{file}.csv`, naming `{file}.wav` of `secs` seconds;
+/// returns its report line once decided.
+fn resend(d: &Daemon, file: &str, secs: usize) -> Vec<String> {
+    d.put("acme", &format!("{file}.wav"), &audio(file, 44 + secs * 8_000));
+    d.put(
+        "acme",
+        &format!("{file}.csv"),
+        one_row_csv("R1", &format!("{file}.wav")).as_bytes(),
+    );
+    d.wait_report("acme", &format!("{file}.csv.report.csv"), 1).remove(0)
+}
+
+/// A re-send is charged the difference in duration: 10 s, then 100 s (+90), then 40 s (-60
+/// given back); one that adds more than the allocation has left is held like any other, with
+/// the reason. beta is served meanwhile.
+#[test]
+fn a_resend_is_charged_the_difference_in_duration() {
+    let mut d = daemon(2);
+    d.start();
+    assert_eq!(resend(&d, "r1", 10)[3], "forwarded");
+    assert_eq!(seconds_used(&d), 10);
+    let line = resend(&d, "r1-longer", 100);
+    assert_eq!(line[3], "updated", "{line:?}");
+    assert_eq!(d.forwarded()["R1"]["duration_ms"], 100_000);
+    assert_eq!(seconds_used(&d), 100, "the re-send 90 s longer was not charged");
+    beta_forwarded(&d, "B-1");
+    let line = resend(&d, "r1-shorter", 40);
+    assert_eq!(line[3], "updated", "{line:?}");
+    assert_eq!(seconds_used(&d), 40, "the re-send 60 s shorter was not given back");
+    // 130 s: 90 more than counted, and 40 + 90 passes 120.
+    let line = resend(&d, "r1-long", 130);
+    assert_eq!(line[3], "held", "{line:?}");
+    assert!(line[4].contains("would pass the 2 minutes"), "{line:?}");
+    beta_forwarded(&d, "B-2");
+    assert_eq!(seconds_used(&d), 40);
+    assert_eq!(d.forwarded()["R1"]["duration_ms"], 40_000);
+}
