@@ -29,6 +29,7 @@ mod queue;
 mod revisions;
 mod rows;
 mod schema;
+mod turns;
 mod views;
 
 use std::path::{Path, PathBuf};

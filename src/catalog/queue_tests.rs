@@ -448,3 +448,63 @@ fn a_resend_is_charged_the_difference_from_what_was_charged_before() {
     cat.fail(work[0].id, "permission denied", 1015).unwrap();
     assert_eq!(used(cat), 50);
 }
+
+/// `tenant` sends calls `ids`, each with its recording, at `now`.
+fn tenant_calls(cat: &Catalog, tenant: &str, ids: &[&str], now: i64) {
+    let file = |rel: &str, kind| {
+        let rel = crate::dropbox::RelPath::parse(rel).unwrap();
+        let f = NewFile {
+            tenant,
+            rel: &rel,
+            kind,
+            via: Via::Sftp,
+            size: 10,
+            mtime_ns: now,
+            ino: now as u64,
+            sha256: Some(rel.as_str().into()),
+            duration_ms: Some(1000),
+            audio_error: None,
+        };
+        cat.register_file(&f, now, "").unwrap()
+    };
+    for id in ids {
+        file(&format!("{id}.wav"), crate::dropbox::FileKind::Recording);
+    }
+    let kind = crate::dropbox::FileKind::Metadata(crate::matching::MetadataFormat::Csv);
+    let Registered::Metadata { metadata_file_id, .. } = file(&format!("{tenant}.csv"), kind) else {
+        panic!("not metadata")
+    };
+    let rows: Vec<RowInput> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| row(i as u64 + 2, id, &[&format!("{id}.wav")], "x"))
+        .collect();
+    cat.add_rows(metadata_file_id, &rows, now, GRACE).unwrap();
+}
+
+/// Tenants with due conversations are claimed in turn after the one served last, in name
+/// order and round again; one whose work is not due yet is passed over until it is.
+#[test]
+fn tenants_are_claimed_in_turn() {
+    let fx = fixture();
+    let cat = &fx.cat;
+    tenant_calls(cat, "acme", &["A1", "A2", "A3", "A4", "A5", "A6"], 1000);
+    tenant_calls(cat, "beta", &["B1"], 1001);
+    tenant_calls(cat, "gamma", &["G1"], 1002);
+    let none = Allocations::new();
+    let turn = |after: &str, now: i64| -> Option<(String, Vec<String>)> {
+        let claimed = cat.claim_turn(after, now, 2, &none).unwrap();
+        claimed.map(|(t, w)| (t, w.into_iter().map(|w| w.conversation_id).collect()))
+    };
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(turn("", 2000), Some(("acme".into(), ids(&["A1", "A2"]))));
+    assert_eq!(turn("acme", 2000), Some(("beta".into(), ids(&["B1"]))));
+    let g1 = cat.claim_turn("beta", 2000, 2, &none).unwrap().unwrap();
+    assert_eq!(g1.0, "gamma");
+    cat.retry_later(g1.1[0].id, "timeout", 5000, 2000).unwrap();
+    assert_eq!(turn("gamma", 2000), Some(("acme".into(), ids(&["A3", "A4"]))));
+    // gamma is not due yet, beta has nothing: acme again.
+    assert_eq!(turn("acme", 2000), Some(("acme".into(), ids(&["A5", "A6"]))));
+    assert_eq!(turn("acme", 2000), None);
+    assert_eq!(turn("acme", 5000), Some(("gamma".into(), ids(&["G1"]))));
+}

@@ -238,4 +238,9 @@ CREATE TABLE minute_usage (
 ) WITHOUT ROWID;
 CREATE INDEX conv_held ON conversations(tenant, received_at, id) WHERE state = 'held';
 "#,
+    // 7: forwarders take tenants in turn (issue 20): whose turn it is, and that tenant's due
+    // conversations in due order, straight from an index of the ready ones.
+    r#"
+CREATE INDEX conv_ready ON conversations(tenant, next_attempt_at, id) WHERE state = 'ready';
+"#,
 ];
