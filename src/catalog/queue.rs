@@ -120,15 +120,6 @@ impl Catalog {
         )?)
     }
 
-    /// The first tenant in turn's due conversations (see [`Catalog::claim_turn`]).
-    #[cfg(test)]
-    pub(crate) fn claim(&self, now: i64, limit: usize, allocations: &Allocations) -> Result<Vec<Work>> {
-        Ok(self
-            .claim_turn("", now, limit, allocations)?
-            .map(|(_, w)| w)
-            .unwrap_or_default())
-    }
-
     /// Claims up to `limit` due conversations of the tenant whose turn it is after `after`
     /// (`ready -> forwarding`, committed before any byte is sent); returns that tenant, or
     /// `None` if nothing is due. A conversation is not claimed while another send of the same
