@@ -138,7 +138,7 @@ impl Catalog {
         };
         let ids: Vec<i64> = tx
             .prepare_cached(
-                "SELECT c.id FROM conversations c WHERE c.state = 'ready' AND c.tenant = ?3 AND c.next_attempt_at <= ?1
+                "SELECT c.id FROM conversations c INDEXED BY conv_ready WHERE c.state = 'ready' AND c.tenant = ?3 AND c.next_attempt_at <= ?1
                    AND NOT EXISTS (SELECT 1 FROM conversations o WHERE o.tenant = c.tenant
                                    AND o.conversation_id = c.conversation_id AND o.state = 'forwarding')
                  ORDER BY c.next_attempt_at, c.id LIMIT ?2",

@@ -26,11 +26,12 @@ pub(super) fn next_due_tenant(tx: &Transaction<'_>, after: &str, now: i64) -> Re
 fn due_after(tx: &Transaction<'_>, from: &str, upto: Option<&str>, now: i64) -> Result<Option<String>> {
     let mut cursor = from.to_owned();
     loop {
-        // A tenant's earliest due time, first in its part of the index.
+        // A tenant's earliest due time, first in its part of the index. Named, because the
+        // planner otherwise takes `conv_state` and sorts the tenant's whole backlog each time.
         let next: Option<(String, i64)> = tx
             .prepare_cached(
-                "SELECT tenant, next_attempt_at FROM conversations WHERE state = 'ready' AND tenant > ?1
-                 ORDER BY tenant, next_attempt_at LIMIT 1",
+                "SELECT tenant, next_attempt_at FROM conversations INDEXED BY conv_ready
+                 WHERE state = 'ready' AND tenant > ?1 ORDER BY tenant, next_attempt_at LIMIT 1",
             )?
             .query_row([&cursor], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
