@@ -177,6 +177,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         wake: forwarder_wake.clone(),
         reports: reports_wake.clone(),
         config: live.clone(),
+        last_served: Default::default(),
     });
     for index in 0..config.forwarding.workers {
         workers.spawn(ForwardWorker {

@@ -127,8 +127,10 @@ fn frame_header(b: [u8; 4]) -> Option<FrameHeader> {
 }
 
 /// The length of an MP3: from the Xing/Info (with LAME's encoder delay and padding) or VBRI
-/// header's frame count when the first frame has one, else by walking every frame header.
-pub fn mp3_ms(file: &mut File) -> Result<u64> {
+/// header's frame count when the first frame has one, else by walking every frame header. With
+/// a header's count, also the most the file can hold: its bytes in frames of the stream's
+/// lowest bitrate (a count of frames is believed only if they fit in the file).
+pub fn mp3_ms(file: &mut File) -> Result<(u64, Option<u64>)> {
     let len = len_of(file)?;
     let mut r = BufReader::with_capacity(64 << 10, &mut *file);
     let start = skip_id3v2(&mut r)?;
@@ -139,7 +141,15 @@ pub fn mp3_ms(file: &mut File) -> Result<u64> {
     let n = read_up_to(&mut r, &mut frame)?;
     frame.truncate(n);
     if let Some(samples) = xing_samples(&frame, &first).or_else(|| vbri_samples(&frame, &first)) {
-        return Ok(frames_to_ms(samples, u64::from(first.sample_rate)));
+        let rate = u64::from(first.sample_rate);
+        // Bitrate index 1, no padding: the shortest frame this stream's version, layer and
+        // sample rate allow.
+        let shortest = frame
+            .get(..4)
+            .and_then(|b| frame_header([b[0], b[1], (b[2] & 0x0C) | 0x10, b[3]]))
+            .map(|h| u64::from(h.length.max(1)));
+        let max_ms = shortest.map(|s| frames_to_ms((len - first_at) / s * u64::from(first.samples), rate));
+        return Ok((frames_to_ms(samples, rate), max_ms));
     }
     // No header with a count: every frame is counted (the bitrate may vary; never estimated).
     // Relative seeks keep BufReader's buffer: one read per 64 KiB, not one per frame.
@@ -161,14 +171,12 @@ pub fn mp3_ms(file: &mut File) -> Result<u64> {
             _ => break,
         }
     }
-    Ok(frames_to_ms(
-        frames * u64::from(first.samples),
-        u64::from(first.sample_rate),
-    ))
+    let ms = frames_to_ms(frames * u64::from(first.samples), u64::from(first.sample_rate));
+    Ok((ms, None))
 }
 
 /// Where the audio starts after an ID3v2 tag, if there is one.
-fn skip_id3v2<R: Read + Seek>(r: &mut R) -> Result<u64> {
+pub(super) fn skip_id3v2<R: Read + Seek>(r: &mut R) -> Result<u64> {
     let mut h = [0u8; 10];
     r.seek(SeekFrom::Start(0)).map_err(unreadable)?;
     if read_up_to(r, &mut h)? < 10 || !h.starts_with(b"ID3") {
@@ -348,7 +356,10 @@ mod tests {
         bytes.extend_from_slice(b"TAG");
         bytes.resize(bytes.len() + 125, b' ');
         // 100 frames of 1,152 samples at 44.1 kHz.
-        assert_eq!(mp3_ms(&mut file_with(&bytes)), Ok(frames_to_ms(115_200, 44_100)));
+        assert_eq!(
+            mp3_ms(&mut file_with(&bytes)),
+            Ok((frames_to_ms(115_200, 44_100), None))
+        );
         assert_eq!(
             mp3_ms(&mut file_with(b"plain text, no frames")),
             Err("no MPEG audio frame found".into())

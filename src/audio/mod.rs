@@ -6,7 +6,11 @@
 //! guess: Ogg Opus (the last page's granule position less the pre-skip), MP3 (the Xing/Info or
 //! VBRI frame count, else every frame header walked, never estimated from the bitrate), GSM 6.10
 //! (33 bytes a 20 ms frame) and Sun `.au` (its header).
+//!
+//! A length read from a header is what the tenant's file says; it is believed only as far as
+//! the file's size can hold it (`bounds.rs`), or the file is refused with both figures.
 
+mod bounds;
 mod formats;
 mod sample;
 
@@ -20,38 +24,119 @@ use symphonia::core::formats::{FormatOptions, TrackType};
 use symphonia::core::io::{MediaSourceStream, MediaSourceStreamOptions};
 use symphonia::core::meta::MetadataOptions;
 
-/// Why a file is not readable audio of its extension's format, said so that a person can act on
-/// it: "not a readable WAV file: no RIFF header".
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a readable {format} file: {why}")]
-pub struct NotAudio {
-    pub format: &'static str,
-    pub why: String,
+/// Why a file is not taken as audio of its extension's format, said so that a person can act
+/// on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotAudio {
+    /// "not a readable WAV file: no RIFF header".
+    Unreadable { format: &'static str, why: String },
+    /// Its header claims more audio than its size can hold at the stream's bitrate: "a WAV
+    /// file that claims 100:00 of audio, but its 156 KiB hold at most 0:10".
+    Implausible {
+        format: &'static str,
+        claimed_ms: u64,
+        bytes: u64,
+        max_ms: u64,
+    },
+}
+
+impl std::fmt::Display for NotAudio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotAudio::Unreadable { format, why } => write!(f, "not a readable {format} file: {why}"),
+            NotAudio::Implausible {
+                format,
+                claimed_ms,
+                bytes,
+                max_ms,
+            } => write!(
+                f,
+                "{} {format} file that claims {} of audio, but its {} hold at most {}",
+                article(format),
+                clock(*claimed_ms),
+                size(*bytes),
+                clock(*max_ms)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NotAudio {}
+
+impl NotAudio {
+    pub fn unreadable(format: &'static str, why: String) -> Self {
+        NotAudio::Unreadable { format, why }
+    }
+}
+
+/// "an" before a format name said with a vowel sound first (MP3, M4A, Ogg, AIFF), else "a".
+fn article(format: &str) -> &'static str {
+    if format.starts_with(['A', 'E', 'I', 'M', 'O']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// `m:ss`, minutes unbounded, seconds rounded down.
+fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{}:{:02}", s / 60, s % 60)
+}
+
+/// A file size as a person reads it.
+fn size(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} bytes"),
+        1024..0x10_0000 => format!("{} KiB", bytes / 1024),
+        _ => format!("{:.1} MiB", bytes as f64 / f64::from(0x10_0000)),
+    }
 }
 
 /// The duration in milliseconds of the recording in `file`, whose name ends in `.{ext}`.
 pub fn duration_ms(file: &mut File, ext: &str) -> Result<u64, NotAudio> {
     let ext = ext.to_ascii_lowercase();
     let format = format_name(&ext);
-    let fail = |why: String| NotAudio { format, why };
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| fail(format!("cannot read it: {e}")))?;
-    match ext.as_str() {
-        "opus" => formats::ogg_opus_ms(file).map_err(fail),
-        "mp3" => formats::mp3_ms(file).map_err(fail),
-        "gsm" => formats::gsm_ms(file).map_err(fail),
-        "au" => formats::au_ms(file).map_err(fail),
+    let (ms, max_ms) = read_length(file, &ext).map_err(|why| NotAudio::unreadable(format, why))?;
+    match max_ms {
+        Some(max_ms) if ms > bounds::with_slack(max_ms) => Err(NotAudio::Implausible {
+            format,
+            claimed_ms: ms,
+            bytes: file.metadata().map_or(0, |m| m.len()),
+            max_ms,
+        }),
+        _ => Ok(ms),
+    }
+}
+
+/// The length a file gives, and the most its size can hold when that length comes from a
+/// header (`None`: it was counted from the bytes, or there is no bound for the format).
+fn read_length(file: &mut File, ext: &str) -> Result<(u64, Option<u64>), String> {
+    file.seek(SeekFrom::Start(0)).map_err(unreadable)?;
+    let len = file.metadata().map_err(unreadable)?.len();
+    match ext {
+        "opus" => Ok((formats::ogg_opus_ms(file)?, Some(bounds::ogg_opus(len)))),
+        "mp3" => formats::mp3_ms(file),
+        "gsm" => Ok((formats::gsm_ms(file)?, None)),
+        "au" => Ok((formats::au_ms(file)?, None)),
         "ogg" => {
             // An .ogg may hold Opus as well as Vorbis.
             if formats::is_ogg_opus(file) {
-                formats::ogg_opus_ms(file).map_err(fail)
+                Ok((formats::ogg_opus_ms(file)?, Some(bounds::ogg_opus(len))))
             } else {
-                symphonia_ms(file, &ext).map_err(fail)
+                Ok((symphonia_ms(file, ext)?, Some(bounds::ogg_vorbis(len))))
             }
         }
         _ => {
-            check_magic(file, &ext).map_err(fail)?;
-            symphonia_ms(file, &ext).map_err(fail)
+            check_magic(file, ext)?;
+            let ms = symphonia_ms(file, ext)?;
+            let max_ms = match ext {
+                "wav" => bounds::wav(file, len)?,
+                "flac" => bounds::flac(file, len)?,
+                "m4a" => Some(bounds::m4a(len)),
+                _ => None,
+            };
+            Ok((ms, max_ms))
         }
     }
 }
@@ -193,6 +278,121 @@ mod tests {
         assert_eq!(err.to_string(), "not a readable WAV file: no RIFF header");
         let err = duration_ms(&mut file_with(b""), "flac").unwrap_err();
         assert_eq!(err.to_string(), "not a readable FLAC file: no fLaC header");
+    }
+
+    /// `ms` of a tone by ffmpeg at 8 kHz mono, as `ext` (with `codec` options).
+    fn ffmpeg(ext: &str, ms: u32, codec: &[&str]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join(format!("a.{ext}"));
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg(format!(
+                "sine=frequency=440:sample_rate=8000:duration={}",
+                f64::from(ms) / 1000.0
+            ))
+            .args(["-ac", "1"])
+            .args(codec)
+            .arg(&out)
+            .status()
+            .expect("ffmpeg is missing: apt install ffmpeg (./scripts/test does)");
+        assert!(status.success());
+        std::fs::read(out).unwrap()
+    }
+
+    /// What `bytes` read as `ext` give: the length, or the message.
+    fn read(bytes: &[u8], ext: &str) -> Result<u64, String> {
+        duration_ms(&mut file_with(bytes), ext).map_err(|e| e.to_string())
+    }
+
+    /// The file's last Ogg page says its stream ends at `granule`, with its CRC made right.
+    fn patch_last_granule(ogg: &mut [u8], granule: u64) {
+        let at = ogg.windows(4).rposition(|w| w == b"OggS").unwrap();
+        ogg[at + 6..at + 14].copy_from_slice(&granule.to_le_bytes());
+        ogg[at + 22..at + 26].fill(0);
+        // RFC 3533: CRC-32, polynomial 0x04c11db7, no reflection, over the page, CRC zeroed.
+        let mut crc = 0u32;
+        for &b in &ogg[at..] {
+            crc ^= u32::from(b) << 24;
+            for _ in 0..8 {
+                crc = if crc & 0x8000_0000 != 0 {
+                    (crc << 1) ^ 0x04c1_1db7
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        ogg[at + 22..at + 26].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Multiplies by `factor` the big-endian u32 `skip` bytes after the first `tag`.
+    fn scale_be32(bytes: &mut [u8], tag: &[u8; 4], skip: usize, factor: u32) {
+        let at = bytes.windows(4).position(|w| w == tag).unwrap() + skip;
+        let n = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+        bytes[at..at + 4].copy_from_slice(&(n * factor).to_be_bytes());
+    }
+
+    #[test]
+    fn a_wav_whose_data_chunk_claims_more_than_the_file_holds() {
+        let mut w = wav(8000, 80_000);
+        assert_eq!(read(&w, "wav"), Ok(10_000));
+        let claimed = 100 * 60 * 16_000u32;
+        w[40..44].copy_from_slice(&claimed.to_le_bytes());
+        w[4..8].copy_from_slice(&(claimed + 36).to_le_bytes());
+        assert_eq!(
+            read(&w, "wav"),
+            Err("a WAV file that claims 100:00 of audio, but its 156 KiB hold at most 0:10".into())
+        );
+    }
+
+    #[test]
+    fn an_mp3_whose_xing_count_is_more_frames_than_fit() {
+        let mut mp3 = ffmpeg("mp3", 10_000, &[]);
+        let ms = read(&mp3, "mp3").unwrap();
+        assert!((10_000..10_100).contains(&ms), "{ms}");
+        // The Xing/Info frame count, after its tag and flags: 100 times as many frames.
+        scale_be32(&mut mp3, b"Info", 8, 100);
+        let err = read(&mp3, "mp3").unwrap_err();
+        assert!(err.starts_with("an MP3 file that claims 16:"), "{err}");
+        assert!(err.ends_with("KiB hold at most 0:10"), "{err}");
+    }
+
+    #[test]
+    fn a_flac_whose_streaminfo_claims_more_samples_than_fit() {
+        let mut flac = ffmpeg("flac", 10_000, &[]);
+        assert_eq!(read(&flac, "flac"), Ok(10_000));
+        // STREAMINFO's 36-bit total sample count ends 18 bytes into its body (8 bytes in).
+        let total = 100u64 * 60 * 8000;
+        flac[8 + 13] = (flac[8 + 13] & 0xF0) | (total >> 32) as u8;
+        flac[8 + 14..8 + 18].copy_from_slice(&(total as u32).to_be_bytes());
+        let err = read(&flac, "flac").unwrap_err();
+        assert!(
+            err.starts_with("a FLAC file that claims 100:00 of audio, but its "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ogg_vorbis_and_opus_whose_last_granule_is_beyond_their_size() {
+        for (ext, codec, rate) in [("ogg", "libvorbis", 8000u64), ("opus", "libopus", 48_000)] {
+            let mut ogg = ffmpeg(ext, 10_000, &["-c:a", codec]);
+            let ms = read(&ogg, ext).unwrap();
+            assert!((10_000..10_030).contains(&ms), "{ext}: {ms}");
+            // A second more than 100 minutes: Opus takes its pre-skip off.
+            patch_last_granule(&mut ogg, (100 * 60 + 1) * rate);
+            let err = read(&ogg, ext).unwrap_err();
+            assert!(err.starts_with("an Ogg"), "{ext}: {err}");
+            assert!(err.contains("claims 100:0"), "{ext}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_m4a_whose_sample_table_claims_more_than_fits() {
+        let mut m4a = ffmpeg("m4a", 10_000, &[]);
+        assert_eq!(read(&m4a, "m4a"), Ok(10_128));
+        // The first run of the time-to-sample table: 600 times as many 1,024-sample frames.
+        scale_be32(&mut m4a, b"stts", 12, 600);
+        let err = read(&m4a, "m4a").unwrap_err();
+        assert!(err.starts_with("an M4A (MPEG-4 audio) file that claims 101:"), "{err}");
     }
 
     #[test]

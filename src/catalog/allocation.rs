@@ -1,12 +1,19 @@
 //! Minute allocations (SPEC §9). A conversation counts its longest recording, rounded up to
 //! the second. It is charged to the tenant's month when it is first claimed for forwarding, in
 //! the claim's own transaction, so concurrent forwarders and restarts never count it twice or
-//! let two conversations share the last minutes. One that would pass the allocation is `held`
+//! let two conversations share the last minutes. A re-send is charged the difference from what
+//! the conversation was charged before (given back when shorter), the same way. One that would pass the allocation is `held`
 //! (behind any conversation held before it, so they go out in arrival order) or `rejected`.
 //! Held ones are released in arrival order while they fit: when the allocation is raised, when
 //! it is removed, or when a new month begins.
+//!
+//! The held lists are derived again only when something could let one of them move: the
+//! allocations (a reload, a new month), or a change the writer connection counts in
+//! `temp.held_room` (seconds given back, a held or released conversation leaving the queue
+//! otherwise). Every forwarder pass asks, and most passes are told there is nothing to do.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
@@ -60,6 +67,32 @@ pub(super) enum Verdict {
     Stop { state: &'static str, detail: String },
 }
 
+/// Counts, on the writer connection only, the changes that can make room for held
+/// conversations or take the head off a tenant's held list. Triggers count them in the same
+/// transaction as the change, whatever code made it. TEMP: nothing to migrate, and a restart
+/// derives the held lists anyway. Going from `held` or `ready` to `forwarding` or `held` is not
+/// counted (it takes room, never gives it); neither is a release (`held` to `ready`).
+const HELD_ROOM: &str = "
+CREATE TEMP TABLE IF NOT EXISTS held_room (changes INTEGER NOT NULL);
+INSERT INTO held_room SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM held_room);
+CREATE TEMP TRIGGER IF NOT EXISTS held_room_left AFTER UPDATE OF state ON main.conversations
+WHEN OLD.state IN ('held', 'ready') AND NEW.state NOT IN ('held', 'ready', 'forwarding') BEGIN
+    UPDATE held_room SET changes = changes + 1;
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS held_room_refund AFTER UPDATE OF seconds ON main.minute_usage
+WHEN NEW.seconds < OLD.seconds BEGIN
+    UPDATE held_room SET changes = changes + 1;
+END;
+";
+
+/// Installs the `held_room` count on a writer connection.
+pub(super) fn count_held_room(conn: &Connection) -> Result<()> {
+    Ok(conn.execute_batch(HELD_ROOM)?)
+}
+
+/// What the held lists were last derived for: the allocations, and the `held_room` count then.
+pub(super) type HeldDerived = Mutex<Option<(Allocations, i64)>>;
+
 /// The seconds a conversation counts: its longest recording, rounded up.
 fn seconds_of(tx: &Transaction<'_>, conv: i64) -> Result<u64> {
     let ms: Option<i64> = tx
@@ -68,6 +101,39 @@ fn seconds_of(tx: &Transaction<'_>, conv: i64) -> Result<u64> {
         )?
         .query_row([conv], |r| r.get(0))?;
     Ok((ms.unwrap_or(0).max(0) as u64).div_ceil(1000))
+}
+
+/// A send of a conversation against what its sends were charged so far.
+struct Owed {
+    /// What this send counts.
+    seconds: u64,
+    /// What the sends of the same conversation were charged and kept (this one included, if
+    /// it was charged before: a retry, or an FTP revision sent again in the same row).
+    counted: i64,
+}
+
+impl Owed {
+    /// What charging this send adds: all of it the first time, the difference for a re-send
+    /// (negative: given back), nothing for a retry.
+    fn due(&self) -> i64 {
+        self.seconds as i64 - self.counted
+    }
+}
+
+/// What `conv` owes now. The sum over the conversation's sends keeps what it was charged in all
+/// equal to the length of its last charged send, whichever row carries which part.
+fn owed(tx: &Transaction<'_>, conv: i64) -> Result<Owed> {
+    let counted: i64 = tx
+        .prepare_cached(
+            "SELECT coalesce(sum(o.charged_seconds), 0) FROM conversations c JOIN conversations o
+               ON o.tenant = c.tenant AND o.conversation_id = c.conversation_id
+             WHERE c.id = ?1 AND o.charged_month IS NOT NULL",
+        )?
+        .query_row([conv], |r| r.get(0))?;
+    Ok(Owed {
+        seconds: seconds_of(tx, conv)?,
+        counted,
+    })
 }
 
 /// Seconds charged to `tenant` in `month`.
@@ -84,43 +150,51 @@ fn minutes(seconds: u64) -> String {
 }
 
 /// Decides, inside the claim's transaction, whether `conv` of `tenant` may be forwarded now,
-/// and charges it if so. A conversation already charged (a retry) or an update of one already
-/// forwarded is not charged again.
+/// and charges it if so: what it owes (see [`Owed::due`]) goes to this month, and onto the
+/// row's `charged_seconds`. A re-send that adds seconds is held or rejected like a first send
+/// when they do not fit; one that gives seconds back always goes (a month never drops below
+/// zero).
 pub(super) fn charge(tx: &Transaction<'_>, conv: i64, tenant: &str, a: &AllocationNow) -> Result<Verdict> {
-    let (charged, updated): (Option<String>, bool) = tx
-        .prepare_cached("SELECT charged_month, updated FROM conversations WHERE id = ?1")?
-        .query_row([conv], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    if charged.is_some() || updated {
-        return Ok(Verdict::Go);
-    }
-    let seconds = seconds_of(tx, conv)?;
-    if let Some(allocated) = a.seconds
-        && let Some(stop) = over_allocation(tx, conv, tenant, a, allocated, seconds)?
+    let owed = owed(tx, conv)?;
+    let due = owed.due();
+    if due > 0
+        && let Some(allocated) = a.seconds
+        && let Some(stop) = over_allocation(tx, conv, tenant, a, allocated, &owed)?
     {
         return Ok(stop);
     }
-    tx.prepare_cached(
-        "INSERT INTO minute_usage (tenant, month, seconds) VALUES (?1, ?2, ?3)
-         ON CONFLICT(tenant, month) DO UPDATE SET seconds = seconds + excluded.seconds",
-    )?
-    .execute(params![tenant, a.month, seconds as i64])?;
-    tx.prepare_cached("UPDATE conversations SET charged_month = ?2, charged_seconds = ?3 WHERE id = ?1")?
-        .execute(params![conv, a.month, seconds as i64])?;
+    if due != 0 {
+        tx.prepare_cached(
+            "INSERT INTO minute_usage (tenant, month, seconds) VALUES (?1, ?2, max(0, ?3))
+             ON CONFLICT(tenant, month) DO UPDATE SET seconds = max(0, seconds + ?3)",
+        )?
+        .execute(params![tenant, a.month, due])?;
+        tx.prepare_cached(
+            "UPDATE conversations SET charged_month = ?2, charged_seconds = coalesce(charged_seconds, 0) + ?3 WHERE id = ?1",
+        )?
+        .execute(params![conv, a.month, due])?;
+    }
     Ok(Verdict::Go)
 }
 
-/// Why `conv` (`seconds` long) may not go now under an allocation of `allocated` seconds.
+/// Why `conv` (owing `owed.due()` > 0 seconds) may not go now under an allocation of
+/// `allocated` seconds.
 fn over_allocation(
     tx: &Transaction<'_>,
     conv: i64,
     tenant: &str,
     a: &AllocationNow,
     allocated: u64,
-    seconds: u64,
+    owed: &Owed,
 ) -> Result<Option<Verdict>> {
     if a.on_exceeded == OnExceeded::Hold {
+        // Only one that arrived before it: those released with it arrived before the ones that
+        // stay held, and must not be held again behind them.
         let earlier: Option<i64> = tx
-            .prepare_cached("SELECT id FROM conversations WHERE tenant = ?1 AND state = 'held' AND id != ?2 LIMIT 1")?
+            .prepare_cached(
+                "SELECT h.id FROM conversations h, conversations c WHERE c.id = ?2 AND h.tenant = ?1 AND h.state = 'held'
+                   AND (h.received_at, h.id) < (c.received_at, c.id) LIMIT 1",
+            )?
             .query_row(params![tenant, conv], |r| r.get(0))
             .optional()?;
         if earlier.is_some() {
@@ -131,10 +205,20 @@ fn over_allocation(
         }
     }
     let used = used(tx, tenant, &a.month)?;
-    if used + seconds > allocated {
+    let due = owed.due().max(0) as u64;
+    if used + due > allocated {
+        let what = if owed.counted == 0 {
+            format!("this conversation ({})", minutes(due))
+        } else {
+            format!(
+                "this re-send ({}, {} more than the {} counted before)",
+                minutes(owed.seconds),
+                minutes(due),
+                minutes(owed.counted.max(0) as u64)
+            )
+        };
         let detail = format!(
-            "minute allocation exceeded: this conversation ({}) would pass the {} minutes of {} ({} used)",
-            minutes(seconds),
+            "minute allocation exceeded: {what} would pass the {} minutes of {} ({} used)",
             allocated / 60,
             a.month,
             minutes(used)
@@ -148,7 +232,8 @@ fn over_allocation(
     Ok(None)
 }
 
-/// Gives back what a conversation that will not be forwarded was charged.
+/// Gives back what a send that will not be forwarded was charged (taking back what a shorter
+/// re-send gave back).
 pub(super) fn refund(tx: &Transaction<'_>, conv: i64) -> Result<()> {
     let charged: Option<(String, String, i64)> = tx
         .prepare_cached(
@@ -167,9 +252,18 @@ pub(super) fn refund(tx: &Transaction<'_>, conv: i64) -> Result<()> {
 
 impl Catalog {
     /// Releases held conversations, in arrival order, while they fit in their tenant's
-    /// allocation now (all of them if it has none any more). Returns how many.
+    /// allocation now (all of them if it has none any more). Returns how many. Does nothing,
+    /// without a transaction, unless the allocations or the `held_room` count changed since the
+    /// held lists were last derived; the ones that do not fit are not touched.
     pub fn release_held(&self, allocations: &Allocations, now: i64) -> Result<usize> {
         let mut conn = self.lock();
+        let changes: i64 = conn
+            .prepare_cached("SELECT changes FROM temp.held_room")?
+            .query_row([], |r| r.get(0))?;
+        let mut derived = self.held_derived.lock().unwrap_or_else(|p| p.into_inner());
+        if derived.as_ref().is_some_and(|(a, c)| *c == changes && a == allocations) {
+            return Ok(0);
+        }
         let tx = conn.transaction()?;
         let tenants: Vec<String> = tx
             .prepare_cached("SELECT DISTINCT tenant FROM conversations WHERE state = 'held'")?
@@ -177,36 +271,10 @@ impl Catalog {
             .collect::<rusqlite::Result<_>>()?;
         let mut released = 0;
         for tenant in tenants {
-            let held: Vec<i64> = tx
-                .prepare_cached(
-                    "SELECT id FROM conversations WHERE tenant = ?1 AND state = 'held' ORDER BY received_at, id",
-                )?
-                .query_map([&tenant], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut room = match allocations.get(&tenant) {
-                Some(AllocationNow {
-                    seconds: Some(allocated),
-                    month,
-                    ..
-                }) => Some(allocated.saturating_sub(used(&tx, &tenant, month)?)),
-                _ => None,
-            };
-            for conv in held {
-                if let Some(room) = room.as_mut() {
-                    let seconds = seconds_of(&tx, conv)?;
-                    if seconds > *room {
-                        break;
-                    }
-                    *room -= seconds;
-                }
-                tx.prepare_cached(
-                    "UPDATE conversations SET state = 'ready', detail = NULL, next_attempt_at = ?2, changed_at = ?2 WHERE id = ?1",
-                )?
-                .execute(params![conv, now])?;
-                released += 1;
-            }
+            released += release_tenant(&tx, &tenant, allocations.get(&tenant), now)?;
         }
         tx.commit()?;
+        *derived = Some((allocations.clone(), changes));
         Ok(released)
     }
 
@@ -229,4 +297,42 @@ impl Catalog {
         }
         Ok(out)
     }
+}
+
+/// Releases `tenant`'s held conversations in arrival order while they fit in `allocation`;
+/// stops at the first that does not, reading no further. Returns how many.
+fn release_tenant(tx: &Transaction<'_>, tenant: &str, allocation: Option<&AllocationNow>, now: i64) -> Result<usize> {
+    let mut room = match allocation {
+        Some(AllocationNow {
+            seconds: Some(allocated),
+            month,
+            ..
+        }) => Some(allocated.saturating_sub(used(tx, tenant, month)?)),
+        _ => None,
+    };
+    let mut fit = Vec::new();
+    {
+        let mut held = tx.prepare_cached(
+            "SELECT id FROM conversations WHERE tenant = ?1 AND state = 'held' ORDER BY received_at, id",
+        )?;
+        let mut rows = held.query([tenant])?;
+        while let Some(row) = rows.next()? {
+            let conv: i64 = row.get(0)?;
+            if let Some(room) = room.as_mut() {
+                let seconds = seconds_of(tx, conv)?;
+                if seconds > *room {
+                    break;
+                }
+                *room -= seconds;
+            }
+            fit.push(conv);
+        }
+    }
+    for conv in &fit {
+        tx.prepare_cached(
+            "UPDATE conversations SET state = 'ready', detail = NULL, next_attempt_at = ?2, changed_at = ?2 WHERE id = ?1",
+        )?
+        .execute(params![conv, now])?;
+    }
+    Ok(fit.len())
 }

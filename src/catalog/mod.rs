@@ -30,6 +30,7 @@ mod queue;
 mod revisions;
 mod rows;
 mod schema;
+mod turns;
 mod views;
 
 use std::path::{Path, PathBuf};
@@ -135,6 +136,8 @@ impl ConvState {
 pub struct Catalog {
     conn: Arc<Mutex<Connection>>,
     readers: Arc<Readers>,
+    /// Taken only with `conn` held.
+    held_derived: Arc<allocation::HeldDerived>,
 }
 
 /// The writer connection while it is held. Its hold time goes to the summary
@@ -224,6 +227,7 @@ impl Catalog {
         let mut conn = Connection::open(path)?;
         configure(&mut conn)?;
         migrate(&conn, path)?;
+        allocation::count_held_room(&conn)?;
         Ok(Catalog::with_writer(conn, path))
     }
 
@@ -253,6 +257,7 @@ impl Catalog {
                 path: path.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
             }),
+            held_derived: Arc::default(),
         }
     }
 

@@ -125,20 +125,30 @@ impl Catalog {
         )?)
     }
 
-    /// Claims up to `limit` due conversations (`ready -> forwarding`, committed before any byte
-    /// is sent). A conversation is not claimed while another send of the same conversation is
-    /// being forwarded, so two versions never race for the same keys.
-    pub fn claim(&self, now: i64, limit: usize, allocations: &Allocations) -> Result<Vec<Work>> {
+    /// Claims up to `limit` due conversations of the tenant whose turn it is after `after`
+    /// (`ready -> forwarding`, committed before any byte is sent); returns that tenant, or
+    /// `None` if nothing is due. A conversation is not claimed while another send of the same
+    /// conversation is being forwarded, so two versions never race for the same keys.
+    pub fn claim_turn(
+        &self,
+        after: &str,
+        now: i64,
+        limit: usize,
+        allocations: &Allocations,
+    ) -> Result<Option<(String, Vec<Work>)>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
+        let Some(tenant) = super::turns::next_due_tenant(&tx, after, now)? else {
+            return Ok(None);
+        };
         let ids: Vec<i64> = tx
             .prepare_cached(
-                "SELECT c.id FROM conversations c WHERE c.state = 'ready' AND c.next_attempt_at <= ?1
+                "SELECT c.id FROM conversations c INDEXED BY conv_ready WHERE c.state = 'ready' AND c.tenant = ?3 AND c.next_attempt_at <= ?1
                    AND NOT EXISTS (SELECT 1 FROM conversations o WHERE o.tenant = c.tenant
                                    AND o.conversation_id = c.conversation_id AND o.state = 'forwarding')
                  ORDER BY c.next_attempt_at, c.id LIMIT ?2",
             )?
-            .query_map(params![now, limit as i64], |r| r.get(0))?
+            .query_map(params![now, limit as i64, tenant], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let mut out = Vec::with_capacity(ids.len());
         let mut claimed_keys = std::collections::HashSet::new();
@@ -166,7 +176,7 @@ impl Catalog {
             });
         }
         tx.commit()?;
-        Ok(out)
+        Ok(Some((tenant, out)))
     }
 
     /// When the next queued conversation is due, if any.

@@ -283,4 +283,9 @@ CREATE INDEX conv_ended ON conversations(metadata_file_id, changed_at)
     r#"
 ALTER TABLE files ADD COLUMN dev INTEGER;  -- NULL for files recorded before migration 9
 "#,
+    // 10: forwarders take tenants in turn (issue 20): whose turn it is, and that tenant's due
+    // conversations in due order, straight from an index of the ready ones.
+    r#"
+CREATE INDEX conv_ready ON conversations(tenant, next_attempt_at, id) WHERE state = 'ready';
+"#,
 ];

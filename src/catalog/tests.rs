@@ -104,6 +104,17 @@ fn file_state(cat: &Catalog, id: i64) -> String {
         .unwrap()
 }
 
+impl Catalog {
+    /// The first tenant in turn's due conversations (see [`Catalog::claim_turn`]): the tests'
+    /// claim, most of them having one tenant.
+    pub(super) fn claim(&self, now: i64, limit: usize, allocations: &Allocations) -> Result<Vec<Work>> {
+        Ok(self
+            .claim_turn("", now, limit, allocations)?
+            .map(|(_, w)| w)
+            .unwrap_or_default())
+    }
+}
+
 pub(super) fn forward_all(cat: &Catalog, now: i64) -> Vec<i64> {
     let mut archived = Vec::new();
     for w in cat.claim(now, 100, &Allocations::new()).unwrap() {

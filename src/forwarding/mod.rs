@@ -3,7 +3,8 @@
 //! A worker claims one due conversation (committed as `forwarding`), writes its recordings and
 //! then `metadata.json` under deterministic keys, commits `forwarded`, and moves its files to the
 //! archive. Transient sink errors go back to the queue with exponential backoff and jitter;
-//! permanent ones mark the conversation `failed` until `dropsync retry`.
+//! permanent ones mark the conversation `failed` until `dropsync retry`. Workers take tenants
+//! in turn: each claim is a few conversations of the next tenant with work due.
 
 pub mod dir;
 pub mod layout;
@@ -157,6 +158,8 @@ pub struct Forwarder {
     pub reports: Arc<Notify>,
     /// For the tenants' minute allocations, which a reload may change.
     pub config: LiveConfig,
+    /// The tenant served last: forwarders take tenants in turn after it.
+    pub last_served: std::sync::Mutex<String>,
 }
 
 /// One forward worker: claims a few due conversations, forwards them, repeats; idle until woken
@@ -173,9 +176,11 @@ impl Worker for ForwardWorker {
 
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
         // Minute allocations as they stand now: held conversations that fit again (raised by a
-        // reload, or a new month) go back to the queue before the claim.
+        // reload, a new month, seconds given back) go back to the queue before the claim. The
+        // catalog derives its held lists again only when one of those changed.
         let allocations = allocations_for(&self.forwarder.config.get().tenants, now_ms());
-        let batch = self
+        let forwarder = self.forwarder.clone();
+        let claimed = self
             .forwarder
             .catalog
             .run(move |c| {
@@ -183,9 +188,20 @@ impl Worker for ForwardWorker {
                 if released > 0 {
                     tracing::info!(released, "held conversations fit in their minute allocation again");
                 }
-                c.claim(now_ms(), CLAIM_BATCH, &allocations)
+                // Whose turn it is, and the claim, together: the next claim, by any worker,
+                // starts after this tenant, even if it claimed nothing (all of it held, or
+                // waiting for another send being forwarded).
+                let mut last = forwarder.last_served.lock().unwrap_or_else(|p| p.into_inner());
+                let claimed = c.claim_turn(&last, now_ms(), CLAIM_BATCH, &allocations)?;
+                if let Some((tenant, _)) = &claimed {
+                    last.clone_from(tenant);
+                }
+                Ok(claimed)
             })
             .await?;
+        let Some((_, batch)) = claimed else {
+            return Ok(WorkerState::Idle);
+        };
         if batch.is_empty() {
             return Ok(WorkerState::Idle);
         }

@@ -351,10 +351,7 @@ impl Intake {
         let ext = rel.file_name().rsplit_once('.').map_or("", |(_, e)| e);
         let result = file
             .try_clone()
-            .map_err(|e| crate::audio::NotAudio {
-                format: "audio",
-                why: format!("cannot read it: {e}"),
-            })
+            .map_err(|e| crate::audio::NotAudio::unreadable("audio", format!("cannot read it: {e}")))
             .and_then(|mut f| crate::audio::duration_ms(&mut f, ext));
         match result {
             Ok(ms) => (Some(ms), None),

@@ -175,3 +175,47 @@ fn a_minute_allocation_holds_what_does_not_fit_until_it_is_raised() {
         "{body}"
     );
 }
+
+/// A WAV whose data chunk claims 100 minutes in a 10 s file is not believed: its row is
+/// rejected with what it claims and what its bytes can hold, the batch's other row goes on,
+/// nothing is charged for it, and beta is served meanwhile.
+#[test]
+fn a_duration_the_bytes_cannot_hold_rejects_its_row_with_the_reason() {
+    let tenants = ACME.replace("id = \"acme\"", "id = \"acme\"\nminute_allocation = 10");
+    let mut d = Daemon::new("1h", &format!("{tenants}\n[[tenants]]\nid = \"beta\"\n"));
+    d.start();
+    // 10 s of 16-bit 8 kHz mono from ffmpeg, whose data chunk then claims 100:00.
+    let mut liar = encoded_with("liar", "wav", 10_000, &["-c:a", "pcm_s16le", "-fflags", "+bitexact"]);
+    let data = liar.windows(4).position(|w| w == b"data").unwrap();
+    let claimed: u32 = 100 * 60 * 16_000;
+    liar[data + 4..data + 8].copy_from_slice(&claimed.to_le_bytes());
+    let riff = (claimed as usize + data + 8 - 8) as u32;
+    liar[4..8].copy_from_slice(&riff.to_le_bytes());
+    d.put("acme", "c1.wav", &liar);
+    let good = encoded("good", "wav", 2_000);
+    d.put("acme", "good.wav", &good);
+    d.put(
+        "acme",
+        "batch.csv",
+        format!(
+            "{HEADER}\n{}\n{}\n",
+            csv_row("C1", "c1.wav"),
+            csv_row("GOOD", "good.wav")
+        )
+        .as_bytes(),
+    );
+    d.put("beta", "b1.wav", &audio("b1", 8_044));
+    d.put("beta", "b1.csv", beta_csv("B-1", "b1.wav").as_bytes());
+    let lines = d.wait_report("acme", "batch.csv.report.csv", 2);
+    assert_eq!(lines[0][3], "rejected", "{lines:?}");
+    assert_eq!(
+        lines[0][4],
+        "c1.wav is a WAV file that claims 100:00 of audio, but its 156 KiB hold at most 0:10"
+    );
+    assert_eq!(lines[1][3], "forwarded", "{lines:?}");
+    assert_eq!(d.forwarded()["GOOD"]["duration_ms"], 2_000);
+    wait_for("beta's B-1 to be forwarded", T, || d.forwarded().contains_key("B-1"));
+    let out = d.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["minutes"]["acme"]["seconds_used"], 2, "{v}");
+}

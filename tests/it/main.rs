@@ -9,6 +9,7 @@ mod harness;
 mod host_keys;
 mod isolation;
 mod jsch;
+mod minutes;
 mod ops;
 mod pipeline;
 mod poison;
