@@ -41,6 +41,9 @@ pub struct WorkRecording {
     pub archive_path: Option<String>,
     /// Read from its headers at intake.
     pub duration_ms: Option<u64>,
+    /// The file recorded at arrival (device, inode): a file of the same name, size and mtime
+    /// that replaced it since is another file. `None` for files recorded before migration 9.
+    pub file: Option<(u64, u64)>,
 }
 
 /// One recording as it was written to the sink.
@@ -478,7 +481,8 @@ fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
         })?;
     work.recordings = tx
         .prepare_cached(
-            "SELECT r.position, f.id, f.rel_path, f.name, f.size, f.mtime_ns, f.sha256, f.archive_path, f.duration_ms
+            "SELECT r.position, f.id, f.rel_path, f.name, f.size, f.mtime_ns, f.sha256, f.archive_path, f.duration_ms,
+                    f.dev, f.ino
              FROM recordings r JOIN files f ON f.id = r.file_id
              WHERE r.conversation = ?1 ORDER BY r.position",
         )?
@@ -493,6 +497,10 @@ fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
                 sha256: r.get(6)?,
                 archive_path: r.get(7)?,
                 duration_ms: r.get::<_, Option<i64>>(8)?.map(|d| d.max(0) as u64),
+                file: match (r.get::<_, Option<i64>>(9)?, r.get::<_, Option<i64>>(10)?) {
+                    (Some(dev), Some(ino)) => Some((dev as u64, ino as u64)),
+                    _ => None,
+                },
             })
         })?
         .collect::<rusqlite::Result<_>>()?;

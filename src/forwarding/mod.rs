@@ -325,9 +325,9 @@ impl Forwarder {
                 why,
             };
             let rel = RelPath::parse(&rec.rel_path).ok_or_else(|| vanished(format!("bad path {:?}", rec.rel_path)))?;
-            let opened = match (self.drop.open_confined(&tenant, &rel), &rec.archive_path) {
-                (Err(e), Some(archived)) if e.kind() == std::io::ErrorKind::NotFound => open_archived(archived),
-                (opened, _) => opened,
+            let (opened, from_archive) = match (self.drop.open_confined(&tenant, &rel), &rec.archive_path) {
+                (Err(e), Some(archived)) if e.kind() == std::io::ErrorKind::NotFound => (open_archived(archived), true),
+                (opened, _) => (opened, false),
             };
             let file = match opened {
                 Ok(f) => f,
@@ -337,11 +337,16 @@ impl Forwarder {
                 Err(e) => return Err(Outcome::Sink(SinkError::from_io(&format!("open {}", rec.rel_path), &e))),
             };
             // If the file changed since it arrived, its new arrival event re-decides the row;
-            // until then this attempt must not send a mix of old and new.
+            // until then this attempt must not send a mix of old and new. Another file put in
+            // its place with the same size and mtime (`rsync -t`, `cp -p`) is a change too; an
+            // archived copy may have been copied across file systems, so only size and mtime
+            // hold for it.
             let unchanged = |f: &std::fs::File| {
                 use std::os::unix::fs::MetadataExt;
                 f.metadata().is_ok_and(|m| {
-                    m.len() as i64 == rec.size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == rec.mtime_ns
+                    m.len() as i64 == rec.size
+                        && m.mtime() * 1_000_000_000 + m.mtime_nsec() == rec.mtime_ns
+                        && (from_archive || rec.file.is_none_or(|id| id == (m.dev(), m.ino())))
                 })
             };
             if !unchanged(&file) {

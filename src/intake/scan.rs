@@ -41,6 +41,7 @@ impl Intake {
     /// Files that vanished are marked gone; files not recorded yet (or changed since) and
     /// parses left unfinished become work items; files whose fate is decided leave the folder.
     fn scan_tenant(&self, tenant: &TenantId) -> Result<(), IntakeError> {
+        crate::fault::panic_point("scan", tenant.as_str());
         metrics::counter!("dropsync_rescans_total", "tenant" => tenant.to_string()).increment(1);
         let on_disk = self.drop.scan_tenant(tenant)?;
         let mut recorded: HashMap<String, RecordedFile> = self
