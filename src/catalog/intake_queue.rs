@@ -174,6 +174,9 @@ impl Catalog {
                     mtime_ns = coalesce(excluded.mtime_ns, mtime_ns),
                     sha256 = CASE WHEN excluded.size IS NOT NULL THEN excluded.sha256 ELSE sha256 END,
                     version = version + 1,
+                    -- A file failed for good and sent again gets a fresh set of attempts.
+                    attempts = CASE WHEN failed_at IS NULL THEN attempts ELSE 0 END,
+                    failed_at = NULL,
                     next_attempt_at = min(next_attempt_at, excluded.next_attempt_at)",
             )?;
             for i in items {

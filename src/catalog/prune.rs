@@ -16,8 +16,11 @@ use rusqlite::{Transaction, params};
 
 use super::{Catalog, Result};
 
-/// Conversations forgotten in one transaction.
-const BATCH: i64 = 500;
+/// Conversations forgotten in one transaction at most.
+const BATCH: usize = 500;
+
+/// Metadata files looked at per read: one CSV per call means one conversation per file.
+const CANDIDATES: usize = 200;
 
 /// What one call forgot.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -27,92 +30,100 @@ pub struct Pruned {
     pub files: usize,
 }
 
+/// Where a pass over the candidates has got to: (left_at, file id) of the last one seen.
+type Cursor = (i64, i64);
+
 impl Catalog {
     /// Forgets up to about `limit` conversations (and what goes with them) that ended before
-    /// `before` (unix ms), in batches.
+    /// `before` (unix ms), in transactions of at most [`BATCH`] conversations.
     pub fn prune(&self, before: i64, limit: usize) -> Result<Pruned> {
         let mut pruned = Pruned::default();
+        let mut cursor: Cursor = (i64::MIN, 0);
         while pruned.conversations < limit {
-            let Some(metadata_file) = self.prunable_metadata_file(before)? else {
+            let candidates = self.prunable_metadata_files(before, cursor)?;
+            let Some(&(last, _)) = candidates.last() else {
                 break;
             };
-            loop {
-                let (conversations, finished) = self.prune_batch(metadata_file)?;
-                pruned.conversations += conversations;
-                if finished {
-                    pruned.metadata_files += 1;
-                    break;
-                }
+            cursor = last;
+            let ids: Vec<i64> = candidates.iter().map(|(_, id)| *id).collect();
+            let mut rest = &ids[..];
+            while !rest.is_empty() {
+                let step = self.prune_some(rest, before)?;
+                pruned.conversations += step.conversations;
+                pruned.metadata_files += step.metadata_files;
+                rest = &rest[step.consumed..];
             }
         }
         pruned.files += self.prune_orphans(before)?;
         Ok(pruned)
     }
 
-    /// The oldest metadata file whose file and rows all ended before `before`.
-    fn prunable_metadata_file(&self, before: i64) -> Result<Option<i64>> {
-        use rusqlite::OptionalExtension;
+    /// Metadata files after `cursor` (in the order they left) whose file left before `before`
+    /// and whose rows all ended before it, with where each stands in that order.
+    fn prunable_metadata_files(&self, before: i64, cursor: Cursor) -> Result<Vec<(Cursor, i64)>> {
         let conn = self.read()?;
-        Ok(conn
-            .prepare_cached(
-                "SELECT m.id FROM files f JOIN metadata_files m ON m.file_id = f.id
-                 WHERE f.state IN ('purged', 'gone') AND f.left_at < ?1 AND f.kind != 'recording'
-                   AND m.status != 'parsing'
-                   AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.metadata_file_id = m.id
-                        AND c.state IN ('waiting', 'ready', 'forwarding', 'failed', 'held'))
-                   AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.metadata_file_id = m.id
-                        AND c.state IN ('forwarded', 'rejected', 'expired') AND c.changed_at >= ?1)
-                 ORDER BY f.left_at LIMIT 1",
-            )?
-            .query_row([before], |r| r.get(0))
-            .optional()?)
+        let mut stmt = conn.prepare_cached(
+            "SELECT f.left_at, f.id, m.id FROM files f JOIN metadata_files m ON m.file_id = f.id
+             WHERE f.state IN ('purged', 'gone') AND f.kind != 'recording' AND f.left_at < ?1
+               AND (f.left_at > ?2 OR (f.left_at = ?2 AND f.id > ?3))
+               AND m.status != 'parsing'
+               AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.metadata_file_id = m.id
+                    AND c.state IN ('waiting', 'ready', 'forwarding', 'failed', 'held'))
+               AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.metadata_file_id = m.id
+                    AND c.state IN ('forwarded', 'rejected', 'expired') AND c.changed_at >= ?1)
+             ORDER BY f.left_at, f.id LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![before, cursor.0, cursor.1, CANDIDATES as i64], |r| {
+            Ok(((r.get(0)?, r.get(1)?), r.get(2)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Forgets a batch of one metadata file's conversations; the file's own records once none
-    /// is left. Returns how many conversations, and whether the file is done.
-    fn prune_batch(&self, metadata_file: i64) -> Result<(usize, bool)> {
+    /// Forgets, in one transaction, up to [`BATCH`] conversations of `metadata_files`, in
+    /// order, and each file's own records once none of its rows is left. The state of each row
+    /// is checked again here, on the writer: one queued again meanwhile (`dropsync retry`) is
+    /// kept, and so is its file.
+    fn prune_some(&self, metadata_files: &[i64], before: i64) -> Result<Step> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let convs: Vec<(i64, String, String)> = tx
-            .prepare_cached("SELECT id, tenant, state FROM conversations WHERE metadata_file_id = ?1 LIMIT ?2")?
-            .query_map(params![metadata_file, BATCH], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+        let mut step = Step::default();
         let mut counts: HashMap<(String, String), i64> = HashMap::new();
-        let mut recording_files = Vec::new();
-        for (id, tenant, state) in &convs {
-            let files: Vec<Option<i64>> = tx
-                .prepare_cached("DELETE FROM recordings WHERE conversation = ?1 RETURNING file_id")?
-                .query_map([id], |r| r.get(0))?
+        for &metadata_file in metadata_files {
+            let budget = BATCH - step.conversations;
+            let convs: Vec<(i64, String, String)> = tx
+                .prepare_cached(
+                    "SELECT id, tenant, state FROM conversations WHERE metadata_file_id = ?1
+                       AND state IN ('forwarded', 'rejected', 'expired') AND changed_at < ?2 LIMIT ?3",
+                )?
+                .query_map(params![metadata_file, before, budget as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
                 .collect::<rusqlite::Result<_>>()?;
-            recording_files.extend(files.into_iter().flatten());
-            tx.prepare_cached("DELETE FROM deliveries WHERE conversation = ?1")?
-                .execute([id])?;
-            tx.prepare_cached("DELETE FROM conversations WHERE id = ?1")?
-                .execute([id])?;
-            *counts.entry((tenant.clone(), state.clone())).or_default() += 1;
+            for (id, tenant, state) in &convs {
+                forget_conversation(&tx, *id)?;
+                *counts.entry((tenant.clone(), state.clone())).or_default() += 1;
+            }
+            step.conversations += convs.len();
+            if convs.len() == budget {
+                // Out of room: this file is taken up again by the next transaction.
+                break;
+            }
+            step.consumed += 1;
+            let left: i64 = tx
+                .prepare_cached("SELECT count(*) FROM conversations WHERE metadata_file_id = ?1")?
+                .query_row([metadata_file], |r| r.get(0))?;
+            if left == 0 {
+                forget_metadata_file(&tx, metadata_file)?;
+                step.metadata_files += 1;
+            }
         }
         // The counts keep what is forgotten (the delete trigger took it off).
         for ((tenant, state), n) in counts {
             tx.prepare_cached("UPDATE conversation_counts SET n = n + ?3 WHERE tenant = ?1 AND state = ?2")?
                 .execute(params![tenant, state, n])?;
         }
-        for file in recording_files {
-            forget_file_if_unnamed(&tx, file)?;
-        }
-        let finished = (convs.len() as i64) < BATCH;
-        if finished {
-            tx.prepare_cached("DELETE FROM refusals WHERE metadata_file_id = ?1")?
-                .execute([metadata_file])?;
-            let file: Option<i64> = tx
-                .prepare_cached("DELETE FROM metadata_files WHERE id = ?1 RETURNING file_id")?
-                .query_row([metadata_file], |r| r.get(0))
-                .ok();
-            if let Some(file) = file {
-                forget_file_if_unnamed(&tx, file)?;
-            }
-        }
         tx.commit()?;
-        Ok((convs.len(), finished))
+        Ok(step)
     }
 
     /// Orphan recordings (named by no row) deleted before `before`: their records go too.
@@ -127,7 +138,7 @@ impl Catalog {
                       AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.file_id = f.id)
                     LIMIT ?2)",
             )?
-            .execute(params![before, BATCH])?;
+            .execute(params![before, BATCH as i64])?;
         tx.commit()?;
         Ok(n)
     }
@@ -142,4 +153,148 @@ fn forget_file_if_unnamed(tx: &Transaction<'_>, file: i64) -> Result<()> {
     )?
     .execute([file])?;
     Ok(())
+}
+
+/// What one transaction of pruning did.
+#[derive(Debug, Default)]
+struct Step {
+    conversations: usize,
+    metadata_files: usize,
+    /// How many of the metadata files given were dealt with (forgotten, or kept for good).
+    consumed: usize,
+}
+
+/// A conversation with its recordings and deliveries; its recording files' records too, once
+/// nothing names them.
+fn forget_conversation(tx: &Transaction<'_>, id: i64) -> Result<()> {
+    let files: Vec<Option<i64>> = tx
+        .prepare_cached("DELETE FROM recordings WHERE conversation = ?1 RETURNING file_id")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    tx.prepare_cached("DELETE FROM deliveries WHERE conversation = ?1")?
+        .execute([id])?;
+    tx.prepare_cached("DELETE FROM conversations WHERE id = ?1")?
+        .execute([id])?;
+    for file in files.into_iter().flatten() {
+        forget_file_if_unnamed(tx, file)?;
+    }
+    Ok(())
+}
+
+/// A metadata file none of whose rows is left: its refusals and records.
+fn forget_metadata_file(tx: &Transaction<'_>, metadata_file: i64) -> Result<()> {
+    use rusqlite::OptionalExtension;
+    tx.prepare_cached("DELETE FROM refusals WHERE metadata_file_id = ?1")?
+        .execute([metadata_file])?;
+    let file: Option<i64> = tx
+        .prepare_cached("DELETE FROM metadata_files WHERE id = ?1 RETURNING file_id")?
+        .query_row([metadata_file], |r| r.get(0))
+        .optional()?;
+    if let Some(file) = file {
+        forget_file_if_unnamed(tx, file)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A purged metadata file of `tenant` with conversations in `states`, all ended at 0.
+    fn batch(cat: &Catalog, tenant: &str, states: &[&str]) -> i64 {
+        let conn = cat.lock();
+        conn.execute(
+            "INSERT INTO files (tenant, rel_path, dir, name, stem, kind, via, size, mtime_ns, arrived_at, state, left_at)
+             VALUES (?1, 'b.csv', '', 'b.csv', 'b', 'metadata', 'sftp', 1, 0, 0, 'purged', 0)",
+            [tenant],
+        )
+        .unwrap();
+        let file = conn.last_insert_rowid();
+        conn.execute(
+            "INSERT INTO metadata_files (file_id, tenant, rel_path, dir, format, via, status, received_at)
+             VALUES (?1, ?2, 'b.csv', '', 'csv', 'sftp', 'parsed', 0)",
+            params![file, tenant],
+        )
+        .unwrap();
+        let m = conn.last_insert_rowid();
+        for (row, state) in states.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO conversations (tenant, conversation_id, metadata_file_id, row_no, dir, state, via, received_at, changed_at)
+                 VALUES (?1, ?2, ?3, ?4, '', ?5, 'sftp', 0, 0)",
+                params![tenant, format!("C-{m}-{row}"), m, row as i64 + 2, state],
+            )
+            .unwrap();
+        }
+        m
+    }
+
+    fn counts(cat: &Catalog) -> Vec<(String, String, i64)> {
+        let conn = cat.lock();
+        let mut stmt = conn
+            .prepare("SELECT tenant, state, n FROM conversation_counts WHERE n > 0 ORDER BY 1, 2")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    }
+
+    fn rows(cat: &Catalog) -> i64 {
+        cat.lock()
+            .query_row("SELECT count(*) FROM conversations", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn ended_batches_are_forgotten_in_bounded_steps_and_stay_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        batch(&cat, "a", &vec!["forwarded"; BATCH * 2 + 3]);
+        for _ in 0..5 {
+            batch(&cat, "a", &["rejected"]);
+        }
+        let open = batch(&cat, "b", &["forwarded", "waiting"]);
+        let pruned = cat.prune(1000, usize::MAX).unwrap();
+        assert_eq!(pruned.conversations, BATCH * 2 + 3 + 5);
+        assert_eq!(pruned.metadata_files, 6);
+        assert_eq!(rows(&cat), 2, "the batch with an open row is kept whole");
+        assert_eq!(
+            counts(&cat),
+            [
+                ("a".into(), "forwarded".into(), (BATCH * 2 + 3) as i64),
+                ("a".into(), "rejected".into(), 5),
+                ("b".into(), "forwarded".into(), 1),
+                ("b".into(), "waiting".into(), 1),
+            ]
+        );
+        // Nothing is left to do: a second pass forgets nothing.
+        assert_eq!(cat.prune(1000, usize::MAX).unwrap(), Pruned::default());
+        let m: i64 = cat
+            .lock()
+            .query_row("SELECT count(*) FROM metadata_files WHERE id = ?1", [open], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(m, 1);
+    }
+
+    #[test]
+    fn a_row_queued_again_between_the_look_and_the_delete_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let m = batch(&cat, "a", &["expired", "forwarded"]);
+        let found = cat.prunable_metadata_files(1000, (i64::MIN, 0)).unwrap();
+        assert_eq!(found.iter().map(|(_, id)| *id).collect::<Vec<_>>(), [m]);
+        // `dropsync retry` (another process) gives the expired row another grace meanwhile.
+        cat.lock()
+            .execute("UPDATE conversations SET state = 'waiting' WHERE state = 'expired'", [])
+            .unwrap();
+        let step = cat.prune_some(&[m], 1000).unwrap();
+        assert_eq!((step.conversations, step.metadata_files, step.consumed), (1, 0, 1));
+        assert_eq!(rows(&cat), 1);
+        assert_eq!(
+            counts(&cat),
+            [("a".into(), "forwarded".into(), 1), ("a".into(), "waiting".into(), 1)]
+        );
+    }
 }

@@ -320,8 +320,13 @@ impl Catalog {
                 entry.intake_last_error = last_error;
             }
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {VIEW_COLUMNS} FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
-                 WHERE (c.state = 'failed' OR (c.state = 'ready' AND c.attempts > 0)) AND (?1 IS NULL OR c.tenant = ?1)
+                // Each state from its index, then joined: with an OR the planner walked every
+                // conversation ever recorded (1.8 s at a million).
+                "SELECT {VIEW_COLUMNS} FROM (
+                    SELECT id FROM conversations WHERE state = 'failed' AND (?1 IS NULL OR tenant = ?1)
+                    UNION ALL
+                    SELECT id FROM conversations WHERE state = 'ready' AND attempts > 0 AND (?1 IS NULL OR tenant = ?1)
+                 ) f CROSS JOIN conversations c ON c.id = f.id CROSS JOIN metadata_files m ON m.id = c.metadata_file_id
                  ORDER BY c.changed_at DESC LIMIT 20"
             ))?;
             view.recent_failures = stmt

@@ -58,18 +58,14 @@ impl ConversationKeys {
         recordings: &[&str],
     ) -> Result<ConversationKeys, KeyTooLong> {
         let base = format!("{prefix}{tenant}/{}/", contact_time.format("%Y/%m/%d"));
-        let longest_name = recordings
-            .iter()
-            .map(|n| n.len())
-            .chain([METADATA_JSON.len()])
-            .max()
-            .unwrap_or(0);
         let room = MAX_KEY.saturating_sub(base.len() + 1);
         let too_long = || KeyTooLong {
             prefix: prefix.to_owned(),
         };
-        // The folder gives way first; only a very long sink prefix makes file names shorten too.
-        let folder_max = MAX_SEGMENT.min(room.saturating_sub(longest_name));
+        // The folder leaves room for the longest name any recording may have, not just this
+        // send's, so that a re-send with other names keeps the same folder. It gives way
+        // first; only a very long sink prefix makes file names shorten too.
+        let folder_max = MAX_SEGMENT.min(room.saturating_sub(MAX_SEGMENT));
         let (folder_max, name_max) = if folder_max >= MIN_SHORTENED {
             (folder_max, MAX_SEGMENT)
         } else {
@@ -234,6 +230,11 @@ mod tests {
             assert!(keys.folder.split('/').all(|s| s.len() <= MAX_SEGMENT));
             assert!(keys.names[0].ends_with(".wav") && keys.names[0].len() <= MAX_SEGMENT);
         }
+        // A re-send with other names goes to the same folder.
+        let prefix = "pref/".repeat(120);
+        let one = ConversationKeys::new(&prefix, "acme", t, &id, &["a.wav"]).unwrap();
+        let other = ConversationKeys::new(&prefix, "acme", t, &id, &[&name]).unwrap();
+        assert_eq!(one.folder, other.folder);
         let absurd = "p".repeat(1000);
         assert!(ConversationKeys::new(&absurd, "acme", t, "c", &["c.wav"]).is_err());
     }

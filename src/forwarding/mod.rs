@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::catalog::{Catalog, Forwarded, Work, allocations_for, ms, now_ms};
+use crate::catalog::{Catalog, Forwarded, NewIntake, Via, Work, allocations_for, ms, now_ms};
 use crate::config::{LiveConfig, SinkConfig};
 use crate::dropbox::Archiver;
 use crate::dropbox::{DropRoot, RelPath};
@@ -139,6 +139,12 @@ enum Outcome {
         why: String,
     },
     Catalog(crate::catalog::CatalogError),
+    /// A recording is no longer what intake recorded (new bytes, or only new times, which
+    /// send no event of their own): intake takes the file again, which re-decides the row.
+    Changed {
+        rel_path: String,
+        why: String,
+    },
 }
 
 /// Conversations a worker claims in one transaction: fewer commits, while several workers
@@ -291,6 +297,17 @@ impl Forwarder {
                 let at = now + ms(delay);
                 self.catalog.run(move |c| c.retry_later(id, &e.message, at, now)).await
             }
+            Err(Outcome::Changed { rel_path, why }) => {
+                tracing::warn!(reason = %why, "recording changed; intake takes it again before the next attempt");
+                let delay = crate::backoff::exponential(work.attempts, self.retry_min, self.retry_max);
+                let (tenant, at) = (work.tenant.clone(), now + ms(delay));
+                self.catalog
+                    .run(move |c| {
+                        c.enqueue_intake(&[NewIntake::file(&tenant, &rel_path, Via::Local, false, now)], now)?;
+                        c.retry_later(id, &why, at, now)
+                    })
+                    .await
+            }
             Err(Outcome::Catalog(e)) => {
                 tracing::error!(error = %e, "catalog error while forwarding; the conversation is replayed later");
                 let at = now + ms(self.retry_min);
@@ -350,10 +367,10 @@ impl Forwarder {
                 })
             };
             if !unchanged(&file) {
-                return Err(Outcome::Sink(SinkError::transient(format!(
-                    "{} changed after it arrived",
-                    rec.rel_path
-                ))));
+                return Err(Outcome::Changed {
+                    rel_path: rec.rel_path.clone(),
+                    why: format!("{} changed after it arrived", rec.rel_path),
+                });
             }
             let check = file
                 .try_clone()
@@ -365,10 +382,10 @@ impl Forwarder {
                 .await
                 .map_err(Outcome::Sink)?;
             if bytes as i64 != rec.size || !unchanged(&check) {
-                return Err(Outcome::Sink(SinkError::transient(format!(
-                    "{} changed while it was being sent",
-                    rec.rel_path
-                ))));
+                return Err(Outcome::Changed {
+                    rel_path: rec.rel_path.clone(),
+                    why: format!("{} changed while it was being sent", rec.rel_path),
+                });
             }
             entries.push(RecordingEntry {
                 file: rec.name.clone(),

@@ -185,3 +185,23 @@ fn a_recording_replaced_by_a_file_of_the_same_size_and_mtime_is_not_sent_as_the_
     let fwd = d.wait_forwarded(2, Duration::from_secs(60));
     assert_recordings(&d, &fwd["C1"], &[("c1.wav", &new)]);
 }
+
+/// A recording whose times alone change after intake recorded it (a client's SETSTAT after
+/// CLOSE, `touch`) sends no arrival event. When its held call is released, the forward finds
+/// the file changed: intake takes it again, and the call goes out without a restart.
+#[test]
+fn a_recording_touched_after_intake_is_taken_again_and_forwarded() {
+    let mut d = daemon(1);
+    d.start();
+    let bytes = audio("touched", 560_044);
+    d.put("acme", "c1.wav", &bytes);
+    d.put("acme", "batch.csv", one_row_csv("C1", "c1.wav").as_bytes());
+    assert_eq!(d.wait_report("acme", "batch.csv.report.csv", 1)[0][3], "held");
+    let path = d.drop_dir("acme").join("c1.wav");
+    let later = std::fs::metadata(&path).unwrap().modified().unwrap() + Duration::from_secs(3600);
+    std::fs::File::open(&path).unwrap().set_modified(later).unwrap();
+    reallocate(&d, 1, 10);
+    let fwd = d.wait_forwarded(1, Duration::from_secs(60));
+    assert_recordings(&d, &fwd["C1"], &[("c1.wav", &bytes)]);
+    beta_forwarded(&d, "B1");
+}
