@@ -120,8 +120,9 @@ impl Owed {
     }
 }
 
-/// What `conv` owes now. The sum over the conversation's sends keeps what it was charged in all
-/// equal to the length of its last charged send, whichever row carries which part.
+/// What `conv` owes now. The sum over the conversation's sends is what it was charged in all:
+/// the length of its last charged send, whichever row carries which part, or more when a
+/// shorter re-send found fewer seconds in its month than it had to give back.
 fn owed(tx: &Transaction<'_>, conv: i64) -> Result<Owed> {
     let counted: i64 = tx
         .prepare_cached(
@@ -150,10 +151,10 @@ fn minutes(seconds: u64) -> String {
 }
 
 /// Decides, inside the claim's transaction, whether `conv` of `tenant` may be forwarded now,
-/// and charges it if so: what it owes (see [`Owed::due`]) goes to this month, and onto the
-/// row's `charged_seconds`. A re-send that adds seconds is held or rejected like a first send
-/// when they do not fit; one that gives seconds back always goes (a month never drops below
-/// zero).
+/// and charges it if so: what it owes (see [`Owed::due`]) goes to this month, and what the
+/// month changed by onto the row's `charged_seconds`. A re-send that adds seconds is held or
+/// rejected like a first send when they do not fit; one that gives seconds back always goes,
+/// giving back at most what the month has (a month never drops below zero).
 pub(super) fn charge(tx: &Transaction<'_>, conv: i64, tenant: &str, a: &AllocationNow) -> Result<Verdict> {
     let owed = owed(tx, conv)?;
     let due = owed.due();
@@ -164,15 +165,20 @@ pub(super) fn charge(tx: &Transaction<'_>, conv: i64, tenant: &str, a: &Allocati
         return Ok(stop);
     }
     if due != 0 {
+        // The row keeps what the month actually changed by, not `due`: a shorter re-send in a
+        // month with fewer seconds than it gives back gives back only those, and `refund` and
+        // later re-sends must take back and count only what was given.
+        let before = used(tx, tenant, &a.month)? as i64;
+        let applied = (before + due).max(0) - before;
         tx.prepare_cached(
-            "INSERT INTO minute_usage (tenant, month, seconds) VALUES (?1, ?2, max(0, ?3))
-             ON CONFLICT(tenant, month) DO UPDATE SET seconds = max(0, seconds + ?3)",
+            "INSERT INTO minute_usage (tenant, month, seconds) VALUES (?1, ?2, ?3)
+             ON CONFLICT(tenant, month) DO UPDATE SET seconds = ?3",
         )?
-        .execute(params![tenant, a.month, due])?;
+        .execute(params![tenant, a.month, before + applied])?;
         tx.prepare_cached(
             "UPDATE conversations SET charged_month = ?2, charged_seconds = coalesce(charged_seconds, 0) + ?3 WHERE id = ?1",
         )?
-        .execute(params![conv, a.month, due])?;
+        .execute(params![conv, a.month, applied])?;
     }
     Ok(Verdict::Go)
 }

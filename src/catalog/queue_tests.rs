@@ -450,6 +450,34 @@ fn a_resend_is_charged_the_difference_from_what_was_charged_before() {
     assert_eq!(used(cat), 50);
 }
 
+/// A shorter re-send gives back only what the month it is sent in has (a month never drops
+/// below zero), and if it then fails for good it takes back only that: 100 s charged in
+/// November, a 10 s re-send in December (30 s used there) gives back 30, not 90, and its
+/// failure returns December to 30, not to 90.
+#[test]
+fn a_failed_shorter_resend_takes_back_only_what_its_month_gave() {
+    use crate::tenant::OnExceeded;
+    let fx = fixture();
+    let cat = &fx.cat;
+    let november = allocation(Some(10), OnExceeded::Hold);
+    let mut december = november.clone();
+    december.get_mut("acme").unwrap().month = "2026-12".into();
+    let used = |a: &Allocations| cat.minutes(a).unwrap()["acme"].seconds_used;
+    resend_timed(cat, "r1.csv", "r1.wav", 100_000, 1000);
+    assert_eq!(claimed_ids(cat, 1001, &november), ["R"]);
+    assert_eq!(used(&november), 100);
+    timed_calls(cat, "other.csv", &[("o", 30_000)]);
+    assert_eq!(claimed_ids(cat, 1002, &december), ["O"]);
+    assert_eq!(used(&december), 30);
+    resend_timed(cat, "r2.csv", "r2.wav", 10_000, 1003);
+    let work = cat.claim(1004, 10, &december).unwrap();
+    assert_eq!(work.len(), 1);
+    assert_eq!(used(&december), 0);
+    cat.fail(work[0].id, "permission denied", 1005).unwrap();
+    assert_eq!(used(&december), 30, "the failed re-send took back more than it gave");
+    assert_eq!(used(&november), 100);
+}
+
 /// `tenant` sends calls `ids`, each with its recording, at `now`.
 fn tenant_calls(cat: &Catalog, tenant: &str, ids: &[&str], now: i64) {
     let file = |rel: &str, kind| {

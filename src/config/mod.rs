@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod host_keys;
 mod problems;
 mod raw;
 mod sink;
@@ -21,7 +22,8 @@ use raw::{RawConfig, RawIncluded};
 use sink::sink_config;
 use tenants::{quota, tenant};
 
-use crate::ingress::sftp::host_keys::HostKeyKind;
+use host_keys::HostKeyKind;
+
 pub use crate::secret::{Secret, SecretSource};
 use crate::tenant::{Quota, Tenant};
 
@@ -476,7 +478,7 @@ fn host_keys(
     list: Option<Vec<String>>,
 ) -> Vec<PathBuf> {
     match (one, list) {
-        (None, None) => crate::ingress::sftp::host_keys::default_paths(state_dir),
+        (None, None) => host_keys::default_paths(state_dir),
         (Some(one), None) => vec![resolve(base, &one)],
         (Some(_), Some(_)) => {
             p.add(

@@ -211,7 +211,7 @@ pub(super) fn ftp_source(p: &mut Problems<'_>, base: &Path, at: &str, f: RawFtp)
         tls_pin_sha256: f
             .tls_pin_sha256
             .iter()
-            .filter_map(|pin| match crate::ingress::ftp_poll::parse_pin(pin) {
+            .filter_map(|pin| match parse_pin(pin) {
                 Ok(key) => Some(key),
                 Err(e) => {
                     p.add(format!("{at}.tls_pin_sha256"), e);
@@ -222,6 +222,24 @@ pub(super) fn ftp_source(p: &mut Problems<'_>, base: &Path, at: &str, f: RawFtp)
         tls_insecure_skip_verify: f.tls_insecure_skip_verify.unwrap_or(false),
         timeout: p.duration(&format!("{at}.timeout"), f.timeout.as_deref(), Duration::from_secs(60)),
     })
+}
+
+/// Reads a `tls_pin_sha256` entry: 64 hex digits (colons allowed), or the 32 bytes in base64
+/// (with or without a `sha256//` prefix, as in HPKP and curl's `--pinnedpubkey`).
+pub(super) fn parse_pin(raw: &str) -> Result<[u8; 32], String> {
+    let s = raw.trim().trim_start_matches("sha256//");
+    let hex_digits: String = s.chars().filter(|c| *c != ':').collect();
+    let bytes = if hex_digits.len() == 64 {
+        hex::decode(&hex_digits).map_err(|e| e.to_string())?
+    } else {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|e| e.to_string())?
+    };
+    bytes
+        .try_into()
+        .map_err(|_| format!("{raw:?} is not a SHA-256 (64 hex digits, or 32 bytes in base64)"))
 }
 
 /// A quota table (`[limits] quota` or a tenant's `quota`): only the keys it sets.

@@ -210,3 +210,17 @@ fn a_tenant_may_keep_its_local_copies_for_its_own_retention() {
         "{found:?}"
     );
 }
+
+#[test]
+fn tls_pins_are_read_as_hex_or_base64() {
+    use super::tenants::parse_pin;
+    let hex = "ab".repeat(32);
+    assert_eq!(parse_pin(&hex).unwrap(), [0xab; 32]);
+    let colons = vec!["ab"; 32].join(":");
+    assert_eq!(parse_pin(&colons).unwrap(), [0xab; 32]);
+    assert_eq!(
+        parse_pin("sha256//q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=").unwrap(),
+        [0xab; 32]
+    );
+    assert!(parse_pin("abc").is_err());
+}

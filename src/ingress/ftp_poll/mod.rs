@@ -20,8 +20,6 @@ pub mod listing;
 mod pull;
 mod tls;
 
-pub use tls::parse_pin;
-
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};

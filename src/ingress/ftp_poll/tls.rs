@@ -208,41 +208,14 @@ fn der_body(element: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&whole[header..], rest))
 }
 
-/// Reads a `tls_pin_sha256` entry: 64 hex digits (colons allowed), or the 32 bytes in base64
-/// (with or without a `sha256//` prefix, as in HPKP and curl's `--pinnedpubkey`).
-pub fn parse_pin(raw: &str) -> Result<[u8; 32], String> {
-    let s = raw.trim().trim_start_matches("sha256//");
-    let hex_digits: String = s.chars().filter(|c| *c != ':').collect();
-    let bytes = if hex_digits.len() == 64 {
-        hex::decode(&hex_digits).map_err(|e| e.to_string())?
-    } else {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .map_err(|e| e.to_string())?
-    };
-    bytes
-        .try_into()
-        .map_err(|_| format!("{raw:?} is not a SHA-256 (64 hex digits, or 32 bytes in base64)"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn der_walker_refuses_garbage_and_pins_parse() {
+    fn der_walker_refuses_garbage() {
         assert!(subject_public_key_info(b"").is_none());
         assert!(subject_public_key_info(&[0x30, 0x82, 0xff]).is_none());
         assert!(subject_public_key_info(&[0x30, 0x03, 0x30, 0x01, 0x00]).is_none());
-        let hex = "ab".repeat(32);
-        assert_eq!(parse_pin(&hex).unwrap(), [0xab; 32]);
-        let colons = vec!["ab"; 32].join(":");
-        assert_eq!(parse_pin(&colons).unwrap(), [0xab; 32]);
-        assert_eq!(
-            parse_pin("sha256//q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=").unwrap(),
-            [0xab; 32]
-        );
-        assert!(parse_pin("abc").is_err());
     }
 }

@@ -15,7 +15,9 @@ use russh::keys::ssh_key::private::{KeypairData, RsaKeypair};
 use russh::keys::ssh_key::{EcdsaCurve, LineEnding, PrivateKey, PublicKey};
 use russh::keys::{Algorithm, HashAlg};
 
-/// The size of the RSA keys dropsync creates: OpenSSH's default since 9.0 (`ssh-keygen -t rsa`).
+use crate::config::host_keys::HostKeyKind;
+
+/// The size of the RSA keys dropsync creates ([`HostKeyKind::Rsa`]): OpenSSH's default since 9.0 (`ssh-keygen -t rsa`).
 const RSA_BITS: usize = 3072;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,42 +37,6 @@ pub enum HostKeyError {
         second: String,
         kind: String,
     },
-}
-
-/// A type of host key dropsync creates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostKeyKind {
-    Ed25519,
-    /// ECDSA on NIST P-256, the curve every ECDSA client knows.
-    Ecdsa,
-    /// RSA of [`RSA_BITS`] bits.
-    Rsa,
-}
-
-impl HostKeyKind {
-    /// The type a key file to create has, read from its file name, as OpenSSH names them
-    /// (`ssh_host_ed25519_key`, `ssh_host_ecdsa_key`, `ssh_host_rsa_key`).
-    pub fn from_name(path: &Path) -> Option<HostKeyKind> {
-        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
-        // "ecdsa" before "rsa" would not matter ("ecdsa" holds no "rsa"), but ed25519 first
-        // keeps a name like "ed25519_not_rsa" what it says first.
-        [
-            ("ed25519", HostKeyKind::Ed25519),
-            ("ecdsa", HostKeyKind::Ecdsa),
-            ("rsa", HostKeyKind::Rsa),
-        ]
-        .into_iter()
-        .find(|(word, _)| name.contains(word))
-        .map(|(_, kind)| kind)
-    }
-}
-
-/// The default host key files in `state_dir`, as OpenSSH names its own.
-pub fn default_paths(state_dir: &Path) -> Vec<PathBuf> {
-    ["ssh_host_ed25519_key", "ssh_host_ecdsa_key", "ssh_host_rsa_key"]
-        .into_iter()
-        .map(|name| state_dir.join(name))
-        .collect()
 }
 
 /// Reads every key in `paths`, creating those that are missing; refuses two of one type.
@@ -222,18 +188,7 @@ pub fn fingerprints(paths: &[PathBuf]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_type_to_create_follows_the_name() {
-        let kind = |name: &str| HostKeyKind::from_name(Path::new(name));
-        assert_eq!(kind("var/ssh_host_ed25519_key"), Some(HostKeyKind::Ed25519));
-        assert_eq!(kind("var/ssh_host_ecdsa_key"), Some(HostKeyKind::Ecdsa));
-        assert_eq!(kind("/etc/dropsync/ssh_host_rsa_key"), Some(HostKeyKind::Rsa));
-        assert_eq!(kind("keys/Host-RSA.key"), Some(HostKeyKind::Rsa));
-        assert_eq!(kind("keys/hostkey"), None);
-        // Only the file name counts, not its folder.
-        assert_eq!(kind("rsa/hostkey"), None);
-    }
+    use crate::config::host_keys::default_paths;
 
     #[test]
     fn created_keys_are_kept_and_two_of_a_type_are_refused() {
