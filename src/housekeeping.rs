@@ -105,7 +105,13 @@ impl Worker for Housekeeper {
         .await?;
         // A pass seen whole: tests wait on it before they say "nothing was removed".
         metrics::counter!("dropsync_housekeeping_passes_total").increment(1);
-        Ok(WorkerState::Idle)
+        // A backlog of history (an upgrade, a shortened retention.catalog) is worked off
+        // slice after slice, not a slice a tick; each slice holds the writer only briefly.
+        Ok(if pruned.conversations >= PRUNE_PER_SWEEP {
+            WorkerState::Busy
+        } else {
+            WorkerState::Idle
+        })
     }
 
     async fn wait_for_work(&mut self) {
