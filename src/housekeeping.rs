@@ -173,21 +173,41 @@ fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention: &Retentio
 /// now. Each is deleted only if it is still the file found stale (a new upload under the same
 /// name stays). Failures are logged and tried again at the next sweep.
 fn remove_stale_uploads(drop: &DropRoot, limits: &Limits, tenant: &TenantId, stale: Duration) {
+    if let Some(found) = find_stale_uploads(drop, limits, tenant, stale) {
+        remove_found(drop, limits, tenant, found, stale);
+    }
+}
+
+/// A stale upload found by the walk: its path, identity and size.
+type Stale = (RelPath, FileId, u64);
+
+/// The tenant's temp files unchanged for `stale` and not being written now (a batch of them).
+fn find_stale_uploads(drop: &DropRoot, limits: &Limits, tenant: &TenantId, stale: Duration) -> Option<Vec<Stale>> {
     let cutoff = SystemTime::now() - stale;
-    let mut found: Vec<(RelPath, FileId, u64)> = Vec::new();
+    let mut found: Vec<Stale> = Vec::new();
     let walked = drop.for_each_held(tenant, |f| {
         let temp = f.name.to_str().is_some_and(is_temp_name);
         if temp && f.changed <= cutoff && found.len() < STALE_BATCH && !limits.is_being_written(tenant, f.id) {
             found.extend(f.rel.clone().map(|rel| (rel, f.id, f.size)));
         }
     });
-    if let Err(e) = walked {
-        tracing::warn!(tenant = %tenant, error = %e, "cannot look for stale uploads");
-        return;
+    match walked {
+        Ok(()) => Some(found),
+        Err(e) => {
+            tracing::warn!(tenant = %tenant, error = %e, "cannot look for stale uploads");
+            None
+        }
     }
+}
+
+/// Removes the stale uploads found, each only if it is still the file found.
+fn remove_found(drop: &DropRoot, limits: &Limits, tenant: &TenantId, found: Vec<Stale>, stale: Duration) {
     let (mut removed, mut bytes) = (0u64, 0u64);
     for (rel, id, size) in found {
-        match drop.remove_if_same(tenant, &rel, |found| found == id) {
+        // Asked again at the removal: an upload may have begun to continue it since the walk.
+        match drop.remove_if_same(tenant, &rel, |found| {
+            found == id && !limits.is_being_written(tenant, found)
+        }) {
             Ok(Removal::Removed) => {
                 tracing::info!(tenant = %tenant, file = %rel.as_str(), bytes = size, "stale upload removed");
                 (removed, bytes) = (removed + 1, bytes + size);
@@ -309,5 +329,20 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left.len(), 2, "c1.wav and reports/, nothing set aside: {left:?}");
+    }
+
+    #[test]
+    fn a_stale_upload_resumed_after_the_walk_is_not_removed() {
+        let fx = crate::limits::fixture(crate::tenant::Quota::default());
+        let (drop, limits, acme) = (&fx.drops, &fx.limits, &fx.acme);
+        let path = drop.tenant_dir(acme).join("c1.wav.part");
+        std::fs::write(&path, b"left a day ago").unwrap();
+        let found = find_stale_uploads(drop, limits, acme, Duration::ZERO).unwrap();
+        assert_eq!(found.len(), 1);
+        // Between the walk and the removal, a client resumes it: its upload covers it now.
+        let id = FileId::of(&std::fs::metadata(&path).unwrap());
+        let _resumed = limits.continue_file(acme, "c1.wav.part", id, 14).unwrap();
+        remove_found(drop, limits, acme, found, Duration::ZERO);
+        assert!(path.exists(), "a file being resumed was removed as stale");
     }
 }

@@ -5,8 +5,10 @@
 //! [`UsageWorker`] (temp names, hidden files and files intake has not recorded yet included:
 //! SPEC §8 "Everything held counts"), plus what is being written right now (uploads, downloads
 //! and zip entries hold a [`FileGrant`] while open). A file being written under a grant is
-//! counted by its grant alone: the walk skips the file the grant covers. A file completed while
-//! a walk runs is counted twice until the next one, never not at all.
+//! counted by its grant alone: the walk skips the file the grant covers. A file continued by an
+//! upload (a resume or an append, written to a copy) is counted by that upload's grant too, in
+//! place of the original, which the walk then skips as well. A file completed while a walk runs
+//! is counted twice until the next one, never not at all.
 //!
 //! Metadata files may pass the quota by a little ([`METADATA_HEADROOM_BYTES`] and
 //! [`METADATA_HEADROOM_FILES`]): a tenant whose recordings fill its quota while they wait for
@@ -37,9 +39,10 @@ struct Usage {
     /// In the drop folder, as the last walk found it (plus files completed since).
     held_bytes: u64,
     held_files: u64,
-    /// Completed while a walk of the folder runs: added to what the walk finds, as the walk
-    /// may have passed their folder already.
-    kept_while_walking: Option<(u64, u64)>,
+    /// Bytes and files completed (added) or taken over by an upload (taken away) while a walk
+    /// of the folder runs: applied to what the walk finds, as the walk may have passed their
+    /// folder already, and took which files are covered before it began.
+    changed_while_walking: Option<(i64, i64)>,
     /// Being written now.
     open_bytes: u64,
     open_files: u64,
@@ -78,7 +81,7 @@ impl Limits {
         for tenant in &self.config.get().tenants {
             let id = tenant.id.as_str();
             let covered = self.with_usage(id, |u| {
-                u.kept_while_walking = Some((0, 0));
+                u.changed_while_walking = Some((0, 0));
                 u.covered.clone()
             });
             let (mut bytes, mut files) = (0u64, 0u64);
@@ -92,9 +95,10 @@ impl Limits {
                 tracing::warn!(tenant = %tenant.id, error = %e, "cannot read what the tenant holds; its quota counts the last reading");
             }
             let (bytes, files) = self.with_usage(id, |u| {
-                let (kept_bytes, kept_files) = u.kept_while_walking.take().unwrap_or_default();
+                let (changed_bytes, changed_files) = u.changed_while_walking.take().unwrap_or_default();
                 if walked.is_ok() {
-                    (u.held_bytes, u.held_files) = (bytes + kept_bytes, files + kept_files);
+                    u.held_bytes = bytes.saturating_add_signed(changed_bytes);
+                    u.held_files = files.saturating_add_signed(changed_files);
                 }
                 (u.held_bytes, u.held_files)
             });
@@ -112,6 +116,35 @@ impl Limits {
     /// A new file named `name` is being written into the tenant's folder; refused if the
     /// tenant holds as many files as its quota allows, or its byte quota is spent.
     pub fn open_file(self: &Arc<Self>, tenant: &TenantId, name: &str) -> Result<FileGrant, QuotaExceeded> {
+        self.grant(tenant, name, None)
+    }
+
+    /// An upload continues the file `original` of `size` bytes (a resume or an append, written
+    /// to a copy that replaces it when complete): the grant counts it from now on, in place of
+    /// the walk, so it is never counted twice and takes no further file of the quota. Refused
+    /// only if the tenant's byte quota is spent already. If the upload is not kept, the
+    /// original counts as held again.
+    ///
+    /// The original is taken out of what the last walk found at once. A file that walk had not
+    /// seen (put there by something other than an upload since) is counted short until the
+    /// next walk.
+    pub fn continue_file(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        name: &str,
+        original: FileId,
+        size: u64,
+    ) -> Result<FileGrant, QuotaExceeded> {
+        self.grant(tenant, name, Some((original, size)))
+    }
+
+    /// A grant for a new file, or for one continuing `original`.
+    fn grant(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        name: &str,
+        original: Option<(FileId, u64)>,
+    ) -> Result<FileGrant, QuotaExceeded> {
         let quota = self.quota(tenant.as_str());
         let metadata = crate::matching::extension(name)
             .and_then(|e| MetadataFormat::from_extension(&e))
@@ -122,7 +155,9 @@ impl Limits {
             (0, 0)
         };
         self.with_usage(tenant.as_str(), |u| {
+            // A continued file takes the place of one held: no further file of the quota.
             if let Some(max) = quota.files
+                && original.is_none()
                 && u.held_files + u.open_files >= max + headroom_files
             {
                 return Err(QuotaExceeded(format!("{max} files held (quota.files)")));
@@ -133,14 +168,25 @@ impl Limits {
                 return Err(bytes_exceeded(max));
             }
             u.open_files += 1;
+            if let Some((id, size)) = original {
+                // Counted by this grant from now on, no longer as held.
+                u.held_files = u.held_files.saturating_sub(1);
+                u.held_bytes = u.held_bytes.saturating_sub(size);
+                u.open_bytes += size;
+                u.covered.insert(id);
+                if let Some((b, f)) = &mut u.changed_while_walking {
+                    (*b, *f) = (*b - signed(size), *f - 1);
+                }
+            }
             Ok(())
         })?;
         Ok(FileGrant {
             limits: self.clone(),
             tenant: tenant.to_string(),
-            bytes: 0,
+            bytes: original.map_or(0, |(_, size)| size),
             headroom: headroom_bytes,
             covers: None,
+            original,
         })
     }
 
@@ -174,6 +220,10 @@ impl Limits {
     }
 }
 
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 fn bytes_exceeded(max: u64) -> QuotaExceeded {
     QuotaExceeded(format!("{} held (quota.bytes)", bytesize::ByteSize::b(max)))
 }
@@ -187,6 +237,9 @@ pub struct FileGrant {
     headroom: u64,
     /// The file being written, counted here and not by the walk of the folder.
     covers: Option<FileId>,
+    /// The file this upload continues, and its size: counted here in place of the walk until
+    /// the upload replaces it, or counted as held again if it does not.
+    original: Option<(FileId, u64)>,
 }
 
 impl FileGrant {
@@ -223,28 +276,40 @@ impl FileGrant {
 
     /// The file is complete and stays: it counts as held at once (the next walk finds it
     /// under its name), so a burst of uploads cannot slip past the quota meanwhile.
-    pub fn keep(self) {
+    /// An upload that continued a file has replaced it by now (renamed over it): the original
+    /// is gone and counts no more.
+    pub fn keep(mut self) {
         let bytes = self.bytes;
-        self.limits.with_usage(&self.tenant, |u| {
-            u.held_bytes += bytes;
-            u.held_files += 1;
-            if let Some((b, f)) = &mut u.kept_while_walking {
-                (*b, *f) = (*b + bytes, *f + 1);
-            }
-        });
+        self.limits.with_usage(&self.tenant, |u| held_again(u, bytes));
+        // Replaced: not held again when the grant is dropped.
+        self.original = None;
     }
 }
 
 impl Drop for FileGrant {
     fn drop(&mut self) {
-        let (bytes, covers) = (self.bytes, self.covers);
+        let (bytes, covers, original) = (self.bytes, self.covers, self.original);
         self.limits.with_usage(&self.tenant, |u| {
             u.open_files = u.open_files.saturating_sub(1);
             u.open_bytes = u.open_bytes.saturating_sub(bytes);
             if let Some(id) = covers {
                 u.covered.remove(&id);
             }
+            // Not replaced: the original stays where it was, and is held as before.
+            if let Some((id, size)) = original {
+                u.covered.remove(&id);
+                held_again(u, size);
+            }
         });
+    }
+}
+
+/// A file of `bytes` is held from now on (counted before the next walk finds it).
+fn held_again(u: &mut Usage, bytes: u64) {
+    u.held_bytes += bytes;
+    u.held_files += 1;
+    if let Some((b, f)) = &mut u.changed_while_walking {
+        (*b, *f) = (*b + signed(bytes), *f + 1);
     }
 }
 
@@ -392,5 +457,41 @@ mod tests {
         std::fs::remove_file(dir.join("c1.wav.part")).unwrap();
         l.refresh(&fx.drops);
         assert!(l.open_file(acme, "c2.wav").unwrap().grow_to(1000).is_ok());
+    }
+
+    #[test]
+    fn a_continued_file_counts_once_and_as_no_further_file() {
+        let fx = fixture(Quota {
+            bytes: Some(1000),
+            files: Some(1),
+            sessions: None,
+        });
+        let (l, acme) = (&fx.limits, &fx.acme);
+        let dir = fx.drops.tenant_dir(acme);
+        std::fs::write(dir.join("c1.wav.part"), vec![0; 600]).unwrap();
+        let original = FileId::of(&std::fs::metadata(dir.join("c1.wav.part")).unwrap());
+        l.refresh(&fx.drops);
+        // At its `files` quota, with 600 of 1000 bytes held: a resume may add 400.
+        let mut up = l.continue_file(acme, "c1.wav.part", original, 600).unwrap();
+        l.refresh(&fx.drops);
+        assert!(l.is_being_written(acme, original));
+        up.grow_to(1000).unwrap();
+        assert!(up.grow_to(1001).is_err());
+        // Not kept (discarded): the original is held again, at once and after a walk.
+        drop(up);
+        assert!(l.open_file(acme, "c2.wav").is_err(), "the original is held again");
+        l.refresh(&fx.drops);
+        // Kept: the copy replaced the original and counts once.
+        let mut up = l.continue_file(acme, "c1.wav.part", original, 600).unwrap();
+        up.grow_to(900).unwrap();
+        std::fs::write(dir.join(".copy"), vec![0; 900]).unwrap();
+        std::fs::rename(dir.join(".copy"), dir.join("c1.wav.part")).unwrap();
+        up.keep();
+        let mut again = l.continue_file(acme, "c1.wav.part", original, 900).unwrap();
+        again.grow_to(1000).unwrap();
+        drop(again);
+        l.refresh(&fx.drops);
+        let mut again = l.continue_file(acme, "c1.wav.part", original, 900).unwrap();
+        again.grow_to(1000).unwrap();
     }
 }

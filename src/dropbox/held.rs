@@ -125,7 +125,8 @@ impl DropRoot {
     /// The file is first renamed aside to one of our temp names in its folder (held open, no
     /// link on the way), then the file under that temp name is compared: a file is never
     /// deleted by a name that another file may have taken between a check and the unlink. A
-    /// newcomer caught by the rename is put back, unless yet another file took the name.
+    /// newcomer caught by the rename is put back; if yet another file took the name meanwhile,
+    /// the newcomer is kept as `<name>.kept-<n>` (see [`keep_aside`]).
     pub fn remove_if_same(
         &self,
         tenant: &TenantId,
@@ -157,9 +158,53 @@ impl DropRoot {
             return Ok(Removal::Removed);
         }
         // Replaced between the check and the rename: the newcomer goes back where it was sent.
-        rustix::fs::renameat_with(&dir, aside.as_str(), &dir, name, RenameFlags::NOREPLACE)?;
+        match rustix::fs::renameat_with(&dir, aside.as_str(), &dir, name, RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            // Yet another file took the name meanwhile. The newcomer must not stay under our
+            // temp name, which a later sweep would delete: it keeps one beside its own.
+            Err(rustix::io::Errno::EXIST) => keep_aside(&dir, &aside, rel)?,
+            Err(e) => return Err(e.into()),
+        }
         Ok(Removal::Replaced)
     }
+}
+
+/// How many `.kept-<n>` names are tried before giving up.
+const KEPT_NAMES: u32 = 100;
+
+/// Renames the file at our temp name `aside` to `<name>.kept-<n>` (the first free `n`) beside
+/// `rel`: no temp name (no leading dot, no temp suffix), so nothing deletes it as stale, and a
+/// name that says what it was. Logged, for the operator to tell the tenant.
+fn keep_aside(dir: &OwnedFd, aside: &str, rel: &RelPath) -> io::Result<()> {
+    // Leading dots go (a dot-file is a temp name); the name is cut to fit in 255 bytes.
+    let base = match rel.file_name().trim_start_matches('.') {
+        "" => "file",
+        base => base,
+    };
+    for n in 1..=KEPT_NAMES {
+        let suffix = format!(".kept-{n}");
+        let mut cut = base.len().min(255 - suffix.len());
+        while !base.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let kept = format!("{}{suffix}", &base[..cut]);
+        match rustix::fs::renameat_with(dir, aside, dir, kept.as_str(), RenameFlags::NOREPLACE) {
+            Ok(()) => {
+                tracing::warn!(file = %rel.as_str(), kept = %kept,
+                    "a new file caught while removing an old one lost its name to a third; kept under another name");
+                return Ok(());
+            }
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "{}: a new file is left at {aside}: no free .kept-<n> name",
+            rel.as_str()
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -231,5 +276,37 @@ mod tests {
         assert!(!id.is_recorded(Some(2), Some(9)), "same inode on another device");
         assert!(!id.is_recorded(Some(3), Some(1)));
         assert!(id.is_recorded(Some(2), None) && id.is_recorded(None, None));
+    }
+
+    #[test]
+    fn a_newcomer_caught_aside_whose_name_was_taken_again_keeps_a_name_that_is_no_temp_name() {
+        let (_dir, d, acme) = fixture();
+        let t = d.tenant_dir(&acme);
+        std::fs::write(t.join("c1.wav.part"), b"stale").unwrap();
+        let stale = FileId::of(&std::fs::metadata(t.join("c1.wav.part")).unwrap());
+        let rel = RelPath::parse("c1.wav.part").unwrap();
+        let calls = std::cell::Cell::new(0);
+        // First look: still the stale file, but a newcomer takes the name before the rename
+        // aside. Second look (aside): the newcomer; and a third file takes the name meanwhile.
+        let removal = d.remove_if_same(&acme, &rel, |found| {
+            calls.set(calls.get() + 1);
+            if calls.get() == 1 {
+                std::fs::write(t.join("new"), b"newcomer").unwrap();
+                std::fs::rename(t.join("new"), t.join("c1.wav.part")).unwrap();
+            } else {
+                std::fs::write(t.join("c1.wav.part"), b"third").unwrap();
+            }
+            found == stale
+        });
+        assert_eq!(removal.unwrap(), Removal::Replaced);
+        assert_eq!(std::fs::read(t.join("c1.wav.part")).unwrap(), b"third");
+        let mut names: Vec<_> = std::fs::read_dir(&t)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["c1.wav.part", "c1.wav.part.kept-1", "reports"]);
+        assert_eq!(std::fs::read(t.join("c1.wav.part.kept-1")).unwrap(), b"newcomer");
+        assert!(!crate::dropbox::is_temp_name("c1.wav.part.kept-1"));
     }
 }

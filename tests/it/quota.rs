@@ -293,3 +293,39 @@ fn a_zip_is_unpacked_only_within_the_quota() {
     let out = d.sftp_batch("acme", "acme", "put big.wav\n");
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn a_resumed_or_appended_upload_counts_its_file_once() {
+    // One file and 10 MiB: a 6 MiB `.part` held, then continued by 3 MiB, must fit both.
+    let (mut d, metrics) = limited("quota = { bytes = \"10 MiB\", files = 1 }");
+    d.start();
+    std::fs::write(d.dir.path().join("six"), audio("six", 6 << 20)).unwrap();
+    let out = d.sftp_batch("acme", "acme", "put six c1.wav.part\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The walk of the folder has read it: it is what the quota counts now.
+    wait_for("acme's usage to be read", T, || {
+        metric(metrics, &["dropsync_tenant_held_bytes", "tenant=\"acme\""]) == (6 << 20) as f64
+    });
+    // Appended to (paramiko's 'a': OPEN without TRUNCATE) by 3 MiB, then by 512 KiB right
+    // after its CLOSE: the kept upload counts its file once, not again beside the original.
+    let out = d.paramiko(
+        "t, s = connect()\nfor more in (3 << 20, 512 << 10):\n    try:\n        f = s.open('c1.wav.part', 'a')\n        \
+         for i in range(0, more, 32768):\n            f.write(b'\\x01' * 32768)\n        f.close()\n        \
+         print('appended', more)\n    except IOError as e:\n        print('refused:', e)\n\
+         print('size', s.stat('c1.wav.part').st_size)\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    d.beta_uploads("B-1");
+    assert!(
+        text.contains("appended 3145728") && text.contains("appended 524288") && !text.contains("refused"),
+        "{text}{}",
+        stderr(&out)
+    );
+    assert!(text.contains(&format!("size {}", (9 << 20) + (512 << 10))), "{text}");
+    wait_for("beta's call", T, || d.forwarded().contains_key("B-1"));
+    wait_for("acme's usage to be read again", T, || {
+        metric(metrics, &["dropsync_tenant_held_bytes", "tenant=\"acme\""]) == ((9 << 20) + (512 << 10)) as f64
+    });
+    assert_eq!(metric(metrics, &["dropsync_tenant_held_files", "tenant=\"acme\""]), 1.0);
+    assert_eq!(drop_files(&d, "acme"), ["c1.wav.part"]);
+}

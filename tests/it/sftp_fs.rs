@@ -8,9 +8,10 @@ use crate::quota::Tmpfs;
 
 const T: Duration = Duration::from_secs(60);
 
-/// An append (or a resume) starts from a copy of what the file holds: that copy is counted
-/// against the quota before any byte of it is made. So on a disk without room for the copy the
-/// refusal is the quota's, and nothing is left behind; beta is served meanwhile.
+/// An append (or a resume) starts from a copy of what the file holds, which replaces it: the
+/// file counts once, but an append by a tenant whose byte quota is spent is refused before any
+/// byte of the copy is made. So on a disk without room for the copy the refusal is the quota's,
+/// and nothing is left behind; beta is served meanwhile.
 #[test]
 fn an_append_past_the_quota_is_refused_before_anything_is_copied() {
     let mut d = Daemon::with_sftp("").with_replaced(
@@ -21,10 +22,10 @@ fn an_append_past_the_quota_is_refused_before_anything_is_copied() {
     d.start();
     let big = audio("big", 6 << 20);
     std::fs::write(d.dir.path().join("big.wav"), &big).unwrap();
-    let out = d.sftp_batch("acme", "acme", "put big.wav\n");
+    std::fs::write(d.dir.path().join("fill.wav"), audio("fill", 4 << 20)).unwrap();
+    // 10 MiB held: the quota is spent, and the disk has no room for a copy of big.wav.
+    let out = d.sftp_batch("acme", "acme", "put big.wav\nput fill.wav\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // Room on the disk for what an append adds, not for a second copy of the file.
-    std::fs::write(d.dir.path().join("var/ballast"), vec![0u8; 4 << 20]).unwrap();
     let out = d.paramiko(
         "t, s = connect()\ntry:\n    f = s.open('big.wav', 'a')\n    print('opened')\n\
          except IOError as e:\n    print('refused:', e)\n",

@@ -37,7 +37,7 @@ use super::{Arrived, IngressEvent, KnownDigest};
 use crate::catalog::{Catalog, PollRecord, RemoteFileState, Via, now_ms};
 use crate::config::LiveConfig;
 use crate::dropbox::{DropRoot, FileKind, RelPath};
-use crate::limits::Limits;
+use crate::limits::{FileGrant, Limits};
 use crate::tenant::{AfterDownload, FtpSource, Tenant, TenantId};
 use crate::worker::{Worker, WorkerError, WorkerState, Workers};
 
@@ -156,6 +156,9 @@ struct Job {
     state: RemoteFileState,
     /// Bytes already in its temp file belong to this version (a download was cut short).
     resumable: bool,
+    /// Its place in the tenant's quota, once admitted: it covers the temp file while it is
+    /// written, and is kept once the file is in place.
+    grant: Option<FileGrant>,
 }
 
 /// What one poll did.
@@ -361,7 +364,12 @@ impl Poller {
             let stable_at = state.stable_since.saturating_add(min_age);
             if stable_at <= now {
                 let resumable = state.partial.as_deref() == Some(state.version().as_str());
-                jobs.push(Job { path, state, resumable });
+                jobs.push(Job {
+                    path,
+                    state,
+                    resumable,
+                    grant: None,
+                });
             } else {
                 summary.next_stable_at = Some(summary.next_stable_at.map_or(stable_at, |t| t.min(stable_at)));
             }
@@ -415,9 +423,8 @@ impl Poller {
                 .await?;
         }
         // What the tenant's quota lets in now; the rest waits, and the source says so.
-        let mut grants = Vec::with_capacity(jobs.len());
         let mut admitted = Vec::with_capacity(jobs.len());
-        for job in jobs {
+        for mut job in jobs {
             let grant = self
                 .ctx
                 .quotas
@@ -425,7 +432,7 @@ impl Poller {
                 .and_then(|mut g| g.grow_to(job.state.size).map(|()| g));
             match grant {
                 Ok(g) => {
-                    grants.push(g);
+                    job.grant = Some(g);
                     admitted.push(job);
                 }
                 Err(e) => {
@@ -437,7 +444,6 @@ impl Poller {
         }
         let queue = Arc::new(Mutex::new(VecDeque::from(admitted)));
         let pulls = self.pull_all(client, queue, tls).await;
-        drop(grants);
         for outcome in pulls {
             match outcome {
                 Ok(bytes) => {

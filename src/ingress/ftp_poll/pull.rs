@@ -28,6 +28,8 @@ struct Received {
     target: PathBuf,
     rel: RelPath,
     started: Instant,
+    /// The file's place in the quota: covers the temp file, kept once it is in place.
+    grant: Option<FileGrant>,
 }
 
 /// A file's size once pulled, or why it was not.
@@ -124,10 +126,10 @@ impl Poller {
             if !session_ok {
                 break;
             }
-            let Some(job) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
+            let Some(mut job) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
                 break;
             };
-            match self.fetch(&mut client, &job).await {
+            match self.fetch(&mut client, &mut job).await {
                 Ok(received) => {
                     let remote = client.remote(&job.path);
                     finishing.spawn(
@@ -180,7 +182,7 @@ impl Poller {
 
     /// Receives one file into its temp name (resuming what is there when it belongs to the
     /// same version), checked against the listed size; not yet fsynced.
-    async fn fetch(&self, client: &mut FtpClient, job: &Job) -> Result<Received, FtpPollError> {
+    async fn fetch(&self, client: &mut FtpClient, job: &mut Job) -> Result<Received, FtpPollError> {
         let Some(rel) = RelPath::parse(&job.path) else {
             return Err(FtpPollError::Listing {
                 path: job.path.clone(),
@@ -190,20 +192,23 @@ impl Poller {
         let target = self.ctx.drops.path_of(&self.tenant, &rel);
         let tmp_name = temp_name(&self.key, &job.path);
         let tmp = target.with_file_name(&tmp_name);
-        let (drops, tenant, dir, name) = (
+        let (drops, tenant, dir, name, mut grant) = (
             self.ctx.drops.clone(),
             self.tenant.clone(),
             rel.dir().to_owned(),
             tmp_name.clone(),
+            job.grant.take(),
         );
-        let (dir, file) = tokio::task::spawn_blocking(move || open_temp(&drops, &tenant, &dir, &name))
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))
-            .and_then(|r| r)
-            .map_err(|source| FtpPollError::Local {
-                path: tmp.clone(),
-                source,
-            })?;
+        let (dir, file, grant) = tokio::task::spawn_blocking(move || {
+            open_temp(&drops, &tenant, &dir, &name, grant.as_mut()).map(|(dir, file)| (dir, file, grant))
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map_err(|source| FtpPollError::Local {
+            path: tmp.clone(),
+            source,
+        })?;
         let resume_from = match file.metadata() {
             Ok(m) if job.resumable => m.len(),
             _ => 0,
@@ -221,6 +226,7 @@ impl Poller {
                     target,
                     rel,
                     started,
+                    grant,
                 })
             }
             Err(e) => {
@@ -252,16 +258,13 @@ impl Poller {
             mtime_ns: meta.st_mtime * 1_000_000_000 + meta.st_mtime_nsec as i64,
             sha256,
         };
-        let (dir, tmp_name, name) = (r.dir, r.tmp_name, r.rel.file_name().to_owned());
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
-            rustix::fs::renameat(&dir, tmp_name.as_str(), &dir, name.as_str())?;
-            Ok(rustix::fs::fsync(&dir)?)
-        })
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))
-        .and_then(|r| r)
-        .map_err(local(&r.target))
-        .map_err(failed)?;
+        let (dir, tmp_name, name, grant) = (r.dir, r.tmp_name, r.rel.file_name().to_owned(), r.grant);
+        tokio::task::spawn_blocking(move || put_in_place(&dir, &tmp_name, &name, grant))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(local(&r.target))
+            .map_err(failed)?;
         let (key, path, size, mtime) = (self.key.clone(), job.path.clone(), job.state.size, job.state.mtime_ms);
         self.ctx
             .catalog
@@ -296,12 +299,25 @@ impl Poller {
 
 /// The folder `dir` of the tenant's drop folder, created if missing and held open, and the temp
 /// file `name` in it, opened for reading and writing (created if missing). No link is followed:
-/// not on the way to the folder, nor at the temp name.
-fn open_temp(drops: &DropRoot, tenant: &TenantId, dir: &str, name: &str) -> io::Result<(OwnedFd, File)> {
+/// not on the way to the folder, nor at the temp name. The temp file is `grant`'s to count from
+/// here on, not the walk of the folder's (it would count it twice).
+fn open_temp(
+    drops: &DropRoot,
+    tenant: &TenantId,
+    dir: &str,
+    name: &str,
+    grant: Option<&mut FileGrant>,
+) -> io::Result<(OwnedFd, File)> {
     let dir = drops.confined(tenant)?.ensure_dir(dir)?;
     let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     match rustix::fs::openat(&dir, name, flags, Mode::from_raw_mode(0o640)) {
-        Ok(fd) => Ok((dir, File::from(fd))),
+        Ok(fd) => {
+            let file = File::from(fd);
+            if let Some(grant) = grant {
+                grant.cover(crate::dropbox::FileId::of(&file.metadata()?));
+            }
+            Ok((dir, file))
+        }
         Err(rustix::io::Errno::LOOP) => Err(io::Error::new(
             io::ErrorKind::NotFound,
             "no such file (links are not followed)",
@@ -310,9 +326,50 @@ fn open_temp(drops: &DropRoot, tenant: &TenantId, dir: &str, name: &str) -> io::
     }
 }
 
+/// Renames a received file from `tmp_name` into place as `name` in `dir`, then fsyncs the
+/// folder. Its grant is kept as soon as it is in place: it counts as held at once, not only
+/// from the next walk of the folder.
+fn put_in_place(dir: &OwnedFd, tmp_name: &str, name: &str, grant: Option<FileGrant>) -> io::Result<()> {
+    rustix::fs::renameat(dir, tmp_name, dir, name)?;
+    if let Some(grant) = grant {
+        grant.keep();
+    }
+    Ok(rustix::fs::fsync(dir)?)
+}
+
 /// The hidden name a download is written under, next to its final name. It ends in `.part`, not
 /// `.tmp`, so the start-up scan keeps it for resuming.
 fn temp_name(source_key: &str, path: &str) -> String {
     let digest = Sha256::digest(format!("{source_key}\n{path}").as_bytes());
     format!(".dropsync-ftp-{}.part", hex::encode(&digest[..8]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::Quota;
+
+    #[test]
+    fn a_download_is_counted_once_while_written_and_as_held_once_in_place() {
+        let fx = crate::limits::fixture(Quota {
+            bytes: Some(1000),
+            files: None,
+            sessions: None,
+        });
+        let (drops, limits, acme) = (&fx.drops, &fx.limits, &fx.acme);
+        let fits = |n: u64| limits.open_file(acme, "c2.wav").and_then(|mut g| g.grow_to(n)).is_ok();
+        let mut grant = limits.open_file(acme, "c1.wav").unwrap();
+        grant.grow_to(600).unwrap();
+        let (dir, mut file) = open_temp(drops, acme, "", ".dropsync-ftp-0.part", Some(&mut grant)).unwrap();
+        std::io::Write::write_all(&mut file, &[0; 600]).unwrap();
+        // A walk while it downloads: 600 counted by its grant, not again by the walk.
+        limits.refresh(drops);
+        assert!(fits(400), "the temp file is counted twice");
+        drop(file);
+        put_in_place(&dir, ".dropsync-ftp-0.part", "c1.wav", Some(grant)).unwrap();
+        // In place: held at once, before any walk, and once after one.
+        assert!(!fits(401), "the pulled file is not counted until the next walk");
+        limits.refresh(drops);
+        assert!(!fits(401) && fits(400));
+    }
 }

@@ -18,7 +18,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use super::durable::{UPLOAD_PREFIX, mark_complete};
 use super::fs::{FsError, FsResult, TenantFs, VPath, is_internal};
 use super::pending::{LastClose, Pending};
-use crate::dropbox::is_temp_name;
+use crate::dropbox::{FileId, is_temp_name};
 use crate::limits::FileGrant;
 
 /// What [`TenantFs::finish_upload`] leaves to its caller.
@@ -30,9 +30,9 @@ pub struct FinishedUpload {
     pub sync_folder: Option<PathBuf>,
 }
 
-/// Counts a new upload (given what it already holds) against its tenant's quota, or says why
-/// it may not be written.
-pub type Granter = dyn Fn(&VPath, u64) -> Result<Option<FileGrant>, String>;
+/// Counts an upload against its tenant's quota, or says why it may not be written: a new file,
+/// or one that continues the file it is given (its identity and size), which it replaces.
+pub type Granter = dyn Fn(&VPath, Option<(FileId, u64)>) -> Result<Option<FileGrant>, String>;
 
 /// An upload opened for writing: a new one, or one already open (joined).
 pub struct Opened {
@@ -68,18 +68,19 @@ impl TenantFs {
         if existing && exclusive {
             return Err(FsError::new(StatusCode::Failure, format!("{v}: already exists")));
         }
-        // A resume or an append starts from a copy of the file: the copy is counted against the
-        // quota before a byte of it is made, so one past the quota costs the disk nothing.
+        // A resume or an append starts from a copy of the file, which replaces it when complete:
+        // the grant counts the file in place of the walk of the folder (once, and as no further
+        // file), before a byte of the copy is made.
         let kept = match existing && !truncate {
             true => {
                 let src = self.dir.open_file(&v.rel()).map_err(|e| FsError::io(&v, &e))?;
-                let len = src.metadata().map_err(|e| FsError::io(&v, &e))?.len();
-                Some((src, len))
+                let meta = src.metadata().map_err(|e| FsError::io(&v, &e))?;
+                Some((src, FileId::of(&meta), meta.len()))
             }
             false => None,
         };
-        let held = kept.as_ref().map_or(0, |(_, len)| *len);
-        let mut grant = grant(&v, held).map_err(|why| FsError::new(StatusCode::Failure, why))?;
+        let original = kept.as_ref().map(|(_, id, len)| (*id, *len));
+        let mut grant = grant(&v, original).map_err(|why| FsError::new(StatusCode::Failure, why))?;
         // A fixed-length name, so that an upload of a 255-byte name has a temp name too.
         let tmp_name = format!("{UPLOAD_PREFIX}{:016x}", fastrand::u64(..));
         let created = rustix::fs::openat(
@@ -94,7 +95,7 @@ impl TenantFs {
         if let (Some(g), Ok(meta)) = (grant.as_mut(), file.metadata()) {
             g.cover(crate::dropbox::FileId::of(&meta));
         }
-        if let Some((src, len)) = kept
+        if let Some((src, _, len)) = kept
             && let Err(e) = copy_prefix(&src, &file, len)
         {
             let _ = rustix::fs::unlinkat(&parent, tmp_name.as_str(), AtFlags::empty());

@@ -129,12 +129,13 @@ impl Session {
         }
         let truncate = flags.contains(OpenFlags::TRUNCATE);
         let exclusive = flags.contains(OpenFlags::EXCLUDE);
-        // Counted against the quota from the start, with what a resumed upload already holds.
+        // Counted against the quota from the start; a resumed upload with the file it continues.
         let (quotas, tenant) = (self.ctx.quotas.clone(), self.ctx.tenant.clone());
-        let grant = move |v: &VPath, held: u64| {
-            let granted = quotas
-                .open_file(&tenant, v.name())
-                .and_then(|mut g| g.grow_to(held).map(|()| g));
+        let grant = move |v: &VPath, original: Option<(crate::dropbox::FileId, u64)>| {
+            let granted = match original {
+                Some((id, size)) => quotas.continue_file(&tenant, v.name(), id, size),
+                None => quotas.open_file(&tenant, v.name()),
+            };
             granted.map(Some).map_err(|e| {
                 tracing::warn!(tenant = %tenant, file = %v, error = %e, "upload refused");
                 e.to_string()
@@ -317,10 +318,10 @@ impl Session {
             let why = format!("upload discarded: {why}");
             return Ok(Err(FsError::new(StatusCode::Failure, why)));
         }
+        // Kept once the upload is in place (over the file it continues, if any): until then
+        // its grant counts it, so a walk meanwhile counts it neither twice nor not at all.
         let mut last = last;
-        if let Some(grant) = last.grant.take() {
-            grant.keep();
-        }
+        let grant = last.grant.take();
         // Its digest, if every byte was hashed as one handle wrote it: it goes with the arrival.
         let meta = pending.file.metadata().ok();
         let size = meta.as_ref().map_or(0, |m| m.len());
@@ -340,6 +341,9 @@ impl Session {
         } else {
             self.quick(finish)
         };
+        if let (Ok(_), Some(grant)) = (&finished, grant) {
+            grant.keep();
+        }
         Ok(match finished {
             Ok(FinishedUpload {
                 arrived: Some(rel),
