@@ -60,4 +60,5 @@ if [ -n "${PRUNE_WAIT:-1}" ]; then
     measure "after pruning"
 fi
 stop
-grep -c "catalog writer held long" "$WORK/daemon.log" | sed 's/^/writer holds over 100 ms: /' || true
+echo "writer holds over 100 ms: $(grep -c "catalog writer held long" "$WORK/daemon.log" || true), by where:"
+grep "catalog writer held long" "$WORK/daemon.log" | sed 's/.* at=\([^ ]*\).*/\1/' | sort | uniq -c | sort -rn | head -5 || true
