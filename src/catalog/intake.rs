@@ -49,6 +49,9 @@ pub struct RowInput {
     pub verdict: RowVerdict,
 }
 
+/// How long one transaction of rows may hold the writer (it ends after the row that passes it).
+const ROWS_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// A file that has arrived in a drop folder.
 pub struct NewFile<'a> {
     pub tenant: &'a str,
@@ -101,6 +104,13 @@ impl Catalog {
     /// Commits a chunk of rows of a metadata file that is being parsed, with the resume point.
     /// Returns how many conversations the chunk completed, and the files identical re-sends no
     /// longer need.
+    ///
+    /// The chunk goes in as several transactions, each closed once it has held the writer for
+    /// [`ROWS_SLICE`], so that one tenant's big file never keeps everyone else's intake and
+    /// forwarding waiting. Their commits are not fsynced: a power cut that loses them loses rows
+    /// and their resume point together, and the parse resumes earlier; whatever acts on a row
+    /// (a forward's claim, the end of the parse) commits in full, which makes everything
+    /// before it in the log durable first.
     pub fn add_rows(
         &self,
         metadata_file_id: i64,
@@ -108,32 +118,40 @@ impl Catalog {
         now: i64,
         grace_ms: i64,
     ) -> Result<(usize, Vec<i64>)> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let (tenant, dir, via, file_name): (String, String, String, String) = tx
-            .prepare_cached("SELECT tenant, dir, via, rel_path FROM metadata_files WHERE id = ?1")?
-            .query_row([metadata_file_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         let mut ready = 0;
         let mut decided = Vec::new();
-        for row in rows {
-            ready += add_row(
-                &tx,
-                metadata_file_id,
-                &tenant,
-                &dir,
-                &via,
-                &file_name,
-                row,
-                now,
-                grace_ms,
-                &mut decided,
-            )?;
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let taken = self.light(|tx| {
+                let started = std::time::Instant::now();
+                let (tenant, dir, via, file_name): (String, String, String, String) = tx
+                    .prepare_cached("SELECT tenant, dir, via, rel_path FROM metadata_files WHERE id = ?1")?
+                    .query_row([metadata_file_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                let mut taken = 0;
+                for row in rest {
+                    ready += add_row(
+                        tx,
+                        metadata_file_id,
+                        &tenant,
+                        &dir,
+                        &via,
+                        &file_name,
+                        row,
+                        now,
+                        grace_ms,
+                        &mut decided,
+                    )?;
+                    taken += 1;
+                    if started.elapsed() >= ROWS_SLICE {
+                        break;
+                    }
+                }
+                tx.prepare_cached("UPDATE metadata_files SET rows_done = ?2 WHERE id = ?1")?
+                    .execute(params![metadata_file_id, rest[taken - 1].row_no as i64])?;
+                Ok(taken)
+            })?;
+            rest = &rest[taken..];
         }
-        if let Some(last) = rows.last() {
-            tx.prepare_cached("UPDATE metadata_files SET rows_done = ?2 WHERE id = ?1")?
-                .execute(params![metadata_file_id, last.row_no as i64])?;
-        }
-        tx.commit()?;
         Ok((ready, decided))
     }
 

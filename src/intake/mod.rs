@@ -10,6 +10,7 @@
 
 pub mod lanes;
 mod scan;
+mod unzip;
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
@@ -23,13 +24,16 @@ use crate::catalog::{
 };
 use crate::config::LiveConfig;
 use crate::dropbox::Archiver;
-use crate::dropbox::{self, DropRoot, FileKind, RelPath, ZipLimits, ZipQuota};
+use crate::dropbox::{DropRoot, FileKind, RelPath};
 use crate::limits::Limits;
 use crate::matching::{self, MetadataFormat, ReadError, RowContext, RowVerdict};
 use crate::tenant::{Tenant, TenantId};
 
-/// Rows committed per transaction while parsing a metadata file.
+/// Rows handed to the catalog at a time while parsing a metadata file, and the cells (columns
+/// of all its rows) a chunk holds at most: a chunk of very wide rows (150,000 columns) is a few
+/// rows, so what a parse holds in memory stays small whatever the file's shape.
 const ROWS_PER_CHUNK: usize = 2000;
+const CELLS_PER_CHUNK: usize = 200_000;
 
 /// How long a file found without an event must stay unchanged before it counts as arrived.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -474,6 +478,7 @@ impl Intake {
         let stem = rel.file_name().rsplit_once('.').map_or(rel.file_name(), |(s, _)| s);
         let grace = ms(self.config.get().matching.grace);
         let mut chunk: Vec<RowInput> = Vec::with_capacity(ROWS_PER_CHUNK);
+        let mut chunk_cells = 0;
         let (mut accepted, mut rejected, mut ready) = (0u64, 0u64, 0usize);
         let mut decided = Vec::new();
         let mut first_row = true;
@@ -506,11 +511,16 @@ impl Intake {
                     tracing::info!(row = row.row, reason = %reason, "row rejected");
                 }
             }
+            chunk_cells += match &verdict {
+                RowVerdict::Accepted(s) => s.fields.len(),
+                RowVerdict::Rejected { .. } => 1,
+            };
             chunk.push(RowInput {
                 row_no: row.row,
                 verdict,
             });
-            if chunk.len() >= ROWS_PER_CHUNK {
+            if chunk.len() >= ROWS_PER_CHUNK || chunk_cells >= CELLS_PER_CHUNK {
+                chunk_cells = 0;
                 let (n, d) = self.catalog.add_rows(id, &chunk, now_ms(), grace)?;
                 ready += n;
                 decided.extend(d);
@@ -541,54 +551,6 @@ impl Intake {
         // the file itself if every row is decided.
         decided.push(file_id);
         self.archiver.archive(&decided)?;
-        Ok(())
-    }
-
-    fn unpack(&self, tenant: &Tenant, file_id: i64, id: i64, rel: &RelPath, via: Via) -> Result<(), IntakeError> {
-        tracing::info!("unpacking zip batch");
-        // The archive and its folder, each held open with no link on the way.
-        let confined = self.drop.confined(&tenant.id)?;
-        let opened = confined
-            .open_file(rel.as_str())
-            .and_then(|f| Ok((f, confined.dir(rel.dir())?)));
-        let unpacked = match opened {
-            Ok((archive, dest)) => {
-                let quota = ZipQuota {
-                    limits: &self.quotas,
-                    tenant: &tenant.id,
-                };
-                dropbox::unpack_zip(archive, &dest, &ZipLimits::of(&self.config.get().matching), &quota)
-            }
-            Err(e) => Err(format!("cannot be opened: {e}")),
-        };
-        match unpacked {
-            Ok(unpacked) => {
-                for (name, why) in &unpacked.refused {
-                    tracing::warn!(entry = %name, reason = %why, "zip entry refused");
-                }
-                tracing::info!(
-                    files = unpacked.files.len(),
-                    refused = unpacked.refused.len(),
-                    "zip batch unpacked"
-                );
-                self.catalog.finish_zip(id, Ok(&unpacked.refused))?;
-                // Each entry is a work item of its own, taken in turn with other tenants' work
-                // (recordings before metadata, as clients send them).
-                let now = now_ms();
-                let items: Vec<NewIntake> = unpacked
-                    .files
-                    .iter()
-                    .filter_map(|name| RelPath::join_dir(rel.dir(), name))
-                    .map(|entry| self.file_item(&tenant.id, &entry, via, now))
-                    .collect();
-                self.catalog.enqueue_intake(&items, now)?;
-            }
-            Err(reason) => {
-                tracing::warn!(reason = %reason, "zip batch rejected");
-                self.catalog.finish_zip(id, Err(reason))?;
-            }
-        }
-        self.archiver.archive(&[file_id])?;
         Ok(())
     }
 }

@@ -1,0 +1,66 @@
+//! Zip batches at intake: unpacked within the tenant's limits and quota (see
+//! [`crate::dropbox::unpack_zip`]), each entry then a work item of its own.
+
+use super::{Intake, IntakeError};
+use crate::catalog::{NewIntake, Via, now_ms};
+use crate::dropbox::{self, RelPath, ZipLimits, ZipQuota};
+use crate::tenant::Tenant;
+
+impl Intake {
+    /// Unpacks the zip batch `rel` (recorded as `file_id`, reported as `id`), records what was
+    /// refused, queues the entries, and sends the archive to the archive.
+    pub(super) fn unpack(
+        &self,
+        tenant: &Tenant,
+        file_id: i64,
+        id: i64,
+        rel: &RelPath,
+        via: Via,
+    ) -> Result<(), IntakeError> {
+        tracing::info!("unpacking zip batch");
+        // The archive and its folder, each held open with no link on the way.
+        let confined = self.drop.confined(&tenant.id)?;
+        let opened = confined
+            .open_file(rel.as_str())
+            .and_then(|f| Ok((f, confined.dir(rel.dir())?)));
+        let unpacked = match opened {
+            Ok((archive, dest)) => {
+                let quota = ZipQuota {
+                    limits: &self.quotas,
+                    tenant: &tenant.id,
+                };
+                dropbox::unpack_zip(archive, &dest, &ZipLimits::of(&self.config.get().matching), &quota)
+            }
+            Err(e) => Err(format!("cannot be opened: {e}")),
+        };
+        match unpacked {
+            Ok(unpacked) => {
+                for (name, why) in &unpacked.refused {
+                    tracing::warn!(entry = %name, reason = %why, "zip entry refused");
+                }
+                tracing::info!(
+                    files = unpacked.files.len(),
+                    refused = unpacked.refused.len(),
+                    "zip batch unpacked"
+                );
+                self.catalog.finish_zip(id, Ok(&unpacked.refused))?;
+                // Each entry is a work item of its own, taken in turn with other tenants' work
+                // (recordings before metadata, as clients send them).
+                let now = now_ms();
+                let items: Vec<NewIntake> = unpacked
+                    .files
+                    .iter()
+                    .filter_map(|name| RelPath::join_dir(rel.dir(), name))
+                    .map(|entry| self.file_item(&tenant.id, &entry, via, now))
+                    .collect();
+                self.catalog.enqueue_intake(&items, now)?;
+            }
+            Err(reason) => {
+                tracing::warn!(reason = %reason, "zip batch rejected");
+                self.catalog.finish_zip(id, Err(reason))?;
+            }
+        }
+        self.archiver.archive(&[file_id])?;
+        Ok(())
+    }
+}
