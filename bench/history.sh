@@ -5,6 +5,7 @@
 #
 #   bench/history.sh                 # release build, N=1000000, REPS=5
 #   N=100000 BIN=target/debug/dropsync bench/history.sh
+#   OLD=1 BIN=target/bench-base/target/release/dropsync bench/history.sh   # an older build, no pruning
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -21,7 +22,9 @@ PORT=$(free_port)
 {
     echo 'state_dir = "var"'
     echo '[sink]'; echo 'type = "dir"'; echo 'path = "var/outbox"'
-    echo '[retention]'; echo "local = \"${RETENTION:-30d}\""; echo "catalog = \"${RETENTION:-30d}\""
+    echo '[retention]'; echo "local = \"${RETENTION:-30d}\""
+    # OLD=1: a build from before retention.catalog (to measure the starting point).
+    [ -n "${OLD:-}" ] || echo "catalog = \"${RETENTION:-30d}\""
     echo '[metrics]'; echo "listen = \"127.0.0.1:$PORT\""
     for t in $(seq 0 $((TENANTS - 1))); do printf '[[tenants]]\nid = "t%02d"\n' "$t"; done
 } > "$WORK/dropsync.toml"
@@ -50,7 +53,7 @@ echo "filling the catalog with $N forwarded conversations over $TENANTS tenants"
 python3 bench/history.py "$WORK/var/dropsync.db" "$N" "$TENANTS"
 start
 measure "before pruning"
-if [ -n "${PRUNE_WAIT:-1}" ]; then
+if [ -z "${OLD:-}" ]; then
     # Housekeeping prunes what is past retention; wait for the rows to go.
     for _ in $(seq 1200); do
         left=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from conversations').fetchone()[0])" "$WORK/var/dropsync.db")
