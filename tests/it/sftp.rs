@@ -921,3 +921,60 @@ fn silent_peers_get_a_shorter_grace() {
     assert_forwarded_via_sftp(&d, "SG-1", &audio);
     assert_eq!(d.stop().code(), Some(0));
 }
+
+/// A client may keep more requests in flight than russh buffers for a channel, and read the
+/// replies only later (paramiko's prefetch sends a READ for every block of a file at once). russh
+/// stops reading the connection while the channel's buffer is full; the session must still take
+/// requests in, or the window adjustment that lets the replies out is never read. Seen hanging
+/// when replies held the session's request slots until written.
+#[test]
+fn many_reads_in_flight_read_late_do_not_deadlock() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let body = audio("many", 4 << 20);
+    std::fs::write(d.dir.path().join("many.wav"), &body).unwrap();
+    assert!(d.sftp_batch("acme", "acme", "put many.wav\n").status.success());
+    let out = d.paramiko(
+        "from paramiko.sftp import CMD_READ, CMD_DATA, int64\nimport time, hashlib\n\
+         t, s = connect()\nf = s.open('many.wav', 'r')\nn = 3000\nids = []\n\
+         for i in range(n):\n    ids.append(s._async_request(type(None), CMD_READ, f.handle, int64((i % 128) * 32768), 32768))\n\
+         time.sleep(2)\ngot = 0\nh = hashlib.sha256()\n\
+         for i in range(n):\n    typ, raw = s._read_packet()\n    msg = paramiko.Message(raw)\n    assert typ == CMD_DATA, typ\n    num = msg.get_int()\n    \
+         assert num == ids[i], (num, ids[i])\n    d = msg.get_binary()\n    got += len(d)\n    \
+         if i < 128: h.update(d)\nprint('got', got, h.hexdigest(), flush=True)\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!("got {} {}", 3000 * 32768, sha256_hex(&body));
+    assert!(text.contains(&want), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+/// The same for WRITEs: 2,000 pipelined writes (62 MiB) sent before any reply is read, as
+/// paramiko's pipelined mode may, are all taken in and answered in order, and the file is whole.
+#[test]
+fn many_writes_in_flight_read_late_do_not_deadlock() {
+    let mut d = Daemon::with_sftp("");
+    d.start();
+    let out = d.paramiko(
+        "from paramiko.sftp import CMD_WRITE, CMD_STATUS, int64\nimport time, hashlib\n\
+         t, s = connect()\nf = s.open('pipe.wav', 'w')\nn = 2000\nids = []\nh = hashlib.sha256()\n\
+         for i in range(n):\n    chunk = bytes([i % 251]) * 32768\n    h.update(chunk)\n    \
+         ids.append(s._async_request(type(None), CMD_WRITE, f.handle, int64(i * 32768), chunk))\n\
+         time.sleep(1)\n\
+         for i in range(n):\n    typ, raw = s._read_packet()\n    msg = paramiko.Message(raw)\n    assert typ == CMD_STATUS, typ\n    \
+         num = msg.get_int()\n    assert num == ids[i], (num, ids[i])\n    assert msg.get_int() == 0\n\
+         s._expecting.clear()\nf.close()\nprint('wrote', h.hexdigest(), flush=True)\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut h = Vec::with_capacity(2000 * 32768);
+    for i in 0..2000u32 {
+        h.extend(std::iter::repeat_n((i % 251) as u8, 32768));
+    }
+    assert!(
+        text.contains(&format!("wrote {}", sha256_hex(&h))),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(d.drop_dir("acme").join("pipe.wav")).unwrap(), h);
+    assert_eq!(d.stop().code(), Some(0));
+}

@@ -185,10 +185,16 @@ fn ssh_config(limits: &SftpConfig, keys: Vec<PrivateKey>) -> russh::server::Conf
         keys,
         inactivity_timeout: Some(limits.idle_timeout),
         max_auth_attempts: 10,
-        // Throughput: a large window and packets, and room for OpenSSH's 64 writes in flight.
+        // Throughput: a large window and packets. russh 0.65 grows the window as data arrives,
+        // not as we consume it, so the window bounds nothing we hold: what a channel holds is
+        // its buffer (`channel_buffer_size` messages of at most `maximum_packet_size`, 4 MiB
+        // here), then the session's own budgets (`session::WRITE_BUDGET`, `READ_BUDGET`); past
+        // them russh stops reading the connection and TCP holds the client back. The session
+        // never waits for its replies to leave (see `session::replies`): a full buffer stops
+        // russh's connection loop, which is also what writes them.
         window_size: 64 * 1024 * 1024,
         maximum_packet_size: 65535,
-        channel_buffer_size: 1024,
+        channel_buffer_size: 64,
         nodelay: true,
         preferred: russh::Preferred {
             cipher: std::borrow::Cow::Borrowed(CIPHERS),

@@ -14,6 +14,9 @@ use crate::ingress::sftp::pending::{LastClose, Pending};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 
+/// What a STATUS reply is counted as among the bytes a client has not had back.
+const SMALL_REPLY: usize = 64;
+
 /// How much of a large upload is written between two starts of write-back.
 const WRITEBACK_STEP: u64 = 1 << 20;
 
@@ -44,14 +47,17 @@ struct WriteJob {
     seq: u64,
     offset: u64,
     data: Bytes,
-    /// The request's slot, freed once its reply is written.
-    permit: tokio::sync::OwnedSemaphorePermit,
+    /// Its share of `WRITE_BUDGET`, given back once the data is on disk (not when the reply
+    /// is written: see `replies`).
+    budget: tokio::sync::OwnedSemaphorePermit,
     /// Holds CLOSE off until the write has landed.
     gate: OwnedRwLockReadGuard<()>,
+    /// Its reply, counted among the bytes the client has not had back.
+    outstanding: Outstanding,
 }
 
 /// A handle's writer: lands its queued writes, batch after batch, until none are left.
-fn write_queued(queue: &Mutex<WriteQueue>, pending: Arc<Pending>, tx: &mpsc::Sender<Reply>, durable: bool) {
+fn write_queued(queue: &Mutex<WriteQueue>, pending: Arc<Pending>, tx: &mpsc::UnboundedSender<Reply>, durable: bool) {
     // The last write's gate is let go after this thread's reference to the upload: the last
     // CLOSE, which waits for the gate, then holds the only one, and closes the temp file before
     // its rename (see `put_in_place`).
@@ -77,9 +83,15 @@ fn write_queued(queue: &Mutex<WriteQueue>, pending: Arc<Pending>, tx: &mpsc::Sen
                     status(job.id, StatusCode::Failure, &msg)
                 }
             };
+            drop(job.data);
+            drop(job.budget);
             // Released after the poison is set, so CLOSE (which waits for the gate) sees it.
             last_gate = Some(job.gate);
-            send_packet_blocking(tx, job.seq, reply, job.permit);
+            let held = Held {
+                _outstanding: Some(job.outstanding),
+                ..Held::default()
+            };
+            send_packet(tx, job.seq, reply, held);
         }
     }
 }
@@ -196,15 +208,24 @@ impl Session {
             }
             None => return self.send(status(w.id, StatusCode::Failure, "invalid handle")).await,
         };
-        let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let outstanding = self.take_outstanding(SMALL_REPLY)?;
+        // Waits for the disk only: the budget comes back as writes land, never with replies.
+        let want = data.len().clamp(1, WRITE_BUDGET) as u32;
+        let budget = self
+            .write_budget
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .map_err(|e| e.to_string())?;
         metrics::counter!("dropsync_received_bytes_total", "via" => "sftp").increment(data.len() as u64);
         let job = WriteJob {
             id: w.id,
             seq: self.seq,
             offset: w.offset,
             data,
-            permit,
+            budget,
             gate,
+            outstanding,
         };
         let start_writer = {
             let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -221,45 +242,44 @@ impl Session {
         Ok(())
     }
 
+    /// READ. Of a read-only handle, it goes to the session's read pump; of an upload (read
+    /// back through sshfs, say), it is read at once, and holds the upload's CLOSE off until then.
+    /// Neither waits for a reply to be written (see `replies`).
     pub(super) async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Result<(), String> {
+        let len = (len as u64).min(MAX_DATA) as usize;
         let (file, gate) = match self.handles.get(&handle) {
-            Some(OpenHandle::Read(f)) => (f.clone(), None),
-            Some(OpenHandle::Upload(u)) => (u.pending.file.clone(), Some(u.pending.gate.clone())),
+            Some(OpenHandle::Read(f)) => {
+                let job = ReadJob {
+                    seq: self.seq,
+                    id,
+                    file: f.clone(),
+                    offset,
+                    len,
+                    _queued: self.take_outstanding(QUEUED_READ_COST)?,
+                };
+                let reads = self.reads.as_ref().ok_or("session ending")?;
+                return reads.send(job).map_err(|_| "read pump gone".to_string());
+            }
+            Some(OpenHandle::Upload(u)) => (u.pending.file.clone(), u.pending.gate.clone()),
             _ => return self.send(status(id, StatusCode::Failure, "invalid handle")).await,
         };
-        // A read of an upload holds its CLOSE off like a write, and lets go of the file first
-        // (see `write_queued`).
-        let gate = match gate {
-            Some(g) => Some(g.read_owned().await),
-            None => None,
-        };
-        let permit = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        // Lets go of the file before the gate (see `write_queued`).
+        let gate = gate.read_owned().await;
+        let outstanding = self.take_outstanding(len)?;
+        // Waits for the disk only: the slot comes back once the data is read.
+        let slot = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let (tx, seq) = (self.tx.clone(), self.seq);
-        let len = (len as u64).min(MAX_DATA) as usize;
         while self.requests.try_join_next().is_some() {}
         self.requests.spawn_blocking(move || {
-            let read = || {
-                let mut buf = vec![0u8; len];
-                let mut filled = 0;
-                while filled < len {
-                    match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                buf.truncate(filled);
-                Ok(buf)
-            };
-            let reply = match read() {
-                Ok(data) if data.is_empty() => status(id, StatusCode::Eof, "end of file"),
-                Ok(data) => Packet::Data(Data { id, data }),
-                Err(e) => status(id, StatusCode::Failure, &format!("read failed: {e}")),
-            };
-            send_packet_blocking(&tx, seq, reply, permit);
+            let reply = read_reply(&file, id, offset, len);
             drop(file);
             drop(gate);
+            drop(slot);
+            let held = Held {
+                _outstanding: Some(outstanding),
+                ..Held::default()
+            };
+            send_packet(&tx, seq, reply, held);
         });
         Ok(())
     }
@@ -448,5 +468,68 @@ pub(super) fn attrs_of(id: u32, f: &File) -> Packet {
             attrs: crate::ingress::sftp::fs::attrs(&m),
         }),
         Err(e) => status(id, StatusCode::Failure, &e.to_string()),
+    }
+}
+
+/// A READ of a read-only handle, waiting for the read pump.
+pub(super) struct ReadJob {
+    seq: u64,
+    id: u32,
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+    /// Counted among the bytes the client has not had back until the read is done.
+    _queued: Outstanding,
+}
+
+/// Answers a session's READs of read-only handles in the order they came, each once its data
+/// fits in `READ_BUDGET` (given back as the replies are written to the client), up to
+/// `IN_FLIGHT` at once on the blocking pool. It, not the task reading requests, is what waits
+/// for replies to leave: a client may ask for a whole file at once (paramiko's prefetch) and
+/// read it as slowly as it likes, and the session still takes its other requests in.
+pub(super) async fn pump_reads(mut queue: mpsc::UnboundedReceiver<ReadJob>, tx: mpsc::UnboundedSender<Reply>) {
+    let budget = Arc::new(Semaphore::new(READ_BUDGET));
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut reading = tokio::task::JoinSet::new();
+    while let Some(job) = queue.recv().await {
+        let want = job.len.clamp(1, READ_BUDGET) as u32;
+        let (Ok(budget), Ok(slot)) = (
+            budget.clone().acquire_many_owned(want).await,
+            slots.clone().acquire_owned().await,
+        ) else {
+            return;
+        };
+        while reading.try_join_next().is_some() {}
+        let tx = tx.clone();
+        reading.spawn_blocking(move || {
+            let reply = read_reply(&job.file, job.id, job.offset, job.len);
+            drop(slot);
+            let held = Held {
+                _budget: Some(budget),
+                ..Held::default()
+            };
+            send_packet(&tx, job.seq, reply, held);
+        });
+    }
+    while reading.join_next().await.is_some() {}
+}
+
+/// The reply to a READ of `len` bytes at `offset`: its data, EOF, or the error.
+fn read_reply(file: &File, id: u32, offset: u64, len: usize) -> Packet {
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return status(id, StatusCode::Failure, &format!("read failed: {e}")),
+        }
+    }
+    buf.truncate(filled);
+    if buf.is_empty() {
+        status(id, StatusCode::Eof, "end of file")
+    } else {
+        Packet::Data(Data { id, data: buf })
     }
 }

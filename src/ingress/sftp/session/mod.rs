@@ -32,8 +32,18 @@ use crate::tenant::TenantId;
 pub const MAX_DATA: u64 = 255 * 1024;
 /// Largest packet we accept: a maximal WRITE plus headers.
 const MAX_PACKET: usize = 256 * 1024 + 1024;
-/// Requests of one session in flight at once; more wait, and SSH flow control slows the client.
+/// READs of one session being read from disk at once.
 const IN_FLIGHT: usize = 64;
+/// Bytes of WRITE data one session holds until they are on disk; the session reads no further
+/// request meanwhile, and russh's channel buffer, then TCP, hold the client back. Only the disk
+/// frees it. 32 of OpenSSH's 255 KiB writes (it keeps 64 in flight): with 4 MiB, a 1 GiB
+/// upload took a fifth longer here, russh's loop stopping more often, and its replies with it.
+const WRITE_BUDGET: usize = 8 << 20;
+/// Bytes of READ data one session holds until they are written to the client. Waited for by
+/// the session's read pump, never by the task reading requests (see `replies`).
+const READ_BUDGET: usize = 4 << 20;
+/// What a READ waiting in the read pump's queue is counted as (see [`replies::Outstanding`]).
+const QUEUED_READ_COST: usize = 128;
 /// Entries per READDIR reply.
 const DIR_BATCH: usize = 100;
 
@@ -60,7 +70,7 @@ mod files;
 mod replies;
 
 use files::{UploadHandle, attrs_of, refuse_growth};
-use replies::{Held, InFlight, Reply, send_packet_blocking, write_in_order};
+use replies::{Held, InFlight, Outstanding, OutstandingBytes, Reply, send_packet, write_in_order};
 
 enum OpenHandle {
     Upload(UploadHandle),
@@ -114,8 +124,11 @@ where
     E: std::future::Future<Output = ()>,
 {
     let (mut reader, writer) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::channel::<Reply>(IN_FLIGHT * 2);
+    let (tx, rx) = mpsc::unbounded_channel::<Reply>();
     let write_task = tokio::spawn(write_in_order(rx, writer));
+    let outstanding = OutstandingBytes::default();
+    let (reads, read_queue) = mpsc::unbounded_channel();
+    let read_pump = tokio::spawn(files::pump_reads(read_queue, tx.clone()));
     let (folder_syncs, pending) = mpsc::unbounded_channel();
     let mut session = Session {
         handles: HashMap::new(),
@@ -124,6 +137,9 @@ where
         seq: 0,
         next_seq: 0,
         slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+        write_budget: Arc::new(Semaphore::new(WRITE_BUDGET)),
+        outstanding,
+        reads: Some(reads),
         requests: tokio::task::JoinSet::new(),
         folder_syncs: Some(folder_syncs),
         ctx,
@@ -141,6 +157,10 @@ where
     // confirmed is put in place, and announced with the folder syncer's last batch. Closing
     // its queue then lets the syncer finish what is queued, and end.
     session.abort_all().await;
+    // READs not answered yet have nobody left to answer.
+    session.reads = None;
+    read_pump.abort();
+    let _ = read_pump.await;
     session.folder_syncs = None;
     while session.requests.join_next().await.is_some() {}
     drop(session);
@@ -153,12 +173,19 @@ struct Session {
     ctx: SessionCtx,
     handles: HashMap<String, OpenHandle>,
     next_handle: u64,
-    tx: mpsc::Sender<Reply>,
+    tx: mpsc::UnboundedSender<Reply>,
     /// The place of the request being handled; every request gets exactly one reply.
     seq: u64,
     next_seq: u64,
+    /// Reads of upload handles being read (the read pump has its own).
     slots: Arc<Semaphore>,
-    /// READ/WRITE requests in flight; waited for before the session ends.
+    /// WRITE data not on disk yet, in bytes (`WRITE_BUDGET`).
+    write_budget: Arc<Semaphore>,
+    /// What the client has not had back yet (see [`replies::Outstanding`]).
+    outstanding: OutstandingBytes,
+    /// READs of read-only handles, for the read pump (see [`files::pump_reads`]).
+    reads: Option<mpsc::UnboundedSender<files::ReadJob>>,
+    /// WRITE requests in flight; waited for before the session ends.
     requests: tokio::task::JoinSet<()>,
     /// Closed uploads whose rename is not durable yet: their folders, and what to announce.
     folder_syncs: Option<mpsc::UnboundedSender<(std::path::PathBuf, Option<Announce>)>>,
@@ -200,8 +227,8 @@ async fn sync_folders_then_announce(
 }
 
 impl Session {
-    /// Sends the current request's reply. It takes a slot like READs and WRITEs, so that replies
-    /// waiting for a slow client never fill the writer's queue.
+    /// Sends the current request's reply. It never waits: see `replies` for why, and for what
+    /// bounds the replies waiting to be written.
     async fn send(&self, p: Packet) -> Result<(), String> {
         self.send_holding(p, None).await
     }
@@ -209,18 +236,23 @@ impl Session {
     /// Sends the current request's reply, holding `upload` in flight until it is written.
     async fn send_holding(&self, p: Packet, upload: Option<InFlight>) -> Result<(), String> {
         let bytes = Bytes::try_from(p).map_err(|e| format!("encode: {e}"))?;
-        let slot = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let outstanding = self.take_outstanding(bytes.len())?;
+        let held = Held {
+            _outstanding: Some(outstanding),
+            _upload: upload,
+            ..Held::default()
+        };
         self.tx
-            .send((
-                self.seq,
-                bytes,
-                Held {
-                    _slot: slot,
-                    _upload: upload,
-                },
-            ))
-            .await
+            .send((self.seq, bytes, held))
             .map_err(|_| "client gone".to_string())
+    }
+
+    /// Counts `n` more bytes the client has not had back, or ends the session past the limit.
+    fn take_outstanding(&self, n: usize) -> Result<Outstanding, String> {
+        self.outstanding.take(n).ok_or_else(|| {
+            tracing::warn!(tenant = %self.ctx.tenant, "sftp session ended: its client sends requests and does not read the replies");
+            format!("more than {} bytes of replies not read", Outstanding::LIMIT)
+        })
     }
 
     async fn run<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<(), String> {
