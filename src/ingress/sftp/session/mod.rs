@@ -67,6 +67,8 @@ pub struct SessionCtx {
 
 mod digest;
 mod files;
+mod packets;
+use packets::{fs_err, ok, status, take_string, too_large, unit_reply, version};
 mod replies;
 
 use files::{UploadHandle, attrs_of, refuse_growth};
@@ -76,43 +78,6 @@ enum OpenHandle {
     Upload(UploadHandle),
     Read(Arc<File>),
     Dir(Box<super::listing::Listing>),
-}
-
-fn status(id: u32, code: StatusCode, message: &str) -> Packet {
-    Packet::Status(Status {
-        id,
-        status_code: code,
-        error_message: message.to_owned(),
-        language_tag: "en-US".into(),
-    })
-}
-
-fn ok(id: u32) -> Packet {
-    status(id, StatusCode::Ok, "Ok")
-}
-
-fn fs_err(id: u32, e: FsError) -> Packet {
-    status(id, e.code, &e.message)
-}
-
-/// The answer to a call whose only result is success or an error.
-fn unit_reply(id: u32, r: super::fs::FsResult<()>) -> Packet {
-    match r {
-        Ok(()) => ok(id),
-        Err(e) => fs_err(id, e),
-    }
-}
-
-/// An SSH string from extension payloads.
-fn take_string(b: &mut Bytes) -> Option<String> {
-    if b.remaining() < 4 {
-        return None;
-    }
-    let n = b.get_u32() as usize;
-    if b.remaining() < n {
-        return None;
-    }
-    String::from_utf8(b.split_to(n).to_vec()).ok()
 }
 
 /// Serves SFTP on `stream` until the client goes away, then runs `ended` while the stream is
@@ -579,28 +544,6 @@ impl Session {
             }
         }
     }
-}
-
-/// The refusal of a file past `sftp.max_file_size`.
-fn too_large(max: u64) -> String {
-    format!(
-        "file larger than the limit of {} (sftp.max_file_size)",
-        bytesize::ByteSize::b(max)
-    )
-}
-
-/// The VERSION reply, with the OpenSSH extensions clients look for.
-fn version() -> Version {
-    let mut v = Version::new();
-    for (name, ver) in [
-        ("posix-rename@openssh.com", "1"),
-        ("statvfs@openssh.com", "2"),
-        ("fsync@openssh.com", "1"),
-        ("limits@openssh.com", "1"),
-    ] {
-        v.extensions.insert(name.into(), ver.into());
-    }
-    v
 }
 
 /// Tells intake that `rel` has arrived (the only announcement of it: the watcher leaves our
