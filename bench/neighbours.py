@@ -167,7 +167,8 @@ def status(tenant):
 
 
 def writer_hold():
-    """The catalog writer's hold p99 and max (ms) over about the last minute, from /metrics."""
+    """The catalog writer's hold and wait p99 and max (ms) over about the last minute, from
+    /metrics: how long one holder kept it, and how long others waited for it."""
     if not METRICS:
         return ""
     import urllib.request
@@ -175,10 +176,15 @@ def writer_hold():
     body = urllib.request.urlopen(f"http://127.0.0.1:{METRICS}/metrics").read().decode()
     q = {}
     for line in body.splitlines():
-        if line.startswith("dropsync_catalog_writer_hold_seconds{"):
-            label, value = line.rsplit(" ", 1)
-            q[label.split('quantile="')[1].split('"')[0]] = float(value) * 1000
-    return f"  writer hold p99 {q.get('0.99', float('nan')):.1f} ms max {q.get('1', float('nan')):.1f} ms"
+        for kind in ("hold", "wait"):
+            if line.startswith(f"dropsync_catalog_writer_{kind}_seconds{{"):
+                label, value = line.rsplit(" ", 1)
+                q[kind, label.split('quantile="')[1].split('"')[0]] = float(value) * 1000
+    nan = float("nan")
+    return "".join(
+        f"  writer {kind} p99 {q.get((kind, '0.99'), nan):.1f} ms max {q.get((kind, '1'), nan):.1f} ms"
+        for kind in ("hold", "wait")
+    )
 
 
 def main():

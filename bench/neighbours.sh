@@ -55,7 +55,7 @@ agent = "Agent Email"
 contact_time = "Contact Date"
 recording = "Audio Filename"
 CFG
-RUST_LOG=warn target/release/dropsync run --config "$W/dropsync.toml" 2> "$W/daemon.log" &
+RUST_LOG=${RUST_LOG:-warn} target/release/dropsync run --config "$W/dropsync.toml" 2> "$W/daemon.log" &
 DS_PID=$!
 for _ in $(seq 100); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 0.2)" 2>/dev/null && break

@@ -34,7 +34,7 @@ mod turns;
 mod views;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
@@ -134,7 +134,7 @@ impl ConvState {
 /// WAL lets run beside the writer, so a report streamed to a slow disk never holds up intake.
 #[derive(Clone)]
 pub struct Catalog {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<parking_lot::Mutex<Connection>>,
     readers: Arc<Readers>,
     /// Taken only with `conn` held.
     held_derived: Arc<allocation::HeldDerived>,
@@ -144,7 +144,7 @@ pub struct Catalog {
 /// `dropsync_catalog_writer_hold_seconds` (p99 and max on `/metrics`); a hold past
 /// [`LONG_HOLD`] is logged with the code that held it.
 pub(crate) struct Writer<'a> {
-    conn: MutexGuard<'a, Connection>,
+    conn: parking_lot::MutexGuard<'a, Connection>,
     since: Instant,
     caller: &'static std::panic::Location<'static>,
 }
@@ -252,7 +252,7 @@ impl Catalog {
 
     fn with_writer(conn: Connection, path: &Path) -> Catalog {
         Catalog {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(parking_lot::Mutex::new(conn)),
             readers: Arc::new(Readers {
                 path: path.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
@@ -267,19 +267,22 @@ impl Catalog {
         Ok(self.lock().busy_timeout(timeout)?)
     }
 
-    /// The writer, the one place it is taken: how long each holder keeps it is recorded, so
-    /// that no tenant's work holding everyone's writer for long goes unseen.
+    /// The writer, the one place it is taken: how long each holder waited for it and kept it
+    /// is recorded, so that no tenant's work holding everyone's writer for long goes unseen.
+    ///
+    /// The lock is parking_lot's, which hands over to a waiter at least every millisecond or
+    /// so: with std's, a thread committing slice after slice (a large CSV's rows) took it
+    /// straight back each time and left the other tenants' intake and forwarders waiting for
+    /// whole seconds. A panic while holding it cannot leave a half-done transaction behind
+    /// (rusqlite rolls back on drop), and parking_lot has no poisoning to step over.
     #[track_caller]
     fn lock(&self) -> Writer<'_> {
         let caller = std::panic::Location::caller();
-        // A panic while holding the lock cannot leave a half-done transaction behind (rusqlite
-        // rolls back on drop), so a poisoned lock is still a usable connection.
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        Writer {
-            conn,
-            since: Instant::now(),
-            caller,
-        }
+        let asked = Instant::now();
+        let conn = self.conn.lock();
+        let since = Instant::now();
+        metrics::histogram!("dropsync_catalog_writer_wait_seconds").record((since - asked).as_secs_f64());
+        Writer { conn, since, caller }
     }
 
     /// A read-only connection of the pool.

@@ -420,6 +420,11 @@ fn metrics_and_healthz_are_served_and_parse() {
     let p99 = sample(&body, &["dropsync_catalog_writer_hold_seconds{", "quantile=\"0.99\""]);
     let max = sample(&body, &["dropsync_catalog_writer_hold_seconds{", "quantile=\"1\""]);
     assert!(p99.is_some_and(|p| p > 0.0) && max >= p99, "{body}");
+    // And so is every wait for it, which is what one tenant's work costs the others.
+    assert!(
+        sample(&body, &["dropsync_catalog_writer_wait_seconds_count"]).unwrap_or(0.0) >= 4.0,
+        "{body}"
+    );
     assert_eq!(
         sample(&body, &["dropsync_forward_latency_seconds_count"]),
         Some(1.0),
