@@ -351,44 +351,45 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Records how the moves of claimed files ended, one transaction.
+    /// Records how the moves of claimed files ended, one transaction, not synced: a power cut
+    /// that loses it leaves the claims `leaving`, which start-up settles by looking where each
+    /// file is.
     pub fn settle_departures(&self, ended: &[(i64, Departure)], now: i64) -> Result<()> {
         if ended.is_empty() {
             return Ok(());
         }
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        for (file_id, how) in ended {
-            match how {
-                Departure::Archived => {
-                    tx.prepare_cached(
-                        "UPDATE files SET state = 'archived', left_at = ?2 WHERE id = ?1 AND state = 'leaving'",
-                    )?
-                    .execute(params![file_id, now])?;
-                }
-                Departure::Gone => {
-                    tx.prepare_cached(
-                        "UPDATE files SET state = 'gone', archive_path = NULL, left_at = ?2 WHERE id = ?1 AND state = 'leaving'",
-                    )?
-                    .execute(params![file_id, now])?;
-                }
-                Departure::Stayed => {
-                    // Present again, unless a newer file holds its name by now.
-                    tx.prepare_cached(
-                        "UPDATE files SET state = 'gone', archive_path = NULL, left_at = ?2 WHERE id = ?1 AND state = 'leaving'
-                           AND EXISTS (SELECT 1 FROM files n WHERE n.tenant = files.tenant AND n.rel_path = files.rel_path
-                                         AND n.state = 'present')",
-                    )?
-                    .execute(params![file_id, now])?;
-                    tx.prepare_cached(
-                        "UPDATE files SET state = 'present', archive_path = NULL, left_at = NULL WHERE id = ?1 AND state = 'leaving'",
-                    )?
-                    .execute([file_id])?;
+        self.light(|tx| {
+            for (file_id, how) in ended {
+                match how {
+                    Departure::Archived => {
+                        tx.prepare_cached(
+                            "UPDATE files SET state = 'archived', left_at = ?2 WHERE id = ?1 AND state = 'leaving'",
+                        )?
+                        .execute(params![file_id, now])?;
+                    }
+                    Departure::Gone => {
+                        tx.prepare_cached(
+                            "UPDATE files SET state = 'gone', archive_path = NULL, left_at = ?2 WHERE id = ?1 AND state = 'leaving'",
+                        )?
+                        .execute(params![file_id, now])?;
+                    }
+                    Departure::Stayed => {
+                        // Present again, unless a newer file holds its name by now.
+                        tx.prepare_cached(
+                            "UPDATE files SET state = 'gone', archive_path = NULL, left_at = ?2 WHERE id = ?1 AND state = 'leaving'
+                               AND EXISTS (SELECT 1 FROM files n WHERE n.tenant = files.tenant AND n.rel_path = files.rel_path
+                                             AND n.state = 'present')",
+                        )?
+                        .execute(params![file_id, now])?;
+                        tx.prepare_cached(
+                            "UPDATE files SET state = 'present', archive_path = NULL, left_at = NULL WHERE id = ?1 AND state = 'leaving'",
+                        )?
+                        .execute([file_id])?;
+                    }
                 }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Files claimed for the archive at or before `before` whose move was never settled (a

@@ -214,9 +214,17 @@ impl Worker for ForwardWorker {
         // There was work: let another worker look for more, so parallelism builds up.
         self.forwarder.wake.notify_one();
         // Claimed conversations are finished even during shutdown: they are short, and if
-        // the process dies anyway, the catalog replays them.
+        // the process dies anyway, the catalog replays them. Their files leave the drop
+        // folder together afterwards: one claim, one sync per folder, one record.
+        let mut to_archive = Vec::new();
         for work in batch {
-            self.forwarder.forward_one_catching_panics(work).await;
+            to_archive.extend(self.forwarder.forward_one_catching_panics(work).await);
+        }
+        let archiver = self.forwarder.archiver.clone();
+        match tokio::task::spawn_blocking(move || archiver.archive(&to_archive)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot archive forwarded files; start-up will"),
+            Err(e) => tracing::warn!(error = %e, "archive task failed; start-up will archive"),
         }
         Ok(WorkerState::Busy)
     }
@@ -237,15 +245,18 @@ impl Forwarder {
     /// A panic while forwarding (a bug) counts as a failed attempt of that conversation only:
     /// it is tried again with backoff, and `failed` once it has been claimed `max_attempts`
     /// times. The worker goes on with the rest of the queue.
-    async fn forward_one_catching_panics(&self, work: Work) {
+    ///
+    /// Gives the files of a conversation forwarded that may now leave the drop folder.
+    async fn forward_one_catching_panics(&self, work: Work) -> Vec<i64> {
         use futures_util::FutureExt;
         let (id, attempts) = (work.id, work.attempts);
         let span = tracing::info_span!("forward", tenant = %work.tenant, conversation = %work.conversation_id);
-        let Err(payload) = std::panic::AssertUnwindSafe(self.forward_one(work))
+        let payload = match std::panic::AssertUnwindSafe(self.forward_one(work))
             .catch_unwind()
             .await
-        else {
-            return;
+        {
+            Ok(to_archive) => return to_archive,
+            Err(payload) => payload,
         };
         let error = crate::fault::panic_message(&*payload);
         let now = now_ms();
@@ -263,21 +274,25 @@ impl Forwarder {
             tracing::error!(error = %e, "cannot record the outcome; start-up recovery will replay it");
         }
         self.reports.notify_one();
+        Vec::new()
     }
 
-    async fn forward_one(&self, work: Work) {
+    async fn forward_one(&self, work: Work) -> Vec<i64> {
         // Instrumented, not entered: an entered span does not follow a future across awaits.
         let span = tracing::info_span!("forward", tenant = %work.tenant, conversation = %work.conversation_id, attempt = work.attempts);
         self.forward_one_in_span(work).instrument(span).await
     }
 
-    async fn forward_one_in_span(&self, work: Work) {
+    async fn forward_one_in_span(&self, work: Work) -> Vec<i64> {
         let started = now_ms();
         let result = self.attempt(&work, started).await;
         let now = now_ms();
         let id = work.id;
         let recorded = match result {
-            Ok(()) => Ok(()),
+            Ok(to_archive) => {
+                self.reports.notify_one();
+                return to_archive;
+            }
             Err(Outcome::Vanished { file_id, why }) => {
                 tracing::warn!(reason = %why, "recording left the drop folder; waiting for it again");
                 let grace = ms(self.grace);
@@ -319,9 +334,12 @@ impl Forwarder {
             tracing::error!(error = %e, "cannot record the outcome; start-up recovery will replay it");
         }
         self.reports.notify_one();
+        Vec::new()
     }
 
-    async fn attempt(&self, work: &Work, started: i64) -> Result<(), Outcome> {
+    /// Sends the conversation and records it forwarded; gives its files that may now leave
+    /// the drop folder.
+    async fn attempt(&self, work: &Work, started: i64) -> Result<Vec<i64>, Outcome> {
         crate::fault::panic_point("forward", &work.conversation_id);
         let tenant = TenantId::parse(&work.tenant).map_err(|e| Outcome::Sink(SinkError::permanent(e)))?;
         let names: Vec<&str> = work.recordings.iter().map(|r| r.name.as_str()).collect();
@@ -418,13 +436,7 @@ impl Forwarder {
         metrics::counter!("dropsync_forwarded_total", "tenant" => work.tenant.clone()).increment(1);
         metrics::histogram!("dropsync_forward_latency_seconds")
             .record((forwarded_at - work.received_at).max(0) as f64 / 1000.0);
-        let archiver = self.archiver.clone();
-        match tokio::task::spawn_blocking(move || archiver.archive(&to_archive)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot archive forwarded files; start-up will"),
-            Err(e) => tracing::warn!(error = %e, "archive task failed; start-up will archive"),
-        }
-        Ok(())
+        Ok(to_archive)
     }
 }
 
