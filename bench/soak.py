@@ -375,6 +375,7 @@ retry_max = "20s"
                     z.writestr(name, data)
             self.ledger.count("zips")
             uploads = [(f"{cid}.zip", packed.getvalue())]
+            conv["zip"] = f"{cid}.zip"
         return conv, uploads, bad
 
     def upload(self, kind, tenant, uploads, scratch, cut):
@@ -523,6 +524,12 @@ retry_max = "20s"
         while True:
             keys = self.s3_objects(s3)
             missing = [k for k in self.ledger.delivered if f"soak/{k[0]}/{DAY}/{k[1]}/metadata.json" not in keys]
+            refused = [k for k in missing if self.zip_refused_for_quota(*k)]
+            missing = [k for k in missing if k not in refused]
+            if refused and not missing:
+                self.ledger.count("quota_refusals", len(refused))
+                self.log(f"drain: {len(refused)} delivered zip(s) refused at unpacking for the quota, "
+                         f"as their reports say: {', '.join('/'.join(k) for k in refused[:5])}")
             if not missing or time.time() > deadline:
                 self.log(f"drain: {len(self.ledger.delivered) - len(missing)} of {len(self.ledger.delivered)} "
                          "delivered conversations in S3")
@@ -590,6 +597,20 @@ retry_max = "20s"
                 problems.append(f"{tenant}: left {stuck} after the drain")
         return problems, folders, status
 
+    def zip_refused_for_quota(self, tenant, cid):
+        """A zip is taken in whole while its tenant's quota holds it; unpacked past the quota,
+        nothing of it is (SPEC §8) and its report says so. Its conversations were never
+        accepted, so they are not lost."""
+        name = self.ledger.delivered[(tenant, cid)].get("zip")
+        if not name:
+            return False
+        path = os.path.join(self.w, "state", "drop", tenant, "reports", f"{name}.report.csv")
+        try:
+            rows = list(csv.reader(open(path, newline="")))
+        except FileNotFoundError:
+            return False
+        return any(len(r) > 4 and r[3] == "rejected" and "quota exceeded" in r[4] for r in rows[1:])
+
     def check_reports(self):
         problems = []
         for tenant, name, cid in self.ledger.bad_rows:
@@ -654,8 +675,11 @@ retry_max = "20s"
         span = lambda xs: xs[-1][0] - xs[0][0]
         whole = [xs for xs in list(lives.values())[:-1] if self.a.kill_every and span(xs) >= 0.8 * self.a.kill_every]
         if len(whole) >= 2:
-            first, last = max(s[4] for s in whole[0]), max(s[4] for s in whole[-1])
-            where = f"the first whole life (pid {whole[0][0][1]}) and the last (pid {whole[-1][0][1]}), {len(whole)} in all"
+            base = whole[1] if len(whole) >= 3 else whole[0]
+            first, last = max(s[4] for s in base), max(s[4] for s in whole[-1])
+            which = "second" if len(whole) >= 3 else "first"
+            where = (f"the {which} whole life (pid {base[0][1]}) and the last (pid {whole[-1][0][1]}), "
+                     f"{len(whole)} in all")
         else:
             last5 = [s for s in self.samples if load_end - 300 <= s[0] <= load_end]
             halves = [[s[4] for s in last5 if s[0] < load_end - 150], [s[4] for s in last5 if s[0] >= load_end - 150]]
