@@ -385,6 +385,21 @@ mod tests {
         }
     }
 
+    /// AIFF needs no bound: its length is read from the sound data chunk, not COMM's frame
+    /// count, and a chunk that claims more bytes than the file has is refused.
+    #[test]
+    fn an_aiff_is_timed_by_its_sound_data_whatever_comm_claims() {
+        let mut aiff = ffmpeg("aiff", 10_000, &[]);
+        assert_eq!(read(&aiff, "aiff"), Ok(10_000));
+        // COMM's frame count, after its channel count: 600 times as many frames.
+        scale_be32(&mut aiff, b"COMM", 10, 600);
+        assert_eq!(read(&aiff, "aiff"), Ok(10_000));
+        scale_be32(&mut aiff, b"SSND", 4, 600);
+        scale_be32(&mut aiff, b"FORM", 4, 600);
+        let err = read(&aiff, "aiff").unwrap_err();
+        assert!(err.starts_with("not a readable AIFF file"), "{err}");
+    }
+
     #[test]
     fn an_m4a_whose_sample_table_claims_more_than_fits() {
         let mut m4a = ffmpeg("m4a", 10_000, &[]);
