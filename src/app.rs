@@ -15,9 +15,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::archive::Archiver;
 use crate::catalog::{Catalog, now_ms};
 use crate::config::{self, Config, LiveConfig};
-use crate::dropbox::Archiver;
 use crate::dropbox::DropRoot;
 use crate::forwarding::{ForwardWorker, Forwarder, Sink};
 use crate::housekeeping::Housekeeper;
