@@ -13,6 +13,7 @@
 //! catalog's durable queue into a sink; [`archive`] moves decided files out of the drop folders;
 //! [`reports`] tells tenants what happened to each row.
 
+pub mod addresses;
 pub mod app;
 pub mod archive;
 pub mod audio;
