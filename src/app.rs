@@ -28,10 +28,10 @@ use crate::ingress::sftp::{SftpDeps, SftpServer};
 use crate::ingress::{IngressEvent, OwnRenames, watch};
 use crate::intake::{Intake, lanes};
 use crate::limits::{Limits, UsageWorker};
-use crate::ops::{self, Liveness};
+use crate::ops;
 use crate::reports::Reporter;
 use crate::tenant::TenantId;
-use crate::worker::Workers;
+use crate::worker::{Liveness, Workers};
 
 /// How long in-flight work may take to land after a stop is asked for (below systemd's
 /// default TimeoutStopSec of 90 s).
