@@ -89,7 +89,8 @@ fn tokens(src: &str) -> Vec<(Tok, usize)> {
         } else if ch == '\'' {
             // A char literal ('x', '\n', '\u{7f}') or a lifetime ('a), which has no closing quote.
             if at(i + 1) == '\\' {
-                let mut j = i + 2;
+                // Past the escaped character, which may be a quote itself ('\'').
+                let mut j = i + 3;
                 while j < c.len() && c[j] != '\'' {
                     j += 1;
                 }
@@ -363,7 +364,8 @@ use super::four;
 pub(crate) fn f() -> crate::five::T {
     let s = "crate::in_a_string";
     let r = r#"use crate::in_a_raw_string;"#;
-    let c = '{';
+    let c = ['{', '\'', '"', '\\'];
+    let q = ('\'','"', crate::nine::Q);
     let l: &'static str = s; /* crate::in_a_comment */
     macro_rules! m { () => { $crate::in_a_macro } }
     super::super::six::g();
@@ -383,7 +385,10 @@ use crate::eight;
         .into_iter()
         .map(|r| r.target)
         .collect();
-    assert_eq!(found, ["one", "two", "three", "four", "five", "six", "seven", "eight"]);
+    assert_eq!(
+        found,
+        ["one", "two", "three", "four", "five", "nine", "six", "seven", "eight"]
+    );
     // Deeper in a module, `super::` climbs to the crate root only as often as it is nested.
     let nested = references(
         "use super::sibling; use super::super::top;",
