@@ -88,7 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let quotas = Limits::new(live.clone());
     workers.spawn(UsageWorker {
         limits: quotas.clone(),
-        drops: drops.clone(),
+        drops: Arc::new(drops.clone()),
         last_walk: Duration::ZERO,
     });
     // Metrics first, so that the workers' first counts are kept.

@@ -2,8 +2,9 @@
 //! one the README's layering table allows, so the picture in the README stays true.
 //!
 //! Takes in `README.md` (the table under "Layering": one row per top-level module, the modules it
-//! may use) and every `src/**/*.rs` file; gives out one failure listing every forbidden reference
-//! with its file and line.
+//! may use, rows from the edges down to the base) and every `src/**/*.rs` file; gives out one
+//! failure listing every forbidden reference with its file and line, every module without a row,
+//! and every row that names a row above it (layers that loop).
 //!
 //! A reference is any path that starts at the crate root in code: `use crate::x…` lines, grouped
 //! `use crate::{x, y::z}` (over several lines too), `crate::x::…` written inline in code,
@@ -272,8 +273,8 @@ fn backticked(cell: &str) -> Vec<String> {
     cell.split('`').skip(1).step_by(2).map(module_name).collect()
 }
 
-/// The README's layering table: each top-level module and the modules it may use.
-fn layering_table(readme: &str) -> BTreeMap<String, BTreeSet<String>> {
+/// The README's layering table: each top-level module, its row, and the modules it may use.
+fn layering_table(readme: &str) -> BTreeMap<String, (usize, BTreeSet<String>)> {
     let mut lines = readme
         .lines()
         .skip_while(|l| !l.replace(' ', "").starts_with("|module|mayuse|"));
@@ -282,13 +283,13 @@ fn layering_table(readme: &str) -> BTreeMap<String, BTreeSet<String>> {
         "README.md has no table headed `| module | may use |`"
     );
     let mut table = BTreeMap::new();
-    for row in lines.skip(1).take_while(|l| l.starts_with('|')) {
+    for (n, row) in lines.skip(1).take_while(|l| l.starts_with('|')).enumerate() {
         let cells: Vec<&str> = row.split('|').collect();
         assert!(cells.len() >= 4, "a layering row without two cells: {row}");
         let may_use: BTreeSet<String> = backticked(cells[2]).into_iter().collect();
         for module in backticked(cells[1]) {
             assert!(
-                table.insert(module.clone(), may_use.clone()).is_none(),
+                table.insert(module.clone(), (n, may_use.clone())).is_none(),
                 "`{module}` has two rows"
             );
         }
@@ -319,7 +320,7 @@ fn imports_follow_the_readme_layering_table() {
         }
         let top = module[0].clone();
         modules.insert(top.clone());
-        let Some(may_use) = table.get(&top) else {
+        let Some((_, may_use)) = table.get(&top) else {
             continue;
         };
         // The binary is its own crate and reaches the library by name.
@@ -336,10 +337,17 @@ fn imports_follow_the_readme_layering_table() {
             problems.push(format!("{module}: a module the README's layering table has no row for"));
         }
     }
-    for (module, may_use) in &table {
+    for (module, (row, may_use)) in &table {
         for m in may_use.iter().chain([module]) {
             if !modules.contains(m) {
                 problems.push(format!("{m}: named in the README's layering table, but no such module"));
+            }
+        }
+        // Layers point one way: a row names only rows below it, so no two modules can use
+        // each other, directly or around a loop.
+        for m in may_use {
+            if table.get(m).is_some_and(|(other, _)| other <= row) {
+                problems.push(format!("{module} may use {m}, but {m}'s row is not below {module}'s"));
             }
         }
     }

@@ -19,7 +19,9 @@ use crate::fsutil;
 use crate::matching::{MetadataFormat, extension};
 
 use crate::tenant::TenantId;
-pub use held::{FileId, HeldFile, Removal};
+// A file's identity is below the drop folder (quotas key files by it too); named here as well.
+pub use crate::fsutil::FileId;
+pub use held::{HeldFile, Removal};
 pub use unzip::{Unpacked, ZipLimits, ZipQuota, unpack_zip};
 
 /// The folder, inside each tenant's drop folder, where we write reports; never ingested.
