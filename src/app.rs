@@ -15,9 +15,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::archive::Archiver;
 use crate::catalog::{Catalog, now_ms};
 use crate::config::{self, Config, LiveConfig};
-use crate::dropbox::Archiver;
 use crate::dropbox::DropRoot;
 use crate::forwarding::{ForwardWorker, Forwarder, Sink};
 use crate::housekeeping::Housekeeper;
@@ -28,10 +28,10 @@ use crate::ingress::sftp::{SftpDeps, SftpServer};
 use crate::ingress::{IngressEvent, OwnRenames, watch};
 use crate::intake::{Intake, lanes};
 use crate::limits::{Limits, UsageWorker};
-use crate::ops::{self, Liveness};
+use crate::ops;
 use crate::reports::Reporter;
 use crate::tenant::TenantId;
-use crate::worker::Workers;
+use crate::worker::{Liveness, Workers};
 
 /// How long in-flight work may take to land after a stop is asked for (below systemd's
 /// default TimeoutStopSec of 90 s).
@@ -88,7 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let quotas = Limits::new(live.clone());
     workers.spawn(UsageWorker {
         limits: quotas.clone(),
-        drops: drops.clone(),
+        drops: Arc::new(drops.clone()),
         last_walk: Duration::ZERO,
     });
     // Metrics first, so that the workers' first counts are kept.

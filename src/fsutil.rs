@@ -1,4 +1,5 @@
-//! Durable file operations shared by the drop folders, reports and the dir sink.
+//! Durable file operations shared by the drop folders, reports and the dir sink, and a file's
+//! identity whatever its name ([`FileId`]).
 //!
 //! "Atomic" here means: readers see the old file or the new one, never a part, and once the call
 //! returns the new file survives a crash (data fsynced, then renamed, then the folder fsynced).
@@ -11,6 +12,34 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 use sha2::{Digest, Sha256};
+
+/// Which file this is, whatever its name: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+    /// Whether this is the file recorded with `ino` and `dev` (either unknown for records
+    /// older than the migration that added it: then that part is not compared).
+    pub fn is_recorded(&self, ino: Option<u64>, dev: Option<u64>) -> bool {
+        ino.is_none_or(|ino| ino == self.ino) && dev.is_none_or(|dev| dev == self.dev)
+    }
+    pub fn of_stat(st: &rustix::fs::Stat) -> FileId {
+        FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+}
 
 /// fsyncs a folder so that a rename or create inside it is durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {

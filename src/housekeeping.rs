@@ -2,7 +2,7 @@
 //! archived copies and orphans are deleted after `retention.local`; temp files of uploads that
 //! never finished are deleted after `limits.stale_upload`; the catalog forgets what ended
 //! before `retention.catalog` (counts kept). (Files whose fate is decided leave the drop
-//! folders through [`crate::dropbox::Archiver`].)
+//! folders through [`crate::archive::Archiver`].)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,9 +10,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
+use crate::archive::Archiver;
 use crate::catalog::{Catalog, CatalogError, ToPurge, ms, now_ms};
 use crate::config::LiveConfig;
-use crate::dropbox::{Archiver, DropRoot, FileId, RelPath, Removal, is_temp_name};
+use crate::dropbox::{DropRoot, FileId, RelPath, Removal, is_temp_name};
 use crate::limits::Limits;
 use crate::tenant::TenantId;
 use crate::worker::{Worker, WorkerError, WorkerState};

@@ -10,9 +10,12 @@
 //! ```
 //! Files travel one way: an ingress says a file has arrived ([`ingress::Arrived`]); [`intake`]
 //! records it in the [`catalog`] and runs [`matching`] on metadata; [`forwarding`] drains the
-//! catalog's durable queue into a sink; [`reports`] tells tenants what happened to each row.
+//! catalog's durable queue into a sink; [`archive`] moves decided files out of the drop folders;
+//! [`reports`] tells tenants what happened to each row.
 
+pub mod addresses;
 pub mod app;
+pub mod archive;
 pub mod audio;
 pub mod backoff;
 pub mod catalog;

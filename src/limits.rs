@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::LiveConfig;
-use crate::dropbox::{DropRoot, FileId};
+use crate::fsutil::FileId;
 use crate::matching::MetadataFormat;
 use crate::tenant::{Quota, TenantId};
 use crate::worker::{Worker, WorkerError, WorkerState};
@@ -51,6 +51,14 @@ struct Usage {
     sessions: u32,
 }
 
+/// Where what a tenant holds is read from: its drop folder (`dropbox::DropRoot` implements
+/// it). A trait here so that quotas, which every writer into a drop folder asks, do not depend
+/// on the drop folder in turn.
+pub trait Holdings {
+    /// Calls `visit` with the identity and size of every file the tenant holds.
+    fn walk_held(&self, tenant: &TenantId, visit: &mut dyn FnMut(FileId, u64)) -> std::io::Result<()>;
+}
+
 pub struct Limits {
     config: LiveConfig,
     usage: Mutex<HashMap<String, Usage>>,
@@ -76,7 +84,7 @@ impl Limits {
 
     /// Reads what each configured tenant holds from its drop folder; returns how long it took.
     /// Blocking.
-    pub fn refresh(&self, drops: &DropRoot) -> Duration {
+    pub fn refresh(&self, drops: &dyn Holdings) -> Duration {
         let started = std::time::Instant::now();
         for tenant in &self.config.get().tenants {
             let id = tenant.id.as_str();
@@ -85,9 +93,9 @@ impl Limits {
                 u.covered.clone()
             });
             let (mut bytes, mut files) = (0u64, 0u64);
-            let walked = drops.for_each_held(&tenant.id, |f| {
-                if !covered.contains(&f.id) {
-                    bytes += f.size;
+            let walked = drops.walk_held(&tenant.id, &mut |id, size| {
+                if !covered.contains(&id) {
+                    bytes += size;
                     files += 1;
                 }
             });
@@ -331,7 +339,7 @@ impl Drop for SessionGrant {
 /// takes long, so that walking never takes more than a twentieth of a core.
 pub struct UsageWorker {
     pub limits: Arc<Limits>,
-    pub drops: DropRoot,
+    pub drops: Arc<dyn Holdings + Send + Sync>,
     pub last_walk: Duration,
 }
 
@@ -342,7 +350,7 @@ impl Worker for UsageWorker {
 
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
         let (limits, drops) = (self.limits.clone(), self.drops.clone());
-        self.last_walk = tokio::task::spawn_blocking(move || limits.refresh(&drops)).await?;
+        self.last_walk = tokio::task::spawn_blocking(move || limits.refresh(&*drops)).await?;
         Ok(WorkerState::Idle)
     }
 
@@ -355,7 +363,7 @@ impl Worker for UsageWorker {
 #[cfg(test)]
 pub struct Fixture {
     pub dir: tempfile::TempDir,
-    pub drops: DropRoot,
+    pub drops: crate::dropbox::DropRoot,
     pub limits: Arc<Limits>,
     pub acme: TenantId,
 }
@@ -367,7 +375,7 @@ pub fn fixture(quota: Quota) -> Fixture {
     std::fs::write(&file, "[[tenants]]\nid = \"acme\"\n").unwrap();
     let mut config: crate::config::Config = crate::config::load(&file).unwrap();
     config.limits.quota = quota;
-    let drops = DropRoot::new(dir.path().join("drop"));
+    let drops = crate::dropbox::DropRoot::new(dir.path().join("drop"));
     let acme = TenantId::parse("acme").unwrap();
     drops.ensure_tenant(&acme).unwrap();
     Fixture {

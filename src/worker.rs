@@ -4,21 +4,20 @@
 //! ([`WorkerState::Busy`]) or not ([`WorkerState::Idle`]); when idle it waits for work.
 //! [`Workers::spawn`] runs it: the runner owns what every loop would otherwise write again —
 //! stopping on the one cancellation token, backing off after errors (no loop swallows one),
-//! counting them in metrics, and showing the watchdog that the loop is alive.
+//! counting them in metrics, and showing the watchdog that the loop is alive ([`Liveness`]).
 //!
 //! Units are not cut short by a stop: each is bounded (a batch of arrivals, a chunk of rows, a
 //! conversation) and every one is replayable from the catalog, so the drain deadline in
 //! `app.rs` bounds a stop however long a unit would take.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-
-use crate::ops::Liveness;
 
 /// What a unit of work found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +161,61 @@ async fn run<W: Worker>(mut worker: W, cancel: CancellationToken, liveness: Arc<
 fn worker_kind(name: &str) -> String {
     name.trim_end_matches(|c: char| c.is_ascii_digit() || c == ' ')
         .to_owned()
+}
+
+/// How long a loop may sit between ticks while idle (the loops wake at least every 5 s).
+const MAX_IDLE: Duration = Duration::from_secs(30);
+/// How long one unit of work (a conversation, a chunk of rows, an arrival batch) may take before
+/// its loop counts as wedged.
+const MAX_BUSY: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Clone, Copy)]
+struct Beat {
+    at: Instant,
+    busy: bool,
+}
+
+/// When each pipeline loop last showed signs of life: written by the runner, read by the
+/// watchdog and `/healthz` (`ops`), which sit around the pipeline rather than under it.
+#[derive(Default)]
+pub struct Liveness {
+    beats: Mutex<HashMap<String, Beat>>,
+}
+
+impl Liveness {
+    fn set(&self, who: &str, busy: bool) {
+        let mut beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        beats.insert(
+            who.to_owned(),
+            Beat {
+                at: Instant::now(),
+                busy,
+            },
+        );
+    }
+    /// The loop is at its top: waiting for work, or between units.
+    pub fn idle(&self, who: &str) {
+        self.set(who, false);
+    }
+    /// The loop started a unit of work.
+    pub fn busy(&self, who: &str) {
+        self.set(who, true);
+    }
+    /// The loop has ended (a poller stopped by a reload): it is no longer watched.
+    pub fn forget(&self, who: &str) {
+        self.beats.lock().unwrap_or_else(|p| p.into_inner()).remove(who);
+    }
+    /// Every loop ticked recently enough; otherwise the name of one that did not.
+    pub fn check(&self) -> Result<(), String> {
+        let beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        for (who, b) in beats.iter() {
+            let limit = if b.busy { MAX_BUSY } else { MAX_IDLE };
+            if b.at.elapsed() > limit {
+                return Err(format!("{who} has shown no progress for {:?}", b.at.elapsed()));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -396,7 +396,7 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
             let mut decided = Vec::new();
             let mut completed = attach_arrival(tx, file_id, f.tenant, f.rel.dir(), name, now, &mut decided)?;
             if revision {
-                completed += resend_with_revision(tx, file_id, f.tenant, f.rel.as_str(), now)?;
+                completed += resend_with_revision(tx, file_id, f.tenant, f.rel.as_str(), now, &mut decided)?;
             }
             Registered::Recording {
                 file_id,

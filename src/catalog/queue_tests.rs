@@ -161,6 +161,37 @@ fn a_revision_of_a_pulled_recording_sends_its_conversation_again() {
     assert!(cat.claim(1011, 10, &Allocations::new()).unwrap().is_empty());
 }
 
+/// A revision the poller noted whose bytes are those already sent (a file touched on the
+/// server) is the same conversation sent twice: nothing goes out again, it stays `forwarded`
+/// (not `updated`), and the new copy is free to leave.
+#[test]
+fn a_revision_with_the_bytes_already_sent_is_not_sent_again() {
+    let fx = fixture();
+    let cat = &fx.cat;
+    recording(cat, "c1.wav", "aa", 1000);
+    let (_, m1) = metadata(cat, "b1.csv", 1000);
+    cat.add_rows(m1, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
+        .unwrap();
+    forward_all(cat, 1001);
+    archive(cat, &cat.archive_candidates("acme").unwrap(), 1002);
+
+    cat.ftp_mark_partials("acme ftp://u@h:21/", "acme", &[], &[("c1.wav".into(), 10)], 1003)
+        .unwrap();
+    let same = super::tests::arrive(cat, "c1.wav", crate::dropbox::FileKind::Recording, 10, "aa", 1004);
+    let Registered::Recording {
+        file_id,
+        completed,
+        decided,
+    } = same
+    else {
+        panic!("{same:?}");
+    };
+    assert_eq!((completed, decided), (0, vec![file_id]), "decided, not sent again");
+    assert!(cat.claim(1005, 10, &Allocations::new()).unwrap().is_empty());
+    assert_eq!(cat.report_lines(m1).unwrap()[0].status, "forwarded");
+    assert_eq!(states(cat), [("C1".to_string(), "forwarded".to_string())]);
+}
+
 fn queued(tenant: &str, rel: &str, heavy: bool, due: i64) -> NewIntake {
     NewIntake::file(tenant, rel, Via::Local, heavy, due)
 }
@@ -233,7 +264,8 @@ fn timed_recording(cat: &Catalog, rel: &str, ms: u64, now: i64) {
         mtime_ns: now,
         ino: now as u64,
         dev: 1,
-        sha256: Some(rel.as_str().into()),
+        // Another duration is other bytes.
+        sha256: Some(format!("{}-{ms}", rel.as_str())),
         duration_ms: Some(ms),
         audio_error: None,
     };

@@ -12,6 +12,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use super::queue::OPEN_STATES;
 use super::rows::conversation_hash;
 use super::{ConvState, Result};
+use crate::matching::join::{LastSent, Resend};
 
 /// Whether the recording arriving at `rel_path` with `size` bytes is the revision the poller
 /// noted; the note is used up either way.
@@ -26,30 +27,37 @@ pub(super) fn take_revision(tx: &Transaction<'_>, tenant: &str, rel_path: &str, 
 /// Sends again, with recording `file_id` in place of the earlier version at the same path,
 /// every conversation whose latest send used that version and that has no newer send of its
 /// own. A conversation whose other recordings are no longer kept (purged) cannot be sent whole
-/// and stays as it is. Returns how many are sent again.
+/// and stays as it is. A revision whose bytes are those already sent changes nothing (the
+/// re-send rule, [`Resend`]): the conversation is not sent again, and the new file is
+/// appended to `decided`, free to leave. Returns how many are sent again.
 pub(super) fn resend_with_revision(
     tx: &Transaction<'_>,
     file_id: i64,
     tenant: &str,
     rel_path: &str,
     now: i64,
+    decided: &mut Vec<i64>,
 ) -> Result<usize> {
-    let used: Vec<(i64, i64)> = tx
+    type Used = (i64, i64, Option<String>, String, i64);
+    let used: Vec<Used> = tx
         .prepare_cached(&format!(
-            "SELECT r.conversation, r.file_id FROM files f
+            "SELECT r.conversation, r.file_id, c.content_hash, m.rel_path, c.row_no FROM files f
                JOIN recordings r ON r.file_id = f.id
                JOIN conversations c ON c.id = r.conversation
+               JOIN metadata_files m ON m.id = c.metadata_file_id
              WHERE f.tenant = ?1 AND f.rel_path = ?2 AND f.id != ?3 AND f.kind = 'recording' AND c.state = 'forwarded'
                AND NOT EXISTS (SELECT 1 FROM conversations o WHERE o.tenant = c.tenant
                                AND o.conversation_id = c.conversation_id AND o.id != c.id
                                AND (o.state IN {OPEN_STATES}
                                     OR (o.state = 'forwarded' AND (o.forwarded_at, o.id) > (c.forwarded_at, c.id))))"
         ))?
-        .query_map(params![tenant, rel_path, file_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![tenant, rel_path, file_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
     let name = rel_path.rsplit('/').next().unwrap_or(rel_path);
     let mut resent = 0;
-    for (conv, old_file) in used {
+    for (conv, old_file, sent_hash, metadata_file, row_no) in used {
         let lost: i64 = tx
             .prepare_cached(
                 "SELECT count(*) FROM recordings r JOIN files f ON f.id = r.file_id
@@ -62,6 +70,17 @@ pub(super) fn resend_with_revision(
         tx.prepare_cached("UPDATE recordings SET file_id = ?3 WHERE conversation = ?1 AND file_id = ?2")?
             .execute(params![conv, old_file, file_id])?;
         let (_, _, hash) = conversation_hash(tx, conv)?;
+        let last = sent_hash.as_deref().map(|content_hash| LastSent {
+            content_hash,
+            metadata_file: &metadata_file,
+            row_no,
+        });
+        if let Resend::Identical { .. } = Resend::decide(last, &hash) {
+            if !decided.contains(&file_id) {
+                decided.push(file_id);
+            }
+            continue;
+        }
         tx.prepare_cached(
             "UPDATE conversations SET state = ?2, content_hash = ?3, updated = 1, next_attempt_at = ?4, attempts = 0,
                     detail = ?5, changed_at = ?4 WHERE id = ?1",

@@ -5,7 +5,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::intake::RowInput;
 use super::{ConvState, Result};
-use crate::matching::join::{Lookup, Resend, content_hash};
+use crate::matching::join::{LastSent, Lookup, Resend, content_hash};
 use crate::matching::{RecordingRef, RowVerdict};
 
 pub(super) fn is_complete(tx: &Transaction<'_>, conv: i64) -> Result<bool> {
@@ -133,9 +133,9 @@ pub(super) fn add_row(
     Ok(0)
 }
 
-/// A conversation whose recordings are all in: identical to the one already forwarded (then it
-/// is done, nothing is sent), or `ready` to forward (reported `updated` if an earlier, different
-/// version went out). Appends to `decided` the files an identical re-send no longer needs.
+/// A conversation whose recordings are all in, decided by the re-send rule
+/// ([`crate::matching::join::Resend`]) against the send forwarded last, and the verdict applied.
+/// Appends to `decided` the files an identical re-send no longer needs.
 pub(super) fn make_ready(tx: &Transaction<'_>, conv: i64, now: i64, decided: &mut Vec<i64>) -> Result<()> {
     // A recording that is not audio rejects its row, with the reason, before anything is sent.
     let not_audio: Option<(String, String)> = tx
@@ -151,7 +151,7 @@ pub(super) fn make_ready(tx: &Transaction<'_>, conv: i64, now: i64, decided: &mu
         return Ok(());
     }
     let (tenant, conversation_id, hash) = conversation_hash(tx, conv)?;
-    let previous: Option<(String, String, i64)> = tx
+    let last: Option<(String, String, i64)> = tx
         .prepare_cached(
             "SELECT c.content_hash, m.rel_path, c.row_no FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
              WHERE c.tenant = ?1 AND c.conversation_id = ?2 AND c.state = 'forwarded' AND c.id != ?3
@@ -159,21 +159,20 @@ pub(super) fn make_ready(tx: &Transaction<'_>, conv: i64, now: i64, decided: &mu
         )?
         .query_row(params![tenant, conversation_id, conv], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let resend = Resend::decide(previous.as_ref().map(|(h, ..)| h.as_str()), &hash);
-    match (resend, previous) {
-        (Resend::Identical, Some((_, file, row))) => {
+    let last = last.as_ref().map(|(content_hash, metadata_file, row_no)| LastSent {
+        content_hash,
+        metadata_file,
+        row_no: *row_no,
+    });
+    match Resend::decide(last, &hash) {
+        Resend::Identical { detail } => {
             tx.prepare_cached(
                 "UPDATE conversations SET state = 'forwarded', content_hash = ?2, forwarded_at = ?3, changed_at = ?3, detail = ?4 WHERE id = ?1",
             )?
-            .execute(params![
-                conv,
-                hash,
-                now,
-                format!("identical to the conversation already forwarded from row {row} of {file}; nothing sent again")
-            ])?;
+            .execute(params![conv, hash, now, detail])?;
             decided.extend(super::queue::files_of(tx, conv)?);
         }
-        (resend, _) => {
+        resend => {
             tx.prepare_cached(
                 "UPDATE conversations SET state = ?2, content_hash = ?3, updated = ?4, next_attempt_at = ?5, attempts = 0,
                         detail = NULL, changed_at = ?5 WHERE id = ?1",

@@ -127,7 +127,7 @@ pub struct SftpConfig {
     pub max_startups_per_source: u32,
     /// Sources never penalised for connections that do not log in (load balancers' health
     /// checks), as address patterns like `from=`.
-    pub penalty_exempt: crate::ingress::sftp::key_options::AddressList,
+    pub penalty_exempt: crate::addresses::AddressList,
 }
 
 pub use sink::{ChecksumPolicy, S3SinkConfig, SinkConfig};
@@ -288,7 +288,7 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
             max_channels: s.max_channels.unwrap_or(4),
             max_startups: s.max_startups.unwrap_or(100),
             max_startups_per_source: s.max_startups_per_source.unwrap_or(10),
-            penalty_exempt: match crate::ingress::sftp::key_options::AddressList::parse(&s.penalty_exempt) {
+            penalty_exempt: match crate::addresses::AddressList::parse(&s.penalty_exempt) {
                 Ok(list) => list,
                 Err(e) => {
                     p.add("sftp.penalty_exempt", e);

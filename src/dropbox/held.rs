@@ -15,34 +15,14 @@ use std::time::{Duration, SystemTime};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 
 use super::{DropRoot, REPORTS_DIR, RelPath};
-use crate::fsutil;
+use crate::fsutil::{self, FileId};
+use crate::limits::Holdings;
 use crate::tenant::TenantId;
 
-/// Which file this is, whatever its name: device and inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileId {
-    pub dev: u64,
-    pub ino: u64,
-}
-
-impl FileId {
-    pub fn of(meta: &std::fs::Metadata) -> FileId {
-        use std::os::unix::fs::MetadataExt;
-        FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        }
-    }
-    /// Whether this is the file recorded with `ino` and `dev` (either unknown for records
-    /// older than the migration that added it: then that part is not compared).
-    pub fn is_recorded(&self, ino: Option<u64>, dev: Option<u64>) -> bool {
-        ino.is_none_or(|ino| ino == self.ino) && dev.is_none_or(|dev| dev == self.dev)
-    }
-    fn of_stat(st: &rustix::fs::Stat) -> FileId {
-        FileId {
-            dev: st.st_dev,
-            ino: st.st_ino,
-        }
+/// Quotas read what a tenant holds from here: its files' identities and sizes.
+impl Holdings for DropRoot {
+    fn walk_held(&self, tenant: &TenantId, visit: &mut dyn FnMut(FileId, u64)) -> io::Result<()> {
+        self.for_each_held(tenant, |f| visit(f.id, f.size))
     }
 }
 

@@ -2,10 +2,10 @@
 //!
 //! Takes absolute paths (from a watcher, a scan, an ingress) and gives back confined,
 //! tenant-relative paths, or nothing. Knows which names are temporary, which files are
-//! recordings, metadata or zip batches; unpacks zip batches safely ([`unzip`]) and moves decided
-//! files out to the archive ([`archive`]). Nothing here follows a path out of a tenant's folder.
+//! recordings, metadata or zip batches; unpacks zip batches safely ([`unzip`]). Nothing here
+//! follows a path out of a tenant's folder, and nothing here knows the catalog: moving decided
+//! files to the archive is a stage of its own ([`crate::archive`]).
 
-mod archive;
 mod held;
 mod unzip;
 
@@ -19,8 +19,9 @@ use crate::fsutil;
 use crate::matching::{MetadataFormat, extension};
 
 use crate::tenant::TenantId;
-pub use archive::Archiver;
-pub use held::{FileId, HeldFile, Removal};
+// A file's identity is below the drop folder (quotas key files by it too); named here as well.
+pub use crate::fsutil::FileId;
+pub use held::{HeldFile, Removal};
 pub use unzip::{Unpacked, ZipLimits, ZipQuota, unpack_zip};
 
 /// The folder, inside each tenant's drop folder, where we write reports; never ingested.

@@ -16,9 +16,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+use crate::archive::Archiver;
 use crate::catalog::{Catalog, Forwarded, NewIntake, Via, Work, allocations_for, ms, now_ms};
 use crate::config::{LiveConfig, SinkConfig};
-use crate::dropbox::Archiver;
 use crate::dropbox::{DropRoot, RelPath};
 use crate::tenant::TenantId;
 use crate::worker::{Worker, WorkerError, WorkerState};

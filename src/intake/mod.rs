@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::archive::Archiver;
 use crate::catalog::{
     Catalog, CatalogError, IntakeItem, IntakeKind, IntakeOutcome, NewFile, NewIntake, PendingParse, Registered,
     RowInput, Via, ms, now_ms,
 };
 use crate::config::LiveConfig;
-use crate::dropbox::Archiver;
 use crate::dropbox::{DropRoot, FileKind, RelPath};
 use crate::limits::Limits;
 use crate::matching::{self, MetadataFormat, ReadError, RowContext, RowVerdict};

@@ -8,7 +8,8 @@
 //! - A conversation is complete when every recording it names is present; when it is, its
 //!   content ([`content_hash`]: agent, time, every field, each recording's name and bytes)
 //!   decides against the send forwarded last ([`Resend`]): identical is done without sending,
-//!   different is forwarded again over the same keys and reported `updated`.
+//!   different is forwarded again over the same keys and reported `updated`. This is the one
+//!   place that rule is made, for a row sent again and for an FTP recording revised alike.
 
 use sha2::{Digest, Sha256};
 
@@ -72,22 +73,38 @@ pub fn content_hash<'a>(
     hex::encode(h.finalize())
 }
 
-/// What a complete conversation is, against the send of it forwarded last.
+/// The send of a conversation forwarded last: its content, and the row it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastSent<'a> {
+    pub content_hash: &'a str,
+    pub metadata_file: &'a str,
+    pub row_no: i64,
+}
+
+/// What a complete conversation is, against the send of it forwarded last (SPEC §2 rule 4).
+/// The catalog applies it: `Identical` is recorded forwarded with its `detail` and its files
+/// may leave; the others become ready to forward, `Updated` reported as such.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resend {
     /// Never forwarded: forward it.
     First,
-    /// The same content as forwarded: done, nothing is sent again.
-    Identical,
+    /// The same content as forwarded: done, nothing is sent again; `detail` says so.
+    Identical { detail: String },
     /// Different content: forwarded again over the same keys, reported `updated`.
     Updated,
 }
 
 impl Resend {
-    pub fn decide(previous_hash: Option<&str>, hash: &str) -> Resend {
-        match previous_hash {
+    /// The rule, for a conversation whose content is now `content_hash`.
+    pub fn decide(last: Option<LastSent<'_>>, content_hash: &str) -> Resend {
+        match last {
             None => Resend::First,
-            Some(p) if p == hash => Resend::Identical,
+            Some(last) if last.content_hash == content_hash => Resend::Identical {
+                detail: format!(
+                    "identical to the conversation already forwarded from row {} of {}; nothing sent again",
+                    last.row_no, last.metadata_file
+                ),
+            },
             Some(_) => Resend::Updated,
         }
     }
@@ -118,9 +135,17 @@ mod tests {
         let other_bytes = content_hash("ann", "2019-05-03T09:27:23Z", "{}", [("c1.wav", Some("bb"))]);
         // Lengths are part of the fingerprint: moving a byte between fields changes it.
         let shifted = content_hash("an", "n2019-05-03T09:27:23Z", "{}", [("c1.wav", Some("aa"))]);
+        let sent = |content_hash| LastSent {
+            content_hash,
+            metadata_file: "batch.csv",
+            row_no: 2,
+        };
         assert_eq!(Resend::decide(None, &a), Resend::First);
-        assert_eq!(Resend::decide(Some(&same), &a), Resend::Identical);
-        assert_eq!(Resend::decide(Some(&other_bytes), &a), Resend::Updated);
+        let Resend::Identical { detail } = Resend::decide(Some(sent(&same)), &a) else {
+            panic!("the same content is identical");
+        };
+        assert!(detail.contains("row 2 of batch.csv"), "{detail}");
+        assert_eq!(Resend::decide(Some(sent(&other_bytes)), &a), Resend::Updated);
         assert_ne!(shifted, a);
     }
 }

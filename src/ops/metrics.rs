@@ -12,9 +12,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::Liveness;
 use crate::catalog::{Catalog, ConvState};
 use crate::config::LiveConfig;
+use crate::worker::Liveness;
 
 /// Installs the process-wide recorder; returns the handle that renders it.
 pub fn install() -> Option<PrometheusHandle> {

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::key_options::AddressList;
+use crate::addresses::AddressList;
 
 /// A connection that ended without trying to log in.
 pub const NO_AUTH: Duration = Duration::from_secs(1);

@@ -1,6 +1,10 @@
-//! Files whose fate is decided leave the drop folders for
+//! The archive stage: files whose fate is decided leave the drop folders for
 //! `{state_dir}/archive/{tenant}/{yyyy-mm-dd}/{file id}-{name}`, where housekeeping deletes
 //! them after `retention.local`.
+//!
+//! Takes the catalog ids of decided files (from intake, forwarding and a scan); claims them in
+//! the catalog, moves them out of the drop folder, and records how each move ended. It is a
+//! stage of its own, like reports, so that the drop folder itself knows no database.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -8,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::RenameFlags;
 
-use super::{DropRoot, FileId, RelPath};
 use crate::catalog::{Catalog, CatalogError, Departure, ToArchive, now_ms};
 use crate::confine::Confined;
+use crate::dropbox::{DropRoot, FileId, RelPath};
 use crate::tenant::TenantId;
 
 /// Moves decided files out of the drop folders. Blocking.
