@@ -85,20 +85,30 @@ impl Catalog {
     /// Records an arrival. A recording is attached to every waiting row that names it in the
     /// same folder; a metadata, zip or unknown file gets an entry that will carry its report.
     pub fn register_file(&self, f: &NewFile<'_>, now: i64, unknown_reason: &str) -> Result<Registered> {
-        let mut out = self.register_files(std::slice::from_ref(f), now, unknown_reason)?;
+        let (mut out, result) = self.register_files(std::slice::from_ref(f), now, unknown_reason);
+        result?;
         Ok(out.remove(0))
     }
 
-    /// Records several arrivals in one transaction: a burst of uploads costs one commit.
-    pub fn register_files(&self, files: &[NewFile<'_>], now: i64, unknown_reason: &str) -> Result<Vec<Registered>> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let mut out = Vec::with_capacity(files.len());
-        for f in files {
-            out.push(register_in(&tx, f, now, unknown_reason)?);
-        }
-        tx.commit()?;
-        Ok(out)
+    /// Records several arrivals, in transactions that each hold the writer for at most
+    /// [`ROWS_SLICE`], so a burst of thousands (a folder filled by an FTP backfill or a mount)
+    /// never keeps other tenants' intake and forwarding waiting.
+    ///
+    /// Their commits are not synced. A power cut that loses one loses records the start-up
+    /// scan makes again from the files in the drop folder; whatever acts on a recorded file (a
+    /// forward's claim, an archive claim, the end of a parse or an unpack) commits in full
+    /// first, which makes the arrival durable before it, as the write-ahead log is written in
+    /// order.
+    ///
+    /// Gives the outcomes of the files recorded, in order, and the error that stopped the
+    /// rest, if one did: those recorded stay recorded (each slice is whole).
+    pub fn register_files(
+        &self,
+        files: &[NewFile<'_>],
+        now: i64,
+        unknown_reason: &str,
+    ) -> (Vec<Registered>, Result<()>) {
+        self.sliced(files, ROWS_SLICE, |tx, f| register_in(tx, f, now, unknown_reason))
     }
 
     /// Commits a chunk of rows of a metadata file that is being parsed, with the resume point.

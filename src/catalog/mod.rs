@@ -315,6 +315,39 @@ impl Catalog {
         result
     }
 
+    /// Applies `f` to each of `items` in transactions that each hold the writer for about
+    /// `slice`, letting other writers in between; their commits are not synced (see
+    /// [`Catalog::light`]: the caller's records must be ones a power cut may lose). Gives the
+    /// results of the items committed, in order, and the error that stopped the rest, if one
+    /// did; a failed slice is rolled back whole.
+    #[track_caller]
+    fn sliced<T, R>(
+        &self,
+        items: &[T],
+        slice: Duration,
+        mut f: impl FnMut(&Transaction<'_>, &T) -> Result<R>,
+    ) -> (Vec<R>, Result<()>) {
+        let mut done = Vec::with_capacity(items.len());
+        while done.len() < items.len() {
+            let committed = self.light(|tx| {
+                let started = Instant::now();
+                let mut results = Vec::new();
+                for item in &items[done.len()..] {
+                    results.push(f(tx, item)?);
+                    if started.elapsed() >= slice {
+                        break;
+                    }
+                }
+                Ok(results)
+            });
+            match committed {
+                Ok(results) => done.extend(results),
+                Err(e) => return (done, Err(e)),
+            }
+        }
+        (done, Ok(()))
+    }
+
     /// Runs `f` on a blocking thread, for callers on the async runtime.
     pub async fn run<R, F>(&self, f: F) -> Result<R>
     where

@@ -216,21 +216,20 @@ impl Intake {
                 }
             }
         }
-        match self.register(&prepared) {
-            Ok(registered) => {
-                for ((p, item), outcome) in prepared.into_iter().zip(registered) {
-                    let outcome = match self.follow_up(&p, outcome) {
-                        Ok(()) => IntakeOutcome::Done,
-                        Err(e) => retry(&item, &e),
-                    };
-                    out.push((item, outcome));
-                }
-            }
-            Err(e) => {
-                for (_, item) in prepared {
-                    let outcome = retry(&item, &e);
-                    out.push((item, outcome));
-                }
+        // Those recorded are followed up; those an error stopped are tried again.
+        let (registered, stopped) = self.register(&prepared);
+        let mut prepared = prepared.into_iter();
+        for ((p, item), outcome) in prepared.by_ref().zip(registered) {
+            let outcome = match self.follow_up(&p, outcome) {
+                Ok(()) => IntakeOutcome::Done,
+                Err(e) => retry(&item, &e),
+            };
+            out.push((item, outcome));
+        }
+        if let Err(e) = stopped {
+            for (_, item) in prepared {
+                let outcome = retry(&item, &e);
+                out.push((item, outcome));
             }
         }
         self.reports.notify_one();
@@ -254,9 +253,9 @@ impl Intake {
         }
     }
 
-    fn register(&self, prepared: &[(Prepared, IntakeItem)]) -> Result<Vec<Registered>, IntakeError> {
+    fn register(&self, prepared: &[(Prepared, IntakeItem)]) -> (Vec<Registered>, Result<(), IntakeError>) {
         if prepared.is_empty() {
-            return Ok(Vec::new());
+            return (Vec::new(), Ok(()));
         }
         let news: Vec<NewFile<'_>> = prepared
             .iter()
@@ -274,14 +273,14 @@ impl Intake {
                 audio_error: p.audio_error.clone(),
             })
             .collect();
-        let outcomes = self.catalog.register_files(&news, now_ms(), &self.unknown_reason())?;
+        let (outcomes, stopped) = self.catalog.register_files(&news, now_ms(), &self.unknown_reason());
         for ((p, _), outcome) in prepared.iter().zip(&outcomes) {
             if *outcome != Registered::Duplicate {
                 metrics::counter!("dropsync_received_files_total", "tenant" => p.tenant.to_string(), "via" => p.via.as_str())
                     .increment(1);
             }
         }
-        Ok(outcomes)
+        (outcomes, stopped.map_err(IntakeError::from))
     }
 
     fn unknown_reason(&self) -> String {
