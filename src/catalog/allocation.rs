@@ -1,3 +1,10 @@
+//! [`Minutes`]: minute allocations and usage (SPEC §9). Used by forwarding (releasing held
+//! conversations), `/metrics` and the CLI's `status`.
+//!
+//! Writes `conversations` (`held -> ready`) and, through [`charge`] and [`refund`] called in
+//! [`ForwardQueue`](super::ForwardQueue)'s claim transaction, `minute_usage` and the
+//! conversation's charge.
+//!
 //! Minute allocations (SPEC §9). A conversation counts its longest recording, rounded up to
 //! the second. It is charged to the tenant's month when it is first claimed for forwarding, in
 //! the claim's own transaction, so concurrent forwarders and restarts never count it twice or

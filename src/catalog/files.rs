@@ -1,5 +1,13 @@
-//! Arrivals and metadata rows: recording what came in and deciding, in the same transaction,
-//! which conversations became complete.
+//! [`Files`]: arrivals and metadata rows, recording what came in and deciding, in the same
+//! transaction, which conversations became complete. Used by intake (arrivals, rows, parse
+//! progress, zip outcomes) and housekeeping (`expire`).
+//!
+//! Writes `files` (a new arrival, the record it replaces, orphan marks), `metadata_files` (the record and its parse
+//! progress), `refusals`, `recordings` and `conversations` (a row's conversation is created,
+//! made `waiting` or `ready`, or `expired`). It also deletes the `ftp_revisions` row an arrival
+//! answers ([`FtpState`](super::FtpState) notes it): the revision is taken in the arrival's own
+//! transaction, so a crash cannot take it without recording the new version, or the reverse.
+//! Helpers in `rows.rs` and `revisions.rs` work inside its transactions.
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -289,7 +297,7 @@ impl Files {
     }
 }
 
-/// One arrival, inside the caller's transaction (see [`Catalog::register_file`]).
+/// One arrival, inside the caller's transaction (see [`Files::register_file`]).
 /// Two selects, each on its partial index: `state IN (…)` would scan the whole table.
 pub(super) const SAME_FILE: &str = "SELECT id FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'
        AND size = ?3 AND mtime_ns = ?4 AND (ino IS NULL OR ino = ?5)

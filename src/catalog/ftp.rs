@@ -1,8 +1,14 @@
+//! [`FtpState`]: what the FTP pollers know of each source. Used by the FTP poller; the CLI's
+//! `status` reads it through [`Reports`](super::Reports).
+//!
+//! Writes `ftp_sources`, `ftp_files` and `ftp_revisions` (a changed file noted before it is
+//! pulled again; [`Files`](super::Files) takes the note when the new version arrives).
+//!
 //! FTP sources: what each remote file looked like when last listed, since when it has been
 //! stable, and which version of it was pulled.
 //!
 //! Crash ordering: a file is pulled (fsynced and renamed into the drop folder) before
-//! [`Catalog::ftp_mark_downloaded`] commits; a crash in between pulls it again, which the
+//! [`FtpState::ftp_mark_downloaded`] commits; a crash in between pulls it again, which the
 //! intake sees as the same file arriving twice (a no-op). A remote delete
 //! (`after_download = "delete"`) is only sent after that commit.
 
@@ -54,7 +60,7 @@ pub fn version_tag(size: u64, mtime_ms: i64) -> String {
     format!("{size}:{mtime_ms}")
 }
 
-/// The outcome of [`Catalog::ftp_apply_listing`].
+/// The outcome of [`FtpState::ftp_apply_listing`].
 #[derive(Debug, Default)]
 pub struct AppliedListing {
     /// Every listed file, by path, with its state after this listing.

@@ -1,8 +1,13 @@
-//! Intake work items: every arrival, settling file and rescan is recorded here before it is
-//! processed, and removed only once it has been (SPEC §8 "one failure stays one failure").
+//! [`IntakeQueue`]: intake work items. Every arrival, settling file and rescan is recorded here
+//! before it is processed, and removed only once it has been (SPEC §8 "one failure stays one
+//! failure"). Used by intake's lanes and scans, and by forwarding (a recording that changed).
+//!
+//! Writes `intake_queue`, and marks a metadata file `failed` (or back to `parsing` on retry) in
+//! `metadata_files` in the same transaction as the item that failed, so a report never shows
+//! a failure the queue does not hold.
 //!
 //! # Crash ordering
-//! Queue changes are committed without an fsync of their own ([`Catalog::light`]): losing one
+//! Queue changes are committed without an fsync of their own ([`Db::light`](super::Db::light)): losing one
 //! to a power cut only loses a hint, because the start-up scan of every drop folder finds the
 //! file again, and processing an item twice is a no-op (a file already recorded with the same
 //! size and mtime is a duplicate). The durable records that matter (files, rows,

@@ -1,6 +1,26 @@
 //! The catalog: every file, metadata row, conversation and delivery, in SQLite. The only module
 //! that touches the database.
 //!
+//! # Handles, one per concern
+//! [`Catalog`] opens the database and gives out handles over one [`Db`] (`db.rs`: the writer,
+//! taken and timed only in [`Db::lock`], and the pooled readers). Each handle's file says who
+//! uses it and which tables it writes:
+//!
+//! | Handle | File | Writes |
+//! |---|---|---|
+//! | [`IntakeQueue`] | `intake_queue.rs` | `intake_queue` (and a metadata file's `failed` mark with its item) |
+//! | [`Files`] | `files.rs` (+ `rows.rs`, `revisions.rs`) | `files` on arrival, `metadata_files`, `refusals`, `recordings`, `conversations` up to `ready` or `expired`; takes `ftp_revisions` notes |
+//! | [`ForwardQueue`] | `queue.rs` (+ `turns.rs`) | `conversations` from `ready` on, `deliveries`, `recordings`' keys, `files` after forwarding, `minute_usage` charges |
+//! | [`FtpState`] | `ftp.rs` | `ftp_sources`, `ftp_files`, `ftp_revisions` |
+//! | [`Reports`] | `views.rs` | report marks (`metadata_files.report_stale`, `tenant_reports`); `retry` |
+//! | [`Minutes`] | `allocation.rs` | `held -> ready`; the charge helpers the forward queue's claim runs |
+//! | [`History`] | `prune.rs` | deletes ended rows from every table; `conversation_counts` |
+//!
+//! A conversation's state is one machine shared by the stages: each handle writes only its own
+//! transitions, and where two concerns change in one transaction (a claim and its minutes, an
+//! arrival and the conversation it completes, a completion and the files it frees) they are
+//! in one handle. A second store implements these handles.
+//!
 //! It is also the durable work queue: a conversation in state `ready` with `next_attempt_at` due
 //! is work for the forwarder; channels elsewhere are only wake-up hints.
 //!
@@ -191,7 +211,7 @@ impl Catalog {
         Files { db: self.db.clone() }
     }
 
-    /// The intake work items (intake lanes, scans, the drop folder's watcher).
+    /// The intake work items (intake's lanes and scans; forwarding, for a recording that changed).
     pub fn intake_queue(&self) -> IntakeQueue {
         IntakeQueue { db: self.db.clone() }
     }

@@ -1,3 +1,10 @@
+//! [`History`]: forgetting old history. Used by housekeeping's sweep.
+//!
+//! Deletes from `conversations`, `recordings`, `deliveries`, `refusals`, `metadata_files` and
+//! `files`, and keeps per-state counts in `conversation_counts`: only rows no other handle will
+//! touch again (ended, and their files gone), so this is the one handle that writes every
+//! table, and only to forget.
+//!
 //! Forgetting old history, so that what the catalog holds, and what reading it costs, follows
 //! the retention window and not the age of the installation.
 //!

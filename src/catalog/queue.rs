@@ -1,5 +1,13 @@
-//! The forwarding queue and the life of files after forwarding: claim, complete, retry, fail,
-//! archive, purge, and recovery at start-up.
+//! [`ForwardQueue`]: the forwarding queue and the life of files after forwarding: claim,
+//! complete, retry, fail, archive, purge, and recovery at start-up. Used by forwarding, the
+//! archiver, housekeeping (purges), intake (a file that left the drop folder) and start-up.
+//!
+//! Writes `conversations` (`ready -> forwarding -> forwarded`, `failed`, back to `waiting`),
+//! `recordings` (keys written, a recording that left), `deliveries`, `files` after forwarding
+//! (`leaving`, `archived`, `gone`, `purged`), and `minute_usage` (the charge, through
+//! `allocation.rs`'s helpers). These share one handle because they change in one transaction:
+//! a claim charges its minutes (none counted twice, none shared), and a completion frees the
+//! files it forwarded for the archive.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Transaction, params};
@@ -320,7 +328,7 @@ impl ForwardQueue {
     }
 
     /// Every present file of a tenant that may be ready to leave its drop folder (the
-    /// reconciliation pass): candidates for [`Catalog::claim_for_archive`].
+    /// reconciliation pass): candidates for [`ForwardQueue::claim_for_archive`].
     pub fn archive_candidates(&self, tenant: &str) -> Result<Vec<i64>> {
         let conn = self.db.read()?;
         let ids = conn

@@ -1,4 +1,11 @@
-//! Read models for the CLI and the reports, and the one operator action: retry.
+//! [`Reports`]: read models for the CLI and the reports, and the one operator action: retry.
+//! Used by the report writer, the CLI (`status`, `conversations`, `retry`) and `/metrics`.
+//!
+//! Writes the "written as of" marks of reports (`metadata_files.report_stale`,
+//! `tenant_reports`); the triggers of `schema.rs` set them stale in the transaction of the
+//! change. `retry` also moves `failed` conversations back to `ready`, `expired` ones back to
+//! `waiting`, and failed intake items back into [`IntakeQueue`](super::IntakeQueue): one
+//! transaction, so `dropsync retry` re-queues all it names or nothing.
 
 use std::collections::BTreeMap;
 
@@ -28,7 +35,7 @@ pub struct ReportLine {
 #[derive(Debug, Clone)]
 pub struct StaleReport {
     pub metadata_file_id: i64,
-    /// The change counter read with it; see [`Catalog::report_written`].
+    /// The change counter read with it; see [`Reports::report_written`].
     pub version: i64,
     pub tenant: String,
     pub rel_path: String,
