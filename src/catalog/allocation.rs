@@ -2,8 +2,8 @@
 //! conversations), `/metrics` and the CLI's `status`.
 //!
 //! Writes `conversations` (`held -> ready`) and, through [`charge`] and [`refund`] called in
-//! [`ForwardQueue`](super::ForwardQueue)'s claim transaction, `minute_usage` and the
-//! conversation's charge.
+//! [`ForwardQueue`](super::ForwardQueue)'s transactions (a claim, a failure), `minute_usage`
+//! and the conversation's charge.
 //!
 //! Minute allocations (SPEC §9). A conversation counts its longest recording, rounded up to
 //! the second. It is charged to the tenant's month when it is first claimed for forwarding, in

@@ -4,10 +4,10 @@
 //!
 //! Writes `conversations` (`ready -> forwarding -> forwarded`, `failed`, back to `waiting`),
 //! `recordings` (keys written, a recording that left), `deliveries`, `files` after forwarding
-//! (`leaving`, `archived`, `gone`, `purged`), and `minute_usage` (the charge, through
-//! `allocation.rs`'s helpers). These share one handle because they change in one transaction:
-//! a claim charges its minutes (none counted twice, none shared), and a completion frees the
-//! files it forwarded for the archive.
+//! (`leaving`, `archived`, `gone`, `purged`), and `minute_usage` (charged and given back
+//! through `allocation.rs`'s helpers). These share one handle because they change in one
+//! transaction: a claim charges its minutes (none counted twice, none shared), a failure gives
+//! them back, and a completion decides which of its files the archive may take.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Transaction, params};
