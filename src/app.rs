@@ -46,7 +46,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let catalog =
         Catalog::open(&config.db_path()).with_context(|| format!("opening {}", config.db_path().display()))?;
     catalog.set_busy_timeout(config.catalog.busy_timeout)?;
-    let recovered = catalog.recover(now_ms())?;
+    let recovered = catalog.forward_queue().recover(now_ms())?;
     if recovered > 0 {
         tracing::warn!(recovered, "conversations interrupted mid-forward are queued again");
     }

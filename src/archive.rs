@@ -52,7 +52,10 @@ impl Archiver {
                 .join(archive_name(file_id, name));
             dst.to_string_lossy().into_owned()
         };
-        let claimed = self.catalog.claim_for_archive(file_ids, now_ms(), &plan)?;
+        let claimed = self
+            .catalog
+            .forward_queue()
+            .claim_for_archive(file_ids, now_ms(), &plan)?;
         let mut folders = Folders::default();
         let mut ended = Vec::with_capacity(claimed.len());
         let mut moved = Vec::new();
@@ -71,13 +74,13 @@ impl Archiver {
                 .filter(|(_, dirs)| dirs.iter().all(|d| synced.contains(d)))
                 .map(|(file_id, _)| (file_id, Departure::Archived)),
         );
-        self.catalog.settle_departures(&ended, now_ms())
+        self.catalog.forward_queue().settle_departures(&ended, now_ms())
     }
 
     /// Settles claims older than `before` whose move was never recorded: done if the file is
     /// in the archive, back to present if it is still in the drop folder, gone otherwise.
     pub fn settle_stale(&self, before: i64) -> Result<(), CatalogError> {
-        let stale = self.catalog.unsettled_departures(before)?;
+        let stale = self.catalog.forward_queue().unsettled_departures(before)?;
         let ended: Vec<(i64, Departure)> = stale
             .iter()
             .map(|item| {
@@ -94,7 +97,7 @@ impl Archiver {
         if !ended.is_empty() {
             tracing::info!(files = ended.len(), "settled moves to the archive left unrecorded");
         }
-        self.catalog.settle_departures(&ended, now_ms())
+        self.catalog.forward_queue().settle_departures(&ended, now_ms())
     }
 
     /// The claimed file's folder, held open with no link on the way, and its name there.
@@ -270,7 +273,7 @@ mod tests {
                 duration_ms: None,
                 audio_error: None,
             };
-            match catalog.register_file(&file, now_ms(), "not ours").unwrap() {
+            match catalog.files().register_file(&file, now_ms(), "not ours").unwrap() {
                 Registered::Unknown { file_id } => ids.push(file_id),
                 other => panic!("{other:?}"),
             }
@@ -294,7 +297,13 @@ mod tests {
         assert!(!drop.tenant_dir(&acme).join("sub/c.bin").exists());
         assert_eq!(std::fs::read_to_string(&replaced).unwrap(), "newcomer");
         assert_eq!(std::fs::read_dir(&archived).unwrap().count(), 3);
-        assert!(catalog.unsettled_departures(i64::MAX).unwrap().is_empty());
+        assert!(
+            catalog
+                .forward_queue()
+                .unsettled_departures(i64::MAX)
+                .unwrap()
+                .is_empty()
+        );
         // Settled for good: archiving them again claims nothing.
         archiver.archive(&ids).unwrap();
         assert_eq!(std::fs::read_dir(&archived).unwrap().count(), 3);

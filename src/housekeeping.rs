@@ -85,7 +85,7 @@ impl Worker for Housekeeper {
             .fold(config.retention.catalog, Duration::max);
         let catalog = self.catalog.clone();
         let before = now_ms() - ms(remembered);
-        let pruned = tokio::task::spawn_blocking(move || catalog.prune(before, PRUNE_PER_SWEEP)).await??;
+        let pruned = tokio::task::spawn_blocking(move || catalog.history().prune(before, PRUNE_PER_SWEEP)).await??;
         if pruned.conversations + pruned.files > 0 {
             tracing::info!(
                 conversations = pruned.conversations,
@@ -129,7 +129,7 @@ struct Retention {
 /// One sweep; returns whether anything changed.
 fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention: &Retention) -> Result<bool, CatalogError> {
     let now = now_ms();
-    let (expired, orphaned) = catalog.expire(now, grace_ms)?;
+    let (expired, orphaned) = catalog.files().expire(now, grace_ms)?;
     if expired > 0 {
         tracing::warn!(
             expired,
@@ -145,7 +145,10 @@ fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention: &Retentio
     let mut purged = 0;
     // One bounded batch per sweep; the next sweep takes the rest (and retries failures).
     let per_tenant: Vec<(&str, i64)> = retention.per_tenant.iter().map(|(t, ms)| (t.as_str(), *ms)).collect();
-    for item in catalog.purgeable(now, retention.default_ms, &per_tenant, 1000)? {
+    for item in catalog
+        .forward_queue()
+        .purgeable(now, retention.default_ms, &per_tenant, 1000)?
+    {
         match purge(drop, &item) {
             Ok(Removal::Removed | Removal::Missing) => {}
             // A new upload of the name that intake has not recorded yet: it is the tenant's,
@@ -160,7 +163,7 @@ fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention: &Retentio
                 continue;
             }
         }
-        catalog.mark_purged(item.file_id, now)?;
+        catalog.forward_queue().mark_purged(item.file_id, now)?;
         purged += 1;
     }
     if purged > 0 {
@@ -304,7 +307,10 @@ mod tests {
             duration_ms: None,
             audio_error: None,
         };
-        fx.catalog.register_file(&f, now_ms() - 1000, "unknown").unwrap();
+        fx.catalog
+            .files()
+            .register_file(&f, now_ms() - 1000, "unknown")
+            .unwrap();
     }
 
     #[test]

@@ -224,7 +224,7 @@ fn open_catalog(config: &Config) -> anyhow::Result<Catalog> {
 }
 
 fn status(config: &Config, tenant: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let mut view = open_catalog(config)?.status(tenant)?;
+    let mut view = open_catalog(config)?.reports().status(tenant)?;
     // Sources in the configuration, as polled so far; one never polled yet shows as such.
     let mut sources = Vec::new();
     for t in config
@@ -246,7 +246,7 @@ fn status(config: &Config, tenant: Option<&str>, json: bool) -> anyhow::Result<(
     let catalog = open_catalog(config)?;
     let mut allocations = dropsync::catalog::allocations_for(&config.tenants, dropsync::catalog::now_ms());
     allocations.retain(|t, _| tenant.is_none_or(|id| t == id));
-    view.minutes = catalog.minutes(&allocations)?;
+    view.minutes = catalog.minutes().status(&allocations)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
@@ -335,7 +335,7 @@ fn conversations(
         None => None,
         Some(s) => Some(ConvState::parse(s).with_context(|| format!("unknown state {s:?}"))?),
     };
-    let list = open_catalog(config)?.conversations(tenant, state, limit)?;
+    let list = open_catalog(config)?.reports().conversations(tenant, state, limit)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
@@ -365,7 +365,9 @@ fn conversations(
 
 fn retry(config: &Config, tenant: Option<&str>, conversation: Option<&str>) -> anyhow::Result<()> {
     let catalog = Catalog::open_existing(&config.db_path())?;
-    let n = catalog.retry(tenant, conversation, now_ms(), ms(config.matching.grace))?;
+    let n = catalog
+        .reports()
+        .retry(tenant, conversation, now_ms(), ms(config.matching.grace))?;
     println!("re-queued {n} conversation(s)");
     Ok(())
 }

@@ -134,7 +134,7 @@ impl Reporter {
         let mut after = 0;
         let mut slowest = Duration::ZERO;
         loop {
-            let batch = self.catalog.stale_reports(after, 200)?;
+            let batch = self.catalog.reports().stale_reports(after, 200)?;
             for r in &batch {
                 after = r.metadata_file_id;
                 if failing
@@ -144,7 +144,7 @@ impl Reporter {
                     continue;
                 }
                 let (Ok(tenant), Some(rel)) = (TenantId::parse(&r.tenant), RelPath::parse(&r.rel_path)) else {
-                    self.catalog.report_written(r.metadata_file_id, r.version)?;
+                    self.catalog.reports().report_written(r.metadata_file_id, r.version)?;
                     continue;
                 };
                 let path = self.report_path(&tenant, &rel);
@@ -153,7 +153,7 @@ impl Reporter {
                 slowest = slowest.max(started.elapsed());
                 match written {
                     Ok(()) => {
-                        self.catalog.report_written(r.metadata_file_id, r.version)?;
+                        self.catalog.reports().report_written(r.metadata_file_id, r.version)?;
                         failing.remove(&r.metadata_file_id);
                     }
                     Err(ReportError::Catalog(e)) => return Err(e),
@@ -200,7 +200,7 @@ impl Reporter {
         let mut w = csv::Writer::from_writer(file);
         w.write_record(REPORT_HEADER)?;
         let mut failed = None;
-        self.catalog.each_report_line(metadata_file_id, |l| {
+        self.catalog.reports().each_report_line(metadata_file_id, |l| {
             if failed.is_none() {
                 failed = write_line(&mut w, &l).err();
             }
@@ -213,15 +213,15 @@ impl Reporter {
     }
 
     fn write_orphans(&self) -> Result<(), CatalogError> {
-        for (tenant, version) in self.catalog.stale_orphan_reports()? {
+        for (tenant, version) in self.catalog.reports().stale_orphan_reports()? {
             let Ok(tid) = TenantId::parse(&tenant) else { continue };
-            let lines = self.catalog.orphan_lines(&tenant)?;
+            let lines = self.catalog.reports().orphan_lines(&tenant)?;
             let written = self.report_file(&tid, "", "orphans.csv").and_then(|mut f| {
                 f.write_all(&orphans_csv(&lines))?;
                 f.commit()
             });
             match written {
-                Ok(()) => self.catalog.orphan_report_written(&tenant, version)?,
+                Ok(()) => self.catalog.reports().orphan_report_written(&tenant, version)?,
                 Err(e) => tracing::warn!(tenant = %tenant, error = %e, "cannot write orphans.csv"),
             }
         }

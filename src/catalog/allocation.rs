@@ -1,3 +1,10 @@
+//! [`Minutes`]: minute allocations and usage (SPEC §9). Used by forwarding (releasing held
+//! conversations), `/metrics` and the CLI's `status`.
+//!
+//! Writes `conversations` (`held -> ready`) and, through [`charge`] and [`refund`] called in
+//! [`ForwardQueue`](super::ForwardQueue)'s transactions (a claim, a failure), `minute_usage`
+//! and the conversation's charge.
+//!
 //! Minute allocations (SPEC §9). A conversation counts its longest recording, rounded up to
 //! the second. It is charged to the tenant's month when it is first claimed for forwarding, in
 //! the claim's own transaction, so concurrent forwarders and restarts never count it twice or
@@ -18,8 +25,16 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
-use super::{Catalog, Result};
+use super::{Db, Result};
 use crate::tenant::{OnExceeded, Tenant};
+
+/// Minute allocations and usage: see the module doc.
+#[derive(Clone)]
+pub struct Minutes {
+    pub(super) db: Db,
+    /// Taken only with the writer held.
+    pub(super) held_derived: std::sync::Arc<HeldDerived>,
+}
 
 /// A tenant's allocation as it applies now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,13 +271,13 @@ pub(super) fn refund(tx: &Transaction<'_>, conv: i64) -> Result<()> {
     Ok(())
 }
 
-impl Catalog {
+impl Minutes {
     /// Releases held conversations, in arrival order, while they fit in their tenant's
     /// allocation now (all of them if it has none any more). Returns how many. Does nothing,
     /// without a transaction, unless the allocations or the `held_room` count changed since the
     /// held lists were last derived; the ones that do not fit are not touched.
     pub fn release_held(&self, allocations: &Allocations, now: i64) -> Result<usize> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let changes: i64 = conn
             .prepare_cached("SELECT changes FROM temp.held_room")?
             .query_row([], |r| r.get(0))?;
@@ -285,8 +300,8 @@ impl Catalog {
     }
 
     /// Each tenant's minutes forwarded this month, and its allocation.
-    pub fn minutes(&self, allocations: &Allocations) -> Result<BTreeMap<String, MinutesStatus>> {
-        let conn = self.read()?;
+    pub fn status(&self, allocations: &Allocations) -> Result<BTreeMap<String, MinutesStatus>> {
+        let conn = self.db.read()?;
         let counted = super::has_table(&conn, "minute_usage")?;
         let mut out = BTreeMap::new();
         for (tenant, a) in allocations {

@@ -1,8 +1,14 @@
+//! [`FtpState`]: what the FTP pollers know of each source. Used by the FTP poller; the CLI's
+//! `status` reads it through [`Reports`](super::Reports).
+//!
+//! Writes `ftp_sources`, `ftp_files` and `ftp_revisions` (a changed file noted before it is
+//! pulled again; [`Files`](super::Files) takes the note when the new version arrives).
+//!
 //! FTP sources: what each remote file looked like when last listed, since when it has been
 //! stable, and which version of it was pulled.
 //!
 //! Crash ordering: a file is pulled (fsynced and renamed into the drop folder) before
-//! [`Catalog::ftp_mark_downloaded`] commits; a crash in between pulls it again, which the
+//! [`FtpState::ftp_mark_downloaded`] commits; a crash in between pulls it again, which the
 //! intake sees as the same file arriving twice (a no-op). A remote delete
 //! (`after_download = "delete"`) is only sent after that commit.
 
@@ -11,7 +17,13 @@ use std::collections::HashMap;
 use rusqlite::params;
 use serde::Serialize;
 
-use super::{Catalog, Result};
+use super::{Db, Result};
+
+/// What the FTP pollers know of each source: see the module doc.
+#[derive(Clone)]
+pub struct FtpState {
+    pub(super) db: Db,
+}
 
 /// One file of a listing, its path relative to the source's folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +60,7 @@ pub fn version_tag(size: u64, mtime_ms: i64) -> String {
     format!("{size}:{mtime_ms}")
 }
 
-/// The outcome of [`Catalog::ftp_apply_listing`].
+/// The outcome of [`FtpState::ftp_apply_listing`].
 #[derive(Debug, Default)]
 pub struct AppliedListing {
     /// Every listed file, by path, with its state after this listing.
@@ -131,7 +143,7 @@ fn is_under(path: &str, dir: &str) -> bool {
     dir.is_empty() || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
 }
 
-impl Catalog {
+impl FtpState {
     /// Records a listing of `source`: new files start settling, changed ones settle again,
     /// vanished ones are forgotten, except under the `incomplete` folders (refused or cut
     /// short), where a file missing from the listing is kept as it was. Writes nothing when
@@ -149,7 +161,7 @@ impl Catalog {
         // and a crash between batches is repaired by the next poll's diff.
         let mut known: HashMap<String, RemoteFileState> = HashMap::new();
         {
-            let conn = self.read()?;
+            let conn = self.db.read()?;
             let mut stmt = conn.prepare_cached(
                 "SELECT path, size, mtime, stable_since, partial, downloaded_size, downloaded_mtime
                  FROM ftp_files WHERE source = ?1",
@@ -216,7 +228,7 @@ impl Catalog {
             return Ok(out);
         }
         for batch in upserts.chunks(WRITE_BATCH) {
-            let mut conn = self.lock();
+            let mut conn = self.db.lock();
             let tx = conn.transaction()?;
             {
                 let mut upsert = tx.prepare_cached(
@@ -233,7 +245,7 @@ impl Catalog {
         }
         let vanished: Vec<&String> = known.keys().collect();
         for batch in vanished.chunks(WRITE_BATCH) {
-            let mut conn = self.lock();
+            let mut conn = self.db.lock();
             let tx = conn.transaction()?;
             {
                 let mut delete = tx.prepare_cached("DELETE FROM ftp_files WHERE source = ?1 AND path = ?2")?;
@@ -259,7 +271,7 @@ impl Catalog {
         revisions: &[(String, u64)],
         now: i64,
     ) -> Result<()> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached("UPDATE ftp_files SET partial = ?3 WHERE source = ?1 AND path = ?2")?;
@@ -281,7 +293,7 @@ impl Catalog {
 
     /// Records that `path` at (`size`, `mtime_ms`) is durably in the drop folder.
     pub fn ftp_mark_downloaded(&self, source: &str, path: &str, size: u64, mtime_ms: i64, now: i64) -> Result<()> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         tx.execute(
             "UPDATE ftp_files SET partial = NULL, downloaded_at = ?5, downloaded_size = ?3, downloaded_mtime = ?4
@@ -299,7 +311,7 @@ impl Catalog {
 
     /// Records how a poll of `source` ended.
     pub fn ftp_record_poll(&self, source: &str, tenant: &str, url: &str, now: i64, poll: &PollRecord) -> Result<()> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         register_source(&tx, source, tenant, url)?;
         tx.execute(
@@ -337,12 +349,12 @@ impl Catalog {
 
     /// Registers a source so that downloads can be counted before its first poll ends.
     pub fn ftp_register_source(&self, source: &str, tenant: &str, url: &str) -> Result<()> {
-        register_source(&self.lock(), source, tenant, url)
+        register_source(&self.db.lock(), source, tenant, url)
     }
 
     /// Every source the catalog has seen, optionally of one tenant.
     pub fn ftp_sources(&self, tenant: Option<&str>) -> Result<Vec<FtpSourceStatus>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         if !super::has_table(&conn, "ftp_sources")? {
             return Ok(Vec::new());
         }

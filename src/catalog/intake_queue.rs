@@ -1,8 +1,13 @@
-//! Intake work items: every arrival, settling file and rescan is recorded here before it is
-//! processed, and removed only once it has been (SPEC §8 "one failure stays one failure").
+//! [`IntakeQueue`]: intake work items. Every arrival, settling file and rescan is recorded here
+//! before it is processed, and removed only once it has been (SPEC §8 "one failure stays one
+//! failure"). Used by intake's lanes and scans, and by forwarding (a recording that changed).
+//!
+//! Writes `intake_queue`, and marks a metadata file `failed` (or back to `parsing` on retry) in
+//! `metadata_files` in the same transaction as the item that failed, so a report never shows
+//! a failure the queue does not hold.
 //!
 //! # Crash ordering
-//! Queue changes are committed without an fsync of their own ([`Catalog::light`]): losing one
+//! Queue changes are committed without an fsync of their own ([`Db::light`](super::Db::light)): losing one
 //! to a power cut only loses a hint, because the start-up scan of every drop folder finds the
 //! file again, and processing an item twice is a no-op (a file already recorded with the same
 //! size and mtime is a duplicate). The durable records that matter (files, rows,
@@ -10,7 +15,13 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Catalog, Result, Via};
+use super::{Db, Result, Via};
+
+/// The intake work items: see the module doc.
+#[derive(Clone)]
+pub struct IntakeQueue {
+    pub(super) db: Db,
+}
 
 /// What an intake work item asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +155,7 @@ pub enum IntakeOutcome {
 /// The `next_attempt_at` of a failed item: after any due time a scan asks about.
 const NEVER: i64 = i64::MAX;
 
-impl Catalog {
+impl IntakeQueue {
     /// `dropsync retry`: failed intake items are due again, with their attempts forgotten, and
     /// a metadata file they left half-parsed resumes where it stopped. Returns how many.
     pub(super) fn retry_failed_intake(tx: &rusqlite::Transaction<'_>, tenant: Option<&str>, now: i64) -> Result<usize> {
@@ -164,7 +175,7 @@ impl Catalog {
     /// Records work items. A new event for an item already queued makes it due at once and
     /// bumps its version (so a lane processing the older event leaves it queued).
     pub fn enqueue_intake(&self, items: &[NewIntake], now: i64) -> Result<()> {
-        self.light(|tx| {
+        self.db.light(|tx| {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO intake_queue (tenant, kind, rel_path, via, rank, size, mtime_ns, sha256, enqueued_at, next_attempt_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -200,7 +211,7 @@ impl Catalog {
     /// The first tenant after `after` (in id order) with work due now: one index seek per
     /// tenant passed over, however long the queue.
     pub fn next_intake_tenant(&self, after: &str, now: i64) -> Result<Option<String>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         Ok(conn
             .prepare_cached(
                 "SELECT tenant FROM intake_queue WHERE tenant > ?1 AND next_attempt_at <= ?2 ORDER BY tenant LIMIT 1",
@@ -211,7 +222,7 @@ impl Catalog {
 
     /// When the next intake item falls due, if any is queued.
     pub fn next_intake_due(&self) -> Result<Option<i64>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         Ok(conn
             .prepare_cached("SELECT min(next_attempt_at) FROM intake_queue")?
             .query_row([], |r| r.get(0))?)
@@ -221,7 +232,7 @@ impl Catalog {
     /// light items. Scans come first, then light items (recordings before the metadata that
     /// names them is the fast path), then heavy ones, each in due order.
     pub fn claim_intake(&self, tenant: &str, now: i64, limit: usize) -> Result<Vec<IntakeItem>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT id, version, kind, rel_path, via, size, mtime_ns, sha256, attempts, rank FROM intake_queue
              WHERE tenant = ?1 AND next_attempt_at <= ?2
@@ -262,7 +273,7 @@ impl Catalog {
     /// Records how the items of one unit ended: done ones leave the queue (unless a newer
     /// event came meanwhile), failed ones wait for their retry.
     pub fn finish_intake(&self, outcomes: &[(IntakeItem, IntakeOutcome)]) -> Result<()> {
-        self.light(|tx| {
+        self.db.light(|tx| {
             for (item, outcome) in outcomes {
                 match outcome {
                     IntakeOutcome::Done => {

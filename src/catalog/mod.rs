@@ -1,6 +1,26 @@
 //! The catalog: every file, metadata row, conversation and delivery, in SQLite. The only module
 //! that touches the database.
 //!
+//! # Handles, one per concern
+//! [`Catalog`] opens the database and gives out handles over one [`Db`] (`db.rs`: the writer,
+//! taken and timed only in [`Db::lock`], and the pooled readers). Each handle's file says who
+//! uses it and which tables it writes:
+//!
+//! | Handle | File | Writes |
+//! |---|---|---|
+//! | [`IntakeQueue`] | `intake_queue.rs` | `intake_queue` (and a metadata file's `failed` mark with its item) |
+//! | [`Files`] | `files.rs` (+ `rows.rs`, `revisions.rs`) | `files` on arrival, `metadata_files`, `refusals`, `recordings`, `conversations` up to `ready` or `expired`; takes `ftp_revisions` notes |
+//! | [`ForwardQueue`] | `queue.rs` (+ `turns.rs`) | `conversations` from `ready` on, `deliveries`, `recordings`' keys, `files` after forwarding, `minute_usage` charges |
+//! | [`FtpState`] | `ftp.rs` | `ftp_sources`, `ftp_files`, `ftp_revisions` |
+//! | [`Reports`] | `views.rs` | report marks (`metadata_files.report_stale`, `tenant_reports`); `retry` |
+//! | [`Minutes`] | `allocation.rs` | `held -> ready`; the charge helpers the forward queue's claim runs |
+//! | [`History`] | `prune.rs` | deletes ended rows from every table; `conversation_counts` |
+//!
+//! A conversation's state is one machine shared by the stages: each handle writes only its own
+//! transitions, and where two concerns change in one transaction (a claim and its minutes, an
+//! arrival and the conversation it completes, a completion and the files it frees) they are
+//! in one handle. A second store implements these handles.
+//!
 //! It is also the durable work queue: a conversation in state `ready` with `next_attempt_at` due
 //! is work for the forwarder; channels elsewhere are only wake-up hints.
 //!
@@ -22,8 +42,9 @@
 //! - **Reports**: the "stale" flag is set by triggers in the same transaction as the change.
 
 mod allocation;
+mod db;
+mod files;
 mod ftp;
-mod intake;
 mod intake_queue;
 mod prune;
 mod queue;
@@ -33,19 +54,21 @@ mod schema;
 mod turns;
 mod views;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-pub use allocation::{AllocationNow, Allocations, MinutesStatus, allocations_for};
-pub use ftp::{AppliedListing, FtpSourceStatus, PollRecord, RemoteFile, RemoteFileState, version_tag};
-pub use intake::{NewFile, PendingParse, Registered, RowInput};
-pub use intake_queue::{IntakeItem, IntakeKind, IntakeOutcome, NewIntake};
-pub use prune::Pruned;
-pub use queue::{Departure, Forwarded, RecordedFile, ToArchive, ToPurge, Work, WorkRecording};
-pub use views::{ConversationView, OrphanLine, ReportLine, StaleReport, StatusView, TenantStatus};
+use db::Db;
+
+pub use allocation::{AllocationNow, Allocations, Minutes, MinutesStatus, allocations_for};
+pub use files::{Files, NewFile, PendingParse, Registered, RowInput};
+pub use ftp::{AppliedListing, FtpSourceStatus, FtpState, PollRecord, RemoteFile, RemoteFileState, version_tag};
+pub use intake_queue::{IntakeItem, IntakeKind, IntakeOutcome, IntakeQueue, NewIntake};
+pub use prune::{History, Pruned};
+pub use queue::{Departure, ForwardQueue, Forwarded, RecordedFile, ToArchive, ToPurge, Work, WorkRecording};
+pub use views::{ConversationView, OrphanLine, ReportLine, Reports, StaleReport, StatusView, TenantStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -126,94 +149,14 @@ impl ConvState {
     }
 }
 
-/// A handle on the catalog. Clones share one writer connection and a pool of read-only ones;
-/// callers on the async runtime call it from `spawn_blocking` (see [`Catalog::run`]).
-///
-/// One writer is what SQLite wants anyway; its lock is held for one short transaction at a
-/// time. Readers (status, metrics, reports, the CLI's views) use their own connections, which
-/// WAL lets run beside the writer, so a report streamed to a slow disk never holds up intake.
+/// The catalog: opens the database and gives out its handles, one per concern (see the
+/// module doc for which handle owns which tables). Clones share one [`Db`]; callers on the
+/// async runtime call it from `spawn_blocking` (see [`Catalog::run`]).
 #[derive(Clone)]
 pub struct Catalog {
-    conn: Arc<parking_lot::Mutex<Connection>>,
-    readers: Arc<Readers>,
-    /// Taken only with `conn` held.
+    db: Db,
+    /// Taken only with the writer held.
     held_derived: Arc<allocation::HeldDerived>,
-}
-
-/// The writer connection while it is held. Its hold time goes to the summary
-/// `dropsync_catalog_writer_hold_seconds` (p99 and max on `/metrics`); a hold past
-/// [`LONG_HOLD`] is logged with the code that held it.
-pub(crate) struct Writer<'a> {
-    conn: parking_lot::MutexGuard<'a, Connection>,
-    since: Instant,
-    caller: &'static std::panic::Location<'static>,
-}
-
-/// A writer hold long enough that every other writer (every tenant's intake and forwarding)
-/// noticeably waited on it.
-const LONG_HOLD: Duration = Duration::from_millis(100);
-
-impl std::ops::Deref for Writer<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        &self.conn
-    }
-}
-
-impl std::ops::DerefMut for Writer<'_> {
-    fn deref_mut(&mut self) -> &mut Connection {
-        &mut self.conn
-    }
-}
-
-impl Drop for Writer<'_> {
-    fn drop(&mut self) {
-        let held = self.since.elapsed();
-        metrics::histogram!("dropsync_catalog_writer_hold_seconds").record(held.as_secs_f64());
-        if held >= LONG_HOLD {
-            tracing::warn!(held_ms = held.as_millis() as u64, at = %self.caller, "catalog writer held long");
-        }
-    }
-}
-
-/// Read-only connections, opened on demand and kept for reuse.
-struct Readers {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-}
-
-/// Idle read connections kept open at most.
-const MAX_IDLE_READERS: usize = 8;
-
-/// A read-only connection, back to the pool when dropped.
-pub(crate) struct ReadConn<'a> {
-    conn: Option<Connection>,
-    readers: &'a Readers,
-}
-
-impl std::ops::Deref for ReadConn<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        self.conn.as_ref().expect("held until dropped")
-    }
-}
-
-impl Drop for ReadConn<'_> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            let mut idle = self.readers.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(conn);
-            }
-        }
-    }
-}
-
-fn open_reader(path: &Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.set_prepared_statement_cache_capacity(32);
-    Ok(conn)
 }
 
 impl Catalog {
@@ -225,7 +168,7 @@ impl Catalog {
                 .map_err(|e| CatalogError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut conn = Connection::open(path)?;
-        configure(&mut conn)?;
+        db::configure(&mut conn)?;
         migrate(&conn, path)?;
         allocation::count_held_room(&conn)?;
         Ok(Catalog::with_writer(conn, path))
@@ -238,25 +181,21 @@ impl Catalog {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        configure(&mut conn)?;
+        db::configure(&mut conn)?;
         check_schema(&conn, path, true)?;
         Ok(Catalog::with_writer(conn, path))
     }
 
     /// Opens an existing database read-only (CLI views while the daemon runs).
     pub fn open_read_only(path: &Path) -> Result<Catalog> {
-        let conn = open_reader(path)?;
+        let conn = db::open_reader(path)?;
         check_schema(&conn, path, false)?;
         Ok(Catalog::with_writer(conn, path))
     }
 
     fn with_writer(conn: Connection, path: &Path) -> Catalog {
         Catalog {
-            conn: Arc::new(parking_lot::Mutex::new(conn)),
-            readers: Arc::new(Readers {
-                path: path.to_path_buf(),
-                idle: Mutex::new(Vec::new()),
-            }),
+            db: Db::new(conn, path),
             held_derived: Arc::default(),
         }
     }
@@ -264,88 +203,52 @@ impl Catalog {
     /// How long a writer waits for another process's write lock (the CLI's `retry`, a
     /// backup) before the transaction fails and its work is retried later.
     pub fn set_busy_timeout(&self, timeout: Duration) -> Result<()> {
-        Ok(self.lock().busy_timeout(timeout)?)
+        Ok(self.db.lock().busy_timeout(timeout)?)
     }
 
-    /// The writer, the one place it is taken: how long each holder waited for it and kept it
-    /// is recorded, so that no tenant's work holding everyone's writer for long goes unseen.
-    ///
-    /// The lock is parking_lot's, which hands over to a waiter at least every millisecond or
-    /// so: with std's, a thread committing slice after slice (a large CSV's rows) took it
-    /// straight back each time and left the other tenants' intake and forwarders waiting for
-    /// whole seconds. A panic while holding it cannot leave a half-done transaction behind
-    /// (rusqlite rolls back on drop), and parking_lot has no poisoning to step over.
-    #[track_caller]
-    fn lock(&self) -> Writer<'_> {
-        let caller = std::panic::Location::caller();
-        let asked = Instant::now();
-        let conn = self.conn.lock();
-        let since = Instant::now();
-        metrics::histogram!("dropsync_catalog_writer_wait_seconds").record((since - asked).as_secs_f64());
-        Writer { conn, since, caller }
+    /// Arrivals, metadata rows and the conversations they make (intake).
+    pub fn files(&self) -> Files {
+        Files { db: self.db.clone() }
     }
 
-    /// A read-only connection of the pool.
-    pub(crate) fn read(&self) -> Result<ReadConn<'_>> {
-        let pooled = self.readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => open_reader(&self.readers.path)?,
-        };
-        Ok(ReadConn {
-            conn: Some(conn),
-            readers: &self.readers,
-        })
+    /// The intake work items (intake's lanes and scans; forwarding, for a recording that changed).
+    pub fn intake_queue(&self) -> IntakeQueue {
+        IntakeQueue { db: self.db.clone() }
     }
 
-    /// Runs `f` in a transaction whose commit is not fsynced: for records that the start-up
-    /// scan rebuilds if a power cut loses them (intake work items). A later full commit makes
-    /// it durable too, as the write-ahead log is written in order.
-    #[track_caller]
-    fn light<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
-        let mut conn = self.lock();
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = (|| {
-            let tx = conn.transaction()?;
-            let r = f(&tx)?;
-            tx.commit()?;
-            Ok(r)
-        })();
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        result
+    /// The forwarding queue and the files it frees (forwarding, archiving, purging).
+    pub fn forward_queue(&self) -> ForwardQueue {
+        ForwardQueue { db: self.db.clone() }
     }
 
-    /// Applies `f` to each of `items` in transactions that each hold the writer for about
-    /// `slice`, letting other writers in between; their commits are not synced (see
-    /// [`Catalog::light`]: the caller's records must be ones a power cut may lose). Gives the
-    /// results of the items committed, in order, and the error that stopped the rest, if one
-    /// did; a failed slice is rolled back whole.
-    #[track_caller]
-    fn sliced<T, R>(
-        &self,
-        items: &[T],
-        slice: Duration,
-        mut f: impl FnMut(&Transaction<'_>, &T) -> Result<R>,
-    ) -> (Vec<R>, Result<()>) {
-        let mut done = Vec::with_capacity(items.len());
-        while done.len() < items.len() {
-            let committed = self.light(|tx| {
-                let started = Instant::now();
-                let mut results = Vec::new();
-                for item in &items[done.len()..] {
-                    results.push(f(tx, item)?);
-                    if started.elapsed() >= slice {
-                        break;
-                    }
-                }
-                Ok(results)
-            });
-            match committed {
-                Ok(results) => done.extend(results),
-                Err(e) => return (done, Err(e)),
-            }
+    /// What the FTP pollers know of each source.
+    pub fn ftp_state(&self) -> FtpState {
+        FtpState { db: self.db.clone() }
+    }
+
+    /// Reports, the CLI's views and its retry.
+    pub fn reports(&self) -> Reports {
+        Reports { db: self.db.clone() }
+    }
+
+    /// Minute allocations and usage.
+    pub fn minutes(&self) -> Minutes {
+        Minutes {
+            db: self.db.clone(),
+            held_derived: self.held_derived.clone(),
         }
-        (done, Ok(()))
+    }
+
+    /// Forgetting old history.
+    pub fn history(&self) -> History {
+        History { db: self.db.clone() }
+    }
+
+    /// The writer, for tests that look at or arrange rows directly.
+    #[cfg(test)]
+    #[track_caller]
+    fn lock(&self) -> db::Writer<'_> {
+        self.db.lock()
     }
 
     /// Runs `f` on a blocking thread, for callers on the async runtime.
@@ -359,20 +262,6 @@ impl Catalog {
             .await
             .map_err(|e| CatalogError::Corrupt(format!("catalog task failed: {e}")))?
     }
-}
-
-fn configure(conn: &mut Connection) -> Result<()> {
-    // WAL lets the CLI read while the daemon writes. synchronous=FULL: a commit is on disk when
-    // it returns, which is what "recorded before the side effect" relies on across power loss.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(Duration::from_secs(30))?;
-    conn.set_prepared_statement_cache_capacity(64);
-    // Writers take the write lock when they begin, not at their first write: a transaction
-    // that read first could otherwise fail with "database is locked" midway instead of waiting.
-    conn.set_transaction_behavior(TransactionBehavior::Immediate);
-    Ok(())
 }
 
 /// Refuses a schema this build does not know; `exact` also refuses an older one (a CLI

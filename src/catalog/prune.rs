@@ -1,3 +1,10 @@
+//! [`History`]: forgetting old history. Used by housekeeping's sweep.
+//!
+//! Deletes from `conversations`, `recordings`, `deliveries`, `refusals`, `metadata_files` and
+//! `files`, and keeps per-state counts in `conversation_counts`: only rows no other handle will
+//! touch again (ended, and their files gone), so this is the one handle that writes every
+//! table, and only to forget.
+//!
 //! Forgetting old history, so that what the catalog holds, and what reading it costs, follows
 //! the retention window and not the age of the installation.
 //!
@@ -14,7 +21,13 @@ use std::collections::HashMap;
 
 use rusqlite::{Transaction, params};
 
-use super::{Catalog, Result};
+use super::{Db, Result};
+
+/// Forgetting old history: see the module doc.
+#[derive(Clone)]
+pub struct History {
+    pub(super) db: Db,
+}
 
 /// Conversations forgotten in one transaction at most.
 const BATCH: usize = 500;
@@ -33,7 +46,7 @@ pub struct Pruned {
 /// Where a pass over the candidates has got to: (left_at, file id) of the last one seen.
 type Cursor = (i64, i64);
 
-impl Catalog {
+impl History {
     /// Forgets up to about `limit` conversations (and what goes with them) that ended before
     /// `before` (unix ms), in transactions of at most [`BATCH`] conversations.
     pub fn prune(&self, before: i64, limit: usize) -> Result<Pruned> {
@@ -61,7 +74,7 @@ impl Catalog {
     /// Metadata files after `cursor` (in the order they left) whose file left before `before`
     /// and whose rows all ended before it, with where each stands in that order.
     fn prunable_metadata_files(&self, before: i64, cursor: Cursor) -> Result<Vec<(Cursor, i64)>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT f.left_at, f.id, m.id FROM files f JOIN metadata_files m ON m.file_id = f.id
              WHERE f.state IN ('purged', 'gone') AND f.kind != 'recording' AND f.left_at < ?1
@@ -84,7 +97,7 @@ impl Catalog {
     /// is checked again here, on the writer: one queued again meanwhile (`dropsync retry`) is
     /// kept, and so is its file.
     fn prune_some(&self, metadata_files: &[i64], before: i64) -> Result<Step> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         let mut step = Step::default();
         let mut counts: HashMap<(String, String), i64> = HashMap::new();
@@ -128,7 +141,7 @@ impl Catalog {
 
     /// Orphan recordings (named by no row) deleted before `before`: their records go too.
     fn prune_orphans(&self, before: i64) -> Result<usize> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         let n = tx
             .prepare_cached(
@@ -199,6 +212,7 @@ fn forget_metadata_file(tx: &Transaction<'_>, metadata_file: i64) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::Catalog;
 
     /// A purged metadata file of `tenant` with conversations in `states`, all ended at 0.
     fn batch(cat: &Catalog, tenant: &str, states: &[&str]) -> i64 {
@@ -254,7 +268,7 @@ mod tests {
             batch(&cat, "a", &["rejected"]);
         }
         let open = batch(&cat, "b", &["forwarded", "waiting"]);
-        let pruned = cat.prune(1000, usize::MAX).unwrap();
+        let pruned = cat.history().prune(1000, usize::MAX).unwrap();
         assert_eq!(pruned.conversations, BATCH * 2 + 3 + 5);
         assert_eq!(pruned.metadata_files, 6);
         assert_eq!(rows(&cat), 2, "the batch with an open row is kept whole");
@@ -268,7 +282,7 @@ mod tests {
             ]
         );
         // Nothing is left to do: a second pass forgets nothing.
-        assert_eq!(cat.prune(1000, usize::MAX).unwrap(), Pruned::default());
+        assert_eq!(cat.history().prune(1000, usize::MAX).unwrap(), Pruned::default());
         let m: i64 = cat
             .lock()
             .query_row("SELECT count(*) FROM metadata_files WHERE id = ?1", [open], |r| {
@@ -283,13 +297,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
         let m = batch(&cat, "a", &["expired", "forwarded"]);
-        let found = cat.prunable_metadata_files(1000, (i64::MIN, 0)).unwrap();
+        let found = cat.history().prunable_metadata_files(1000, (i64::MIN, 0)).unwrap();
         assert_eq!(found.iter().map(|(_, id)| *id).collect::<Vec<_>>(), [m]);
         // `dropsync retry` (another process) gives the expired row another grace meanwhile.
         cat.lock()
             .execute("UPDATE conversations SET state = 'waiting' WHERE state = 'expired'", [])
             .unwrap();
-        let step = cat.prune_some(&[m], 1000).unwrap();
+        let step = cat.history().prune_some(&[m], 1000).unwrap();
         assert_eq!((step.conversations, step.metadata_files, step.consumed), (1, 0, 1));
         assert_eq!(rows(&cat), 1);
         assert_eq!(

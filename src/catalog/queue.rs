@@ -1,11 +1,25 @@
-//! The forwarding queue and the life of files after forwarding: claim, complete, retry, fail,
-//! archive, purge, and recovery at start-up.
+//! [`ForwardQueue`]: the forwarding queue and the life of files after forwarding: claim,
+//! complete, retry, fail, archive, purge, and recovery at start-up. Used by forwarding, the
+//! archiver, housekeeping (purges), intake (a file that left the drop folder) and start-up.
+//!
+//! Writes `conversations` (`ready -> forwarding -> forwarded`, `failed`, back to `waiting`),
+//! `recordings` (keys written, a recording that left), `deliveries`, `files` after forwarding
+//! (`leaving`, `archived`, `gone`, `purged`), and `minute_usage` (charged and given back
+//! through `allocation.rs`'s helpers). These share one handle because they change in one
+//! transaction: a claim charges its minutes (none counted twice, none shared), a failure gives
+//! them back, and a completion decides which of its files the archive may take.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::allocation::{Allocations, Verdict, charge, refund};
-use super::{Catalog, CatalogError, Result, Via};
+use super::{CatalogError, Db, Result, Via};
+
+/// The forwarding queue and the files it frees: see the module doc.
+#[derive(Clone)]
+pub struct ForwardQueue {
+    pub(super) db: Db,
+}
 
 /// A conversation claimed for forwarding, with everything the sink needs.
 #[derive(Debug, Clone)]
@@ -117,11 +131,11 @@ pub(super) const UNSETTLED: &str = "SELECT id, tenant, rel_path, coalesce(archiv
 /// States whose files must stay in the drop folder.
 pub(super) const OPEN_STATES: &str = "('waiting', 'ready', 'forwarding', 'failed', 'held')";
 
-impl Catalog {
+impl ForwardQueue {
     /// Start-up recovery: a conversation left `forwarding` by a crash is `ready` again. Its
     /// replay overwrites the same keys. Returns how many were recovered.
     pub fn recover(&self, now: i64) -> Result<usize> {
-        let conn = self.lock();
+        let conn = self.db.lock();
         Ok(conn.execute(
             "UPDATE conversations SET state = 'ready', next_attempt_at = ?1, changed_at = ?1 WHERE state = 'forwarding'",
             [now],
@@ -139,7 +153,7 @@ impl Catalog {
         limit: usize,
         allocations: &Allocations,
     ) -> Result<Option<(String, Vec<Work>)>> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         let Some(tenant) = super::turns::next_due_tenant(&tx, after, now)? else {
             return Ok(None);
@@ -184,7 +198,7 @@ impl Catalog {
 
     /// When the next queued conversation is due, if any.
     pub fn next_due(&self) -> Result<Option<i64>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         Ok(conn
             .prepare_cached("SELECT min(next_attempt_at) FROM conversations WHERE state = 'ready'")?
             .query_row([], |r| r.get(0))?)
@@ -201,7 +215,7 @@ impl Catalog {
         started_at: i64,
         now: i64,
     ) -> Result<Vec<i64>> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         for r in recordings {
             tx.prepare_cached(
@@ -229,7 +243,7 @@ impl Catalog {
 
     /// A transient failure: back to `ready`, due again at `retry_at`.
     pub fn retry_later(&self, conv: i64, error: &str, retry_at: i64, now: i64) -> Result<()> {
-        let conn = self.lock();
+        let conn = self.db.lock();
         conn.prepare_cached(
             "UPDATE conversations SET state = 'ready', next_attempt_at = ?3, detail = ?2, changed_at = ?4 WHERE id = ?1 AND state = 'forwarding'",
         )?
@@ -239,7 +253,7 @@ impl Catalog {
 
     /// A permanent failure: `failed`, until `dropsync retry`.
     pub fn fail(&self, conv: i64, error: &str, now: i64) -> Result<()> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         let failed = tx
             .prepare_cached("UPDATE conversations SET state = 'failed', detail = ?2, changed_at = ?3 WHERE id = ?1 AND state = 'forwarding'")?
@@ -255,7 +269,7 @@ impl Catalog {
     /// A recording disappeared from the drop folder (deleted, or replaced while we read it):
     /// the file is gone, and the conversation waits for it again.
     pub fn recording_vanished(&self, conv: i64, file_id: i64, why: &str, now: i64, grace_ms: i64) -> Result<()> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         mark_gone(&tx, file_id, now)?;
         tx.prepare_cached(
@@ -269,7 +283,7 @@ impl Catalog {
 
     /// Files that vanished from the drop folders behind our back (seen by a scan).
     pub fn files_gone(&self, file_ids: &[i64], now: i64) -> Result<()> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         for id in file_ids {
             mark_gone(&tx, *id, now)?;
@@ -280,7 +294,7 @@ impl Catalog {
 
     /// A path found missing when it was looked for: if it is recorded as present, it is gone.
     pub fn path_gone(&self, tenant: &str, rel: &crate::dropbox::RelPath, now: i64) -> Result<()> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         let id: Option<i64> = tx
             .prepare_cached("SELECT id FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'")?
@@ -296,7 +310,7 @@ impl Catalog {
     /// Files of a tenant recorded as in its drop folder, for reconciliation: present ones and
     /// ones leaving for the archive (whose record the archiver settles, not the scan).
     pub fn recorded_files(&self, tenant: &str) -> Result<Vec<RecordedFile>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         let mut stmt = conn.prepare_cached(RECORDED_FILES)?;
         let rows = stmt
             .query_map([tenant], |r| {
@@ -314,9 +328,9 @@ impl Catalog {
     }
 
     /// Every present file of a tenant that may be ready to leave its drop folder (the
-    /// reconciliation pass): candidates for [`Catalog::claim_for_archive`].
+    /// reconciliation pass): candidates for [`ForwardQueue::claim_for_archive`].
     pub fn archive_candidates(&self, tenant: &str) -> Result<Vec<i64>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         let ids = conn
             .prepare_cached(
                 "SELECT id FROM files WHERE tenant = ?1 AND state = 'present'
@@ -339,7 +353,7 @@ impl Catalog {
         if file_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         let mut out = archivable(&tx, file_ids)?;
         for item in &mut out {
@@ -358,7 +372,7 @@ impl Catalog {
         if ended.is_empty() {
             return Ok(());
         }
-        self.light(|tx| {
+        self.db.light(|tx| {
             for (file_id, how) in ended {
                 match how {
                     Departure::Archived => {
@@ -395,7 +409,7 @@ impl Catalog {
     /// Files claimed for the archive at or before `before` whose move was never settled (a
     /// crash, or a catalog error after the move).
     pub fn unsettled_departures(&self, before: i64) -> Result<Vec<ToArchive>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         let mut stmt = conn.prepare_cached(UNSETTLED)?;
         let rows = stmt.query_map([before], to_archive)?.collect::<rusqlite::Result<_>>()?;
         Ok(rows)
@@ -407,7 +421,7 @@ impl Catalog {
         let shortest = keep_for.iter().map(|(_, ms)| *ms).fold(keep_ms, i64::min);
         let keep_for: serde_json::Map<String, serde_json::Value> =
             keep_for.iter().map(|(t, ms)| ((*t).to_owned(), (*ms).into())).collect();
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         // The shortest retention first (an index range), then each tenant's own.
         let mut stmt = conn.prepare_cached(
             "WITH keep(tenant, ms) AS (SELECT key, value FROM json_each(?4))
@@ -436,7 +450,7 @@ impl Catalog {
     }
 
     pub fn mark_purged(&self, file_id: i64, now: i64) -> Result<()> {
-        let conn = self.lock();
+        let conn = self.db.lock();
         conn.prepare_cached("UPDATE files SET state = 'purged', left_at = coalesce(left_at, ?2) WHERE id = ?1")?
             .execute(params![file_id, now])?;
         Ok(())

@@ -17,8 +17,11 @@ fn ftp_listing_settles_pulls_once_and_forgets_vanished_files() {
     let f = fixture();
     let cat = &f.cat;
     let src = "acme ftp://u@h:21/out";
-    cat.ftp_register_source(src, "acme", "ftp://u@h:21/out").unwrap();
+    cat.ftp_state()
+        .ftp_register_source(src, "acme", "ftp://u@h:21/out")
+        .unwrap();
     let a = cat
+        .ftp_state()
         .ftp_apply_listing(src, &[remote("a.wav", 10, 1000), remote("b.csv", 5, 1000)], &[], 100)
         .unwrap();
     assert_eq!((a.new, a.changed, a.vanished), (2, 0, 0));
@@ -26,18 +29,24 @@ fn ftp_listing_settles_pulls_once_and_forgets_vanished_files() {
 
     // Unchanged: stable_since stays, so the file settles; a growing one starts over.
     let a = cat
+        .ftp_state()
         .ftp_apply_listing(src, &[remote("a.wav", 10, 1000), remote("b.csv", 9, 2000)], &[], 200)
         .unwrap();
     assert_eq!((a.new, a.changed), (0, 1));
     assert_eq!(a.files["a.wav"].stable_since, 100);
     assert_eq!(a.files["b.csv"].stable_since, 200);
 
-    cat.ftp_mark_partials(src, "acme", &[("a.wav".into(), version_tag(10, 1000))], &[], 300)
+    cat.ftp_state()
+        .ftp_mark_partials(src, "acme", &[("a.wav".into(), version_tag(10, 1000))], &[], 300)
         .unwrap();
-    cat.ftp_mark_downloaded(src, "a.wav", 10, 1000, 300).unwrap();
-    cat.ftp_mark_partials(src, "acme", &[("b.csv".into(), version_tag(9, 2000))], &[], 300)
+    cat.ftp_state()
+        .ftp_mark_downloaded(src, "a.wav", 10, 1000, 300)
+        .unwrap();
+    cat.ftp_state()
+        .ftp_mark_partials(src, "acme", &[("b.csv".into(), version_tag(9, 2000))], &[], 300)
         .unwrap();
     let a = cat
+        .ftp_state()
         .ftp_apply_listing(src, &[remote("a.wav", 10, 1000), remote("b.csv", 9, 2000)], &[], 400)
         .unwrap();
     assert!(a.files["a.wav"].is_pulled());
@@ -46,27 +55,29 @@ fn ftp_listing_settles_pulls_once_and_forgets_vanished_files() {
 
     // Pulled again only when it changes.
     let a = cat
+        .ftp_state()
         .ftp_apply_listing(src, &[remote("a.wav", 11, 1000)], &[], 500)
         .unwrap();
     assert!(!a.files["a.wav"].is_pulled());
     assert_eq!(a.vanished, 1);
     assert_eq!(a.vanished_partials, vec!["b.csv".to_string()]);
 
-    cat.ftp_record_poll(
-        src,
-        "acme",
-        "ftp://u@h:21/out",
-        600,
-        &PollRecord {
-            listed: false,
-            error: Some("530 Login incorrect".into()),
-            remote_files: 0,
-            waiting: 0,
-            incomplete: None,
-        },
-    )
-    .unwrap();
-    let s = &cat.ftp_sources(Some("acme")).unwrap()[0];
+    cat.ftp_state()
+        .ftp_record_poll(
+            src,
+            "acme",
+            "ftp://u@h:21/out",
+            600,
+            &PollRecord {
+                listed: false,
+                error: Some("530 Login incorrect".into()),
+                remote_files: 0,
+                waiting: 0,
+                incomplete: None,
+            },
+        )
+        .unwrap();
+    let s = &cat.ftp_state().ftp_sources(Some("acme")).unwrap()[0];
     assert_eq!((s.files_pulled, s.bytes_pulled, s.errors_in_row), (1, 10, 1));
     assert_eq!(s.last_error.as_deref(), Some("530 Login incorrect"));
 }
@@ -78,7 +89,9 @@ fn files_under_an_incomplete_folder_are_kept_not_taken_as_gone() {
     let f = fixture();
     let cat = &f.cat;
     let src = "acme ftp://u@h:21/";
-    cat.ftp_register_source(src, "acme", "ftp://u@h:21/").unwrap();
+    cat.ftp_state()
+        .ftp_register_source(src, "acme", "ftp://u@h:21/")
+        .unwrap();
     let all = [
         remote("locked/a.wav", 1, 1),
         remote("locked/deep/b.wav", 1, 1),
@@ -86,11 +99,13 @@ fn files_under_an_incomplete_folder_are_kept_not_taken_as_gone() {
         remote("big/d.wav", 1, 1),
         remote("e.wav", 1, 1),
     ];
-    cat.ftp_apply_listing(src, &all, &[], 100).unwrap();
-    cat.ftp_mark_partials(src, "acme", &[("big/d.wav".into(), version_tag(1, 1))], &[], 100)
+    cat.ftp_state().ftp_apply_listing(src, &all, &[], 100).unwrap();
+    cat.ftp_state()
+        .ftp_mark_partials(src, "acme", &[("big/d.wav".into(), version_tag(1, 1))], &[], 100)
         .unwrap();
     // Now "locked" is refused and "big" comes back cut short, without d.wav.
     let a = cat
+        .ftp_state()
         .ftp_apply_listing(src, &[], &["locked".into(), "big".into()], 200)
         .unwrap();
     assert_eq!(
@@ -99,7 +114,7 @@ fn files_under_an_incomplete_folder_are_kept_not_taken_as_gone() {
     );
     assert!(a.vanished_partials.is_empty(), "{:?}", a.vanished_partials);
     // Listed whole again: all there, d.wav's partial still known.
-    let a = cat.ftp_apply_listing(src, &all[..4], &[], 300).unwrap();
+    let a = cat.ftp_state().ftp_apply_listing(src, &all[..4], &[], 300).unwrap();
     assert_eq!((a.new, a.vanished), (1, 0), "only lockedness/c.wav is new again");
     assert_eq!(
         a.files["big/d.wav"].partial.as_deref(),
@@ -107,7 +122,10 @@ fn files_under_an_incomplete_folder_are_kept_not_taken_as_gone() {
     );
     assert_eq!(a.files["locked/deep/b.wav"].stable_since, 100);
     // The source's own folder cut short keeps everything.
-    let a = cat.ftp_apply_listing(src, &[], &[String::new()], 400).unwrap();
+    let a = cat
+        .ftp_state()
+        .ftp_apply_listing(src, &[], &[String::new()], 400)
+        .unwrap();
     assert_eq!(a.vanished, 0);
 }
 
@@ -122,10 +140,11 @@ fn a_revision_of_a_pulled_recording_sends_its_conversation_again() {
     let old = recording(cat, "c1.wav", "aa", 1000);
     let other = recording(cat, "c2.wav", "bb", 1000);
     let (_, m1) = metadata(cat, "b1.csv", 1000);
-    cat.add_rows(m1, &[row(2, "C1", &["c1.wav", "c2.wav"], "a")], 1000, GRACE)
+    cat.files()
+        .add_rows(m1, &[row(2, "C1", &["c1.wav", "c2.wav"], "a")], 1000, GRACE)
         .unwrap();
     forward_all(cat, 1001);
-    archive(cat, &cat.archive_candidates("acme").unwrap(), 1002);
+    archive(cat, &cat.forward_queue().archive_candidates("acme").unwrap(), 1002);
     assert!(cat.claim(1003, 10, &Allocations::new()).unwrap().is_empty());
 
     // Not a noted revision: a new recording no row claims.
@@ -133,7 +152,8 @@ fn a_revision_of_a_pulled_recording_sends_its_conversation_again() {
     assert!(cat.claim(1005, 10, &Allocations::new()).unwrap().is_empty());
     archive(cat, &[stranger], 1005);
 
-    cat.ftp_mark_partials(src, "acme", &[], &[("c1.wav".into(), 10)], 1006)
+    cat.ftp_state()
+        .ftp_mark_partials(src, "acme", &[], &[("c1.wav".into(), 10)], 1006)
         .unwrap();
     let new = recording(cat, "c1.wav", "dd", 1007);
     let work = cat.claim(1008, 10, &Allocations::new()).unwrap();
@@ -147,6 +167,7 @@ fn a_revision_of_a_pulled_recording_sends_its_conversation_again() {
     assert!(work[0].recordings[1].archive_path.is_some());
     assert_ne!(new, old);
     let leaving = cat
+        .forward_queue()
         .complete(work[0].id, &sent(&work[0]), "dir", "k/", 1008, 1009)
         .unwrap();
     let moved = archive(cat, &leaving, 1009);
@@ -154,7 +175,7 @@ fn a_revision_of_a_pulled_recording_sends_its_conversation_again() {
         moved.contains(&new) && !moved.contains(&other),
         "the archived one stays archived"
     );
-    assert_eq!(cat.report_lines(m1).unwrap()[0].status, "updated");
+    assert_eq!(cat.reports().report_lines(m1).unwrap()[0].status, "updated");
     assert_eq!(states(cat), [("C1".to_string(), "forwarded".to_string())]);
     // The note is used up: the next file of that name is a new recording again.
     recording(cat, "c1.wav", "ee", 1010);
@@ -170,12 +191,14 @@ fn a_revision_with_the_bytes_already_sent_is_not_sent_again() {
     let cat = &fx.cat;
     recording(cat, "c1.wav", "aa", 1000);
     let (_, m1) = metadata(cat, "b1.csv", 1000);
-    cat.add_rows(m1, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
+    cat.files()
+        .add_rows(m1, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
     forward_all(cat, 1001);
-    archive(cat, &cat.archive_candidates("acme").unwrap(), 1002);
+    archive(cat, &cat.forward_queue().archive_candidates("acme").unwrap(), 1002);
 
-    cat.ftp_mark_partials("acme ftp://u@h:21/", "acme", &[], &[("c1.wav".into(), 10)], 1003)
+    cat.ftp_state()
+        .ftp_mark_partials("acme ftp://u@h:21/", "acme", &[], &[("c1.wav".into(), 10)], 1003)
         .unwrap();
     let same = super::tests::arrive(cat, "c1.wav", crate::dropbox::FileKind::Recording, 10, "aa", 1004);
     let Registered::Recording {
@@ -188,7 +211,7 @@ fn a_revision_with_the_bytes_already_sent_is_not_sent_again() {
     };
     assert_eq!((completed, decided), (0, vec![file_id]), "decided, not sent again");
     assert!(cat.claim(1005, 10, &Allocations::new()).unwrap().is_empty());
-    assert_eq!(cat.report_lines(m1).unwrap()[0].status, "forwarded");
+    assert_eq!(cat.reports().report_lines(m1).unwrap()[0].status, "forwarded");
     assert_eq!(states(cat), [("C1".to_string(), "forwarded".to_string())]);
 }
 
@@ -201,6 +224,7 @@ fn intake_items_come_light_first_heavy_alone_and_retry_later() {
     let fx = fixture();
     let now = 1_000;
     fx.cat
+        .intake_queue()
         .enqueue_intake(
             &[
                 queued("acme", "batch.csv", true, now),
@@ -212,39 +236,58 @@ fn intake_items_come_light_first_heavy_alone_and_retry_later() {
             now,
         )
         .unwrap();
-    let next = |after: &str, at: i64| fx.cat.next_intake_tenant(after, at).unwrap();
+    let next = |after: &str, at: i64| fx.cat.intake_queue().next_intake_tenant(after, at).unwrap();
     assert_eq!(next("", now).as_deref(), Some("acme"));
     assert_eq!(next("acme", now), None);
     assert_eq!(next("acme", now + 500).as_deref(), Some("beta"));
     let names = |items: &[IntakeItem]| items.iter().map(|i| i.rel_path.clone()).collect::<Vec<_>>();
     // A scan goes first, alone; then the light items together; then the heavy one alone.
-    let scan = fx.cat.claim_intake("acme", now, 10).unwrap();
+    let scan = fx.cat.intake_queue().claim_intake("acme", now, 10).unwrap();
     assert_eq!((scan.len(), scan[0].kind), (1, IntakeKind::Scan));
-    fx.cat.finish_intake(&[(scan[0].clone(), IntakeOutcome::Done)]).unwrap();
-    let light = fx.cat.claim_intake("acme", now, 10).unwrap();
+    fx.cat
+        .intake_queue()
+        .finish_intake(&[(scan[0].clone(), IntakeOutcome::Done)])
+        .unwrap();
+    let light = fx.cat.intake_queue().claim_intake("acme", now, 10).unwrap();
     assert_eq!(names(&light), ["c1.wav", "c2.wav"]);
     // A new event for c2 while it is being processed keeps it queued.
     fx.cat
+        .intake_queue()
         .enqueue_intake(&[queued("acme", "c2.wav", false, now)], now)
         .unwrap();
     let done: Vec<_> = light.iter().map(|i| (i.clone(), IntakeOutcome::Done)).collect();
-    fx.cat.finish_intake(&done).unwrap();
-    assert_eq!(names(&fx.cat.claim_intake("acme", now, 10).unwrap()), ["c2.wav"]);
-    let c2 = fx.cat.claim_intake("acme", now, 10).unwrap();
-    fx.cat.finish_intake(&[(c2[0].clone(), IntakeOutcome::Done)]).unwrap();
-    let heavy = fx.cat.claim_intake("acme", now, 10).unwrap();
+    fx.cat.intake_queue().finish_intake(&done).unwrap();
+    assert_eq!(
+        names(&fx.cat.intake_queue().claim_intake("acme", now, 10).unwrap()),
+        ["c2.wav"]
+    );
+    let c2 = fx.cat.intake_queue().claim_intake("acme", now, 10).unwrap();
+    fx.cat
+        .intake_queue()
+        .finish_intake(&[(c2[0].clone(), IntakeOutcome::Done)])
+        .unwrap();
+    let heavy = fx.cat.intake_queue().claim_intake("acme", now, 10).unwrap();
     assert_eq!(names(&heavy), ["batch.csv"]);
     // A failure: not due until its retry time, then due with the attempt counted.
     let retry = IntakeOutcome::Retry {
         error: "database is locked".into(),
         at: now + 2_000,
     };
-    fx.cat.finish_intake(&[(heavy[0].clone(), retry)]).unwrap();
-    assert!(fx.cat.claim_intake("acme", now + 1_999, 10).unwrap().is_empty());
-    assert_eq!(fx.cat.next_intake_due().unwrap(), Some(now + 500));
-    let again = fx.cat.claim_intake("acme", now + 2_000, 10).unwrap();
+    fx.cat
+        .intake_queue()
+        .finish_intake(&[(heavy[0].clone(), retry)])
+        .unwrap();
+    assert!(
+        fx.cat
+            .intake_queue()
+            .claim_intake("acme", now + 1_999, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(fx.cat.intake_queue().next_intake_due().unwrap(), Some(now + 500));
+    let again = fx.cat.intake_queue().claim_intake("acme", now + 2_000, 10).unwrap();
     assert_eq!((again[0].rel_path.as_str(), again[0].attempts), ("batch.csv", 1));
-    let status = fx.cat.status(Some("acme")).unwrap();
+    let status = fx.cat.reports().status(Some("acme")).unwrap();
     assert_eq!(status.tenants["acme"].intake_queued, 1);
     assert_eq!(
         status.tenants["acme"].intake_last_error.as_deref(),
@@ -269,7 +312,7 @@ fn timed_recording(cat: &Catalog, rel: &str, ms: u64, now: i64) {
         duration_ms: Some(ms),
         audio_error: None,
     };
-    cat.register_file(&f, now, "").unwrap();
+    cat.files().register_file(&f, now, "").unwrap();
 }
 
 fn allocation(minutes: Option<u64>, on_exceeded: crate::tenant::OnExceeded) -> Allocations {
@@ -286,7 +329,9 @@ fn allocation(minutes: Option<u64>, on_exceeded: crate::tenant::OnExceeded) -> A
 fn claimed_ids(cat: &Catalog, now: i64, a: &Allocations) -> Vec<String> {
     let work = cat.claim(now, 100, a).unwrap();
     for w in &work {
-        cat.complete(w.id, &sent(w), "dir", "k/", now, now).unwrap();
+        cat.forward_queue()
+            .complete(w.id, &sent(w), "dir", "k/", now, now)
+            .unwrap();
     }
     work.into_iter().map(|w| w.conversation_id).collect()
 }
@@ -303,7 +348,7 @@ fn timed_calls(cat: &Catalog, file: &str, calls: &[(&str, u64)]) -> i64 {
         .enumerate()
         .map(|(i, (n, _))| row(i as u64 + 2, &n.to_uppercase(), &[&format!("{n}.wav")], "x"))
         .collect();
-    cat.add_rows(m, &rows, 1000, GRACE).unwrap();
+    cat.files().add_rows(m, &rows, 1000, GRACE).unwrap();
     m
 }
 
@@ -322,7 +367,7 @@ fn a_minute_allocation_lets_through_what_fits_and_holds_the_rest_in_order() {
     );
     let two = allocation(Some(2), OnExceeded::Hold);
     assert_eq!(claimed_ids(cat, 1001, &two), ["A", "B"]);
-    let lines = cat.report_lines(m).unwrap();
+    let lines = cat.reports().report_lines(m).unwrap();
     assert_eq!((lines[2].status, lines[3].status), ("held", "held"));
     assert!(
         lines[2]
@@ -331,17 +376,17 @@ fn a_minute_allocation_lets_through_what_fits_and_holds_the_rest_in_order() {
         "{}",
         lines[2].detail
     );
-    assert_eq!(cat.minutes(&two).unwrap()["acme"].seconds_used, 111);
+    assert_eq!(cat.minutes().status(&two).unwrap()["acme"].seconds_used, 111);
     // Nothing fits yet, so nothing is released; three minutes fit both: 111 + 30 + 5 <= 180.
-    assert_eq!(cat.release_held(&two, 1002).unwrap(), 0);
+    assert_eq!(cat.minutes().release_held(&two, 1002).unwrap(), 0);
     let three = allocation(Some(3), OnExceeded::Hold);
-    assert_eq!(cat.release_held(&three, 1003).unwrap(), 2);
+    assert_eq!(cat.minutes().release_held(&three, 1003).unwrap(), 2);
     assert_eq!(claimed_ids(cat, 1004, &three), ["C", "D"]);
-    assert_eq!(cat.minutes(&three).unwrap()["acme"].seconds_used, 146);
+    assert_eq!(cat.minutes().status(&three).unwrap()["acme"].seconds_used, 146);
     // A new month starts from zero.
     let mut next = three.clone();
     next.get_mut("acme").unwrap().month = "2026-12".into();
-    assert_eq!(cat.minutes(&next).unwrap()["acme"].seconds_used, 0);
+    assert_eq!(cat.minutes().status(&next).unwrap()["acme"].seconds_used, 0);
 
     // "reject": e (40 s) passes two minutes of a fresh month on its own; f (10 s) still fits.
     let fx = fixture();
@@ -354,10 +399,10 @@ fn a_minute_allocation_lets_through_what_fits_and_holds_the_rest_in_order() {
         work.iter().map(|w| w.conversation_id.as_str()).collect::<Vec<_>>(),
         ["E", "G"]
     );
-    assert_eq!(cat.recover(1002).unwrap(), 2);
+    assert_eq!(cat.forward_queue().recover(1002).unwrap(), 2);
     assert_eq!(claimed_ids(cat, 1003, &reject), ["E", "G"]);
-    assert_eq!(cat.minutes(&reject).unwrap()["acme"].seconds_used, 110);
-    let lines = cat.report_lines(m).unwrap();
+    assert_eq!(cat.minutes().status(&reject).unwrap()["acme"].seconds_used, 110);
+    let lines = cat.reports().report_lines(m).unwrap();
     assert_eq!(lines[1].status, "rejected");
     assert!(
         lines[1].detail.starts_with("minute allocation exceeded"),
@@ -368,7 +413,7 @@ fn a_minute_allocation_lets_through_what_fits_and_holds_the_rest_in_order() {
 
 /// The report-change counter of metadata file `m`.
 fn report_version(cat: &Catalog, m: i64) -> i64 {
-    let stale = cat.stale_reports(0, 100).unwrap();
+    let stale = cat.reports().stale_reports(0, 100).unwrap();
     stale.iter().find(|s| s.metadata_file_id == m).map_or(0, |s| s.version)
 }
 
@@ -383,42 +428,48 @@ fn held_calls_are_released_as_far_as_they_fit_and_the_rest_is_left_alone() {
     let calls = ["a", "b", "c", "d", "e"].map(|n| (n, 35_000));
     let m = timed_calls(cat, "batch.csv", &calls);
     let one = allocation(Some(1), OnExceeded::Hold);
-    assert_eq!(cat.release_held(&one, 1001).unwrap(), 0);
+    assert_eq!(cat.minutes().release_held(&one, 1001).unwrap(), 0);
     assert_eq!(claimed_ids(cat, 1001, &one), ["A"]);
-    let before = cat.report_lines(m).unwrap();
-    let statuses =
-        |cat: &Catalog| -> Vec<&'static str> { cat.report_lines(m).unwrap().iter().map(|l| l.status).collect() };
+    let before = cat.reports().report_lines(m).unwrap();
+    let statuses = |cat: &Catalog| -> Vec<&'static str> {
+        cat.reports()
+            .report_lines(m)
+            .unwrap()
+            .iter()
+            .map(|l| l.status)
+            .collect()
+    };
     assert_eq!(statuses(cat), ["forwarded", "held", "held", "held", "held"]);
 
     let two = allocation(Some(2), OnExceeded::Hold);
-    assert_eq!(cat.release_held(&two, 1002).unwrap(), 2);
+    assert_eq!(cat.minutes().release_held(&two, 1002).unwrap(), 2);
     assert_eq!(claimed_ids(cat, 1003, &two), ["B", "C"]);
     assert_eq!(statuses(cat), ["forwarded", "forwarded", "forwarded", "held", "held"]);
-    assert_eq!(cat.minutes(&two).unwrap()["acme"].seconds_used, 105);
+    assert_eq!(cat.minutes().status(&two).unwrap()["acme"].seconds_used, 105);
     // The two that stay are not rewritten, however often the forwarders ask.
     let version = report_version(cat, m);
     for now in 1004..1010 {
-        assert_eq!(cat.release_held(&two, now).unwrap(), 0);
+        assert_eq!(cat.minutes().release_held(&two, now).unwrap(), 0);
         assert!(cat.claim(now, 100, &two).unwrap().is_empty());
     }
     assert_eq!(report_version(cat, m), version, "held rows were rewritten");
-    assert_eq!(cat.report_lines(m).unwrap()[3..], before[3..]);
+    assert_eq!(cat.reports().report_lines(m).unwrap()[3..], before[3..]);
 
     // A new month: one minute holds D (35 s), not E after it.
     let mut december = one.clone();
     december.get_mut("acme").unwrap().month = "2026-12".into();
-    assert_eq!(cat.release_held(&december, 1010).unwrap(), 1);
+    assert_eq!(cat.minutes().release_held(&december, 1010).unwrap(), 1);
     let work = cat.claim(1011, 100, &december).unwrap();
     assert_eq!(
         work.iter().map(|w| w.conversation_id.as_str()).collect::<Vec<_>>(),
         ["D"]
     );
-    assert_eq!(cat.minutes(&december).unwrap()["acme"].seconds_used, 35);
-    assert_eq!(cat.release_held(&december, 1012).unwrap(), 0);
+    assert_eq!(cat.minutes().status(&december).unwrap()["acme"].seconds_used, 35);
+    assert_eq!(cat.minutes().release_held(&december, 1012).unwrap(), 0);
     // D fails for good: its seconds come back, and E fits in them.
-    cat.fail(work[0].id, "permission denied", 1013).unwrap();
-    assert_eq!(cat.minutes(&december).unwrap()["acme"].seconds_used, 0);
-    assert_eq!(cat.release_held(&december, 1014).unwrap(), 1);
+    cat.forward_queue().fail(work[0].id, "permission denied", 1013).unwrap();
+    assert_eq!(cat.minutes().status(&december).unwrap()["acme"].seconds_used, 0);
+    assert_eq!(cat.minutes().release_held(&december, 1014).unwrap(), 1);
     assert_eq!(claimed_ids(cat, 1015, &december), ["E"]);
 }
 
@@ -426,7 +477,9 @@ fn held_calls_are_released_as_far_as_they_fit_and_the_rest_is_left_alone() {
 fn resend_timed(cat: &Catalog, file: &str, rec: &str, ms: u64, now: i64) -> i64 {
     timed_recording(cat, rec, ms, now);
     let (_, m) = metadata(cat, file, now);
-    cat.add_rows(m, &[row(2, "R", &[rec], "x")], now, GRACE).unwrap();
+    cat.files()
+        .add_rows(m, &[row(2, "R", &[rec], "x")], now, GRACE)
+        .unwrap();
     m
 }
 
@@ -440,7 +493,7 @@ fn a_resend_is_charged_the_difference_from_what_was_charged_before() {
     let fx = fixture();
     let cat = &fx.cat;
     let two = allocation(Some(2), OnExceeded::Reject);
-    let used = |cat: &Catalog| cat.minutes(&two).unwrap()["acme"].seconds_used;
+    let used = |cat: &Catalog| cat.minutes().status(&two).unwrap()["acme"].seconds_used;
     resend_timed(cat, "r1.csv", "r1.wav", 10_000, 1000);
     assert_eq!(claimed_ids(cat, 1001, &two), ["R"]);
     assert_eq!(used(cat), 10);
@@ -448,17 +501,20 @@ fn a_resend_is_charged_the_difference_from_what_was_charged_before() {
     let m = resend_timed(cat, "r2.csv", "r2.wav", 99_100, 1002);
     let work = cat.claim(1003, 10, &two).unwrap();
     assert_eq!(used(cat), 100);
-    cat.retry_later(work[0].id, "timeout", 1004, 1003).unwrap();
+    cat.forward_queue()
+        .retry_later(work[0].id, "timeout", 1004, 1003)
+        .unwrap();
     assert_eq!(claimed_ids(cat, 1004, &two), ["R"]);
     assert_eq!(used(cat), 100);
-    assert_eq!(cat.report_lines(m).unwrap()[0].status, "updated");
+    assert_eq!(cat.reports().report_lines(m).unwrap()[0].status, "updated");
     // 40 s: 60 back.
     resend_timed(cat, "r3.csv", "r3.wav", 40_000, 1005);
     assert_eq!(claimed_ids(cat, 1006, &two), ["R"]);
     assert_eq!(used(cat), 40);
     // r3.wav, pulled by FTP, changes on the server to 50 s: its row is sent again, +10.
-    archive(cat, &cat.archive_candidates("acme").unwrap(), 1007);
-    cat.ftp_mark_partials("acme ftp://u@h:21/", "acme", &[], &[("r3.wav".into(), 10)], 1008)
+    archive(cat, &cat.forward_queue().archive_candidates("acme").unwrap(), 1007);
+    cat.ftp_state()
+        .ftp_mark_partials("acme ftp://u@h:21/", "acme", &[], &[("r3.wav".into(), 10)], 1008)
         .unwrap();
     timed_recording(cat, "r3.wav", 50_000, 1009);
     assert_eq!(claimed_ids(cat, 1010, &two), ["R"]);
@@ -466,7 +522,7 @@ fn a_resend_is_charged_the_difference_from_what_was_charged_before() {
     // 130 s adds 80 to 50 used: over two minutes, rejected with the reason; nothing charged.
     let m = resend_timed(cat, "r4.csv", "r4.wav", 130_000, 1011);
     assert!(claimed_ids(cat, 1012, &two).is_empty());
-    let line = &cat.report_lines(m).unwrap()[0];
+    let line = &cat.reports().report_lines(m).unwrap()[0];
     assert_eq!(line.status, "rejected");
     assert_eq!(
         line.detail,
@@ -478,7 +534,7 @@ fn a_resend_is_charged_the_difference_from_what_was_charged_before() {
     resend_timed(cat, "r5.csv", "r5.wav", 70_000, 1013);
     let work = cat.claim(1014, 10, &two).unwrap();
     assert_eq!(used(cat), 70);
-    cat.fail(work[0].id, "permission denied", 1015).unwrap();
+    cat.forward_queue().fail(work[0].id, "permission denied", 1015).unwrap();
     assert_eq!(used(cat), 50);
 }
 
@@ -494,7 +550,7 @@ fn a_failed_shorter_resend_takes_back_only_what_its_month_gave() {
     let november = allocation(Some(10), OnExceeded::Hold);
     let mut december = november.clone();
     december.get_mut("acme").unwrap().month = "2026-12".into();
-    let used = |a: &Allocations| cat.minutes(a).unwrap()["acme"].seconds_used;
+    let used = |a: &Allocations| cat.minutes().status(a).unwrap()["acme"].seconds_used;
     resend_timed(cat, "r1.csv", "r1.wav", 100_000, 1000);
     assert_eq!(claimed_ids(cat, 1001, &november), ["R"]);
     assert_eq!(used(&november), 100);
@@ -505,7 +561,7 @@ fn a_failed_shorter_resend_takes_back_only_what_its_month_gave() {
     let work = cat.claim(1004, 10, &december).unwrap();
     assert_eq!(work.len(), 1);
     assert_eq!(used(&december), 0);
-    cat.fail(work[0].id, "permission denied", 1005).unwrap();
+    cat.forward_queue().fail(work[0].id, "permission denied", 1005).unwrap();
     assert_eq!(used(&december), 30, "the failed re-send took back more than it gave");
     assert_eq!(used(&november), 100);
 }
@@ -527,7 +583,7 @@ fn tenant_calls(cat: &Catalog, tenant: &str, ids: &[&str], now: i64) {
             duration_ms: Some(1000),
             audio_error: None,
         };
-        cat.register_file(&f, now, "").unwrap()
+        cat.files().register_file(&f, now, "").unwrap()
     };
     for id in ids {
         file(&format!("{id}.wav"), crate::dropbox::FileKind::Recording);
@@ -541,7 +597,7 @@ fn tenant_calls(cat: &Catalog, tenant: &str, ids: &[&str], now: i64) {
         .enumerate()
         .map(|(i, id)| row(i as u64 + 2, id, &[&format!("{id}.wav")], "x"))
         .collect();
-    cat.add_rows(metadata_file_id, &rows, now, GRACE).unwrap();
+    cat.files().add_rows(metadata_file_id, &rows, now, GRACE).unwrap();
 }
 
 /// Tenants with due conversations are claimed in turn after the one served last, in name
@@ -555,15 +611,17 @@ fn tenants_are_claimed_in_turn() {
     tenant_calls(cat, "gamma", &["G1"], 1002);
     let none = Allocations::new();
     let turn = |after: &str, now: i64| -> Option<(String, Vec<String>)> {
-        let claimed = cat.claim_turn(after, now, 2, &none).unwrap();
+        let claimed = cat.forward_queue().claim_turn(after, now, 2, &none).unwrap();
         claimed.map(|(t, w)| (t, w.into_iter().map(|w| w.conversation_id).collect()))
     };
     let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(turn("", 2000), Some(("acme".into(), ids(&["A1", "A2"]))));
     assert_eq!(turn("acme", 2000), Some(("beta".into(), ids(&["B1"]))));
-    let g1 = cat.claim_turn("beta", 2000, 2, &none).unwrap().unwrap();
+    let g1 = cat.forward_queue().claim_turn("beta", 2000, 2, &none).unwrap().unwrap();
     assert_eq!(g1.0, "gamma");
-    cat.retry_later(g1.1[0].id, "timeout", 5000, 2000).unwrap();
+    cat.forward_queue()
+        .retry_later(g1.1[0].id, "timeout", 5000, 2000)
+        .unwrap();
     assert_eq!(turn("gamma", 2000), Some(("acme".into(), ids(&["A3", "A4"]))));
     // gamma is not due yet, beta has nothing: acme again.
     assert_eq!(turn("acme", 2000), Some(("acme".into(), ids(&["A5", "A6"]))));

@@ -1,6 +1,6 @@
 //! FTP files that changed after they were pulled: SPEC §2 rule 4 for a recording that changes on
 //! the tenant's server. The poller notes the revision before it pulls the new version
-//! ([`super::Catalog::ftp_mark_partials`]); when that version arrives, the conversations that
+//! ([`super::FtpState::ftp_mark_partials`]); when that version arrives, the conversations that
 //! went out with the old one are sent again with the new bytes and reported `updated`, rather
 //! than the new version becoming an orphan that no row claims.
 //!

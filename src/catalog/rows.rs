@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::intake::RowInput;
+use super::files::RowInput;
 use super::{ConvState, Result};
 use crate::matching::join::{LastSent, Lookup, Resend, content_hash};
 use crate::matching::{RecordingRef, RowVerdict};

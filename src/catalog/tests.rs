@@ -36,7 +36,7 @@ pub(super) fn arrive(cat: &Catalog, rel: &str, kind: FileKind, size: u64, sha: &
         duration_ms: (kind == FileKind::Recording).then_some(1000),
         audio_error: None,
     };
-    cat.register_file(&f, now, "unknown kind").unwrap()
+    cat.files().register_file(&f, now, "unknown kind").unwrap()
 }
 
 pub(super) fn recording(cat: &Catalog, rel: &str, sha: &str, now: i64) -> i64 {
@@ -73,6 +73,7 @@ pub(super) fn row(row_no: u64, id: &str, recordings: &[&str], agent: &str) -> Ro
 
 pub(super) fn states(cat: &Catalog) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = cat
+        .reports()
         .conversations(Some("acme"), None, 100)
         .unwrap()
         .into_iter()
@@ -84,7 +85,8 @@ pub(super) fn states(cat: &Catalog) -> Vec<(String, String)> {
 
 /// Claims those of `ids` that may leave, bound for `/archive/{id}`.
 fn claim(cat: &Catalog, ids: &[i64], now: i64) -> Vec<ToArchive> {
-    cat.claim_for_archive(ids, now, &|_, id, _| format!("/archive/{id}"))
+    cat.forward_queue()
+        .claim_for_archive(ids, now, &|_, id, _| format!("/archive/{id}"))
         .unwrap()
 }
 
@@ -94,7 +96,7 @@ pub(super) fn archive(cat: &Catalog, ids: &[i64], now: i64) -> Vec<i64> {
         .iter()
         .map(|a| (a.file_id, Departure::Archived))
         .collect();
-    cat.settle_departures(&moved, now).unwrap();
+    cat.forward_queue().settle_departures(&moved, now).unwrap();
     moved.into_iter().map(|(id, _)| id).collect()
 }
 
@@ -109,6 +111,7 @@ impl Catalog {
     /// claim, most of them having one tenant.
     pub(super) fn claim(&self, now: i64, limit: usize, allocations: &Allocations) -> Result<Vec<Work>> {
         Ok(self
+            .forward_queue()
             .claim_turn("", now, limit, allocations)?
             .map(|(_, w)| w)
             .unwrap_or_default())
@@ -118,7 +121,11 @@ impl Catalog {
 pub(super) fn forward_all(cat: &Catalog, now: i64) -> Vec<i64> {
     let mut archived = Vec::new();
     for w in cat.claim(now, 100, &Allocations::new()).unwrap() {
-        archived.extend(cat.complete(w.id, &sent(&w), "dir:x", "k/", now, now).unwrap());
+        archived.extend(
+            cat.forward_queue()
+                .complete(w.id, &sent(&w), "dir:x", "k/", now, now)
+                .unwrap(),
+        );
     }
     archived
 }
@@ -155,9 +162,10 @@ fn audio_then_metadata_is_ready_at_once_and_forwards() {
     let (csv_file, meta) = metadata(&fx.cat, "batch.csv", 1001);
     let (ready, _) = fx
         .cat
+        .files()
         .add_rows(meta, &[row(2, "C1", &["c1.wav"], "a")], 1002, GRACE)
         .unwrap();
-    fx.cat.finish_metadata(meta, Ok(())).unwrap();
+    fx.cat.files().finish_metadata(meta, Ok(())).unwrap();
     assert_eq!(ready, 1);
     assert_eq!(states(&fx.cat), [("C1".into(), "ready".into())]);
     let work = fx.cat.claim(1003, 10, &Allocations::new()).unwrap();
@@ -175,7 +183,11 @@ fn audio_then_metadata_is_ready_at_once_and_forwards() {
         bytes: 10,
         sha256: "aa".into(),
     }];
-    let candidates = fx.cat.complete(work[0].id, &fw, "dir:x", "p/", 1003, 1004).unwrap();
+    let candidates = fx
+        .cat
+        .forward_queue()
+        .complete(work[0].id, &fw, "dir:x", "p/", 1003, 1004)
+        .unwrap();
     let mut ids = archive(&fx.cat, &candidates, 1004);
     ids.sort();
     assert_eq!(
@@ -183,7 +195,7 @@ fn audio_then_metadata_is_ready_at_once_and_forwards() {
         [wav, csv_file],
         "both the recording and the fully decided metadata file may leave"
     );
-    let lines = fx.cat.report_lines(meta).unwrap();
+    let lines = fx.cat.reports().report_lines(meta).unwrap();
     assert_eq!((lines[0].status, lines[0].row), ("forwarded", Some(2)));
 }
 
@@ -192,6 +204,7 @@ fn metadata_then_audio_waits_then_completes() {
     let fx = fixture();
     let (_, meta) = metadata(&fx.cat, "sub/batch.csv", 1000);
     fx.cat
+        .files()
         .add_rows(meta, &[row(2, "C1", &["c1.wav", "c1b.wav"], "a")], 1000, GRACE)
         .unwrap();
     assert_eq!(states(&fx.cat), [("C1".into(), "waiting".into())]);
@@ -215,10 +228,20 @@ fn repeated_events_are_duplicates() {
         Registered::Duplicate
     );
     let rel = RelPath::parse("c1.wav").unwrap();
-    assert!(fx.cat.is_present_unchanged("acme", &rel, 10, 1000, 1000).unwrap());
-    assert!(!fx.cat.is_present_unchanged("acme", &rel, 11, 1000, 1000).unwrap());
     assert!(
-        !fx.cat.is_present_unchanged("acme", &rel, 10, 1000, 7).unwrap(),
+        fx.cat
+            .files()
+            .is_present_unchanged("acme", &rel, 10, 1000, 1000)
+            .unwrap()
+    );
+    assert!(
+        !fx.cat
+            .files()
+            .is_present_unchanged("acme", &rel, 11, 1000, 1000)
+            .unwrap()
+    );
+    assert!(
+        !fx.cat.files().is_present_unchanged("acme", &rel, 10, 1000, 7).unwrap(),
         "another inode is another file"
     );
 }
@@ -228,6 +251,7 @@ fn duplicate_conversation_id_in_one_file_is_rejected() {
     let fx = fixture();
     let (_, meta) = metadata(&fx.cat, "batch.csv", 1000);
     fx.cat
+        .files()
         .add_rows(
             meta,
             &[row(2, "C1", &["c1.wav"], "a"), row(3, "C1", &["c2.wav"], "b")],
@@ -235,7 +259,7 @@ fn duplicate_conversation_id_in_one_file_is_rejected() {
             GRACE,
         )
         .unwrap();
-    let lines = fx.cat.report_lines(meta).unwrap();
+    let lines = fx.cat.reports().report_lines(meta).unwrap();
     assert_eq!(lines[1].status, "rejected");
     assert!(lines[1].detail.contains("already used by row 2"), "{}", lines[1].detail);
 }
@@ -246,22 +270,28 @@ fn resend_identical_is_a_no_op_and_changed_is_an_update() {
     recording(&fx.cat, "c1.wav", "aa", 1000);
     let (_, m1) = metadata(&fx.cat, "b1.csv", 1000);
     fx.cat
+        .files()
         .add_rows(m1, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
     forward_all(&fx.cat, 1001);
     // The client sends the same audio and row again (the first copies were archived).
-    archive(&fx.cat, &fx.cat.archive_candidates("acme").unwrap(), 1002);
+    archive(
+        &fx.cat,
+        &fx.cat.forward_queue().archive_candidates("acme").unwrap(),
+        1002,
+    );
     let again = recording(&fx.cat, "c1.wav", "aa", 1003);
     let (_, m2) = metadata(&fx.cat, "b2.csv", 1003);
     let (_, decided) = fx
         .cat
+        .files()
         .add_rows(m2, &[row(2, "C1", &["c1.wav"], "a")], 1003, GRACE)
         .unwrap();
     assert!(
         decided.contains(&again),
         "the duplicate recording may leave the drop folder"
     );
-    let l = &fx.cat.report_lines(m2).unwrap()[0];
+    let l = &fx.cat.reports().report_lines(m2).unwrap()[0];
     assert_eq!(l.status, "forwarded");
     assert!(l.detail.contains("identical"), "{}", l.detail);
     assert!(
@@ -271,10 +301,11 @@ fn resend_identical_is_a_no_op_and_changed_is_an_update() {
     // Now with a different agent: forwarded again, reported as updated.
     let (_, m3) = metadata(&fx.cat, "b3.csv", 1005);
     fx.cat
+        .files()
         .add_rows(m3, &[row(2, "C1", &["c1.wav"], "b")], 1005, GRACE)
         .unwrap();
     forward_all(&fx.cat, 1006);
-    assert_eq!(fx.cat.report_lines(m3).unwrap()[0].status, "updated");
+    assert_eq!(fx.cat.reports().report_lines(m3).unwrap()[0].status, "updated");
 }
 
 #[test]
@@ -282,13 +313,15 @@ fn a_later_send_replaces_a_waiting_one_and_never_races_a_forwarding_one() {
     let fx = fixture();
     let (_, m1) = metadata(&fx.cat, "b1.csv", 1000);
     fx.cat
+        .files()
         .add_rows(m1, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
     let (_, m2) = metadata(&fx.cat, "b2.csv", 1001);
     fx.cat
+        .files()
         .add_rows(m2, &[row(2, "C1", &["c1.wav"], "b")], 1001, GRACE)
         .unwrap();
-    let l = &fx.cat.report_lines(m1).unwrap()[0];
+    let l = &fx.cat.reports().report_lines(m1).unwrap()[0];
     assert_eq!(l.status, "rejected");
     assert!(
         l.detail.contains("replaced by a later send: row 2 of b2.csv"),
@@ -302,10 +335,14 @@ fn a_later_send_replaces_a_waiting_one_and_never_races_a_forwarding_one() {
     // A third send arrives while the second is being forwarded: it waits its turn.
     let (_, m3) = metadata(&fx.cat, "b3.csv", 1004);
     fx.cat
+        .files()
         .add_rows(m3, &[row(2, "C1", &["c1.wav"], "c")], 1004, GRACE)
         .unwrap();
     assert!(fx.cat.claim(1005, 10, &Allocations::new()).unwrap().is_empty());
-    fx.cat.complete(first[0].id, &[], "dir:x", "k/", 1003, 1006).unwrap();
+    fx.cat
+        .forward_queue()
+        .complete(first[0].id, &[], "dir:x", "k/", 1003, 1006)
+        .unwrap();
     assert_eq!(fx.cat.claim(1007, 10, &Allocations::new()).unwrap().len(), 1);
 }
 
@@ -315,12 +352,13 @@ fn recovery_requeues_interrupted_forwards() {
     recording(&fx.cat, "c1.wav", "aa", 1000);
     let (_, m) = metadata(&fx.cat, "b.csv", 1000);
     fx.cat
+        .files()
         .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
     assert_eq!(fx.cat.claim(1001, 10, &Allocations::new()).unwrap().len(), 1);
     drop(fx.cat);
     let cat = Catalog::open(&fx.path).unwrap();
-    assert_eq!(cat.recover(1002).unwrap(), 1);
+    assert_eq!(cat.forward_queue().recover(1002).unwrap(), 1);
     let w = cat.claim(1003, 10, &Allocations::new()).unwrap();
     assert_eq!((w.len(), w[0].attempts), (1, 2));
 }
@@ -331,18 +369,22 @@ fn transient_failures_back_off_and_permanent_ones_wait_for_retry() {
     recording(&fx.cat, "c1.wav", "aa", 1000);
     let (_, m) = metadata(&fx.cat, "b.csv", 1000);
     fx.cat
+        .files()
         .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
     let w = fx.cat.claim(1001, 10, &Allocations::new()).unwrap();
-    fx.cat.retry_later(w[0].id, "503 Slow Down", 5000, 1001).unwrap();
+    fx.cat
+        .forward_queue()
+        .retry_later(w[0].id, "503 Slow Down", 5000, 1001)
+        .unwrap();
     assert!(fx.cat.claim(4999, 10, &Allocations::new()).unwrap().is_empty());
-    assert_eq!(fx.cat.next_due().unwrap(), Some(5000));
+    assert_eq!(fx.cat.forward_queue().next_due().unwrap(), Some(5000));
     let w = fx.cat.claim(5000, 10, &Allocations::new()).unwrap();
-    fx.cat.fail(w[0].id, "AccessDenied", 5001).unwrap();
+    fx.cat.forward_queue().fail(w[0].id, "AccessDenied", 5001).unwrap();
     assert_eq!(states(&fx.cat), [("C1".into(), "failed".into())]);
-    assert_eq!(fx.cat.report_lines(m).unwrap()[0].detail, "AccessDenied");
+    assert_eq!(fx.cat.reports().report_lines(m).unwrap()[0].detail, "AccessDenied");
     assert!(fx.cat.claim(99_999, 10, &Allocations::new()).unwrap().is_empty());
-    assert_eq!(fx.cat.retry(Some("acme"), None, 6000, GRACE).unwrap(), 1);
+    assert_eq!(fx.cat.reports().retry(Some("acme"), None, 6000, GRACE).unwrap(), 1);
     assert_eq!(fx.cat.claim(6000, 10, &Allocations::new()).unwrap().len(), 1);
 }
 
@@ -351,15 +393,16 @@ fn grace_expires_rows_and_orphans_recordings_and_late_audio_revives() {
     let fx = fixture();
     let (_, m) = metadata(&fx.cat, "b.csv", 1000);
     fx.cat
+        .files()
         .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
     recording(&fx.cat, "stray.wav", "aa", 1000);
-    assert_eq!(fx.cat.expire(1000 + GRACE - 1, GRACE).unwrap(), (0, 0));
-    assert_eq!(fx.cat.expire(1000 + GRACE, GRACE).unwrap(), (1, 1));
-    let l = &fx.cat.report_lines(m).unwrap()[0];
+    assert_eq!(fx.cat.files().expire(1000 + GRACE - 1, GRACE).unwrap(), (0, 0));
+    assert_eq!(fx.cat.files().expire(1000 + GRACE, GRACE).unwrap(), (1, 1));
+    let l = &fx.cat.reports().report_lines(m).unwrap()[0];
     assert_eq!(l.status, "expired");
     assert!(l.detail.contains("c1.wav"), "{}", l.detail);
-    assert_eq!(fx.cat.orphan_lines("acme").unwrap()[0].recording, "stray.wav");
+    assert_eq!(fx.cat.reports().orphan_lines("acme").unwrap()[0].recording, "stray.wav");
     // The recording turns up late: the row is revived rather than the call lost.
     recording(&fx.cat, "c1.wav", "bb", 1000 + GRACE + 5);
     assert_eq!(states(&fx.cat), [("C1".into(), "ready".into())]);
@@ -371,10 +414,14 @@ fn vanished_recordings_put_the_conversation_back_to_waiting() {
     let f = recording(&fx.cat, "c1.wav", "aa", 1000);
     let (_, m) = metadata(&fx.cat, "b.csv", 1000);
     fx.cat
+        .files()
         .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
     let w = fx.cat.claim(1001, 10, &Allocations::new()).unwrap();
-    fx.cat.recording_vanished(w[0].id, f, "deleted", 1002, GRACE).unwrap();
+    fx.cat
+        .forward_queue()
+        .recording_vanished(w[0].id, f, "deleted", 1002, GRACE)
+        .unwrap();
     assert_eq!(states(&fx.cat), [("C1".into(), "waiting".into())]);
     recording(&fx.cat, "c1.wav", "aa", 1003);
     assert_eq!(states(&fx.cat), [("C1".into(), "ready".into())]);
@@ -385,11 +432,12 @@ fn whole_file_rejection_withdraws_rows_and_reports_one_line() {
     let fx = fixture();
     let (_, m) = metadata(&fx.cat, "b.csv", 1000);
     fx.cat
+        .files()
         .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
-    fx.cat.finish_metadata(m, Err("not UTF-8 text".into())).unwrap();
+    fx.cat.files().finish_metadata(m, Err("not UTF-8 text".into())).unwrap();
     assert!(states(&fx.cat).is_empty());
-    let lines = fx.cat.report_lines(m).unwrap();
+    let lines = fx.cat.reports().report_lines(m).unwrap();
     assert_eq!(lines.len(), 1);
     assert_eq!(
         (lines[0].status, lines[0].detail.as_str(), lines[0].row),
@@ -402,21 +450,22 @@ fn report_staleness_survives_a_change_during_the_write() {
     let fx = fixture();
     let (_, m) = metadata(&fx.cat, "b.csv", 1000);
     fx.cat
+        .files()
         .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
-    let stale = fx.cat.stale_reports(0, 10).unwrap();
+    let stale = fx.cat.reports().stale_reports(0, 10).unwrap();
     assert_eq!(stale.len(), 1);
     // A row changes after the writer read the report but before it marked it written.
     recording(&fx.cat, "c1.wav", "aa", 1001);
-    fx.cat.report_written(m, stale[0].version).unwrap();
+    fx.cat.reports().report_written(m, stale[0].version).unwrap();
     assert_eq!(
-        fx.cat.stale_reports(0, 10).unwrap().len(),
+        fx.cat.reports().stale_reports(0, 10).unwrap().len(),
         1,
         "the newer change must still be written"
     );
-    let again = fx.cat.stale_reports(0, 10).unwrap();
-    fx.cat.report_written(m, again[0].version).unwrap();
-    assert!(fx.cat.stale_reports(0, 10).unwrap().is_empty());
+    let again = fx.cat.reports().stale_reports(0, 10).unwrap();
+    fx.cat.reports().report_written(m, again[0].version).unwrap();
+    assert!(fx.cat.reports().stale_reports(0, 10).unwrap().is_empty());
 }
 
 #[test]
@@ -425,6 +474,7 @@ fn a_file_resent_while_its_namesake_leaves_is_a_new_file() {
     let old = recording(&fx.cat, "c1.wav", "aa", 1000);
     let (_, m1) = metadata(&fx.cat, "b1.csv", 1000);
     fx.cat
+        .files()
         .add_rows(m1, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
     let candidates = forward_all(&fx.cat, 1001);
@@ -437,6 +487,7 @@ fn a_file_resent_while_its_namesake_leaves_is_a_new_file() {
     let (_, m2) = metadata(&fx.cat, "b2.csv", 1003);
     let (_, decided) = fx
         .cat
+        .files()
         .add_rows(m2, &[row(2, "C1", &["c1.wav"], "a")], 1003, GRACE)
         .unwrap();
     assert!(
@@ -445,7 +496,7 @@ fn a_file_resent_while_its_namesake_leaves_is_a_new_file() {
     );
     assert!(!decided.contains(&old));
     let moved: Vec<_> = claimed.iter().map(|c| (c.file_id, Departure::Archived)).collect();
-    fx.cat.settle_departures(&moved, 1004).unwrap();
+    fx.cat.forward_queue().settle_departures(&moved, 1004).unwrap();
     assert_eq!(
         (file_state(&fx.cat, old), file_state(&fx.cat, new)),
         ("archived".into(), "present".into())
@@ -458,17 +509,18 @@ fn a_move_that_failed_leaves_the_file_present_unless_a_newer_one_took_its_name()
     let (a, ma) = metadata(&fx.cat, "a.csv", 1000);
     let (b, mb) = metadata(&fx.cat, "b.csv", 1000);
     for m in [ma, mb] {
-        fx.cat.finish_metadata(m, Ok(())).unwrap();
+        fx.cat.files().finish_metadata(m, Ok(())).unwrap();
     }
     assert_eq!(claim(&fx.cat, &[a, b], 1001).len(), 2);
     let (newer, _) = metadata(&fx.cat, "b.csv", 1002);
     fx.cat
+        .forward_queue()
         .settle_departures(&[(a, Departure::Stayed), (b, Departure::Stayed)], 1003)
         .unwrap();
     assert_eq!(file_state(&fx.cat, a), "present");
     assert_eq!(file_state(&fx.cat, b), "gone");
     assert_eq!(file_state(&fx.cat, newer), "present");
-    assert_eq!(fx.cat.unsettled_departures(i64::MAX).unwrap(), []);
+    assert_eq!(fx.cat.forward_queue().unsettled_departures(i64::MAX).unwrap(), []);
 }
 
 /// The lookups every arrival and every archive pass make go through indexes: with `state IN
@@ -478,7 +530,7 @@ fn a_move_that_failed_leaves_the_file_present_unless_a_newer_one_took_its_name()
 fn arrival_and_archive_lookups_use_indexes() {
     let fx = fixture();
     let conn = fx.cat.lock();
-    for sql in [intake::SAME_FILE, queue::RECORDED_FILES, queue::UNSETTLED] {
+    for sql in [files::SAME_FILE, queue::RECORDED_FILES, queue::UNSETTLED] {
         let params: Vec<i64> = vec![1; if sql.contains("?5") { 5 } else { 1 }];
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let plan: Vec<String> = stmt
@@ -500,22 +552,55 @@ fn purge_after_retention() {
     let f = recording(&fx.cat, "c1.wav", "aa", 1000);
     let (_, m) = metadata(&fx.cat, "b.csv", 1000);
     fx.cat
+        .files()
         .add_rows(m, &[row(2, "C1", &["c1.wav"], "a")], 1000, GRACE)
         .unwrap();
-    fx.cat.finish_metadata(m, Ok(())).unwrap();
+    fx.cat.files().finish_metadata(m, Ok(())).unwrap();
     let candidates = forward_all(&fx.cat, 1001);
     archive(&fx.cat, &candidates, 2000);
-    assert!(fx.cat.purgeable(2999, 1000, &[], 10).unwrap().is_empty());
+    assert!(
+        fx.cat
+            .forward_queue()
+            .purgeable(2999, 1000, &[], 10)
+            .unwrap()
+            .is_empty()
+    );
     // A tenant's own retention, longer or shorter than the default.
-    assert!(fx.cat.purgeable(3000, 1000, &[("acme", 1001)], 10).unwrap().is_empty());
-    assert_eq!(fx.cat.purgeable(2500, 1000, &[("acme", 500)], 10).unwrap().len(), 2);
-    assert_eq!(fx.cat.purgeable(2500, 1000, &[("beta", 500)], 10).unwrap().len(), 0);
-    let p = fx.cat.purgeable(3000, 1000, &[], 10).unwrap();
+    assert!(
+        fx.cat
+            .forward_queue()
+            .purgeable(3000, 1000, &[("acme", 1001)], 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        fx.cat
+            .forward_queue()
+            .purgeable(2500, 1000, &[("acme", 500)], 10)
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        fx.cat
+            .forward_queue()
+            .purgeable(2500, 1000, &[("beta", 500)], 10)
+            .unwrap()
+            .len(),
+        0
+    );
+    let p = fx.cat.forward_queue().purgeable(3000, 1000, &[], 10).unwrap();
     assert_eq!(p.len(), 2, "the recording and its metadata file");
     let rec = p.iter().find(|p| p.file_id == f).unwrap();
     assert_eq!((rec.path.clone(), rec.archived), (format!("/archive/{f}"), true));
     for item in &p {
-        fx.cat.mark_purged(item.file_id, 3000).unwrap();
+        fx.cat.forward_queue().mark_purged(item.file_id, 3000).unwrap();
     }
-    assert!(fx.cat.purgeable(9999, 1000, &[], 10).unwrap().is_empty());
+    assert!(
+        fx.cat
+            .forward_queue()
+            .purgeable(9999, 1000, &[], 10)
+            .unwrap()
+            .is_empty()
+    );
 }

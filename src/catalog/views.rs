@@ -1,11 +1,24 @@
-//! Read models for the CLI and the reports, and the one operator action: retry.
+//! [`Reports`]: read models for the CLI and the reports, and the one operator action: retry.
+//! Used by the report writer, the CLI (`status`, `conversations`, `retry`) and `/metrics`.
+//!
+//! Writes the "written as of" marks of reports (`metadata_files.report_stale`,
+//! `tenant_reports`); the triggers of `schema.rs` set them stale in the transaction of the
+//! change. `retry` also moves `failed` conversations back to `ready`, `expired` ones back to
+//! `waiting`, and failed intake items back into [`IntakeQueue`](super::IntakeQueue): one
+//! transaction, so `dropsync retry` re-queues all it names or nothing.
 
 use std::collections::BTreeMap;
 
 use rusqlite::params;
 use serde::Serialize;
 
-use super::{Catalog, ConvState, Result};
+use super::{ConvState, Db, Result};
+
+/// Reports, the CLI's views and its retry: see the module doc.
+#[derive(Clone)]
+pub struct Reports {
+    pub(super) db: Db,
+}
 
 /// One line of `<metadata file>.report.csv`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +35,7 @@ pub struct ReportLine {
 #[derive(Debug, Clone)]
 pub struct StaleReport {
     pub metadata_file_id: i64,
-    /// The change counter read with it; see [`Catalog::report_written`].
+    /// The change counter read with it; see [`Reports::report_written`].
     pub version: i64,
     pub tenant: String,
     pub rel_path: String,
@@ -121,11 +134,11 @@ fn view_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationView> {
     })
 }
 
-impl Catalog {
+impl Reports {
     /// Reports flagged as out of date, after `after_id` (a pass goes through them all, even
     /// when some fail).
     pub fn stale_reports(&self, after_id: i64, limit: usize) -> Result<Vec<StaleReport>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT id, report_stale, tenant, rel_path FROM metadata_files WHERE report_stale > 0 AND id > ?1 ORDER BY id LIMIT ?2",
         )?;
@@ -151,7 +164,7 @@ impl Catalog {
 
     /// Streams the lines of one report to `f`, so a million-row report is never in memory.
     pub fn each_report_line(&self, metadata_file_id: i64, mut f: impl FnMut(ReportLine)) -> Result<()> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         let (status, reason): (String, Option<String>) = conn
             .prepare_cached("SELECT status, reason FROM metadata_files WHERE id = ?1")?
             .query_row([metadata_file_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -207,7 +220,7 @@ impl Catalog {
 
     /// Marks a report written as of `version`; a change since then keeps it stale.
     pub fn report_written(&self, metadata_file_id: i64, version: i64) -> Result<()> {
-        let conn = self.lock();
+        let conn = self.db.lock();
         conn.prepare_cached("UPDATE metadata_files SET report_stale = 0 WHERE id = ?1 AND report_stale = ?2")?
             .execute([metadata_file_id, version])?;
         Ok(())
@@ -215,7 +228,7 @@ impl Catalog {
 
     /// Tenants whose orphans.csv must be rewritten, with their change counter.
     pub fn stale_orphan_reports(&self) -> Result<Vec<(String, i64)>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         let mut stmt =
             conn.prepare_cached("SELECT tenant, orphans_stale FROM tenant_reports WHERE orphans_stale > 0")?;
         let rows = stmt
@@ -225,7 +238,7 @@ impl Catalog {
     }
 
     pub fn orphan_lines(&self, tenant: &str) -> Result<Vec<OrphanLine>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT rel_path, size, arrived_at, orphan_since FROM files
              WHERE tenant = ?1 AND state = 'present' AND orphan_since IS NOT NULL ORDER BY rel_path",
@@ -244,7 +257,7 @@ impl Catalog {
     }
 
     pub fn orphan_report_written(&self, tenant: &str, version: i64) -> Result<()> {
-        let conn = self.lock();
+        let conn = self.db.lock();
         conn.prepare_cached("UPDATE tenant_reports SET orphans_stale = 0 WHERE tenant = ?1 AND orphans_stale = ?2")?
             .execute(params![tenant, version])?;
         Ok(())
@@ -257,7 +270,7 @@ impl Catalog {
         state: Option<ConvState>,
         limit: usize,
     ) -> Result<Vec<ConversationView>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {VIEW_COLUMNS} FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
              WHERE (?1 IS NULL OR c.tenant = ?1) AND (?2 IS NULL OR c.state = ?2)
@@ -275,7 +288,7 @@ impl Catalog {
     pub fn status(&self, tenant: Option<&str>) -> Result<StatusView> {
         let mut view = StatusView::default();
         {
-            let conn = self.read()?;
+            let conn = self.db.read()?;
             // Counted by triggers (migration 8): a few rows, however long the history.
             let counts = if super::has_table(&conn, "conversation_counts")? {
                 "SELECT tenant, state, n FROM conversation_counts WHERE n > 0 AND (?1 IS NULL OR tenant = ?1)"
@@ -333,7 +346,7 @@ impl Catalog {
                 .query_map([tenant], view_from_row)?
                 .collect::<rusqlite::Result<_>>()?;
         }
-        view.ftp_sources = self.ftp_sources(tenant)?;
+        view.ftp_sources = super::FtpState { db: self.db.clone() }.ftp_sources(tenant)?;
         Ok(view)
     }
 
@@ -341,10 +354,10 @@ impl Catalog {
     /// period, and any of their recordings already present are attached. Returns how many.
     pub fn retry(&self, tenant: Option<&str>, conversation_id: Option<&str>, now: i64, grace_ms: i64) -> Result<usize> {
         let mut decided = Vec::new();
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         let intake = match conversation_id {
-            None => Catalog::retry_failed_intake(&tx, tenant, now)?,
+            None => super::IntakeQueue::retry_failed_intake(&tx, tenant, now)?,
             Some(_) => 0,
         };
         let failed = tx.execute(

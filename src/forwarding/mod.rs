@@ -190,7 +190,7 @@ impl Worker for ForwardWorker {
             .forwarder
             .catalog
             .run(move |c| {
-                let released = c.release_held(&allocations, now_ms())?;
+                let released = c.minutes().release_held(&allocations, now_ms())?;
                 if released > 0 {
                     tracing::info!(released, "held conversations fit in their minute allocation again");
                 }
@@ -198,7 +198,9 @@ impl Worker for ForwardWorker {
                 // starts after this tenant, even if it claimed nothing (all of it held, or
                 // waiting for another send being forwarded).
                 let mut last = forwarder.last_served.lock().unwrap_or_else(|p| p.into_inner());
-                let claimed = c.claim_turn(&last, now_ms(), CLAIM_BATCH, &allocations)?;
+                let claimed = c
+                    .forward_queue()
+                    .claim_turn(&last, now_ms(), CLAIM_BATCH, &allocations)?;
                 if let Some((tenant, _)) = &claimed {
                     last.clone_from(tenant);
                 }
@@ -230,7 +232,7 @@ impl Worker for ForwardWorker {
     }
 
     async fn wait_for_work(&mut self) {
-        let wait = match self.forwarder.catalog.run(|c| c.next_due()).await {
+        let wait = match self.forwarder.catalog.run(|c| c.forward_queue().next_due()).await {
             Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(10, 5000) as u64),
             _ => Duration::from_secs(5),
         };
@@ -264,11 +266,13 @@ impl Forwarder {
             span.in_scope(
                 || tracing::error!(%error, attempts, "forwarding failed for good; `dropsync retry` re-queues it"),
             );
-            self.catalog.run(move |c| c.fail(id, &error, now)).await
+            self.catalog.run(move |c| c.forward_queue().fail(id, &error, now)).await
         } else {
             let at = now + ms(crate::backoff::exponential(attempts, self.retry_min, self.retry_max));
             span.in_scope(|| tracing::error!(%error, attempts, "forwarding failed; will retry"));
-            self.catalog.run(move |c| c.retry_later(id, &error, at, now)).await
+            self.catalog
+                .run(move |c| c.forward_queue().retry_later(id, &error, at, now))
+                .await
         };
         if let Err(e) = recorded {
             tracing::error!(error = %e, "cannot record the outcome; start-up recovery will replay it");
@@ -297,20 +301,24 @@ impl Forwarder {
                 tracing::warn!(reason = %why, "recording left the drop folder; waiting for it again");
                 let grace = ms(self.grace);
                 self.catalog
-                    .run(move |c| c.recording_vanished(id, file_id, &why, now, grace))
+                    .run(move |c| c.forward_queue().recording_vanished(id, file_id, &why, now, grace))
                     .await
             }
             Err(Outcome::Sink(e)) if e.kind == ErrorKind::Permanent => {
                 metrics::counter!("dropsync_sink_errors_total", "kind" => "permanent").increment(1);
                 tracing::error!(error = %e, "forwarding failed permanently; `dropsync retry` re-queues it");
-                self.catalog.run(move |c| c.fail(id, &e.message, now)).await
+                self.catalog
+                    .run(move |c| c.forward_queue().fail(id, &e.message, now))
+                    .await
             }
             Err(Outcome::Sink(e)) => {
                 metrics::counter!("dropsync_sink_errors_total", "kind" => "transient").increment(1);
                 let delay = crate::backoff::exponential(work.attempts, self.retry_min, self.retry_max);
                 tracing::warn!(error = %e, retry_in = ?delay, "forwarding failed; will retry");
                 let at = now + ms(delay);
-                self.catalog.run(move |c| c.retry_later(id, &e.message, at, now)).await
+                self.catalog
+                    .run(move |c| c.forward_queue().retry_later(id, &e.message, at, now))
+                    .await
             }
             Err(Outcome::Changed { rel_path, why }) => {
                 tracing::warn!(reason = %why, "recording changed; intake takes it again before the next attempt");
@@ -318,8 +326,9 @@ impl Forwarder {
                 let (tenant, at) = (work.tenant.clone(), now + ms(delay));
                 self.catalog
                     .run(move |c| {
-                        c.enqueue_intake(&[NewIntake::file(&tenant, &rel_path, Via::Local, false, now)], now)?;
-                        c.retry_later(id, &why, at, now)
+                        c.intake_queue()
+                            .enqueue_intake(&[NewIntake::file(&tenant, &rel_path, Via::Local, false, now)], now)?;
+                        c.forward_queue().retry_later(id, &why, at, now)
                     })
                     .await
             }
@@ -327,7 +336,9 @@ impl Forwarder {
                 tracing::error!(error = %e, "catalog error while forwarding; the conversation is replayed later");
                 let at = now + ms(self.retry_min);
                 let msg = e.to_string();
-                self.catalog.run(move |c| c.retry_later(id, &msg, at, now)).await
+                self.catalog
+                    .run(move |c| c.forward_queue().retry_later(id, &msg, at, now))
+                    .await
             }
         };
         if let Err(e) = recorded {
@@ -429,7 +440,10 @@ impl Forwarder {
         let (id, sink, key_prefix) = (work.id, self.sink.describe(), prefix.clone());
         let to_archive = self
             .catalog
-            .run(move |c| c.complete(id, &forwarded, &sink, &key_prefix, started, forwarded_at))
+            .run(move |c| {
+                c.forward_queue()
+                    .complete(id, &forwarded, &sink, &key_prefix, started, forwarded_at)
+            })
             .await
             .map_err(Outcome::Catalog)?;
         tracing::info!(key_prefix = %prefix, recordings = entries.len(), "conversation forwarded");

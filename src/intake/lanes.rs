@@ -78,7 +78,7 @@ impl Scheduler {
         let mut cursor = last.clone().unwrap_or_default();
         let (mut wrapped, mut held) = (false, false);
         loop {
-            let Some(tenant) = catalog.next_intake_tenant(&cursor, now)? else {
+            let Some(tenant) = catalog.intake_queue().next_intake_tenant(&cursor, now)? else {
                 if wrapped || last.is_none() {
                     return Ok(Err(held));
                 }
@@ -108,7 +108,7 @@ impl Scheduler {
             Err(true) => return Ok(Claim::AllInLanes),
             Err(false) => return Ok(Claim::Nothing),
         };
-        let items = catalog.claim_intake(&slot.tenant, now, LIGHT_PER_UNIT)?;
+        let items = catalog.intake_queue().claim_intake(&slot.tenant, now, LIGHT_PER_UNIT)?;
         Ok(if items.is_empty() {
             Claim::Nothing
         } else {
@@ -150,7 +150,7 @@ impl Worker for Lane {
             // There was work: another lane may find more (another tenant's).
             scheduler.wake.notify_one();
             let outcomes = process_catching_panics(&intake, items);
-            intake.catalog.finish_intake(&outcomes)?;
+            intake.catalog.intake_queue().finish_intake(&outcomes)?;
             Ok(None)
         })
         .await??;
@@ -168,7 +168,7 @@ impl Worker for Lane {
         // is (a retry, a settling file), or new items wake us.
         let wait = match self.found {
             Found::AllInLanes => Duration::from_secs(5),
-            Found::Nothing => match self.intake.catalog.run(|c| c.next_intake_due()).await {
+            Found::Nothing => match self.intake.catalog.run(|c| c.intake_queue().next_intake_due()).await {
                 Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(10, 5000) as u64),
                 _ => Duration::from_secs(5),
             },
@@ -292,7 +292,7 @@ impl Worker for Recorder {
             .intake
             .catalog
             .run(move |c| {
-                let recorded = c.enqueue_intake(&items, now_ms());
+                let recorded = c.intake_queue().enqueue_intake(&items, now_ms());
                 Ok((items, recorded))
             })
             .await?;
@@ -333,7 +333,7 @@ mod tests {
         items.extend((0..600).map(|i| item("noisy", &format!("n{i}.wav"), false)));
         items.push(item("quiet", "q.wav", false));
         items.push(item("third", "t.csv", true));
-        cat.enqueue_intake(&items, 0).unwrap();
+        cat.intake_queue().enqueue_intake(&items, 0).unwrap();
         let s = Scheduler::new(Arc::default());
         fn unit<'s>(s: &'s Scheduler, cat: &Catalog) -> (TenantSlot<'s>, Vec<String>) {
             match s.claim(cat, 0).unwrap() {
@@ -352,13 +352,14 @@ mod tests {
         // Done: quiet and third have nothing left; noisy comes round again, heavy items alone.
         for (slot, names) in [(b, nb), (c, nc)] {
             let done: Vec<_> = cat
+                .intake_queue()
                 .claim_intake(&slot.tenant, 0, 300)
                 .unwrap()
                 .into_iter()
                 .filter(|i| names.contains(&i.rel_path))
                 .map(|i| (i, IntakeOutcome::Done))
                 .collect();
-            cat.finish_intake(&done).unwrap();
+            cat.intake_queue().finish_intake(&done).unwrap();
         }
         drop(a);
         let (d, nd) = unit(&s, &cat);

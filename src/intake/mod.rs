@@ -273,7 +273,10 @@ impl Intake {
                 audio_error: p.audio_error.clone(),
             })
             .collect();
-        let (outcomes, stopped) = self.catalog.register_files(&news, now_ms(), &self.unknown_reason());
+        let (outcomes, stopped) = self
+            .catalog
+            .files()
+            .register_files(&news, now_ms(), &self.unknown_reason());
         for ((p, _), outcome) in prepared.iter().zip(&outcomes) {
             if *outcome != Registered::Duplicate {
                 metrics::counter!("dropsync_received_files_total", "tenant" => p.tenant.to_string(), "via" => p.via.as_str())
@@ -297,7 +300,9 @@ impl Intake {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Removed, or renamed away: the catalog no longer counts it as present.
-                self.catalog.path_gone(tenant.as_str(), &rel, now_ms())?;
+                self.catalog
+                    .forward_queue()
+                    .path_gone(tenant.as_str(), &rel, now_ms())?;
                 return Ok(Check::Skip);
             }
             Err(e) => {
@@ -309,6 +314,7 @@ impl Intake {
         let Stamp { size, mtime_ns, ino } = Stamp::of(&meta);
         if self
             .catalog
+            .files()
             .is_present_unchanged(tenant.as_str(), &rel, size, mtime_ns, ino)?
         {
             return Ok(Check::Unchanged(rel));
@@ -374,7 +380,7 @@ impl Intake {
             metadata_file_id,
             format,
             rows_done,
-        }) = self.catalog.pending_parse(tenant.as_str(), rel)?
+        }) = self.catalog.files().pending_parse(tenant.as_str(), rel)?
         else {
             return Ok(());
         };
@@ -469,7 +475,7 @@ impl Intake {
         };
         if let Err(reason) = check {
             tracing::warn!(reason = %reason, "metadata file rejected");
-            self.catalog.finish_metadata(id, Err(reason))?;
+            self.catalog.files().finish_metadata(id, Err(reason))?;
             self.archiver.archive(&[file_id])?;
             return Ok(());
         }
@@ -520,7 +526,7 @@ impl Intake {
             });
             if chunk.len() >= ROWS_PER_CHUNK || chunk_cells >= CELLS_PER_CHUNK {
                 chunk_cells = 0;
-                let (n, d) = self.catalog.add_rows(id, &chunk, now_ms(), grace)?;
+                let (n, d) = self.catalog.files().add_rows(id, &chunk, now_ms(), grace)?;
                 ready += n;
                 decided.extend(d);
                 chunk.clear();
@@ -531,17 +537,17 @@ impl Intake {
         match result {
             Ok(()) => {
                 if !chunk.is_empty() {
-                    let (n, d) = self.catalog.add_rows(id, &chunk, now_ms(), grace)?;
+                    let (n, d) = self.catalog.files().add_rows(id, &chunk, now_ms(), grace)?;
                     ready += n;
                     decided.extend(d);
                 }
-                self.catalog.finish_metadata(id, Ok(()))?;
+                self.catalog.files().finish_metadata(id, Ok(()))?;
                 tracing::info!(accepted, rejected, ready, "metadata file read");
             }
             Err(ReadError::Callback(e)) => return Err(e.into()),
             // The file changed between the passes (it is being overwritten): the new version
             // arrives as its own event; this one is withdrawn.
-            Err(ReadError::File(reason)) => self.catalog.finish_metadata(id, Err(reason))?,
+            Err(ReadError::File(reason)) => self.catalog.files().finish_metadata(id, Err(reason))?,
         }
         if ready > 0 {
             self.forwarder.notify_one();

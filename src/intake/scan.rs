@@ -34,7 +34,7 @@ impl Intake {
                 });
             }
         }
-        self.catalog.enqueue_intake(&items, now_ms())?;
+        self.catalog.intake_queue().enqueue_intake(&items, now_ms())?;
         Ok(())
     }
 
@@ -46,6 +46,7 @@ impl Intake {
         let on_disk = self.drop.scan_tenant(tenant)?;
         let mut recorded: HashMap<String, RecordedFile> = self
             .catalog
+            .forward_queue()
             .recorded_files(tenant.as_str())?
             .into_iter()
             .map(|f| (f.rel_path.clone(), f))
@@ -73,9 +74,9 @@ impl Intake {
             .collect();
         if !gone.is_empty() {
             tracing::info!(tenant = %tenant, files = gone.len(), "files left the drop folder behind our back");
-            self.catalog.files_gone(&gone, now)?;
+            self.catalog.forward_queue().files_gone(&gone, now)?;
         }
-        for rel in self.catalog.parsing_files(tenant.as_str())? {
+        for rel in self.catalog.files().parsing_files(tenant.as_str())? {
             if let Some(rel) = RelPath::parse(&rel) {
                 items.push(self.file_item(tenant, &rel, Via::Local, now));
             }
@@ -83,8 +84,8 @@ impl Intake {
         if !items.is_empty() {
             tracing::info!(tenant = %tenant, files = items.len(), "scan found files to take in");
         }
-        self.catalog.enqueue_intake(&items, now)?;
-        let candidates = self.catalog.archive_candidates(tenant.as_str())?;
+        self.catalog.intake_queue().enqueue_intake(&items, now)?;
+        let candidates = self.catalog.forward_queue().archive_candidates(tenant.as_str())?;
         self.archiver.archive(&candidates)?;
         Ok(())
     }

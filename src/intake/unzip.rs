@@ -43,7 +43,7 @@ impl Intake {
                     refused = unpacked.refused.len(),
                     "zip batch unpacked"
                 );
-                self.catalog.finish_zip(id, Ok(&unpacked.refused))?;
+                self.catalog.files().finish_zip(id, Ok(&unpacked.refused))?;
                 // Each entry is a work item of its own, taken in turn with other tenants' work
                 // (recordings before metadata, as clients send them).
                 let now = now_ms();
@@ -53,11 +53,11 @@ impl Intake {
                     .filter_map(|name| RelPath::join_dir(rel.dir(), name))
                     .map(|entry| self.file_item(&tenant.id, &entry, via, now))
                     .collect();
-                self.catalog.enqueue_intake(&items, now)?;
+                self.catalog.intake_queue().enqueue_intake(&items, now)?;
             }
             Err(reason) => {
                 tracing::warn!(reason = %reason, "zip batch rejected");
-                self.catalog.finish_zip(id, Err(reason))?;
+                self.catalog.files().finish_zip(id, Err(reason))?;
             }
         }
         self.archiver.archive(&[file_id])?;

@@ -78,7 +78,7 @@ async fn answer(
             ("200 OK", "text/plain; version=0.0.4", handle.render())
         }
         "/healthz" => {
-            let catalog_ok = catalog.run(|c| c.next_due()).await.is_ok();
+            let catalog_ok = catalog.run(|c| c.forward_queue().next_due()).await.is_ok();
             match (catalog_ok, liveness.check()) {
                 (true, Ok(())) => ("200 OK", "text/plain", "ok\n".to_string()),
                 (false, _) => (
@@ -102,7 +102,7 @@ async fn answer(
 
 /// Conversations by tenant and state, from the catalog, as gauges.
 async fn record_states(catalog: &Catalog) {
-    let Ok(view) = catalog.run(|c| c.status(None)).await else {
+    let Ok(view) = catalog.run(|c| c.reports().status(None)).await else {
         return;
     };
     for (tenant, t) in view.tenants {
@@ -118,7 +118,7 @@ async fn record_states(catalog: &Catalog) {
 /// Minutes forwarded this month and allocated, per tenant, from the catalog and the config.
 async fn record_minutes(catalog: &Catalog, config: &LiveConfig) {
     let allocations = crate::catalog::allocations_for(&config.get().tenants, crate::catalog::now_ms());
-    let Ok(minutes) = catalog.run(move |c| c.minutes(&allocations)).await else {
+    let Ok(minutes) = catalog.run(move |c| c.minutes().status(&allocations)).await else {
         return;
     };
     for (tenant, m) in minutes {

@@ -37,7 +37,7 @@ pub async fn watchdog(catalog: Catalog, liveness: std::sync::Arc<Liveness>, canc
             _ = tokio::time::sleep(period) => {}
         }
         let catalog_ok = matches!(
-            tokio::time::timeout(period, catalog.run(|c| c.next_due())).await,
+            tokio::time::timeout(period, catalog.run(|c| c.forward_queue().next_due())).await,
             Ok(Ok(_))
         );
         match (catalog_ok, liveness.check()) {

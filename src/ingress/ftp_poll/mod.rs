@@ -265,7 +265,7 @@ impl Poller {
         if let Err(e) = self
             .ctx
             .catalog
-            .run(move |c| c.ftp_register_source(&key, &tenant, &url))
+            .run(move |c| c.ftp_state().ftp_register_source(&key, &tenant, &url))
             .await
         {
             tracing::warn!(error = %e, "cannot register the source in the catalog");
@@ -320,7 +320,7 @@ impl Poller {
         if let Err(e) = self
             .ctx
             .catalog
-            .run(move |c| c.ftp_record_poll(&key, &tenant, &url, now_ms(), &poll))
+            .run(move |c| c.ftp_state().ftp_record_poll(&key, &tenant, &url, now_ms(), &poll))
             .await
         {
             tracing::warn!(error = %e, "cannot record the poll in the catalog");
@@ -339,7 +339,7 @@ impl Poller {
         let applied = self
             .ctx
             .catalog
-            .run(move |c| c.ftp_apply_listing(&key, &files, &dirs, now))
+            .run(move |c| c.ftp_state().ftp_apply_listing(&key, &files, &dirs, now))
             .await?;
         for path in &applied.vanished_partials {
             self.remove_temp(path);
@@ -419,7 +419,10 @@ impl Poller {
             let (key, tenant) = (self.key.clone(), self.tenant.to_string());
             self.ctx
                 .catalog
-                .run(move |c| c.ftp_mark_partials(&key, &tenant, &marks, &revisions, now_ms()))
+                .run(move |c| {
+                    c.ftp_state()
+                        .ftp_mark_partials(&key, &tenant, &marks, &revisions, now_ms())
+                })
                 .await?;
         }
         // What the tenant's quota lets in now; the rest waits, and the source says so.

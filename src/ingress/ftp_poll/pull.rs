@@ -268,7 +268,7 @@ impl Poller {
         let (key, path, size, mtime) = (self.key.clone(), job.path.clone(), job.state.size, job.state.mtime_ms);
         self.ctx
             .catalog
-            .run(move |c| c.ftp_mark_downloaded(&key, &path, size, mtime, now_ms()))
+            .run(move |c| c.ftp_state().ftp_mark_downloaded(&key, &path, size, mtime, now_ms()))
             .await
             .map_err(|e| failed(e.into()))?;
         tracing::info!(file = %r.rel.as_str(), bytes = size, took_ms = r.started.elapsed().as_millis() as u64, "pulled");

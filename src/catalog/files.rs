@@ -1,15 +1,29 @@
-//! Arrivals and metadata rows: recording what came in and deciding, in the same transaction,
-//! which conversations became complete.
+//! [`Files`]: arrivals and metadata rows, recording what came in and deciding, in the same
+//! transaction, which conversations became complete. Used by intake (arrivals, rows, parse
+//! progress, zip outcomes) and housekeeping (`expire`).
+//!
+//! Writes `files` (a new arrival, the record it replaces, orphan marks), `metadata_files` (the record and its parse
+//! progress), `refusals`, `recordings` and `conversations` (a row's conversation is created,
+//! made `waiting` or `ready`, or `expired`). It also deletes the `ftp_revisions` row an arrival
+//! answers ([`FtpState`](super::FtpState) notes it): the revision is taken in the arrival's own
+//! transaction, so a crash cannot take it without recording the new version, or the reverse.
+//! Helpers in `rows.rs` and `revisions.rs` work inside its transactions.
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::queue::OPEN_STATES;
 use super::revisions::{resend_with_revision, take_revision};
 use super::rows::{add_row, is_complete, make_ready};
-use super::{Catalog, Result, Via};
+use super::{Db, Result, Via};
 use crate::dropbox::{FileKind, RelPath};
 use crate::matching::RowVerdict;
 use crate::matching::join::ArrivalKeys;
+
+/// Arrivals, metadata rows and the conversations they make: see the module doc.
+#[derive(Clone)]
+pub struct Files {
+    pub(super) db: Db,
+}
 
 /// What recording an arrival did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +95,7 @@ fn kind_str(kind: FileKind) -> &'static str {
     }
 }
 
-impl Catalog {
+impl Files {
     /// Records an arrival. A recording is attached to every waiting row that names it in the
     /// same folder; a metadata, zip or unknown file gets an entry that will carry its report.
     pub fn register_file(&self, f: &NewFile<'_>, now: i64, unknown_reason: &str) -> Result<Registered> {
@@ -108,7 +122,8 @@ impl Catalog {
         now: i64,
         unknown_reason: &str,
     ) -> (Vec<Registered>, Result<()>) {
-        self.sliced(files, ROWS_SLICE, |tx, f| register_in(tx, f, now, unknown_reason))
+        self.db
+            .sliced(files, ROWS_SLICE, |tx, f| register_in(tx, f, now, unknown_reason))
     }
 
     /// Commits a chunk of rows of a metadata file that is being parsed, with the resume point.
@@ -132,7 +147,7 @@ impl Catalog {
         let mut decided = Vec::new();
         let mut rest = rows;
         while !rest.is_empty() {
-            let taken = self.light(|tx| {
+            let taken = self.db.light(|tx| {
                 let started = std::time::Instant::now();
                 let (tenant, dir, via, file_name): (String, String, String, String) = tx
                     .prepare_cached("SELECT tenant, dir, via, rel_path FROM metadata_files WHERE id = ?1")?
@@ -168,7 +183,7 @@ impl Catalog {
     /// Ends parsing: the file is `parsed`, or rejected as a whole (its rows, if a resumed parse
     /// had committed any, are withdrawn).
     pub fn finish_metadata(&self, metadata_file_id: i64, outcome: std::result::Result<(), String>) -> Result<()> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         match outcome {
             Ok(()) => {
@@ -199,7 +214,7 @@ impl Catalog {
         metadata_file_id: i64,
         outcome: std::result::Result<&[(String, String)], String>,
     ) -> Result<()> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         match outcome {
             Ok(refused) => {
@@ -232,14 +247,14 @@ impl Catalog {
         mtime_ns: i64,
         ino: u64,
     ) -> Result<bool> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         Ok(same_file_recorded(&conn, tenant, rel.as_str(), size, mtime_ns, ino)?.is_some())
     }
 
     /// Metadata files and zips of a tenant still being parsed or unpacked (a crash or a failed
     /// attempt interrupted them), by path.
     pub fn parsing_files(&self, tenant: &str) -> Result<Vec<String>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT m.rel_path FROM metadata_files m JOIN files f ON f.id = m.file_id
              WHERE m.status = 'parsing' AND m.tenant = ?1 AND f.state = 'present' ORDER BY m.id",
@@ -252,7 +267,7 @@ impl Catalog {
 
     /// The parse or unpack of this present file that has not finished, if any.
     pub fn pending_parse(&self, tenant: &str, rel: &RelPath) -> Result<Option<PendingParse>> {
-        let conn = self.read()?;
+        let conn = self.db.read()?;
         Ok(conn
             .prepare_cached(
                 "SELECT m.file_id, m.id, m.format, m.rows_done FROM metadata_files m JOIN files f ON f.id = m.file_id
@@ -272,7 +287,7 @@ impl Catalog {
     /// Waiting rows past their grace become `expired`; recordings nobody claimed within grace
     /// become orphans. Returns (expired, orphaned).
     pub fn expire(&self, now: i64, grace_ms: i64) -> Result<(usize, usize)> {
-        let mut conn = self.lock();
+        let mut conn = self.db.lock();
         let tx = conn.transaction()?;
         let expired = tx.execute(
             "UPDATE conversations SET state = 'expired', changed_at = ?1,
@@ -293,7 +308,7 @@ impl Catalog {
     }
 }
 
-/// One arrival, inside the caller's transaction (see [`Catalog::register_file`]).
+/// One arrival, inside the caller's transaction (see [`Files::register_file`]).
 /// Two selects, each on its partial index: `state IN (…)` would scan the whole table.
 pub(super) const SAME_FILE: &str = "SELECT id FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'
        AND size = ?3 AND mtime_ns = ?4 AND (ino IS NULL OR ino = ?5)
