@@ -78,7 +78,7 @@ pub struct Unpacked {
 /// claims), or the tenant's quota (each entry is a file it holds, its bytes asked for as they
 /// come out), or the archive cannot be read, nothing is left behind and the reason is returned.
 ///
-/// Entries are written under hidden temp names and fsynced in batches (see [`Unsynced`]);
+/// Entries are written under hidden temp names and fsynced in batches of up to 256 files;
 /// only once all are written and fsynced are they renamed into place, and the folder fsynced
 /// once. A crash before that leaves only temp names, which are never ingested (the zip is
 /// unpacked again at the next start, as its intake item was not finished), and the caller
