@@ -223,6 +223,33 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// How many threads [`sync_files`] fsyncs on at most. They only wait on the disk; on a virtio
+/// disk 16 let 10,000 small files sync in about three quarters of the time that 4 did, and no
+/// faster with 64.
+const SYNC_THREADS: usize = 16;
+
+/// fsyncs every file of `files` (each already asked to start its write-back with
+/// [`start_writeback`], so the disk has been busy meanwhile), from a few threads at once: the
+/// file system then commits its journal and flushes the disk's cache once for several of
+/// them, where one fsync after another pays a commit each. Returns the first error.
+pub fn sync_files(files: &[File]) -> io::Result<()> {
+    let per_thread = files.len().div_ceil(SYNC_THREADS).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = files
+            .chunks(per_thread)
+            .map(|part| s.spawn(move || part.iter().try_for_each(File::sync_all)))
+            .collect();
+        parts
+            .into_iter()
+            .map(|p| {
+                p.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("an fsync thread panicked")))
+            })
+            .collect::<io::Result<Vec<()>>>()
+            .map(drop)
+    })
+}
+
 /// Writes a file from a stream of chunks on a blocking thread while the producer goes on, and
 /// fsyncs it at the end. Write-back is started every [`WRITEBACK_EVERY`] bytes
 /// (`sync_file_range`), so the disk works while data still arrives and the final fsync has little

@@ -4,7 +4,8 @@
 //! before `retention.catalog` (counts kept). (Files whose fate is decided leave the drop
 //! folders through [`crate::archive::Archiver`].)
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +15,7 @@ use crate::archive::Archiver;
 use crate::catalog::{Catalog, CatalogError, ToPurge, ms, now_ms};
 use crate::config::LiveConfig;
 use crate::dropbox::{DropRoot, FileId, RelPath, Removal, is_temp_name};
+use crate::fsutil;
 use crate::limits::Limits;
 use crate::tenant::TenantId;
 use crate::worker::{Worker, WorkerError, WorkerState};
@@ -142,15 +144,23 @@ fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention: &Retentio
             "recordings became orphans: no row claimed them within the grace period"
         );
     }
-    let mut purged = 0;
     // One bounded batch per sweep; the next sweep takes the rest (and retries failures).
+    //
+    // Crash ordering: the batch's files are removed, then each folder they left is fsynced
+    // once, then all are recorded purged in one transaction. A crash before the record leaves
+    // rows whose file is gone: the next sweep finds them missing and records them then (after
+    // syncing their folders again). A file is never recorded purged while its removal could
+    // still be undone by a power cut, which would bring back an orphan as a new arrival, or an
+    // archived copy that no sweep deletes any more.
     let per_tenant: Vec<(&str, i64)> = retention.per_tenant.iter().map(|(t, ms)| (t.as_str(), *ms)).collect();
+    let mut gone = Vec::new();
+    let mut folders = BTreeSet::new();
     for item in catalog
         .forward_queue()
         .purgeable(now, retention.default_ms, &per_tenant, 1000)?
     {
         match purge(drop, &item) {
-            Ok(Removal::Removed | Removal::Missing) => {}
+            Ok(Removal::Removed | Removal::Missing) => folders.extend(folder_of(drop, &item)),
             // A new upload of the name that intake has not recorded yet: it is the tenant's,
             // and its arrival closes the orphan's record.
             Ok(Removal::Replaced) => {
@@ -163,9 +173,14 @@ fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention: &Retentio
                 continue;
             }
         }
-        catalog.forward_queue().mark_purged(item.file_id, now)?;
-        purged += 1;
+        gone.push(item.file_id);
     }
+    if let Some((dir, e)) = folders.iter().find_map(|dir| sync_folder(dir).err().map(|e| (dir, e))) {
+        tracing::warn!(folder = %dir.display(), error = %e, "cannot sync a folder after deleting expired local copies; they are recorded at the next sweep");
+        gone.clear();
+    }
+    catalog.forward_queue().mark_purged(&gone, now)?;
+    let purged = gone.len();
     if purged > 0 {
         tracing::info!(purged, "local copies past retention deleted");
     }
@@ -229,6 +244,24 @@ fn remove_found(drop: &DropRoot, limits: &Limits, tenant: &TenantId, found: Vec<
         metrics::counter!("dropsync_stale_uploads_removed_total", "tenant" => tenant.to_string()).increment(removed);
         tracing::info!(tenant = %tenant, removed, bytes, stale_after = %humantime::format_duration(stale),
             "stale uploads removed: temp files of uploads that never finished");
+    }
+}
+
+/// The folder a local copy past retention is (or was) in.
+fn folder_of(drop: &DropRoot, item: &ToPurge) -> Option<PathBuf> {
+    let path = match (item.archived, TenantId::parse(&item.tenant), RelPath::parse(&item.path)) {
+        (true, ..) => PathBuf::from(&item.path),
+        (false, Ok(tenant), Some(rel)) => drop.path_of(&tenant, &rel),
+        _ => return None,
+    };
+    path.parent().map(Path::to_path_buf)
+}
+
+/// fsyncs `dir`, or its parent if `dir` went too (an archive's day folder, removed once empty).
+fn sync_folder(dir: &Path) -> std::io::Result<()> {
+    match fsutil::sync_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => dir.parent().map_or(Ok(()), fsutil::sync_dir),
+        other => other,
     }
 }
 

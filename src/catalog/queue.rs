@@ -449,10 +449,22 @@ impl ForwardQueue {
         Ok(rows)
     }
 
-    pub fn mark_purged(&self, file_id: i64, now: i64) -> Result<()> {
-        let conn = self.db.lock();
-        conn.prepare_cached("UPDATE files SET state = 'purged', left_at = coalesce(left_at, ?2) WHERE id = ?1")?
-            .execute(params![file_id, now])?;
+    /// Records the local copies `file_ids` as deleted, in one transaction (one fsync, not one
+    /// per file).
+    pub fn mark_purged(&self, file_ids: &[i64], now: i64) -> Result<()> {
+        if file_ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.db.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt =
+                tx.prepare_cached("UPDATE files SET state = 'purged', left_at = coalesce(left_at, ?2) WHERE id = ?1")?;
+            for id in file_ids {
+                stmt.execute(params![id, now])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 }

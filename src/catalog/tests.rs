@@ -593,9 +593,8 @@ fn purge_after_retention() {
     assert_eq!(p.len(), 2, "the recording and its metadata file");
     let rec = p.iter().find(|p| p.file_id == f).unwrap();
     assert_eq!((rec.path.clone(), rec.archived), (format!("/archive/{f}"), true));
-    for item in &p {
-        fx.cat.forward_queue().mark_purged(item.file_id, 3000).unwrap();
-    }
+    let ids: Vec<i64> = p.iter().map(|item| item.file_id).collect();
+    fx.cat.forward_queue().mark_purged(&ids, 3000).unwrap();
     assert!(
         fx.cat
             .forward_queue()

@@ -19,6 +19,12 @@ use crate::tenant::TenantId;
 /// Bytes read from an entry at a time, each asked of the quota before it is written.
 const CHUNK: usize = 256 << 10;
 
+/// Entries written but not yet fsynced, held open, at most this many files or bytes: enough
+/// for their fsyncs to share journal commits, few enough to bound open descriptors and the
+/// dirty pages waiting for the disk.
+const SYNC_BATCH_FILES: usize = 256;
+const SYNC_BATCH_BYTES: u64 = 64 << 20;
+
 /// Whose quota a zip batch is unpacked into.
 pub struct ZipQuota<'a> {
     pub limits: &'a Arc<Limits>,
@@ -72,8 +78,12 @@ pub struct Unpacked {
 /// claims), or the tenant's quota (each entry is a file it holds, its bytes asked for as they
 /// come out), or the archive cannot be read, nothing is left behind and the reason is returned.
 ///
-/// Entries are written under hidden temp names and renamed into place only once all are
-/// complete and fsynced, so a crash leaves only temp names, which are never ingested.
+/// Entries are written under hidden temp names and fsynced in batches of up to 256 files;
+/// only once all are written and fsynced are they renamed into place, and the folder fsynced
+/// once. A crash before that leaves only temp names, which are never ingested (the zip is
+/// unpacked again at the next start, as its intake item was not finished), and the caller
+/// records and announces entries only after this returns, so nothing is announced that a
+/// crash could take back.
 ///
 /// `dest` is the folder held open (entries are created and renamed in it, whatever happens to
 /// its path meanwhile); `file` is the archive, opened by the caller.
@@ -118,6 +128,7 @@ pub fn unpack_zip(file: File, dest: &OwnedFd, limits: &ZipLimits, quota: &ZipQuo
         }
     };
     let mut total = 0u64;
+    let mut unsynced = Unsynced::default();
     for i in 0..zip.len() {
         let mut entry = match zip.by_index(i) {
             Ok(e) => e,
@@ -152,7 +163,7 @@ pub fn unpack_zip(file: File, dest: &OwnedFd, limits: &ZipLimits, quota: &ZipQuo
         let budget = max_bytes.saturating_sub(total);
         let written = write_entry(&mut entry, dest, &tmp, budget, &mut grant);
         staged.push((tmp, name.clone(), grant));
-        match written {
+        match written.and_then(|(f, n)| Ok(unsynced.add(f, n)?)) {
             Ok(n) => total += n,
             Err(stop) => {
                 cleanup(&staged);
@@ -163,6 +174,10 @@ pub fn unpack_zip(file: File, dest: &OwnedFd, limits: &ZipLimits, quota: &ZipQuo
                 });
             }
         }
+    }
+    if let Err(e) = unsynced.sync() {
+        cleanup(&staged);
+        return Err(format!("entries cannot be synced: {e}"));
     }
     // Two entries with one name: the later wins, as an overwrite by upload would, and only its
     // grant stays counted. (A map, so that 10,000 entries cost 10,000 lookups, not 50 million
@@ -207,15 +222,45 @@ fn refusal(entry: &zip::read::ZipFile<'_, File>, name: &str) -> Option<&'static 
     }
 }
 
+/// Entries written and not yet fsynced: one fsync each, issued together once the batch is full
+/// (or the archive done), rather than one after another as each is written.
+#[derive(Default)]
+struct Unsynced {
+    files: Vec<File>,
+    bytes: u64,
+}
+
+impl Unsynced {
+    /// Adds a written entry of `n` bytes, syncing the batch if it is full; returns `n`.
+    fn add(&mut self, f: File, n: u64) -> io::Result<u64> {
+        self.files.push(f);
+        self.bytes += n;
+        if self.files.len() >= SYNC_BATCH_FILES || self.bytes >= SYNC_BATCH_BYTES {
+            self.sync()?;
+        }
+        Ok(n)
+    }
+
+    /// fsyncs and closes the batch.
+    fn sync(&mut self) -> io::Result<()> {
+        fsutil::sync_files(&self.files)?;
+        tracing::debug!(files = self.files.len(), bytes = self.bytes, "zip entries synced");
+        self.files.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
 /// Writes one entry to `tmp` in `dest`, at most `budget` bytes, each chunk granted by the quota
-/// before it is written; fsynced. Returns its size.
+/// before it is written, and starts its write-back (not fsynced: see [`Unsynced`]). Returns
+/// the file, still open, and its size.
 fn write_entry(
     entry: &mut impl Read,
     dest: &OwnedFd,
     tmp: &str,
     budget: u64,
     grant: &mut FileGrant,
-) -> Result<u64, Stop> {
+) -> Result<(File, u64), Stop> {
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut f = File::from(rustix::fs::openat(dest, tmp, flags, Mode::from_raw_mode(0o640)).map_err(io::Error::from)?);
     // Counted by its grant, not again by the reading of the folder.
@@ -236,8 +281,8 @@ fn write_entry(
         grant.grow_to(n).map_err(Stop::Quota)?;
         f.write_all(&buf[..got])?;
     }
-    f.sync_all()?;
-    Ok(n)
+    fsutil::start_writeback(&f, 0, 0);
+    Ok((f, n))
 }
 
 #[cfg(test)]
