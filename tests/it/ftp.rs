@@ -105,11 +105,16 @@ fn speaks_ftp(port: u16) -> bool {
 }
 
 /// Tenant "acme" (usual mapping) polling `url` with `extra` source keys; password "secret"
-/// in a file.
+/// in a file. Replies are awaited 5 s unless `extra` sets its own `timeout`.
 pub fn daemon_polling(url: &str, extra: &str) -> Daemon {
+    let timeout = if extra.contains("timeout =") {
+        ""
+    } else {
+        "timeout = \"5s\"\n"
+    };
     let tenants = format!(
         "{ACME}[[tenants.ftp]]\nurl = \"{url}\"\npassword_file = \"ftp.pass\"\npoll_interval = \"300ms\"\n\
-         min_age = \"0s\"\ntimeout = \"5s\"\n{extra}\n"
+         min_age = \"0s\"\n{timeout}{extra}\n"
     );
     let d = Daemon::new("1h", &tenants);
     std::fs::write(d.dir.path().join("ftp.pass"), "secret\n").unwrap();

@@ -374,7 +374,13 @@ fn a_listing_pure_ftpd_cuts_short_is_reported_and_every_file_still_arrives() {
     for i in 0..150 {
         server.put(&format!("big/c{i:03}.wav"), format!("call {i}").as_bytes());
     }
-    let mut d = daemon_for(&server, "ftp", "after_download = \"delete\"\nconnections = 2");
+    // Argon2 logins take about 3 s on an idle machine, longer beside the rest of the suite:
+    // the default reply timeout (60 s), not the tests' usual 5 s.
+    let mut d = daemon_for(
+        &server,
+        "ftp",
+        "after_download = \"delete\"\nconnections = 2\ntimeout = \"60s\"",
+    );
     d.start();
     let mut seen_cut = false;
     wait_for("all 150 files pulled", T, || {
