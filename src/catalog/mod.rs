@@ -319,6 +319,8 @@ pub fn ms(d: Duration) -> i64 {
 }
 
 #[cfg(test)]
+mod ftp_tests;
+#[cfg(test)]
 mod queue_tests;
 #[cfg(test)]
 mod tests;
