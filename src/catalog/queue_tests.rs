@@ -417,3 +417,26 @@ fn tenants_are_claimed_in_turn() {
     assert_eq!(turn("acme", 2000), None);
     assert_eq!(turn("acme", 5000), Some(("gamma".into(), ids(&["G1"]))));
 }
+
+/// The lookups every arrival and every archive pass make go through indexes: with `state IN
+/// (…)` over partial indexes SQLite scans the whole files table, and an arrival would cost a
+/// scan of every file ever received.
+#[test]
+fn arrival_and_archive_lookups_use_indexes() {
+    let fx = fixture();
+    let conn = fx.cat.lock();
+    for sql in [files::SAME_FILE, queue::RECORDED_FILES, queue::UNSETTLED] {
+        let params: Vec<i64> = vec![1; if sql.contains("?5") { 5 } else { 1 }];
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(params), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .all(|step| !step.starts_with("SCAN files") || step.contains("USING INDEX")),
+            "{sql}: {plan:?}"
+        );
+    }
+}
