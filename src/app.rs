@@ -59,7 +59,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // Before any session can start: SFTP uploads a crash cut short are removed, and those whose
     // CLOSE was answered but whose rename may not have reached the disk are put in place.
     for t in &config.tenants {
-        match crate::ingress::sftp::durable::recover_uploads(&drops.tenant_dir(&t.id)) {
+        match crate::arrival::recover::recover_uploads(&drops.tenant_dir(&t.id)) {
             Ok((0, 0)) => {}
             Ok((renamed, removed)) => {
                 tracing::info!(tenant = %t.id, renamed, removed, "uploads left by a stop were recovered")

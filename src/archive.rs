@@ -266,7 +266,7 @@ mod tests {
                 kind: FileKind::Unknown,
                 via: Via::Sftp,
                 size: meta.len(),
-                mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                mtime_ns: crate::fsutil::mtime_ns(&meta),
                 ino: meta.ino(),
                 dev: meta.dev(),
                 sha256: None,

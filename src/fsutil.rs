@@ -5,7 +5,7 @@
 //! returns the new file survives a crash (data fsynced, then renamed, then the folder fsynced).
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -41,30 +41,85 @@ impl FileId {
     }
 }
 
+/// A file's modification time in nanoseconds since the epoch, as the catalog records it.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+}
+
 /// fsyncs a folder so that a rename or create inside it is durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// A temp name beside `path`, hidden (leading '.') so that no watcher takes it for an arrival,
-/// and of a fixed length, so that a final name of 255 bytes still has a temp name.
+/// The start of every name dropsync gives a file of its own inside a drop folder or the state
+/// folder. Clients may not create, see or touch a name that starts with it.
+pub const OUR_PREFIX: &str = ".dropsync-";
+
+/// What one of our temp files is, which says what a crash leaves to do with it. Every temp name
+/// has one format, `.dropsync-<kind>-<16 hex digits>`: hidden (a leading dot), so that no
+/// watcher or scan takes it for an arrival, and of a fixed length, so that a final name of 255
+/// bytes still has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TempKind {
+    /// A client's upload in progress: at start-up renamed into place if it was marked complete,
+    /// removed if not.
+    Upload,
+    /// A download from a tenant's FTP server: kept, and resumed at the next poll.
+    Pull,
+    /// A file written whole and then renamed (zip entries, reports, sink files, keys): removed
+    /// at start-up, its writer starts again.
+    Staged,
+}
+
+impl TempKind {
+    fn tag(self) -> &'static str {
+        match self {
+            TempKind::Upload => "upload",
+            TempKind::Pull => "pull",
+            TempKind::Staged => "staged",
+        }
+    }
+
+    /// A new temp name of this kind.
+    pub fn name(self) -> String {
+        format!("{OUR_PREFIX}{}-{:016x}", self.tag(), fastrand::u64(..))
+    }
+
+    /// The temp name of this kind for `key`: the same for the same key, so that a writer
+    /// finds its own file again (a resumed download).
+    pub fn name_for(self, key: &str) -> String {
+        let digest = Sha256::digest(key.as_bytes());
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(&digest[..8]);
+        format!("{OUR_PREFIX}{}-{:016x}", self.tag(), u64::from_be_bytes(eight))
+    }
+
+    /// The kind of temp file `name` is, if it is one of ours (names of earlier versions
+    /// included: `.dropsync-<hex>.tmp` was a staged file, `.dropsync-ftp-<hex>.part` a pull).
+    pub fn of(name: &str) -> Option<TempKind> {
+        let rest = name.strip_prefix(OUR_PREFIX)?;
+        let (tag, hex) = rest.split_once('-').unwrap_or(("", rest));
+        let hex16 = |h: &str| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit());
+        match tag {
+            "upload" if hex16(hex) => Some(TempKind::Upload),
+            "pull" if hex16(hex) => Some(TempKind::Pull),
+            "staged" if hex16(hex) => Some(TempKind::Staged),
+            "ftp" if hex.strip_suffix(".part").is_some_and(hex16) => Some(TempKind::Pull),
+            "" if hex.strip_suffix(".tmp").is_some_and(hex16) => Some(TempKind::Staged),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `name` is reserved for our own files (see [`OUR_PREFIX`]).
+pub fn is_ours(name: &str) -> bool {
+    name.starts_with(OUR_PREFIX)
+}
+
+/// A staged temp name beside `path` (see [`TempKind`]).
 pub fn temp_beside(path: &Path) -> PathBuf {
-    path.with_file_name(temp_name())
-}
-
-/// The name part of [`temp_beside`].
-pub fn temp_name() -> String {
-    format!(".dropsync-{:016x}.tmp", fastrand::u64(..))
-}
-
-/// Whether a file name is one of our own temp names (left behind only by a crash).
-pub fn is_our_temp(name: &str) -> bool {
-    name.starts_with(".dropsync-") && name.ends_with(".tmp")
-}
-
-/// Whether a name is ours: temp files, SFTP uploads in progress (`.dropsync-…`).
-pub fn is_our_temp_prefix(name: &str) -> bool {
-    name.starts_with(".dropsync-")
+    path.with_file_name(TempKind::Staged.name())
 }
 
 /// Writes `bytes` to `path` atomically and durably.
@@ -115,7 +170,7 @@ impl AtomicFile {
 
     /// A file named `name` in the folder `dir`, held open.
     pub fn create_in(dir: OwnedFd, name: &str) -> io::Result<AtomicFile> {
-        let tmp = temp_name();
+        let tmp = TempKind::Staged.name();
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let file = File::from(rustix::fs::openat(
             &dir,
@@ -250,113 +305,32 @@ pub fn sync_files(files: &[File]) -> io::Result<()> {
     })
 }
 
-/// Writes a file from a stream of chunks on a blocking thread while the producer goes on, and
-/// fsyncs it at the end. Write-back is started every [`WRITEBACK_EVERY`] bytes
-/// (`sync_file_range`), so the disk works while data still arrives and the final fsync has little
-/// left to do.
-pub struct BackgroundWriter {
-    chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
-    spare: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    done: tokio::task::JoinHandle<io::Result<[u8; 32]>>,
-}
-
-/// How much written data may sit in the page cache before write-back is started.
-const WRITEBACK_EVERY: u64 = 8 << 20;
-
-impl BackgroundWriter {
-    /// Takes over `file` (open for reading too), positioned where the first chunk goes. The
-    /// whole file's SHA-256 is computed on the way (bytes already before the position included),
-    /// so nobody has to read the file again for it.
-    pub fn start(mut file: File) -> BackgroundWriter {
-        let (chunks, mut incoming) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-        let (recycle, spare) = tokio::sync::mpsc::channel(4);
-        let done = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut pos = file.stream_position()?;
-            let mut hasher = Sha256::new();
-            let mut prefix = if pos > 0 { vec![0u8; 1 << 20] } else { Vec::new() };
-            let mut at = 0u64;
-            while at < pos {
-                let want = prefix.len().min((pos - at) as usize);
-                let n = file.read_at(&mut prefix[..want], at)?;
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the file is shorter than its start",
-                    ));
-                }
-                hasher.update(&prefix[..n]);
-                at += n as u64;
-            }
-            drop(prefix);
-            let mut flushed = pos;
-            while let Some(mut chunk) = incoming.blocking_recv() {
-                hasher.update(&chunk);
-                file.write_all(&chunk)?;
-                pos += chunk.len() as u64;
-                if pos - flushed >= WRITEBACK_EVERY {
-                    start_writeback(&file, flushed, pos - flushed);
-                    flushed = pos;
-                }
-                chunk.clear();
-                let _ = recycle.try_send(chunk);
-            }
-            file.sync_all()?;
-            Ok(hasher.finalize().into())
-        });
-        BackgroundWriter { chunks, spare, done }
-    }
-
-    /// An empty buffer of at least `capacity` bytes, recycled when one is free.
-    pub fn buffer(&mut self, capacity: usize) -> Vec<u8> {
-        match self.spare.try_recv() {
-            Ok(b) if b.capacity() >= capacity => b,
-            _ => Vec::with_capacity(capacity),
-        }
-    }
-
-    /// Queues `chunk`; waits only while earlier chunks are still being written.
-    pub async fn write(&mut self, chunk: Vec<u8>) -> io::Result<()> {
-        if self.chunks.send(chunk).await.is_err() {
-            // The writer stopped: its error says why.
-            return match (&mut self.done).await {
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(_)) => Err(io::Error::other("the file writer stopped early")),
-                Err(e) => Err(io::Error::other(e.to_string())),
-            };
-        }
-        Ok(())
-    }
-
-    /// Writes what is queued and fsyncs the file; returns the whole file's SHA-256.
-    pub async fn finish(self) -> io::Result<[u8; 32]> {
-        drop(self.chunks);
-        self.done.await.map_err(|e| io::Error::other(e.to_string()))?
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn background_writer_appends_chunks_after_the_start_position() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        fs::write(&path, b"keep").unwrap();
-        let mut file = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
-        file.seek(io::SeekFrom::Start(4)).unwrap();
-        let mut w = BackgroundWriter::start(file);
-        let mut expected = b"keep".to_vec();
-        // Enough chunks to pass the write-back threshold and to recycle buffers.
-        for i in 0..40u8 {
-            let mut buf = w.buffer(1 << 20);
-            buf.resize(300_000, i);
-            expected.extend_from_slice(&buf);
-            w.write(buf).await.unwrap();
+    #[test]
+    fn temp_names_have_one_format_and_say_their_kind() {
+        for kind in [TempKind::Upload, TempKind::Pull, TempKind::Staged] {
+            let name = kind.name();
+            assert_eq!(TempKind::of(&name), Some(kind), "{name}");
+            assert!(is_ours(&name) && name.len() == name.replace(kind.tag(), "").len() + kind.tag().len());
         }
-        let digest = w.finish().await.unwrap();
-        assert_eq!(fs::read(&path).unwrap(), expected);
-        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&expected)));
+        assert_eq!(TempKind::Pull.name_for("a\nb"), TempKind::Pull.name_for("a\nb"));
+        assert_ne!(TempKind::Pull.name_for("a\nb"), TempKind::Pull.name_for("a\nc"));
+        // Names of earlier versions, left by a crash before an upgrade.
+        assert_eq!(TempKind::of(".dropsync-0123456789abcdef.tmp"), Some(TempKind::Staged));
+        assert_eq!(
+            TempKind::of(".dropsync-ftp-0123456789abcdef.part"),
+            Some(TempKind::Pull)
+        );
+        for theirs in [
+            ".dropsync-upload-x",
+            ".dropsync-",
+            "c1.wav",
+            ".dropsync-staged-0123456789abcdef.wav",
+        ] {
+            assert_eq!(TempKind::of(theirs), None, "{theirs}");
+        }
     }
 }

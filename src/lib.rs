@@ -8,7 +8,7 @@
 //!                          ▲                                   │
 //!                          └──────── reports ◄─────────────────┘
 //! ```
-//! Files travel one way: an ingress says a file has arrived ([`ingress::Arrived`]); [`intake`]
+//! Files travel one way: an ingress says a file has arrived ([`arrival::Arrived`]); [`intake`]
 //! records it in the [`catalog`] and runs [`matching`] on metadata; [`forwarding`] drains the
 //! catalog's durable queue into a sink; [`archive`] moves decided files out of the drop folders;
 //! [`reports`] tells tenants what happened to each row.
@@ -16,6 +16,7 @@
 pub mod addresses;
 pub mod app;
 pub mod archive;
+pub mod arrival;
 pub mod audio;
 pub mod backoff;
 pub mod catalog;

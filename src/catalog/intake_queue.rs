@@ -97,6 +97,16 @@ impl NewIntake {
         }
     }
 
+    /// The file's digest, taken by its writer, goes with the item: intake need not read it
+    /// again while the file is as it was.
+    pub fn known(&mut self, digest: Option<&crate::arrival::KnownDigest>) {
+        if let Some(d) = digest {
+            self.size = Some(d.size);
+            self.mtime_ns = Some(d.mtime_ns);
+            self.sha256 = Some(hex::encode(d.sha256));
+        }
+    }
+
     /// A scan of a tenant's folder ("") or of one sub-folder.
     pub fn scan(tenant: &str, rel_path: String, due: i64) -> NewIntake {
         NewIntake {

@@ -82,30 +82,7 @@ pub enum CatalogError {
 
 pub type Result<T> = std::result::Result<T, CatalogError>;
 
-/// How a file reached its drop folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    Sftp,
-    Ftp,
-    Local,
-}
-
-impl Via {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Via::Sftp => "sftp",
-            Via::Ftp => "ftp",
-            Via::Local => "local",
-        }
-    }
-    pub fn parse(s: &str) -> Via {
-        match s {
-            "sftp" => Via::Sftp,
-            "ftp" => Via::Ftp,
-            _ => Via::Local,
-        }
-    }
-}
+pub use crate::arrival::Via;
 
 /// Conversation states (SPEC §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -127,7 +127,7 @@ impl DropRoot {
             Some(false) => return Ok(Removal::Replaced),
             Some(true) => {}
         }
-        let aside = fsutil::temp_name();
+        let aside = fsutil::TempKind::Staged.name();
         match rustix::fs::renameat_with(&dir, name, &dir, aside.as_str(), RenameFlags::NOREPLACE) {
             Ok(()) => {}
             Err(rustix::io::Errno::NOENT) => return Ok(Removal::Missing),

@@ -2,12 +2,11 @@
 //!
 //! Takes absolute paths (from a watcher, a scan, an ingress) and gives back confined,
 //! tenant-relative paths, or nothing. Knows which names are temporary, which files are
-//! recordings, metadata or zip batches; unpacks zip batches safely ([`unzip`]). Nothing here
+//! recordings, metadata or zip batches. Nothing here
 //! follows a path out of a tenant's folder, and nothing here knows the catalog: moving decided
 //! files to the archive is a stage of its own ([`crate::archive`]).
 
 mod held;
-mod unzip;
 
 use std::fs::{self, File};
 use std::io;
@@ -22,7 +21,6 @@ use crate::tenant::TenantId;
 // A file's identity is below the drop folder (quotas key files by it too); named here as well.
 pub use crate::fsutil::FileId;
 pub use held::{HeldFile, Removal};
-pub use unzip::{Unpacked, ZipLimits, ZipQuota, unpack_zip};
 
 /// The folder, inside each tenant's drop folder, where we write reports; never ingested.
 pub const REPORTS_DIR: &str = "reports";
@@ -191,8 +189,8 @@ impl DropRoot {
                     continue;
                 };
                 let ft = entry.file_type()?;
-                if ft.is_file() && fsutil::is_our_temp(&name) {
-                    // Left by a crash mid-unzip; the archive is unpacked again.
+                if ft.is_file() && fsutil::TempKind::of(&name) == Some(fsutil::TempKind::Staged) {
+                    // Left by a crash before it was put in place; its writer starts again.
                     let _ = fs::remove_file(entry.path());
                     continue;
                 }

@@ -391,7 +391,7 @@ impl Forwarder {
                 use std::os::unix::fs::MetadataExt;
                 f.metadata().is_ok_and(|m| {
                     m.len() as i64 == rec.size
-                        && m.mtime() * 1_000_000_000 + m.mtime_nsec() == rec.mtime_ns
+                        && crate::fsutil::mtime_ns(&m) == rec.mtime_ns
                         && (from_archive || rec.file.is_none_or(|id| id == (m.dev(), m.ino())))
                 })
             };

@@ -13,21 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::catalog::Via;
 use crate::dropbox::RelPath;
 use crate::tenant::TenantId;
 
-/// A file whose writer is done: closed after writing, or renamed to its final name. Each
-/// arrival is announced once, by the ingress that made it: the watcher leaves our own renames
-/// into place to the ingress that made them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Arrived {
-    pub tenant: TenantId,
-    pub rel: RelPath,
-    pub via: Via,
-    /// Its digest, if its ingress hashed it while writing.
-    pub digest: Option<KnownDigest>,
-}
+pub use crate::arrival::{Arrived, KnownDigest};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngressEvent {
@@ -48,15 +37,6 @@ pub enum IngressEvent {
         tenant: TenantId,
         rel: RelPath,
     },
-}
-
-/// A file's SHA-256, valid while its size and mtime are these: what an ingress of ours computed
-/// while writing it, so that intake need not read it again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KnownDigest {
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub sha256: [u8; 32],
 }
 
 /// Renames an ingress of ours makes on a client's behalf and announces itself (an SFTP RENAME

@@ -64,7 +64,7 @@ pub fn start(drop: DropRoot, tx: mpsc::Sender<IngressEvent>, own: OwnRenames) ->
                     .first()
                     .and_then(|p| p.file_name())
                     .and_then(|n| n.to_str())
-                    .is_some_and(crate::fsutil::is_our_temp_prefix);
+                    .is_some_and(crate::fsutil::is_ours);
                 from_ours = Some((event.tracker(), ours));
                 None
             }

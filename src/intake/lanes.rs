@@ -238,12 +238,7 @@ impl Recorder {
                 metrics::counter!("dropsync_arrivals_total", "tenant" => tenant.to_string(), "via" => via.as_str())
                     .increment(1);
                 let mut item = self.intake.file_item(&tenant, &rel, via, now);
-                // Hashed while it was written: intake need not read it again while it is as it was.
-                if let Some(d) = digest {
-                    item.size = Some(d.size);
-                    item.mtime_ns = Some(d.mtime_ns);
-                    item.sha256 = Some(hex::encode(d.sha256));
-                }
+                item.known(digest.as_ref());
                 vec![item]
             }
             IngressEvent::Rescan { tenant: Some(t) } => vec![scan(t.as_str(), String::new())],

@@ -85,7 +85,7 @@ impl Stamp {
     fn of(meta: &std::fs::Metadata) -> Stamp {
         Stamp {
             size: meta.len(),
-            mtime_ns: mtime_ns(meta),
+            mtime_ns: crate::fsutil::mtime_ns(meta),
             ino: meta.ino(),
         }
     }
@@ -558,8 +558,4 @@ impl Intake {
         self.archiver.archive(&decided)?;
         Ok(())
     }
-}
-
-fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
-    meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
 }

@@ -1,9 +1,13 @@
 //! Zip batches at intake: unpacked within the tenant's limits and quota (see
-//! [`crate::dropbox::unpack_zip`]), each entry then a work item of its own.
+//! [`crate::arrival::unpack_zip`]), each entry then a work item of its own, carrying the digest
+//! taken as it was written.
+
+use std::sync::Arc;
 
 use super::{Intake, IntakeError};
+use crate::arrival::{self, UnzipError, ZipLimits, ZipQuota};
 use crate::catalog::{NewIntake, Via, now_ms};
-use crate::dropbox::{self, RelPath, ZipLimits, ZipQuota};
+use crate::dropbox::RelPath;
 use crate::tenant::Tenant;
 
 impl Intake {
@@ -29,9 +33,13 @@ impl Intake {
                     limits: &self.quotas,
                     tenant: &tenant.id,
                 };
-                dropbox::unpack_zip(archive, &dest, &ZipLimits::of(&self.config.get().matching), &quota)
+                let limits = ZipLimits::of(&self.config.get().matching);
+                arrival::unpack_zip(archive, Arc::new(dest), rel.dir(), &limits, &quota)
             }
-            Err(e) => Err(format!("cannot be opened: {e}")),
+            Err(e) => Err(UnzipError::Io {
+                what: "the archive cannot be opened".into(),
+                source: e,
+            }),
         };
         match unpacked {
             Ok(unpacked) => {
@@ -50,12 +58,20 @@ impl Intake {
                 let items: Vec<NewIntake> = unpacked
                     .files
                     .iter()
-                    .filter_map(|name| RelPath::join_dir(rel.dir(), name))
-                    .map(|entry| self.file_item(&tenant.id, &entry, via, now))
+                    .map(|entry| {
+                        let mut item = self.file_item(&tenant.id, &entry.rel, via, now);
+                        item.known(entry.digest.as_ref());
+                        item
+                    })
                     .collect();
                 self.catalog.intake_queue().enqueue_intake(&items, now)?;
             }
-            Err(reason) => {
+            // Our side failed: the item is tried again later, as any other.
+            Err(UnzipError::Io { what, source }) => {
+                tracing::warn!(error = %source, "{what}; the zip batch is unpacked again later");
+                return Err(IntakeError::Io(source));
+            }
+            Err(UnzipError::Refused(reason)) => {
                 tracing::warn!(reason = %reason, "zip batch rejected");
                 self.catalog.files().finish_zip(id, Err(reason))?;
             }

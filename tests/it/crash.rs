@@ -96,7 +96,7 @@ fn uploads_left_by_a_crash_are_completed_or_removed_at_start() {
     d.stop();
     let a = audio("after-close", 5_000);
     let drop_dir = d.drop_dir("acme");
-    let closed = drop_dir.join(".dropsync-upload-00000000000000aa-x1.wav");
+    let closed = drop_dir.join(".dropsync-upload-00000000000000aa");
     std::fs::write(&closed, &a).unwrap();
     let out = std::process::Command::new("python3")
         .arg("-c")
@@ -107,7 +107,7 @@ fn uploads_left_by_a_crash_are_completed_or_removed_at_start() {
         .output()
         .expect("python3 is missing");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let cut = drop_dir.join(".dropsync-upload-00000000000000bb-x2.wav");
+    let cut = drop_dir.join(".dropsync-upload-00000000000000bb");
     std::fs::write(&cut, b"RIFF, then the connection went away").unwrap();
     d.put(
         "acme",
@@ -121,21 +121,21 @@ fn uploads_left_by_a_crash_are_completed_or_removed_at_start() {
     assert!(!drop_dir.join("x2.wav").exists());
 }
 
-/// Entries of the zip in the crash test: a few fsync batches (256 files each) of recordings.
+/// Entries of the zip in the crash test: recordings of 20 to 60 KB.
 const ZIP_ENTRIES: usize = 600;
 
 /// Starts `d` and kills it (`kill -9`) as soon as the log shows `line` once more than before.
 fn kill_at(d: &mut Daemon, line: &str) {
     let before = d.log().matches(line).count();
-    d.start_with_env(&[("RUST_LOG", "info,dropsync::dropbox::unzip=debug")]);
+    d.start_with_env(&[("RUST_LOG", "info,dropsync::arrival=debug")]);
     wait_for(&format!("{line:?} in the log"), Duration::from_secs(120), || {
         d.log().matches(line).count() > before
     });
     d.kill9();
 }
 
-/// `kill -9` while a zip is being unpacked: before any entry is synced, after a batch of them
-/// is, and once all are in place; after a final start every entry is recorded once and
+/// `kill -9` while a zip is being unpacked: before any entry is synced, once they are synced
+/// but not yet renamed into place, and once all are in place; after a final start every entry is recorded once and
 /// forwarded intact, and no temp file is left.
 #[test]
 fn a_zip_unpacked_across_kill_9s_loses_and_duplicates_no_entry() {
@@ -161,8 +161,8 @@ fn a_zip_unpacked_across_kill_9s_loses_and_duplicates_no_entry() {
     std::fs::create_dir_all(d.drop_dir("acme")).unwrap();
     std::fs::rename(&zip_path, d.drop_dir("acme").join("calls.zip")).unwrap();
 
-    // Nothing synced yet; a batch synced; all unpacked (perhaps not yet recorded).
-    for line in ["unpacking zip batch", "zip entries synced", "zip batch unpacked"] {
+    // Nothing synced yet; all synced, none renamed; all unpacked (perhaps not yet recorded).
+    for line in ["unpacking zip batch", "arrivals synced", "zip batch unpacked"] {
         kill_at(&mut d, line);
     }
     let log = d.log();

@@ -142,7 +142,7 @@ fn wait_partial_download(d: &Daemon) {
     let drop_dir = d.drop_dir("acme");
     wait_for("a partial download", T, || {
         std::fs::read_dir(&drop_dir).unwrap().flatten().any(|e| {
-            e.file_name().to_string_lossy().starts_with(".dropsync-ftp-")
+            e.file_name().to_string_lossy().starts_with(".dropsync-pull-")
                 && e.metadata().is_ok_and(|m| m.len() > 1 << 20)
         })
     });

@@ -310,7 +310,7 @@ fn hold_write_lock(db: &Path) -> std::process::Child {
 /// The hidden name an FTP pull of `path` from the source `key` is written under.
 fn ftp_temp_name(key: &str, path: &str) -> String {
     format!(
-        ".dropsync-ftp-{}.part",
+        ".dropsync-pull-{}",
         &sha256_hex(format!("{key}\n{path}").as_bytes())[..16]
     )
 }

@@ -16,6 +16,7 @@ use tokio::io::AsyncReadExt;
 use super::data::{self, DataTls, Passive};
 use super::listing::{self, Entry, Format};
 pub use super::tls::Tls;
+use crate::arrival::file::{ArrivingFile, Background};
 use crate::catalog::RemoteFile;
 use crate::dropbox::{RelPath, is_temp_name};
 use crate::tenant::FtpSource;
@@ -396,31 +397,27 @@ impl FtpClient {
         }
     }
 
-    /// Downloads `remote` into `file` (the temp file at `tmp`, opened by the caller), resuming
-    /// after the `resume_from` bytes already there when the server takes REST, and checks it has
-    /// `expected` bytes. Returns the writer, which the caller finishes (fsync) while this
-    /// connection moves on, and the bytes received now.
+    /// Downloads `remote` into `file` (its temp file at `tmp`, opened by the caller), resuming
+    /// after the bytes it keeps when the server takes REST, and checks it has `expected` bytes.
+    /// Returns the writer, which the caller finishes while this connection moves on, and the
+    /// bytes received now.
     pub async fn download(
         &mut self,
         remote: &str,
-        mut file: std::fs::File,
+        mut file: ArrivingFile,
         tmp: &Path,
-        resume_from: u64,
         expected: u64,
-    ) -> Result<(crate::fsutil::BackgroundWriter, u64)> {
+    ) -> Result<(Background, u64)> {
         let local = |source| FtpPollError::Local {
             path: tmp.to_path_buf(),
             source,
         };
-        let have = file.metadata().map_err(local)?.len();
-        let mut offset = if resume_from > 0 && resume_from == have && have < expected {
-            have
-        } else {
-            0
-        };
         let op = format!("RETR {remote}");
         let mut stream = loop {
-            file.set_len(offset).map_err(local)?;
+            if file.len() >= expected {
+                file.restart().map_err(local)?;
+            }
+            let offset = file.len();
             if offset > 0 {
                 let _ = self.ftp.resume_transfer(offset as usize).await;
             }
@@ -432,18 +429,17 @@ impl FtpClient {
                     ..
                 }) if offset > 0 => {
                     tracing::info!(file = remote, reply = %r, "the server would not resume; downloading from the start");
-                    offset = 0;
+                    file.restart().map_err(local)?;
                 }
                 Err(e) => return Err(e),
             }
         };
+        let offset = file.len();
         if offset > 0 {
             tracing::info!(file = remote, offset, "resuming an interrupted download");
         }
-        use std::io::Seek;
-        file.seek(std::io::SeekFrom::Start(offset)).map_err(local)?;
         // The disk is written on a blocking thread while the next chunk comes in.
-        let mut writer = crate::fsutil::BackgroundWriter::start(file);
+        let mut writer = Background::start(file);
         let mut got = 0u64;
         loop {
             let mut buf = writer.buffer(CHUNK);
@@ -463,14 +459,14 @@ impl FtpClient {
                     expected,
                 });
             }
-            writer.write(buf).await.map_err(local)?;
+            writer.write(buf).await.map_err(|e| local(e.into()))?;
             if eof {
                 break;
             }
         }
         timed(&op, self.timeout, stream.finish()).await?;
         if offset + got != expected {
-            // What came is kept (made durable by the writer) for a resume at the next poll.
+            // What came is kept for a resume at the next poll.
             let _ = writer.finish().await;
             return Err(FtpPollError::Short {
                 path: remote.to_owned(),

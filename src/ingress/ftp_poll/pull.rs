@@ -1,6 +1,8 @@
 //! Pulling one poll's files: over up to `connections` control connections, each download into
-//! a hidden temp file (resumed with REST when a version's bytes are already there), checked
-//! against the listed size, fsynced, renamed into place and recorded; then the arrival.
+//! a hidden temp file (resumed with REST when a version's bytes are already there) and checked
+//! against the listed size. A connection's received files are then made durable and put in
+//! place together ([`crate::arrival::Batch`]: their fsyncs issued together, each folder synced
+//! once), recorded, and announced, while the connection goes on to the next files.
 //!
 //! Downloads are written through the drop folder held open (see [`crate::confine`]): the
 //! file's folder is created and opened level by level with no link followed, and the temp file
@@ -8,28 +10,29 @@
 //! local writer plants in a drop folder, as a folder or at a temp name, fails that one file with
 //! "links are not followed"; nothing is written outside the drop folder.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::AtFlags;
 
 use super::*;
+use crate::arrival::file::{ArrivingFile, Background};
+use crate::arrival::{Batch, Placement, Replace};
+use crate::fsutil::TempKind;
 
 /// A file received into its temp name, not yet durable.
 struct Received {
-    writer: crate::fsutil::BackgroundWriter,
-    /// The file's folder, held open: the temp file is renamed into place in it.
-    dir: OwnedFd,
-    tmp_name: String,
-    /// Paths, for messages and the via hint only; no I/O goes by them.
+    writer: Background,
+    pulled: Pulled,
+}
+
+/// What is known of a file pulled.
+struct Pulled {
+    job: Job,
+    remote: String,
+    /// Its temp file's path, for messages only; no I/O goes by it.
     tmp: PathBuf,
-    target: PathBuf,
-    rel: RelPath,
     started: Instant,
-    /// The file's place in the quota: covers the temp file, kept once it is in place.
-    grant: Option<FileGrant>,
 }
 
 /// A file's size once pulled, or why it was not.
@@ -37,8 +40,13 @@ type PullResult = Result<u64, (String, FtpPollError)>;
 /// What finishing a file gives: (path, server path, size).
 type Finished = Result<(String, String, u64), (String, FtpPollError)>;
 
-/// Files one connection may have received and not yet made durable.
+/// Batches of received files one connection may have waiting to be made durable.
 const MAX_FINISHING: usize = 4;
+
+/// Received files put in place together at most, and their bytes: enough to share the folder's
+/// fsync and the catalog's commit, few enough that a file is announced soon after it came.
+const BATCH_FILES: usize = 16;
+const BATCH_BYTES: u64 = 64 << 20;
 
 impl Poller {
     /// Drains `queue` over up to `connections` control connections; the first is `first`, the
@@ -113,7 +121,9 @@ impl Poller {
         // Files received but not yet durable and recorded. The connection moves on to the next
         // file meanwhile, so a transfer never waits for the disk or the catalog.
         let mut finishing = tokio::task::JoinSet::new();
+        let mut received: Vec<Received> = Vec::new();
         let mut session_ok = true;
+        let span = tracing::Span::current();
         loop {
             while finishing.len() >= MAX_FINISHING {
                 if let Some(done) = finishing.join_next().await {
@@ -126,23 +136,28 @@ impl Poller {
             if !session_ok {
                 break;
             }
-            let Some(mut job) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
+            let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+            let Some(job) = next else {
                 break;
             };
-            match self.fetch(&mut client, &mut job).await {
-                Ok(received) => {
-                    let remote = client.remote(&job.path);
-                    finishing.spawn(
-                        self.clone()
-                            .finish(job, remote, received)
-                            .instrument(tracing::Span::current()),
-                    );
+            match self.fetch(&mut client, job).await {
+                Ok(file) => {
+                    received.push(file);
+                    let bytes: u64 = received.iter().map(|r| r.pulled.job.state.size).sum();
+                    let more = !queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+                    if !more || received.len() >= BATCH_FILES || bytes >= BATCH_BYTES {
+                        let batch = std::mem::take(&mut received);
+                        finishing.spawn(self.clone().finish(batch).instrument(span.clone()));
+                    }
                 }
-                Err(e) => {
+                Err((path, e)) => {
                     session_ok = e.keeps_session();
-                    results.push(Err((job.path, e)));
+                    results.push(Err((path, e)));
                 }
             }
+        }
+        if !received.is_empty() {
+            finishing.spawn(self.clone().finish(received).instrument(span));
         }
         while let Some(done) = finishing.join_next().await {
             self.finished(done, &mut client, &mut session_ok, &mut results).await;
@@ -157,7 +172,7 @@ impl Poller {
     /// server now that the catalog has it (a dead session leaves that to the next poll).
     async fn finished(
         &self,
-        done: Result<Finished, tokio::task::JoinError>,
+        done: Result<Vec<Finished>, tokio::task::JoinError>,
         client: &mut FtpClient,
         session_ok: &mut bool,
         results: &mut Vec<PullResult>,
@@ -165,6 +180,18 @@ impl Poller {
         let Ok(done) = done else {
             return;
         };
+        for done in done {
+            self.finished_one(done, client, session_ok, results).await;
+        }
+    }
+
+    async fn finished_one(
+        &self,
+        done: Finished,
+        client: &mut FtpClient,
+        session_ok: &mut bool,
+        results: &mut Vec<PullResult>,
+    ) {
         match done {
             Ok((path, remote, size)) => {
                 results.push(Ok(size));
@@ -181,26 +208,19 @@ impl Poller {
     }
 
     /// Receives one file into its temp name (resuming what is there when it belongs to the
-    /// same version), checked against the listed size; not yet fsynced.
-    async fn fetch(&self, client: &mut FtpClient, job: &mut Job) -> Result<Received, FtpPollError> {
+    /// same version), checked against the listed size; not yet durable.
+    async fn fetch(&self, client: &mut FtpClient, mut job: Job) -> Result<Received, (String, FtpPollError)> {
         let Some(rel) = RelPath::parse(&job.path) else {
-            return Err(FtpPollError::Listing {
-                path: job.path.clone(),
-                why: "not a valid path".into(),
-            });
+            let why = "not a valid path".into();
+            return Err((job.path.clone(), FtpPollError::Listing { path: job.path, why }));
         };
-        let target = self.ctx.drops.path_of(&self.tenant, &rel);
         let tmp_name = temp_name(&self.key, &job.path);
-        let tmp = target.with_file_name(&tmp_name);
-        let (drops, tenant, dir, name, mut grant) = (
-            self.ctx.drops.clone(),
-            self.tenant.clone(),
-            rel.dir().to_owned(),
-            tmp_name.clone(),
-            job.grant.take(),
-        );
-        let (dir, file, grant) = tokio::task::spawn_blocking(move || {
-            open_temp(&drops, &tenant, &dir, &name, grant.as_mut()).map(|(dir, file)| (dir, file, grant))
+        let tmp = self.ctx.drops.path_of(&self.tenant, &rel).with_file_name(&tmp_name);
+        let keep = if job.resumable { u64::MAX } else { 0 };
+        let (drops, tenant, grant) = (self.ctx.drops.clone(), self.tenant.clone(), job.grant.take());
+        let file = tokio::task::spawn_blocking(move || {
+            let dir = drops.confined(&tenant)?.ensure_dir(rel.dir())?;
+            ArrivingFile::resume(Arc::new(dir), rel, tmp_name, keep, grant)
         })
         .await
         .map_err(|e| io::Error::other(e.to_string()))
@@ -208,78 +228,120 @@ impl Poller {
         .map_err(|source| FtpPollError::Local {
             path: tmp.clone(),
             source,
-        })?;
-        let resume_from = match file.metadata() {
-            Ok(m) if job.resumable => m.len(),
-            _ => 0,
+        });
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => return Err((job.path, e)),
         };
         let remote = client.remote(&job.path);
         let started = Instant::now();
-        match client.download(&remote, file, &tmp, resume_from, job.state.size).await {
+        match client.download(&remote, file, &tmp, job.state.size).await {
             Ok((writer, received)) => {
                 metrics::counter!("dropsync_received_bytes_total", "via" => "ftp").increment(received);
                 Ok(Received {
                     writer,
-                    dir,
-                    tmp_name,
-                    tmp,
-                    target,
-                    rel,
-                    started,
-                    grant,
+                    pulled: Pulled {
+                        job,
+                        remote,
+                        tmp,
+                        started,
+                    },
                 })
             }
             Err(e) => {
                 if matches!(e, FtpPollError::Changed { .. }) {
-                    let _ = rustix::fs::unlinkat(&dir, tmp_name.as_str(), AtFlags::empty());
+                    self.remove_temp(&job.path);
                 }
-                Err(e)
+                Err((job.path, e))
             }
         }
     }
 
-    /// Makes a received file durable and an arrival: fsync, rename into place, fsync the
-    /// folder, record it in the catalog, tell intake.
-    async fn finish(self: Arc<Self>, job: Job, remote: String, r: Received) -> Finished {
-        let failed = |e: FtpPollError| (job.path.clone(), e);
-        let local = |path: &PathBuf| {
-            let path = path.clone();
-            move |source| FtpPollError::Local { path, source }
-        };
-        let sha256 = r.writer.finish().await.map_err(local(&r.tmp)).map_err(failed)?;
-        // The digest goes with the arrival, sparing intake reading the file again for it. (The
-        // watcher leaves the rename from our temp name alone: this is its only announcement.)
-        let meta = rustix::fs::statat(&r.dir, r.tmp_name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(io::Error::from)
-            .map_err(local(&r.tmp))
-            .map_err(failed)?;
-        let digest = KnownDigest {
-            size: meta.st_size.max(0) as u64,
-            mtime_ns: meta.st_mtime * 1_000_000_000 + meta.st_mtime_nsec as i64,
-            sha256,
-        };
-        let (dir, tmp_name, name, grant) = (r.dir, r.tmp_name, r.rel.file_name().to_owned(), r.grant);
-        tokio::task::spawn_blocking(move || put_in_place(&dir, &tmp_name, &name, grant))
+    /// Makes a connection's received files durable and arrivals, together: synced, renamed
+    /// into place, each folder synced once ([`Batch`]); then recorded in the catalog, one file
+    /// at a time, and each announced to intake with its digest once it is recorded.
+    async fn finish(self: Arc<Self>, received: Vec<Received>) -> Vec<Finished> {
+        let local = |r: Pulled, source: io::Error| Err((r.job.path, FtpPollError::Local { path: r.tmp, source }));
+        let mut out = Vec::with_capacity(received.len());
+        let mut batch = Batch::new();
+        let mut pulled = Vec::with_capacity(received.len());
+        for Received { writer, pulled: r } in received {
+            match writer.finish().await.map(|w| batch.add(w)) {
+                Ok(Ok(())) => pulled.push(r),
+                // The batch is gone: every file in it waits for the next poll.
+                Ok(Err(e)) => {
+                    let why = e.to_string();
+                    out.extend(pulled.drain(..).map(|p| local(p, io::Error::other(why.clone()))));
+                    out.push(local(r, e));
+                }
+                Err(e) => out.push(local(r, e.into())),
+            }
+        }
+        let placing = tokio::task::spawn_blocking(move || batch.place(Replace::Allowed))
             .await
             .map_err(|e| io::Error::other(e.to_string()))
-            .and_then(|r| r)
-            .map_err(local(&r.target))
-            .map_err(failed)?;
+            .and_then(|r| r);
+        let Placement { placed, failed } = match placing {
+            Ok(done) => done,
+            Err(e) => {
+                let why = e.to_string();
+                out.extend(pulled.into_iter().map(|r| local(r, io::Error::other(why.clone()))));
+                return out;
+            }
+        };
+        let mut failed: HashMap<String, io::Error> = failed
+            .into_iter()
+            .map(|(rel, e)| (rel.as_str().to_owned(), e))
+            .collect();
+        let mut placed: HashMap<String, Option<KnownDigest>> = placed
+            .into_iter()
+            .map(|p| (p.rel.as_str().to_owned(), p.digest))
+            .collect();
+        for r in pulled {
+            if let Some(source) = failed.remove(&r.job.path) {
+                out.push(local(r, source));
+                continue;
+            }
+            let digest = placed.remove(&r.job.path).flatten();
+            out.push(self.record_pulled(r, digest).await);
+        }
+        out
+    }
+
+    /// Records a pulled file, now in place, and announces it.
+    async fn record_pulled(&self, r: Pulled, digest: Option<KnownDigest>) -> Finished {
+        let Pulled {
+            job, remote, started, ..
+        } = r;
+        let Some(rel) = RelPath::parse(&job.path) else {
+            return Err((
+                job.path.clone(),
+                FtpPollError::Listing {
+                    path: job.path,
+                    why: "not a valid path".into(),
+                },
+            ));
+        };
         let (key, path, size, mtime) = (self.key.clone(), job.path.clone(), job.state.size, job.state.mtime_ms);
-        self.ctx
+        let recorded = self
+            .ctx
             .catalog
             .run(move |c| c.ftp_state().ftp_mark_downloaded(&key, &path, size, mtime, now_ms()))
-            .await
-            .map_err(|e| failed(e.into()))?;
-        tracing::info!(file = %r.rel.as_str(), bytes = size, took_ms = r.started.elapsed().as_millis() as u64, "pulled");
+            .await;
+        if let Err(e) = recorded {
+            return Err((job.path, FtpPollError::from(e)));
+        }
+        tracing::info!(file = %rel.as_str(), bytes = size, took_ms = started.elapsed().as_millis() as u64, "pulled");
+        // The digest goes with the arrival, sparing intake reading the file again for it. (The
+        // watcher leaves the rename from our temp name alone: this is its only announcement.)
         let _ = self
             .ctx
             .events
             .send(IngressEvent::Arrived(Arrived {
                 tenant: self.tenant.clone(),
-                rel: r.rel,
+                rel,
                 via: Via::Ftp,
-                digest: Some(digest),
+                digest,
             }))
             .await;
         Ok((job.path, remote, size))
@@ -297,51 +359,10 @@ impl Poller {
     }
 }
 
-/// The folder `dir` of the tenant's drop folder, created if missing and held open, and the temp
-/// file `name` in it, opened for reading and writing (created if missing). No link is followed:
-/// not on the way to the folder, nor at the temp name. The temp file is `grant`'s to count from
-/// here on, not the walk of the folder's (it would count it twice).
-fn open_temp(
-    drops: &DropRoot,
-    tenant: &TenantId,
-    dir: &str,
-    name: &str,
-    grant: Option<&mut FileGrant>,
-) -> io::Result<(OwnedFd, File)> {
-    let dir = drops.confined(tenant)?.ensure_dir(dir)?;
-    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    match rustix::fs::openat(&dir, name, flags, Mode::from_raw_mode(0o640)) {
-        Ok(fd) => {
-            let file = File::from(fd);
-            if let Some(grant) = grant {
-                grant.cover(crate::dropbox::FileId::of(&file.metadata()?));
-            }
-            Ok((dir, file))
-        }
-        Err(rustix::io::Errno::LOOP) => Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "no such file (links are not followed)",
-        )),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Renames a received file from `tmp_name` into place as `name` in `dir`, then fsyncs the
-/// folder. Its grant is kept as soon as it is in place: it counts as held at once, not only
-/// from the next walk of the folder.
-fn put_in_place(dir: &OwnedFd, tmp_name: &str, name: &str, grant: Option<FileGrant>) -> io::Result<()> {
-    rustix::fs::renameat(dir, tmp_name, dir, name)?;
-    if let Some(grant) = grant {
-        grant.keep();
-    }
-    Ok(rustix::fs::fsync(dir)?)
-}
-
-/// The hidden name a download is written under, next to its final name. It ends in `.part`, not
-/// `.tmp`, so the start-up scan keeps it for resuming.
+/// The hidden name a download is written under, next to its final name: the same for the same
+/// source and path, so that a download cut short is found and resumed.
 fn temp_name(source_key: &str, path: &str) -> String {
-    let digest = Sha256::digest(format!("{source_key}\n{path}").as_bytes());
-    format!(".dropsync-ftp-{}.part", hex::encode(&digest[..8]))
+    TempKind::Pull.name_for(&format!("{source_key}\n{path}"))
 }
 
 #[cfg(test)]
@@ -360,13 +381,17 @@ mod tests {
         let fits = |n: u64| limits.open_file(acme, "c2.wav").and_then(|mut g| g.grow_to(n)).is_ok();
         let mut grant = limits.open_file(acme, "c1.wav").unwrap();
         grant.grow_to(600).unwrap();
-        let (dir, mut file) = open_temp(drops, acme, "", ".dropsync-ftp-0.part", Some(&mut grant)).unwrap();
-        std::io::Write::write_all(&mut file, &[0; 600]).unwrap();
+        let dir = Arc::new(drops.confined(acme).unwrap().ensure_dir("").unwrap());
+        let rel = RelPath::parse("c1.wav").unwrap();
+        let mut file = ArrivingFile::resume(dir, rel, temp_name("src", "c1.wav"), 0, Some(grant)).unwrap();
+        file.append(&[0; 600]).unwrap();
         // A walk while it downloads: 600 counted by its grant, not again by the walk.
         limits.refresh(drops);
         assert!(fits(400), "the temp file is counted twice");
-        drop(file);
-        put_in_place(&dir, ".dropsync-ftp-0.part", "c1.wav", Some(grant)).unwrap();
+        let mut batch = Batch::new();
+        batch.add(file.finish().unwrap()).unwrap();
+        let placement = batch.place(Replace::Allowed).unwrap();
+        assert_eq!(placement.placed[0].rel.as_str(), "c1.wav");
         // In place: held at once, before any walk, and once after one.
         assert!(!fits(401), "the pulled file is not counted until the next walk");
         limits.refresh(drops);

@@ -22,6 +22,7 @@ use crate::ingress::OwnRenames;
 
 use crate::confine::Confined;
 use crate::dropbox::{REPORTS_DIR, is_temp_name};
+use crate::fsutil::is_ours;
 
 /// An SFTP error: the status code and a message for the user.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,17 +101,12 @@ impl VPath {
         self.0.first().is_some_and(|p| p == REPORTS_DIR)
     }
     fn hidden(&self) -> bool {
-        self.0.iter().any(|p| is_internal(p))
+        self.0.iter().any(|p| is_ours(p))
     }
     /// The path relative to the drop folder ("a/b.wav").
     pub fn rel(&self) -> String {
         self.0.join("/")
     }
-}
-
-/// Our own files in a drop folder, never shown to or touched by clients.
-pub fn is_internal(name: &str) -> bool {
-    name.starts_with(".dropsync-")
 }
 
 /// The tenant's folder, as its SFTP client sees it.
@@ -222,7 +218,7 @@ impl TenantFs {
     pub fn mkdir(&self, raw: &str) -> FsResult<()> {
         let v = VPath::parse(raw)?;
         self.writable(&v)?;
-        if is_internal(v.name()) {
+        if is_ours(v.name()) {
             return Err(FsError::denied(&v, "names starting with .dropsync- are reserved"));
         }
         self.real(&v)?;
@@ -255,7 +251,7 @@ impl TenantFs {
         let (vf, vt) = (VPath::parse(from)?, VPath::parse(to)?);
         self.writable(&vf)?;
         self.writable(&vt)?;
-        if is_internal(vt.name()) {
+        if is_ours(vt.name()) {
             return Err(FsError::denied(&vt, "names starting with .dropsync- are reserved"));
         }
         let (pf, pt) = (self.real(&vf)?, self.real(&vt)?);
@@ -400,7 +396,7 @@ pub fn attrs(m: &fs::Metadata) -> FileAttributes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingress::sftp::durable::{mark_complete, recover_uploads};
+    use crate::arrival::recover::{recover_uploads, seal};
     use crate::ingress::sftp::pending::Pending;
     use crate::ingress::sftp::upload::FinishedUpload;
 
@@ -593,7 +589,7 @@ mod tests {
         // Closed: marked complete (as CLOSE does), but a crash came before the rename.
         let done = put(&t, "/sub/c1.wav", true, false).unwrap();
         write(&done, b"RIFF-all");
-        let xattrs = mark_complete(&done.file, "c1.wav").is_ok();
+        let xattrs = seal(&done.file, "c1.wav").unwrap();
         // Cut: the connection went away mid-upload (or the daemon died).
         let cut = put(&t, "/c2.wav", true, false).unwrap();
         write(&cut, b"RIF");
@@ -608,7 +604,7 @@ mod tests {
         }
         // A marker naming something outside its folder is not followed.
         let evil = put(&t, "/c3.wav", true, false).unwrap();
-        mark_complete(&evil.file, "../x.wav").unwrap();
+        assert!(seal(&evil.file, "../x.wav").unwrap());
         let (tmp_done, tmp_cut, tmp_evil) = (done.tmp.clone(), cut.tmp.clone(), evil.tmp.clone());
         drop((done, cut, evil));
         assert_eq!(recover_uploads(t.root()).unwrap(), (1, 2));

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use russh_sftp::protocol::StatusCode;
 
-use super::fs::{FsError, FsResult, TenantFs, VPath, attrs, is_internal};
+use super::fs::{FsError, FsResult, TenantFs, VPath, attrs};
+use crate::fsutil::is_ours;
 
 /// A folder being listed (an OPENDIR handle).
 pub struct Listing {
@@ -62,7 +63,7 @@ impl TenantFs {
             let Ok(name) = e.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            if name == "." || name == ".." || is_internal(&name) {
+            if name == "." || name == ".." || is_ours(&name) {
                 continue;
             }
             let child = if rel.is_empty() {

@@ -7,7 +7,6 @@
 //! Completed uploads leave as [`IngressEvent::Arrived`]; SFTP code never matches anything.
 
 pub mod auth;
-pub mod durable;
 pub mod failures;
 pub mod fs;
 pub mod handler;

@@ -13,12 +13,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use russh_sftp::protocol::StatusCode;
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::AtFlags;
 
-use super::durable::{UPLOAD_PREFIX, mark_complete};
-use super::fs::{FsError, FsResult, TenantFs, VPath, is_internal};
+use super::fs::{FsError, FsResult, TenantFs, VPath};
 use super::pending::{LastClose, Pending};
+use crate::arrival::file::create_temp;
+use crate::arrival::recover::{put_in_place as rename_or_remove, seal};
 use crate::dropbox::{FileId, is_temp_name};
+use crate::fsutil::{TempKind, is_ours};
 use crate::limits::FileGrant;
 
 /// What [`TenantFs::finish_upload`] leaves to its caller.
@@ -48,7 +50,7 @@ impl TenantFs {
     pub fn open_write(&self, raw: &str, truncate: bool, exclusive: bool, grant: &Granter) -> FsResult<Opened> {
         let v = VPath::parse(raw)?;
         self.writable(&v)?;
-        if is_internal(v.name()) {
+        if is_ours(v.name()) {
             return Err(FsError::denied(&v, "names starting with .dropsync- are reserved"));
         }
         let target = self.real(&v)?;
@@ -81,15 +83,8 @@ impl TenantFs {
         };
         let original = kept.as_ref().map(|(_, id, len)| (*id, *len));
         let mut grant = grant(&v, original).map_err(|why| FsError::new(StatusCode::Failure, why))?;
-        // A fixed-length name, so that an upload of a 255-byte name has a temp name too.
-        let tmp_name = format!("{UPLOAD_PREFIX}{:016x}", fastrand::u64(..));
-        let created = rustix::fs::openat(
-            &parent,
-            tmp_name.as_str(),
-            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o640),
-        );
-        let file = File::from(created.map_err(|e| FsError::io(&v, &e.into()))?);
+        let tmp_name = TempKind::Upload.name();
+        let file = create_temp(&parent, &tmp_name, true).map_err(|e| FsError::io(&v, &e))?;
         let tmp = target.with_file_name(&tmp_name);
         // The temp file is this grant's to count, not the walk of the folder's.
         if let (Some(g), Ok(meta)) = (grant.as_mut(), file.metadata()) {
@@ -137,13 +132,9 @@ impl TenantFs {
     /// that may arrive (not a temp name), and the folder the caller must still fsync before
     /// announcing it.
     ///
-    /// Durable close, in one journal commit where the file system keeps extended attributes:
-    /// the temp file is marked complete (`user.dropsync.final` = the final name) and fsynced,
-    /// which makes its data, its marker and its (new) name durable; then it is renamed into
-    /// place and CLOSE is answered. The rename becomes durable with the caller's folder fsync,
-    /// off the client's path; a crash before that leaves a marked temp file, which
-    /// [`recover_uploads`](super::durable::recover_uploads) renames into place at the next start. Without xattrs: fdatasync,
-    /// rename, folder fsync, all before the answer.
+    /// Durable close ([`seal`]): marked complete and fsynced in one journal commit, renamed into
+    /// place, and CLOSE answered; the caller fsyncs the folder off the client's path. Without
+    /// extended attributes: fdatasync, rename, folder fsync, all before the answer.
     pub fn finish_upload(&self, upload: Arc<Pending>, last: &LastClose, durable: bool) -> FsResult<FinishedUpload> {
         let v = last.vpath.clone();
         let folder = last.target.parent().unwrap_or(&self.root).to_path_buf();
@@ -154,18 +145,14 @@ impl TenantFs {
                 return Err(e);
             }
         };
-        let marked = durable && mark_complete(&upload.file, v.name()).is_ok();
-        let synced = if marked {
-            upload.file.sync_all()
-        } else if durable {
-            upload.file.sync_data()
-        } else {
-            Ok(())
+        let marked = match durable.then(|| seal(&upload.file, v.name())) {
+            Some(Ok(marked)) => marked,
+            Some(Err(e)) => {
+                self.discard_upload(&upload);
+                return Err(FsError::io(&v, &e));
+            }
+            None => false,
         };
-        if let Err(e) = synced {
-            self.discard_upload(&upload);
-            return Err(FsError::io(&v, &e));
-        }
         put_in_place(upload, &target_dir, v.name())
             .and_then(|()| match durable && !marked {
                 true => File::from(target_dir.try_clone()?).sync_all(),
@@ -206,21 +193,15 @@ fn copy_prefix(src: &File, dst: &File, len: u64) -> io::Result<()> {
 /// rename is a close-after-write of the final name, which the watcher would announce as a
 /// second arrival.
 fn put_in_place(upload: Arc<Pending>, target_dir: &OwnedFd, name: &str) -> io::Result<()> {
-    let rename_or_remove = |dir: &OwnedFd, tmp: &str| {
-        rustix::fs::renameat(dir, tmp, target_dir, name).map_err(|e| {
-            let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
-            io::Error::from(e)
-        })
-    };
     match Arc::try_unwrap(upload) {
         Ok(Pending { file, dir, tmp, .. }) => {
             drop(file);
             let tmp = tmp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            rename_or_remove(&dir, tmp)
+            rename_or_remove(&dir, tmp, target_dir, name)
         }
         Err(shared) => {
             tracing::debug!(file = name, "upload still held elsewhere; renamed open");
-            rename_or_remove(&shared.dir, shared.tmp_name())
+            rename_or_remove(&shared.dir, shared.tmp_name(), target_dir, name)
         }
     }
 }

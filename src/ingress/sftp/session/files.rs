@@ -5,13 +5,12 @@
 //! concurrently. Any refused or failed WRITE poisons the upload: its last CLOSE then discards it
 //! and answers with the reason.
 
-use super::digest::StreamDigest;
 use super::*;
+use crate::arrival::digest::StreamDigest;
 use crate::dropbox::FileKind;
 use crate::ingress::KnownDigest;
 use crate::ingress::sftp::fs::{FsResult, VPath};
 use crate::ingress::sftp::pending::{LastClose, Pending};
-use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 
 /// What a STATUS reply is counted as among the bytes a client has not had back.
@@ -346,11 +345,7 @@ impl Session {
         let meta = pending.file.metadata().ok();
         let size = meta.as_ref().map_or(0, |m| m.len());
         let digest = match &meta {
-            Some(m) if !last.shared => digest.finish(size).await.map(|sha256| KnownDigest {
-                size,
-                mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-                sha256,
-            }),
+            Some(m) if !last.shared => digest.finish(size).await.map(|sha256| KnownDigest::of(m, sha256)),
             _ => None,
         };
         let durable = self.ctx.fsync_on_close;

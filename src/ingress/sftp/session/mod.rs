@@ -65,7 +65,6 @@ pub struct SessionCtx {
     pub config: LiveConfig,
 }
 
-mod digest;
 mod files;
 mod packets;
 use packets::{fs_err, ok, status, take_string, too_large, unit_reply, version};

@@ -1,22 +1,22 @@
 //! Uploads and crashes: a closed upload is marked complete on its temp file before it is put
-//! in place, so that at start-up a temp file left by a crash is either renamed into place (the
-//! client was told "done") or removed (it was cut short).
+//! in place ([`seal`]), so that at start-up a temp file left by a crash is either
+//! renamed into place (the client was told "done") or removed (it was cut short).
 
 use std::fs::{self, File};
 use std::io;
 use std::path::Path;
 
-use super::fs::is_internal;
-use crate::fsutil;
+use std::os::fd::OwnedFd;
+
+use rustix::fs::AtFlags;
+
+use crate::fsutil::{self, TempKind, is_ours};
 
 /// The extended attribute that marks an upload temp file as complete; its value is the name
 /// the file was renamed to.
 const COMPLETE_XATTR: &str = "user.dropsync.final";
 
-/// Where our SFTP uploads are written until they are closed.
-pub(super) const UPLOAD_PREFIX: &str = ".dropsync-upload-";
-
-pub(super) fn mark_complete(file: &File, final_name: &str) -> io::Result<()> {
+fn mark_complete(file: &File, final_name: &str) -> io::Result<()> {
     rustix::fs::fsetxattr(
         file,
         COMPLETE_XATTR,
@@ -24,6 +24,27 @@ pub(super) fn mark_complete(file: &File, final_name: &str) -> io::Result<()> {
         rustix::fs::XattrFlags::empty(),
     )?;
     Ok(())
+}
+
+/// Makes an upload's data durable before it is renamed to `name`. Where the file system keeps
+/// extended attributes, in one journal commit: the temp file is marked complete (its final
+/// name) and fsynced, which makes its data, its marker and its name durable (`true`). The
+/// rename that follows becomes durable with its folder's fsync, which the caller may make off
+/// its client's path: a crash before it leaves a marked temp file, which [`recover_uploads`]
+/// renames into place at the next start. Without extended attributes, only the data is synced
+/// (`false`), and the caller fsyncs the folder after the rename, before it answers.
+pub fn seal(file: &File, name: &str) -> io::Result<bool> {
+    let marked = mark_complete(file, name).is_ok();
+    if marked { file.sync_all() } else { file.sync_data() }?;
+    Ok(marked)
+}
+
+/// Renames `tmp` in `dir` to `name` in `target_dir`, or removes it if that fails.
+pub fn put_in_place(dir: &OwnedFd, tmp: &str, target_dir: &OwnedFd, name: &str) -> io::Result<()> {
+    rustix::fs::renameat(dir, tmp, target_dir, name).map_err(|e| {
+        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+        io::Error::from(e)
+    })
 }
 
 fn completed_name(path: &Path) -> Option<String> {
@@ -51,7 +72,7 @@ pub fn recover_uploads(tenant_root: &Path) -> io::Result<(usize, usize)> {
             let name = entry.file_name();
             if ft.is_dir() {
                 stack.push(entry.path());
-            } else if ft.is_file() && name.to_str().is_some_and(|n| n.starts_with(UPLOAD_PREFIX)) {
+            } else if ft.is_file() && name.to_str().and_then(TempKind::of) == Some(TempKind::Upload) {
                 let mtime = entry.metadata()?.modified()?;
                 found.push((mtime, entry.path()));
             }
@@ -64,7 +85,7 @@ pub fn recover_uploads(tenant_root: &Path) -> io::Result<(usize, usize)> {
         let folder = tmp.parent().unwrap_or(tenant_root);
         // The marker names a file in the same folder, never a path and never one of ours.
         let target = completed_name(&tmp)
-            .filter(|n| crate::dropbox::RelPath::parse(n).is_some_and(|r| r.dir().is_empty()) && !is_internal(n));
+            .filter(|n| crate::dropbox::RelPath::parse(n).is_some_and(|r| r.dir().is_empty()) && !is_ours(n));
         match target {
             Some(name) => {
                 fs::rename(&tmp, folder.join(name))?;

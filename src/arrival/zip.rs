@@ -1,29 +1,21 @@
 //! Zip batches (SPEC §2): unpacked flat beside the archive, entry by entry, within limits and
-//! within the tenant's quota (SPEC §8).
+//! within the tenant's quota (SPEC §8), each entry a file arriving like any other
+//! ([`ArrivingFile`], then one [`Batch`] for the whole archive).
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use rustix::fs::{AtFlags, Mode, OFlags};
-
-use super::{FileId, is_temp_name};
+use super::{ArrivingFile, Batch, Placed, Placement, Replace, WriteStop};
 use crate::config::MatchingConfig;
-use crate::fsutil;
-use crate::limits::{FileGrant, Limits, QuotaExceeded};
+use crate::dropbox::{RelPath, is_temp_name};
+use crate::limits::Limits;
 use crate::matching::extension;
 use crate::tenant::TenantId;
 
 /// Bytes read from an entry at a time, each asked of the quota before it is written.
 const CHUNK: usize = 256 << 10;
-
-/// Entries written but not yet fsynced, held open, at most this many files or bytes: enough
-/// for their fsyncs to share journal commits, few enough to bound open descriptors and the
-/// dirty pages waiting for the disk.
-const SYNC_BATCH_FILES: usize = 256;
-const SYNC_BATCH_BYTES: u64 = 64 << 20;
 
 /// Whose quota a zip batch is unpacked into.
 pub struct ZipQuota<'a> {
@@ -31,18 +23,32 @@ pub struct ZipQuota<'a> {
     pub tenant: &'a TenantId,
 }
 
-/// Why an entry stopped being written.
-enum Stop {
-    Io(io::Error),
-    /// The archive's unpacked total passed its limit.
-    Limit,
-    Quota(QuotaExceeded),
+/// Why a zip batch was not unpacked; nothing of it is left behind either way.
+#[derive(Debug, thiserror::Error)]
+pub enum UnzipError {
+    /// The archive as it is cannot be taken (unreadable, past a limit or the quota): the
+    /// tenant is told, and the same archive would be refused again.
+    #[error("{0}")]
+    Refused(String),
+    /// Our side failed (reading the archive or writing the drop folder): a retry may help.
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
 }
 
-impl From<io::Error> for Stop {
-    fn from(e: io::Error) -> Self {
-        Stop::Io(e)
+impl UnzipError {
+    /// Whether trying again later may unpack it.
+    pub fn retry_helps(&self) -> bool {
+        matches!(self, UnzipError::Io { .. })
     }
+}
+
+/// Why an entry stopped being written.
+enum Stop {
+    Write(WriteStop),
+    /// The archive's unpacked total passed its limit.
+    Limit,
+    /// The entry's data cannot be read from the archive.
+    Corrupt(io::Error),
 }
 
 /// How much a zip batch may hold (SPEC §8).
@@ -66,36 +72,46 @@ impl ZipLimits {
 /// What a zip batch gave, entry by entry.
 #[derive(Debug, Default)]
 pub struct Unpacked {
-    /// File names now in place beside the archive.
-    pub files: Vec<String>,
+    /// Files now in place beside the archive, with their digests.
+    pub files: Vec<Placed>,
     /// Entries not unpacked, and why.
     pub refused: Vec<(String, String)>,
 }
 
-/// Unpacks `archive` into `dest` (SPEC §2 "Zip batch"): flat; entries with a folder part, `..`,
-/// an absolute path, a link, a hidden or temp name, or a nested archive are refused one by one.
-/// If the unpacked total would pass `max_bytes` (counted as bytes come out, not as the archive
-/// claims), or the tenant's quota (each entry is a file it holds, its bytes asked for as they
-/// come out), or the archive cannot be read, nothing is left behind and the reason is returned.
+/// Unpacks `archive` into `dest`, the folder `dest_rel` of the drop folder, held open (SPEC §2
+/// "Zip batch"): flat; entries with a folder part, `..`, an absolute path, a link, a hidden or
+/// temp name, or a nested archive are refused one by one. If the unpacked total would pass
+/// its limit (counted as bytes come out, not as the archive claims), or the tenant's quota
+/// (each entry is a file it holds, its bytes asked for as they come out), or the archive cannot
+/// be read, nothing is left behind and the reason is returned.
 ///
-/// Entries are written under hidden temp names and fsynced in batches of up to 256 files;
-/// only once all are written and fsynced are they renamed into place, and the folder fsynced
-/// once. A crash before that leaves only temp names, which are never ingested (the zip is
-/// unpacked again at the next start, as its intake item was not finished), and the caller
-/// records and announces entries only after this returns, so nothing is announced that a
-/// crash could take back.
-///
-/// `dest` is the folder held open (entries are created and renamed in it, whatever happens to
-/// its path meanwhile); `file` is the archive, opened by the caller.
-pub fn unpack_zip(file: File, dest: &OwnedFd, limits: &ZipLimits, quota: &ZipQuota<'_>) -> Result<Unpacked, String> {
-    let archive_len = file.metadata().map_err(|e| format!("cannot be read: {e}"))?.len();
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("is not a readable zip archive: {e}"))?;
+/// Entries are written under temp names, hashed as they are written, and made durable and put
+/// in place as one [`Batch`] once all are written; the caller records and announces them only
+/// after this returns, so nothing is announced that a crash could take back (a crash before
+/// leaves temp names only, and the zip is unpacked again at the next start, as its intake item
+/// was not finished).
+pub fn unpack_zip(
+    file: File,
+    dest: Arc<OwnedFd>,
+    dest_rel: &str,
+    limits: &ZipLimits,
+    quota: &ZipQuota<'_>,
+) -> Result<Unpacked, UnzipError> {
+    let refused = |why: String| UnzipError::Refused(why);
+    let archive_len = file
+        .metadata()
+        .map_err(|source| UnzipError::Io {
+            what: "the archive cannot be read".into(),
+            source,
+        })?
+        .len();
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| refused(format!("is not a readable zip archive: {e}")))?;
     if zip.len() as u64 > limits.max_entries {
-        return Err(format!(
+        return Err(refused(format!(
             "has {} entries, more than the limit of {} (matching.zip_max_entries); nothing was unpacked",
             zip.len(),
             limits.max_entries
-        ));
+        )));
     }
     // Counted as bytes come out, whatever the archive claims.
     let by_ratio = archive_len.saturating_mul(limits.max_ratio);
@@ -117,24 +133,14 @@ pub fn unpack_zip(file: File, dest: &OwnedFd, limits: &ZipLimits, quota: &ZipQuo
         )
     };
     let mut out = Unpacked::default();
-    // Each entry under its temp name, with its final name and the grant that counts it.
-    let mut staged: Vec<(String, String, FileGrant)> = Vec::new();
-    let remove = |tmp: &str| {
-        let _ = rustix::fs::unlinkat(dest, tmp, AtFlags::empty());
-    };
-    let cleanup = |staged: &[(String, String, FileGrant)]| {
-        for (tmp, ..) in staged {
-            remove(tmp);
-        }
-    };
+    let mut batch = Batch::new();
     let mut total = 0u64;
-    let mut unsynced = Unsynced::default();
     for i in 0..zip.len() {
         let mut entry = match zip.by_index(i) {
             Ok(e) => e,
             Err(e) => {
-                cleanup(&staged);
-                return Err(format!("entry {} cannot be read: {e}", i + 1));
+                batch.discard();
+                return Err(refused(format!("entry {} cannot be read: {e}", i + 1)));
             }
         };
         let name = match entry.name() {
@@ -148,54 +154,56 @@ pub fn unpack_zip(file: File, dest: &OwnedFd, limits: &ZipLimits, quota: &ZipQuo
         if entry.is_dir() {
             continue;
         }
-        if let Some(why) = refusal(&entry, &name) {
-            out.refused.push((name, why.to_owned()));
-            continue;
-        }
-        let mut grant = match quota.limits.open_file(quota.tenant, &name) {
-            Ok(g) => g,
-            Err(e) => {
-                cleanup(&staged);
-                return Err(format!("{e}; nothing was unpacked"));
+        let rel = match refusal(&entry, &name) {
+            Some(why) => Err(why),
+            None => RelPath::join_dir(dest_rel, &name).ok_or("has a name that is not safe to unpack"),
+        };
+        let rel = match rel {
+            Ok(rel) => rel,
+            Err(why) => {
+                out.refused.push((name, why.to_owned()));
+                continue;
             }
         };
-        let tmp = fsutil::temp_name();
-        let budget = max_bytes.saturating_sub(total);
-        let written = write_entry(&mut entry, dest, &tmp, budget, &mut grant);
-        staged.push((tmp, name.clone(), grant));
-        match written.and_then(|(f, n)| Ok(unsynced.add(f, n)?)) {
-            Ok(n) => total += n,
-            Err(stop) => {
-                cleanup(&staged);
-                return Err(match stop {
-                    Stop::Limit => limit_reason,
-                    Stop::Quota(e) => format!("{e}; nothing was unpacked"),
-                    Stop::Io(e) => format!("entry {name:?} cannot be unpacked: {e}"),
-                });
+        let grant = match quota.limits.open_file(quota.tenant, &name) {
+            Ok(g) => g,
+            Err(e) => {
+                batch.discard();
+                return Err(refused(format!("{e}; nothing was unpacked")));
             }
+        };
+        let io_error = |what: String| move |source| UnzipError::Io { what, source };
+        let arriving = match ArrivingFile::create(dest.clone(), rel, Some(grant)) {
+            Ok(f) => f,
+            Err(e) => {
+                batch.discard();
+                return Err(io_error(format!("entry {name:?} cannot be unpacked"))(e));
+            }
+        };
+        let written = write_entry(&mut entry, arriving, max_bytes.saturating_sub(total));
+        let added = written.and_then(|w| {
+            total += w.len();
+            batch.add(w).map_err(|e| Stop::Write(WriteStop::Io(e)))
+        });
+        if let Err(stop) = added {
+            batch.discard();
+            return Err(match stop {
+                Stop::Limit => refused(limit_reason),
+                Stop::Write(WriteStop::Quota(e)) => refused(format!("{e}; nothing was unpacked")),
+                Stop::Corrupt(e) => refused(format!("entry {name:?} cannot be read: {e}")),
+                Stop::Write(WriteStop::Io(e)) => io_error(format!("entry {name:?} cannot be unpacked"))(e),
+            });
         }
     }
-    if let Err(e) = unsynced.sync() {
-        cleanup(&staged);
-        return Err(format!("entries cannot be synced: {e}"));
+    let Placement { placed, failed } = batch.place(Replace::Allowed).map_err(|source| UnzipError::Io {
+        what: "entries cannot be made durable".into(),
+        source,
+    })?;
+    out.files = placed;
+    for (rel, e) in failed {
+        out.refused
+            .push((rel.file_name().to_owned(), format!("could not be put in place: {e}")));
     }
-    // Two entries with one name: the later wins, as an overwrite by upload would, and only its
-    // grant stays counted. (A map, so that 10,000 entries cost 10,000 lookups, not 50 million
-    // comparisons.)
-    let mut placed: HashMap<String, FileGrant> = HashMap::with_capacity(staged.len());
-    for (tmp, name, grant) in staged {
-        if let Err(e) = rustix::fs::renameat(dest, tmp.as_str(), dest, name.as_str()) {
-            remove(&tmp);
-            out.refused.push((name, format!("could not be put in place: {e}")));
-            continue;
-        }
-        if placed.insert(name.clone(), grant).is_none() {
-            out.files.push(name);
-        }
-    }
-    // In place: each counts as held until the next reading of the folder finds it.
-    placed.into_values().for_each(FileGrant::keep);
-    rustix::fs::fsync(dest).map_err(|e| format!("folder cannot be synced: {e}"))?;
     Ok(out)
 }
 
@@ -222,67 +230,31 @@ fn refusal(entry: &zip::read::ZipFile<'_, File>, name: &str) -> Option<&'static 
     }
 }
 
-/// Entries written and not yet fsynced: one fsync each, issued together once the batch is full
-/// (or the archive done), rather than one after another as each is written.
-#[derive(Default)]
-struct Unsynced {
-    files: Vec<File>,
-    bytes: u64,
-}
-
-impl Unsynced {
-    /// Adds a written entry of `n` bytes, syncing the batch if it is full; returns `n`.
-    fn add(&mut self, f: File, n: u64) -> io::Result<u64> {
-        self.files.push(f);
-        self.bytes += n;
-        if self.files.len() >= SYNC_BATCH_FILES || self.bytes >= SYNC_BATCH_BYTES {
-            self.sync()?;
-        }
-        Ok(n)
-    }
-
-    /// fsyncs and closes the batch.
-    fn sync(&mut self) -> io::Result<()> {
-        fsutil::sync_files(&self.files)?;
-        tracing::debug!(files = self.files.len(), bytes = self.bytes, "zip entries synced");
-        self.files.clear();
-        self.bytes = 0;
-        Ok(())
-    }
-}
-
-/// Writes one entry to `tmp` in `dest`, at most `budget` bytes, each chunk granted by the quota
-/// before it is written, and starts its write-back (not fsynced: see [`Unsynced`]). Returns
-/// the file, still open, and its size.
-fn write_entry(
-    entry: &mut impl Read,
-    dest: &OwnedFd,
-    tmp: &str,
-    budget: u64,
-    grant: &mut FileGrant,
-) -> Result<(File, u64), Stop> {
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let mut f = File::from(rustix::fs::openat(dest, tmp, flags, Mode::from_raw_mode(0o640)).map_err(io::Error::from)?);
-    // Counted by its grant, not again by the reading of the folder.
-    grant.cover(FileId::of(&f.metadata()?));
+/// Writes one entry into `file`, at most `budget` bytes, each chunk granted by the quota before
+/// it is written. Nothing of it is left if it stops.
+fn write_entry(entry: &mut impl Read, mut file: ArrivingFile, budget: u64) -> Result<super::Written, Stop> {
     let mut buf = vec![0u8; CHUNK];
-    let mut n = 0u64;
-    loop {
+    let stopped = loop {
         let got = match entry.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => break None,
             Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => break Some(Stop::Corrupt(e)),
         };
-        n += got as u64;
-        if n > budget {
-            return Err(Stop::Limit);
+        if file.len() + got as u64 > budget {
+            break Some(Stop::Limit);
         }
-        grant.grow_to(n).map_err(Stop::Quota)?;
-        f.write_all(&buf[..got])?;
+        if let Err(e) = file.append(&buf[..got]) {
+            break Some(Stop::Write(e));
+        }
+    };
+    match stopped {
+        Some(stop) => {
+            file.discard();
+            Err(stop)
+        }
+        None => file.finish().map_err(|e| Stop::Write(WriteStop::Io(e))),
     }
-    fsutil::start_writeback(&f, 0, 0);
-    Ok((f, n))
 }
 
 #[cfg(test)]
@@ -301,17 +273,18 @@ mod tests {
         limits: &ZipLimits,
         quota: &crate::limits::Fixture,
     ) -> Result<Unpacked, String> {
+        use rustix::fs::{Mode, OFlags};
         let dir = rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
         let quota = ZipQuota {
             limits: &quota.limits,
             tenant: &quota.acme,
         };
-        unpack_zip(
-            File::open(zip).map_err(|e| format!("cannot be opened: {e}"))?,
-            &dir,
-            limits,
-            &quota,
-        )
+        let file = File::open(zip).map_err(|e| format!("cannot be opened: {e}"))?;
+        unpack_zip(file, Arc::new(dir), "", limits, &quota).map_err(|e| e.to_string())
+    }
+
+    fn names(u: &Unpacked) -> Vec<&str> {
+        u.files.iter().map(|p| p.rel.as_str()).collect()
     }
     use std::io::Write;
     use zip::write::SimpleFileOptions;
@@ -354,7 +327,7 @@ mod tests {
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
         let u = unpack(&zip_path, &out, &limits(1 << 20)).unwrap();
-        assert_eq!(u.files, ["c1.wav", "batch.csv"]);
+        assert_eq!(names(&u), ["c1.wav", "batch.csv"]);
         assert_eq!(listing(&out), ["batch.csv", "c1.wav"]);
         assert_eq!(fs::read(out.join("c1.wav")).unwrap(), b"RIFF1");
         let refused: Vec<&str> = u.refused.iter().map(|(n, _)| n.as_str()).collect();
@@ -385,7 +358,7 @@ mod tests {
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
         let u = unpack(&zip_path, &out, &limits(1 << 20)).unwrap();
-        assert_eq!(u.files, ["ok.wav"]);
+        assert_eq!(names(&u), ["ok.wav"]);
         assert_eq!(u.refused[0].0, "link.wav");
         assert!(u.refused[0].1.contains("link"));
         assert_eq!(listing(&out), ["ok.wav"]);

@@ -32,7 +32,7 @@ enum Feed {
 /// The hashing task: what feeds it, and what it gives at the end (nothing if a read-back failed).
 type Hashing = (mpsc::Sender<Feed>, JoinHandle<Option<[u8; 32]>>);
 
-pub(super) struct StreamDigest {
+pub struct StreamDigest {
     /// Bytes hashed so far: the offset the next write must have.
     next: u64,
     feed: Option<Hashing>,
@@ -40,7 +40,7 @@ pub(super) struct StreamDigest {
 
 impl StreamDigest {
     /// A digest for a new, empty upload.
-    pub(super) fn start() -> Self {
+    pub fn start() -> Self {
         let (tx, mut rx) = mpsc::channel::<Feed>(QUEUED);
         let task = tokio::spawn(async move {
             let mut h = Sha256::new();
@@ -65,12 +65,12 @@ impl StreamDigest {
     }
 
     /// No digest: the upload does not start empty, or is not a recording.
-    pub(super) fn none() -> Self {
+    pub fn none() -> Self {
         StreamDigest { next: 0, feed: None }
     }
 
     /// Takes a write at `offset`, as the client sent it.
-    pub(super) async fn write(&mut self, offset: u64, data: &Bytes) {
+    pub async fn write(&mut self, offset: u64, data: &Bytes) {
         let Some((tx, _)) = &self.feed else { return };
         if offset != self.next || tx.send(Feed::Data(data.clone())).await.is_err() {
             self.give_up();
@@ -82,7 +82,7 @@ impl StreamDigest {
     /// The upload's size was set to `size` (`file` is the upload). Below what was hashed, the
     /// hash starts again from what the file keeps; above, the stream goes on where it was (a
     /// hole not written in order leaves the file longer than what was hashed: no digest).
-    pub(super) async fn set_size(&mut self, size: u64, file: &Arc<File>) {
+    pub async fn set_size(&mut self, size: u64, file: &Arc<File>) {
         let Some((tx, _)) = &self.feed else { return };
         if size >= self.next {
             return;
@@ -106,7 +106,7 @@ impl StreamDigest {
 
     /// The SHA-256 of the first `len` bytes, if every one of them was hashed in order and
     /// nothing was written past them.
-    pub(super) async fn finish(mut self, len: u64) -> Option<[u8; 32]> {
+    pub async fn finish(mut self, len: u64) -> Option<[u8; 32]> {
         let (tx, task) = self.feed.take()?;
         drop(tx);
         let digest = task.await.ok()??;
