@@ -182,12 +182,7 @@ impl TenantFs {
         let v = VPath::parse(raw)?;
         let p = self.real(&v)?;
         if let Some(up) = self.pending.get(&p) {
-            // A descriptor of its own, for reading only: a copy of the upload's would keep its
-            // writable descriptor open past the rename into place (see `put_in_place`).
-            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            return rustix::fs::openat(&up.dir, up.tmp_name(), flags, Mode::empty())
-                .map(File::from)
-                .map_err(|e| FsError::io(&v, &e.into()));
+            return up.open_for_reading().map_err(|e| FsError::io(&v, &e));
         }
         self.dir.open_file(&v.rel()).map_err(|e| FsError::io(&v, &e))
     }
@@ -301,7 +296,7 @@ impl TenantFs {
         let p = self.real(&v)?;
         if let Some(up) = self.pending.get(&p) {
             if a.size.is_some() {
-                up.state().shared = true;
+                up.sized_by_path();
             }
             return set_attrs(&up.file, a).map_err(|e| FsError::io(&v, &e));
         }
@@ -394,13 +389,12 @@ pub fn attrs(m: &fs::Metadata) -> FileAttributes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use crate::arrival::recover::{recover_uploads, seal};
-    use crate::ingress::sftp::pending::Pending;
-    use crate::ingress::sftp::upload::FinishedUpload;
+    use crate::ingress::sftp::pending::{Finished, Pending, Released};
 
-    fn fx() -> (tempfile::TempDir, TenantFs) {
+    /// A tenant's folder, with its reports folder.
+    pub(in crate::ingress::sftp) fn fx() -> (tempfile::TempDir, TenantFs) {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("drop/acme");
         fs::create_dir_all(root.join("reports")).unwrap();
@@ -410,18 +404,26 @@ mod tests {
         )
     }
 
-    fn put(t: &TenantFs, raw: &str, truncate: bool, exclusive: bool) -> FsResult<Arc<Pending>> {
+    /// An OPEN for writing, with no quota.
+    pub(in crate::ingress::sftp) fn put(
+        t: &TenantFs,
+        raw: &str,
+        truncate: bool,
+        exclusive: bool,
+    ) -> FsResult<Arc<Pending>> {
         t.open_write(raw, truncate, exclusive, &|_, _| Ok(None))
             .map(|o| o.pending)
     }
 
     /// CLOSE of a handle that is the last one.
-    fn close(t: &TenantFs, up: Arc<Pending>) -> FsResult<FinishedUpload> {
-        let last = t.release(&up, true).expect("the last handle");
-        t.finish_upload(up, &last, true)
+    pub(in crate::ingress::sftp) fn close(t: &TenantFs, up: Arc<Pending>) -> FsResult<Finished> {
+        let Released::Last(upload) = t.pending.close(up) else {
+            panic!("not the last handle, or discarded");
+        };
+        upload.finish(t, true, None)
     }
 
-    fn write(up: &Pending, data: &[u8]) {
+    pub(in crate::ingress::sftp) fn write(up: &Pending, data: &[u8]) {
         std::io::Write::write_all(&mut &*up.file, data).unwrap();
     }
 
@@ -499,143 +501,6 @@ mod tests {
             t.rename("/a.wav", "/reports/a.wav", true).unwrap_err().code,
             StatusCode::PermissionDenied
         );
-    }
-
-    #[test]
-    fn uploads_are_seen_by_the_tenant_while_open_and_arrive_at_the_last_close() {
-        let (_d, t) = fx();
-        let up = put(&t, "/c1.wav", true, false).unwrap();
-        write(&up, b"RIFF");
-        // The tenant sees it where it goes (sshfs looks a new file up at once)...
-        assert_eq!(t.stat("/c1.wav").unwrap().size, Some(4));
-        let names: Vec<String> = t.read_dir("/").unwrap().into_iter().map(|f| f.filename).collect();
-        assert_eq!(names, [".", "..", "reports", "c1.wav"]);
-        // ...but the drop folder has nothing under that name until the last handle closes.
-        assert!(!t.root().join("c1.wav").exists());
-        let again = put(&t, "/c1.wav", false, false).unwrap();
-        assert!(Arc::ptr_eq(&up, &again), "a second OPEN joins the upload");
-        std::os::unix::fs::FileExt::write_at(&*again.file, b"-more", 4).unwrap();
-        assert!(t.release(&up, true).is_none(), "not the last handle");
-        assert!(!t.root().join("c1.wav").exists());
-        t.setstat(
-            "/c1.wav",
-            &FileAttributes {
-                mtime: Some(1_500_000_000),
-                ..FileAttributes::empty()
-            },
-        )
-        .unwrap();
-        assert_eq!(close(&t, again).unwrap().arrived, Some("c1.wav".into()));
-        assert_eq!(fs::read(t.root().join("c1.wav")).unwrap(), b"RIFF-more");
-        assert_eq!(t.stat("/c1.wav").unwrap().mtime, Some(1_500_000_000));
-        // A dropped upload leaves nothing.
-        let up = put(&t, "/c2.wav", true, false).unwrap();
-        assert!(t.release(&up, false).is_some());
-        t.discard_upload(&up);
-        let names: Vec<String> = fs::read_dir(t.root())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert!(!names.iter().any(|n| n.contains("c2")), "{names:?}");
-        // Temp names are not arrivals, until renamed.
-        let up = put(&t, "/c3.wav.filepart", true, false).unwrap();
-        assert_eq!(close(&t, up).unwrap().arrived, None);
-        assert_eq!(
-            t.rename("/c3.wav.filepart", "/c3.wav", false).unwrap(),
-            Some("c3.wav".into())
-        );
-    }
-
-    #[test]
-    fn an_upload_sent_again_or_finished_elsewhere_outlives_a_cut_connection() {
-        let (_d, t) = fx();
-        // Sent again from the start (TRUNCATE) while the cut upload is still open: a new upload,
-        // so the cut one's late writes and its discarding cannot touch it.
-        let cut = put(&t, "/a.wav", true, false).unwrap();
-        let again = put(&t, "/a.wav", true, false).unwrap();
-        assert!(!Arc::ptr_eq(&cut, &again), "a truncating OPEN started a new upload");
-        write(&again, b"RIFF-whole");
-        write(&cut, b"RIF");
-        assert!(cut.poison_unless_confirmed("lost"));
-        assert!(t.release(&cut, false).is_some());
-        t.discard_upload(&cut);
-        assert_eq!(close(&t, again).unwrap().arrived, Some("a.wav".into()));
-        assert_eq!(fs::read(t.root().join("a.wav")).unwrap(), b"RIFF-whole");
-        // Resumed by another session (no TRUNCATE) and closed there: confirmed, so a cut of
-        // the first handle keeps it.
-        let first = put(&t, "/b.wav", true, false).unwrap();
-        write(&first, b"RIFF");
-        let resumed = put(&t, "/b.wav", false, false).unwrap();
-        assert!(Arc::ptr_eq(&first, &resumed));
-        std::os::unix::fs::FileExt::write_at(&*resumed.file, b"-rest", 4).unwrap();
-        assert!(t.release(&resumed, true).is_none());
-        assert!(!first.poison_unless_confirmed("lost"), "confirmed by the other CLOSE");
-        let last = t.release(&first, false).unwrap();
-        assert!(last.confirmed && last.failed.is_none());
-        t.finish_upload(first, &last, true).unwrap();
-        assert_eq!(fs::read(t.root().join("b.wav")).unwrap(), b"RIFF-rest");
-        // Cut first: a later CLOSE elsewhere is not confirmed and finds the upload doomed.
-        let first = put(&t, "/c.wav", true, false).unwrap();
-        let other = put(&t, "/c.wav", false, false).unwrap();
-        assert!(first.poison_unless_confirmed("lost"));
-        assert!(t.release(&first, false).is_none());
-        assert_eq!(other.failure().as_deref(), Some("lost"));
-    }
-
-    #[test]
-    fn closed_uploads_are_recovered_after_a_crash_and_cut_ones_removed() {
-        let (_d, t) = fx();
-        fs::create_dir(t.root().join("sub")).unwrap();
-        // Closed: marked complete (as CLOSE does), but a crash came before the rename.
-        let done = put(&t, "/sub/c1.wav", true, false).unwrap();
-        write(&done, b"RIFF-all");
-        let xattrs = seal(&done.file, "c1.wav").unwrap();
-        // Cut: the connection went away mid-upload (or the daemon died).
-        let cut = put(&t, "/c2.wav", true, false).unwrap();
-        write(&cut, b"RIF");
-        if !xattrs {
-            // A file system without extended attributes: CLOSE makes everything durable before
-            // it answers, and every temp file left is an unfinished one.
-            let up = put(&t, "/c9.wav", true, false).unwrap();
-            assert!(close(&t, up).unwrap().sync_folder.is_none());
-            drop((done, cut));
-            assert_eq!(recover_uploads(t.root()).unwrap(), (0, 2));
-            return;
-        }
-        // A marker naming something outside its folder is not followed.
-        let evil = put(&t, "/c3.wav", true, false).unwrap();
-        assert!(seal(&evil.file, "../x.wav").unwrap());
-        let (tmp_done, tmp_cut, tmp_evil) = (done.tmp.clone(), cut.tmp.clone(), evil.tmp.clone());
-        drop((done, cut, evil));
-        assert_eq!(recover_uploads(t.root()).unwrap(), (1, 2));
-        assert_eq!(fs::read(t.root().join("sub/c1.wav")).unwrap(), b"RIFF-all");
-        assert!(!tmp_done.exists() && !tmp_cut.exists() && !tmp_evil.exists());
-        assert!(!t.root().join("c2.wav").exists());
-        assert!(!t.root().parent().unwrap().join("x.wav").exists());
-    }
-
-    #[test]
-    fn open_uploads_can_be_renamed_and_removed() {
-        let (_d, t) = fx();
-        let up = put(&t, "/a.wav.part", true, false).unwrap();
-        write(&up, b"a");
-        assert_eq!(
-            t.rename("/a.wav.part", "/a.wav", false).unwrap(),
-            None,
-            "arrives at close"
-        );
-        assert!(t.stat("/a.wav.part").is_err());
-        assert_eq!(t.stat("/a.wav").unwrap().size, Some(1));
-        assert_eq!(close(&t, up).unwrap().arrived, Some("a.wav".into()));
-        assert_eq!(fs::read(t.root().join("a.wav")).unwrap(), b"a");
-        // Removed while open: gone now, and nothing arrives at its close.
-        let up = put(&t, "/a.wav", true, false).unwrap();
-        t.remove("/a.wav").unwrap();
-        assert!(t.stat("/a.wav").is_err() && !t.root().join("a.wav").exists());
-        let last = t.release(&up, true).unwrap();
-        assert!(last.removed);
-        t.discard_upload(&up);
-        assert_eq!(fs::read_dir(t.root()).unwrap().count(), 1, "only reports/");
     }
 
     #[test]

@@ -10,8 +10,13 @@ use crate::arrival::digest::StreamDigest;
 use crate::dropbox::FileKind;
 use crate::ingress::KnownDigest;
 use crate::ingress::sftp::fs::{FsResult, VPath};
-use crate::ingress::sftp::pending::{LastClose, Pending};
+use crate::ingress::sftp::pending::{Completing, Finished, Pending, Released};
 use std::sync::Mutex;
+
+/// The reply to a CLOSE of an upload that was discarded, and why.
+fn discarded(id: u32, why: &str) -> Packet {
+    status(id, StatusCode::Failure, &format!("upload discarded: {why}"))
+}
 
 /// What a STATUS reply is counted as among the bytes a client has not had back.
 const SMALL_REPLY: usize = 64;
@@ -118,12 +123,7 @@ pub(super) fn refuse_growth(pending: &Pending, end: u64, max_file_size: u64) -> 
     if end > max_file_size {
         return Some(too_large(max_file_size));
     }
-    let mut state = pending.state();
-    state
-        .grant
-        .as_mut()
-        .and_then(|g| g.grow_to(end).err())
-        .map(|e| e.to_string())
+    pending.grow_to(end).err().map(|e| e.to_string())
 }
 
 impl Session {
@@ -301,84 +301,71 @@ impl Session {
     }
 
     /// CLOSE of an upload handle. The last one puts the upload in place and announces it (or
-    /// discards it, if a write failed, its other connection was lost, or it was removed).
+    /// finds it discarded, if a write failed, its other connection was lost, or it was removed).
     async fn close_upload(&mut self, id: u32, u: UploadHandle) -> Result<Packet, String> {
-        let pending = u.pending.clone();
+        // Taken apart, so that the upload's last reference is the one finishing it, which can
+        // close the temp file before it is renamed.
+        let UploadHandle { pending, digest, .. } = u;
         // Every write sent before CLOSE has landed once we hold the gate.
         let all_written = pending.gate.clone().write_owned().await;
-        let Some(last) = self.ctx.fs.release(&pending, true) else {
+        let vpath = pending.vpath();
+        let released = self.ctx.fs.pending.close(pending);
+        drop(all_written);
+        Ok(match released {
             // Other handles still have it open. "Done" unless it is already doomed.
-            return Ok(match pending.failure() {
-                Some(why) => status(id, StatusCode::Failure, &format!("upload discarded: {why}")),
-                None => ok(id),
-            });
-        };
-        // The handle's reference is the last one: it goes to `finish_upload`.
-        drop((all_written, pending));
-        Ok(match self.finish_last(u, last).await? {
-            Ok(()) => ok(id),
-            Err(e) => fs_err(id, e),
+            Released::StillOpen(None) | Released::Discarded(None) => ok(id),
+            Released::StillOpen(Some(why)) => discarded(id, &why),
+            Released::Discarded(Some(why)) => {
+                tracing::warn!(tenant = %self.ctx.tenant, file = %vpath, reason = %why, "upload discarded");
+                discarded(id, &why)
+            }
+            Released::Last(upload) => match self.finish_upload(upload, digest).await? {
+                Ok(()) => ok(id),
+                Err(e) => fs_err(id, e),
+            },
         })
     }
 
-    /// What the last handle of an upload leaves: the file in place and announced, or nothing
-    /// if a write failed or it was removed meanwhile.
-    async fn finish_last(&mut self, u: UploadHandle, last: LastClose) -> Result<FsResult<()>, String> {
-        // Taken apart, so that `finish_upload` gets the upload's last reference and can close
-        // the temp file before it is renamed.
-        let UploadHandle { pending, digest, .. } = u;
-        if last.removed {
-            self.ctx.fs.discard_upload(&pending);
-            return Ok(Ok(()));
-        }
-        if let Some(why) = last.failed {
-            tracing::warn!(tenant = %self.ctx.tenant, file = %last.vpath, reason = %why, "upload discarded");
-            self.ctx.fs.discard_upload(&pending);
-            let why = format!("upload discarded: {why}");
-            return Ok(Err(FsError::new(StatusCode::Failure, why)));
-        }
-        // Kept once the upload is in place (over the file it continues, if any): until then
-        // its grant counts it, so a walk meanwhile counts it neither twice nor not at all.
-        let mut last = last;
-        let grant = last.grant.take();
+    /// Puts an upload whose last handle is gone in place, and announces it (once its folder is
+    /// synced, if that is still to come).
+    async fn finish_upload(&mut self, upload: Completing, digest: StreamDigest) -> Result<FsResult<()>, String> {
         // Its digest, if every byte was hashed as one handle wrote it: it goes with the arrival.
-        let meta = pending.file.metadata().ok();
+        let meta = upload.file().metadata().ok();
         let size = meta.as_ref().map_or(0, |m| m.len());
         let digest = match &meta {
-            Some(m) if !last.shared => digest.finish(size).await.map(|sha256| KnownDigest::of(m, sha256)),
+            Some(m) if upload.written_by_one_handle() => {
+                digest.finish(size).await.map(|sha256| KnownDigest::of(m, sha256))
+            }
             _ => None,
         };
         let durable = self.ctx.fsync_on_close;
-        let finish = move |fs: &TenantFs| fs.finish_upload(pending, &last, durable);
+        let finish = move |fs: &TenantFs| upload.finish(fs, durable, digest);
         // Without fsync, finishing is a rename.
         let finished = if durable {
             self.blocking(move |fs| finish(&fs)).await?
         } else {
             self.quick(finish)
         };
-        if let (Ok(_), Some(grant)) = (&finished, grant) {
-            grant.keep();
-        }
         Ok(match finished {
-            Ok(FinishedUpload {
-                arrived: Some(rel),
+            Ok(Finished {
+                arrived: Some(arrival),
                 sync_folder: None,
             }) => {
-                self.announce(&rel, digest).await;
+                self.announce(&arrival.rel, arrival.digest).await;
                 Ok(())
             }
-            Ok(FinishedUpload {
+            Ok(Finished {
                 arrived,
                 sync_folder: Some(folder),
             }) => {
                 // The data is durable and the client may go on; the rename becomes durable
                 // before the file is announced (a crash in between is undone by recover_uploads).
                 if let Some(q) = &self.folder_syncs {
-                    let _ = q.send((folder, arrived.map(|rel| (rel, digest))));
+                    let _ = q.send((folder, arrived));
                 }
                 Ok(())
             }
-            Ok(FinishedUpload { arrived: None, .. }) => Ok(()),
+            Ok(Finished { arrived: None, .. }) => Ok(()),
             Err(e) => Err(e),
         })
     }
@@ -429,26 +416,28 @@ impl Session {
     pub(super) async fn abort_all(&mut self) {
         let handles: Vec<OpenHandle> = self.handles.drain().map(|(_, h)| h).collect();
         for h in handles {
-            let OpenHandle::Upload(u) = h else { continue };
-            let all_written = u.pending.gate.clone().write_owned().await;
-            let vpath = u.pending.vpath();
-            let doomed = u
+            let OpenHandle::Upload(UploadHandle { pending, digest, .. }) = h else {
+                continue;
+            };
+            let all_written = pending.gate.clone().write_owned().await;
+            let vpath = pending.vpath();
+            let released = self
+                .ctx
+                .fs
                 .pending
-                .poison_unless_confirmed("the connection that was writing it was lost");
-            let last = self.ctx.fs.release(&u.pending, false);
+                .abort(pending, "the connection that was writing it was lost");
             drop(all_written);
-            match last {
-                Some(last) if !doomed => {
+            match released {
+                Released::Last(upload) => {
                     tracing::info!(tenant = %self.ctx.tenant, file = %vpath, "upload not closed here but closed by another session; kept");
-                    if let Ok(Err(e)) = self.finish_last(u, last).await {
+                    if let Ok(Err(e)) = self.finish_upload(upload, digest).await {
                         tracing::warn!(tenant = %self.ctx.tenant, file = %vpath, error = %e.message, "upload could not be put in place");
                     }
                 }
-                Some(_) => {
+                Released::Discarded(_) => {
                     tracing::info!(tenant = %self.ctx.tenant, file = %vpath, "upload not closed; discarded");
-                    self.ctx.fs.discard_upload(&u.pending);
                 }
-                None => {
+                Released::StillOpen(_) => {
                     tracing::info!(tenant = %self.ctx.tenant, file = %vpath, "upload not closed; left to its other handles")
                 }
             }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{OwnedRwLockReadGuard, Semaphore, mpsc};
 
 use super::fs::{FsError, TenantFs, set_attrs};
-use super::upload::FinishedUpload;
+use super::pending::Arrival;
 use crate::catalog::Via;
 use crate::config::LiveConfig;
 use crate::dropbox::RelPath;
@@ -152,12 +152,8 @@ struct Session {
     /// WRITE requests in flight; waited for before the session ends.
     requests: tokio::task::JoinSet<()>,
     /// Closed uploads whose rename is not durable yet: their folders, and what to announce.
-    folder_syncs: Option<mpsc::UnboundedSender<(std::path::PathBuf, Option<Announce>)>>,
+    folder_syncs: Option<mpsc::UnboundedSender<(std::path::PathBuf, Option<Arrival>)>>,
 }
-
-/// An arrival to announce: its path relative to the drop folder, and its digest if it was
-/// hashed as it was written.
-type Announce = (String, Option<KnownDigest>);
 
 /// How long the folder syncer waits for more closes before one fsync covers them all.
 const FOLDER_SYNC_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
@@ -166,7 +162,7 @@ const FOLDER_SYNC_WINDOW: std::time::Duration = std::time::Duration::from_millis
 /// announces the files. A client closing files one after another would otherwise pay a second
 /// journal commit per file.
 async fn sync_folders_then_announce(
-    mut pending: mpsc::UnboundedReceiver<(std::path::PathBuf, Option<Announce>)>,
+    mut pending: mpsc::UnboundedReceiver<(std::path::PathBuf, Option<Arrival>)>,
     arrivals: mpsc::Sender<IngressEvent>,
     tenant: TenantId,
 ) {
@@ -183,7 +179,7 @@ async fn sync_folders_then_announce(
             tracing::warn!(tenant = %tenant, "could not fsync a folder after uploads");
         }
         for (_, arrived) in batch {
-            if let Some((rel, digest)) = arrived {
+            if let Some(Arrival { rel, digest }) = arrived {
                 announce(&arrivals, &tenant, &rel, digest).await;
             }
         }
