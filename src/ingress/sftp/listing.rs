@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use russh_sftp::protocol::StatusCode;
 
-use super::fs::{FsError, FsResult, TenantFs, VPath, attrs};
+use super::fs::{FsError, FsResult, TenantFs, VPath};
+use super::ops::attrs;
 use crate::fsutil::is_ours;
 
 /// A folder being listed (an OPENDIR handle).
@@ -113,5 +114,37 @@ fn entry(name: &str, m: &fs::Metadata, owner: &str) -> russh_sftp::protocol::Fil
         filename: name.to_owned(),
         longname,
         attrs: attrs(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use crate::ingress::sftp::fs::tests::fx;
+
+    #[test]
+    fn listings_come_in_batches_each_entry_once() {
+        let (_d, t) = fx();
+        fs::create_dir(t.root().join("many")).unwrap();
+        for i in 0..2500 {
+            fs::write(t.root().join(format!("many/f{i:04}")), b"x").unwrap();
+        }
+        let mut l = t.open_dir("/many").unwrap();
+        let mut names = std::collections::BTreeSet::new();
+        let mut batches = 0;
+        loop {
+            let batch = t.read_dir_batch(&mut l, 100).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() <= 100);
+            batches += 1;
+            for f in batch {
+                assert!(names.insert(f.filename.clone()), "{} twice", f.filename);
+            }
+        }
+        assert_eq!(names.len(), 2502, "2,500 files, . and ..");
+        assert!(batches >= 25);
     }
 }

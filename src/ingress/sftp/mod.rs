@@ -13,6 +13,7 @@ pub mod handler;
 pub mod host_keys;
 pub mod key_options;
 pub mod listing;
+pub mod ops;
 pub mod penalties;
 pub mod pending;
 pub mod session;

@@ -119,3 +119,25 @@ fn copy_prefix(src: &File, dst: &File, len: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::ingress::sftp::fs::tests::{close, fx, put};
+
+    #[test]
+    fn resume_keeps_content_and_exclusive_refuses() {
+        let (_d, t) = fx();
+        fs::write(t.root().join("a.wav"), b"12345").unwrap();
+        let up = put(&t, "/a.wav", false, false).unwrap();
+        std::os::unix::fs::FileExt::write_at(&*up.file, b"67", 5).unwrap();
+        close(&t, up).unwrap();
+        assert_eq!(fs::read(t.root().join("a.wav")).unwrap(), b"1234567");
+        assert_eq!(
+            put(&t, "/a.wav", true, true).err().map(|e| e.code),
+            Some(StatusCode::Failure)
+        );
+    }
+}

@@ -449,7 +449,7 @@ pub(super) fn attrs_of(id: u32, f: &File) -> Packet {
     match f.metadata() {
         Ok(m) => Packet::Attrs(Attrs {
             id,
-            attrs: crate::ingress::sftp::fs::attrs(&m),
+            attrs: crate::ingress::sftp::ops::attrs(&m),
         }),
         Err(e) => status(id, StatusCode::Failure, &e.to_string()),
     }

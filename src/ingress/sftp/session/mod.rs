@@ -19,7 +19,8 @@ use russh_sftp::protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{OwnedRwLockReadGuard, Semaphore, mpsc};
 
-use super::fs::{FsError, TenantFs, set_attrs};
+use super::fs::{FsError, TenantFs};
+use super::ops::set_attrs;
 use super::pending::Arrival;
 use crate::catalog::Via;
 use crate::config::LiveConfig;
