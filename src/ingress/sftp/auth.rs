@@ -145,7 +145,7 @@ impl Bans {
     }
 
     pub fn is_banned(&self, ip: IpAddr) -> bool {
-        let source = super::source_of(ip);
+        let source = super::admission::source_of(ip);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match state.get(&source) {
             Some((_, _, Some(until))) if *until > Instant::now() => true,
@@ -167,7 +167,7 @@ impl Bans {
                 until.is_some_and(|u| u > now) || now.duration_since(*since) < self.ban_time
             });
         }
-        let entry = state.entry(super::source_of(ip)).or_insert((0, now, None));
+        let entry = state.entry(super::admission::source_of(ip)).or_insert((0, now, None));
         if now.duration_since(entry.1) > self.ban_time {
             *entry = (0, now, None);
         }
@@ -183,7 +183,7 @@ impl Bans {
         self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&super::source_of(ip));
+            .remove(&super::admission::source_of(ip));
     }
 }
 

@@ -41,7 +41,7 @@ pub struct Connection {
     /// Cancelled to end this connection (its key or tenant was removed by a reload).
     pub kick: tokio_util::sync::CancellationToken,
     /// Held until login: the connection counts against `max_startups` until then.
-    pub startup: Option<super::StartupSlot>,
+    pub startup: Option<super::admission::StartupSlot>,
     /// Held from login: the connection counts against `max_sessions` from then.
     session_slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Refused login attempts, logged by the listener if the connection ends without a login.
@@ -173,7 +173,7 @@ impl russh::server::Handler for Connection {
             Ok(slot) => self.session_slot = Some(slot),
             Err(_) => {
                 tracing::warn!(peer = %self.peer, max = self.shared.limits.max_sessions, "sftp session refused: too many sessions");
-                super::refusal("sessions");
+                super::admission::refusal("sessions");
                 self.tenant = None;
                 return session.disconnect(
                     russh::Disconnect::TooManyConnections,
@@ -187,19 +187,19 @@ impl russh::server::Handler for Connection {
                 Ok(grant) => self.session_grant = Some(grant),
                 Err(e) => {
                     tracing::warn!(peer = %self.peer, tenant = %tenant, error = %e, "sftp session refused");
-                    super::refusal("quota_sessions");
+                    super::admission::refusal("quota_sessions");
                     self.tenant = None;
                     return session.disconnect(russh::Disconnect::TooManyConnections, &e.to_string(), "en");
                 }
             }
             if let Some(key) = self.key.clone() {
-                self.registered = Some(self.shared.register(
-                    tenant.clone(),
+                self.registered = Some(self.shared.register(super::LoggedIn {
+                    tenant: tenant.clone(),
                     key,
-                    session.handle(),
-                    self.open_uploads.clone(),
-                    self.kick.clone(),
-                ));
+                    handle: session.handle(),
+                    uploads: self.open_uploads.clone(),
+                    kick: self.kick.clone(),
+                }));
             }
         }
         Ok(())
@@ -218,7 +218,7 @@ impl russh::server::Handler for Connection {
         } else if self.tenant.is_some() {
             tracing::warn!(peer = %self.peer, max = self.shared.limits.max_channels,
                 "channel refused: too many at once on one connection (sftp.max_channels)");
-            super::refusal("channels");
+            super::admission::refusal("channels");
         }
         // A channel not accepted is refused when `reply` is dropped.
         Ok(())

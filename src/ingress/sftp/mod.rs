@@ -2,10 +2,11 @@
 //! one tenant per user name, public keys only, each tenant confined to its drop folder.
 //!
 //! Layout: [`handler`] is the thin russh handler, [`session`] the SFTP protocol loop,
-//! [`fs`] the confined file system, [`auth`] keys and bans. This module owns the listener:
-//! the accept loop with its abuse limits (session cap, per-IP cap, bans, login grace).
+//! [`fs`] the confined file system, [`auth`] keys and bans, [`admission`] who may connect.
+//! This module owns the listener: the accept loop, the login grace, and the sessions logged in.
 //! Completed uploads leave as [`IngressEvent::Arrived`]; SFTP code never matches anything.
 
+pub mod admission;
 pub mod auth;
 pub mod failures;
 pub mod fs;
@@ -20,8 +21,8 @@ pub mod session;
 pub mod upload;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -40,7 +41,8 @@ use crate::dropbox::DropRoot;
 use crate::ingress::{IngressEvent, OwnRenames};
 use crate::limits::Limits;
 use crate::tenant::TenantId;
-use auth::{Bans, KeyStore};
+use admission::{Admission, Admitted, refusal};
+use auth::KeyStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SftpError {
@@ -50,15 +52,18 @@ pub enum SftpError {
     Keys(#[from] auth::KeyError),
 }
 
-/// A logged-in session: whose, with which key, how to disconnect it, and its uploads in flight.
-/// and the token that ends its connection.
-type LoggedIn = (
-    TenantId,
-    KeyData,
-    russh::server::Handle,
-    Arc<std::sync::atomic::AtomicUsize>,
-    CancellationToken,
-);
+/// A logged-in session, registered so that a reload or a stop can end it.
+pub struct LoggedIn {
+    pub tenant: TenantId,
+    /// The key it logged in with.
+    pub key: KeyData,
+    /// How to disconnect it.
+    pub handle: russh::server::Handle,
+    /// Its uploads in flight (a stop waits for them).
+    pub uploads: Arc<AtomicUsize>,
+    /// Ends its connection.
+    pub kick: CancellationToken,
+}
 
 /// What every connection shares.
 pub struct Shared {
@@ -76,12 +81,8 @@ pub struct Shared {
     ssh: Arc<russh::server::Config>,
     /// Logged-in sessions (taken at login, not at connect).
     pub sessions: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, u32>>,
-    /// Connections not logged in yet, in all and per source.
-    startups: Arc<Semaphore>,
-    startups_per_source: Mutex<HashMap<IpAddr, std::collections::VecDeque<(u64, CancellationToken)>>>,
-    bans: Bans,
-    penalties: penalties::Penalties,
+    /// Who may connect.
+    admission: Arc<Admission>,
     /// Logged-in sessions, so that a key or tenant removed by a reload can be disconnected.
     logged_in: Mutex<HashMap<u64, LoggedIn>>,
     next_session: std::sync::atomic::AtomicU64,
@@ -102,8 +103,8 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|(t, k, ..)| !keys.has(t, k))
-            .map(|(t, _, _, _, kick)| (t.clone(), kick.clone()))
+            .filter(|s| !keys.has(&s.tenant, &s.key))
+            .map(|s| (s.tenant.clone(), s.kick.clone()))
             .collect();
         for (tenant, kick) in revoked {
             tracing::info!(tenant = %tenant, "ending a session whose key or tenant a reload removed");
@@ -111,19 +112,12 @@ impl Shared {
         }
     }
 
-    pub fn register(
-        &self,
-        tenant: TenantId,
-        key: KeyData,
-        handle: russh::server::Handle,
-        uploads: Arc<std::sync::atomic::AtomicUsize>,
-        kick: CancellationToken,
-    ) -> u64 {
+    pub fn register(&self, session: LoggedIn) -> u64 {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         self.logged_in
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, (tenant, key, handle, uploads, kick));
+            .insert(id, session);
         metrics::gauge!("dropsync_sftp_sessions").increment(1.0);
         id
     }
@@ -139,7 +133,7 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .map(|(id, (_, _, h, u, _))| (*id, h.clone(), u.load(Ordering::Relaxed)))
+                .map(|(id, s)| (*id, s.handle.clone(), s.uploads.load(Ordering::Relaxed)))
                 .collect();
             if sessions.is_empty() {
                 return;
@@ -243,11 +237,7 @@ impl SftpServer {
             own_renames: deps.own_renames,
             ssh: Arc::new(ssh_config(&limits, host_keys)),
             sessions: Arc::new(Semaphore::new(limits.max_sessions as usize)),
-            per_ip: Mutex::new(HashMap::new()),
-            startups: Arc::new(Semaphore::new(limits.max_startups as usize)),
-            startups_per_source: Mutex::new(HashMap::new()),
-            bans: Bans::new(limits.max_auth_failures, limits.ban_time),
-            penalties: penalties::Penalties::new(limits.penalty_exempt.clone()),
+            admission: Arc::new(Admission::new(&limits)),
             logged_in: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(1),
             limits,
@@ -285,30 +275,10 @@ impl SftpServer {
     fn admit(&self, stream: tokio::net::TcpStream, peer: SocketAddr, cancel: CancellationToken) {
         let shared = &self.shared;
         let ip = peer.ip();
-        if shared.bans.is_banned(ip) {
-            tracing::debug!(peer = %peer, "connection refused: banned after repeated failed logins");
-            refusal("banned");
-            return;
-        }
-        if shared.penalties.refuses(ip) {
-            tracing::debug!(peer = %peer, "connection refused: penalised for connections that never logged in");
-            refusal("penalty");
-            return;
-        }
         let kick = CancellationToken::new();
-        let Some(startup) = StartupSlot::take(shared, ip, &kick) else {
+        let Some(Admitted { startup, address }) = shared.admission.admit(peer, &kick) else {
             return;
         };
-        {
-            let mut per_ip = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            let n = per_ip.entry(ip).or_insert(0);
-            if *n >= shared.limits.max_sessions_per_ip {
-                tracing::warn!(peer = %peer, max = shared.limits.max_sessions_per_ip, "connection refused: too many sessions from this address");
-                refusal("sessions_per_ip");
-                return;
-            }
-            *n += 1;
-        }
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         self.shared.tracker.spawn(async move {
@@ -316,7 +286,6 @@ impl SftpServer {
             let Some(startup) = startup.ready().await else {
                 tracing::warn!(peer = %peer, "connection refused: no startup slot came free");
                 refusal("startups");
-                release_ip(&shared, ip);
                 return;
             };
             let mut conn = handler::Connection::new(shared.clone(), ip);
@@ -385,17 +354,17 @@ impl SftpServer {
                 }
             }
             if authenticated.load(Ordering::Relaxed) {
-                shared.bans.succeeded(ip);
-                shared.penalties.forgive(ip);
+                shared.admission.bans.succeeded(ip);
+                shared.admission.penalties.forgive(ip);
             } else if failed_login() {
                 login.lock().unwrap_or_else(|p| p.into_inner()).log_failed(peer);
                 refusal("login_refused");
-                if shared.bans.failed(ip) {
+                if shared.admission.bans.failed(ip) {
                     tracing::warn!(peer = %peer, ban = ?shared.limits.ban_time, "address banned after repeated failed logins");
                 }
             } else if !cancel.is_cancelled() {
                 let how = if grace_exceeded { penalties::NoLogin::GraceExceeded } else { penalties::NoLogin::Closed };
-                if shared.penalties.penalise(ip, how) {
+                if shared.admission.penalties.penalise(ip, how) {
                     tracing::warn!(peer = %peer, "source penalised: its connections do not log in (sftp.penalty_exempt lists sources never penalised)");
                 }
             }
@@ -403,111 +372,7 @@ impl SftpServer {
             if grace_exceeded {
                 refusal("login_grace");
             }
-            release_ip(&shared, ip);
+            drop(address);
         });
-    }
-}
-
-/// Counts a connection or session turned away, by why.
-pub(super) fn refusal(reason: &'static str) {
-    metrics::counter!("dropsync_sftp_refused_total", "reason" => reason).increment(1);
-}
-
-fn release_ip(shared: &Shared, ip: IpAddr) {
-    let mut per_ip = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(n) = per_ip.get_mut(&ip) {
-        *n -= 1;
-        if *n == 0 {
-            per_ip.remove(&ip);
-        }
-    }
-}
-
-/// Where connections come from, for `max_startups_per_source`: an IPv4 address, or an IPv6
-/// /64 (one host's share of a network; per address would let one host take all).
-fn source_of(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        v4 => v4,
-    }
-}
-
-/// A connection not logged in yet: counted against `max_startups` in all and per source until
-/// it logs in or ends.
-///
-/// When every slot is taken, a newcomer is not turned away (a tenant must never be locked out by
-/// others' half-open connections): the oldest pending connection of the source holding the most
-/// is dropped for it, as long as that source holds more than the newcomer's. An attacker's own
-/// connections are what make room.
-pub struct StartupSlot {
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    shared: Arc<Shared>,
-    source: IpAddr,
-    id: u64,
-}
-
-impl StartupSlot {
-    fn take(shared: &Arc<Shared>, ip: IpAddr, kick: &CancellationToken) -> Option<StartupSlot> {
-        let source = source_of(ip);
-        let mut per_source = shared.startups_per_source.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = per_source.get(&source).map_or(0, std::collections::VecDeque::len);
-        if mine >= shared.limits.max_startups_per_source as usize {
-            tracing::warn!(peer = %ip, max = shared.limits.max_startups_per_source,
-                "connection refused: too many connections not logged in yet from this source (sftp.max_startups_per_source)");
-            refusal("startups_per_source");
-            return None;
-        }
-        let permit = match shared.startups.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                let fattest = per_source
-                    .iter_mut()
-                    .max_by_key(|(_, q)| q.len())
-                    .filter(|(_, q)| q.len() > mine + 1);
-                let Some((victim_source, queue)) = fattest else {
-                    tracing::warn!(peer = %ip, max = shared.limits.max_startups,
-                        "connection refused: too many connections not logged in yet (sftp.max_startups)");
-                    return None;
-                };
-                if let Some((_, victim)) = queue.pop_front() {
-                    tracing::info!(peer = %ip, dropped_from = %victim_source, "all startup slots taken: dropping a half-open connection of the busiest source");
-                    victim.cancel();
-                }
-                None
-            }
-        };
-        let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-        per_source.entry(source).or_default().push_back((id, kick.clone()));
-        Some(StartupSlot {
-            permit,
-            shared: shared.clone(),
-            source,
-            id,
-        })
-    }
-
-    /// The slot with its permit: at once, or once the connection dropped for it has let go.
-    async fn ready(mut self) -> Option<StartupSlot> {
-        if self.permit.is_none() {
-            let wait = self.shared.startups.clone().acquire_owned();
-            self.permit = Some(tokio::time::timeout(Duration::from_secs(5), wait).await.ok()?.ok()?);
-        }
-        Some(self)
-    }
-}
-
-impl Drop for StartupSlot {
-    fn drop(&mut self) {
-        let mut per_source = self
-            .shared
-            .startups_per_source
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(queue) = per_source.get_mut(&self.source) {
-            queue.retain(|(id, _)| *id != self.id);
-            if queue.is_empty() {
-                per_source.remove(&self.source);
-            }
-        }
     }
 }

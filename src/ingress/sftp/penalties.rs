@@ -64,7 +64,7 @@ impl Penalties {
         if until.len() >= TRACKED {
             until.retain(|_, u| *u > now);
         }
-        let entry = until.entry(super::source_of(ip)).or_insert(now);
+        let entry = until.entry(super::admission::source_of(ip)).or_insert(now);
         *entry = ((*entry).max(now) + add).min(now + MAX);
         *entry > now + THRESHOLD
     }
@@ -73,7 +73,9 @@ impl Penalties {
     pub fn refuses(&self, ip: IpAddr) -> bool {
         let now = Instant::now();
         let until = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        until.get(&super::source_of(ip)).is_some_and(|u| *u > now + THRESHOLD)
+        until
+            .get(&super::admission::source_of(ip))
+            .is_some_and(|u| *u > now + THRESHOLD)
     }
 
     /// A login from `ip` went through: its penalty is forgiven.
@@ -81,7 +83,7 @@ impl Penalties {
         self.until
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&super::source_of(ip));
+            .remove(&super::admission::source_of(ip));
     }
 }
 
