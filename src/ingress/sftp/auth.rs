@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use russh::keys::ssh_key::{Algorithm, AuthorizedKeys, PublicKey, public::KeyData};
 
-use super::key_options::KeyOptions;
+use super::key_options::{KeyOptions, KeyRefused};
 
 use crate::tenant::{Tenant, TenantId};
 
@@ -57,7 +57,7 @@ pub enum Refusal {
     /// No such tenant, or not one of its keys.
     UnknownKey,
     /// One of its keys, but its options say no (from=, expiry-time=).
-    Options(String),
+    Options(KeyRefused),
     /// An RSA signature with SHA-1 (`ssh-rsa`).
     Sha1,
 }
@@ -67,7 +67,7 @@ impl Refusal {
         match self {
             Refusal::UnknownKey => "unknown user or key".to_owned(),
             Refusal::Sha1 => "ssh-rsa (SHA-1) signatures are refused: use rsa-sha2-256/512".to_owned(),
-            Refusal::Options(why) => why.clone(),
+            Refusal::Options(why) => why.to_string(),
         }
     }
 }

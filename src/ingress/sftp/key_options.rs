@@ -20,6 +20,33 @@ pub struct KeyOptions {
     expires_at: Option<i64>,
 }
 
+/// Why a key's options make it a configuration error. The key's line is to be fixed: no retry
+/// helps.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyOptionError {
+    /// An option dropsync cannot honour, as written.
+    #[error(
+        "option {0:?} cannot be honoured by dropsync (it serves SFTP only); allowed: from=, expiry-time=, restrict, no-*"
+    )]
+    Unhonoured(String),
+    /// A `from=` list that does not parse, and why.
+    #[error("{0}")]
+    From(String),
+    /// An `expiry-time=` that is no time, as written.
+    #[error("expiry-time {0:?} is not YYYYMMDD[HHMM[SS]]")]
+    Expiry(String),
+}
+
+/// Why a key's options refuse a login. The key itself is good: a login from an address its
+/// `from=` allows, before its expiry, succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRefused {
+    #[error("the key expired (expiry-time)")]
+    Expired,
+    #[error("{0} is not in the key's from= list")]
+    NotFrom(IpAddr),
+}
+
 /// Options that restrict what dropsync never allows anyway.
 const HONOURED_BY_CONSTRUCTION: &[&str] = &[
     "restrict",
@@ -32,7 +59,7 @@ const HONOURED_BY_CONSTRUCTION: &[&str] = &[
 
 impl KeyOptions {
     /// Parses a key's options (`opt,opt="value",…` as ssh-key splits them).
-    pub fn parse<'a>(options: impl IntoIterator<Item = &'a str>) -> Result<KeyOptions, String> {
+    pub fn parse<'a>(options: impl IntoIterator<Item = &'a str>) -> Result<KeyOptions, KeyOptionError> {
         let mut out = KeyOptions::default();
         for opt in options {
             let (name, value) = match opt.split_once('=') {
@@ -40,31 +67,26 @@ impl KeyOptions {
                 None => (opt, None),
             };
             match (name.to_ascii_lowercase().as_str(), value) {
-                ("from", Some(v)) => out.from = Some(AddressList::parse_list(v)?),
+                ("from", Some(v)) => out.from = Some(AddressList::parse_list(v).map_err(KeyOptionError::From)?),
                 ("expiry-time", Some(v)) => out.expires_at = Some(parse_expiry(v)?),
                 (n, None) if HONOURED_BY_CONSTRUCTION.contains(&n) => {}
-                _ => {
-                    return Err(format!(
-                        "option {opt:?} cannot be honoured by dropsync (it serves SFTP only); \
-                         allowed: from=, expiry-time=, restrict, no-*"
-                    ));
-                }
+                _ => return Err(KeyOptionError::Unhonoured(opt.to_owned())),
             }
         }
         Ok(out)
     }
 
     /// Whether the key may log in from `peer` at `now` (unix seconds); if not, why.
-    pub fn allows(&self, peer: IpAddr, now: i64) -> Result<(), String> {
+    pub fn allows(&self, peer: IpAddr, now: i64) -> Result<(), KeyRefused> {
         if let Some(at) = self.expires_at
             && now > at
         {
-            return Err("the key expired (expiry-time)".into());
+            return Err(KeyRefused::Expired);
         }
         if let Some(from) = &self.from
             && !from.matches(peer)
         {
-            return Err(format!("{peer} is not in the key's from= list"));
+            return Err(KeyRefused::NotFrom(peer));
         }
         Ok(())
     }
@@ -72,22 +94,26 @@ impl KeyOptions {
 
 /// `YYYYMMDD`, `YYYYMMDDHHMM` or `YYYYMMDDHHMMSS`, read in UTC (sshd reads the system's zone;
 /// a daemon's zone is UTC on the machines this runs on, and UTC is stated in the README).
-fn parse_expiry(v: &str) -> Result<i64, String> {
+fn parse_expiry(v: &str) -> Result<i64, KeyOptionError> {
     if ![8, 12, 14].contains(&v.len()) {
-        return Err(format!("expiry-time {v:?} is not YYYYMMDD[HHMM[SS]]"));
+        return Err(KeyOptionError::Expiry(v.to_owned()));
     }
     let padded = format!("{v:0<14}");
     chrono::NaiveDateTime::parse_from_str(&padded, "%Y%m%d%H%M%S")
         .map(|t| t.and_utc().timestamp())
-        .map_err(|_| format!("expiry-time {v:?} is not YYYYMMDD[HHMM[SS]]"))
+        .map_err(|_| KeyOptionError::Expiry(v.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn opts(s: &str) -> Result<KeyOptions, String> {
+    fn opts(s: &str) -> Result<KeyOptions, KeyOptionError> {
         KeyOptions::parse(s.split(',').filter(|o| !o.is_empty()))
+    }
+
+    fn refusal(s: &str) -> String {
+        opts(s).unwrap_err().to_string()
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -124,10 +150,10 @@ mod tests {
 
     #[test]
     fn bad_lists_and_unknown_options_are_errors() {
-        assert!(opts("from=\"10.0.0.1/8\"").unwrap_err().contains("host bits"));
-        assert!(opts("from=\"10.0.0.0/33\"").unwrap_err().contains("prefix"));
-        assert!(opts("from=\"host.example\"").unwrap_err().contains("not looked up"));
-        assert!(opts("command=\"/bin/sh\"").unwrap_err().contains("cannot be honoured"));
+        assert!(refusal("from=\"10.0.0.1/8\"").contains("host bits"));
+        assert!(refusal("from=\"10.0.0.0/33\"").contains("prefix"));
+        assert!(refusal("from=\"host.example\"").contains("not looked up"));
+        assert!(refusal("command=\"/bin/sh\"").contains("cannot be honoured"));
         assert!(opts("permitopen=\"x:1\"").is_err());
         assert!(opts("restrict,no-pty,no-port-forwarding,no-X11-forwarding").is_ok());
     }
@@ -137,7 +163,7 @@ mod tests {
         let o = opts("expiry-time=\"20200101\"").unwrap();
         let jan_2020 = 1_577_836_800;
         assert!(o.allows(ip("127.0.0.1"), jan_2020).is_ok());
-        assert!(o.allows(ip("127.0.0.1"), jan_2020 + 1).unwrap_err().contains("expired"));
+        assert_eq!(o.allows(ip("127.0.0.1"), jan_2020 + 1), Err(KeyRefused::Expired));
         assert_eq!(parse_expiry("202001011230").unwrap(), jan_2020 + 12 * 3600 + 30 * 60);
         assert!(parse_expiry("2020").is_err());
     }

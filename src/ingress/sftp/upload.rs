@@ -18,11 +18,11 @@ use super::pending::{Added, AlreadyOpen, Pending};
 use crate::arrival::file::create_temp;
 use crate::dropbox::FileId;
 use crate::fsutil::{TempKind, is_ours};
-use crate::limits::FileGrant;
+use crate::limits::{FileGrant, QuotaExceeded};
 
 /// Counts an upload against its tenant's quota, or says why it may not be written: a new file,
 /// or one that continues the file it is given (its identity and size), which it replaces.
-pub type Granter = dyn Fn(&VPath, Option<(FileId, u64)>) -> Result<Option<FileGrant>, String>;
+pub type Granter = dyn Fn(&VPath, Option<(FileId, u64)>) -> Result<Option<FileGrant>, QuotaExceeded>;
 
 /// An upload opened for writing: a new one, or one already open (joined).
 pub struct Opened {
@@ -74,7 +74,7 @@ impl TenantFs {
             false => None,
         };
         let original = kept.as_ref().map(|(_, id, len)| (*id, *len));
-        let mut grant = grant(&v, original).map_err(|why| FsError::new(StatusCode::Failure, why))?;
+        let mut grant = grant(&v, original).map_err(|why| FsError::new(StatusCode::Failure, why.to_string()))?;
         let tmp_name = TempKind::Upload.name();
         let file = create_temp(&parent, &tmp_name, true).map_err(|e| FsError::io(&v, &e))?;
         let tmp = target.with_file_name(&tmp_name);

@@ -118,16 +118,28 @@ fn write_one(file: &File, offset: u64, data: &[u8], durable: bool) -> std::io::R
     Ok(())
 }
 
-/// Why an upload may not reach `end` bytes (a write, or a size set), if it may not.
-pub(super) fn refuse_growth(pending: &Pending, end: u64, max_file_size: u64) -> Option<String> {
+/// Why a file may not grow to a size (a write, or a size set). Told to the client as it is.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum GrowthRefused {
+    /// Past `sftp.max_file_size`, which it gives.
+    #[error("file larger than the limit of {} (sftp.max_file_size)", bytesize::ByteSize::b(*.0))]
+    TooLarge(u64),
+    /// Past the tenant's quota: files removed make room.
+    #[error(transparent)]
+    Quota(#[from] crate::limits::QuotaExceeded),
+}
+
+/// Whether an upload may reach `end` bytes (a write, or a size set); if so, its grant counts
+/// them.
+pub(super) fn may_grow(pending: &Pending, end: u64, max_file_size: u64) -> Result<(), GrowthRefused> {
     if end > max_file_size {
-        return Some(too_large(max_file_size));
+        return Err(GrowthRefused::TooLarge(max_file_size));
     }
-    pending.grow_to(end).err().map(|e| e.to_string())
+    Ok(pending.grow_to(end)?)
 }
 
 impl Session {
-    pub(super) async fn open(&mut self, id: u32, path: String, flags: OpenFlags) -> Result<Packet, String> {
+    pub(super) async fn open(&mut self, id: u32, path: String, flags: OpenFlags) -> Result<Packet, SessionError> {
         let write = flags.intersects(OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE);
         if !write {
             return Ok(match self.blocking(move |fs| fs.open_read(&path)).await? {
@@ -147,9 +159,8 @@ impl Session {
                 Some((id, size)) => quotas.continue_file(&tenant, v.name(), id, size),
                 None => quotas.open_file(&tenant, v.name()),
             };
-            granted.map(Some).map_err(|e| {
+            granted.map(Some).inspect_err(|e| {
                 tracing::warn!(tenant = %tenant, file = %v, error = %e, "upload refused");
-                e.to_string()
             })
         };
         // Without TRUNCATE an existing file is copied into the upload first: that can take long.
@@ -182,13 +193,14 @@ impl Session {
         Ok(Packet::Handle(HandleReply { id, handle }))
     }
 
-    pub(super) async fn write(&mut self, w: russh_sftp::protocol::Write) -> Result<(), String> {
+    pub(super) async fn write(&mut self, w: russh_sftp::protocol::Write) -> Result<(), SessionError> {
         let max_file_size = self.ctx.max_file_size;
         let data = Bytes::from(w.data);
         let (pending, gate, queue) = match self.handles.get_mut(&w.handle) {
             Some(OpenHandle::Upload(u)) => {
                 let end = w.offset.saturating_add(data.len() as u64);
-                if let Some(msg) = refuse_growth(&u.pending, end, max_file_size) {
+                if let Err(refused) = may_grow(&u.pending, end, max_file_size) {
+                    let msg = refused.to_string();
                     u.pending.poison(&msg);
                     return self.send(status(w.id, StatusCode::Failure, &msg)).await;
                 }
@@ -210,12 +222,7 @@ impl Session {
         let outstanding = self.take_outstanding(SMALL_REPLY)?;
         // Waits for the disk only: the budget comes back as writes land, never with replies.
         let want = data.len().clamp(1, WRITE_BUDGET) as u32;
-        let budget = self
-            .write_budget
-            .clone()
-            .acquire_many_owned(want)
-            .await
-            .map_err(|e| e.to_string())?;
+        let budget = self.write_budget.clone().acquire_many_owned(want).await?;
         metrics::counter!("dropsync_received_bytes_total", "via" => "sftp").increment(data.len() as u64);
         let job = WriteJob {
             id: w.id,
@@ -244,7 +251,7 @@ impl Session {
     /// READ. Of a read-only handle, it goes to the session's read pump; of an upload (read
     /// back through sshfs, say), it is read at once, and holds the upload's CLOSE off until then.
     /// Neither waits for a reply to be written (see `replies`).
-    pub(super) async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Result<(), String> {
+    pub(super) async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Result<(), SessionError> {
         let len = (len as u64).min(MAX_DATA) as usize;
         let (file, gate) = match self.handles.get(&handle) {
             Some(OpenHandle::Read(f)) => {
@@ -256,8 +263,8 @@ impl Session {
                     len,
                     _queued: self.take_outstanding(QUEUED_READ_COST)?,
                 };
-                let reads = self.reads.as_ref().ok_or("session ending")?;
-                return reads.send(job).map_err(|_| "read pump gone".to_string());
+                let reads = self.reads.as_ref().ok_or(SessionError::Ending)?;
+                return reads.send(job).map_err(|_| SessionError::ReadPumpGone);
             }
             Some(OpenHandle::Upload(u)) => (u.pending.file.clone(), u.pending.gate.clone()),
             _ => return self.send(status(id, StatusCode::Failure, "invalid handle")).await,
@@ -266,7 +273,7 @@ impl Session {
         let gate = gate.read_owned().await;
         let outstanding = self.take_outstanding(len)?;
         // Waits for the disk only: the slot comes back once the data is read.
-        let slot = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let slot = self.slots.clone().acquire_owned().await?;
         let (tx, seq) = (self.tx.clone(), self.seq);
         while self.requests.try_join_next().is_some() {}
         self.requests.spawn_blocking(move || {
@@ -285,7 +292,7 @@ impl Session {
 
     /// CLOSE of any handle. An upload's comes back with its place among the uploads in
     /// flight, for the reply to hold until it is written.
-    pub(super) async fn close(&mut self, id: u32, handle: &str) -> Result<(Packet, Option<InFlight>), String> {
+    pub(super) async fn close(&mut self, id: u32, handle: &str) -> Result<(Packet, Option<InFlight>), SessionError> {
         let removed = self.handles.remove(handle);
         if removed.is_some() {
             metrics::gauge!("dropsync_sftp_handles").decrement(1.0);
@@ -302,7 +309,7 @@ impl Session {
 
     /// CLOSE of an upload handle. The last one puts the upload in place and announces it (or
     /// finds it discarded, if a write failed, its other connection was lost, or it was removed).
-    async fn close_upload(&mut self, id: u32, u: UploadHandle) -> Result<Packet, String> {
+    async fn close_upload(&mut self, id: u32, u: UploadHandle) -> Result<Packet, SessionError> {
         // Taken apart, so that the upload's last reference is the one finishing it, which can
         // close the temp file before it is renamed.
         let UploadHandle { pending, digest, .. } = u;
@@ -328,7 +335,7 @@ impl Session {
 
     /// Puts an upload whose last handle is gone in place, and announces it (once its folder is
     /// synced, if that is still to come).
-    async fn finish_upload(&mut self, upload: Completing, digest: StreamDigest) -> Result<FsResult<()>, String> {
+    async fn finish_upload(&mut self, upload: Completing, digest: StreamDigest) -> Result<FsResult<()>, SessionError> {
         // Its digest, if every byte was hashed as one handle wrote it: it goes with the arrival.
         let meta = upload.file().metadata().ok();
         let size = meta.as_ref().map_or(0, |m| m.len());
@@ -370,7 +377,7 @@ impl Session {
         })
     }
 
-    pub(super) async fn open_dir(&mut self, id: u32, path: String) -> Result<(), String> {
+    pub(super) async fn open_dir(&mut self, id: u32, path: String) -> Result<(), SessionError> {
         let reply = match self.blocking(move |fs| fs.open_dir(&path)).await? {
             Ok(listing) => {
                 let handle = self.new_handle(OpenHandle::Dir(Box::new(listing)));
@@ -383,7 +390,7 @@ impl Session {
 
     /// One batch of a listing: it goes to a blocking thread to be read from the disk, and
     /// comes back to its handle.
-    pub(super) async fn read_dir(&mut self, id: u32, handle: String) -> Result<(), String> {
+    pub(super) async fn read_dir(&mut self, id: u32, handle: String) -> Result<(), SessionError> {
         let mut listing = match self.handles.remove(&handle) {
             Some(OpenHandle::Dir(listing)) => listing,
             other => {

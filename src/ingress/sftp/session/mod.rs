@@ -66,12 +66,14 @@ pub struct SessionCtx {
     pub config: LiveConfig,
 }
 
+mod ended;
 mod files;
 mod packets;
-use packets::{fs_err, ok, status, take_string, too_large, unit_reply, version};
+pub use ended::SessionError;
+use packets::{fs_err, ok, status, take_string, unit_reply, version};
 mod replies;
 
-use files::{UploadHandle, attrs_of, refuse_growth};
+use files::{GrowthRefused, UploadHandle, attrs_of, may_grow};
 use replies::{Held, InFlight, Outstanding, OutstandingBytes, Reply, send_packet, write_in_order};
 
 enum OpenHandle {
@@ -190,13 +192,13 @@ async fn sync_folders_then_announce(
 impl Session {
     /// Sends the current request's reply. It never waits: see `replies` for why, and for what
     /// bounds the replies waiting to be written.
-    async fn send(&self, p: Packet) -> Result<(), String> {
+    async fn send(&self, p: Packet) -> Result<(), SessionError> {
         self.send_holding(p, None).await
     }
 
     /// Sends the current request's reply, holding `upload` in flight until it is written.
-    async fn send_holding(&self, p: Packet, upload: Option<InFlight>) -> Result<(), String> {
-        let bytes = Bytes::try_from(p).map_err(|e| format!("encode: {e}"))?;
+    async fn send_holding(&self, p: Packet, upload: Option<InFlight>) -> Result<(), SessionError> {
+        let bytes = Bytes::try_from(p).map_err(SessionError::Encode)?;
         let outstanding = self.take_outstanding(bytes.len())?;
         let held = Held {
             _outstanding: Some(outstanding),
@@ -205,18 +207,18 @@ impl Session {
         };
         self.tx
             .send((self.seq, bytes, held))
-            .map_err(|_| "client gone".to_string())
+            .map_err(|_| SessionError::ClientGone)
     }
 
     /// Counts `n` more bytes the client has not had back, or ends the session past the limit.
-    fn take_outstanding(&self, n: usize) -> Result<Outstanding, String> {
+    fn take_outstanding(&self, n: usize) -> Result<Outstanding, SessionError> {
         self.outstanding.take(n).ok_or_else(|| {
             tracing::warn!(tenant = %self.ctx.tenant, "sftp session ended: its client sends requests and does not read the replies");
-            format!("more than {} bytes of replies not read", Outstanding::LIMIT)
+            SessionError::RepliesNotRead
         })
     }
 
-    async fn run<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<(), String> {
+    async fn run<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<(), SessionError> {
         let mut initialised = false;
         loop {
             let len = match reader.read_u32().await {
@@ -224,20 +226,14 @@ impl Session {
                 Err(_) => return Ok(()),
             };
             if len == 0 || len > MAX_PACKET {
-                return Err(format!("packet of {len} bytes"));
+                return Err(SessionError::PacketSize(len));
             }
             // Read into spare capacity: zeroing each packet's buffer first showed in profiles.
             let mut buf = BytesMut::with_capacity(len);
             while buf.len() < len {
                 let want = (len - buf.len()) as u64;
-                if (&mut *reader)
-                    .take(want)
-                    .read_buf(&mut buf)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    == 0
-                {
-                    return Err("client went away mid-packet".into());
+                if (&mut *reader).take(want).read_buf(&mut buf).await? == 0 {
+                    return Err(SessionError::MidPacket);
                 }
             }
             self.seq = self.next_seq;
@@ -263,7 +259,7 @@ impl Session {
             };
             if !initialised {
                 let Packet::Init(_) = packet else {
-                    return Err("first packet is not INIT".into());
+                    return Err(SessionError::NotInit);
                 };
                 initialised = true;
                 self.send(Packet::Version(version())).await?;
@@ -282,11 +278,12 @@ impl Session {
     }
 
     /// Runs blocking file-system work off the runtime.
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(TenantFs) -> T + Send + 'static) -> Result<T, String> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(TenantFs) -> T + Send + 'static,
+    ) -> Result<T, SessionError> {
         let fs = self.ctx.fs.clone();
-        tokio::task::spawn_blocking(move || f(fs))
-            .await
-            .map_err(|e| e.to_string())
+        Ok(tokio::task::spawn_blocking(move || f(fs)).await?)
     }
 
     /// Runs a short file-system call (create, stat, mkdir, a rename without fsync) right on this
@@ -302,12 +299,12 @@ impl Session {
         &self,
         id: u32,
         f: impl FnOnce(TenantFs) -> super::fs::FsResult<()> + Send + 'static,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let reply = unit_reply(id, self.blocking(f).await?);
         self.send(reply).await
     }
 
-    async fn dispatch(&mut self, packet: Packet) -> Result<(), String> {
+    async fn dispatch(&mut self, packet: Packet) -> Result<(), SessionError> {
         // Each handle holds descriptors: one session must not use up the daemon's.
         if let Packet::Open(Open { id, .. }) | Packet::OpenDir(OpenDir { id, .. }) = &packet
             && self.handles.len() >= self.ctx.max_handles
@@ -348,21 +345,13 @@ impl Session {
                 if let Some(size) = s.attrs.size {
                     if let Some(pending) = self.ctx.fs.pending_at(&s.path) {
                         // Being written: its own quota grant grows.
-                        if let Some(why) = refuse_growth(&pending, size, self.ctx.max_file_size) {
-                            return self.send(status(s.id, StatusCode::Failure, &why)).await;
+                        if let Err(why) = may_grow(&pending, size, self.ctx.max_file_size) {
+                            return self.send(status(s.id, StatusCode::Failure, &why.to_string())).await;
                         }
                     }
                     let held = self.quick(|fs| fs.stat(&s.path)).ok().and_then(|a| a.size).unwrap_or(0);
-                    let refused = self.size_refused(size).or_else(|| {
-                        let extra = size.saturating_sub(held);
-                        self.ctx
-                            .quotas
-                            .check_growth(&self.ctx.tenant, extra)
-                            .err()
-                            .map(|e| e.to_string())
-                    });
-                    if let Some(why) = refused {
-                        return self.send(status(s.id, StatusCode::Failure, &why)).await;
+                    if let Err(why) = self.may_be_resized(size, held) {
+                        return self.send(status(s.id, StatusCode::Failure, &why.to_string())).await;
                     }
                 }
                 let (path, attrs) = (s.path, s.attrs);
@@ -372,15 +361,12 @@ impl Session {
                 let max_file_size = self.ctx.max_file_size;
                 let reply = match self.handles.get_mut(&s.handle) {
                     Some(OpenHandle::Upload(u)) => {
-                        let refused = s
-                            .attrs
-                            .size
-                            .and_then(|size| refuse_growth(&u.pending, size, max_file_size));
-                        let result: Result<(), String> = match refused {
-                            Some(why) => Err(why),
-                            None => set_attrs(&u.pending.file, &s.attrs).map_err(|e| e.to_string()),
+                        let refused = s.attrs.size.map(|size| may_grow(&u.pending, size, max_file_size));
+                        let set = match refused {
+                            Some(Err(why)) => Err(why.to_string()),
+                            _ => set_attrs(&u.pending.file, &s.attrs).map_err(|e| e.to_string()),
                         };
-                        match (result, s.attrs.size) {
+                        match (set, s.attrs.size) {
                             (Ok(()), Some(size)) => {
                                 u.digest.set_size(size, &u.pending.file).await;
                                 ok(s.id)
@@ -435,9 +421,13 @@ impl Session {
         }
     }
 
-    /// Why a file of `size` bytes is refused, if it is.
-    fn size_refused(&self, size: u64) -> Option<String> {
-        (size > self.ctx.max_file_size).then(|| too_large(self.ctx.max_file_size))
+    /// Whether a file holding `held` bytes may be made `size` bytes long (by SETSTAT).
+    fn may_be_resized(&self, size: u64, held: u64) -> Result<(), GrowthRefused> {
+        if size > self.ctx.max_file_size {
+            return Err(GrowthRefused::TooLarge(self.ctx.max_file_size));
+        }
+        let extra = size.saturating_sub(held);
+        Ok(self.ctx.quotas.check_growth(&self.ctx.tenant, extra)?)
     }
 
     async fn announce(&self, rel: &str, digest: Option<KnownDigest>) {
@@ -460,7 +450,7 @@ impl Session {
         let _ = self.ctx.arrivals.send(event).await;
     }
 
-    async fn stat(&self, id: u32, path: String) -> Result<(), String> {
+    async fn stat(&self, id: u32, path: String) -> Result<(), SessionError> {
         let reply = match self.quick(|fs| fs.stat(&path)) {
             Ok(attrs) => Packet::Attrs(Attrs { id, attrs }),
             Err(e) => fs_err(id, e),
@@ -468,7 +458,7 @@ impl Session {
         self.send(reply).await
     }
 
-    async fn rename(&self, id: u32, from: String, to: String, overwrite: bool) -> Result<(), String> {
+    async fn rename(&self, id: u32, from: String, to: String, overwrite: bool) -> Result<(), SessionError> {
         let from_path = from.clone();
         let result = self.blocking(move |fs| fs.rename(&from, &to, overwrite)).await?;
         let reply = match result {
@@ -484,7 +474,7 @@ impl Session {
         self.send(reply).await
     }
 
-    async fn extended(&mut self, id: u32, request: String, mut data: Bytes) -> Result<(), String> {
+    async fn extended(&mut self, id: u32, request: String, mut data: Bytes) -> Result<(), SessionError> {
         match request.as_str() {
             "posix-rename@openssh.com" => match (take_string(&mut data), take_string(&mut data)) {
                 (Some(from), Some(to)) => self.rename(id, from, to, true).await,

@@ -40,14 +40,6 @@ pub(super) fn take_string(b: &mut Bytes) -> Option<String> {
     String::from_utf8(b.split_to(n).to_vec()).ok()
 }
 
-/// The refusal of a file past `sftp.max_file_size`.
-pub(super) fn too_large(max: u64) -> String {
-    format!(
-        "file larger than the limit of {} (sftp.max_file_size)",
-        bytesize::ByteSize::b(max)
-    )
-}
-
 /// The VERSION reply, with the OpenSSH extensions clients look for.
 pub(super) fn version() -> Version {
     let mut v = Version::new();
