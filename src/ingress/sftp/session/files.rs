@@ -319,7 +319,8 @@ impl Session {
         let released = self.ctx.fs.pending.close(pending);
         drop(all_written);
         Ok(match released {
-            // Other handles still have it open. "Done" unless it is already doomed.
+            // Other handles still have it open, or the client removed it: "done", unless it is
+            // already doomed.
             Released::StillOpen(None) | Released::Discarded(None) => ok(id),
             Released::StillOpen(Some(why)) => discarded(id, &why),
             Released::Discarded(Some(why)) => {
