@@ -1,6 +1,27 @@
-//! Retry delays shared by everything that retries: forwarding to a sink, polling FTP sources.
+//! Retrying, shared by everything that retries (intake, forwarding to a sink, reports, polling
+//! FTP sources): whether a retry can help ([`Retry`]), and how long to wait before it.
 
 use std::time::Duration;
+
+/// Whether trying the same thing again later can succeed. Each stage's error type answers it,
+/// and the stage decides from that one answer: back off and try again, or give up (`failed`,
+/// reported, or left until the configuration changes).
+pub trait Retry {
+    fn retry_helps(&self) -> bool;
+}
+
+/// Local I/O: a full disk, a busy device or a dropped connection may clear; a refused
+/// permission, a path that is not there, a name or an argument the system will not take, or a
+/// read-only file system will not, however often it is tried.
+impl Retry for std::io::Error {
+    fn retry_helps(&self) -> bool {
+        use std::io::ErrorKind::*;
+        !matches!(
+            self.kind(),
+            PermissionDenied | NotFound | InvalidInput | InvalidFilename | ReadOnlyFilesystem
+        )
+    }
+}
 
 /// Exponential backoff with jitter: `min * 2^(attempt-1)`, capped at `max`, then a random point
 /// in its upper half so that many conversations failing together do not retry in lockstep.
@@ -30,5 +51,31 @@ mod tests {
             assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} vs {full:?}");
         }
         assert!(exponential(30, min, max) <= max);
+    }
+
+    #[test]
+    fn io_errors_no_retry_can_mend_say_so() {
+        let helps = |code| std::io::Error::from_raw_os_error(code).retry_helps();
+        for code in [
+            libc::EACCES,
+            libc::EPERM,
+            libc::ENOENT,
+            libc::EINVAL,
+            libc::ENAMETOOLONG,
+            libc::EROFS,
+        ] {
+            assert!(!helps(code), "{}", std::io::Error::from_raw_os_error(code));
+        }
+        for code in [
+            libc::ENOSPC,
+            libc::EDQUOT,
+            libc::EIO,
+            libc::EAGAIN,
+            libc::ECONNRESET,
+            libc::ETIMEDOUT,
+        ] {
+            assert!(helps(code), "{}", std::io::Error::from_raw_os_error(code));
+        }
+        assert!(std::io::Error::other("a hiccup").retry_helps());
     }
 }

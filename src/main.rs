@@ -373,8 +373,8 @@ fn retry(config: &Config, tenant: Option<&str>, conversation: Option<&str>) -> a
 }
 
 fn tenant_add(config: &Config, id: &str, key: &str) -> anyhow::Result<()> {
-    let key = dropsync::onboard::read_key_arg(key, std::io::stdin().lock()).map_err(anyhow::Error::msg)?;
-    let added = dropsync::onboard::add_tenant(config, id, &key).map_err(anyhow::Error::msg)?;
+    let key = dropsync::onboard::read_key_arg(key, std::io::stdin().lock())?;
+    let added = dropsync::onboard::add_tenant(config, id, &key)?;
     println!("wrote {}", added.file.display());
     match (&added.host, added.port) {
         (Some(host), Some(port)) => {

@@ -24,22 +24,58 @@ pub struct Onboarded {
     pub host_key_fingerprints: Vec<String>,
 }
 
+/// Why a tenant was not added. Each message carries its cause's own words; the cause is not
+/// also a `source`, so that `dropsync: {:#}` does not say it twice.
+#[derive(Debug, thiserror::Error)]
+pub enum OnboardError {
+    /// `--key`'s file, or standard input, cannot be read.
+    #[error("cannot read {what}: {error}")]
+    ReadKey { what: String, error: std::io::Error },
+    #[error("{0}")]
+    BadTenantId(String),
+    #[error("tenant {0} exists already")]
+    TenantExists(TenantId),
+    /// `--key` was taken as the key's text, and is not one.
+    #[error("not a file, and not a public key: {0}")]
+    NotAKey(String),
+    /// What `--key` named holds something that is not a public key.
+    #[error("{from}: {error}")]
+    BadKey { from: KeySource, error: String },
+    #[error("{0} holds no public key")]
+    NoKey(KeySource),
+    #[error("cannot read {}: {error}", path.display())]
+    ReadConfig { path: PathBuf, error: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    ParseConfig { path: PathBuf, error: toml::de::Error },
+    #[error("{} has no include = [\"tenants.d/*.toml\"]: add one so tenants can be added", .0.display())]
+    NoInclude(PathBuf),
+    #[error("include pattern {0:?} has no folder")]
+    IncludeHasNoFolder(String),
+    #[error("cannot create {}: {error}", path.display())]
+    CreateDir { path: PathBuf, error: std::io::Error },
+    #[error("{} exists already", .0.display())]
+    FileExists(PathBuf),
+    #[error("cannot write {}: {error}", path.display())]
+    Write { path: PathBuf, error: std::io::Error },
+    /// The new file is taken away again.
+    #[error("the configuration would not load with the new tenant:\n{0}")]
+    WouldNotLoad(config::ConfigError),
+}
+
 /// The folder new tenant files go to: that of the config's first `include` pattern.
-fn tenants_dir(config_file: &Path) -> Result<PathBuf, String> {
+fn tenants_dir(config_file: &Path) -> Result<PathBuf, OnboardError> {
+    let path = || config_file.to_path_buf();
     let text =
-        std::fs::read_to_string(config_file).map_err(|e| format!("cannot read {}: {e}", config_file.display()))?;
-    let table: toml::Table = text.parse().map_err(|e| format!("{}: {e}", config_file.display()))?;
+        std::fs::read_to_string(config_file).map_err(|error| OnboardError::ReadConfig { path: path(), error })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|error| OnboardError::ParseConfig { path: path(), error })?;
     let pattern = table
         .get("include")
         .and_then(|v| v.as_array())
         .and_then(|a| a.first())
         .and_then(|v| v.as_str())
-        .ok_or_else(|| {
-            format!(
-                "{} has no include = [\"tenants.d/*.toml\"]: add one so tenants can be added",
-                config_file.display()
-            )
-        })?;
+        .ok_or_else(|| OnboardError::NoInclude(path()))?;
     let base = config_file.parent().unwrap_or(Path::new("/"));
     let full = if Path::new(pattern).is_absolute() {
         PathBuf::from(pattern)
@@ -48,7 +84,7 @@ fn tenants_dir(config_file: &Path) -> Result<PathBuf, String> {
     };
     full.parent()
         .map(Path::to_path_buf)
-        .ok_or_else(|| format!("include pattern {pattern:?} has no folder"))
+        .ok_or_else(|| OnboardError::IncludeHasNoFolder(pattern.to_owned()))
 }
 
 /// The public key(s) of `--key`, and where they came from.
@@ -58,7 +94,7 @@ pub struct KeyText {
     pub source: KeySource,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// The argument itself was the key.
     Given,
@@ -79,12 +115,13 @@ impl std::fmt::Display for KeySource {
 /// Reads `--key ARG`: `-` reads `stdin`; an existing file is read; anything else with a space in
 /// it is taken as the key's text (a key line always has one). So a path that does not exist
 /// and holds no space is "cannot read", not a key that fails to parse.
-pub fn read_key_arg(arg: &str, mut stdin: impl std::io::Read) -> Result<KeyText, String> {
+pub fn read_key_arg(arg: &str, mut stdin: impl std::io::Read) -> Result<KeyText, OnboardError> {
     if arg == "-" {
         let mut text = String::new();
-        stdin
-            .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        stdin.read_to_string(&mut text).map_err(|error| OnboardError::ReadKey {
+            what: "standard input".into(),
+            error,
+        })?;
         return Ok(KeyText {
             text,
             source: KeySource::Stdin,
@@ -92,7 +129,10 @@ pub fn read_key_arg(arg: &str, mut stdin: impl std::io::Read) -> Result<KeyText,
     }
     let path = Path::new(arg);
     if path.exists() || !arg.trim().contains(' ') {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {arg}: {e}"))?;
+        let text = std::fs::read_to_string(path).map_err(|error| OnboardError::ReadKey {
+            what: arg.to_owned(),
+            error,
+        })?;
         return Ok(KeyText {
             text,
             source: KeySource::File(path.to_path_buf()),
@@ -104,18 +144,21 @@ pub fn read_key_arg(arg: &str, mut stdin: impl std::io::Read) -> Result<KeyText,
     })
 }
 
-pub fn add_tenant(cfg: &Config, id: &str, key: &KeyText) -> Result<Onboarded, String> {
-    let id = TenantId::parse(id)?;
+pub fn add_tenant(cfg: &Config, id: &str, key: &KeyText) -> Result<Onboarded, OnboardError> {
+    let id = TenantId::parse(id).map_err(OnboardError::BadTenantId)?;
     if cfg.tenant(id.as_str()).is_some() {
-        return Err(format!("tenant {id} exists already"));
+        return Err(OnboardError::TenantExists(id));
     }
     let key_text = &key.text;
-    let keys = parse_authorized_keys(key_text).map_err(|e| match &key.source {
-        KeySource::Given => format!("not a file, and not a public key: {e}"),
-        source => format!("{source}: {e}"),
+    let keys = parse_authorized_keys(key_text).map_err(|error| match &key.source {
+        KeySource::Given => OnboardError::NotAKey(error),
+        from => OnboardError::BadKey {
+            from: from.clone(),
+            error,
+        },
     })?;
     if keys.is_empty() {
-        return Err(format!("{} holds no public key", key.source));
+        return Err(OnboardError::NoKey(key.source.clone()));
     }
     let lines: Vec<String> = key_text
         .lines()
@@ -124,21 +167,27 @@ pub fn add_tenant(cfg: &Config, id: &str, key: &KeyText) -> Result<Onboarded, St
         .map(str::to_owned)
         .collect();
     let dir = tenants_dir(&cfg.file)?;
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|error| OnboardError::CreateDir {
+        path: dir.clone(),
+        error,
+    })?;
     let file = dir.join(format!("{id}.toml"));
     if file.exists() {
-        return Err(format!("{} exists already", file.display()));
+        return Err(OnboardError::FileExists(file));
     }
     let mut text = format!("# Added by `dropsync tenant add`.\n[[tenants]]\nid = \"{id}\"\nauthorized_keys = [\n");
     for l in &lines {
         text.push_str(&format!("  {},\n", toml::Value::String(l.clone())));
     }
     text.push_str("]\n");
-    crate::fsutil::write_atomic(&file, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    crate::fsutil::write_atomic(&file, text.as_bytes()).map_err(|error| OnboardError::Write {
+        path: file.clone(),
+        error,
+    })?;
     // The whole configuration must still load; if not, the new file goes away again.
     if let Err(e) = config::load(&cfg.file) {
         let _ = std::fs::remove_file(&file);
-        return Err(format!("the configuration would not load with the new tenant:\n{e}"));
+        return Err(OnboardError::WouldNotLoad(e));
     }
     let first = PublicKey::from(keys[0].0.clone())
         .fingerprint(HashAlg::Sha256)
@@ -174,7 +223,7 @@ mod tests {
         std::fs::write(&file, key).unwrap();
         let read = read_key_arg(file.to_str().unwrap(), std::io::empty()).unwrap();
         assert_eq!((read.text.as_str(), read.source), (key, KeySource::File(file)));
-        let missing = read_key_arg("acme.pub", std::io::empty()).unwrap_err();
+        let missing = read_key_arg("acme.pub", std::io::empty()).unwrap_err().to_string();
         assert!(missing.starts_with("cannot read acme.pub: "), "{missing}");
     }
 }

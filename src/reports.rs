@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::backoff::Retry;
 use crate::catalog::{Catalog, CatalogError, OrphanLine, ReportLine};
 use crate::dropbox::{DropRoot, REPORTS_DIR, RelPath};
 use crate::fsutil;
@@ -98,6 +99,41 @@ enum ReportError {
     Csv(#[from] csv::Error),
 }
 
+/// A busy catalog may clear, a broken catalog row will not. Reports go into the tenant's own
+/// folder, which the tenant changes under us (a link planted where `reports/` was, a folder
+/// taken away and put back): whatever writing there met may be gone at the next try.
+impl Retry for ReportError {
+    fn retry_helps(&self) -> bool {
+        match self {
+            ReportError::Catalog(e) => e.retry_helps(),
+            ReportError::Io(_) => true,
+            ReportError::Csv(e) => matches!(e.kind(), csv::ErrorKind::Io(_)),
+        }
+    }
+}
+
+/// A report that could not be written, and when it is tried again.
+#[derive(Debug, Clone, Copy)]
+struct Failing {
+    /// Failures in a row, for the backoff.
+    failures: i64,
+    /// Not before then; `None` when no retry mends it (a broken catalog row): not until the
+    /// report changes, or the daemon restarts.
+    not_before: Option<std::time::Instant>,
+    /// The report's change counter when it failed.
+    version: i64,
+}
+
+impl Failing {
+    /// Whether the report at `version` waits still.
+    fn waits(&self, version: i64, now: std::time::Instant) -> bool {
+        match self.not_before {
+            Some(at) => now < at,
+            None => version == self.version,
+        }
+    }
+}
+
 /// A report that could not be written waits this long before the next try, doubling.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(300);
@@ -107,9 +143,9 @@ pub struct Reporter {
     pub catalog: Catalog,
     pub drop: DropRoot,
     pub wake: Arc<Notify>,
-    /// Reports that failed: (failures in a row, not before). Memory only: a restart tries
-    /// them all again at once, which is what a restart is for.
-    failing: Arc<Mutex<HashMap<i64, (i64, std::time::Instant)>>>,
+    /// Reports that failed. Memory only: a restart tries them all again at once, which is
+    /// what a restart is for.
+    failing: Arc<Mutex<HashMap<i64, Failing>>>,
     /// How long the slowest report of the last pass took to write: big reports are rewritten
     /// less often.
     slowest_report: Duration,
@@ -139,7 +175,7 @@ impl Reporter {
                 after = r.metadata_file_id;
                 if failing
                     .get(&r.metadata_file_id)
-                    .is_some_and(|(_, not_before)| std::time::Instant::now() < *not_before)
+                    .is_some_and(|f| f.waits(r.version, std::time::Instant::now()))
                 {
                     continue;
                 }
@@ -156,13 +192,29 @@ impl Reporter {
                         self.catalog.reports().report_written(r.metadata_file_id, r.version)?;
                         failing.remove(&r.metadata_file_id);
                     }
-                    Err(ReportError::Catalog(e)) => return Err(e),
+                    // A busy catalog holds up every report: the pass backs off as a whole.
+                    Err(ReportError::Catalog(e)) if e.retry_helps() => return Err(e),
                     Err(e) => {
-                        let failures = failing.get(&r.metadata_file_id).map_or(1, |(n, _)| n + 1);
-                        let delay = crate::backoff::exponential(failures, RETRY_MIN, RETRY_MAX);
-                        tracing::warn!(tenant = %tenant, file = rel.as_str(), report = %path.display(), error = %e,
-                            retry_in = ?delay, "cannot write report; the others go on");
-                        failing.insert(r.metadata_file_id, (failures, std::time::Instant::now() + delay));
+                        let failures = failing.get(&r.metadata_file_id).map_or(1, |f| f.failures + 1);
+                        let not_before = if e.retry_helps() {
+                            let delay = crate::backoff::exponential(failures, RETRY_MIN, RETRY_MAX);
+                            tracing::warn!(tenant = %tenant, file = rel.as_str(), report = %path.display(), error = %e,
+                                retry_in = ?delay, "cannot write report; the others go on");
+                            Some(std::time::Instant::now() + delay)
+                        } else {
+                            tracing::error!(tenant = %tenant, file = rel.as_str(), report = %path.display(), error = %e,
+                                "cannot write report, and no retry mends it; the others go on, it is tried again once it changes");
+                            None
+                        };
+                        let version = r.version;
+                        failing.insert(
+                            r.metadata_file_id,
+                            Failing {
+                                failures,
+                                not_before,
+                                version,
+                            },
+                        );
                     }
                 }
             }
@@ -267,6 +319,33 @@ impl Worker for Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_no_retry_mends_waits_for_a_change_others_for_their_time() {
+        let now = std::time::Instant::now();
+        let later = now + Duration::from_secs(5);
+        let hopeless = Failing {
+            failures: 1,
+            not_before: None,
+            version: 3,
+        };
+        assert!(hopeless.waits(3, later));
+        assert!(!hopeless.waits(4, now));
+        let busy = Failing {
+            not_before: Some(later),
+            ..hopeless
+        };
+        assert!(busy.waits(4, now));
+        assert!(!busy.waits(3, later));
+
+        let io = |code| ReportError::Io(std::io::Error::from_raw_os_error(code));
+        assert!(io(libc::ENOSPC).retry_helps());
+        // The tenant's folder: a link there now may be gone at the next try.
+        assert!(io(libc::ENOENT).retry_helps());
+        assert!(!ReportError::Catalog(CatalogError::Corrupt("bad row".into())).retry_helps());
+        let csv_io = csv::Error::from(std::io::Error::from_raw_os_error(libc::EIO));
+        assert!(ReportError::Csv(csv_io).retry_helps());
+    }
 
     #[test]
     fn the_pause_between_passes_follows_the_slowest_report_not_the_pass() {

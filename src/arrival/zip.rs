@@ -8,6 +8,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::{ArrivingFile, Batch, Placed, Placement, Replace, WriteStop};
+use crate::backoff::Retry;
 use crate::config::MatchingConfig;
 use crate::dropbox::{RelPath, is_temp_name};
 use crate::limits::Limits;
@@ -35,10 +36,13 @@ pub enum UnzipError {
     Io { what: String, source: io::Error },
 }
 
-impl UnzipError {
-    /// Whether trying again later may unpack it.
-    pub fn retry_helps(&self) -> bool {
-        matches!(self, UnzipError::Io { .. })
+/// A refused archive is refused again; our side's failure may clear, as its I/O error says.
+impl Retry for UnzipError {
+    fn retry_helps(&self) -> bool {
+        match self {
+            UnzipError::Refused(_) => false,
+            UnzipError::Io { source, .. } => source.retry_helps(),
+        }
     }
 }
 

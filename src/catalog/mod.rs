@@ -60,6 +60,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use crate::backoff::Retry;
 use db::Db;
 
 pub use allocation::{AllocationNow, Allocations, Minutes, MinutesStatus, allocations_for};
@@ -78,6 +79,29 @@ pub enum CatalogError {
     TooNew { path: String, found: i64, known: i64 },
     #[error("catalog: {0}")]
     Corrupt(String),
+}
+
+/// A busy or locked database, a full disk or an I/O hiccup may clear; a broken constraint, a
+/// corrupt file or a schema this build does not know will not.
+impl Retry for CatalogError {
+    fn retry_helps(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        match self {
+            CatalogError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                DatabaseBusy
+                    | DatabaseLocked
+                    | FileLockingProtocolFailed
+                    | SchemaChanged
+                    | OperationInterrupted
+                    | OutOfMemory
+                    | DiskFull
+                    | SystemIoFailure
+            ),
+            // Reading a row into a type, a statement: our code or the data, the same next time.
+            CatalogError::Sqlite(_) | CatalogError::TooNew { .. } | CatalogError::Corrupt(_) => false,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, CatalogError>;
@@ -301,3 +325,34 @@ mod ftp_tests;
 mod queue_tests;
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_catalog_is_worth_a_retry_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let holder = Connection::open(&path).unwrap();
+        holder
+            .execute_batch("CREATE TABLE t (k INTEGER UNIQUE); BEGIN EXCLUSIVE;")
+            .unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        let busy = CatalogError::from(other.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+        assert!(busy.retry_helps(), "{busy}");
+        holder.execute_batch("INSERT INTO t VALUES (1); COMMIT;").unwrap();
+        let constraint = CatalogError::from(other.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+        assert!(!constraint.retry_helps(), "{constraint}");
+
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
+        let corrupt = Connection::open(&garbage)
+            .and_then(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)))
+            .map_err(CatalogError::from)
+            .unwrap_err();
+        assert!(!corrupt.retry_helps(), "{corrupt}");
+        assert!(!CatalogError::Corrupt("conversation 7 vanished".into()).retry_helps());
+    }
+}

@@ -2,9 +2,10 @@
 //!
 //! A worker claims one due conversation (committed as `forwarding`), writes its recordings and
 //! then `metadata.json` under deterministic keys, commits `forwarded`, and moves its files to the
-//! archive. Transient sink errors go back to the queue with exponential backoff and jitter;
-//! permanent ones mark the conversation `failed` until `dropsync retry`. Workers take tenants
-//! in turn: each claim is a few conversations of the next tenant with work due.
+//! archive. Errors a retry may mend (a sink's outage or throttling, a busy catalog) send the
+//! conversation back to the queue with exponential backoff and jitter; those it cannot (refused
+//! credentials, a broken constraint) mark it `failed` until `dropsync retry`. Workers take
+//! tenants in turn: each claim is a few conversations of the next tenant with work due.
 
 pub mod dir;
 pub mod layout;
@@ -17,6 +18,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::archive::Archiver;
+use crate::backoff::Retry;
 use crate::catalog::{Catalog, Forwarded, NewIntake, Via, Work, allocations_for, ms, now_ms};
 use crate::config::{LiveConfig, SinkConfig};
 use crate::dropbox::{DropRoot, RelPath};
@@ -24,45 +26,43 @@ use crate::tenant::TenantId;
 use crate::worker::{Worker, WorkerError, WorkerState};
 use layout::RecordingEntry;
 
-/// Whether retrying can help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    Transient,
-    Permanent,
-}
-
+/// A sink's refusal or failure, and whether sending again later can succeed ([`Retry`]): a
+/// transient one goes back to the queue with backoff, a permanent one marks the conversation
+/// `failed`.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct SinkError {
-    pub kind: ErrorKind,
+    retry_helps: bool,
     pub message: String,
 }
 
 impl SinkError {
     pub fn transient(message: impl Into<String>) -> Self {
         SinkError {
-            kind: ErrorKind::Transient,
+            retry_helps: true,
             message: message.into(),
         }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
         SinkError {
-            kind: ErrorKind::Permanent,
+            retry_helps: false,
             message: message.into(),
         }
     }
-    /// Local I/O: a full disk or a busy device may clear; a permission problem will not.
+    /// Local I/O, as the error's kind says: a full disk or a busy device may clear; a
+    /// permission problem, or a name the sink folder's file system cannot take (keys are
+    /// shortened to fit S3, not every file system), will not.
     pub fn from_io(what: &str, e: &std::io::Error) -> Self {
-        let message = format!("{what}: {e}");
-        match e.kind() {
-            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-                SinkError::permanent(message)
-            }
-            // Keys are shortened to fit; a sink folder whose own file system takes shorter
-            // names cannot hold this one, however often it is tried.
-            _ if e.raw_os_error() == Some(libc::ENAMETOOLONG) => SinkError::permanent(message),
-            _ => SinkError::transient(message),
+        SinkError {
+            retry_helps: e.retry_helps(),
+            message: format!("{what}: {e}"),
         }
+    }
+}
+
+impl Retry for SinkError {
+    fn retry_helps(&self) -> bool {
+        self.retry_helps
     }
 }
 
@@ -304,7 +304,7 @@ impl Forwarder {
                     .run(move |c| c.forward_queue().recording_vanished(id, file_id, &why, now, grace))
                     .await
             }
-            Err(Outcome::Sink(e)) if e.kind == ErrorKind::Permanent => {
+            Err(Outcome::Sink(e)) if !e.retry_helps() => {
                 metrics::counter!("dropsync_sink_errors_total", "kind" => "permanent").increment(1);
                 tracing::error!(error = %e, "forwarding failed permanently; `dropsync retry` re-queues it");
                 self.catalog
@@ -331,6 +331,11 @@ impl Forwarder {
                         c.forward_queue().retry_later(id, &why, at, now)
                     })
                     .await
+            }
+            Err(Outcome::Catalog(e)) if !e.retry_helps() => {
+                tracing::error!(error = %e, "catalog error while forwarding, which no retry mends; `dropsync retry` re-queues it");
+                let msg = e.to_string();
+                self.catalog.run(move |c| c.forward_queue().fail(id, &msg, now)).await
             }
             Err(Outcome::Catalog(e)) => {
                 tracing::error!(error = %e, "catalog error while forwarding; the conversation is replayed later");
@@ -469,10 +474,11 @@ mod tests {
 
     #[test]
     fn local_errors_no_retry_can_mend_are_permanent() {
-        let kind = |code| SinkError::from_io("write", &std::io::Error::from_raw_os_error(code)).kind;
-        assert_eq!(kind(libc::ENAMETOOLONG), ErrorKind::Permanent);
-        assert_eq!(kind(libc::EACCES), ErrorKind::Permanent);
-        assert_eq!(kind(libc::ENOSPC), ErrorKind::Transient);
-        assert_eq!(kind(libc::EIO), ErrorKind::Transient);
+        let helps = |code| SinkError::from_io("write", &std::io::Error::from_raw_os_error(code)).retry_helps();
+        assert!(!helps(libc::ENAMETOOLONG));
+        assert!(!helps(libc::EACCES));
+        assert!(!helps(libc::EROFS));
+        assert!(helps(libc::ENOSPC));
+        assert!(helps(libc::EIO));
     }
 }

@@ -36,6 +36,10 @@ const PERMANENT_CODES: &[&str] = &[
     "InvalidObjectState",
     // Keys are shortened to S3's 1,024 bytes; a store with a shorter limit refuses them for good.
     "KeyTooLongError",
+    // The store does not do what was asked (a checksum header, a multipart upload), or not at
+    // this size: the configuration has to change first.
+    "NotImplemented",
+    "EntityTooLarge",
 ];
 
 /// A second, independent open of the same file: its own offset, so parts read concurrently
@@ -453,5 +457,40 @@ mod compat {
                 b"<InitiateMultipartUploadResult xmlns=\"x\"><UploadId>u</UploadId></InitiateMultipartUploadResult>";
             assert_eq!(super::fix(right), right.to_vec());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::Retry;
+    use aws_sdk_s3::operation::put_object::PutObjectError;
+
+    fn refused(code: &str) -> SdkError<PutObjectError, ()> {
+        let meta = aws_sdk_s3::error::ErrorMetadata::builder()
+            .code(code)
+            .message("as the store says")
+            .build();
+        SdkError::service_error(PutObjectError::generic(meta), ())
+    }
+
+    #[test]
+    fn an_outage_or_throttling_is_retried_a_refusal_is_not() {
+        for code in ["InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"] {
+            assert!(classify("PUT", refused(code)).retry_helps(), "{code}");
+        }
+        for code in [
+            "AccessDenied",
+            "NoSuchBucket",
+            "SignatureDoesNotMatch",
+            "NotImplemented",
+            "EntityTooLarge",
+        ] {
+            assert!(!classify("PUT", refused(code)).retry_helps(), "{code}");
+        }
+        let timeout: SdkError<PutObjectError, ()> = SdkError::timeout_error("no answer");
+        assert!(classify("PUT", timeout).retry_helps());
+        let unbuildable: SdkError<PutObjectError, ()> = SdkError::construction_failure("bad key");
+        assert!(!classify("PUT", unbuildable).retry_helps());
     }
 }

@@ -186,7 +186,9 @@ impl Worker for Lane {
 fn process_catching_panics(intake: &Intake, items: Vec<IntakeItem>) -> Vec<(IntakeItem, IntakeOutcome)> {
     let run = |items: Vec<IntakeItem>| std::panic::catch_unwind(AssertUnwindSafe(|| intake.process(items)));
     let panicked = |item: IntakeItem, payload: Box<dyn std::any::Any + Send>| {
-        let outcome = intake.failed_attempt(&item, &crate::fault::panic_message(&*payload), false, now_ms());
+        // A bug may hang on timing: tried again, up to `max_attempts`.
+        let retry_helps = true;
+        let outcome = intake.failed_attempt(&item, &crate::fault::panic_message(&*payload), retry_helps, now_ms());
         (item, outcome)
     };
     match run(items.clone()) {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::archive::Archiver;
+use crate::backoff::Retry;
 use crate::catalog::{
     Catalog, CatalogError, IntakeItem, IntakeKind, IntakeOutcome, NewFile, NewIntake, PendingParse, Registered,
     RowInput, Via, ms, now_ms,
@@ -50,11 +51,14 @@ pub enum IntakeError {
     Io(#[from] std::io::Error),
 }
 
-impl IntakeError {
-    /// Whether no retry can help: the file cannot be read by us at all. A busy catalog, a full
-    /// disk or an I/O hiccup may clear.
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, IntakeError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
+/// As the catalog or the I/O error says, but for a file that left the drop folder meanwhile:
+/// the next attempt finds it gone and records so.
+impl Retry for IntakeError {
+    fn retry_helps(&self) -> bool {
+        match self {
+            IntakeError::Catalog(e) => e.retry_helps(),
+            IntakeError::Io(e) => e.kind() == std::io::ErrorKind::NotFound || e.retry_helps(),
+        }
     }
 }
 
@@ -137,9 +141,9 @@ impl Intake {
     /// How a failed attempt at `item` ends: retried with backoff, or `failed` for good once it
     /// has failed `max_attempts` times or no retry can mend it (a poison file must not loop
     /// for ever, nor hide from its tenant).
-    pub fn failed_attempt(&self, item: &IntakeItem, error: &str, permanent: bool, now: i64) -> IntakeOutcome {
+    pub fn failed_attempt(&self, item: &IntakeItem, error: &str, retry_helps: bool, now: i64) -> IntakeOutcome {
         let attempt = item.attempts + 1;
-        if permanent || attempt >= i64::from(self.config.get().limits.max_attempts) {
+        if !retry_helps || attempt >= i64::from(self.config.get().limits.max_attempts) {
             tracing::error!(tenant = %item.tenant, file = %item.rel_path, error, attempt,
                 "intake failed for good; `dropsync retry` queues it again");
             return IntakeOutcome::Failed {
@@ -160,7 +164,7 @@ impl Intake {
     pub fn process(&self, items: Vec<IntakeItem>) -> Vec<(IntakeItem, IntakeOutcome)> {
         let now = now_ms();
         let retry =
-            |item: &IntakeItem, e: &IntakeError| self.failed_attempt(item, &e.to_string(), e.is_permanent(), now);
+            |item: &IntakeItem, e: &IntakeError| self.failed_attempt(item, &e.to_string(), e.retry_helps(), now);
         let mut out = Vec::with_capacity(items.len());
         let mut files = Vec::new();
         for item in items {
@@ -557,5 +561,36 @@ impl Intake {
         decided.push(file_id);
         self.archiver.archive(&decided)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arrival::UnzipError;
+
+    fn io(code: i32) -> std::io::Error {
+        std::io::Error::from_raw_os_error(code)
+    }
+
+    #[test]
+    fn intake_retries_what_may_clear_and_a_file_that_left() {
+        assert!(IntakeError::Io(io(libc::ENOSPC)).retry_helps());
+        assert!(IntakeError::Io(io(libc::EIO)).retry_helps());
+        // The next attempt finds it gone and records so.
+        assert!(IntakeError::Io(io(libc::ENOENT)).retry_helps());
+        assert!(!IntakeError::Io(io(libc::EACCES)).retry_helps());
+        assert!(!IntakeError::Catalog(CatalogError::Corrupt("bad fields".into())).retry_helps());
+    }
+
+    #[test]
+    fn a_refused_zip_is_refused_again_our_failure_may_clear() {
+        let failed = |code| UnzipError::Io {
+            what: "write entry".into(),
+            source: io(code),
+        };
+        assert!(!UnzipError::Refused("past the entry limit".into()).retry_helps());
+        assert!(failed(libc::ENOSPC).retry_helps());
+        assert!(!failed(libc::EACCES).retry_helps());
     }
 }

@@ -17,6 +17,7 @@ use super::data::{self, DataTls, Passive};
 use super::listing::{self, Entry, Format};
 pub use super::tls::Tls;
 use crate::arrival::file::{ArrivingFile, Background};
+use crate::backoff::Retry;
 use crate::catalog::RemoteFile;
 use crate::dropbox::{RelPath, is_temp_name};
 use crate::tenant::FtpSource;
@@ -105,6 +106,31 @@ impl FtpPollError {
                 ..
             } => one_line(&String::from_utf8_lossy(&r.body)),
             other => other.to_string(),
+        }
+    }
+}
+
+/// Whether the next poll may get further. Not after a permanent reply (5xx: a refused login, a
+/// folder that is not there), our own settings (TLS, the password), a listing we refuse as the
+/// server gives it, or a drop folder we may not write; after a timeout, a dropped connection, a
+/// transient reply (4xx), a short or changing transfer, or a busy catalog.
+impl Retry for FtpPollError {
+    fn retry_helps(&self) -> bool {
+        match self {
+            FtpPollError::Ftp { source, .. } => match source {
+                // 430: "invalid username or password", a 4xx that waiting does not mend.
+                FtpError::UnexpectedResponse(r) => r.status.code() < 500 && r.status.code() != 430,
+                FtpError::ConnectionError(e) => e.retry_helps(),
+                FtpError::InvalidAddress(_) => false,
+                FtpError::SecureError(_) | FtpError::BadResponse | FtpError::DataConnectionAlreadyOpen => true,
+            },
+            FtpPollError::Timeout { .. } | FtpPollError::Short { .. } | FtpPollError::Changed { .. } => true,
+            FtpPollError::Tls(_)
+            | FtpPollError::CaFile { .. }
+            | FtpPollError::Password(_)
+            | FtpPollError::Listing { .. } => false,
+            FtpPollError::Local { source, .. } => source.retry_helps(),
+            FtpPollError::Catalog(e) => e.retry_helps(),
         }
     }
 }
@@ -538,6 +564,41 @@ async fn timed_io<T>(op: &str, after: Duration, fut: impl Future<Output = std::i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reply(code: suppaftp::Status) -> FtpPollError {
+        FtpPollError::Ftp {
+            op: "login".into(),
+            source: FtpError::UnexpectedResponse(suppaftp::types::Response::new(code, b"as the server says".to_vec())),
+        }
+    }
+
+    #[test]
+    fn the_next_poll_may_help_after_a_4xx_or_a_drop_not_after_a_5xx_or_our_settings() {
+        use suppaftp::Status;
+        assert!(reply(Status::NotAvailable).retry_helps());
+        assert!(reply(Status::CannotOpenDataConnection).retry_helps());
+        assert!(!reply(Status::NotLoggedIn).retry_helps());
+        assert!(!reply(Status::InvalidCredentials).retry_helps());
+        assert!(!reply(Status::FileUnavailable).retry_helps());
+        let io = |code| std::io::Error::from_raw_os_error(code);
+        let dropped = FtpPollError::Ftp {
+            op: "connect".into(),
+            source: FtpError::ConnectionError(io(libc::ECONNREFUSED)),
+        };
+        assert!(dropped.retry_helps());
+        let timeout = FtpPollError::Timeout {
+            op: "LIST".into(),
+            after: Duration::from_secs(5),
+        };
+        assert!(timeout.retry_helps());
+        assert!(!FtpPollError::Password("ftp.pass: not found".into()).retry_helps());
+        let local = |code| FtpPollError::Local {
+            path: "acme/a.wav".into(),
+            source: io(code),
+        };
+        assert!(local(libc::ENOSPC).retry_helps());
+        assert!(!local(libc::EACCES).retry_helps());
+    }
 
     #[test]
     fn remote_paths() {

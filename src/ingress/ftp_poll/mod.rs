@@ -33,6 +33,7 @@ pub use client::FtpPollError;
 use client::{FtpClient, Tls};
 
 use super::{Arrived, IngressEvent, KnownDigest};
+use crate::backoff::Retry;
 use crate::catalog::{Catalog, PollRecord, RemoteFileState, Via, now_ms};
 use crate::config::LiveConfig;
 use crate::dropbox::{DropRoot, FileKind, RelPath};
@@ -121,6 +122,7 @@ impl FtpPollers {
                 poller,
                 tls: None,
                 next_poll: Duration::ZERO,
+                retry_soon: true,
             };
             self.workers.spawn_until_in(worker, stop.clone(), span);
             running.insert(key, Running { settings, stop });
@@ -177,12 +179,16 @@ struct PollSummary {
 
 /// A poller as a worker: one poll a unit; idle until the next poll is due. A failed poll is an
 /// error for the runner, which backs the source off (1 s doubling, up to 5 min or the poll
-/// interval); other sources never wait for it.
+/// interval; at once the longest if no retry soon mends the error); other sources never wait
+/// for it.
 struct PollWorker {
     poller: Arc<Poller>,
     /// Set up at the first unit: `None` until then.
     tls: Option<Option<Tls>>,
     next_poll: Duration,
+    /// Whether the last poll's error may clear soon. A refused login is not tried again every
+    /// second: a server that bans addresses after failed logins would ban us.
+    retry_soon: bool,
 }
 
 impl Worker for PollWorker {
@@ -220,6 +226,7 @@ impl Worker for PollWorker {
                 Ok(WorkerState::Idle)
             }
             Err(e) => {
+                self.retry_soon = e.retry_helps();
                 metrics::counter!("dropsync_ftp_polls_total", "tenant" => p.tenant.to_string(), "result" => "error")
                     .increment(1);
                 p.record(&PollRecord::failed(e.to_string())).await;
@@ -233,7 +240,12 @@ impl Worker for PollWorker {
     }
 
     fn backoff(&self) -> (Duration, Duration) {
-        (ERROR_RETRY_MIN, ERROR_RETRY_MAX.max(self.poller.source.poll_interval))
+        let longest = ERROR_RETRY_MAX.max(self.poller.source.poll_interval);
+        if self.retry_soon {
+            (ERROR_RETRY_MIN, longest)
+        } else {
+            (longest, longest)
+        }
     }
 }
 
