@@ -200,10 +200,10 @@ impl ArrivingFile {
         Ok(())
     }
 
-    /// Done writing: the file and its digest, to be made durable and put in place. Write-back
-    /// of what is left starts now.
+    /// Done writing: the file and its digest, to be made durable and put in place. (What is
+    /// still dirty is left to the batch's sync: starting write-back of each small file of a
+    /// batch on its own costs a request each, where one `syncfs` sends them together.)
     pub fn finish(self) -> io::Result<Written> {
-        fsutil::start_writeback(&self.file, self.flushed, 0);
         let meta = self.file.metadata()?;
         let digest = (meta.len() == self.len).then(|| KnownDigest::of(&meta, self.hasher.clone().finalize().into()));
         let ArrivingFile {

@@ -139,6 +139,8 @@ pub fn unpack_zip(
     let mut out = Unpacked::default();
     let mut batch = Batch::new();
     let mut total = 0u64;
+    // One buffer for the whole archive: zeroing a fresh one per entry cost more than the copy.
+    let mut buf = vec![0u8; CHUNK];
     for i in 0..zip.len() {
         let mut entry = match zip.by_index(i) {
             Ok(e) => e,
@@ -184,7 +186,7 @@ pub fn unpack_zip(
                 return Err(io_error(format!("entry {name:?} cannot be unpacked"))(e));
             }
         };
-        let written = write_entry(&mut entry, arriving, max_bytes.saturating_sub(total));
+        let written = write_entry(&mut entry, arriving, max_bytes.saturating_sub(total), &mut buf);
         let added = written.and_then(|w| {
             total += w.len();
             batch.add(w).map_err(|e| Stop::Write(WriteStop::Io(e)))
@@ -236,10 +238,14 @@ fn refusal(entry: &zip::read::ZipFile<'_, File>, name: &str) -> Option<&'static 
 
 /// Writes one entry into `file`, at most `budget` bytes, each chunk granted by the quota before
 /// it is written. Nothing of it is left if it stops.
-fn write_entry(entry: &mut impl Read, mut file: ArrivingFile, budget: u64) -> Result<super::Written, Stop> {
-    let mut buf = vec![0u8; CHUNK];
+fn write_entry(
+    entry: &mut impl Read,
+    mut file: ArrivingFile,
+    budget: u64,
+    buf: &mut [u8],
+) -> Result<super::Written, Stop> {
     let stopped = loop {
-        let got = match entry.read(&mut buf) {
+        let got = match entry.read(buf) {
             Ok(0) => break None,
             Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

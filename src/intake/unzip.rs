@@ -65,6 +65,7 @@ impl Intake {
                     })
                     .collect();
                 self.catalog.intake_queue().enqueue_intake(&items, now)?;
+                tracing::info!(files = items.len(), "zip entries announced");
             }
             // Our side failed: the item is tried again later, as any other.
             Err(UnzipError::Io { what, source }) => {
