@@ -170,7 +170,7 @@ impl ForwardQueue {
         let mut out = Vec::with_capacity(ids.len());
         let mut claimed_keys = std::collections::HashSet::new();
         for id in ids {
-            let work = load_work(&tx, id)?;
+            let work = super::turns::load_work(&tx, id)?;
             // Two sends of one conversation in the same batch: take the older, leave the other.
             if !claimed_keys.insert((work.tenant.clone(), work.conversation_id.clone())) {
                 continue;
@@ -206,6 +206,12 @@ impl ForwardQueue {
 
     /// `forwarding -> forwarded`, committed after the sink wrote everything. Returns the files
     /// that may now leave the drop folder.
+    ///
+    /// The commit is not synced ([`Db::light`]): the archive's claim of those files, a full
+    /// commit that comes after it in the write-ahead log, makes it durable before any file
+    /// leaves, so one WAL sync covers a forwarder's whole batch. A power cut before that loses
+    /// only the state, and the conversation is forwarded again to the same keys, `metadata.json`
+    /// last: a repeated write, never a lost one.
     pub fn complete(
         &self,
         conv: i64,
@@ -215,30 +221,28 @@ impl ForwardQueue {
         started_at: i64,
         now: i64,
     ) -> Result<Vec<i64>> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        for r in recordings {
-            tx.prepare_cached(
-                "UPDATE recordings SET key = ?3, bytes = ?4, sha256 = ?5 WHERE conversation = ?1 AND position = ?2",
-            )?
-            .execute(params![conv, r.position, r.key, r.bytes as i64, r.sha256])?;
-        }
-        let changed = tx
-            .prepare_cached(
-                "UPDATE conversations SET state = 'forwarded', forwarded_at = ?2, changed_at = ?2, detail = NULL
-                 WHERE id = ?1 AND state = 'forwarding'",
-            )?
-            .execute(params![conv, now])?;
-        if changed != 1 {
-            return Err(CatalogError::Corrupt(format!(
-                "conversation {conv} was not being forwarded"
-            )));
-        }
-        tx.prepare_cached("INSERT INTO deliveries (conversation, sink, key_prefix, started_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![conv, sink, key_prefix, started_at, now])?;
-        let candidates = files_of(&tx, conv)?;
-        tx.commit()?;
-        Ok(candidates)
+        self.db.light(|tx| {
+            for r in recordings {
+                tx.prepare_cached(
+                    "UPDATE recordings SET key = ?3, bytes = ?4, sha256 = ?5 WHERE conversation = ?1 AND position = ?2",
+                )?
+                .execute(params![conv, r.position, r.key, r.bytes as i64, r.sha256])?;
+            }
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE conversations SET state = 'forwarded', forwarded_at = ?2, changed_at = ?2, detail = NULL
+                     WHERE id = ?1 AND state = 'forwarding'",
+                )?
+                .execute(params![conv, now])?;
+            if changed != 1 {
+                return Err(CatalogError::Corrupt(format!(
+                    "conversation {conv} was not being forwarded"
+                )));
+            }
+            tx.prepare_cached("INSERT INTO deliveries (conversation, sink, key_prefix, started_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                .execute(params![conv, sink, key_prefix, started_at, now])?;
+            files_of(tx, conv)
+        })
     }
 
     /// A transient failure: back to `ready`, due again at `retry_at`.
@@ -467,71 +471,6 @@ impl ForwardQueue {
         tx.commit()?;
         Ok(())
     }
-}
-
-fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
-    let mut work = tx
-        .prepare_cached(
-            "SELECT c.tenant, c.conversation_id, c.agent, c.contact_time, c.fields, m.rel_path, c.row_no, c.via, c.received_at, c.attempts
-             FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id WHERE c.id = ?1",
-        )?
-        .query_row([id], |r| {
-            let contact_time: String = r.get(3)?;
-            let fields: String = r.get(4)?;
-            Ok((
-                Work {
-                    id,
-                    tenant: r.get(0)?,
-                    conversation_id: r.get(1)?,
-                    agent: r.get(2)?,
-                    contact_time: DateTime::<Utc>::UNIX_EPOCH,
-                    fields: serde_json::Map::new(),
-                    metadata_file: r.get(5)?,
-                    row_no: r.get(6)?,
-                    via: Via::parse(&r.get::<_, String>(7)?),
-                    received_at: r.get(8)?,
-                    attempts: r.get(9)?,
-                    recordings: Vec::new(),
-                },
-                contact_time,
-                fields,
-            ))
-        })
-        .optional()?
-        .ok_or_else(|| CatalogError::Corrupt(format!("conversation {id} vanished")))
-        .and_then(|(mut w, t, f)| {
-            w.contact_time = DateTime::parse_from_rfc3339(&t)
-                .map_err(|e| CatalogError::Corrupt(format!("conversation {id}: bad contact_time {t:?}: {e}")))?
-                .with_timezone(&Utc);
-            w.fields = serde_json::from_str(&f).map_err(|e| CatalogError::Corrupt(format!("conversation {id}: bad fields: {e}")))?;
-            Ok(w)
-        })?;
-    work.recordings = tx
-        .prepare_cached(
-            "SELECT r.position, f.id, f.rel_path, f.name, f.size, f.mtime_ns, f.sha256, f.archive_path, f.duration_ms,
-                    f.dev, f.ino
-             FROM recordings r JOIN files f ON f.id = r.file_id
-             WHERE r.conversation = ?1 ORDER BY r.position",
-        )?
-        .query_map([id], |r| {
-            Ok(WorkRecording {
-                position: r.get(0)?,
-                file_id: r.get(1)?,
-                rel_path: r.get(2)?,
-                name: r.get(3)?,
-                size: r.get(4)?,
-                mtime_ns: r.get(5)?,
-                sha256: r.get(6)?,
-                archive_path: r.get(7)?,
-                duration_ms: r.get::<_, Option<i64>>(8)?.map(|d| d.max(0) as u64),
-                file: match (r.get::<_, Option<i64>>(9)?, r.get::<_, Option<i64>>(10)?) {
-                    (Some(dev), Some(ino)) => Some((dev as u64, ino as u64)),
-                    _ => None,
-                },
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(work)
 }
 
 /// The files a conversation used: its recordings and its metadata file.

@@ -3,11 +3,15 @@
 //! then delays another's call by one claim of that tenant's, not by the whole backlog.
 //!
 //! Each look is an index seek per tenant (`conv_ready`, the ready conversations by tenant and
-//! due time), never a walk through a tenant's backlog.
+//! due time), never a walk through a tenant's backlog. The conversation taken is then loaded
+//! whole ([`load_work`]): its rows, recordings and files.
 
 use rusqlite::{OptionalExtension, Transaction};
 
-use super::Result;
+use chrono::{DateTime, Utc};
+
+use super::queue::{Work, WorkRecording};
+use super::{CatalogError, Result, Via};
 
 /// The first tenant after `after` in name order, wrapping round to the first, that has a
 /// conversation due at `now`; `after` itself comes last.
@@ -42,4 +46,69 @@ fn due_after(tx: &Transaction<'_>, from: &str, upto: Option<&str>, now: i64) -> 
             Some((t, _)) => cursor = t,
         }
     }
+}
+
+pub(super) fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
+    let mut work = tx
+        .prepare_cached(
+            "SELECT c.tenant, c.conversation_id, c.agent, c.contact_time, c.fields, m.rel_path, c.row_no, c.via, c.received_at, c.attempts
+             FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id WHERE c.id = ?1",
+        )?
+        .query_row([id], |r| {
+            let contact_time: String = r.get(3)?;
+            let fields: String = r.get(4)?;
+            Ok((
+                Work {
+                    id,
+                    tenant: r.get(0)?,
+                    conversation_id: r.get(1)?,
+                    agent: r.get(2)?,
+                    contact_time: DateTime::<Utc>::UNIX_EPOCH,
+                    fields: serde_json::Map::new(),
+                    metadata_file: r.get(5)?,
+                    row_no: r.get(6)?,
+                    via: Via::parse(&r.get::<_, String>(7)?),
+                    received_at: r.get(8)?,
+                    attempts: r.get(9)?,
+                    recordings: Vec::new(),
+                },
+                contact_time,
+                fields,
+            ))
+        })
+        .optional()?
+        .ok_or_else(|| CatalogError::Corrupt(format!("conversation {id} vanished")))
+        .and_then(|(mut w, t, f)| {
+            w.contact_time = DateTime::parse_from_rfc3339(&t)
+                .map_err(|e| CatalogError::Corrupt(format!("conversation {id}: bad contact_time {t:?}: {e}")))?
+                .with_timezone(&Utc);
+            w.fields = serde_json::from_str(&f).map_err(|e| CatalogError::Corrupt(format!("conversation {id}: bad fields: {e}")))?;
+            Ok(w)
+        })?;
+    work.recordings = tx
+        .prepare_cached(
+            "SELECT r.position, f.id, f.rel_path, f.name, f.size, f.mtime_ns, f.sha256, f.archive_path, f.duration_ms,
+                    f.dev, f.ino
+             FROM recordings r JOIN files f ON f.id = r.file_id
+             WHERE r.conversation = ?1 ORDER BY r.position",
+        )?
+        .query_map([id], |r| {
+            Ok(WorkRecording {
+                position: r.get(0)?,
+                file_id: r.get(1)?,
+                rel_path: r.get(2)?,
+                name: r.get(3)?,
+                size: r.get(4)?,
+                mtime_ns: r.get(5)?,
+                sha256: r.get(6)?,
+                archive_path: r.get(7)?,
+                duration_ms: r.get::<_, Option<i64>>(8)?.map(|d| d.max(0) as u64),
+                file: match (r.get::<_, Option<i64>>(9)?, r.get::<_, Option<i64>>(10)?) {
+                    (Some(dev), Some(ino)) => Some((dev as u64, ino as u64)),
+                    _ => None,
+                },
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(work)
 }

@@ -53,8 +53,13 @@ impl SinkError {
     /// permission problem, or a name the sink folder's file system cannot take (keys are
     /// shortened to fit S3, not every file system), will not.
     pub fn from_io(what: &str, e: &std::io::Error) -> Self {
+        use std::io::ErrorKind::{NotFound, ReadOnlyFilesystem};
+        // A sink's folder that is missing or read-only is storage that may come back (a mount
+        // not there yet, remounted read-only after an error): its conversations wait, they do
+        // not fail.
+        let storage_away = matches!(e.kind(), NotFound | ReadOnlyFilesystem);
         SinkError {
-            retry_helps: e.retry_helps(),
+            retry_helps: storage_away || e.retry_helps(),
             message: format!("{what}: {e}"),
         }
     }
@@ -149,7 +154,7 @@ enum Outcome {
 
 /// Conversations a worker claims in one transaction: fewer commits, while several workers
 /// still share a short queue.
-const CLAIM_BATCH: usize = 4;
+const CLAIM_BATCH: usize = 8;
 
 pub struct Forwarder {
     pub catalog: Catalog,
@@ -216,12 +221,13 @@ impl Worker for ForwardWorker {
         // There was work: let another worker look for more, so parallelism builds up.
         self.forwarder.wake.notify_one();
         // Claimed conversations are finished even during shutdown: they are short, and if
-        // the process dies anyway, the catalog replays them. Their files leave the drop
-        // folder together afterwards: one claim, one sync per folder, one record.
-        let mut to_archive = Vec::new();
-        for work in batch {
-            to_archive.extend(self.forwarder.forward_one_catching_panics(work).await);
-        }
+        // the process dies anyway, the catalog replays them. They are sent together (each
+        // waits mostly for its sink's fsyncs or round trips, which overlap), and their files
+        // leave the drop folder together afterwards: one claim, one sync per folder, one record.
+        let sends = batch
+            .into_iter()
+            .map(|work| self.forwarder.forward_one_catching_panics(work));
+        let to_archive: Vec<i64> = futures_util::future::join_all(sends).await.concat();
         let archiver = self.forwarder.archiver.clone();
         match tokio::task::spawn_blocking(move || archiver.archive(&to_archive)).await {
             Ok(Ok(())) => {}
@@ -477,8 +483,10 @@ mod tests {
         let helps = |code| SinkError::from_io("write", &std::io::Error::from_raw_os_error(code)).retry_helps();
         assert!(!helps(libc::ENAMETOOLONG));
         assert!(!helps(libc::EACCES));
-        assert!(!helps(libc::EROFS));
         assert!(helps(libc::ENOSPC));
         assert!(helps(libc::EIO));
+        // The sink's storage away: it may come back.
+        assert!(helps(libc::ENOENT));
+        assert!(helps(libc::EROFS));
     }
 }
