@@ -6,6 +6,7 @@
 #   bench/sftp.sh                 # 1 GiB file, 1,000 x 100 KiB files, 3 reps, 200 idle sessions
 #   ONLY_IDLE=1 IDLE=1000 bench/sftp.sh   # 1,000 idle sessions on each server, nothing else
 #   CIPHER=chacha20-poly1305@openssh.com REPS=5 bench/sftp.sh
+#   BIN=target/bench-base/target/release/dropsync bench/sftp.sh   # another build, same measure
 #   ONLY_CONCURRENT=1 bench/sftp.sh       # 100 sessions uploading at once (~2 min on the faster),
 #                                         # servers pinned to CPU 1, clients to CPU 0
 #
@@ -37,7 +38,8 @@ if [ ! -x /usr/sbin/sshd ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server
     rm -f /usr/sbin/policy-rc.d
 fi
-cargo build --release --quiet
+BIN=${BIN:-./target/release/dropsync}
+[ "$BIN" = ./target/release/dropsync ] && cargo build --release --quiet
 
 W=$(mktemp -d /tmp/dropsync-bench.XXXXXX)
 cleanup() {
@@ -86,7 +88,7 @@ quota = { sessions = 2000 }
 id = "bench"
 authorized_keys_file = "client.pub"
 CFG
-RUST_LOG=warn "${SERVER_PIN[@]}" ./target/release/dropsync run --config "$W/dropsync.toml" 2>"$W/dropsync.log" &
+RUST_LOG=warn "${SERVER_PIN[@]}" "$BIN" run --config "$W/dropsync.toml" 2>"$W/dropsync.log" &
 DS_PID=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$P_DS) 2>/dev/null && break; sleep 0.1; done
 

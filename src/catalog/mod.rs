@@ -36,9 +36,11 @@
 //!   then `metadata.json` last) under keys that depend only on the conversation, then
 //!   `forwarding -> forwarded` is committed. A crash in between leaves `forwarding`, which start-up
 //!   turns back into `ready`; the replay overwrites the same keys, so nothing is sent twice under
-//!   two keys, and `metadata.json` never exists without its recordings.
-//! - **Archiving**: files leave the drop folder only after `forwarded` is committed; the move is
-//!   replayed at start-up if the crash fell between the move and its record.
+//!   two keys, and `metadata.json` never exists without its recordings. The `forwarded` commit
+//!   itself is not synced: a power cut may take it back, which only repeats the forward.
+//! - **Archiving**: files leave the drop folder only after `forwarded` is committed and synced
+//!   (the archive's claim is a synced commit after it in the log); the move is replayed at
+//!   start-up if the crash fell between the move and its record.
 //! - **Reports**: the "stale" flag is set by triggers in the same transaction as the change.
 
 mod allocation;
