@@ -218,8 +218,9 @@ sessions_up() { ss -Htn state established "( sport = :$1 )" | wc -l; }
 wait_sessions() { for _ in $(seq 600); do [ "$(sessions_up "$1")" -ge "$IDLE" ] && break; sleep 0.5; done; }
 HOLD_DS=$(hold_idle "$P_DS" bench); wait_sessions "$P_DS"
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$DS_PID/status")
+ds_up=$(sessions_up "$P_DS")   # counted while held, not after the holder is killed
 HOLD_SSHD=$(hold_idle "$P_SSHD" "$(id -un)"); wait_sessions "$P_SSHD"
 sshd_rss=$(ps -o rss= -C sshd | awk '{s+=$1} END {print s}')
 sshd_procs=$(pgrep -c -x sshd)
 kill "$HOLD_DS" "$HOLD_SSHD" 2>/dev/null || true
-echo "idle: $(sessions_up "$P_DS") sessions on dropsync, RSS $((rss / 1024)) MiB; $IDLE on OpenSSH sshd, $sshd_procs processes, total RSS $((sshd_rss / 1024)) MiB"
+echo "idle: $ds_up sessions on dropsync, RSS $((rss / 1024)) MiB; $IDLE on OpenSSH sshd, $sshd_procs processes, total RSS $((sshd_rss / 1024)) MiB"
