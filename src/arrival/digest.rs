@@ -50,7 +50,7 @@ impl StreamDigest {
                     // Off the runtime: the kept part may be large. Writes after the cut are at
                     // or past `len` (others give the digest up), so they cannot change it.
                     Feed::Restart { file, len } => {
-                        h = tokio::task::spawn_blocking(move || hash_prefix(&file, len))
+                        h = tokio::task::spawn_blocking(move || hash_prefix(&file, len).ok())
                             .await
                             .ok()??;
                     }
@@ -114,24 +114,29 @@ impl StreamDigest {
     }
 }
 
-/// A hasher fed the first `len` bytes of `file`; `None` if it cannot be read or is shorter.
-fn hash_prefix(file: &File, len: u64) -> Option<Sha256> {
+/// A hasher fed the first `len` bytes of `file` (a file shorter than that is an error).
+pub(super) fn hash_prefix(file: &File, len: u64) -> std::io::Result<Sha256> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; (len.min(1 << 20)) as usize];
     let mut at = 0u64;
     while at < len {
         let want = buf.len().min((len - at) as usize);
         match file.read_at(&mut buf[..want], at) {
-            Ok(0) => return None,
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than its start",
+                ));
+            }
             Ok(n) => {
                 h.update(&buf[..n]);
                 at += n as u64;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
+            Err(e) => return Err(e),
         }
     }
-    Some(h)
+    Ok(h)
 }
 
 #[cfg(test)]

@@ -142,23 +142,7 @@ impl ArrivingFile {
 
     /// Hashes the bytes the file starts with.
     fn hash_kept(&mut self) -> io::Result<()> {
-        let mut buf = vec![0u8; self.len.min(1 << 20) as usize];
-        let mut at = 0u64;
-        while at < self.len {
-            let want = buf.len().min((self.len - at) as usize);
-            match self.file.read_at(&mut buf[..want], at)? {
-                0 => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the file is shorter than its start",
-                    ));
-                }
-                n => {
-                    self.hasher.update(&buf[..n]);
-                    at += n as u64;
-                }
-            }
-        }
+        self.hasher = super::digest::hash_prefix(&self.file, self.len)?;
         Ok(())
     }
 
