@@ -126,13 +126,8 @@ impl Batch {
         let mut placed: Vec<Option<Written>> = Vec::with_capacity(self.written.len());
         for w in std::mem::take(&mut self.written) {
             let name = w.rel.file_name().to_owned();
-            let flags = match replace {
-                Replace::Allowed => RenameFlags::empty(),
-                Replace::Never => RenameFlags::NOREPLACE,
-            };
-            if let Err(e) = rustix::fs::renameat_with(&*w.dir, w.tmp.as_str(), &*w.dir, name.as_str(), flags) {
-                let _ = rustix::fs::unlinkat(&*w.dir, w.tmp.as_str(), AtFlags::empty());
-                failed.push((w.rel, e.into()));
+            if let Err(e) = rename_or_remove(&w.dir, &w.tmp, &w.dir, &name, replace) {
+                failed.push((w.rel, e));
                 continue;
             }
             let key = (w.dir.as_raw_fd() as usize, name);
@@ -160,6 +155,25 @@ impl Batch {
         self.synced = 0;
         self.unsynced_bytes = 0;
     }
+}
+
+/// Renames the temp file `tmp` in `dir` to `name` in `target_dir`, or removes it if that
+/// fails: a temp file never outlives a failed rename.
+pub fn rename_or_remove(
+    dir: &OwnedFd,
+    tmp: &str,
+    target_dir: &OwnedFd,
+    name: &str,
+    replace: Replace,
+) -> io::Result<()> {
+    let flags = match replace {
+        Replace::Allowed => RenameFlags::empty(),
+        Replace::Never => RenameFlags::NOREPLACE,
+    };
+    rustix::fs::renameat_with(dir, tmp, target_dir, name, flags).map_err(|e| {
+        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+        io::Error::from(e)
+    })
 }
 
 impl Written {

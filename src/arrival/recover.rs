@@ -6,10 +6,6 @@ use std::fs::{self, File};
 use std::io;
 use std::path::Path;
 
-use std::os::fd::OwnedFd;
-
-use rustix::fs::AtFlags;
-
 use crate::fsutil::{self, TempKind, is_ours};
 
 /// The extended attribute that marks an upload temp file as complete; its value is the name
@@ -37,14 +33,6 @@ pub fn seal(file: &File, name: &str) -> io::Result<bool> {
     let marked = mark_complete(file, name).is_ok();
     if marked { file.sync_all() } else { file.sync_data() }?;
     Ok(marked)
-}
-
-/// Renames `tmp` in `dir` to `name` in `target_dir`, or removes it if that fails.
-pub fn put_in_place(dir: &OwnedFd, tmp: &str, target_dir: &OwnedFd, name: &str) -> io::Result<()> {
-    rustix::fs::renameat(dir, tmp, target_dir, name).map_err(|e| {
-        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
-        io::Error::from(e)
-    })
 }
 
 fn completed_name(path: &Path) -> Option<String> {

@@ -25,7 +25,9 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::fs::{FsError, FsResult, TenantFs, VPath};
 use crate::arrival::KnownDigest;
-use crate::arrival::recover::{put_in_place as rename_or_remove, seal};
+use crate::arrival::Replace;
+use crate::arrival::place::rename_or_remove;
+use crate::arrival::recover::seal;
 use crate::dropbox::is_temp_name;
 use crate::limits::{FileGrant, QuotaExceeded};
 
@@ -397,11 +399,11 @@ fn put_in_place(upload: Arc<Pending>, target_dir: &OwnedFd, name: &str) -> io::R
         Ok(Pending { file, dir, tmp, .. }) => {
             drop(file);
             let tmp = tmp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            rename_or_remove(&dir, tmp, target_dir, name)
+            rename_or_remove(&dir, tmp, target_dir, name, Replace::Allowed)
         }
         Err(shared) => {
             tracing::debug!(file = name, "upload still held elsewhere; renamed open");
-            rename_or_remove(&shared.dir, shared.tmp_name(), target_dir, name)
+            rename_or_remove(&shared.dir, shared.tmp_name(), target_dir, name, Replace::Allowed)
         }
     }
 }
