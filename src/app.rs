@@ -129,7 +129,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         sftp_shared = Some(server.shared());
         tracker.spawn(server.run(listener, cancel.clone()));
     }
-    let _watch = watch::start(drops.clone(), tx.clone(), own_renames).context("watching the drop folders")?;
+    let watch = watch::start(drops.clone(), tx.clone(), own_renames).context("watching the drop folders")?;
+    tracker.spawn(watch.run(cancel.clone()));
     let intake = Intake {
         catalog: catalog.clone(),
         drop: drops.clone(),
