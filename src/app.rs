@@ -21,7 +21,10 @@ use crate::config::{self, Config, LiveConfig};
 use crate::dropbox::DropRoot;
 use crate::forwarding::{ForwardWorker, Forwarder, Sink};
 use crate::housekeeping::Housekeeper;
+use crate::ingress::bans::Bans;
 use crate::ingress::ftp_poll::{FtpPollers, PollContext};
+use crate::ingress::http::HttpShared;
+use crate::ingress::http::tokens::Tokens;
 use crate::ingress::sftp::Shared as SftpShared;
 use crate::ingress::sftp::auth::KeyStore;
 use crate::ingress::sftp::{SftpDeps, SftpServer};
@@ -111,6 +114,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // The SFTP listener is bound before anything else is announced, so a port in use fails
     // the start-up rather than a client later.
     let mut sftp_shared = None;
+    // Failed logins over SFTP and HTTP count together, with `[sftp]`'s limits (or its defaults).
+    let bans = Arc::new(match &config.sftp {
+        Some(s) => Bans::new(s.max_auth_failures, s.ban_time),
+        None => Bans::default(),
+    });
     if let Some(sftp) = &config.sftp {
         let listener = tokio::net::TcpListener::bind(sftp.listen)
             .await
@@ -123,12 +131,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             quotas: quotas.clone(),
             config: live.clone(),
             tracker: tracker.clone(),
+            bans: bans.clone(),
         };
         let server = SftpServer::new(sftp.clone(), keys, deps).context("setting up the SFTP server")?;
         tracing::info!(listen = %listener.local_addr()?, "sftp listening");
         sftp_shared = Some(server.shared());
         tracker.spawn(server.run(listener, cancel.clone()));
     }
+    let http_listener = match &config.http {
+        Some(h) => Some(
+            tokio::net::TcpListener::bind(h.listen)
+                .await
+                .with_context(|| format!("binding the HTTP listener on {}", h.listen))?,
+        ),
+        None => None,
+    };
     let watch = watch::start(drops.clone(), tx.clone(), own_renames).context("watching the drop folders")?;
     tracker.spawn(watch.run(cancel.clone()));
     let intake = Intake {
@@ -198,15 +215,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     });
     tracker.close();
     tracker.spawn(ops::watchdog(catalog.clone(), liveness.clone(), cancel.clone()));
-    tracker.spawn(reload_on_hangup(
-        hangups,
+    let http = match &config.http {
+        Some(_) => Some(HttpShared {
+            config: live.clone(),
+            tokens: Arc::new(std::sync::RwLock::new(Arc::new(
+                Tokens::load(&config).context("reading the API tokens")?,
+            ))),
+            bans: bans.clone(),
+        }),
+        None => None,
+    };
+    let reloader = Arc::new(Reloader {
         live,
-        forwarder_wake.clone(),
-        sftp_shared.clone(),
+        forwarder_wake: forwarder_wake.clone(),
+        sftp: sftp_shared.clone(),
         pollers,
-        drops.clone(),
-        cancel.clone(),
-    ));
+        drops: drops.clone(),
+        http: http.clone(),
+    });
+    if let (Some(listener), Some(shared), Some(limits)) = (http_listener, http, config.http.clone()) {
+        let apply = reloader.clone();
+        let router = ops::admin_api::routes(ops::admin_api::AdminState {
+            http: shared,
+            catalog: catalog.clone(),
+            reload: Arc::new(move || apply.apply()),
+        })
+        .route("/api/openapi.json", axum::routing::get(openapi));
+        tracing::info!(listen = %listener.local_addr()?, "http listening");
+        tracker.spawn(crate::ingress::http::serve(
+            listener,
+            router,
+            limits,
+            bans.clone(),
+            tracker.clone(),
+            cancel.clone(),
+        ));
+    }
+    tracker.spawn(reload_on_hangup(hangups, reloader, cancel.clone()));
     tracing::info!(tenants = config.tenants.len(), sink = %forwarder.sink.describe(), state_dir = %config.state_dir.display(), "dropsync is running");
     ops::ready();
 
@@ -230,11 +275,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// configuration in force and logs every problem.
 async fn reload_on_hangup(
     hangups: Option<tokio::signal::unix::Signal>,
-    live: LiveConfig,
-    forwarder_wake: Arc<Notify>,
-    sftp: Option<Arc<SftpShared>>,
-    pollers: Arc<FtpPollers>,
-    drops: DropRoot,
+    reloader: Arc<Reloader>,
     cancel: CancellationToken,
 ) {
     let Some(mut hup) = hangups else {
@@ -245,14 +286,39 @@ async fn reload_on_hangup(
             _ = cancel.cancelled() => return,
             r = hup.recv() => if r.is_none() { return },
         }
-        match reload(&live, sftp.as_deref(), &pollers, &drops) {
+        let _ = reloader.apply();
+    }
+}
+
+/// What a configuration change reaches: SIGHUP, and the operator API's changes to tenants.
+struct Reloader {
+    live: LiveConfig,
+    forwarder_wake: Arc<Notify>,
+    sftp: Option<Arc<SftpShared>>,
+    pollers: Arc<FtpPollers>,
+    drops: DropRoot,
+    http: Option<HttpShared>,
+}
+
+impl Reloader {
+    /// Loads the configuration files as they are now and puts them in force, or logs every
+    /// problem and keeps the old one.
+    fn apply(&self) -> Result<String, Vec<String>> {
+        let applied = reload(
+            &self.live,
+            self.sftp.as_deref(),
+            &self.pollers,
+            &self.drops,
+            self.http.as_ref(),
+        );
+        match &applied {
             Ok(summary) => {
                 tracing::info!("configuration reloaded: {summary}");
                 // A raised minute allocation releases held conversations now.
-                forwarder_wake.notify_one();
+                self.forwarder_wake.notify_one();
             }
             Err(problems) => {
-                for p in &problems {
+                for p in problems {
                     tracing::error!("reload refused: {p}");
                 }
                 tracing::error!(
@@ -261,7 +327,17 @@ async fn reload_on_hangup(
                 );
             }
         }
+        applied
     }
+}
+
+/// `GET /api/openapi.json`: generated from the handlers' types.
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi;
+    let mut doc = ops::admin_api::AdminApi::openapi();
+    doc.info.title = "dropsync".into();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    axum::Json(doc)
 }
 
 fn reload(
@@ -269,6 +345,7 @@ fn reload(
     sftp: Option<&SftpShared>,
     pollers: &FtpPollers,
     drops: &DropRoot,
+    http: Option<&HttpShared>,
 ) -> Result<String, Vec<String>> {
     let old = live.get();
     let new = config::load(&old.file).map_err(|e| e.problems.iter().map(ToString::to_string).collect::<Vec<_>>())?;
@@ -277,6 +354,7 @@ fn reload(
         return Err(runtime.iter().map(ToString::to_string).collect());
     }
     let keys = KeyStore::from_tenants(&new.tenants).map_err(|e| vec![e.to_string()])?;
+    let tokens = Tokens::load(&new).map_err(|e| vec![e.to_string()])?;
     for t in &new.tenants {
         drops
             .ensure_tenant(&t.id)
@@ -308,6 +386,9 @@ fn reload(
     live.set(new.clone());
     if let Some(sftp) = sftp {
         sftp.set_keys(keys);
+    }
+    if let Some(http) = http {
+        http.set_tokens(tokens);
     }
     let (started, stopped) = pollers.apply(&new.tenants);
     let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();

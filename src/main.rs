@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use dropsync::catalog::{Catalog, ConvState, FtpSourceStatus, ms, now_ms};
+use dropsync::catalog::{Catalog, ConvState, ms, now_ms};
 use dropsync::config::{self, Config, LogFormat};
 
 #[derive(Parser)]
@@ -224,29 +224,7 @@ fn open_catalog(config: &Config) -> anyhow::Result<Catalog> {
 }
 
 fn status(config: &Config, tenant: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let mut view = open_catalog(config)?.reports().status(tenant)?;
-    // Sources in the configuration, as polled so far; one never polled yet shows as such.
-    let mut sources = Vec::new();
-    for t in config
-        .tenants
-        .iter()
-        .filter(|t| tenant.is_none_or(|id| t.id.as_str() == id))
-    {
-        for src in &t.ftp {
-            let url = src.url.to_string();
-            let found = view
-                .ftp_sources
-                .iter()
-                .find(|s| s.tenant == t.id.as_str() && s.url == url)
-                .cloned();
-            sources.push(found.unwrap_or_else(|| FtpSourceStatus::never_polled(t.id.as_str(), &url)));
-        }
-    }
-    view.ftp_sources = sources;
-    let catalog = open_catalog(config)?;
-    let mut allocations = dropsync::catalog::allocations_for(&config.tenants, dropsync::catalog::now_ms());
-    allocations.retain(|t, _| tenant.is_none_or(|id| t == id));
-    view.minutes = catalog.minutes().status(&allocations)?;
+    let view = dropsync::ops::status::view(config, &open_catalog(config)?, tenant)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());

@@ -144,13 +144,41 @@ pub fn read_key_arg(arg: &str, mut stdin: impl std::io::Read) -> Result<KeyText,
     })
 }
 
+/// `dropsync tenant add ID --key KEY`: a tenant with its keys and nothing else.
 pub fn add_tenant(cfg: &Config, id: &str, key: &KeyText) -> Result<Onboarded, OnboardError> {
-    let id = TenantId::parse(id).map_err(OnboardError::BadTenantId)?;
+    let spec = NewTenant {
+        id: id.to_owned(),
+        keys: key.text.clone(),
+        ..NewTenant::default()
+    };
+    create_from(cfg, &spec, &key.source)
+}
+
+/// A tenant to create (the operator API's fields, SPEC §10).
+#[derive(Debug, Default)]
+pub struct NewTenant {
+    pub id: String,
+    /// OpenSSH public key lines.
+    pub keys: String,
+    pub timezone: Option<String>,
+    pub mapping: Option<serde_json::Map<String, serde_json::Value>>,
+    pub retention: Option<String>,
+    pub minute_allocation: Option<u64>,
+    /// Written to `tenants.d/<id>.tokens` (mode 0600) and named by `api_tokens_file`.
+    pub api_token: Option<String>,
+}
+
+/// Writes `tenants.d/<id>.toml` (and its tokens file) for `spec`, checked as `tenant add` checks.
+pub fn create(cfg: &Config, spec: &NewTenant) -> Result<Onboarded, OnboardError> {
+    create_from(cfg, spec, &KeySource::Given)
+}
+
+fn create_from(cfg: &Config, spec: &NewTenant, source: &KeySource) -> Result<Onboarded, OnboardError> {
+    let id = TenantId::parse(&spec.id).map_err(OnboardError::BadTenantId)?;
     if cfg.tenant(id.as_str()).is_some() {
         return Err(OnboardError::TenantExists(id));
     }
-    let key_text = &key.text;
-    let keys = parse_authorized_keys(key_text).map_err(|error| match &key.source {
+    let keys = parse_authorized_keys(&spec.keys).map_err(|error| match source {
         KeySource::Given => OnboardError::NotAKey(error),
         from => OnboardError::BadKey {
             from: from.clone(),
@@ -158,9 +186,10 @@ pub fn add_tenant(cfg: &Config, id: &str, key: &KeyText) -> Result<Onboarded, On
         },
     })?;
     if keys.is_empty() {
-        return Err(OnboardError::NoKey(key.source.clone()));
+        return Err(OnboardError::NoKey(source.clone()));
     }
-    let lines: Vec<String> = key_text
+    let lines: Vec<String> = spec
+        .keys
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -172,21 +201,27 @@ pub fn add_tenant(cfg: &Config, id: &str, key: &KeyText) -> Result<Onboarded, On
         error,
     })?;
     let file = dir.join(format!("{id}.toml"));
+    let tokens_file = dir.join(format!("{id}.tokens"));
     if file.exists() {
         return Err(OnboardError::FileExists(file));
     }
-    let mut text = format!("# Added by `dropsync tenant add`.\n[[tenants]]\nid = \"{id}\"\nauthorized_keys = [\n");
-    for l in &lines {
-        text.push_str(&format!("  {},\n", toml::Value::String(l.clone())));
+    let text = tenant_toml(&id, &lines, spec);
+    let write = |path: &Path, text: &str| {
+        crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|error| OnboardError::Write {
+            path: path.to_path_buf(),
+            error,
+        })
+    };
+    if let Some(token) = &spec.api_token {
+        write(&tokens_file, &format!("{token}\n"))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tokens_file, std::fs::Permissions::from_mode(0o600));
     }
-    text.push_str("]\n");
-    crate::fsutil::write_atomic(&file, text.as_bytes()).map_err(|error| OnboardError::Write {
-        path: file.clone(),
-        error,
-    })?;
-    // The whole configuration must still load; if not, the new file goes away again.
+    write(&file, &text)?;
+    // The whole configuration must still load; if not, the new files go away again.
     if let Err(e) = config::load(&cfg.file) {
         let _ = std::fs::remove_file(&file);
+        let _ = std::fs::remove_file(&tokens_file);
         return Err(OnboardError::WouldNotLoad(e));
     }
     let first = PublicKey::from(keys[0].0.clone())
@@ -205,6 +240,42 @@ pub fn add_tenant(cfg: &Config, id: &str, key: &KeyText) -> Result<Onboarded, On
         key_fingerprint: first,
         host_key_fingerprints,
     })
+}
+
+/// The tenant's file: what `tenant add` always wrote, then the API's optional keys.
+fn tenant_toml(id: &TenantId, keys: &[String], spec: &NewTenant) -> String {
+    let how = if spec.api_token.is_some() {
+        "the operator API"
+    } else {
+        "`dropsync tenant add`"
+    };
+    let mut text = format!("# Added by {how}.\n[[tenants]]\nid = \"{id}\"\nauthorized_keys = [\n");
+    for l in keys {
+        text.push_str(&format!("  {},\n", toml::Value::String(l.clone())));
+    }
+    text.push_str("]\n");
+    let line = |key: &str, value: toml::Value| format!("{key} = {value}\n");
+    if let Some(tz) = &spec.timezone {
+        text.push_str(&line("timezone", tz.clone().into()));
+    }
+    if let Some(r) = &spec.retention {
+        text.push_str(&line("retention", r.clone().into()));
+    }
+    if let Some(m) = spec.minute_allocation {
+        text.push_str(&line("minute_allocation", (m.min(i64::MAX as u64) as i64).into()));
+    }
+    if spec.api_token.is_some() {
+        text.push_str(&line("api_tokens_file", format!("{id}.tokens").into()));
+    }
+    if let Some(mapping) = &spec.mapping {
+        text.push_str("[tenants.mapping]\n");
+        for (key, value) in mapping {
+            if let Ok(v) = toml::Value::try_from(value) {
+                text.push_str(&format!("{} = {v}\n", toml::Value::String(key.clone())));
+            }
+        }
+    }
+    text
 }
 
 #[cfg(test)]

@@ -46,6 +46,8 @@ pub struct Tenant {
     pub defined_in: PathBuf,
     pub authorized_keys: Vec<String>,
     pub authorized_keys_file: Option<PathBuf>,
+    /// One token a line: this tenant's upload API (SPEC §10).
+    pub api_tokens_file: Option<PathBuf>,
     pub timezone: chrono_tz::Tz,
     pub mapping: Mapping,
     pub ftp: Vec<FtpSource>,

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod host_keys;
+mod http;
 mod problems;
 mod raw;
 mod sink;
@@ -47,6 +48,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub catalog: CatalogConfig,
     pub metrics: Option<MetricsConfig>,
+    pub http: Option<HttpConfig>,
     pub tenants: Vec<Tenant>,
 }
 
@@ -130,6 +132,7 @@ pub struct SftpConfig {
     pub penalty_exempt: crate::addresses::AddressList,
 }
 
+pub use http::HttpConfig;
 pub use sink::{ChecksumPolicy, S3SinkConfig, SinkConfig};
 
 #[derive(Debug, Clone)]
@@ -403,6 +406,7 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         .metrics
         .and_then(|m| p.addr("metrics.listen", &m.listen))
         .map(|listen| MetricsConfig { listen });
+    let http = raw.http.map(|h| http::http(&mut p, &base, h));
 
     // Tenants: this file's, then each included file's, in glob order.
     let mut tenants = Vec::new();
@@ -464,6 +468,7 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         limits,
         catalog,
         metrics,
+        http,
         tenants,
     })
 }

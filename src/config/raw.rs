@@ -17,6 +17,7 @@ pub(super) struct RawConfig {
     pub(super) limits: Option<RawLimits>,
     pub(super) catalog: Option<RawCatalog>,
     pub(super) metrics: Option<RawMetrics>,
+    pub(super) http: Option<RawHttp>,
     #[serde(default)]
     pub(super) tenants: Vec<RawTenant>,
 }
@@ -108,6 +109,23 @@ pub(super) struct RawMetrics {
 }
 
 #[derive(Deserialize, Default)]
+pub(super) struct RawHttp {
+    pub(super) listen: Option<String>,
+    pub(super) public_url: Option<String>,
+    pub(super) admin_tokens_file: Option<String>,
+    pub(super) upload_url_ttl: Option<String>,
+    pub(super) tls_cert: Option<String>,
+    pub(super) tls_key: Option<String>,
+    pub(super) max_connections: Option<u32>,
+    pub(super) max_connections_per_ip: Option<u32>,
+    pub(super) header_timeout: Option<String>,
+    pub(super) body_timeout: Option<String>,
+    pub(super) max_json_bytes: Option<String>,
+    pub(super) max_upload_bytes: Option<String>,
+    pub(super) max_uploads_per_tenant: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
 pub(super) struct RawTenant {
     pub(super) id: Option<String>,
     #[serde(default)]
@@ -121,6 +139,7 @@ pub(super) struct RawTenant {
     pub(super) ftp: Vec<RawFtp>,
     pub(super) quota: Option<RawQuota>,
     pub(super) retention: Option<String>,
+    pub(super) api_tokens_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -74,6 +74,7 @@ pub(super) fn tenant(p: &mut Problems<'_>, base: &Path, at: &str, t: RawTenant) 
         defined_in: p.file.to_path_buf(),
         authorized_keys: t.authorized_keys,
         authorized_keys_file: t.authorized_keys_file.map(|f| resolve(base, &f)),
+        api_tokens_file: t.api_tokens_file.map(|f| resolve(base, &f)),
         timezone,
         mapping: mapping?,
         ftp,

@@ -4,7 +4,9 @@
 //! [`sftp`] (uploads), [`ftp_poll`] (pulls from tenants' FTP servers) and [`watch`] (files any
 //! other process closes or renames into a drop folder) all send the same event.
 
+pub mod bans;
 pub mod ftp_poll;
+pub mod http;
 pub mod sftp;
 pub mod watch;
 

@@ -2,7 +2,9 @@
 //! workers' liveness record ([`crate::worker::Liveness`]). Without systemd (no NOTIFY_SOCKET),
 //! notifications are no-ops.
 
+pub mod admin_api;
 pub mod metrics;
+pub mod status;
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;

@@ -434,7 +434,7 @@ fn speaks_ssh(port: u16) -> bool {
 }
 
 /// Runs `prelude` + `script` with python3; a missing `module` fails the test saying how to get it.
-fn python(prelude: &str, script: &str, module: &str) -> Output {
+pub fn python(prelude: &str, script: &str, module: &str) -> Output {
     // A client that hangs (waiting for a reply that never comes) fails the test, with the
     // Python stack of where it waited, instead of hanging the suite.
     let guard = "import faulthandler\nfaulthandler.dump_traceback_later(120, exit=True)\n";

@@ -7,6 +7,7 @@ mod ftp;
 mod ftp_servers;
 mod harness;
 mod host_keys;
+mod http_api;
 mod isolation;
 mod jsch;
 mod minutes;

@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::Bans;
 use super::penalties::Penalties;
 use crate::config::SftpConfig;
+use crate::ingress::bans::{Bans, source_of};
 
 /// The limits on who may connect, and what each source holds now.
 pub struct Admission {
@@ -26,7 +26,7 @@ pub struct Admission {
     /// Connections not logged in yet, in all and per source.
     startups: Arc<Semaphore>,
     startups_per_source: Mutex<HashMap<IpAddr, VecDeque<HalfOpen>>>,
-    pub bans: Bans,
+    pub bans: Arc<Bans>,
     pub penalties: Penalties,
     next_startup: AtomicU64,
 }
@@ -52,7 +52,7 @@ pub struct AddressSlot {
 }
 
 impl Admission {
-    pub fn new(limits: &SftpConfig) -> Admission {
+    pub fn new(limits: &SftpConfig, bans: Arc<Bans>) -> Admission {
         Admission {
             max_sessions_per_ip: limits.max_sessions_per_ip,
             max_startups: limits.max_startups,
@@ -60,7 +60,7 @@ impl Admission {
             per_ip: Mutex::new(HashMap::new()),
             startups: Arc::new(Semaphore::new(limits.max_startups as usize)),
             startups_per_source: Mutex::new(HashMap::new()),
-            bans: Bans::new(limits.max_auth_failures, limits.ban_time),
+            bans,
             penalties: Penalties::new(limits.penalty_exempt.clone()),
             next_startup: AtomicU64::new(1),
         }
@@ -113,15 +113,6 @@ impl Drop for AddressSlot {
 /// Counts a connection or session turned away, by why.
 pub(super) fn refusal(reason: &'static str) {
     metrics::counter!("dropsync_sftp_refused_total", "reason" => reason).increment(1);
-}
-
-/// Where connections come from, for `max_startups_per_source`: an IPv4 address, or an IPv6
-/// /64 (one host's share of a network; per address would let one host take all).
-pub(super) fn source_of(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        v4 => v4,
-    }
 }
 
 /// A connection not logged in yet: counted against `max_startups` in all and per source until

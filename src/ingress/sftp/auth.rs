@@ -1,10 +1,8 @@
 //! Who may log in: each tenant's public keys (inline `authorized_keys` and an OpenSSH
-//! `authorized_keys_file`), and per-source accounting of failed logins (IPv6 per /64) with temporary bans.
+//! `authorized_keys_file`). Failed logins are counted in [`crate::ingress::bans`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use russh::keys::ssh_key::{Algorithm, AuthorizedKeys, PublicKey, public::KeyData};
 
@@ -124,69 +122,6 @@ impl KeyStore {
     }
 }
 
-/// Failed logins per source (an IPv4 address, or an IPv6 /64, as penalties count them); a source
-/// with `max_failures` failed connections within `ban_time` is refused for `ban_time`.
-pub struct Bans {
-    max_failures: u32,
-    ban_time: Duration,
-    state: Mutex<HashMap<IpAddr, Failures>>,
-}
-
-/// Failed logins of one source: how many, since when, and banned until when.
-type Failures = (u32, Instant, Option<Instant>);
-
-impl Bans {
-    pub fn new(max_failures: u32, ban_time: Duration) -> Self {
-        Bans {
-            max_failures: max_failures.max(1),
-            ban_time,
-            state: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub fn is_banned(&self, ip: IpAddr) -> bool {
-        let source = super::admission::source_of(ip);
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match state.get(&source) {
-            Some((_, _, Some(until))) if *until > Instant::now() => true,
-            Some((_, _, Some(_))) => {
-                state.remove(&source);
-                false
-            }
-            _ => false,
-        }
-    }
-
-    /// Records a failed login; returns true if its source is now banned.
-    pub fn failed(&self, ip: IpAddr) -> bool {
-        let now = Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget IPs whose window passed, so the map stays small.
-        if state.len() > 10_000 {
-            state.retain(|_, (_, since, until)| {
-                until.is_some_and(|u| u > now) || now.duration_since(*since) < self.ban_time
-            });
-        }
-        let entry = state.entry(super::admission::source_of(ip)).or_insert((0, now, None));
-        if now.duration_since(entry.1) > self.ban_time {
-            *entry = (0, now, None);
-        }
-        entry.0 += 1;
-        if entry.0 >= self.max_failures {
-            entry.2 = Some(now + self.ban_time);
-            return true;
-        }
-        false
-    }
-
-    pub fn succeeded(&self, ip: IpAddr) {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&super::admission::source_of(ip));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,34 +144,5 @@ mod tests {
         );
         assert!(parse_authorized_keys("ssh-ed25519 notbase64").is_err());
         assert_eq!(parse_authorized_keys("# comment\n\n").unwrap().len(), 0);
-    }
-
-    #[test]
-    fn bans_after_repeated_failures() {
-        let bans = Bans::new(3, Duration::from_secs(60));
-        let ip: IpAddr = "127.0.0.9".parse().unwrap();
-        assert!(!bans.failed(ip));
-        assert!(!bans.failed(ip));
-        assert!(!bans.is_banned(ip));
-        assert!(bans.failed(ip));
-        assert!(bans.is_banned(ip));
-        assert!(!bans.is_banned("127.0.0.8".parse().unwrap()));
-    }
-
-    /// An IPv6 host has a /64 to pick addresses from: failures count per /64, as penalties and
-    /// `max_startups_per_source` do, so a new address per attempt gains nothing.
-    #[test]
-    fn ipv6_failures_count_per_64() {
-        let bans = Bans::new(3, Duration::from_secs(60));
-        for ip in ["2001:db8::1", "2001:db8::2", "2001:db8::ffff:3"] {
-            bans.failed(ip.parse().unwrap());
-        }
-        assert!(bans.is_banned("2001:db8::42".parse().unwrap()), "the whole /64");
-        assert!(!bans.is_banned("2001:db8:0:1::1".parse().unwrap()), "the next /64");
-        bans.succeeded("2001:db8::7".parse().unwrap());
-        assert!(
-            !bans.is_banned("2001:db8::1".parse().unwrap()),
-            "a login clears its /64"
-        );
     }
 }

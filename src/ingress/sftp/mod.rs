@@ -224,6 +224,8 @@ pub struct SftpDeps {
     /// The configuration in force (which names are recordings).
     pub config: LiveConfig,
     pub tracker: TaskTracker,
+    /// Failed logins, counted with the HTTP API's.
+    pub bans: Arc<crate::ingress::bans::Bans>,
 }
 
 impl SftpServer {
@@ -237,7 +239,7 @@ impl SftpServer {
             own_renames: deps.own_renames,
             ssh: Arc::new(ssh_config(&limits, host_keys)),
             sessions: Arc::new(Semaphore::new(limits.max_sessions as usize)),
-            admission: Arc::new(Admission::new(&limits)),
+            admission: Arc::new(Admission::new(&limits, deps.bans.clone())),
             logged_in: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(1),
             limits,

@@ -64,7 +64,7 @@ impl Penalties {
         if until.len() >= TRACKED {
             until.retain(|_, u| *u > now);
         }
-        let entry = until.entry(super::admission::source_of(ip)).or_insert(now);
+        let entry = until.entry(crate::ingress::bans::source_of(ip)).or_insert(now);
         *entry = ((*entry).max(now) + add).min(now + MAX);
         *entry > now + THRESHOLD
     }
@@ -74,7 +74,7 @@ impl Penalties {
         let now = Instant::now();
         let until = self.until.lock().unwrap_or_else(|p| p.into_inner());
         until
-            .get(&super::admission::source_of(ip))
+            .get(&crate::ingress::bans::source_of(ip))
             .is_some_and(|u| *u > now + THRESHOLD)
     }
 
@@ -83,7 +83,7 @@ impl Penalties {
         self.until
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&super::admission::source_of(ip));
+            .remove(&crate::ingress::bans::source_of(ip));
     }
 }
 
