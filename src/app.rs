@@ -24,6 +24,8 @@ use crate::housekeeping::Housekeeper;
 use crate::ingress::bans::Bans;
 use crate::ingress::ftp_poll::{FtpPollers, PollContext};
 use crate::ingress::http::HttpShared;
+use crate::ingress::http::calls;
+use crate::ingress::http::signed::{self, Signer};
 use crate::ingress::http::tokens::Tokens;
 use crate::ingress::sftp::Shared as SftpShared;
 use crate::ingress::sftp::auth::KeyStore;
@@ -235,12 +237,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     });
     if let (Some(listener), Some(shared), Some(limits)) = (http_listener, http, config.http.clone()) {
         let apply = reloader.clone();
+        let signer = Signer::load_or_create(&config.state_dir.join(signed::KEY_FILE))
+            .context("reading or creating the upload URL signing key")?;
+        let uploads = calls::routes(calls::UploadState {
+            http: shared.clone(),
+            signer: Arc::new(signer),
+            drops: drops.clone(),
+            limits: quotas.clone(),
+            events: tx.clone(),
+            catalog: catalog.clone(),
+            pending: config.state_dir.join("http/pending"),
+        });
         let router = ops::admin_api::routes(ops::admin_api::AdminState {
             http: shared,
             catalog: catalog.clone(),
             reload: Arc::new(move || apply.apply()),
         })
-        .route("/api/openapi.json", axum::routing::get(openapi));
+        .merge(uploads)
+        .route("/api/openapi.json", axum::routing::get(openapi))
+        // JSON and form bodies; uploads stream and have their own limit.
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_json_bytes as usize));
         tracing::info!(listen = %listener.local_addr()?, "http listening");
         tracker.spawn(crate::ingress::http::serve(
             listener,
@@ -335,6 +351,7 @@ impl Reloader {
 async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
     use utoipa::OpenApi;
     let mut doc = ops::admin_api::AdminApi::openapi();
+    doc.merge(calls::UploadApi::openapi());
     doc.info.title = "dropsync".into();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     axum::Json(doc)

@@ -256,12 +256,17 @@ impl Written {
 pub struct Background {
     chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
     spare: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    done: tokio::task::JoinHandle<Result<Written, WriteStop>>,
+    /// The writing thread, until its end was awaited (a failed write awaits it for its error).
+    done: Option<tokio::task::JoinHandle<Result<Written, WriteStop>>>,
+    /// Where the file is, for [`Background::discard`].
+    dir: Arc<OwnedFd>,
+    tmp: String,
 }
 
 impl Background {
     /// Takes over `file`; chunks are appended to it in the order they are queued.
     pub fn start(mut file: ArrivingFile) -> Background {
+        let (dir, tmp) = (file.dir.clone(), file.tmp.clone());
         let (chunks, mut incoming) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let (recycle, spare) = tokio::sync::mpsc::channel(4);
         let done = tokio::task::spawn_blocking(move || {
@@ -273,7 +278,13 @@ impl Background {
             }
             Ok(file.finish()?)
         });
-        Background { chunks, spare, done }
+        Background {
+            chunks,
+            spare,
+            done: Some(done),
+            dir,
+            tmp,
+        }
     }
 
     /// An empty buffer of at least `capacity` bytes, recycled when one is free.
@@ -288,9 +299,12 @@ impl Background {
     pub async fn write(&mut self, chunk: Vec<u8>) -> Result<(), WriteStop> {
         if self.chunks.send(chunk).await.is_err() {
             // The writer stopped: its error says why.
-            return match (&mut self.done).await {
+            let Some(done) = self.done.take() else {
+                return Err(stopped_early());
+            };
+            return match done.await {
                 Ok(Err(e)) => Err(e),
-                Ok(Ok(_)) => Err(WriteStop::Io(io::Error::other("the file writer stopped early"))),
+                Ok(Ok(_)) => Err(stopped_early()),
                 Err(e) => Err(WriteStop::Io(io::Error::other(e.to_string()))),
             };
         }
@@ -300,10 +314,26 @@ impl Background {
     /// Writes what is queued; the file, written, not yet durable.
     pub async fn finish(self) -> Result<Written, WriteStop> {
         drop(self.chunks);
-        self.done
-            .await
-            .map_err(|e| WriteStop::Io(io::Error::other(e.to_string())))?
+        let Some(done) = self.done else {
+            return Err(stopped_early());
+        };
+        done.await.map_err(|e| WriteStop::Io(io::Error::other(e.to_string())))?
     }
+
+    /// Stops writing and removes the file, whatever stopped it: nothing is left behind.
+    pub async fn discard(self) {
+        drop(self.chunks);
+        if let Some(done) = self.done
+            && let Ok(Ok(written)) = done.await
+        {
+            return written.discard();
+        }
+        let _ = rustix::fs::unlinkat(&*self.dir, self.tmp.as_str(), AtFlags::empty());
+    }
+}
+
+fn stopped_early() -> WriteStop {
+    WriteStop::Io(io::Error::other("the file writer stopped early"))
 }
 
 #[cfg(test)]

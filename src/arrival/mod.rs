@@ -36,6 +36,7 @@ use crate::tenant::TenantId;
 pub enum Via {
     Sftp,
     Ftp,
+    Http,
     Local,
 }
 
@@ -44,6 +45,7 @@ impl Via {
         match self {
             Via::Sftp => "sftp",
             Via::Ftp => "ftp",
+            Via::Http => "http",
             Via::Local => "local",
         }
     }
@@ -51,6 +53,7 @@ impl Via {
         match s {
             "sftp" => Via::Sftp,
             "ftp" => Via::Ftp,
+            "http" => Via::Http,
             _ => Via::Local,
         }
     }

@@ -44,9 +44,12 @@ fn completed_name(path: &Path) -> Option<String> {
 
 /// At start-up, before any session: upload temp files left by a crash are either complete
 /// (marked at CLOSE, so the client was told "done"), and renamed into place, or partial, and
-/// removed. Returns (renamed, removed).
+/// removed; staged files (zip entries, HTTP uploads, never announced) are removed, as their
+/// writers start again. Only here: at any other time a staged file is being written. Returns
+/// (renamed, removed).
 pub fn recover_uploads(tenant_root: &Path) -> io::Result<(usize, usize)> {
     let mut found = Vec::new();
+    let (mut renamed, mut removed) = (0, 0);
     let mut stack = vec![tenant_root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let entries = match fs::read_dir(&dir) {
@@ -60,15 +63,20 @@ pub fn recover_uploads(tenant_root: &Path) -> io::Result<(usize, usize)> {
             let name = entry.file_name();
             if ft.is_dir() {
                 stack.push(entry.path());
-            } else if ft.is_file() && name.to_str().and_then(TempKind::of) == Some(TempKind::Upload) {
-                let mtime = entry.metadata()?.modified()?;
-                found.push((mtime, entry.path()));
+            } else if ft.is_file() {
+                match name.to_str().and_then(TempKind::of) {
+                    Some(TempKind::Upload) => found.push((entry.metadata()?.modified()?, entry.path())),
+                    Some(TempKind::Staged) => {
+                        fs::remove_file(entry.path())?;
+                        removed += 1;
+                    }
+                    _ => {}
+                }
             }
         }
     }
     // Oldest first, so that of two completed uploads of one name the later one wins.
     found.sort();
-    let (mut renamed, mut removed) = (0, 0);
     for (_, tmp) in found {
         let folder = tmp.parent().unwrap_or(tenant_root);
         // The marker names a file in the same folder, never a path and never one of ours.

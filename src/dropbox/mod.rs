@@ -14,7 +14,6 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::config::MatchingConfig;
 use crate::confine::Confined;
-use crate::fsutil;
 use crate::matching::{MetadataFormat, extension};
 
 use crate::tenant::TenantId;
@@ -163,7 +162,8 @@ impl DropRoot {
     }
 
     /// Every regular, non-temporary file of a tenant (for reconciliation), sorted by path. Our
-    /// own temp files, which only a crash leaves behind, are removed on the way.
+    /// own temp files are skipped: they are being written (those a crash left are removed at
+    /// start-up, by `arrival::recover`).
     pub fn scan_tenant(&self, tenant: &TenantId) -> io::Result<Vec<RelPath>> {
         self.scan(tenant, None)
     }
@@ -189,11 +189,6 @@ impl DropRoot {
                     continue;
                 };
                 let ft = entry.file_type()?;
-                if ft.is_file() && fsutil::TempKind::of(&name) == Some(fsutil::TempKind::Staged) {
-                    // Left by a crash before it was put in place; its writer starts again.
-                    let _ = fs::remove_file(entry.path());
-                    continue;
-                }
                 if ft.is_dir() && !rel.in_reports() && !name.starts_with('.') {
                     stack.push(rel.0);
                 } else if ft.is_file() && !rel.in_reports() && !is_temp_name(&name) {

@@ -159,3 +159,135 @@ fn a_slow_loris_is_closed_at_the_header_timeout_while_others_are_served() {
     );
     d.stop();
 }
+
+const ACME_TOKEN: &str = "acme-token-0123456789abcdef";
+const BETA_TOKEN: &str = "beta-token-0123456789abcdef";
+
+/// Like [`daemon_with_http`], with API tokens for acme and beta.
+fn daemon_with_tenant_tokens(extra_http: &str) -> (Daemon, u16) {
+    let (d, port) = daemon_with_http(extra_http, "");
+    let d = d
+        .with_replaced("id = \"acme\"\n", "id = \"acme\"\napi_tokens_file = \"acme.tokens\"\n")
+        .with_replaced("id = \"beta\"\n", "id = \"beta\"\napi_tokens_file = \"beta.tokens\"\n");
+    std::fs::write(d.dir.path().join("acme.tokens"), format!("{ACME_TOKEN}\n")).unwrap();
+    std::fs::write(d.dir.path().join("beta.tokens"), format!("{BETA_TOKEN}\n")).unwrap();
+    (d, port)
+}
+
+#[test]
+fn one_call_at_a_time_metadata_then_recording_is_forwarded() {
+    let (mut d, port) = daemon_with_tenant_tokens("upload_url_ttl = \"3s\"\n");
+    d.start();
+    wait_http(port);
+    let wav = audio("api-call-1", 64_000);
+    let wav_path = d.dir.path().join("call.wav");
+    std::fs::write(&wav_path, &wav).unwrap();
+    let script = format!(
+        r#"
+ACME = {{'Authorization': 'Bearer {ACME_TOKEN}'}}
+BETA = {{'Authorization': 'Bearer {BETA_TOKEN}'}}
+URL = BASE + '/api/v2/workspace/acme/conversation/upload_data/'
+call = {{'call_date': '2024-08-06', 'call_time': '09:15:00', 'agent': 'ann@acme.example',
+        'conversation_id': 'c-1', 'language': 'zu-ZA', 'direction': 'inbound'}}
+r = requests.post(URL, json=call, headers=ACME)
+assert r.status_code == 200, r.text
+up = r.json()
+assert up['conversation_id'] == 'c-1' and up['expires_in'] == 3, r.text
+# As the platform's example does: a plain PUT of the file, no Authorization.
+with open({wav:?}, 'rb') as f:
+    r = requests.put(up['upload_url'], data=f)
+assert r.status_code == 200, r.text
+# Refusals: another tenant's token, missing fields, a changed URL, an expired one.
+r = requests.post(URL, json=call, headers=BETA)
+assert r.status_code == 403, r.text
+r = requests.post(URL, json={{'agent': 'x', 'call_time': '25:00:00'}}, headers=ACME)
+assert r.status_code == 400, r.text
+details = ' '.join(r.json()['details'])
+assert 'call_date: required' in details and 'call_time: not a time' in details, r.text
+r = requests.post(URL, json=dict(call, conversation_id='c-2'), headers=ACME)
+late = r.json()['upload_url']
+r = requests.put(late.replace('signature=', 'signature=0'), data=b'RIFFxxxx')
+assert r.status_code == 403 and 'signature' in r.json()['error'], r.text
+r = requests.put(late.replace('/acme/', '/beta/'), data=b'RIFFxxxx')
+assert r.status_code == 403, r.text
+import time
+time.sleep(3.5)
+r = requests.put(late, data=b'RIFFxxxx')
+assert r.status_code == 403 and 'expired' in r.json()['error'], r.text
+print('ok')
+"#,
+        wav = wav_path.to_str().unwrap()
+    );
+    assert_eq!(requests(port, &script).trim(), "ok");
+    let forwarded = d.wait_forwarded(1, Duration::from_secs(60));
+    let doc = &forwarded["c-1"];
+    assert_eq!(doc["agent"], "ann@acme.example", "{doc}");
+    assert_eq!(doc["contact_time"].as_str().unwrap(), "2024-08-06T09:15:00Z", "{doc}");
+    let rec = &doc["recordings"][0];
+    let on_disk = std::fs::read(d.outbox().join(rec["key"].as_str().unwrap())).unwrap();
+    assert_eq!(on_disk, wav);
+    // The tenant sees it in its list; the expired upload left nothing behind.
+    let listed = requests(
+        port,
+        &format!(
+            "r = requests.get(BASE + '/api/v1/calls', headers={{'Authorization': 'Bearer {ACME_TOKEN}'}})\nassert r.status_code == 200, r.text\nprint(json.dumps(r.json()))\n"
+        ),
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["id"], "c-1", "{listed}");
+    assert_eq!(listed[0]["state"], "forwarded", "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    d.stop();
+}
+
+#[test]
+fn an_over_quota_put_is_refused_while_another_tenant_is_served() {
+    let (d, port) = daemon_with_tenant_tokens("");
+    // acme's block ends where beta's begins.
+    let mut d = d.with_replaced(
+        "[[tenants]]\nid = \"beta\"",
+        "[tenants.quota]\nbytes = \"100 KiB\"\n\n[[tenants]]\nid = \"beta\"",
+    );
+    d.start();
+    wait_http(port);
+    let big = d.dir.path().join("big.wav");
+    std::fs::write(&big, audio("big", 1 << 20)).unwrap();
+    let small = d.dir.path().join("small.wav");
+    std::fs::write(&small, audio("small", 16_000)).unwrap();
+    let script = format!(
+        r#"
+import threading
+def ask(tenant, token, cid):
+    r = requests.post(BASE + '/api/v2/workspace/%s/conversation/upload_data/' % tenant,
+                      json={{'call_date': '2024-08-06', 'call_time': '09:15:00', 'agent': 'a', 'conversation_id': cid}},
+                      headers={{'Authorization': 'Bearer ' + token}})
+    assert r.status_code == 200, r.text
+    return r.json()['upload_url']
+big_url = ask('acme', {ACME_TOKEN:?}, 'big-1')
+small_url = ask('beta', {BETA_TOKEN:?}, 'small-1')
+results = {{}}
+def put(name, url, path):
+    with open(path, 'rb') as f:
+        results[name] = requests.put(url, data=f)
+t = threading.Thread(target=put, args=('big', big_url, {big:?}))
+t.start()
+put('small', small_url, {small:?})
+t.join()
+assert results['small'].status_code == 200, results['small'].text
+assert results['big'].status_code == 403 and 'quota' in results['big'].json()['error'], results['big'].text
+print('ok')
+"#,
+        big = big.to_str().unwrap(),
+        small = small.to_str().unwrap()
+    );
+    assert_eq!(requests(port, &script).trim(), "ok");
+    let forwarded = d.wait_forwarded(1, Duration::from_secs(60));
+    assert!(forwarded.contains_key("small-1"), "{forwarded:?}");
+    // Nothing of the refused upload is left in acme's folder.
+    let left: Vec<String> = walk(&d.drop_dir("acme").join("api"))
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    d.stop();
+}
