@@ -205,6 +205,28 @@ impl DropRoot {
 mod tests {
     use super::*;
 
+    /// A staged file is being written (a zip entry, an HTTP upload) whenever a scan runs: the
+    /// scan leaves it alone; only start-up recovery removes those a crash left.
+    #[test]
+    fn a_scan_leaves_files_being_written_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let drops = DropRoot::new(root.path().to_path_buf());
+        let acme = TenantId::parse("acme").unwrap();
+        let dir = drops.tenant_dir(&acme).join("api/u1");
+        fs::create_dir_all(&dir).unwrap();
+        let staged = dir.join(crate::fsutil::TempKind::Staged.name());
+        fs::write(&staged, b"RIFF").unwrap();
+        fs::write(dir.join("c1.wav"), b"RIFF").unwrap();
+        let found = drops.scan_tenant(&acme).unwrap();
+        assert_eq!(found, [RelPath::parse("api/u1/c1.wav").unwrap()]);
+        assert!(staged.exists(), "a scan must not remove a file being written");
+        assert_eq!(
+            crate::arrival::recover::recover_uploads(&drops.tenant_dir(&acme)).unwrap(),
+            (0, 1)
+        );
+        assert!(!staged.exists(), "start-up recovery removes it");
+    }
+
     #[test]
     fn rel_paths_refuse_escapes() {
         for ok in ["a.wav", "sub/a.wav", "a/b/c.csv", "..a", "a..b"] {
