@@ -257,12 +257,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .route("/api/openapi.json", axum::routing::get(openapi))
         // JSON and form bodies; uploads stream and have their own limit.
         .layer(axum::extract::DefaultBodyLimit::max(limits.max_json_bytes as usize));
-        tracing::info!(listen = %listener.local_addr()?, "http listening");
+        let tls = match &limits.tls {
+            Some((cert, key)) => {
+                Some(crate::ingress::http::tls::acceptor(cert, key).context("loading [http] tls_cert and tls_key")?)
+            }
+            None => None,
+        };
+        tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), "http listening");
         tracker.spawn(crate::ingress::http::serve(
             listener,
             router,
             limits,
             bans.clone(),
+            tls,
             tracker.clone(),
             cancel.clone(),
         ));

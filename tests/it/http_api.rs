@@ -291,3 +291,65 @@ print('ok')
     assert!(left.is_empty(), "{left:?}");
     d.stop();
 }
+
+#[test]
+fn https_without_a_proxy_serves_curl_with_the_operators_certificate() {
+    let (d, port) = daemon_with_http("tls_cert = \"http.crt\"\ntls_key = \"http.key\"\n", "");
+    let (cert, key) = (d.dir.path().join("http.crt"), d.dir.path().join("http.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is missing: apt-get install openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let mut d = d;
+    d.start();
+    wait_http(port);
+    let curl = |extra: &[&str]| {
+        std::process::Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--cacert"])
+            .arg(&cert)
+            .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+            .args(extra)
+            .arg(format!("https://127.0.0.1:{port}/api/admin/tenants"))
+            .output()
+            .expect("curl is missing: apt-get install curl")
+    };
+    for version in ["--http1.1", "--http2"] {
+        let out = curl(&[version]);
+        assert!(
+            out.status.success(),
+            "{version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(list[0]["id"], "acme", "{list}");
+    }
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("http://127.0.0.1:{port}/api/admin/tenants"))
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "{}", String::from_utf8_lossy(&plain.stdout));
+    d.stop();
+}

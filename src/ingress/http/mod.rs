@@ -11,6 +11,7 @@
 pub mod calls;
 pub mod error;
 pub mod signed;
+pub mod tls;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -160,13 +161,14 @@ impl Drop for AddressSlot {
     }
 }
 
-/// Serves `router` on `listener` until `cancel`; connections are spawned on `tracker`, so a
-/// stop's drain waits for the requests in flight.
+/// Serves `router` on `listener` (over TLS with `tls`) until `cancel`; connections are spawned
+/// on `tracker`, so a stop's drain waits for the requests in flight.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: HttpConfig,
     bans: Arc<Bans>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
@@ -210,22 +212,48 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (router, builder, cancel) = (router.clone(), builder.clone(), cancel.clone());
+        let (router, builder, cancel, tls) = (router.clone(), builder.clone(), cancel.clone(), tls.clone());
+        let handshake_timeout = limits.header_timeout;
         tracker.spawn(async move {
-            let service = hyper::service::service_fn(move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(Peer(peer));
-                router.clone().oneshot(request.map(axum::body::Body::new))
-            });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = cancel.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match tls {
+                None => serve_connection(stream, peer, router, &builder, &cancel).await,
+                Some(acceptor) => {
+                    // The handshake is held to the header timeout too: a peer that never
+                    // finishes it holds a connection no longer than one that never sends headers.
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, router, &builder, &cancel).await,
+                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "tls handshake failed"),
+                        Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
+                    }
                 }
             }
             drop((slot, address));
         });
+    }
+}
+
+/// Serves one connection's requests until it ends, or until `cancel` (requests in flight
+/// finish; an idle connection is closed).
+async fn serve_connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    router: axum::Router,
+    builder: &auto::Builder<TokioExecutor>,
+    cancel: &CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(Peer(peer));
+        router.clone().oneshot(request.map(axum::body::Body::new))
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = cancel.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
     }
 }
