@@ -16,7 +16,6 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::{NaiveDate, NaiveTime};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -24,11 +23,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use super::signed::{SignError, Signer};
+use super::upload::{Pending, PendingCall, complete, too_large};
 use super::{HttpShared, TenantCaller};
-use crate::arrival::file::Background;
-use crate::arrival::{Arrived, ArrivingFile, Batch, Placement, Replace, Via, WriteStop};
 use crate::catalog::{Catalog, ConvState};
-use crate::dropbox::{DropRoot, RelPath};
+use crate::dropbox::DropRoot;
 use crate::ingress::IngressEvent;
 use crate::limits::Limits;
 use crate::tenant::{Mapping, TenantId, TimeColumns};
@@ -50,15 +48,6 @@ impl axum::extract::FromRef<UploadState> for HttpShared {
     fn from_ref(state: &UploadState) -> HttpShared {
         state.http.clone()
     }
-}
-
-/// A call's metadata, waiting for its recording.
-#[derive(Serialize, Deserialize)]
-struct PendingCall {
-    tenant: String,
-    conversation_id: String,
-    /// The metadata row in the tenant's own columns (its recording's column filled at PUT).
-    row: Map<String, Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -126,19 +115,8 @@ pub async fn upload_data(
         conversation_id: conversation_id.clone(),
         row,
     };
-    let bytes = serde_json::to_vec(&pending).map_err(|e| ApiError::internal("keeping the metadata failed", e))?;
-    let path = s.pending.join(format!("{upload}.json"));
-    tokio::task::spawn_blocking(move || crate::fsutil::write_atomic(&path, &bytes))
-        .await
-        .map_err(|e| ApiError::internal("keeping the metadata failed", e))?
-        .map_err(|e| ApiError::internal("keeping the metadata failed", e))?;
-    let ttl = s
-        .http
-        .config
-        .get()
-        .http
-        .as_ref()
-        .map_or(3600, |h| h.upload_url_ttl.as_secs());
+    Pending::write(&s.pending, &upload, &pending).await?;
+    let ttl = config.http.as_ref().map_or(3600, |h| h.upload_url_ttl.as_secs());
     let expires = chrono::Utc::now().timestamp() + ttl as i64;
     let target = format!("{caller}/{upload}");
     let base = config.http.as_ref().map(|h| h.public_url.clone()).unwrap_or_default();
@@ -240,18 +218,8 @@ pub async fn put_recording(
     if config.tenant(tenant.as_str()).is_none() {
         return Err(ApiError::forbidden(format!("tenant {tenant} no longer exists")));
     }
-    let pending_path = s.pending.join(format!("{upload}.json"));
-    let pending: PendingCall = match std::fs::read(&pending_path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::internal("reading the metadata failed", e))?
-        }
-        Err(_) => {
-            return Err(ApiError::not_found(
-                "no such upload (it was completed, or never asked for)",
-            ));
-        }
-    };
-    if pending.tenant != tenant.as_str() {
+    let pending = Pending::read(&s.pending, &upload)?;
+    if pending.call.tenant != tenant.as_str() {
         return Err(ApiError::forbidden("the upload is another tenant's"));
     }
     let declared = headers
@@ -261,181 +229,20 @@ pub async fn put_recording(
     if declared.is_some_and(|n| n > limits.max_upload_bytes) {
         return Err(too_large(limits.max_upload_bytes));
     }
-    // Counted with the tenant's SFTP sessions (quota.sessions).
-    let _session = s
-        .limits
-        .open_session(&tenant)
-        .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
-    let folder = format!("api/{upload}");
-    let received = receive(&s, &tenant, &folder, &upload, body, &limits).await?;
-    let mut row = pending.row;
-    let recording = received.rel().file_name().to_owned();
-    let mapping = config
-        .tenant(tenant.as_str())
-        .map(|t| t.mapping.clone())
-        .unwrap_or_default();
-    if let Some(column) = &mapping.recording {
-        row.insert(column.clone(), recording.clone().into());
-    }
-    let metadata = serde_json::to_vec_pretty(&vec![Value::Object(row)])
-        .map_err(|e| ApiError::internal("writing the metadata failed", e))?;
-    let (drops, quota, tenant2, meta_rel) = (
-        s.drops.clone(),
-        s.limits.clone(),
-        tenant.clone(),
-        RelPath::parse(&format!("{folder}/{upload}.json")).ok_or_else(|| ApiError::bad_request("bad upload id"))?,
-    );
-    let placed = tokio::task::spawn_blocking(move || -> Result<Placement, ApiError> {
-        let io = |e: std::io::Error| ApiError::internal("storing the upload failed", e);
-        let dir = Arc::new(
-            drops
-                .confined(&tenant2)
-                .and_then(|c| c.ensure_dir(meta_rel.dir()))
-                .map_err(io)?,
-        );
-        let grant = quota
-            .open_file(&tenant2, meta_rel.file_name())
-            .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
-        let mut file = ArrivingFile::create(dir, meta_rel, Some(grant)).map_err(io)?;
-        if let Err(e) = file.append(&metadata) {
-            file.discard();
-            return Err(write_stop(e));
-        }
-        let mut batch = Batch::new();
-        batch.add(received).map_err(io)?;
-        batch.add(file.finish().map_err(io)?).map_err(io)?;
-        batch.place(Replace::Allowed).map_err(io)
-    })
-    .await
-    .map_err(|e| ApiError::internal("storing the upload failed", e))??;
-    if let Some((rel, e)) = placed.failed.first() {
-        return Err(ApiError::internal(
-            "storing the upload failed",
-            format!("{}: {e}", rel.as_str()),
-        ));
-    }
-    let _ = std::fs::remove_file(&pending_path);
-    let mut answer = HeaderMap::new();
-    for p in placed.placed {
-        if p.rel.file_name() == recording
-            && let Some(d) = &p.digest
-            && let Ok(v) = format!("\"{}\"", hex::encode(d.sha256)).parse()
-        {
-            answer.insert(header::ETAG, v);
-        }
-        let _ = s
-            .events
-            .send(IngressEvent::Arrived(Arrived {
-                tenant: tenant.clone(),
-                rel: p.rel,
-                via: Via::Http,
-                digest: p.digest,
-            }))
-            .await;
-    }
-    tracing::info!(tenant = %tenant, conversation = %pending.conversation_id, recording = %recording, "call uploaded (http)");
-    Ok((StatusCode::OK, answer))
-}
-
-fn too_large(max: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("larger than {} (http.max_upload_bytes)", bytesize::ByteSize::b(max)),
+    let etag = complete(
+        &s,
+        &tenant,
+        &upload,
+        pending,
+        body.into_data_stream(),
+        1..=limits.max_upload_bytes,
     )
-}
-
-fn write_stop(e: WriteStop) -> ApiError {
-    match e {
-        WriteStop::Quota(q) => ApiError::forbidden(format!("quota: {q}")),
-        WriteStop::Io(e) => ApiError::internal("storing the upload failed", e),
+    .await?;
+    let mut answer = HeaderMap::new();
+    if let Ok(v) = format!("\"{etag}\"").parse() {
+        answer.insert(header::ETAG, v);
     }
-}
-
-/// Streams the body into `folder/<upload>.<kind>`, named by what its first bytes say it is;
-/// written, not yet durable. Nothing is left if it stops.
-async fn receive(
-    s: &UploadState,
-    tenant: &TenantId,
-    folder: &str,
-    upload: &str,
-    body: Body,
-    limits: &crate::config::HttpConfig,
-) -> Result<crate::arrival::Written, ApiError> {
-    let mut stream = body.into_data_stream();
-    let first = next_chunk(&mut stream, limits.body_timeout)
-        .await?
-        .ok_or_else(|| ApiError::bad_request("the recording is empty"))?;
-    let name = format!("{upload}.{}", sniff(&first));
-    let rel = RelPath::parse(&format!("{folder}/{name}")).ok_or_else(|| ApiError::bad_request("bad upload id"))?;
-    let grant = s
-        .limits
-        .open_file(tenant, &name)
-        .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
-    let (drops, tenant2, rel2) = (s.drops.clone(), tenant.clone(), rel.clone());
-    let file = tokio::task::spawn_blocking(move || {
-        let dir = drops.confined(&tenant2)?.ensure_dir(rel2.dir())?;
-        ArrivingFile::create(Arc::new(dir), rel2, Some(grant))
-    })
-    .await
-    .map_err(|e| ApiError::internal("storing the upload failed", e))?
-    .map_err(|e| ApiError::internal("storing the upload failed", e))?;
-    let mut writer = Background::start(file);
-    let mut total = 0u64;
-    let mut chunk = Some(first);
-    let stopped = loop {
-        let Some(bytes) = chunk.take() else { break None };
-        total += bytes.len() as u64;
-        if total > limits.max_upload_bytes {
-            break Some(too_large(limits.max_upload_bytes));
-        }
-        let mut buf = writer.buffer(bytes.len());
-        buf.extend_from_slice(&bytes);
-        if let Err(e) = writer.write(buf).await {
-            break Some(write_stop(e));
-        }
-        chunk = match next_chunk(&mut stream, limits.body_timeout).await {
-            Ok(c) => c,
-            Err(e) => break Some(e),
-        };
-    };
-    metrics::counter!("dropsync_received_bytes_total", "via" => "http").increment(total);
-    if let Some(e) = stopped {
-        writer.discard().await;
-        return Err(e);
-    }
-    writer.finish().await.map_err(write_stop)
-}
-
-/// The body's next chunk; `None` at its end. A body that stops coming for `timeout` ends it.
-async fn next_chunk(
-    stream: &mut axum::body::BodyDataStream,
-    timeout: std::time::Duration,
-) -> Result<Option<axum::body::Bytes>, ApiError> {
-    match tokio::time::timeout(timeout, stream.next()).await {
-        Err(_) => Err(ApiError::bad_request("the body stopped coming (http.body_timeout)")),
-        Ok(None) => Ok(None),
-        Ok(Some(Err(e))) => Err(ApiError::bad_request(format!("the body could not be read: {e}"))),
-        Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
-    }
-}
-
-/// A recording's kind from its first bytes (the names intake knows formats by).
-fn sniff(head: &[u8]) -> &'static str {
-    if head.starts_with(b"RIFF") {
-        "wav"
-    } else if head.starts_with(b"fLaC") {
-        "flac"
-    } else if head.starts_with(b"OggS") {
-        "ogg"
-    } else if head.get(4..8) == Some(b"ftyp") {
-        "m4a"
-    } else if head.starts_with(b"FORM") {
-        "aiff"
-    } else if head.starts_with(b"ID3") || (head.len() > 1 && head[0] == 0xFF && head[1] & 0xE0 == 0xE0) {
-        "mp3"
-    } else {
-        "bin"
-    }
+    Ok((StatusCode::OK, answer))
 }
 
 #[derive(Deserialize, IntoParams)]

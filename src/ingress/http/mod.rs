@@ -13,6 +13,7 @@ pub mod error;
 pub mod signed;
 pub mod tls;
 pub mod tokens;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

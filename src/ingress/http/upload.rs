@@ -1,0 +1,266 @@
+//! What every HTTP upload flow shares: a call's metadata waiting for its recording
+//! (`state_dir/http/pending/<upload>.json`, small, written atomically), and the recording's body
+//! streamed into `api/<upload>/` of the tenant's drop folder through the arrival path (quota
+//! granted as bytes come, hashed as written), its metadata written beside it as a one-row JSON
+//! file in the tenant's own columns, both made durable as one batch and announced with their
+//! digests: from there on it is any other arrival.
+
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::calls::UploadState;
+use super::error::ApiError;
+use crate::arrival::file::Background;
+use crate::arrival::{Arrived, ArrivingFile, Batch, Placement, Replace, Via, WriteStop};
+use crate::dropbox::RelPath;
+use crate::ingress::IngressEvent;
+use crate::tenant::TenantId;
+
+/// A call's metadata, waiting for its recording.
+#[derive(Serialize, Deserialize)]
+pub struct PendingCall {
+    pub tenant: String,
+    pub conversation_id: String,
+    /// The metadata row in the tenant's own columns (its recording's column filled at upload).
+    pub row: Map<String, Value>,
+}
+
+/// A [`PendingCall`] and where it is kept.
+pub struct Pending {
+    path: PathBuf,
+    pub call: PendingCall,
+}
+
+impl Pending {
+    /// Keeps `call` as upload `upload`'s, durably.
+    pub async fn write(dir: &Path, upload: &str, call: &PendingCall) -> Result<(), ApiError> {
+        let what = "keeping the metadata failed";
+        let bytes = serde_json::to_vec(call).map_err(|e| ApiError::internal(what, e))?;
+        let path = dir.join(format!("{upload}.json"));
+        tokio::task::spawn_blocking(move || crate::fsutil::write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| ApiError::internal(what, e))?
+            .map_err(|e| ApiError::internal(what, e))
+    }
+
+    /// Upload `upload`'s call; 404 if there is none (completed, or never asked for).
+    pub fn read(dir: &Path, upload: &str) -> Result<Pending, ApiError> {
+        let path = dir.join(format!("{upload}.json"));
+        let bytes = std::fs::read(&path)
+            .map_err(|_| ApiError::not_found("no such upload (it was completed, or never asked for)"))?;
+        let call = serde_json::from_slice(&bytes).map_err(|e| ApiError::internal("reading the metadata failed", e))?;
+        Ok(Pending { path, call })
+    }
+}
+
+/// Streams the recording in `body` (its size within `size`), writes the call's metadata beside
+/// it, makes both durable and announces them; the recording's SHA-256 (hex). Nothing is left if
+/// it stops.
+pub async fn complete<S, E>(
+    s: &UploadState,
+    tenant: &TenantId,
+    upload: &str,
+    pending: Pending,
+    body: S,
+    size: RangeInclusive<u64>,
+) -> Result<String, ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let config = s.http.config.get();
+    let body_timeout = config
+        .http
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(60), |h| h.body_timeout);
+    // Counted with the tenant's SFTP sessions (quota.sessions).
+    let _session = s
+        .limits
+        .open_session(tenant)
+        .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
+    let folder = format!("api/{upload}");
+    let received = receive(s, tenant, &folder, upload, body, size, body_timeout).await?;
+    let Pending { path, call } = pending;
+    let mut row = call.row;
+    let recording = received.rel().file_name().to_owned();
+    if let Some(column) = config.tenant(tenant.as_str()).and_then(|t| t.mapping.recording.clone()) {
+        row.insert(column, recording.clone().into());
+    }
+    let metadata = serde_json::to_vec_pretty(&vec![Value::Object(row)])
+        .map_err(|e| ApiError::internal("writing the metadata failed", e))?;
+    let meta_rel =
+        RelPath::parse(&format!("{folder}/{upload}.json")).ok_or_else(|| ApiError::bad_request("bad upload id"))?;
+    let (drops, quota, owner) = (s.drops.clone(), s.limits.clone(), tenant.clone());
+    let placed = tokio::task::spawn_blocking(move || -> Result<Placement, ApiError> {
+        let io = |e: std::io::Error| ApiError::internal("storing the upload failed", e);
+        let dir = Arc::new(
+            drops
+                .confined(&owner)
+                .and_then(|c| c.ensure_dir(meta_rel.dir()))
+                .map_err(io)?,
+        );
+        let grant = quota
+            .open_file(&owner, meta_rel.file_name())
+            .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
+        let mut file = ArrivingFile::create(dir, meta_rel, Some(grant)).map_err(io)?;
+        if let Err(e) = file.append(&metadata) {
+            file.discard();
+            received.discard();
+            return Err(write_stop(e));
+        }
+        let mut batch = Batch::new();
+        batch.add(received).map_err(io)?;
+        batch.add(file.finish().map_err(io)?).map_err(io)?;
+        batch.place(Replace::Allowed).map_err(io)
+    })
+    .await
+    .map_err(|e| ApiError::internal("storing the upload failed", e))??;
+    if let Some((rel, e)) = placed.failed.first() {
+        return Err(ApiError::internal(
+            "storing the upload failed",
+            format!("{}: {e}", rel.as_str()),
+        ));
+    }
+    let _ = std::fs::remove_file(&path);
+    let mut digest = String::new();
+    for p in placed.placed {
+        if p.rel.file_name() == recording
+            && let Some(d) = &p.digest
+        {
+            digest = hex::encode(d.sha256);
+        }
+        let _ = s
+            .events
+            .send(IngressEvent::Arrived(Arrived {
+                tenant: tenant.clone(),
+                rel: p.rel,
+                via: Via::Http,
+                digest: p.digest,
+            }))
+            .await;
+    }
+    tracing::info!(tenant = %tenant, conversation = %call.conversation_id, recording = %recording, "call uploaded (http)");
+    Ok(digest)
+}
+
+pub fn too_large(max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("larger than {} (http.max_upload_bytes)", bytesize::ByteSize::b(max)),
+    )
+}
+
+fn write_stop(e: WriteStop) -> ApiError {
+    match e {
+        WriteStop::Quota(q) => ApiError::forbidden(format!("quota: {q}")),
+        WriteStop::Io(e) => ApiError::internal("storing the upload failed", e),
+    }
+}
+
+/// Streams the body into `folder/<upload>.<kind>`, named by what its first bytes say it is;
+/// written, not yet durable. Nothing is left if it stops.
+async fn receive<S, E>(
+    s: &UploadState,
+    tenant: &TenantId,
+    folder: &str,
+    upload: &str,
+    mut stream: S,
+    size: RangeInclusive<u64>,
+    body_timeout: std::time::Duration,
+) -> Result<crate::arrival::Written, ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let max = *size.end();
+    let first = next_chunk(&mut stream, body_timeout)
+        .await?
+        .ok_or_else(|| ApiError::bad_request("the recording is empty"))?;
+    let name = format!("{upload}.{}", sniff(&first));
+    let rel = RelPath::parse(&format!("{folder}/{name}")).ok_or_else(|| ApiError::bad_request("bad upload id"))?;
+    let grant = s
+        .limits
+        .open_file(tenant, &name)
+        .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
+    let (drops, owner) = (s.drops.clone(), tenant.clone());
+    let file = tokio::task::spawn_blocking(move || {
+        let dir = drops.confined(&owner)?.ensure_dir(rel.dir())?;
+        ArrivingFile::create(Arc::new(dir), rel, Some(grant))
+    })
+    .await
+    .map_err(|e| ApiError::internal("storing the upload failed", e))?
+    .map_err(|e| ApiError::internal("storing the upload failed", e))?;
+    let mut writer = Background::start(file);
+    let mut total = 0u64;
+    let mut chunk = Some(first);
+    let stopped = loop {
+        let Some(bytes) = chunk.take() else { break None };
+        total += bytes.len() as u64;
+        if total > max {
+            break Some(too_large(max));
+        }
+        let mut buf = writer.buffer(bytes.len());
+        buf.extend_from_slice(&bytes);
+        if let Err(e) = writer.write(buf).await {
+            break Some(write_stop(e));
+        }
+        chunk = match next_chunk(&mut stream, body_timeout).await {
+            Ok(c) => c,
+            Err(e) => break Some(e),
+        };
+    };
+    let stopped = stopped.or_else(|| {
+        (total < *size.start()).then(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{total} bytes, fewer than the {} the upload asks for", size.start()),
+            )
+        })
+    });
+    metrics::counter!("dropsync_received_bytes_total", "via" => "http").increment(total);
+    if let Some(e) = stopped {
+        writer.discard().await;
+        return Err(e);
+    }
+    writer.finish().await.map_err(write_stop)
+}
+
+/// The body's next chunk; `None` at its end. A body that stops coming for `timeout` ends it.
+async fn next_chunk<S, E>(stream: &mut S, timeout: std::time::Duration) -> Result<Option<Bytes>, ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    match tokio::time::timeout(timeout, stream.next()).await {
+        Err(_) => Err(ApiError::bad_request("the body stopped coming (http.body_timeout)")),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(e))) => Err(ApiError::bad_request(format!("the body could not be read: {e}"))),
+        Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+    }
+}
+
+/// A recording's kind from its first bytes (the names intake knows formats by).
+fn sniff(head: &[u8]) -> &'static str {
+    if head.starts_with(b"RIFF") {
+        "wav"
+    } else if head.starts_with(b"fLaC") {
+        "flac"
+    } else if head.starts_with(b"OggS") {
+        "ogg"
+    } else if head.get(4..8) == Some(b"ftyp") {
+        "m4a"
+    } else if head.starts_with(b"FORM") {
+        "aiff"
+    } else if head.starts_with(b"ID3") || (head.len() > 1 && head[0] == 0xFF && head[1] & 0xE0 == 0xE0) {
+        "mp3"
+    } else {
+        "bin"
+    }
+}
