@@ -353,3 +353,70 @@ fn https_without_a_proxy_serves_curl_with_the_operators_certificate() {
     assert!(!plain.status.success(), "{}", String::from_utf8_lossy(&plain.stdout));
     d.stop();
 }
+
+#[test]
+fn a_presigned_form_post_stores_the_recording_and_a_changed_field_is_refused() {
+    let (d, port) = daemon_with_tenant_tokens("");
+    // beta's allocation is spent from the start.
+    let mut d = d.with_replaced(
+        "id = \"beta\"\napi_tokens_file",
+        "id = \"beta\"\nminute_allocation = 0\napi_tokens_file",
+    );
+    d.start();
+    wait_http(port);
+    let wav = audio("vela-1", 48_000);
+    let wav_path = d.dir.path().join("vela.wav");
+    std::fs::write(&wav_path, &wav).unwrap();
+    let script = format!(
+        r#"
+ACME = {{'Authorization': 'Bearer {ACME_TOKEN}'}}
+BETA = {{'Authorization': 'Bearer {BETA_TOKEN}'}}
+URL = BASE + '/asr/async/upload/vela'
+meta = {{'email': 'ann@acme.example', 'date_of_call': '2024-08-06 09:15:00', 'conversation_id': 'v-1', 'queue': 'sales'}}
+r = requests.post(URL, json={{'org_id': 'acme', 'metadata': meta}}, headers=ACME)
+assert r.status_code == 200, (r.status_code, r.text)
+p = r.json()
+assert set(p['fields']) == {{'key', 'policy', 'x-amz-algorithm', 'x-amz-credential', 'x-amz-date', 'x-amz-signature'}}, r.text
+# As the platform's example sends it: the fields as data, the file last.
+with open({wav:?}, 'rb') as f:
+    r = requests.post(p['url'], data=p['fields'], files={{'file': ('call.wav', f)}})
+assert r.status_code == 204, r.text
+# The same request as form fields, metadata as a JSON string.
+r = requests.post(URL, data={{'org_id': 'acme', 'metadata': json.dumps(dict(meta, conversation_id='v-2'))}}, headers=ACME)
+assert r.status_code == 200, r.text
+q = r.json()
+for name, value in [('key', 'acme/0000000000000000'), ('x-amz-date', '20240101T000000Z')]:
+    fields = dict(q['fields'], **{{name: value}})
+    r = requests.post(q['url'], data=fields, files={{'file': ('c.wav', b'RIFFxxxx')}})
+    assert r.status_code == 403, (name, r.text)
+import base64
+policy = json.loads(base64.b64decode(q['fields']['policy']))
+policy['conditions'][-1][2] = 10 ** 12
+forged = base64.b64encode(json.dumps(policy).encode()).decode()
+r = requests.post(q['url'], data=dict(q['fields'], policy=forged), files={{'file': ('c.wav', b'RIFFxxxx')}})
+assert r.status_code == 403 and 'signature' in r.json()['error'], r.text
+r = requests.post(q['url'], data=dict(q['fields'], extra='x'), files={{'file': ('c.wav', b'RIFFxxxx')}})
+assert r.status_code == 403 and 'not in the policy' in r.json()['error'], r.text
+# Another tenant's org_id; a spent allocation; a date that is not one.
+r = requests.post(URL, json={{'org_id': 'beta', 'metadata': meta}}, headers=ACME)
+assert r.status_code == 403, r.text
+r = requests.post(URL, json={{'org_id': 'beta', 'metadata': meta}}, headers=BETA)
+assert r.status_code == 403 and 'allocation' in r.json()['error'], r.text
+r = requests.post(URL, json={{'org_id': 'acme', 'metadata': dict(meta, date_of_call='yesterday')}}, headers=ACME)
+assert r.status_code == 400 and 'date_of_call' in ' '.join(r.json()['details']), r.text
+print('ok')
+"#,
+        wav = wav_path.to_str().unwrap()
+    );
+    assert_eq!(requests(port, &script).trim(), "ok");
+    let forwarded = d.wait_forwarded(1, Duration::from_secs(60));
+    let doc = &forwarded["v-1"];
+    assert_eq!(doc["agent"], "ann@acme.example", "{doc}");
+    assert_eq!(doc["contact_time"], "2024-08-06T09:15:00Z", "{doc}");
+    let rec = &doc["recordings"][0];
+    assert_eq!(
+        std::fs::read(d.outbox().join(rec["key"].as_str().unwrap())).unwrap(),
+        wav
+    );
+    d.stop();
+}

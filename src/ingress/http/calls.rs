@@ -131,7 +131,7 @@ pub async fn upload_data(
 }
 
 /// A field's text, if it has any.
-fn text<'a>(fields: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+pub(super) fn text<'a>(fields: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     fields
         .get(key)
         .and_then(Value::as_str)
@@ -140,7 +140,7 @@ fn text<'a>(fields: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
 }
 
 /// A required field, parsed; a missing or malformed one is added to `problems`.
-fn required<T>(
+pub(super) fn required<T>(
     fields: &Map<String, Value>,
     key: &str,
     what: &str,
@@ -159,7 +159,13 @@ fn required<T>(
 }
 
 /// The row in the tenant's columns (SPEC §5 mapping): what a contact centre's own CSV would say.
-fn fill_row(row: &mut Map<String, Value>, mapping: &Mapping, id: &str, agent: &str, at: chrono::NaiveDateTime) {
+pub(super) fn fill_row(
+    row: &mut Map<String, Value>,
+    mapping: &Mapping,
+    id: &str,
+    agent: &str,
+    at: chrono::NaiveDateTime,
+) {
     if let Some(column) = &mapping.conversation_id {
         row.insert(column.clone(), id.into());
     }
@@ -292,6 +298,8 @@ pub async fn list_calls(
 }
 
 pub fn routes(state: UploadState) -> axum::Router {
+    use super::presigned;
+    use axum::extract::DefaultBodyLimit;
     use axum::routing::{get, post, put};
     axum::Router::new()
         .route(
@@ -299,6 +307,12 @@ pub fn routes(state: UploadState) -> axum::Router {
             post(upload_data),
         )
         .route("/api/upload/{tenant}/{upload}", put(put_recording))
+        .route("/asr/async/upload/vela", post(presigned::presign))
+        // The form's file streams, within the policy's size range, not the JSON limit.
+        .route(
+            "/api/presigned/{tenant}",
+            post(presigned::post_form).layer(DefaultBodyLimit::disable()),
+        )
         .route("/api/v1/calls", get(list_calls))
         .with_state(state)
 }
@@ -306,7 +320,13 @@ pub fn routes(state: UploadState) -> axum::Router {
 /// The upload API's part of `/api/openapi.json`.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(upload_data, put_recording, list_calls),
-    components(schemas(UploadData, CallView, ErrorBody))
+    paths(
+        upload_data,
+        put_recording,
+        list_calls,
+        super::presigned::presign,
+        super::presigned::post_form
+    ),
+    components(schemas(UploadData, CallView, ErrorBody, super::presigned::PresignedPost))
 )]
 pub struct UploadApi;

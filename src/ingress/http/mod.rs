@@ -10,6 +10,7 @@
 
 pub mod calls;
 pub mod error;
+pub mod presigned;
 pub mod signed;
 pub mod tls;
 pub mod tokens;

@@ -1,0 +1,299 @@
+//! Presigned form POST (SPEC §10), as S3's browser uploads work: `POST /asr/async/upload/vela`
+//! takes the call's metadata and answers with a URL and the form fields to send with the file,
+//! one of them a policy (expiry, key, size range, every other field's value) signed by
+//! dropsync; `POST <url>` as `multipart/form-data`, the fields as given and the file last,
+//! stores the recording. A field changed by the client, or one the policy does not name, is
+//! refused with 403, as S3 refuses it.
+
+use axum::Json;
+use axum::extract::{Multipart, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine;
+use chrono::{NaiveDate, NaiveDateTime};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
+
+use super::TenantCaller;
+use super::calls::{UploadState, fill_row, required, text};
+use super::error::{ApiError, ErrorBody};
+use super::upload::{Pending, PendingCall, complete};
+use crate::tenant::TenantId;
+
+/// Form fields taken before the file, and the bytes of each, at most.
+const MAX_FIELDS: usize = 32;
+const MAX_FIELD_BYTES: usize = 64 << 10;
+
+#[derive(Serialize, ToSchema)]
+pub struct PresignedPost {
+    /// Where to POST the form.
+    pub url: String,
+    /// Every field to send, as given, before the file.
+    #[schema(value_type = Object)]
+    pub fields: Map<String, Value>,
+}
+
+#[utoipa::path(post, path = "/asr/async/upload/vela", tag = "upload",
+    request_body(content = Object, description = "{\"org_id\": tenant, \"metadata\": {\"email\", \"date_of_call\", …}} as JSON, or as form fields with metadata as a JSON string"),
+    responses((status = 200, body = PresignedPost), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "another tenant's org_id, or the minute allocation is spent")))]
+pub async fn presign(
+    TenantCaller(tenant): TenantCaller,
+    State(s): State<UploadState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<PresignedPost>, ApiError> {
+    let request = request_fields(&headers, &body)?;
+    let org = request.get("org_id").and_then(Value::as_str).unwrap_or_default();
+    if org != tenant.as_str() {
+        return Err(ApiError::forbidden(format!("org_id {org:?} is not the token's tenant")));
+    }
+    let metadata = match request.get("metadata") {
+        Some(Value::Object(m)) => m.clone(),
+        Some(Value::String(text)) => match serde_json::from_str(text) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err(ApiError::bad_request("metadata: not a JSON object")),
+        },
+        _ => return Err(ApiError::bad_request("metadata: required (a JSON object)")),
+    };
+    if allocation_spent(&s, &tenant).await? {
+        return Err(ApiError::forbidden(
+            "the minute allocation of this month is spent (minute_allocation)",
+        ));
+    }
+    let config = s.http.config.get();
+    let mapping = &config
+        .tenant(tenant.as_str())
+        .ok_or_else(ApiError::unauthorized)?
+        .mapping;
+    let mut problems = Vec::new();
+    let agent = required(&metadata, "email", "the agent's e-mail", &mut problems, |v| {
+        Some(v.to_owned())
+    });
+    let when = "a date-time like 2024-08-06 09:15:00 or 2024-08-06T09:15:00Z";
+    let at = required(&metadata, "date_of_call", when, &mut problems, parse_when);
+    let (Some(agent), Some(at)) = (agent, at) else {
+        let mut e = ApiError::bad_request("the call's metadata is missing or malformed fields");
+        e.details = problems.iter().map(|p| format!("metadata.{p}")).collect();
+        return Err(e);
+    };
+    let upload = hex::encode(rand::random::<[u8; 8]>());
+    let conversation_id = text(&metadata, "conversation_id").map_or_else(|| format!("api-{upload}"), str::to_owned);
+    let mut row: Map<String, Value> = metadata
+        .iter()
+        .filter(|(k, _)| !["email", "date_of_call", "conversation_id"].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    fill_row(&mut row, mapping, &conversation_id, &agent, at);
+    let call = PendingCall {
+        tenant: tenant.to_string(),
+        conversation_id,
+        row,
+    };
+    Pending::write(&s.pending, &upload, &call).await?;
+    let limits = config
+        .http
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("no upload API"))?;
+    let now = chrono::Utc::now();
+    let expires = now.timestamp() + limits.upload_url_ttl.as_secs() as i64;
+    let date = now.format("%Y%m%dT%H%M%SZ").to_string();
+    let mut fields = Map::new();
+    fields.insert("key".into(), format!("{tenant}/{upload}").into());
+    fields.insert("x-amz-algorithm".into(), "AWS4-HMAC-SHA256".into());
+    fields.insert(
+        "x-amz-credential".into(),
+        format!("dropsync/{}/local/s3/aws4_request", &date[..8]).into(),
+    );
+    fields.insert("x-amz-date".into(), date.into());
+    let mut conditions: Vec<Value> = fields.iter().map(|(k, v)| json!({ k: v })).collect();
+    conditions.push(json!(["content-length-range", 1, limits.max_upload_bytes]));
+    let expiration = chrono::DateTime::from_timestamp(expires, 0).unwrap_or(now);
+    let policy = json!({
+        "expiration": expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "conditions": conditions,
+    });
+    let policy = base64::engine::general_purpose::STANDARD.encode(policy.to_string());
+    fields.insert(
+        "x-amz-signature".into(),
+        s.signer.sign(&signed_text(&policy), expires).into(),
+    );
+    fields.insert("policy".into(), policy.into());
+    Ok(Json(PresignedPost {
+        url: format!("{}/api/presigned/{tenant}", limits.public_url),
+        fields,
+    }))
+}
+
+/// What a policy's signature covers.
+fn signed_text(policy: &str) -> String {
+    format!("post-policy\n{policy}")
+}
+
+/// A date-time as the platforms send it: ISO 8601 (an offset or `Z` is converted to UTC), a
+/// space instead of the `T`, or a date alone (midnight).
+fn parse_when(text: &str) -> Option<NaiveDateTime> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.naive_utc());
+    }
+    [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+    .or_else(|| {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()
+            .map(|d| d.and_time(chrono::NaiveTime::MIN))
+    })
+}
+
+/// The request's fields, from JSON or an urlencoded form.
+fn request_fields(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let kind = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if kind.starts_with("application/x-www-form-urlencoded") {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|e| ApiError::bad_request(format!("the form cannot be read: {e}")))?;
+        return Ok(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect());
+    }
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_request("the body is not a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!("the body is not JSON: {e}"))),
+    }
+}
+
+/// Whether the tenant's minute allocation of this month is used up.
+async fn allocation_spent(s: &UploadState, tenant: &TenantId) -> Result<bool, ApiError> {
+    let config = s.http.config.get();
+    let Some(t) = config.tenant(tenant.as_str()).cloned() else {
+        return Ok(false);
+    };
+    if t.allocation.is_none() {
+        return Ok(false);
+    }
+    let catalog = s.catalog.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        let allocations = crate::catalog::allocations_for(std::slice::from_ref(&t), crate::catalog::now_ms());
+        catalog.minutes().status(&allocations)
+    })
+    .await
+    .map_err(|e| ApiError::internal("reading the minute allocation failed", e))?
+    .map_err(|e| ApiError::internal("reading the minute allocation failed", e))?;
+    Ok(status
+        .get(tenant.as_str())
+        .and_then(|m| m.minute_allocation.map(|a| m.seconds_used >= a * 60))
+        .unwrap_or(false))
+}
+
+#[utoipa::path(post, path = "/api/presigned/{tenant}", tag = "upload",
+    params(("tenant" = String, Path)),
+    request_body(content = Object, content_type = "multipart/form-data", description = "the fields as given, then the file"),
+    responses((status = 204, description = "stored, durable, and announced"), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn post_form(
+    State(s): State<UploadState>,
+    Path(tenant): Path<String>,
+    form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<StatusCode, ApiError> {
+    let mut form = form.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let bad =
+        |e: axum::extract::multipart::MultipartError| ApiError::bad_request(format!("the form cannot be read: {e}"));
+    let file = loop {
+        let Some(field) = form.next_field().await.map_err(bad)? else {
+            return Err(ApiError::bad_request(
+                "the form has no file (the field named file, last)",
+            ));
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        if name.eq_ignore_ascii_case("file") || field.file_name().is_some() {
+            break field;
+        }
+        if fields.len() >= MAX_FIELDS {
+            return Err(ApiError::bad_request(format!(
+                "more than {MAX_FIELDS} fields before the file"
+            )));
+        }
+        let value = field.bytes().await.map_err(bad)?;
+        if value.len() > MAX_FIELD_BYTES {
+            return Err(ApiError::bad_request(format!(
+                "field {name:?} is longer than {MAX_FIELD_BYTES} bytes"
+            )));
+        }
+        fields.push((name.to_ascii_lowercase(), String::from_utf8_lossy(&value).into_owned()));
+    };
+    let size = check_policy(&s, &fields)?;
+    let key = field_value(&fields, "key").unwrap_or_default();
+    let (owner, upload) = key
+        .split_once('/')
+        .ok_or_else(|| ApiError::forbidden("the key is not one dropsync gave"))?;
+    if owner != tenant {
+        return Err(ApiError::forbidden("the key is another tenant's"));
+    }
+    let tenant = TenantId::parse(&tenant).map_err(ApiError::not_found)?;
+    if s.http.config.get().tenant(tenant.as_str()).is_none() {
+        return Err(ApiError::forbidden(format!("tenant {tenant} no longer exists")));
+    }
+    let upload = upload.to_owned();
+    let pending = Pending::read(&s.pending, &upload)?;
+    complete(&s, &tenant, &upload, pending, file, size).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn field_value<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+/// Checks the form against its signed policy, as S3 does: the signature, the expiry, every
+/// condition, and every field named by one; the size range the file must fall in.
+fn check_policy(s: &UploadState, fields: &[(String, String)]) -> Result<std::ops::RangeInclusive<u64>, ApiError> {
+    let refused = |why: &str| ApiError::forbidden(format!("the form does not match its policy: {why}"));
+    let policy = field_value(fields, "policy").ok_or_else(|| refused("no policy field"))?;
+    let signature = field_value(fields, "x-amz-signature").ok_or_else(|| refused("no x-amz-signature field"))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(policy)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .ok_or_else(|| refused("the policy is not base64 JSON"))?;
+    let expires = decoded["expiration"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .ok_or_else(|| refused("the policy has no expiration"))?
+        .timestamp();
+    s.signer
+        .verify(&signed_text(policy), expires, signature, chrono::Utc::now().timestamp())
+        .map_err(|e| ApiError::forbidden(e.to_string()))?;
+    let mut size = 0..=u64::MAX;
+    let mut covered = vec!["policy", "x-amz-signature"];
+    for condition in decoded["conditions"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        match condition {
+            Value::Object(m) => {
+                for (name, want) in m {
+                    if field_value(fields, &name.to_ascii_lowercase()) != want.as_str() {
+                        return Err(refused(&format!("field {name:?} was changed or left out")));
+                    }
+                    covered.push(name);
+                }
+            }
+            Value::Array(a) if a.first().and_then(Value::as_str) == Some("content-length-range") => {
+                let (min, max) = (a.get(1).and_then(Value::as_u64), a.get(2).and_then(Value::as_u64));
+                size = min.unwrap_or(0)..=max.unwrap_or(u64::MAX);
+            }
+            _ => return Err(refused("a condition dropsync does not write")),
+        }
+    }
+    if let Some((name, _)) = fields
+        .iter()
+        .find(|(n, _)| !covered.iter().any(|c| c.eq_ignore_ascii_case(n)))
+    {
+        return Err(refused(&format!("field {name:?} is not in the policy")));
+    }
+    Ok(size)
+}
