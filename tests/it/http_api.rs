@@ -420,3 +420,74 @@ print('ok')
     );
     d.stop();
 }
+
+#[test]
+fn a_batch_is_validated_before_it_is_queued_and_then_forwarded() {
+    let (mut d, port) = daemon_with_tenant_tokens("");
+    d.start();
+    wait_http(port);
+    let (w1, w2) = (audio("batch-1", 24_000), audio("batch-2", 32_000));
+    for (name, bytes) in [("b1.wav", &w1), ("b2.wav", &w2)] {
+        std::fs::write(d.dir.path().join(name), bytes).unwrap();
+    }
+    let good_csv = format!("{HEADER}\n{}\n{}\n", csv_row("b-1", "b1.wav"), csv_row("b-2", "b2.wav"));
+    let bad_csv = format!("{HEADER}\n{}\n", csv_row("b-3", "missing.wav"));
+    let no_agent = "Contact Reference,Contact Date,Audio Filename\nb-4,2019-05-03T09:27:23Z,b1.wav\n";
+    let script = format!(
+        r#"
+import io, zipfile
+ACME = {{'Authorization': 'Bearer {ACME_TOKEN}'}}
+def zip_of(entries):
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, 'w') as z:
+        for name, data in entries:
+            z.writestr(name, data)
+    return out.getvalue()
+def batch(csv, zipped):
+    r = requests.post(BASE + '/api/v1/calls/upload', json={{'metadata_filename': 'metadata.csv', 'audios_filename': 'audios.zip'}}, headers=ACME)
+    assert r.status_code == 200 and r.json()['status'] == 'success', r.text
+    data = r.json()['data']
+    r = requests.put(data['metadata_upload_url'], data=csv.encode(), headers={{'Content-Type': 'text/csv'}})
+    assert r.status_code == 200, r.text
+    r = requests.put(data['audio_upload_url'], data=zipped, headers={{'Content-Type': 'application/zip'}})
+    assert r.status_code == 200, r.text
+    return requests.post(BASE + '/api/v1/calls/process-upload', json={{'metadata_key': data['metadata_key'], 'audios_key': data['audio_key']}}, headers=ACME)
+w1, w2 = open({w1p:?}, 'rb').read(), open({w2p:?}, 'rb').read()
+r = batch({bad_csv:?}, zip_of([('b1.wav', w1), ('sub/c9.wav', w1), ('notes.txt', b'x')]))
+assert r.status_code == 422, r.text
+details = r.json()['details']
+assert any('sub/c9.wav' in d and 'folder' in d for d in details), details
+assert any('notes.txt' in d and 'format' in d for d in details), details
+assert any('missing.wav' in d and 'not in the zip' in d for d in details), details
+r = batch({no_agent:?}, zip_of([('b1.wav', w1)]))
+assert r.status_code == 422 and any('Agent Email' in d for d in r.json()['details']), r.text
+r = batch({good_csv:?}, zip_of([('b1.wav', w1), ('b2.wav', w2)]))
+assert r.status_code == 200, r.text
+assert r.json()['data']['message'] == 'Files validated and queued for processing', r.text
+r = requests.post(BASE + '/api/v1/calls/process-upload', json={{'metadata_key': 'beta/0123456789abcdef/metadata.csv', 'audios_key': 'beta/0123456789abcdef/audios.zip'}}, headers=ACME)
+assert r.status_code == 404, r.text
+print('ok')
+"#,
+        w1p = d.dir.path().join("b1.wav").to_str().unwrap(),
+        w2p = d.dir.path().join("b2.wav").to_str().unwrap(),
+    );
+    assert_eq!(requests(port, &script).trim(), "ok");
+    let forwarded = d.wait_forwarded(2, Duration::from_secs(60));
+    for (id, bytes) in [("b-1", &w1), ("b-2", &w2)] {
+        let rec = &forwarded[id]["recordings"][0];
+        assert_eq!(
+            &std::fs::read(d.outbox().join(rec["key"].as_str().unwrap())).unwrap(),
+            bytes
+        );
+    }
+    // The refused batches queued nothing: their rows were never read (after the good one's
+    // two were forwarded, nothing else is in the catalog).
+    let listed = requests(
+        port,
+        &format!(
+            "r = requests.get(BASE + '/api/v1/calls', headers={{'Authorization': 'Bearer {ACME_TOKEN}'}})\nprint(json.dumps(sorted(c['id'] for c in r.json())))\n"
+        ),
+    );
+    assert_eq!(listed.trim(), r#"["b-1", "b-2"]"#);
+    d.stop();
+}

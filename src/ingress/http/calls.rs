@@ -298,7 +298,7 @@ pub async fn list_calls(
 }
 
 pub fn routes(state: UploadState) -> axum::Router {
-    use super::presigned;
+    use super::{batch, presigned};
     use axum::extract::DefaultBodyLimit;
     use axum::routing::{get, post, put};
     axum::Router::new()
@@ -314,6 +314,12 @@ pub fn routes(state: UploadState) -> axum::Router {
             post(presigned::post_form).layer(DefaultBodyLimit::disable()),
         )
         .route("/api/v1/calls", get(list_calls))
+        .route("/api/v1/calls/upload", post(batch::start))
+        .route(
+            "/api/batch/{tenant}/{upload}/{name}",
+            put(batch::put_file).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/v1/calls/process-upload", post(batch::process))
         .with_state(state)
 }
 

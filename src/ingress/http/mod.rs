@@ -8,6 +8,7 @@
 //!   connection, never a worker); headers are capped at [`MAX_HEADER_BYTES`].
 //! - A stop closes idle connections and lets requests in flight finish (the tracker's drain).
 
+pub mod batch;
 pub mod calls;
 pub mod error;
 pub mod presigned;

@@ -86,7 +86,8 @@ where
         .open_session(tenant)
         .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
     let folder = format!("api/{upload}");
-    let received = receive(s, tenant, &folder, upload, body, size, body_timeout).await?;
+    let named = |head: &[u8]| RelPath::parse(&format!("{folder}/{upload}.{}", sniff(head)));
+    let received = receive(s, tenant, named, body, size, body_timeout).await?;
     let Pending { path, call } = pending;
     let mut row = call.row;
     let recording = received.rel().file_name().to_owned();
@@ -164,13 +165,53 @@ fn write_stop(e: WriteStop) -> ApiError {
     }
 }
 
-/// Streams the body into `folder/<upload>.<kind>`, named by what its first bytes say it is;
-/// written, not yet durable. Nothing is left if it stops.
+/// Streams a file of a batch into `rel`, durable, not announced (its name is one of ours).
+pub async fn receive_held<S, E>(s: &UploadState, tenant: &TenantId, rel: RelPath, body: S) -> Result<(), ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let config = s.http.config.get();
+    let limits = config
+        .http
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("no upload API"))?;
+    let _session = s
+        .limits
+        .open_session(tenant)
+        .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
+    let written = receive(
+        s,
+        tenant,
+        |_| Some(rel),
+        body,
+        1..=limits.max_upload_bytes,
+        limits.body_timeout,
+    )
+    .await?;
+    let placed = tokio::task::spawn_blocking(move || {
+        let mut batch = Batch::new();
+        batch.add(written)?;
+        batch.place(Replace::Allowed)
+    })
+    .await
+    .map_err(|e| ApiError::internal("storing the upload failed", e))?
+    .map_err(|e| ApiError::internal("storing the upload failed", e))?;
+    match placed.failed.first() {
+        Some((rel, e)) => Err(ApiError::internal(
+            "storing the upload failed",
+            format!("{}: {e}", rel.as_str()),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Streams the body into the file `name` gives for its first bytes; written, not yet durable.
+/// Nothing is left if it stops.
 async fn receive<S, E>(
     s: &UploadState,
     tenant: &TenantId,
-    folder: &str,
-    upload: &str,
+    name: impl FnOnce(&[u8]) -> Option<RelPath>,
     mut stream: S,
     size: RangeInclusive<u64>,
     body_timeout: std::time::Duration,
@@ -183,11 +224,10 @@ where
     let first = next_chunk(&mut stream, body_timeout)
         .await?
         .ok_or_else(|| ApiError::bad_request("the recording is empty"))?;
-    let name = format!("{upload}.{}", sniff(&first));
-    let rel = RelPath::parse(&format!("{folder}/{name}")).ok_or_else(|| ApiError::bad_request("bad upload id"))?;
+    let rel = name(&first).ok_or_else(|| ApiError::bad_request("bad upload id"))?;
     let grant = s
         .limits
-        .open_file(tenant, &name)
+        .open_file(tenant, rel.file_name())
         .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
     let (drops, owner) = (s.drops.clone(), tenant.clone());
     let file = tokio::task::spawn_blocking(move || {
