@@ -60,6 +60,13 @@ pub enum OnboardError {
     /// The new file is taken away again.
     #[error("the configuration would not load with the new tenant:\n{0}")]
     WouldNotLoad(config::ConfigError),
+    #[error("no tenant {0}")]
+    NoSuchTenant(String),
+    /// Only the files `tenant add` and the API write are changed by them.
+    #[error("tenant {id} is defined in {}; change it there", file.display())]
+    NotOurs { id: String, file: PathBuf },
+    #[error("{0}")]
+    BadChange(String),
 }
 
 /// The folder new tenant files go to: that of the config's first `include` pattern.
@@ -240,6 +247,123 @@ fn create_from(cfg: &Config, spec: &NewTenant, source: &KeySource) -> Result<Onb
         key_fingerprint: first,
         host_key_fingerprints,
     })
+}
+
+/// The file of tenant `id`, if `tenant add` or the API wrote it (`tenants.d/<id>.toml`).
+fn own_file(cfg: &Config, id: &str) -> Result<PathBuf, OnboardError> {
+    let tenant = cfg
+        .tenant(id)
+        .ok_or_else(|| OnboardError::NoSuchTenant(id.to_owned()))?;
+    let file = tenants_dir(&cfg.file)?.join(format!("{id}.toml"));
+    let same = std::fs::canonicalize(&file).ok() == std::fs::canonicalize(&tenant.defined_in).ok();
+    if !same {
+        return Err(OnboardError::NotOurs {
+            id: id.to_owned(),
+            file: tenant.defined_in.clone(),
+        });
+    }
+    Ok(file)
+}
+
+/// Removes tenant `id`'s file and its tokens file. Its drop folder and what was forwarded stay.
+pub fn remove(cfg: &Config, id: &str) -> Result<(), OnboardError> {
+    let file = own_file(cfg, id)?;
+    let tokens = file.with_extension("tokens");
+    std::fs::remove_file(&file).map_err(|error| OnboardError::Write { path: file, error })?;
+    let _ = std::fs::remove_file(tokens);
+    Ok(())
+}
+
+/// Keys a change may set (`null` removes the key; `authorized_keys` replaces the list).
+const CHANGEABLE: [&str; 6] = [
+    "authorized_keys",
+    "timezone",
+    "minute_allocation",
+    "on_allocation_exceeded",
+    "retention",
+    "mapping",
+];
+
+/// Applies `changes` (a JSON object of [`CHANGEABLE`] keys) to tenant `id`'s file, which must
+/// still load with them; if it does not, the file is put back as it was.
+pub fn change(
+    cfg: &Config,
+    id: &str,
+    changes: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), OnboardError> {
+    let file = own_file(cfg, id)?;
+    let before = std::fs::read_to_string(&file).map_err(|error| OnboardError::ReadConfig {
+        path: file.clone(),
+        error,
+    })?;
+    let mut table: toml::Table = before.parse().map_err(|error| OnboardError::ParseConfig {
+        path: file.clone(),
+        error,
+    })?;
+    let tenant = table
+        .get_mut("tenants")
+        .and_then(|t| t.as_array_mut())
+        .and_then(|a| a.first_mut())
+        .and_then(|t| t.as_table_mut())
+        .ok_or_else(|| OnboardError::BadChange(format!("{} holds no [[tenants]] table", file.display())))?;
+    for (key, value) in changes {
+        if !CHANGEABLE.contains(&key.as_str()) {
+            return Err(OnboardError::BadChange(format!(
+                "{key:?} cannot be changed here (one of {})",
+                CHANGEABLE.join(", ")
+            )));
+        }
+        if value.is_null() {
+            tenant.remove(key);
+            continue;
+        }
+        if key == "authorized_keys" {
+            let text = value
+                .as_array()
+                .map(|keys| keys.iter().filter_map(|k| k.as_str()).collect::<Vec<_>>().join("\n"))
+                .ok_or_else(|| OnboardError::BadChange("authorized_keys: a list of key lines".into()))?;
+            parse_authorized_keys(&text).map_err(OnboardError::NotAKey)?;
+        }
+        let value = toml::Value::try_from(value).map_err(|e| OnboardError::BadChange(format!("{key}: {e}")))?;
+        tenant.insert(key.clone(), value);
+    }
+    let text = format!(
+        "# Changed by the operator API.\n{}",
+        toml::to_string(&table).unwrap_or_default()
+    );
+    let write = |text: &str| {
+        crate::fsutil::write_atomic(&file, text.as_bytes()).map_err(|error| OnboardError::Write {
+            path: file.clone(),
+            error,
+        })
+    };
+    write(&text)?;
+    if let Err(e) = config::load(&cfg.file) {
+        write(&before)?;
+        return Err(OnboardError::WouldNotLoad(e));
+    }
+    Ok(())
+}
+
+/// Adds the key lines `keys` to tenant `id`'s keys.
+pub fn add_keys(cfg: &Config, id: &str, keys: &str) -> Result<(), OnboardError> {
+    let tenant = cfg
+        .tenant(id)
+        .ok_or_else(|| OnboardError::NoSuchTenant(id.to_owned()))?;
+    let parsed = parse_authorized_keys(keys).map_err(OnboardError::NotAKey)?;
+    if parsed.is_empty() {
+        return Err(OnboardError::NoKey(KeySource::Given));
+    }
+    let mut all: Vec<serde_json::Value> = tenant.authorized_keys.iter().map(|k| k.clone().into()).collect();
+    all.extend(
+        keys.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| serde_json::Value::from(l.to_owned())),
+    );
+    let mut changes = serde_json::Map::new();
+    changes.insert("authorized_keys".into(), all.into());
+    change(cfg, id, &changes)
 }
 
 /// The tenant's file: what `tenant add` always wrote, then the API's optional keys.

@@ -38,7 +38,11 @@ pub fn routes(state: AdminState) -> Router {
     Router::new()
         .route("/api/admin/status", get(status))
         .route("/api/admin/tenants", get(list_tenants).post(create_tenant))
-        .route("/api/admin/tenants/{id}", get(one_tenant))
+        .route(
+            "/api/admin/tenants/{id}",
+            get(one_tenant).patch(change_tenant).delete(remove_tenant),
+        )
+        .route("/api/admin/tenants/{id}/keys", post(add_key))
         .route("/api/admin/conversations", get(conversations))
         .route("/api/admin/retry", post(retry))
         .with_state(state)
@@ -176,6 +180,90 @@ async fn create_tenant(
     ))
 }
 
+/// Runs a change to the tenant files on a blocking thread, then puts the configuration in force.
+async fn apply(
+    s: &AdminState,
+    change: impl FnOnce(&Config) -> Result<(), OnboardError> + Send + 'static,
+) -> Result<(), ApiError> {
+    let (config, reload) = (s.http.config.get(), s.reload.clone());
+    let done = tokio::task::spawn_blocking(move || change(&config).map(|()| reload()))
+        .await
+        .map_err(|e| ApiError::internal("changing the tenant failed", e))?;
+    match done.map_err(onboard_error)? {
+        Ok(_) => Ok(()),
+        Err(problems) => Err(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "the tenant files were written but the configuration did not reload".into(),
+            details: problems,
+        }),
+    }
+}
+
+#[utoipa::path(patch, path = "/api/admin/tenants/{id}", tag = "operator",
+    params(("id" = String, Path, description = "tenant id")),
+    request_body(content = Object, description = "any of authorized_keys, timezone, minute_allocation, on_allocation_exceeded, retention, mapping; null removes a key"),
+    responses((status = 200, body = TenantView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn change_tenant(
+    _: Admin,
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    body: Result<Json<serde_json::Map<String, serde_json::Value>>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<TenantView>, ApiError> {
+    let Json(changes) = body?;
+    let who = id.clone();
+    apply(&s, move |config| onboard::change(config, &who, &changes)).await?;
+    tracing::info!(tenant = %id, "tenant changed (http)");
+    let config = s.http.config.get();
+    let t = config
+        .tenant(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no tenant {id:?}")))?;
+    Ok(Json(view_of(t)))
+}
+
+#[utoipa::path(delete, path = "/api/admin/tenants/{id}", tag = "operator",
+    params(("id" = String, Path, description = "tenant id")),
+    responses((status = 204, description = "removed: its sessions end, its tokens stop working; its files stay"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn remove_tenant(_: Admin, State(s): State<AdminState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let who = id.clone();
+    apply(&s, move |config| onboard::remove(config, &who)).await?;
+    tracing::info!(tenant = %id, "tenant removed (http)");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/admin/tenants/{id}/keys", tag = "operator",
+    params(("id" = String, Path, description = "tenant id")),
+    request_body(content = String, description = "an OpenSSH public key line (text/plain), or JSON {\"key\": …}"),
+    responses((status = 200, body = SftpCredentials), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn add_key(
+    _: Admin,
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<SftpCredentials>, ApiError> {
+    let text = String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad_request("the key is not text"))?;
+    let key = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) => v["key"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::bad_request("key: required (an OpenSSH public key line)"))?,
+        Err(_) => text,
+    };
+    let who = id.clone();
+    apply(&s, move |config| onboard::add_keys(config, &who, &key)).await?;
+    let config = s.http.config.get();
+    Ok(Json(SftpCredentials {
+        host: config.sftp.as_ref().map(|c| c.listen.ip().to_string()),
+        port: config.sftp.as_ref().map(|c| c.listen.port()),
+        username: id,
+        host_key_fingerprint: config
+            .sftp
+            .as_ref()
+            .map(|c| crate::ingress::sftp::host_keys::fingerprints(&c.host_keys))
+            .unwrap_or_default(),
+    }))
+}
+
 fn onboard_error(e: OnboardError) -> ApiError {
     if let OnboardError::WouldNotLoad(problems) = &e {
         return ApiError {
@@ -185,15 +273,17 @@ fn onboard_error(e: OnboardError) -> ApiError {
         };
     }
     match &e {
-        OnboardError::TenantExists(_) | OnboardError::FileExists(_) => {
+        OnboardError::NoSuchTenant(_) => ApiError::not_found(e.to_string()),
+        OnboardError::TenantExists(_) | OnboardError::FileExists(_) | OnboardError::NotOurs { .. } => {
             ApiError::new(StatusCode::CONFLICT, e.to_string())
         }
+        OnboardError::BadChange(_) => ApiError::bad_request(e.to_string()),
         OnboardError::BadTenantId(_)
         | OnboardError::NotAKey(_)
         | OnboardError::BadKey { .. }
         | OnboardError::NoKey(_)
         | OnboardError::WouldNotLoad(_) => ApiError::bad_request(e.to_string()),
-        _ => ApiError::internal("creating the tenant failed", e),
+        _ => ApiError::internal("changing the tenant files failed", e),
     }
 }
 
@@ -296,7 +386,17 @@ async fn retry(
 /// The operator API's part of `/api/openapi.json`.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(list_tenants, one_tenant, create_tenant, status, conversations, retry),
+    paths(
+        list_tenants,
+        one_tenant,
+        create_tenant,
+        change_tenant,
+        remove_tenant,
+        add_key,
+        status,
+        conversations,
+        retry
+    ),
     components(schemas(TenantView, CreateTenant, Created, SftpCredentials, RetryRequest, Retried, ErrorBody))
 )]
 pub struct AdminApi;

@@ -491,3 +491,68 @@ print('ok')
     assert_eq!(listed.trim(), r#"["b-1", "b-2"]"#);
     d.stop();
 }
+
+#[test]
+fn a_tenant_is_changed_given_a_key_and_removed_through_the_api() {
+    let (mut d, port) = daemon_with_http("", "");
+    d.start();
+    wait_http(port);
+    let (k1, k2) = (d.dir.path().join("k1"), d.dir.path().join("k2"));
+    make_key(&k1);
+    make_key(&k2);
+    let public = |k: &std::path::Path| {
+        std::fs::read_to_string(k.with_extension("pub"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let script = format!(
+        r#"
+new = {{'id': 'newco', 'authorized_keys': [{k1:?}], 'timezone': 'Europe/Paris', 'minute_allocation': 600}}
+r = requests.post(BASE + '/api/admin/tenants', json=new, headers=ADMIN)
+assert r.status_code == 201, r.text
+token = r.json()['api_token']
+r = requests.get(BASE + '/api/v1/calls', headers={{'Authorization': 'Bearer ' + token}})
+assert r.status_code == 200 and r.json() == [], r.text
+r = requests.post(BASE + '/api/admin/tenants/newco/keys', data={k2:?}, headers=dict(ADMIN, **{{'Content-Type': 'text/plain'}}))
+assert r.status_code == 200 and r.json()['username'] == 'newco', r.text
+r = requests.patch(BASE + '/api/admin/tenants/newco', json={{'timezone': 'UTC', 'minute_allocation': None}}, headers=ADMIN)
+assert r.status_code == 200 and r.json()['timezone'] == 'UTC' and r.json()['minute_allocation'] is None, r.text
+r = requests.patch(BASE + '/api/admin/tenants/newco', json={{'timezone': 'Mars/Base'}}, headers=ADMIN)
+assert r.status_code == 400 and any('Mars/Base' in d for d in r.json()['details']), r.text
+r = requests.get(BASE + '/api/admin/tenants/newco', headers=ADMIN)
+assert r.json()['timezone'] == 'UTC' and len(r.json()['authorized_keys']) == 2, r.text
+r = requests.patch(BASE + '/api/admin/tenants/acme', json={{'timezone': 'UTC'}}, headers=ADMIN)
+assert r.status_code == 409, r.text
+r = requests.patch(BASE + '/api/admin/tenants/newco', json={{'id': 'other'}}, headers=ADMIN)
+assert r.status_code == 400, r.text
+print(token)
+"#,
+        k1 = public(&k1),
+        k2 = public(&k2),
+    );
+    let token = requests(port, &script).trim().to_owned();
+    // Both keys log in.
+    for key in [&k1, &k2] {
+        let out = d.sftp_batch_with("newco", key, "ls\n");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let gone = format!(
+        r#"
+r = requests.delete(BASE + '/api/admin/tenants/newco', headers=ADMIN)
+assert r.status_code == 204, r.text
+r = requests.get(BASE + '/api/v1/calls', headers={{'Authorization': 'Bearer {token}'}})
+assert r.status_code == 401, r.text
+r = requests.get(BASE + '/api/admin/tenants', headers=ADMIN)
+assert [t['id'] for t in r.json()] == ['acme', 'beta'], r.text
+r = requests.delete(BASE + '/api/admin/tenants/acme', headers=ADMIN)
+assert r.status_code == 409, r.text
+print('ok')
+"#
+    );
+    assert_eq!(requests(port, &gone).trim(), "ok");
+    let out = d.sftp_batch_with("newco", &k1, "ls\n");
+    assert!(!out.status.success(), "a removed tenant must not log in");
+    assert!(!d.dir.path().join("tenants.d/newco.tokens").exists());
+    d.stop();
+}
