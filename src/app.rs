@@ -359,6 +359,7 @@ async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
     use utoipa::OpenApi;
     let mut doc = ops::admin_api::AdminApi::openapi();
     doc.merge(calls::UploadApi::openapi());
+    crate::ingress::http::error::document_common_errors(&mut doc);
     doc.info.title = "dropsync".into();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     axum::Json(doc)

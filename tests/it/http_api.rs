@@ -556,3 +556,30 @@ print('ok')
     assert!(!d.dir.path().join("tenants.d/newco.tokens").exists());
     d.stop();
 }
+
+/// Schemathesis generates requests from `/api/openapi.json`, with an admin and with a tenant's
+/// token: no answer is a 5xx, and every answer's status and body are the ones described.
+#[test]
+fn every_answer_matches_the_openapi_description() {
+    let (mut d, port) = daemon_with_tenant_tokens("");
+    d.start();
+    wait_http(port);
+    for token in [ADMIN_TOKEN, ACME_TOKEN] {
+        let out = std::process::Command::new("schemathesis")
+            .args(["run", &format!("http://127.0.0.1:{port}/api/openapi.json")])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args([
+                "--checks",
+                "not_a_server_error,response_schema_conformance,status_code_conformance",
+            ])
+            .args(["--max-examples", "25", "--seed", "1"])
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("schemathesis is missing: pip install schemathesis (./scripts/test does)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "schemathesis with {token}:\n{text}");
+        assert!(text.contains(" passed"), "{text}");
+    }
+    assert!(!d.log().contains("panicked"), "a handler panicked:\n{}", d.log());
+    d.stop();
+}

@@ -331,8 +331,19 @@ pub fn routes(state: UploadState) -> axum::Router {
         put_recording,
         list_calls,
         super::presigned::presign,
-        super::presigned::post_form
+        super::presigned::post_form,
+        super::batch::start,
+        super::batch::put_file,
+        super::batch::process
     ),
-    components(schemas(UploadData, CallView, ErrorBody, super::presigned::PresignedPost))
+    components(schemas(
+        UploadData,
+        CallView,
+        ErrorBody,
+        super::presigned::PresignedPost,
+        super::batch::BatchRequest,
+        super::batch::BatchUrls,
+        super::batch::ProcessRequest
+    ))
 )]
 pub struct UploadApi;

@@ -70,14 +70,57 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body that failed to parse is a 400 naming the field, never axum's plain-text answer.
+/// A JSON body that failed to parse is a 400 naming the field (or a 413), never axum's
+/// plain-text answer; a body without `Content-Type: application/json` is a 400 saying so.
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
         let status = match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, rejection.body_text())
+    }
+}
+
+/// The error answers any operation may give (SPEC §10), added to each operation of `doc` that
+/// does not list them itself: a bad request, a missing or wrong token, a token of the wrong
+/// kind or a refusal, something not found, a body too large.
+pub fn document_common_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
+    let common = [
+        ("400", "bad request"),
+        ("401", "no valid token"),
+        (
+            "403",
+            "refused: a token of the wrong kind or tenant, a quota, a banned source",
+        ),
+        ("404", "not found"),
+        ("413", "too large"),
+    ];
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for (code, what) in common {
+                op.responses.responses.entry(code.to_owned()).or_insert_with(|| {
+                    let body = ContentBuilder::new()
+                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ErrorBody"))))
+                        .build();
+                    RefOr::T(
+                        ResponseBuilder::new()
+                            .description(what)
+                            .content("application/json", body)
+                            .build(),
+                    )
+                });
+            }
+        }
     }
 }
