@@ -29,8 +29,6 @@ pub struct HttpConfig {
     pub max_json_bytes: u64,
     /// Largest upload taken in one PUT or POST (SPEC §10: 3 GiB zips).
     pub max_upload_bytes: u64,
-    /// Uploads in progress at once per tenant, counted with its SFTP sessions' open files.
-    pub max_uploads_per_tenant: u32,
 }
 
 pub(super) fn http(p: &mut Problems<'_>, base: &Path, raw: RawHttp) -> HttpConfig {
@@ -77,6 +75,5 @@ pub(super) fn http(p: &mut Problems<'_>, base: &Path, raw: RawHttp) -> HttpConfi
         ),
         max_json_bytes: p.size("http.max_json_bytes", raw.max_json_bytes.as_deref(), 4 << 20),
         max_upload_bytes: p.size("http.max_upload_bytes", raw.max_upload_bytes.as_deref(), 3 << 30),
-        max_uploads_per_tenant: raw.max_uploads_per_tenant.unwrap_or(64),
     }
 }

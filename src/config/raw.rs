@@ -122,7 +122,6 @@ pub(super) struct RawHttp {
     pub(super) body_timeout: Option<String>,
     pub(super) max_json_bytes: Option<String>,
     pub(super) max_upload_bytes: Option<String>,
-    pub(super) max_uploads_per_tenant: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]

@@ -583,3 +583,50 @@ fn every_answer_matches_the_openapi_description() {
     assert!(!d.log().contains("panicked"), "a handler panicked:\n{}", d.log());
     d.stop();
 }
+
+/// A 1 GiB recording PUT by curl, as a contact centre's script would send it: forwarded whole.
+#[test]
+fn curl_puts_a_1_gib_recording_to_its_upload_url() {
+    let (mut d, port) = daemon_with_tenant_tokens("");
+    d.start();
+    wait_http(port);
+    let len: u64 = 1 << 30;
+    let big = d.dir.path().join("big.wav");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&big).unwrap();
+        let data = (len - 44) as u32;
+        f.write_all(b"RIFF").unwrap();
+        f.write_all(&(36 + data).to_le_bytes()).unwrap();
+        f.write_all(b"WAVEfmt \x10\0\0\0\x01\0\x01\0\x40\x1f\0\0\x40\x1f\0\0\x01\0\x08\0data")
+            .unwrap();
+        f.write_all(&data.to_le_bytes()).unwrap();
+        f.set_len(len).unwrap();
+    }
+    let url = requests(
+        port,
+        &format!(
+            "r = requests.post(BASE + '/api/v2/workspace/acme/conversation/upload_data/', json={{'call_date': '2024-08-06', 'call_time': '09:15:00', 'agent': 'a', 'conversation_id': 'big-1'}}, headers={{'Authorization': 'Bearer {ACME_TOKEN}'}})\nassert r.status_code == 200, r.text\nprint(r.json()['upload_url'])\n"
+        ),
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail-with-body", "-T"])
+        .arg(&big)
+        .arg(url.trim())
+        .output()
+        .expect("curl is missing: apt-get install curl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let forwarded = d.wait_forwarded(1, Duration::from_secs(300));
+    let rec = &forwarded["big-1"]["recordings"][0];
+    assert_eq!(rec["bytes"], len);
+    let sent = std::process::Command::new("sha256sum").arg(&big).output().unwrap();
+    let sent = String::from_utf8_lossy(&sent.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(rec["sha256"], sent);
+    let stored = d.outbox().join(rec["key"].as_str().unwrap());
+    assert_eq!(std::fs::metadata(&stored).unwrap().len(), len);
+    d.stop();
+}
