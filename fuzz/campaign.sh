@@ -10,7 +10,7 @@ minutes=${1:-30}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(audio metadata ftp_listing config sftp zip)
+    targets=(audio metadata ftp_listing config sftp zip http_form)
 fi
 command -v cargo-fuzz >/dev/null || {
     echo "cargo-fuzz missing: rustup toolchain install nightly && cargo install cargo-fuzz" >&2

@@ -397,6 +397,9 @@ r = requests.post(q['url'], data=dict(q['fields'], policy=forged), files={{'file
 assert r.status_code == 403 and 'signature' in r.json()['error'], r.text
 r = requests.post(q['url'], data=dict(q['fields'], extra='x'), files={{'file': ('c.wav', b'RIFFxxxx')}})
 assert r.status_code == 403 and 'not in the policy' in r.json()['error'], r.text
+# A field far past 64 KiB is refused as it comes, not read whole.
+r = requests.post(q['url'], data=dict(q['fields'], policy='x' * (8 << 20)), files={{'file': ('c.wav', b'RIFFxxxx')}})
+assert r.status_code == 400 and 'longer than' in r.json()['error'], r.text
 # Another tenant's org_id; a spent allocation; a date that is not one.
 r = requests.post(URL, json={{'org_id': 'beta', 'metadata': meta}}, headers=ACME)
 assert r.status_code == 403, r.text

@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 use super::TenantCaller;
 use super::calls::{UploadState, fill_row, required, text};
 use super::error::{ApiError, ErrorBody};
+use super::signed::Signer;
 use super::upload::{Pending, PendingCall, complete};
 use crate::tenant::TenantId;
 
@@ -203,48 +204,63 @@ pub async fn post_form(
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<StatusCode, ApiError> {
     let mut form = form.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let mut fields: Vec<(String, String)> = Vec::new();
+    read_form(&mut form, async |fields, file| {
+        let size = check_policy(&s.signer, &fields, chrono::Utc::now().timestamp())?;
+        let key = field_value(&fields, "key").unwrap_or_default();
+        let (owner, upload) = key
+            .split_once('/')
+            .ok_or_else(|| ApiError::forbidden("the key is not one dropsync gave"))?;
+        if owner != tenant {
+            return Err(ApiError::forbidden("the key is another tenant's"));
+        }
+        let tenant = TenantId::parse(&tenant).map_err(ApiError::not_found)?;
+        if s.http.config.get().tenant(tenant.as_str()).is_none() {
+            return Err(ApiError::forbidden(format!("tenant {tenant} no longer exists")));
+        }
+        let upload = upload.to_owned();
+        let pending = Pending::read(&s.pending, &upload)?;
+        complete(&s, &tenant, &upload, pending, file, size).await
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Reads the form's fields before its file (names in lower case): at most [`MAX_FIELDS`] of at
+/// most [`MAX_FIELD_BYTES`] each, nothing read beyond that; then hands them and the file to
+/// `then`.
+pub async fn read_form<R>(
+    form: &mut Multipart,
+    then: impl for<'f> AsyncFnOnce(Vec<(String, String)>, axum::extract::multipart::Field<'f>) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
     let bad =
         |e: axum::extract::multipart::MultipartError| ApiError::bad_request(format!("the form cannot be read: {e}"));
-    let file = loop {
-        let Some(field) = form.next_field().await.map_err(bad)? else {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    loop {
+        let Some(mut field) = form.next_field().await.map_err(bad)? else {
             return Err(ApiError::bad_request(
                 "the form has no file (the field named file, last)",
             ));
         };
         let name = field.name().unwrap_or_default().to_owned();
         if name.eq_ignore_ascii_case("file") || field.file_name().is_some() {
-            break field;
+            return then(fields, field).await;
         }
         if fields.len() >= MAX_FIELDS {
             return Err(ApiError::bad_request(format!(
                 "more than {MAX_FIELDS} fields before the file"
             )));
         }
-        let value = field.bytes().await.map_err(bad)?;
-        if value.len() > MAX_FIELD_BYTES {
-            return Err(ApiError::bad_request(format!(
-                "field {name:?} is longer than {MAX_FIELD_BYTES} bytes"
-            )));
+        let mut value = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+            if value.len() + chunk.len() > MAX_FIELD_BYTES {
+                return Err(ApiError::bad_request(format!(
+                    "field {name:?} is longer than {MAX_FIELD_BYTES} bytes"
+                )));
+            }
+            value.extend_from_slice(&chunk);
         }
         fields.push((name.to_ascii_lowercase(), String::from_utf8_lossy(&value).into_owned()));
-    };
-    let size = check_policy(&s, &fields)?;
-    let key = field_value(&fields, "key").unwrap_or_default();
-    let (owner, upload) = key
-        .split_once('/')
-        .ok_or_else(|| ApiError::forbidden("the key is not one dropsync gave"))?;
-    if owner != tenant {
-        return Err(ApiError::forbidden("the key is another tenant's"));
     }
-    let tenant = TenantId::parse(&tenant).map_err(ApiError::not_found)?;
-    if s.http.config.get().tenant(tenant.as_str()).is_none() {
-        return Err(ApiError::forbidden(format!("tenant {tenant} no longer exists")));
-    }
-    let upload = upload.to_owned();
-    let pending = Pending::read(&s.pending, &upload)?;
-    complete(&s, &tenant, &upload, pending, file, size).await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 fn field_value<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -253,7 +269,11 @@ fn field_value<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str
 
 /// Checks the form against its signed policy, as S3 does: the signature, the expiry, every
 /// condition, and every field named by one; the size range the file must fall in.
-fn check_policy(s: &UploadState, fields: &[(String, String)]) -> Result<std::ops::RangeInclusive<u64>, ApiError> {
+pub fn check_policy(
+    signer: &Signer,
+    fields: &[(String, String)],
+    now: i64,
+) -> Result<std::ops::RangeInclusive<u64>, ApiError> {
     let refused = |why: &str| ApiError::forbidden(format!("the form does not match its policy: {why}"));
     let policy = field_value(fields, "policy").ok_or_else(|| refused("no policy field"))?;
     let signature = field_value(fields, "x-amz-signature").ok_or_else(|| refused("no x-amz-signature field"))?;
@@ -267,9 +287,19 @@ fn check_policy(s: &UploadState, fields: &[(String, String)]) -> Result<std::ops
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .ok_or_else(|| refused("the policy has no expiration"))?
         .timestamp();
-    s.signer
-        .verify(&signed_text(policy), expires, signature, chrono::Utc::now().timestamp())
+    signer
+        .verify(&signed_text(policy), expires, signature, now)
         .map_err(|e| ApiError::forbidden(e.to_string()))?;
+    check_conditions(&decoded, fields)
+}
+
+/// Checks the fields against a policy's conditions (its signature checked already): each field
+/// a condition names holds its value, and every field is named by one; the size range.
+pub fn check_conditions(
+    decoded: &Value,
+    fields: &[(String, String)],
+) -> Result<std::ops::RangeInclusive<u64>, ApiError> {
+    let refused = |why: &str| ApiError::forbidden(format!("the form does not match its policy: {why}"));
     let mut size = 0..=u64::MAX;
     let mut covered = vec!["policy", "x-amz-signature"];
     for condition in decoded["conditions"].as_array().map(Vec::as_slice).unwrap_or_default() {

@@ -54,7 +54,7 @@ impl Signer {
         Ok(Signer { key })
     }
 
-    #[cfg(test)]
+    /// A signer with a fixed key (tests and fuzzing).
     pub fn with_key(key: [u8; 32]) -> Signer {
         Signer { key }
     }
