@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::ingress::http::error::{ApiError, ErrorBody};
 use crate::ingress::http::{Admin, HttpShared};
 use crate::onboard::{self, NewTenant, OnboardError};
+use crate::ops::sample::{self, SampleReport};
 
 /// What the operator API needs besides the HTTP side's shared state.
 #[derive(Clone)]
@@ -43,6 +44,7 @@ pub fn routes(state: AdminState) -> Router {
             get(one_tenant).patch(change_tenant).delete(remove_tenant),
         )
         .route("/api/admin/tenants/{id}/keys", post(add_key))
+        .route("/api/admin/tenants/{id}/sample", post(sample))
         .route("/api/admin/conversations", get(conversations))
         .route("/api/admin/retry", post(retry))
         .with_state(state)
@@ -264,6 +266,66 @@ async fn add_key(
     }))
 }
 
+#[utoipa::path(post, path = "/api/admin/tenants/{id}/sample", tag = "operator",
+    params(("id" = String, Path, description = "tenant id")),
+    request_body(content = String, description = "a sample CSV, TSV, JSON or JSON Lines file as the body with its Content-Type (text/csv, …), or as the multipart field file"),
+    responses((status = 200, body = SampleReport), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn sample(
+    _: Admin,
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    request: axum::extract::Request,
+) -> Result<Json<SampleReport>, ApiError> {
+    use axum::extract::FromRequest;
+    let config = s.http.config.get();
+    let tenant = config
+        .tenant(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no tenant {id:?}")))?;
+    let kind = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let limit = config.http.as_ref().map_or(4 << 20, |h| h.max_json_bytes as usize);
+    let too_large = |e: String| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the sample cannot be read: {e}"));
+    let (bytes, kind) = if kind.starts_with("multipart/form-data") {
+        let mut form = axum::extract::Multipart::from_request(request, &())
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        loop {
+            let field = form
+                .next_field()
+                .await
+                .map_err(|e| ApiError::bad_request(e.body_text()))?
+                .ok_or_else(|| ApiError::bad_request("the form has no field named file"))?;
+            if field.name() == Some("file") {
+                let kind = field.content_type().unwrap_or("").to_owned();
+                break (field.bytes().await.map_err(|e| too_large(e.body_text()))?, kind);
+            }
+        }
+    } else {
+        let body = axum::body::to_bytes(request.into_body(), limit)
+            .await
+            .map_err(|e| too_large(e.to_string()))?;
+        (body, kind)
+    };
+    let format = sample::format_of(&kind, &bytes);
+    let (mapping, matching) = (tenant.mapping.clone(), config.matching.clone());
+    let report = tokio::task::spawn_blocking(move || {
+        sample::suggest(
+            &bytes,
+            format,
+            &mapping,
+            &matching.recording_extensions,
+            matching.max_field_bytes,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::internal("reading the sample failed", e))?;
+    Ok(Json(report))
+}
+
 fn onboard_error(e: OnboardError) -> ApiError {
     if let OnboardError::WouldNotLoad(problems) = &e {
         return ApiError {
@@ -393,10 +455,20 @@ async fn retry(
         change_tenant,
         remove_tenant,
         add_key,
+        sample,
         status,
         conversations,
         retry
     ),
-    components(schemas(TenantView, CreateTenant, Created, SftpCredentials, RetryRequest, Retried, ErrorBody))
+    components(schemas(
+        TenantView,
+        CreateTenant,
+        Created,
+        SftpCredentials,
+        RetryRequest,
+        Retried,
+        ErrorBody,
+        SampleReport
+    ))
 )]
 pub struct AdminApi;

@@ -4,6 +4,7 @@
 
 pub mod admin_api;
 pub mod metrics;
+pub mod sample;
 pub mod status;
 
 use sd_notify::NotifyState;

@@ -633,3 +633,26 @@ fn curl_puts_a_1_gib_recording_to_its_upload_url() {
     assert_eq!(std::fs::metadata(&stored).unwrap().len(), len);
     d.stop();
 }
+
+#[test]
+fn a_sample_file_gets_a_suggested_mapping_as_a_body_or_a_form_field() {
+    let (mut d, port) = daemon_with_http("", "");
+    d.start();
+    wait_http(port);
+    let script = r#"
+csv = 'Call Ref,Agent Email,Started,Audio\nc1,ann@acme.example,2024-08-06T09:15:00Z,c1.wav\nc2,bob@acme.example,2024-08-06T09:20:00Z,c2.wav\n'
+for kw in [dict(data=csv.encode(), headers=dict(ADMIN, **{'Content-Type': 'text/csv'})),
+           dict(files={'file': ('sample.csv', csv.encode(), 'text/csv')}, headers=ADMIN)]:
+    r = requests.post(BASE + '/api/admin/tenants/acme/sample', **kw)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got['columns'] == ['Call Ref', 'Agent Email', 'Started', 'Audio'], got
+    assert got['suggested_mapping'] == {'conversation_id': 'Call Ref', 'agent': 'Agent Email', 'contact_time': 'Started', 'recording': 'Audio'}, got
+    assert any('Contact Reference' in p for p in got['problems']), got
+r = requests.post(BASE + '/api/admin/tenants/nobody/sample', data=b'a,b\n', headers=ADMIN)
+assert r.status_code == 404, r.text
+print('ok')
+"#;
+    assert_eq!(requests(port, script).trim(), "ok");
+    d.stop();
+}
