@@ -246,7 +246,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             limits: quotas.clone(),
             events: tx.clone(),
             catalog: catalog.clone(),
-            pending: config.state_dir.join("http/pending"),
+            pending: config.pending_dir(),
         });
         let router = ops::admin_api::routes(ops::admin_api::AdminState {
             http: shared,

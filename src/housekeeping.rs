@@ -104,6 +104,9 @@ impl Worker for Housekeeper {
             for tenant in &config.tenants {
                 remove_stale_uploads(&drop, &limits, &tenant.id, config.limits.stale_upload);
             }
+            if let Some(http) = &config.http {
+                remove_expired_pending(&config.pending_dir(), http.upload_url_ttl);
+            }
         })
         .await?;
         // A pass seen whole: tests wait on it before they say "nothing was removed".
@@ -194,6 +197,24 @@ fn sweep(catalog: &Catalog, drop: &DropRoot, grace_ms: i64, retention: &Retentio
 fn remove_stale_uploads(drop: &DropRoot, limits: &Limits, tenant: &TenantId, stale: Duration) {
     if let Some(found) = find_stale_uploads(drop, limits, tenant, stale) {
         remove_found(drop, limits, tenant, found, stale);
+    }
+}
+
+/// Removes the HTTP API's waiting metadata whose upload URL has expired (written longer ago
+/// than `ttl`, with an hour to spare): no recording can come for it any more.
+fn remove_expired_pending(dir: &Path, ttl: Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let cutoff = SystemTime::now() - ttl - Duration::from_secs(3600);
+    for entry in entries.flatten() {
+        let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
+        if old && entry.file_name().to_str().is_some_and(|n| n.ends_with(".json")) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file = %entry.path().display(), "expired upload metadata removed"),
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove expired upload metadata")
+                }
+            }
+        }
     }
 }
 
@@ -344,6 +365,24 @@ mod tests {
             .files()
             .register_file(&f, now_ms() - 1000, "unknown")
             .unwrap();
+    }
+
+    #[test]
+    fn expired_upload_metadata_is_removed_and_fresh_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, fresh) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        std::fs::write(&old, b"{}").unwrap();
+        std::fs::write(&fresh, b"{}").unwrap();
+        let long_ago = SystemTime::now() - Duration::from_secs(3 * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        remove_expired_pending(dir.path(), Duration::from_secs(3600));
+        assert!(!old.exists(), "written 3 h ago, its URL expired 2 h ago");
+        assert!(fresh.exists());
     }
 
     #[test]

@@ -56,6 +56,10 @@ impl Config {
     pub fn db_path(&self) -> PathBuf {
         self.state_dir.join("dropsync.db")
     }
+    /// Where the HTTP API keeps a call's metadata until its recording comes.
+    pub fn pending_dir(&self) -> PathBuf {
+        self.state_dir.join("http/pending")
+    }
     pub fn drop_root(&self) -> PathBuf {
         self.state_dir.join("drop")
     }
