@@ -577,6 +577,8 @@ fn every_answer_matches_the_openapi_description() {
             ])
             .args(["--max-examples", "25", "--seed", "1"])
             .env("NO_COLOR", "1")
+            // Its cache goes to the test's folder, not the repository.
+            .current_dir(d.dir.path())
             .output()
             .expect("schemathesis is missing: pip install schemathesis (./scripts/test does)");
         let text = String::from_utf8_lossy(&out.stdout);
