@@ -195,13 +195,7 @@ fn create_from(cfg: &Config, spec: &NewTenant, source: &KeySource) -> Result<Onb
     if keys.is_empty() {
         return Err(OnboardError::NoKey(source.clone()));
     }
-    let lines: Vec<String> = spec
-        .keys
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
+    let lines = key_lines(&spec.keys);
     let dir = tenants_dir(&cfg.file)?;
     std::fs::create_dir_all(&dir).map_err(|error| OnboardError::CreateDir {
         path: dir.clone(),
@@ -247,6 +241,15 @@ fn create_from(cfg: &Config, spec: &NewTenant, source: &KeySource) -> Result<Onb
         key_fingerprint: first,
         host_key_fingerprints,
     })
+}
+
+/// The key lines of `text` (blank lines and comments left out), as they are written to the file.
+fn key_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The file of tenant `id`, if `tenant add` or the API wrote it (`tenants.d/<id>.toml`).
@@ -355,12 +358,7 @@ pub fn add_keys(cfg: &Config, id: &str, keys: &str) -> Result<(), OnboardError> 
         return Err(OnboardError::NoKey(KeySource::Given));
     }
     let mut all: Vec<serde_json::Value> = tenant.authorized_keys.iter().map(|k| k.clone().into()).collect();
-    all.extend(
-        keys.lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| serde_json::Value::from(l.to_owned())),
-    );
+    all.extend(key_lines(keys).into_iter().map(serde_json::Value::from));
     let mut changes = serde_json::Map::new();
     changes.insert("authorized_keys".into(), all.into());
     change(cfg, id, &changes)

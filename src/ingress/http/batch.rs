@@ -20,14 +20,13 @@ use utoipa::ToSchema;
 use super::TenantCaller;
 use super::calls::{Signed, UploadState};
 use super::error::{ApiError, ErrorBody};
-use super::upload::receive_held;
+use super::upload::{live_tenant, receive_held};
 use crate::arrival::Arrived;
 use crate::arrival::Via;
 use crate::dropbox::RelPath;
 use crate::ingress::IngressEvent;
 use crate::matching::readers::{MetadataFormat, read_rows};
 use crate::matching::{RecordingRef, RowContext, RowVerdict, check_header, extension, map_row};
-use crate::tenant::TenantId;
 
 /// The held names of a batch's two files, in `api/<upload>/`.
 const HELD_METADATA: &str = ".dropsync-held-metadata";
@@ -128,10 +127,7 @@ pub async fn put_file(
             chrono::Utc::now().timestamp(),
         )
         .map_err(|e| ApiError::forbidden(e.to_string()))?;
-    let tenant = TenantId::parse(&tenant).map_err(ApiError::not_found)?;
-    if s.http.config.get().tenant(tenant.as_str()).is_none() {
-        return Err(ApiError::forbidden(format!("tenant {tenant} no longer exists")));
-    }
+    let tenant = live_tenant(&s, &tenant)?;
     let held = if extension(&name).as_deref() == Some("zip") {
         HELD_AUDIOS
     } else {

@@ -23,13 +23,13 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use super::signed::{SignError, Signer};
-use super::upload::{Pending, PendingCall, complete, too_large};
+use super::upload::{Pending, PendingCall, complete, live_tenant, too_large};
 use super::{HttpShared, TenantCaller};
 use crate::catalog::{Catalog, ConvState};
 use crate::dropbox::DropRoot;
 use crate::ingress::IngressEvent;
 use crate::limits::Limits;
-use crate::tenant::{Mapping, TenantId, TimeColumns};
+use crate::tenant::{Mapping, TimeColumns};
 
 /// What the upload side needs.
 #[derive(Clone)]
@@ -220,10 +220,7 @@ pub async fn put_recording(
         .http
         .clone()
         .ok_or_else(|| ApiError::not_found("no upload API"))?;
-    let tenant = TenantId::parse(&tenant).map_err(ApiError::not_found)?;
-    if config.tenant(tenant.as_str()).is_none() {
-        return Err(ApiError::forbidden(format!("tenant {tenant} no longer exists")));
-    }
+    let tenant = live_tenant(&s, &tenant)?;
     let pending = Pending::read(&s.pending, &upload)?;
     if pending.call.tenant != tenant.as_str() {
         return Err(ApiError::forbidden("the upload is another tenant's"));

@@ -18,7 +18,7 @@ use super::TenantCaller;
 use super::calls::{UploadState, fill_row, required, text};
 use super::error::{ApiError, ErrorBody};
 use super::signed::Signer;
-use super::upload::{Pending, PendingCall, complete};
+use super::upload::{Pending, PendingCall, complete, live_tenant};
 use crate::tenant::TenantId;
 
 /// Form fields taken before the file, and the bytes of each, at most.
@@ -213,10 +213,7 @@ pub async fn post_form(
         if owner != tenant {
             return Err(ApiError::forbidden("the key is another tenant's"));
         }
-        let tenant = TenantId::parse(&tenant).map_err(ApiError::not_found)?;
-        if s.http.config.get().tenant(tenant.as_str()).is_none() {
-            return Err(ApiError::forbidden(format!("tenant {tenant} no longer exists")));
-        }
+        let tenant = live_tenant(&s, &tenant)?;
         let upload = upload.to_owned();
         let pending = Pending::read(&s.pending, &upload)?;
         complete(&s, &tenant, &upload, pending, file, size).await

@@ -60,6 +60,15 @@ impl Pending {
     }
 }
 
+/// The tenant an upload URL names, if it is still configured (a removed tenant's URLs stop).
+pub fn live_tenant(s: &UploadState, raw: &str) -> Result<TenantId, ApiError> {
+    let tenant = TenantId::parse(raw).map_err(ApiError::not_found)?;
+    if s.http.config.get().tenant(tenant.as_str()).is_none() {
+        return Err(ApiError::forbidden(format!("tenant {tenant} no longer exists")));
+    }
+    Ok(tenant)
+}
+
 /// Streams the recording in `body` (its size within `size`), writes the call's metadata beside
 /// it, makes both durable and announces them; the recording's SHA-256 (hex). Nothing is left if
 /// it stops.
