@@ -23,13 +23,12 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use super::signed::{SignError, Signer};
-use super::upload::{Pending, PendingCall, complete, live_tenant, too_large};
+use super::upload::{Pending, await_recording, complete, live_tenant, too_large};
 use super::{HttpShared, TenantCaller};
 use crate::catalog::{Catalog, ConvState};
 use crate::dropbox::DropRoot;
 use crate::ingress::IngressEvent;
 use crate::limits::Limits;
-use crate::tenant::{Mapping, TimeColumns};
 
 /// What the upload side needs.
 #[derive(Clone)]
@@ -101,21 +100,8 @@ pub async fn upload_data(
         e.details = problems;
         return Err(e);
     };
-    let upload = hex::encode(rand::random::<[u8; 8]>());
-    let conversation_id = text(&fields, "conversation_id").map_or_else(|| format!("api-{upload}"), str::to_owned);
-    let mut row = Map::new();
-    for (key, value) in &fields {
-        if !KNOWN.contains(&key.as_str()) {
-            row.insert(key.clone(), value.clone());
-        }
-    }
-    fill_row(&mut row, mapping, &conversation_id, &agent, date.and_time(time));
-    let pending = PendingCall {
-        tenant: caller.to_string(),
-        conversation_id: conversation_id.clone(),
-        row,
-    };
-    Pending::write(&s.pending, &upload, &pending).await?;
+    let at = date.and_time(time);
+    let (upload, conversation_id) = await_recording(&s, &caller, mapping, &fields, &KNOWN, &agent, at).await?;
     let ttl = config.http.as_ref().map_or(3600, |h| h.upload_url_ttl.as_secs());
     let expires = chrono::Utc::now().timestamp() + ttl as i64;
     let target = format!("{caller}/{upload}");
@@ -156,35 +142,6 @@ pub(super) fn required<T>(
         problems.push(format!("{key}: not {what}"));
     }
     parsed
-}
-
-/// The row in the tenant's columns (SPEC §5 mapping): what a contact centre's own CSV would say.
-pub(super) fn fill_row(
-    row: &mut Map<String, Value>,
-    mapping: &Mapping,
-    id: &str,
-    agent: &str,
-    at: chrono::NaiveDateTime,
-) {
-    if let Some(column) = &mapping.conversation_id {
-        row.insert(column.clone(), id.into());
-    }
-    row.insert(mapping.agent.clone(), agent.into());
-    match &mapping.time {
-        TimeColumns::Single { column, format: None } => {
-            row.insert(column.clone(), at.format("%Y-%m-%dT%H:%M:%S").to_string().into());
-        }
-        TimeColumns::Single {
-            column,
-            format: Some(format),
-        } => {
-            row.insert(column.clone(), at.format(format).to_string().into());
-        }
-        TimeColumns::Split { date, clock } => {
-            row.insert(date.clone(), at.format("%Y-%m-%d").to_string().into());
-            row.insert(clock.clone(), at.format("%H:%M:%S").to_string().into());
-        }
-    }
 }
 
 #[derive(Deserialize, IntoParams)]

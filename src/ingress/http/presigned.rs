@@ -15,10 +15,10 @@ use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
 use super::TenantCaller;
-use super::calls::{UploadState, fill_row, required, text};
+use super::calls::{UploadState, required};
 use super::error::{ApiError, ErrorBody};
 use super::signed::Signer;
-use super::upload::{Pending, PendingCall, complete, live_tenant};
+use super::upload::{Pending, await_recording, complete, live_tenant};
 use crate::tenant::TenantId;
 
 /// Form fields taken before the file, and the bytes of each, at most.
@@ -78,20 +78,8 @@ pub async fn presign(
         e.details = problems.iter().map(|p| format!("metadata.{p}")).collect();
         return Err(e);
     };
-    let upload = hex::encode(rand::random::<[u8; 8]>());
-    let conversation_id = text(&metadata, "conversation_id").map_or_else(|| format!("api-{upload}"), str::to_owned);
-    let mut row: Map<String, Value> = metadata
-        .iter()
-        .filter(|(k, _)| !["email", "date_of_call", "conversation_id"].contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    fill_row(&mut row, mapping, &conversation_id, &agent, at);
-    let call = PendingCall {
-        tenant: tenant.to_string(),
-        conversation_id,
-        row,
-    };
-    Pending::write(&s.pending, &upload, &call).await?;
+    let consumed = ["email", "date_of_call", "conversation_id"];
+    let (upload, _) = await_recording(&s, &tenant, mapping, &metadata, &consumed, &agent, at).await?;
     let limits = config
         .http
         .as_ref()

@@ -15,13 +15,13 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::calls::UploadState;
+use super::calls::{UploadState, text};
 use super::error::ApiError;
 use crate::arrival::file::Background;
 use crate::arrival::{Arrived, ArrivingFile, Batch, Placement, Replace, Via, WriteStop};
 use crate::dropbox::RelPath;
 use crate::ingress::IngressEvent;
-use crate::tenant::TenantId;
+use crate::tenant::{Mapping, TenantId, TimeColumns};
 
 /// A call's metadata, waiting for its recording.
 #[derive(Serialize, Deserialize)]
@@ -67,6 +67,58 @@ pub fn live_tenant(s: &UploadState, raw: &str) -> Result<TenantId, ApiError> {
         return Err(ApiError::forbidden(format!("tenant {tenant} no longer exists")));
     }
     Ok(tenant)
+}
+
+/// Keeps a call's metadata until its recording comes: its row in the tenant's own columns (each
+/// field not in `consumed`, then the mapped ones), its conversation id the `conversation_id`
+/// field's, or one made from the upload's. Returns the upload's id and the conversation's.
+pub async fn await_recording(
+    s: &UploadState,
+    tenant: &TenantId,
+    mapping: &Mapping,
+    fields: &Map<String, Value>,
+    consumed: &[&str],
+    agent: &str,
+    at: chrono::NaiveDateTime,
+) -> Result<(String, String), ApiError> {
+    let upload = hex::encode(rand::random::<[u8; 8]>());
+    let conversation_id = text(fields, "conversation_id").map_or_else(|| format!("api-{upload}"), str::to_owned);
+    let mut row: Map<String, Value> = fields
+        .iter()
+        .filter(|(k, _)| !consumed.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    fill_row(&mut row, mapping, &conversation_id, agent, at);
+    let call = PendingCall {
+        tenant: tenant.to_string(),
+        conversation_id: conversation_id.clone(),
+        row,
+    };
+    Pending::write(&s.pending, &upload, &call).await?;
+    Ok((upload, conversation_id))
+}
+
+/// The row in the tenant's columns (SPEC §5 mapping): what a contact centre's own CSV would say.
+fn fill_row(row: &mut Map<String, Value>, mapping: &Mapping, id: &str, agent: &str, at: chrono::NaiveDateTime) {
+    if let Some(column) = &mapping.conversation_id {
+        row.insert(column.clone(), id.into());
+    }
+    row.insert(mapping.agent.clone(), agent.into());
+    match &mapping.time {
+        TimeColumns::Single { column, format: None } => {
+            row.insert(column.clone(), at.format("%Y-%m-%dT%H:%M:%S").to_string().into());
+        }
+        TimeColumns::Single {
+            column,
+            format: Some(format),
+        } => {
+            row.insert(column.clone(), at.format(format).to_string().into());
+        }
+        TimeColumns::Split { date, clock } => {
+            row.insert(date.clone(), at.format("%Y-%m-%d").to_string().into());
+            row.insert(clock.clone(), at.format("%H:%M:%S").to_string().into());
+        }
+    }
 }
 
 /// Streams the recording in `body` (its size within `size`), writes the call's metadata beside
