@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::catalog::{Catalog, ConvState};
 use crate::config::Config;
 use crate::ingress::http::error::{ApiError, ErrorBody};
-use crate::ingress::http::{Admin, HttpShared};
+use crate::ingress::http::{Admin, HttpShared, blocking};
 use crate::onboard::{self, NewTenant, OnboardError};
 use crate::ops::sample::{self, SampleReport};
 
@@ -358,17 +358,6 @@ async fn status(_: Admin, State(s): State<AdminState>) -> Result<Json<serde_json
     })
     .await?;
     as_json("reading the status failed", view)
-}
-
-/// Runs a catalog call on a blocking thread; a failure is a 500 saying `what`.
-async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
-    what: &'static str,
-    call: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(call)
-        .await
-        .map_err(|e| ApiError::internal(what, e))?
-        .map_err(|e| ApiError::internal(what, e))
 }
 
 fn as_json(what: &'static str, value: impl Serialize) -> Result<Json<serde_json::Value>, ApiError> {

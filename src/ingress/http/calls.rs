@@ -233,11 +233,10 @@ pub async fn list_calls(
         Some(st) => Some(ConvState::parse(st).ok_or_else(|| ApiError::bad_request(format!("unknown status {st:?}")))?),
     };
     let catalog = s.catalog.clone();
-    let list =
-        tokio::task::spawn_blocking(move || catalog.reports().conversations(Some(tenant.as_str()), state, 10_000))
-            .await
-            .map_err(|e| ApiError::internal("listing calls failed", e))?
-            .map_err(|e| ApiError::internal("listing calls failed", e))?;
+    let list = super::blocking("listing calls failed", move || {
+        catalog.reports().conversations(Some(tenant.as_str()), state, 10_000)
+    })
+    .await?;
     Ok(Json(
         list.into_iter()
             .map(|c| CallView {

@@ -95,6 +95,18 @@ impl HttpShared {
     }
 }
 
+/// Runs blocking work (the catalog, files) on a blocking thread; a failure is a 500 saying
+/// `what`.
+pub async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    what: &'static str,
+    call: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| ApiError::internal(what, e))?
+        .map_err(|e| ApiError::internal(what, e))
+}
+
 /// The peer of a request's connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);

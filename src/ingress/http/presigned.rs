@@ -168,13 +168,11 @@ async fn allocation_spent(s: &UploadState, tenant: &TenantId) -> Result<bool, Ap
         return Ok(false);
     }
     let catalog = s.catalog.clone();
-    let status = tokio::task::spawn_blocking(move || {
+    let status = super::blocking("reading the minute allocation failed", move || {
         let allocations = crate::catalog::allocations_for(std::slice::from_ref(&t), crate::catalog::now_ms());
         catalog.minutes().status(&allocations)
     })
-    .await
-    .map_err(|e| ApiError::internal("reading the minute allocation failed", e))?
-    .map_err(|e| ApiError::internal("reading the minute allocation failed", e))?;
+    .await?;
     Ok(status
         .get(tenant.as_str())
         .and_then(|m| m.minute_allocation.map(|a| m.seconds_used >= a * 60))

@@ -44,10 +44,7 @@ impl Pending {
         let what = "keeping the metadata failed";
         let bytes = serde_json::to_vec(call).map_err(|e| ApiError::internal(what, e))?;
         let path = dir.join(format!("{upload}.json"));
-        tokio::task::spawn_blocking(move || crate::fsutil::write_atomic(&path, &bytes))
-            .await
-            .map_err(|e| ApiError::internal(what, e))?
-            .map_err(|e| ApiError::internal(what, e))
+        super::blocking(what, move || crate::fsutil::write_atomic(&path, &bytes)).await
     }
 
     /// Upload `upload`'s call; 404 if there is none (completed, or never asked for).
