@@ -154,9 +154,11 @@ impl Limits {
         original: Option<(FileId, u64)>,
     ) -> Result<FileGrant, QuotaExceeded> {
         let quota = self.quota(tenant.as_str());
-        let metadata = crate::matching::extension(name)
-            .and_then(|e| MetadataFormat::from_extension(&e))
-            .is_some();
+        // A chat transcript is a conversation's file like a recording, not its metadata.
+        let metadata = !crate::matching::is_transcript(name)
+            && crate::matching::extension(name)
+                .and_then(|e| MetadataFormat::from_extension(&e))
+                .is_some();
         let (headroom_bytes, headroom_files) = if metadata {
             (METADATA_HEADROOM_BYTES, METADATA_HEADROOM_FILES)
         } else {
@@ -465,6 +467,22 @@ mod tests {
         std::fs::remove_file(dir.join("c1.wav.part")).unwrap();
         l.refresh(&fx.drops);
         assert!(l.open_file(acme, "c2.wav").unwrap().grow_to(1000).is_ok());
+    }
+
+    #[test]
+    fn metadata_may_pass_a_full_quota_but_a_transcript_may_not() {
+        let fx = fixture(Quota {
+            bytes: Some(1000),
+            files: None,
+            sessions: None,
+        });
+        let (l, acme) = (&fx.limits, &fx.acme);
+        let mut full = l.open_file(acme, "c1.wav").unwrap();
+        full.grow_to(1000).unwrap();
+        full.keep();
+        assert!(l.open_file(acme, "c2.wav").is_err());
+        assert!(l.open_file(acme, "batch.json").unwrap().grow_to(2000).is_ok());
+        assert!(l.open_file(acme, "c2.transcript.json").is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::config::MatchingConfig;
 use crate::confine::Confined;
+pub use crate::matching::is_transcript;
 use crate::matching::{MetadataFormat, extension};
 
 use crate::tenant::TenantId;
@@ -73,6 +74,8 @@ impl RelPath {
 /// What a file in a drop folder is, by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
+    /// A conversation's file that rows name: audio, or a chat transcript
+    /// (`<stem>.transcript.json`, forwarded as `transcript.json`).
     Recording,
     Metadata(MetadataFormat),
     Zip,
@@ -82,6 +85,9 @@ pub enum FileKind {
 
 impl FileKind {
     pub fn of(name: &str, matching: &MatchingConfig) -> Self {
+        if is_transcript(name) {
+            return FileKind::Recording;
+        }
         match extension(name) {
             Some(ext) if ext == "zip" => FileKind::Zip,
             Some(ext) if matching.is_recording_ext(&ext) => FileKind::Recording,

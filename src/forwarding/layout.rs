@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::Work;
+use crate::dropbox::is_transcript;
 
 /// Everything but `[A-Za-z0-9._-]` is percent-encoded in a conversation id.
 const KEY_UNSAFE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
@@ -75,7 +76,16 @@ impl ConversationKeys {
             return Err(too_long());
         }
         let folder = format!("{base}{}/", shorten_id(conversation_id, folder_max));
-        let names = recordings.iter().map(|n| shorten_file_name(n, name_max)).collect();
+        let names = recordings
+            .iter()
+            .map(|n| {
+                if is_transcript(n) {
+                    TRANSCRIPT_JSON.to_owned()
+                } else {
+                    shorten_file_name(n, name_max)
+                }
+            })
+            .collect();
         Ok(ConversationKeys { folder, names })
     }
 
@@ -85,6 +95,8 @@ impl ConversationKeys {
 }
 
 const METADATA_JSON: &str = "metadata.json";
+/// A chat's transcript, whatever its name in the drop folder (a conversation has one at most).
+const TRANSCRIPT_JSON: &str = "transcript.json";
 
 /// The id's key segment if it fits in `max` bytes; else the encoding of as many of its first
 /// characters as fit (never half a character's escapes), and `~` with 16 hex digits of the
@@ -152,9 +164,12 @@ fn iso_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// The `metadata.json` of a conversation; written last, its presence means "complete".
-pub fn metadata_json(work: &Work, recordings: &[RecordingEntry], forwarded_at: i64) -> Vec<u8> {
-    let doc = json!({
+/// The `metadata.json` of a conversation; written last, its presence means "complete". A chat's
+/// transcript is listed as `transcript`, apart from the recordings.
+pub fn metadata_json(work: &Work, files: &[RecordingEntry], forwarded_at: i64) -> Vec<u8> {
+    let (transcripts, recordings): (Vec<&RecordingEntry>, Vec<&RecordingEntry>) =
+        files.iter().partition(|r| is_transcript(&r.file));
+    let mut doc = json!({
         "tenant": work.tenant,
         "conversation_id": work.conversation_id,
         "agent": work.agent,
@@ -169,6 +184,9 @@ pub fn metadata_json(work: &Work, recordings: &[RecordingEntry], forwarded_at: i
         "received_at": iso_ms(work.received_at),
         "forwarded_at": iso_ms(forwarded_at),
     });
+    if let Some(t) = transcripts.first() {
+        doc["transcript"] = json!({"file": t.file, "key": t.key, "bytes": t.bytes, "sha256": t.sha256});
+    }
     let mut out = serde_json::to_vec_pretty(&doc).unwrap_or_default();
     out.push(b'\n');
     out
@@ -194,6 +212,8 @@ mod tests {
         assert_eq!(folder("", ".."), "acme/2019/05/04/%2E%2E/");
         assert_eq!(folder("", "."), "acme/2019/05/04/%2E/");
         assert_eq!(folder("", "a..b_c.d"), "acme/2019/05/04/a..b_c.d/");
+        let keys = ConversationKeys::new("", "acme", Utc::now(), "c", &["c.wav", "c.Transcript.json"]).unwrap();
+        assert_eq!(keys.names, ["c.wav", "transcript.json"], "a transcript has one name");
     }
 
     #[test]

@@ -340,6 +340,8 @@ impl Intake {
             _ => None,
         };
         let (duration_ms, audio_error) = match kind {
+            // A chat transcript has no length: it counts no minutes.
+            FileKind::Recording if crate::matching::is_transcript(rel.file_name()) => (None, None),
             FileKind::Recording => self.probe(tenant, &rel, &file),
             _ => (None, None),
         };

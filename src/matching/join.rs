@@ -44,8 +44,23 @@ impl<'a> ArrivalKeys<'a> {
     }
 }
 
-/// A file name without its extension (a leading dot is not an extension).
+/// What a chat transcript's file name ends with (SPEC §10): it is a conversation's file like a
+/// recording, forwarded as `transcript.json`, and answers to the stem before this suffix.
+pub const TRANSCRIPT_SUFFIX: &str = ".transcript.json";
+
+/// Whether `name` is a chat transcript's (`<stem>.transcript.json`, any case).
+pub fn is_transcript(name: &str) -> bool {
+    name.len() > TRANSCRIPT_SUFFIX.len()
+        && name.is_char_boundary(name.len() - TRANSCRIPT_SUFFIX.len())
+        && name[name.len() - TRANSCRIPT_SUFFIX.len()..].eq_ignore_ascii_case(TRANSCRIPT_SUFFIX)
+}
+
+/// A file name without its extension (a leading dot is not an extension); a transcript's
+/// without its `.transcript.json`.
 pub fn stem(name: &str) -> &str {
+    if is_transcript(name) {
+        return &name[..name.len() - TRANSCRIPT_SUFFIX.len()];
+    }
     match name.rfind('.') {
         Some(i) if i > 0 => &name[..i],
         _ => name,
@@ -126,6 +141,9 @@ mod tests {
         assert_eq!(ArrivalKeys::of(".hidden").stem, ".hidden");
         assert_eq!(ArrivalKeys::of("a.b.mp3").stem, "a.b");
         assert_eq!(RecordingRef::Stem("C-1".into()).lookup(), Lookup::Stem("C-1"));
+        assert_eq!(ArrivalKeys::of("C-1.Transcript.JSON").stem, "C-1");
+        assert_eq!(ArrivalKeys::of("a.b.transcript.json").stem, "a.b");
+        assert!(!is_transcript(".transcript.json") && !is_transcript("x.json") && !is_transcript("ü"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod readers;
 use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 
 use join::stem;
+pub use join::{TRANSCRIPT_SUFFIX, is_transcript};
 pub use readers::{MetadataFormat, ReadError, Record, RowRead, read_rows};
 
 use crate::tenant::{Mapping, TimeColumns};
@@ -164,6 +165,19 @@ pub fn map_row(ctx: &RowContext<'_>, record: Record) -> RowVerdict {
                 recordings.push(RecordingRef::Exact(name.to_owned()));
             }
         }
+        // Its transcript is forwarded as `transcript.json`: a conversation has one at most.
+        if recordings
+            .iter()
+            .filter(|r| matches!(r, RecordingRef::Exact(n) if join::is_transcript(n)))
+            .count()
+            > 1
+        {
+            return reject(
+                m.conversation_id.as_deref().and_then(|c| value(&record, c)),
+                Some(raw),
+                "recording: names more than one transcript (a conversation has one at most)".into(),
+            );
+        }
         if recordings.is_empty() {
             return reject(None, Some(raw), format!("recording: column {column:?} names no file"));
         }
@@ -221,6 +235,9 @@ pub fn check_recording_name(name: &str, extensions: &[String]) -> Result<(), Str
         return Err(format!(
             "recording {name:?} must be a plain file name in the same folder as the metadata file"
         ));
+    }
+    if join::is_transcript(name) {
+        return Ok(());
     }
     match extension(name) {
         Some(ext) if extensions.contains(&ext) => Ok(()),
@@ -433,6 +450,16 @@ mod tests {
             ("Audio Filename", "a\\c1.wav", "plain file name"),
             ("Audio Filename", "", "recording: column \"Audio Filename\" is empty"),
             ("Audio Filename", " ; ", "names no file"),
+            (
+                "Audio Filename",
+                "a.transcript.json;b.transcript.json",
+                "more than one transcript",
+            ),
+            (
+                "Audio Filename",
+                "c1.json",
+                "extension \"json\" is not a recording extension",
+            ),
             ("Contact Reference", "C\u{7}1", "control characters"),
         ];
         for (column, val, want) in cases {
@@ -569,6 +596,20 @@ mod tests {
             panic!()
         };
         assert_eq!(s.conversation_id, "call-7");
+        // A chat's transcript stands where a recording would, and names the conversation alike.
+        let RowVerdict::Accepted(s) = run(
+            &m,
+            chrono_tz::UTC,
+            &[
+                ("Agent Email", "a"),
+                ("Contact Date", "2019-05-03T09:27:23Z"),
+                ("Audio Filename", "chat-9.transcript.json"),
+            ],
+        ) else {
+            panic!()
+        };
+        assert_eq!(s.conversation_id, "chat-9");
+        assert_eq!(s.recordings, [RecordingRef::Exact("chat-9.transcript.json".into())]);
     }
 
     #[test]

@@ -275,6 +275,11 @@ put('small', small_url, {small:?})
 t.join()
 assert results['small'].status_code == 200, results['small'].text
 assert results['big'].status_code == 403 and 'quota' in results['big'].json()['error'], results['big'].text
+# A chat counts against the same quota.
+long_chat = {{'chats': [{{'message': 'x' * 200000, 'time': '06/08/2024, 09:15', 'sender': 'user'}}],
+             'metadata': {{'agent': 'a', 'date': '06/08/2024, 09:15'}}}}
+r = requests.post(BASE + '/api/v1/chats', json=long_chat, headers={{'Authorization': 'Bearer ' + {ACME_TOKEN:?}}})
+assert r.status_code == 403 and 'quota' in r.json()['error'], r.text
 print('ok')
 "#,
         big = big.to_str().unwrap(),
@@ -656,5 +661,128 @@ assert r.status_code == 404, r.text
 print('ok')
 "#;
     assert_eq!(requests(port, script).trim(), "ok");
+    d.stop();
+}
+
+/// Python that sends acme's chat "chat-1" (`chats`, `meta`, `ACME` stay defined).
+fn chat_1() -> String {
+    format!(
+        r#"
+ACME = {{'Authorization': 'Bearer {ACME_TOKEN}'}}
+chats = [{{'message': 'Sawubona', 'time': '06/08/2024, 09:15', 'sender': 'user', 'language': 'zu-ZA'}},
+         {{'message': 'Hello, how can I help?', 'time': '06/08/2024, 09:16', 'sender': 'agent', 'language': 'en-ZA'}}]
+meta = {{'agent': 'ann@acme.example', 'date': '06/08/2024, 09:15', 'conversation_id': 'chat-1', 'queue': 'sales'}}
+r = requests.post(BASE + '/api/v1/chats', json={{'chats': chats, 'metadata': meta}}, headers=ACME)
+assert r.status_code == 200, r.text
+"#
+    )
+}
+
+#[test]
+fn chats_become_conversations_with_a_transcript_and_no_audio() {
+    let (mut d, port) = daemon_with_tenant_tokens("");
+    d.start();
+    wait_http(port);
+    let key = d.dir.path().join("gamma_key");
+    make_key(&key);
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let wav = d.dir.path().join("call.wav");
+    std::fs::write(&wav, audio("gamma-call", 16_000)).unwrap();
+    let script = format!(
+        r#"{CHAT_1}
+assert r.json() == {{'conversation_id': 'chat-1'}}, r.text
+# As the platform's example sends it: form fields, chats and metadata as JSON strings.
+r = requests.post(BASE + '/api/v1/chats', headers=ACME,
+                  data={{'chats': json.dumps(chats), 'metadata': json.dumps({{'agent': 'bob', 'date': '06/08/2024, 10:00'}})}})
+assert r.status_code == 200, r.text
+made = r.json()['conversation_id']
+assert made.startswith('chat-'), r.text
+# What is wrong is named, per message and field.
+r = requests.post(BASE + '/api/v1/chats', headers=ACME,
+                  json={{'chats': [{{'message': 'x', 'time': 'soon', 'sender': 'user'}}, {{'message': 'y', 'time': '06/08/2024, 09:15', 'sender': 'cat'}}],
+                        'metadata': {{'date': '06/08/2024, 09:15'}}}})
+assert r.status_code == 400, r.text
+details = ' '.join(r.json()['details'])
+assert 'chats[0].time' in details and 'chats[1].sender' in details and 'agent: required' in details, r.text
+r = requests.post(BASE + '/api/v1/chats', headers=ACME, json={{'metadata': meta}})
+assert r.status_code == 400 and 'chats: required' in ' '.join(r.json()['details']), r.text
+r = requests.post(BASE + '/api/v1/chats', headers=ACME, data={{'chats': '[not json', 'metadata': json.dumps(meta)}})
+assert r.status_code == 400 and 'chats: not JSON' in r.json()['error'], r.text
+r = requests.post(BASE + '/api/v1/chats', json={{'chats': chats, 'metadata': meta}})
+assert r.status_code == 401, r.text
+# A tenant whose mapping finds recordings by conversation id, in Johannesburg (UTC+2).
+new = {{'id': 'gamma', 'authorized_keys': [{public:?}.strip()], 'timezone': 'Africa/Johannesburg',
+       'mapping': {{'conversation_id': 'Id', 'agent': 'Agent', 'contact_time': 'When'}}}}
+r = requests.post(BASE + '/api/admin/tenants', json=new, headers=ADMIN)
+assert r.status_code == 201, r.text
+GAMMA = {{'Authorization': 'Bearer ' + r.json()['api_token']}}
+r = requests.post(BASE + '/api/v1/chats', json={{'chats': chats, 'metadata': dict(meta, conversation_id='g-chat')}}, headers=GAMMA)
+assert r.status_code == 200, r.text
+r = requests.post(BASE + '/api/v1/chats', json={{'chats': chats, 'metadata': dict(meta, conversation_id='a/b')}}, headers=GAMMA)
+assert r.status_code == 400 and 'cannot name a file' in r.json()['error'], r.text
+# Its calls, too, are named so that its mapping finds them.
+r = requests.post(BASE + '/api/v2/workspace/gamma/conversation/upload_data/', headers=GAMMA,
+                  json={{'call_date': '2024-08-06', 'call_time': '09:15:00', 'agent': 'gil', 'conversation_id': 'g-call'}})
+assert r.status_code == 200, r.text
+with open({wav:?}, 'rb') as f:
+    r = requests.put(r.json()['upload_url'], data=f)
+assert r.status_code == 200, r.text
+print(made)
+"#,
+        wav = wav.to_str().unwrap(),
+        CHAT_1 = chat_1()
+    );
+    let made = requests(port, &script).trim().to_owned();
+    let forwarded = d.wait_forwarded(4, Duration::from_secs(60));
+    let doc = &forwarded["chat-1"];
+    assert_eq!(doc["recordings"], serde_json::json!([]), "{doc}");
+    assert_eq!(doc["contact_time"], "2024-08-06T09:15:00Z", "{doc}");
+    assert_eq!(doc["fields"]["queue"], "sales", "{doc}");
+    let key = doc["transcript"]["key"].as_str().unwrap();
+    assert!(key.ends_with("/2024/08/06/chat-1/transcript.json"), "{key}");
+    let transcript: serde_json::Value = serde_json::from_slice(&std::fs::read(d.outbox().join(key)).unwrap()).unwrap();
+    assert_eq!(transcript["conversation_id"], "chat-1");
+    assert_eq!(
+        transcript["messages"][0]["time"], "2024-08-06T09:15:00Z",
+        "{transcript}"
+    );
+    assert_eq!(transcript["messages"][1]["message"], "Hello, how can I help?");
+    assert_eq!(transcript["messages"][1]["language"], "en-ZA");
+    assert_eq!(
+        doc["transcript"]["sha256"],
+        sha256_hex(&std::fs::read(d.outbox().join(key)).unwrap())
+    );
+    assert_eq!(forwarded[&made]["agent"], "bob");
+    // The tenant's wall clock is UTC+2: 09:15 there is 07:15 UTC, in the key and the transcript.
+    let g = &forwarded["g-chat"];
+    assert_eq!(g["contact_time"], "2024-08-06T07:15:00Z", "{g}");
+    let g_transcript: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.outbox().join(g["transcript"]["key"].as_str().unwrap())).unwrap())
+            .unwrap();
+    assert_eq!(g_transcript["messages"][0]["time"], "2024-08-06T07:15:00Z");
+    assert_eq!(forwarded["g-call"]["recordings"][0]["file"], "g-call.wav");
+
+    // Sent again: the same chat is a no-op; a changed one is forwarded again over the same keys.
+    let resend = format!(
+        r#"{CHAT_1}
+import time
+for _ in range(600):
+    calls = requests.get(BASE + '/api/v1/calls', headers=ACME).json()
+    if any('identical' in (c['detail'] or '') for c in calls if c['id'] == 'chat-1'):
+        break
+    time.sleep(0.1)
+else:
+    raise SystemExit('no identical re-send: %s' % calls)
+chats[1]['message'] = 'Sawubona! How can I help?'
+r = requests.post(BASE + '/api/v1/chats', json={{'chats': chats, 'metadata': meta}}, headers=ACME)
+assert r.status_code == 200, r.text
+print('ok')
+"#,
+        CHAT_1 = chat_1()
+    );
+    assert_eq!(requests(port, &resend).trim(), "ok");
+    wait_for("the changed chat forwarded again", Duration::from_secs(60), || {
+        std::fs::read_to_string(d.outbox().join(key)).is_ok_and(|t| t.contains("Sawubona! How"))
+    });
     d.stop();
 }

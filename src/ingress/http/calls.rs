@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
+use super::fields::required;
 use super::signed::{SignError, Signer};
 use super::upload::{Pending, await_recording, complete, live_tenant, too_large};
 use super::{HttpShared, TenantCaller};
@@ -114,34 +115,6 @@ pub async fn upload_data(
         ),
         expires_in: ttl,
     }))
-}
-
-/// A field's text, if it has any.
-pub(super) fn text<'a>(fields: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    fields
-        .get(key)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-}
-
-/// A required field, parsed; a missing or malformed one is added to `problems`.
-pub(super) fn required<T>(
-    fields: &Map<String, Value>,
-    key: &str,
-    what: &str,
-    problems: &mut Vec<String>,
-    parse: impl FnOnce(&str) -> Option<T>,
-) -> Option<T> {
-    let Some(raw) = text(fields, key) else {
-        problems.push(format!("{key}: required ({what})"));
-        return None;
-    };
-    let parsed = parse(raw);
-    if parsed.is_none() {
-        problems.push(format!("{key}: not {what}"));
-    }
-    parsed
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -251,7 +224,7 @@ pub async fn list_calls(
 }
 
 pub fn routes(state: UploadState) -> axum::Router {
-    use super::{batch, presigned};
+    use super::{batch, chats, presigned};
     use axum::extract::DefaultBodyLimit;
     use axum::routing::{get, post, put};
     axum::Router::new()
@@ -273,6 +246,7 @@ pub fn routes(state: UploadState) -> axum::Router {
             put(batch::put_file).layer(DefaultBodyLimit::disable()),
         )
         .route("/api/v1/calls/process-upload", post(batch::process))
+        .route("/api/v1/chats", post(chats::post_chat))
         .with_state(state)
 }
 
@@ -287,7 +261,8 @@ pub fn routes(state: UploadState) -> axum::Router {
         super::presigned::post_form,
         super::batch::start,
         super::batch::put_file,
-        super::batch::process
+        super::batch::process,
+        super::chats::post_chat
     ),
     components(schemas(
         UploadData,
@@ -296,7 +271,8 @@ pub fn routes(state: UploadState) -> axum::Router {
         super::presigned::PresignedPost,
         super::batch::BatchRequest,
         super::batch::BatchUrls,
-        super::batch::ProcessRequest
+        super::batch::ProcessRequest,
+        super::chats::ChatAccepted
     ))
 )]
 pub struct UploadApi;

@@ -10,7 +10,9 @@
 
 pub mod batch;
 pub mod calls;
+pub mod chats;
 pub mod error;
+pub mod fields;
 pub mod presigned;
 pub mod signed;
 pub mod tls;

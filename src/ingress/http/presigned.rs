@@ -7,23 +7,19 @@
 
 use axum::Json;
 use axum::extract::{Multipart, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
-use chrono::{NaiveDate, NaiveDateTime};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
 use super::TenantCaller;
-use super::calls::{UploadState, required};
+use super::calls::UploadState;
 use super::error::{ApiError, ErrorBody};
+use super::fields::{MAX_FIELD_BYTES, MAX_FIELDS, local_time, request_fields, required};
 use super::signed::Signer;
 use super::upload::{Pending, await_recording, complete, live_tenant};
 use crate::tenant::TenantId;
-
-/// Form fields taken before the file, and the bytes of each, at most.
-const MAX_FIELDS: usize = 32;
-const MAX_FIELD_BYTES: usize = 64 << 10;
 
 #[derive(Serialize, ToSchema)]
 pub struct PresignedPost {
@@ -44,7 +40,7 @@ pub async fn presign(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<PresignedPost>, ApiError> {
-    let request = request_fields(&headers, &body)?;
+    let request = request_fields(&headers, body).await?;
     let org = request.get("org_id").and_then(Value::as_str).unwrap_or_default();
     if org != tenant.as_str() {
         return Err(ApiError::forbidden(format!("org_id {org:?} is not the token's tenant")));
@@ -63,16 +59,16 @@ pub async fn presign(
         ));
     }
     let config = s.http.config.get();
-    let mapping = &config
-        .tenant(tenant.as_str())
-        .ok_or_else(ApiError::unauthorized)?
-        .mapping;
+    let t = config.tenant(tenant.as_str()).ok_or_else(ApiError::unauthorized)?;
+    let mapping = &t.mapping;
     let mut problems = Vec::new();
     let agent = required(&metadata, "email", "the agent's e-mail", &mut problems, |v| {
         Some(v.to_owned())
     });
     let when = "a date-time like 2024-08-06 09:15:00 or 2024-08-06T09:15:00Z";
-    let at = required(&metadata, "date_of_call", when, &mut problems, parse_when);
+    let at = required(&metadata, "date_of_call", when, &mut problems, |v| {
+        local_time(v, t.timezone)
+    });
     let (Some(agent), Some(at)) = (agent, at) else {
         let mut e = ApiError::bad_request("the call's metadata is missing or malformed fields");
         e.details = problems.iter().map(|p| format!("metadata.{p}")).collect();
@@ -117,45 +113,6 @@ pub async fn presign(
 /// What a policy's signature covers.
 fn signed_text(policy: &str) -> String {
     format!("post-policy\n{policy}")
-}
-
-/// A date-time as the platforms send it: ISO 8601 (an offset or `Z` is converted to UTC), a
-/// space instead of the `T`, or a date alone (midnight).
-fn parse_when(text: &str) -> Option<NaiveDateTime> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Some(t.naive_utc());
-    }
-    [
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M",
-    ]
-    .iter()
-    .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
-    .or_else(|| {
-        NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .ok()
-            .map(|d| d.and_time(chrono::NaiveTime::MIN))
-    })
-}
-
-/// The request's fields, from JSON or an urlencoded form.
-fn request_fields(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let kind = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if kind.starts_with("application/x-www-form-urlencoded") {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-            .map_err(|e| ApiError::bad_request(format!("the form cannot be read: {e}")))?;
-        return Ok(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect());
-    }
-    match serde_json::from_slice(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::bad_request("the body is not a JSON object")),
-        Err(e) => Err(ApiError::bad_request(format!("the body is not JSON: {e}"))),
-    }
 }
 
 /// Whether the tenant's minute allocation of this month is used up.

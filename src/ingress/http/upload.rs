@@ -15,8 +15,9 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::calls::{UploadState, text};
+use super::calls::UploadState;
 use super::error::ApiError;
+use super::fields::text;
 use crate::arrival::file::Background;
 use crate::arrival::{Arrived, ArrivingFile, Batch, Placement, Replace, Via, WriteStop};
 use crate::dropbox::RelPath;
@@ -30,6 +31,9 @@ pub struct PendingCall {
     pub conversation_id: String,
     /// The metadata row in the tenant's own columns (its recording's column filled at upload).
     pub row: Map<String, Value>,
+    /// What the recording's and the metadata file's names start with ([`file_stem`]).
+    #[serde(default)]
+    pub stem: Option<String>,
 }
 
 /// A [`PendingCall`] and where it is kept.
@@ -78,21 +82,66 @@ pub async fn await_recording(
     agent: &str,
     at: chrono::NaiveDateTime,
 ) -> Result<(String, String), ApiError> {
-    let upload = hex::encode(rand::random::<[u8; 8]>());
+    let upload = new_upload_id();
     let conversation_id = text(fields, "conversation_id").map_or_else(|| format!("api-{upload}"), str::to_owned);
+    let stem = file_stem(mapping, &conversation_id)?;
+    let row = tenant_row(fields, consumed, mapping, &conversation_id, agent, at);
+    let call = PendingCall {
+        tenant: tenant.to_string(),
+        conversation_id: conversation_id.clone(),
+        row,
+        stem: Some(stem),
+    };
+    Pending::write(&s.pending, &upload, &call).await?;
+    Ok((upload, conversation_id))
+}
+
+pub fn new_upload_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
+}
+
+/// What a conversation's files in its upload folder are named after. The conversation id
+/// itself when it can name a file, so that the same call sent again carries the same names
+/// (a re-send is identical, or `updated`, by its content, names included); and it must, when
+/// the tenant's mapping finds a recording by the conversation id or the id by a file's stem.
+/// Otherwise a digest of the id, which is as stable.
+pub fn file_stem(mapping: &Mapping, conversation_id: &str) -> Result<String, ApiError> {
+    let usable = !conversation_id.is_empty()
+        && conversation_id.len() <= 200
+        && !conversation_id.starts_with('.')
+        && !conversation_id.chars().any(|c| c == '/' || c == '\\' || c.is_control());
+    if usable {
+        return Ok(conversation_id.to_owned());
+    }
+    if mapping.conversation_id.is_some() && mapping.recording.is_some() {
+        use sha2::Digest;
+        return Ok(format!(
+            "id-{}",
+            &hex::encode(sha2::Sha256::digest(conversation_id))[..32]
+        ));
+    }
+    Err(ApiError::bad_request(
+        "conversation_id: cannot name a file (a slash, a leading dot, control characters or over \
+         200 bytes), and this tenant's mapping finds recordings by the conversation id",
+    ))
+}
+
+/// The row in the tenant's own columns: each field not in `consumed`, then the mapped ones.
+pub fn tenant_row(
+    fields: &Map<String, Value>,
+    consumed: &[&str],
+    mapping: &Mapping,
+    conversation_id: &str,
+    agent: &str,
+    at: chrono::NaiveDateTime,
+) -> Map<String, Value> {
     let mut row: Map<String, Value> = fields
         .iter()
         .filter(|(k, _)| !consumed.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    fill_row(&mut row, mapping, &conversation_id, agent, at);
-    let call = PendingCall {
-        tenant: tenant.to_string(),
-        conversation_id: conversation_id.clone(),
-        row,
-    };
-    Pending::write(&s.pending, &upload, &call).await?;
-    Ok((upload, conversation_id))
+    fill_row(&mut row, mapping, conversation_id, agent, at);
+    row
 }
 
 /// The row in the tenant's columns (SPEC §5 mapping): what a contact centre's own CSV would say.
@@ -144,39 +193,65 @@ where
         .open_session(tenant)
         .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
     let folder = format!("api/{upload}");
-    let named = |head: &[u8]| RelPath::parse(&format!("{folder}/{upload}.{}", sniff(head)));
-    let received = receive(s, tenant, named, body, size, body_timeout).await?;
     let Pending { path, call } = pending;
+    let stem = call.stem.clone().unwrap_or_else(|| upload.to_owned());
+    let named = |head: &[u8]| RelPath::parse(&format!("{folder}/{stem}.{}", sniff(head)));
+    let received = receive(s, tenant, named, body, size, body_timeout).await?;
     let mut row = call.row;
     let recording = received.rel().file_name().to_owned();
     if let Some(column) = config.tenant(tenant.as_str()).and_then(|t| t.mapping.recording.clone()) {
         row.insert(column, recording.clone().into());
     }
-    let metadata = serde_json::to_vec_pretty(&vec![Value::Object(row)])
-        .map_err(|e| ApiError::internal("writing the metadata failed", e))?;
+    let metadata = one_row_file(row)?;
     let meta_rel =
-        RelPath::parse(&format!("{folder}/{upload}.json")).ok_or_else(|| ApiError::bad_request("bad upload id"))?;
+        RelPath::parse(&format!("{folder}/{stem}.json")).ok_or_else(|| ApiError::bad_request("bad upload id"))?;
+    let digests = place_all(s, tenant, Some(received), vec![(meta_rel, metadata)]).await?;
+    let _ = std::fs::remove_file(&path);
+    tracing::info!(tenant = %tenant, conversation = %call.conversation_id, recording = %recording, "call uploaded (http)");
+    Ok(digests
+        .into_iter()
+        .find_map(|(name, digest)| (name == recording).then_some(digest))
+        .unwrap_or_default())
+}
+
+/// A row as a metadata file: a JSON array of one object.
+pub fn one_row_file(row: Map<String, Value>) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec_pretty(&vec![Value::Object(row)])
+        .map_err(|e| ApiError::internal("writing the metadata failed", e))
+}
+
+/// Writes each of `small` (a call's metadata, a transcript: bytes already in memory) in the
+/// tenant's folder, makes them and `received` durable as one batch, and announces them: the
+/// SHA-256 (hex) of each by file name. Nothing of them is left if it fails.
+pub async fn place_all(
+    s: &UploadState,
+    tenant: &TenantId,
+    received: Option<crate::arrival::Written>,
+    small: Vec<(RelPath, Vec<u8>)>,
+) -> Result<Vec<(String, String)>, ApiError> {
     let (drops, quota, owner) = (s.drops.clone(), s.limits.clone(), tenant.clone());
     let placed = tokio::task::spawn_blocking(move || -> Result<Placement, ApiError> {
         let io = |e: std::io::Error| ApiError::internal("storing the upload failed", e);
-        let dir = Arc::new(
-            drops
-                .confined(&owner)
-                .and_then(|c| c.ensure_dir(meta_rel.dir()))
-                .map_err(io)?,
-        );
-        let grant = quota
-            .open_file(&owner, meta_rel.file_name())
-            .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
-        let mut file = ArrivingFile::create(dir, meta_rel, Some(grant)).map_err(io)?;
-        if let Err(e) = file.append(&metadata) {
-            file.discard();
-            received.discard();
-            return Err(write_stop(e));
-        }
         let mut batch = Batch::new();
-        batch.add(received).map_err(io)?;
-        batch.add(file.finish().map_err(io)?).map_err(io)?;
+        let mut held = Vec::new();
+        held.extend(received);
+        for (rel, bytes) in small {
+            let written = write_small(&drops, &quota, &owner, rel, &bytes);
+            match written {
+                Ok(w) => held.push(w),
+                Err(e) => {
+                    held.into_iter().for_each(crate::arrival::Written::discard);
+                    return Err(e);
+                }
+            }
+        }
+        let mut held = held.into_iter();
+        for w in held.by_ref() {
+            if let Err(e) = batch.add(w) {
+                held.for_each(crate::arrival::Written::discard);
+                return Err(io(e));
+            }
+        }
         batch.place(Replace::Allowed).map_err(io)
     })
     .await
@@ -187,13 +262,10 @@ where
             format!("{}: {e}", rel.as_str()),
         ));
     }
-    let _ = std::fs::remove_file(&path);
-    let mut digest = String::new();
+    let mut digests = Vec::new();
     for p in placed.placed {
-        if p.rel.file_name() == recording
-            && let Some(d) = &p.digest
-        {
-            digest = hex::encode(d.sha256);
+        if let Some(d) = &p.digest {
+            digests.push((p.rel.file_name().to_owned(), hex::encode(d.sha256)));
         }
         let _ = s
             .events
@@ -205,8 +277,33 @@ where
             }))
             .await;
     }
-    tracing::info!(tenant = %tenant, conversation = %call.conversation_id, recording = %recording, "call uploaded (http)");
-    Ok(digest)
+    Ok(digests)
+}
+
+/// One small file written (not yet durable) under the tenant's quota.
+fn write_small(
+    drops: &crate::dropbox::DropRoot,
+    quota: &Arc<crate::limits::Limits>,
+    owner: &TenantId,
+    rel: RelPath,
+    bytes: &[u8],
+) -> Result<crate::arrival::Written, ApiError> {
+    let io = |e: std::io::Error| ApiError::internal("storing the upload failed", e);
+    let dir = Arc::new(
+        drops
+            .confined(owner)
+            .and_then(|c| c.ensure_dir(rel.dir()))
+            .map_err(io)?,
+    );
+    let grant = quota
+        .open_file(owner, rel.file_name())
+        .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
+    let mut file = ArrivingFile::create(dir, rel, Some(grant)).map_err(io)?;
+    if let Err(e) = file.append(bytes) {
+        file.discard();
+        return Err(write_stop(e));
+    }
+    file.finish().map_err(io)
 }
 
 pub fn too_large(max: u64) -> ApiError {
