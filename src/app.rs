@@ -217,8 +217,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     });
     tracker.close();
     tracker.spawn(ops::watchdog(catalog.clone(), liveness.clone(), cancel.clone()));
+    let (tls, certificates) = match config.http.as_ref().and_then(|h| h.tls.as_ref()) {
+        Some((cert, key)) => {
+            let (acceptor, certificates) =
+                crate::ingress::http::tls::acceptor(cert, key).context("loading [http] tls_cert and tls_key")?;
+            (Some(acceptor), Some(certificates))
+        }
+        None => (None, None),
+    };
     let http = match &config.http {
         Some(_) => Some(HttpShared {
+            certificates,
             config: live.clone(),
             tokens: Arc::new(std::sync::RwLock::new(Arc::new(
                 Tokens::load(&config).context("reading the API tokens")?,
@@ -257,12 +266,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .route("/api/openapi.json", axum::routing::get(openapi))
         // JSON and form bodies; uploads stream and have their own limit.
         .layer(axum::extract::DefaultBodyLimit::max(limits.max_json_bytes as usize));
-        let tls = match &limits.tls {
-            Some((cert, key)) => {
-                Some(crate::ingress::http::tls::acceptor(cert, key).context("loading [http] tls_cert and tls_key")?)
-            }
-            None => None,
-        };
         tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), "http listening");
         tracker.spawn(crate::ingress::http::serve(
             listener,
@@ -406,6 +409,27 @@ fn reload(
         .map(ToString::to_string)
         .collect();
     let removed: Vec<TenantId> = old_ids.into_iter().filter(|t| !new_ids.contains(t)).collect();
+    // Read once by the listener; the rest of [http] is read at each request.
+    let listener_reads = |c: &Config| {
+        c.http.as_ref().map(|h| {
+            let listen = (h.listen, h.tls.is_some(), h.header_timeout, h.max_json_bytes);
+            (listen, h.max_connections, h.max_connections_per_ip)
+        })
+    };
+    restart(
+        "[http] listen, TLS on or off, connection limits, header_timeout or max_json_bytes",
+        listener_reads(&new) != listener_reads(&old),
+    );
+    // A renewed certificate is served from the next handshake. Last of the checks: once it is
+    // in force, so is the rest.
+    if let (Some(certificates), Some((cert, key))) = (
+        http.and_then(|h| h.certificates.as_ref()),
+        new.http.as_ref().and_then(|h| h.tls.as_ref()),
+    ) {
+        certificates
+            .reload(cert, key)
+            .map_err(|e| vec![format!("[http] tls_cert and tls_key: {e}")])?;
+    }
     let count = new.tenants.len();
     let new = Arc::new(new);
     live.set(new.clone());

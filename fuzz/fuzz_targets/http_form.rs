@@ -1,10 +1,12 @@
 //! The presigned POST's form as a client could send it: the multipart body read into the fields
 //! before the file (at most 32 of at most 64 KiB), and a policy's conditions checked against
-//! them; an error or a size range, never a panic. The first byte splits the input: the policy
-//! JSON, then the multipart body.
+//! them; an error or a size range, never a panic. The same body read as the text fields of a
+//! chat or presign request (`fields::request_fields`). The first byte splits the input: the
+//! policy JSON, then the multipart body.
 #![no_main]
 
 use axum::extract::{FromRequest, Multipart};
+use dropsync::ingress::http::fields::request_fields;
 use dropsync::ingress::http::presigned::{check_conditions, read_form};
 use libfuzzer_sys::fuzz_target;
 
@@ -13,6 +15,9 @@ fuzz_target!(|data: &[u8]| {
     let (policy, body) = rest.split_at((split as usize).min(rest.len()));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("content-type", "multipart/form-data; boundary=B".parse().unwrap());
+        let _ = request_fields(&headers, axum::body::Bytes::copy_from_slice(body)).await;
         let request = axum::http::Request::builder()
             .method("POST")
             .header("content-type", "multipart/form-data; boundary=B")

@@ -301,44 +301,21 @@ print('ok')
 fn https_without_a_proxy_serves_curl_with_the_operators_certificate() {
     let (d, port) = daemon_with_http("tls_cert = \"http.crt\"\ntls_key = \"http.key\"\n", "");
     let (cert, key) = (d.dir.path().join("http.crt"), d.dir.path().join("http.key"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is missing: apt-get install openssl");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    self_signed(&cert, &key);
     let mut d = d;
     d.start();
     wait_http(port);
-    let curl = |extra: &[&str]| {
+    let curl_trusting = |trusted: &std::path::Path, extra: &[&str]| {
         std::process::Command::new("curl")
             .args(["-sS", "--fail-with-body", "--cacert"])
-            .arg(&cert)
+            .arg(trusted)
             .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
             .args(extra)
             .arg(format!("https://127.0.0.1:{port}/api/admin/tenants"))
             .output()
             .expect("curl is missing: apt-get install curl")
     };
+    let curl = |extra: &[&str]| curl_trusting(&cert, extra);
     for version in ["--http1.1", "--http2"] {
         let out = curl(&[version]);
         assert!(
@@ -356,7 +333,53 @@ fn https_without_a_proxy_serves_curl_with_the_operators_certificate() {
         .output()
         .unwrap();
     assert!(!plain.status.success(), "{}", String::from_utf8_lossy(&plain.stdout));
+
+    // A renewed certificate is served after a SIGHUP, without a restart; one whose key is not
+    // its own is refused, and the one in force stays.
+    let first = d.dir.path().join("first.crt");
+    std::fs::copy(&cert, &first).unwrap();
+    let (renewed, renewed_key) = (d.dir.path().join("renewed.crt"), d.dir.path().join("renewed.key"));
+    self_signed(&renewed, &renewed_key);
+    std::fs::copy(&renewed, &cert).unwrap();
+    assert!(d.signal(libc::SIGHUP));
+    wait_for("the reload refused", Duration::from_secs(30), || {
+        d.log().contains("do not go together")
+    });
+    assert!(
+        curl_trusting(&first, &[]).status.success(),
+        "the first certificate stays"
+    );
+    std::fs::copy(&renewed_key, &key).unwrap();
+    assert!(d.signal(libc::SIGHUP));
+    wait_for("the renewed certificate served", Duration::from_secs(30), || {
+        curl_trusting(&renewed, &[]).status.success()
+    });
+    assert!(
+        !curl_trusting(&first, &[]).status.success(),
+        "the first certificate is no longer served"
+    );
     d.stop();
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key (P-256), made with openssl.
+fn self_signed(cert: &std::path::Path, key: &std::path::Path) {
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .expect("openssl is missing: apt-get install openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
 }
 
 #[test]

@@ -48,6 +48,8 @@ pub struct HttpShared {
     pub config: LiveConfig,
     pub tokens: Arc<RwLock<Arc<Tokens>>>,
     pub bans: Arc<Bans>,
+    /// The HTTPS certificate in force, read again on a reload.
+    pub certificates: Option<Arc<tls::Certificates>>,
 }
 
 impl HttpShared {
