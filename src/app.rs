@@ -248,21 +248,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let apply = reloader.clone();
         let signer = Signer::load_or_create(&config.state_dir.join(signed::KEY_FILE))
             .context("reading or creating the upload URL signing key")?;
-        let uploads = calls::routes(calls::UploadState {
+        let signer = Arc::new(signer);
+        let upload_state = calls::UploadState {
             http: shared.clone(),
-            signer: Arc::new(signer),
+            signer: signer.clone(),
             drops: drops.clone(),
             limits: quotas.clone(),
             events: tx.clone(),
             catalog: catalog.clone(),
             pending: config.pending_dir(),
+        };
+        let uploads = calls::routes(upload_state.clone());
+        let reload: Arc<dyn Fn() -> Result<String, Vec<String>> + Send + Sync> = Arc::new(move || apply.apply());
+        let console = crate::console::routes(crate::console::ConsoleState {
+            http: shared.clone(),
+            catalog: catalog.clone(),
+            limits: quotas.clone(),
+            signer,
+            uploads: upload_state,
+            reload: reload.clone(),
         });
         let router = ops::admin_api::routes(ops::admin_api::AdminState {
             http: shared,
             catalog: catalog.clone(),
-            reload: Arc::new(move || apply.apply()),
+            reload,
         })
         .merge(uploads)
+        .merge(console)
         .route("/api/openapi.json", axum::routing::get(openapi))
         // JSON and form bodies; uploads stream and have their own limit.
         .layer(axum::extract::DefaultBodyLimit::max(limits.max_json_bytes as usize));

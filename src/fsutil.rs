@@ -239,6 +239,16 @@ fn hash_copy(mut reader: impl Read, mut out: impl Write) -> io::Result<(u64, [u8
 }
 
 /// Size and sha256 of everything `reader` yields.
+/// Opens `path` for reading, never through a link (the archive's files, found by a path the
+/// catalog recorded).
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 pub fn hash_reader(reader: impl Read) -> io::Result<(u64, [u8; 32])> {
     hash_copy(reader, io::sink())
 }

@@ -22,6 +22,7 @@ pub mod backoff;
 pub mod catalog;
 pub mod config;
 pub mod confine;
+pub mod console;
 pub mod dropbox;
 pub mod fault;
 pub mod forwarding;

@@ -116,6 +116,13 @@ impl Limits {
         started.elapsed()
     }
 
+    /// What the tenant holds now (bytes, files; uploads in progress included), and its quota.
+    pub fn held(&self, tenant: &str) -> (u64, u64, Quota) {
+        let quota = self.quota(tenant);
+        let (bytes, files) = self.with_usage(tenant, |u| (u.held_bytes + u.open_bytes, u.held_files + u.open_files));
+        (bytes, files, quota)
+    }
+
     /// Whether `id` is a file being written under a grant now.
     pub fn is_being_written(&self, tenant: &TenantId, id: FileId) -> bool {
         self.with_usage(tenant.as_str(), |u| u.covered.contains(&id))

@@ -44,6 +44,7 @@
 //! - **Reports**: the "stale" flag is set by triggers in the same transaction as the change.
 
 mod allocation;
+mod console;
 mod db;
 mod files;
 mod ftp;
@@ -66,6 +67,7 @@ use crate::backoff::Retry;
 use db::Db;
 
 pub use allocation::{AllocationNow, Allocations, Minutes, MinutesStatus, allocations_for};
+pub use console::{BatchFile, CallDetail, CallFilter, CallRow, CallSend, Console, RecordingDetail, RecordingFile};
 pub use files::{Files, NewFile, PendingParse, Registered, RowInput};
 pub use ftp::{AppliedListing, FtpSourceStatus, FtpState, PollRecord, RemoteFile, RemoteFileState, version_tag};
 pub use intake_queue::{IntakeItem, IntakeKind, IntakeOutcome, IntakeQueue, NewIntake};
@@ -232,6 +234,11 @@ impl Catalog {
     /// Reports, the CLI's views and its retry.
     pub fn reports(&self) -> Reports {
         Reports { db: self.db.clone() }
+    }
+
+    /// What the web console reads.
+    pub fn console(&self) -> Console {
+        Console { db: self.db.clone() }
     }
 
     /// Minute allocations and usage.

@@ -288,4 +288,11 @@ ALTER TABLE files ADD COLUMN dev INTEGER;  -- NULL for files recorded before mig
     r#"
 CREATE INDEX conv_ready ON conversations(tenant, next_attempt_at, id) WHERE state = 'ready';
 "#,
+    // 11: the web console (issue 23): a tenant's calls newest first, and its days, straight
+    // from an index however long the history.
+    r#"
+CREATE INDEX conv_tenant_received ON conversations(tenant, received_at, id);
+-- A batch uploaded from the console: the metadata files of its folder.
+CREATE INDEX metadata_by_dir ON metadata_files(tenant, dir);
+"#,
 ];

@@ -383,7 +383,9 @@ impl Forwarder {
             };
             let rel = RelPath::parse(&rec.rel_path).ok_or_else(|| vanished(format!("bad path {:?}", rec.rel_path)))?;
             let (opened, from_archive) = match (self.drop.open_confined(&tenant, &rel), &rec.archive_path) {
-                (Err(e), Some(archived)) if e.kind() == std::io::ErrorKind::NotFound => (open_archived(archived), true),
+                (Err(e), Some(archived)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (crate::fsutil::open_nofollow(std::path::Path::new(archived)), true)
+                }
                 (opened, _) => (opened, false),
             };
             let file = match opened {
@@ -463,15 +465,6 @@ impl Forwarder {
             .record((forwarded_at - work.received_at).max(0) as f64 / 1000.0);
         Ok(to_archive)
     }
-}
-
-/// A recording in the archive (our own folder, not a tenant's), never through a link.
-fn open_archived(path: &str) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
 }
 
 #[cfg(test)]

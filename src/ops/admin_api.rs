@@ -316,7 +316,7 @@ async fn sample(
         sample::suggest(
             &bytes,
             format,
-            &mapping,
+            Some(&mapping),
             &matching.recording_extensions,
             matching.max_field_bytes,
         )
@@ -457,7 +457,8 @@ async fn retry(
         RetryRequest,
         Retried,
         ErrorBody,
-        SampleReport
+        SampleReport,
+        crate::ops::sample::ColumnFit
     ))
 )]
 pub struct AdminApi;

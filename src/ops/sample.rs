@@ -22,6 +22,19 @@ pub struct SampleReport {
     /// The column suggested for each field (absent: none fits).
     pub suggested_mapping: BTreeMap<String, String>,
     pub problems: Vec<String>,
+    /// For each field, every column, those that fit it best first, with what they hold that
+    /// does not fit (the onboarding wizard's drop-downs).
+    pub fit: BTreeMap<String, Vec<ColumnFit>>,
+}
+
+/// How well a column fits a field.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ColumnFit {
+    pub column: String,
+    /// Of the sample's rows, the share whose value fits (0 to 1).
+    pub share: f64,
+    /// The first value that does not fit, if any: "row 3 is not ISO 8601".
+    pub problem: Option<String>,
 }
 
 /// The format of a sample: from its Content-Type, else from its first bytes.
@@ -48,20 +61,24 @@ pub fn format_of(content_type: &str, head: &[u8]) -> MetadataFormat {
     }
 }
 
-/// Reads `sample` and suggests a mapping; `current` is the tenant's mapping, whose columns the
-/// sample is checked to carry.
+/// Reads `sample` and suggests a mapping; `current` is the tenant's mapping if it has one, whose
+/// columns the sample is checked to carry.
 pub fn suggest(
     sample: &[u8],
     format: MetadataFormat,
-    current: &Mapping,
+    current: Option<&Mapping>,
     extensions: &[String],
     max_field_bytes: u64,
 ) -> SampleReport {
     let mut problems = Vec::new();
     let mut records: Vec<Record> = Vec::new();
+    let mut rows: Vec<u64> = Vec::new();
     let read = read_rows::<_, ()>(format, sample, max_field_bytes, |row| {
         match row.record {
-            Ok(r) => records.push(r),
+            Ok(r) => {
+                records.push(r);
+                rows.push(row.row);
+            }
             Err(why) => problems.push(format!("row {}: {why}", row.row)),
         }
         if records.len() >= SAMPLE_ROWS { Err(()) } else { Ok(()) }
@@ -171,7 +188,9 @@ pub fn suggest(
             ));
         }
     }
-    let missing: Vec<&str> = crate::matching::required_columns(current)
+    let missing: Vec<&str> = current
+        .map(crate::matching::required_columns)
+        .unwrap_or_default()
         .into_iter()
         .filter(|c| !columns.iter().any(|k| k == c))
         .collect();
@@ -181,10 +200,42 @@ pub fn suggest(
             missing.join(", ")
         ));
     }
+    type Test<'t> = &'t dyn Fn(&str) -> bool;
+    let fields: [(&str, Test<'_>, &str); 4] = [
+        ("conversation_id", &|v: &str| !v.is_empty(), "is empty"),
+        ("agent", &|v: &str| !v.is_empty(), "is empty"),
+        ("contact_time", &is_time, "is not an ISO 8601 date-time"),
+        ("recording", &is_recording, "is not a recording's file name"),
+    ];
+    let fit = fields
+        .iter()
+        .map(|(field, test, says)| {
+            let mut ranked: Vec<ColumnFit> = columns
+                .iter()
+                .map(|c| {
+                    let first_bad = values(c).iter().position(|v| !test(v));
+                    ColumnFit {
+                        column: c.clone(),
+                        share: share(c, *test),
+                        problem: first_bad.map(|i| format!("{c}: row {} {says}", rows[i])),
+                    }
+                })
+                .collect();
+            // The suggested column first, then by share; ties keep the file's order.
+            let suggested_column = suggested.get(*field);
+            ranked.sort_by(|a, b| {
+                (Some(&b.column) == suggested_column)
+                    .cmp(&(Some(&a.column) == suggested_column))
+                    .then(b.share.total_cmp(&a.share))
+            });
+            ((*field).to_owned(), ranked)
+        })
+        .collect();
     SampleReport {
         columns,
         suggested_mapping: suggested,
         problems,
+        fit,
     }
 }
 
@@ -199,7 +250,13 @@ mod tests {
                    c2,bob@acme.example,2024-08-06T09:20:00Z,c2.mp3,sales\n\
                    c2,bob@acme.example,06/08/2024 09:25,c3.wav,support\n";
         let exts: Vec<String> = ["wav", "mp3"].iter().map(|s| s.to_string()).collect();
-        let report = suggest(csv.as_bytes(), MetadataFormat::Csv, &Mapping::default(), &exts, 1 << 20);
+        let report = suggest(
+            csv.as_bytes(),
+            MetadataFormat::Csv,
+            Some(&Mapping::default()),
+            &exts,
+            1 << 20,
+        );
         assert_eq!(report.columns, ["Call Ref", "Agent Email", "Started", "Audio", "Queue"]);
         let m = &report.suggested_mapping;
         assert_eq!(m["conversation_id"], "Call Ref");
@@ -213,6 +270,18 @@ mod tests {
             problems.contains("needs columns the sample lacks: conversation_id, agent"),
             "{problems}"
         );
+        // Each field's columns, the fitting ones first, with the first row that does not fit.
+        let time = &report.fit["contact_time"];
+        assert_eq!(time[0].column, "Started");
+        assert_eq!(
+            time[0].problem.as_deref(),
+            Some("Started: row 4 is not an ISO 8601 date-time")
+        );
+        assert!((time[0].share - 2.0 / 3.0).abs() < 1e-9);
+        let recording = &report.fit["recording"];
+        assert_eq!(recording[0].column, "Audio");
+        assert_eq!(recording[0].problem, None);
+        assert_eq!(recording.len(), 5);
     }
 
     #[test]

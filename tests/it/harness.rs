@@ -451,6 +451,18 @@ pub fn python(prelude: &str, script: &str, module: &str) -> Output {
     out
 }
 
+/// Runs [`python`], asserting it exits 0 (its output in the failure); its stdout.
+pub fn python_ok(prelude: &str, script: &str, module: &str) -> String {
+    let out = python(prelude, script, module);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Polls `f` every 20 ms until it holds; panics naming `what` after `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

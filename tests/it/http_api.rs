@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 
 /// An SFTP daemon with `tenants.d/*.toml` included and `[http]` on a free port.
-fn daemon_with_http(extra_http: &str, extra_sftp: &str) -> (Daemon, u16) {
+pub fn daemon_with_http(extra_http: &str, extra_sftp: &str) -> (Daemon, u16) {
     let d = Daemon::with_sftp(extra_sftp);
     let port = free_port();
     let text = std::fs::read_to_string(&d.config).unwrap();
@@ -24,25 +24,18 @@ fn daemon_with_http(extra_http: &str, extra_sftp: &str) -> (Daemon, u16) {
     (d, port)
 }
 
-fn wait_http(port: u16) {
+pub fn wait_http(port: u16) {
     wait_for("the HTTP listener", Duration::from_secs(30), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
 }
 
 /// Runs a `requests` script with `BASE` and `ADMIN` set; returns its stdout, asserting exit 0.
-fn requests(port: u16, script: &str) -> String {
+pub fn requests(port: u16, script: &str) -> String {
     let prelude = format!(
         "import json, sys, requests\nBASE = 'http://127.0.0.1:{port}'\nADMIN = {{'Authorization': 'Bearer {ADMIN_TOKEN}'}}\n"
     );
-    let out = python(&prelude, script, "requests");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    python_ok(&prelude, script, "requests")
 }
 
 #[test]
@@ -160,11 +153,11 @@ fn a_slow_loris_is_closed_at_the_header_timeout_while_others_are_served() {
     d.stop();
 }
 
-const ACME_TOKEN: &str = "acme-token-0123456789abcdef";
-const BETA_TOKEN: &str = "beta-token-0123456789abcdef";
+pub const ACME_TOKEN: &str = "acme-token-0123456789abcdef";
+pub const BETA_TOKEN: &str = "beta-token-0123456789abcdef";
 
 /// Like [`daemon_with_http`], with API tokens for acme and beta.
-fn daemon_with_tenant_tokens(extra_http: &str) -> (Daemon, u16) {
+pub fn daemon_with_tenant_tokens(extra_http: &str) -> (Daemon, u16) {
     let (d, port) = daemon_with_http(extra_http, "");
     let d = d
         .with_replaced("id = \"acme\"\n", "id = \"acme\"\napi_tokens_file = \"acme.tokens\"\n")

@@ -2,6 +2,7 @@
 
 mod arrivals;
 mod audio;
+mod console;
 mod crash;
 mod ftp;
 mod ftp_servers;

@@ -85,7 +85,7 @@ pub async fn post_chat(
         .limits
         .open_session(&tenant)
         .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
-    place_all(&s, &tenant, None, files).await?;
+    place_all(&s, &tenant, Vec::new(), files).await?;
     tracing::info!(tenant = %tenant, conversation = %conversation_id, messages = messages.len(), "chat uploaded (http)");
     Ok(Json(ChatAccepted { conversation_id }))
 }

@@ -66,6 +66,18 @@ impl HttpShared {
     /// of its source.
     fn caller(&self, parts: &Parts) -> Result<Caller, ApiError> {
         let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
+        let presented = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim);
+        self.sign_in(peer, presented)
+    }
+
+    /// Who `presented` is (the console's sign-in, or a bearer token); a wrong or missing one
+    /// counts as a failed login of `peer`, with SFTP's.
+    pub fn sign_in(&self, peer: Option<IpAddr>, presented: Option<&str>) -> Result<Caller, ApiError> {
         if let Some(ip) = peer
             && self.bans.is_banned(ip)
         {
@@ -73,12 +85,6 @@ impl HttpShared {
                 "too many failed logins from this address; try again later",
             ));
         }
-        let presented = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim);
         match presented.and_then(|t| self.tokens().who(t)) {
             Some(caller) => {
                 if let Some(ip) = peer {

@@ -22,6 +22,13 @@ pub enum SignError {
     Mismatch,
 }
 
+/// What a signature is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Upload,
+    Session,
+}
+
 pub struct Signer {
     key: [u8; 32],
 }
@@ -59,21 +66,43 @@ impl Signer {
         Signer { key }
     }
 
-    fn mac(&self, target: &str, expires: i64) -> Hmac<Sha256> {
+    /// The MAC of `target` until `expires` for `purpose`: a signature made for one purpose (an
+    /// upload URL, a console session) is never valid for another.
+    fn mac(&self, purpose: Purpose, target: &str, expires: i64) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(format!("dropsync-upload-v1\n{target}\n{expires}").as_bytes());
+        let domain = match purpose {
+            Purpose::Upload => "dropsync-upload-v1",
+            Purpose::Session => "dropsync-console-session-v1",
+        };
+        mac.update(format!("{domain}\n{target}\n{expires}").as_bytes());
         mac
     }
 
-    /// The signature of `target` until `expires` (Unix seconds), in hex.
+    /// The signature of upload `target` until `expires` (Unix seconds), in hex.
     pub fn sign(&self, target: &str, expires: i64) -> String {
-        hex::encode(self.mac(target, expires).finalize().into_bytes())
+        self.sign_for(Purpose::Upload, target, expires)
     }
 
-    /// Whether `signature` is `target`'s until `expires`, at `now` (compared in constant time).
+    pub fn sign_for(&self, purpose: Purpose, target: &str, expires: i64) -> String {
+        hex::encode(self.mac(purpose, target, expires).finalize().into_bytes())
+    }
+
+    /// Whether `signature` is upload `target`'s until `expires`, at `now` (compared in
+    /// constant time).
     pub fn verify(&self, target: &str, expires: i64, signature: &str, now: i64) -> Result<(), SignError> {
+        self.verify_for(Purpose::Upload, target, expires, signature, now)
+    }
+
+    pub fn verify_for(
+        &self,
+        purpose: Purpose,
+        target: &str,
+        expires: i64,
+        signature: &str,
+        now: i64,
+    ) -> Result<(), SignError> {
         let given = hex::decode(signature).map_err(|_| SignError::Mismatch)?;
-        self.mac(target, expires)
+        self.mac(purpose, target, expires)
             .verify_slice(&given)
             .map_err(|_| SignError::Mismatch)?;
         if now >= expires {
@@ -98,6 +127,13 @@ mod tests {
         assert_eq!(signer.verify("acme/u1", 1000, "zz", 1), Err(SignError::Mismatch));
         let other = Signer::with_key([8; 32]);
         assert_eq!(other.verify("acme/u1", 1000, &sig, 1), Err(SignError::Mismatch));
+        // An upload URL's signature is no console session's, nor the other way round.
+        assert_eq!(
+            signer.verify_for(Purpose::Session, "acme/u1", 1000, &sig, 1),
+            Err(SignError::Mismatch)
+        );
+        let session = signer.sign_for(Purpose::Session, "acme/u1", 1000);
+        assert_eq!(signer.verify("acme/u1", 1000, &session, 1), Err(SignError::Mismatch));
     }
 
     #[test]

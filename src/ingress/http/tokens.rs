@@ -75,10 +75,14 @@ impl Tokens {
 
     /// Who `presented` is, if anyone. Every known token is compared, whichever matches.
     pub fn who(&self, presented: &str) -> Option<Caller> {
-        let presented = hash(presented);
+        self.who_hashed(&hash(presented))
+    }
+
+    /// Who the token of SHA-256 `hashed` is, if it is still in force.
+    pub fn who_hashed(&self, hashed: &[u8; 32]) -> Option<Caller> {
         let mut found = None;
         for (known, caller) in &self.known {
-            if bool::from(known.ct_eq(&presented)) {
+            if bool::from(known.ct_eq(hashed)) {
                 found = Some(caller.clone());
             }
         }
@@ -86,7 +90,8 @@ impl Tokens {
     }
 }
 
-fn hash(token: &str) -> [u8; 32] {
+/// A token's SHA-256, as kept in memory (and in a console session, to revoke it with the token).
+pub fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 

@@ -205,7 +205,7 @@ where
     let metadata = one_row_file(row)?;
     let meta_rel =
         RelPath::parse(&format!("{folder}/{stem}.json")).ok_or_else(|| ApiError::bad_request("bad upload id"))?;
-    let digests = place_all(s, tenant, Some(received), vec![(meta_rel, metadata)]).await?;
+    let digests = place_all(s, tenant, vec![received], vec![(meta_rel, metadata)]).await?;
     let _ = std::fs::remove_file(&path);
     tracing::info!(tenant = %tenant, conversation = %call.conversation_id, recording = %recording, "call uploaded (http)");
     Ok(digests
@@ -221,20 +221,20 @@ pub fn one_row_file(row: Map<String, Value>) -> Result<Vec<u8>, ApiError> {
 }
 
 /// Writes each of `small` (a call's metadata, a transcript: bytes already in memory) in the
-/// tenant's folder, makes them and `received` durable as one batch, and announces them: the
+/// tenant's folder, makes them and `received` durable as one batch, and announces them in that
+/// order (recordings before the metadata that names them, the fast path): the
 /// SHA-256 (hex) of each by file name. Nothing of them is left if it fails.
 pub async fn place_all(
     s: &UploadState,
     tenant: &TenantId,
-    received: Option<crate::arrival::Written>,
+    received: Vec<crate::arrival::Written>,
     small: Vec<(RelPath, Vec<u8>)>,
 ) -> Result<Vec<(String, String)>, ApiError> {
     let (drops, quota, owner) = (s.drops.clone(), s.limits.clone(), tenant.clone());
     let placed = tokio::task::spawn_blocking(move || -> Result<Placement, ApiError> {
         let io = |e: std::io::Error| ApiError::internal("storing the upload failed", e);
         let mut batch = Batch::new();
-        let mut held = Vec::new();
-        held.extend(received);
+        let mut held = received;
         for (rel, bytes) in small {
             let written = write_small(&drops, &quota, &owner, rel, &bytes);
             match written {
@@ -363,7 +363,7 @@ where
 
 /// Streams the body into the file `name` gives for its first bytes; written, not yet durable.
 /// Nothing is left if it stops.
-async fn receive<S, E>(
+pub async fn receive<S, E>(
     s: &UploadState,
     tenant: &TenantId,
     name: impl FnOnce(&[u8]) -> Option<RelPath>,
