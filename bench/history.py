@@ -3,7 +3,10 @@ spread over TENANTS tenants, each with its metadata file, recording file (purged
 and delivery, as the daemon leaves them. Used by bench/history.sh; the catalog must have been
 created (migrated) by `dropsync run` first.
 
-    python3 bench/history.py DB N TENANTS
+    python3 bench/history.py DB N TENANTS [LAST_DAYS_AGO]
+
+LAST_DAYS_AGO (default 40) is how long ago the newest conversation arrived; the oldest arrived a
+year before it.
 """
 import json
 import sqlite3
@@ -11,6 +14,7 @@ import sys
 import time
 
 db, n, tenants = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+last_days_ago = int(sys.argv[4]) if len(sys.argv) > 4 else 40
 conn = sqlite3.connect(db)
 conn.execute("PRAGMA synchronous = OFF")
 now = int(time.time() * 1000)
@@ -23,7 +27,7 @@ meta_of = {}  # tenant -> its current metadata file's id
 conv_id = cur.execute("SELECT coalesce(max(id), 0) FROM conversations").fetchone()[0]
 for i in range(n):
     tenant = f"t{i % tenants:02d}"
-    at = now - year + (i * year) // n - 40 * 24 * 3600 * 1000  # the last one 40 days ago
+    at = now - year + (i * year) // n - last_days_ago * 24 * 3600 * 1000
     if i % (rows_per_file * tenants) < tenants:
         file_id += 1
         cur.execute(

@@ -64,6 +64,7 @@ pub fn routes(state: ConsoleState) -> Router {
         .route("/console/tenants/{id}", get(tenants::one))
         .route("/console/tenants/{id}/settings", post(tenants::settings))
         .route("/console/tenants/{id}/keys", post(tenants::add_key))
+        .route("/console/tenants/{id}/mapping", post(tenants::mapping))
         .route("/console/onboard", get(onboarding::start))
         .route("/console/onboard/sample", post(onboarding::sample))
         .route("/console/onboard/create", post(onboarding::create))

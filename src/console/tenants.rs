@@ -221,6 +221,16 @@ fn settings_forms(session: &Session, t: &Tenant) -> Markup {
                 input #timezone name="timezone" value=(t.timezone.name());
                 button type="submit" { "Save settings" }
             }
+            h2 { "Mapping" }
+            form.stack method="post" action=(format!("/console/tenants/{id}/mapping")) {
+                (csrf_field(session))
+                @for (field, label, value) in mapping_fields(t) {
+                    label for=(format!("m-{field}")) { (label) }
+                    input id=(format!("m-{field}")) name=(field) value=(value);
+                }
+                p.hint { "The column of the tenant's files that holds each field; empty where it has none (a date and a clock in two columns are kept)." }
+                button type="submit" { "Save the mapping" }
+            }
             h2 { "SFTP keys" }
             ul.plain { @for k in &t.authorized_keys { li { code.key { (k) } } } }
             form.stack method="post" action=(format!("/console/tenants/{id}/keys")) {
@@ -276,6 +286,82 @@ pub async fn settings(
     let who = id.clone();
     apply(&s, move |config| onboard::change(config, &who, &changes)).await?;
     tracing::info!(tenant = %id, "tenant changed (console)");
+    Ok(Redirect::to(&format!("/console/tenants/{id}")))
+}
+
+/// The mapping's fields as the form shows them: (form field, label, column).
+fn mapping_fields(t: &Tenant) -> Vec<(&'static str, &'static str, String)> {
+    let m = &t.mapping;
+    let time = match &m.time {
+        crate::tenant::TimeColumns::Single { column, .. } => column.clone(),
+        crate::tenant::TimeColumns::Split { .. } => String::new(),
+    };
+    vec![
+        (
+            "conversation_id",
+            "Conversation id column",
+            m.conversation_id.clone().unwrap_or_default(),
+        ),
+        ("agent", "Agent column", m.agent.clone()),
+        ("contact_time", "Contact date-time column", time),
+        (
+            "recording",
+            "Recording file name column",
+            m.recording.clone().unwrap_or_default(),
+        ),
+    ]
+}
+
+#[derive(Deserialize)]
+pub struct MappingForm {
+    csrf: String,
+    conversation_id: String,
+    agent: String,
+    contact_time: String,
+    recording: String,
+}
+
+/// Changes the four fields' columns; what the form does not show (a time format, a date and a
+/// clock in two columns, required columns) is kept.
+pub async fn mapping(
+    session: Session,
+    State(s): State<ConsoleState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    form: axum::Form<MappingForm>,
+) -> Result<Redirect, PageError> {
+    session.admin_only()?;
+    session.check_form(&headers, &form.csrf)?;
+    let config = s.http.config.get();
+    let t = config.tenant(&id).ok_or_else(PageError::not_found)?;
+    let mut m = serde_json::Map::new();
+    let mut set = |key: &str, value: &str| {
+        if !value.trim().is_empty() {
+            m.insert(key.into(), value.trim().into());
+        }
+    };
+    set("conversation_id", &form.conversation_id);
+    set("agent", &form.agent);
+    set("recording", &form.recording);
+    match (&t.mapping.time, form.contact_time.trim()) {
+        (crate::tenant::TimeColumns::Split { date, clock }, "") => {
+            set("contact_date", date);
+            set("contact_clock", clock);
+        }
+        (crate::tenant::TimeColumns::Single { format, .. }, column) => {
+            set("contact_time", column);
+            set("contact_time_format", format.as_deref().unwrap_or(""));
+        }
+        (_, column) => set("contact_time", column),
+    }
+    if !t.mapping.required_columns.is_empty() {
+        m.insert("required_columns".into(), t.mapping.required_columns.clone().into());
+    }
+    let mut changes = serde_json::Map::new();
+    changes.insert("mapping".into(), m.into());
+    let who = id.clone();
+    apply(&s, move |config| onboard::change(config, &who, &changes)).await?;
+    tracing::info!(tenant = %id, "tenant mapping changed (console)");
     Ok(Redirect::to(&format!("/console/tenants/{id}")))
 }
 

@@ -142,6 +142,13 @@ fn an_operator_onboards_a_tenant_whose_sftp_upload_then_shows_on_the_calls_page(
     driver.find_element(By.ID, 'minute_allocation').send_keys('600')
     driver.find_element(By.XPATH, '//button[text()="Save and finish"]').click()
     WebDriverWait(driver, 20).until(lambda d: d.current_url.endswith('/console/tenants/newco'))
+    # The mapping is edited on the tenant's page: its files name recordings in "File" from now on.
+    field = driver.find_element(By.ID, 'm-recording')
+    assert field.get_attribute('value') == 'Audio'
+    field.clear()
+    field.send_keys('File')
+    driver.find_element(By.XPATH, '//button[text()="Save the mapping"]').click()
+    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, 'm-recording').get_attribute('value') == 'File')
     print(json.dumps(fingerprints))
 "#,
         sample = sample.to_str().unwrap(),
@@ -153,14 +160,17 @@ fn an_operator_onboards_a_tenant_whose_sftp_upload_then_shows_on_the_calls_page(
         toml.contains("retention = \"30d\"") && toml.contains("minute_allocation = 600"),
         "{toml}"
     );
-    assert!(toml.contains("contact_time = \"Started\""), "{toml}");
+    assert!(
+        toml.contains("contact_time = \"Started\"") && toml.contains("recording = \"File\""),
+        "{toml}"
+    );
 
     // The new tenant uploads over SFTP with the key pasted in the wizard.
     let wav = audio("newco-c1", 48_000);
     std::fs::write(d.dir.path().join("c1.wav"), &wav).unwrap();
     std::fs::write(
         d.dir.path().join("calls.csv"),
-        "Call Ref,Agent Email,Started,Audio,Queue\nc1,ann@newco.example,2024-08-06T09:15:00Z,c1.wav,sales\n",
+        "Call Ref,Agent Email,Started,File,Queue\nc1,ann@newco.example,2024-08-06T09:15:00Z,c1.wav,sales\n",
     )
     .unwrap();
     let local = d.dir.path();
