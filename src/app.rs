@@ -432,15 +432,15 @@ fn reload(
         "[http] listen, TLS on or off, connection limits, header_timeout or max_json_bytes",
         listener_reads(&new) != listener_reads(&old),
     );
-    // A renewed certificate is served from the next handshake. Last of the checks: once it is
-    // in force, so is the rest.
+    // A renewed certificate is served from the next handshake. One that cannot be read keeps
+    // the one in force, and refuses nothing else: a tenant's change or a key's removal must
+    // not wait for a certificate.
     if let (Some(certificates), Some((cert, key))) = (
         http.and_then(|h| h.certificates.as_ref()),
         new.http.as_ref().and_then(|h| h.tls.as_ref()),
-    ) {
-        certificates
-            .reload(cert, key)
-            .map_err(|e| vec![format!("[http] tls_cert and tls_key: {e}")])?;
+    ) && let Err(e) = certificates.reload(cert, key)
+    {
+        tracing::error!("[http] tls_cert and tls_key not reloaded, the certificate in force stays: {e}");
     }
     let count = new.tenants.len();
     let new = Arc::new(new);

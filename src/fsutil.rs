@@ -238,7 +238,6 @@ fn hash_copy(mut reader: impl Read, mut out: impl Write) -> io::Result<(u64, [u8
     Ok((total, hasher.finalize().into()))
 }
 
-/// Size and sha256 of everything `reader` yields.
 /// Opens `path` for reading, never through a link (the archive's files, found by a path the
 /// catalog recorded).
 pub fn open_nofollow(path: &Path) -> io::Result<File> {
@@ -249,6 +248,7 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Size and sha256 of everything `reader` yields.
 pub fn hash_reader(reader: impl Read) -> io::Result<(u64, [u8; 32])> {
     hash_copy(reader, io::sink())
 }

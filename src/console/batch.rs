@@ -57,7 +57,7 @@ pub async fn upload(
     let bad = |e: axum::extract::multipart::MultipartError| PageError::new(StatusCode::BAD_REQUEST, e.body_text());
     // The CSRF field comes first, so nothing is stored for a forged form.
     let csrf = match form.next_field().await.map_err(bad)? {
-        Some(f) if f.name() == Some("csrf") => f.text().await.map_err(bad)?,
+        Some(f) if f.name() == Some("csrf") => small_text(f).await?,
         _ => String::new(),
     };
     session.check_form(&headers, &csrf)?;
@@ -73,7 +73,14 @@ pub async fn upload(
     let stored: Result<(), PageError> = async {
         while let Some(field) = form.next_field().await.map_err(bad)? {
             if field.name() == Some("tenant") && session.is_admin() {
-                let raw = field.text().await.map_err(bad)?;
+                // Chosen before the files: they are counted and stored as its.
+                if !written.is_empty() {
+                    return Err(PageError::new(
+                        StatusCode::BAD_REQUEST,
+                        "The tenant comes before the files.",
+                    ));
+                }
+                let raw = small_text(field).await?;
                 tenant = Some(TenantId::parse(raw.trim()).map_err(|e| PageError::new(StatusCode::BAD_REQUEST, e))?);
                 continue;
             }
@@ -131,6 +138,22 @@ pub async fn upload(
         .map_err(|e| PageError::new(e.status, e.error))?;
     tracing::info!(tenant = %owner, upload = %upload, files = count, "batch uploaded (console)");
     Ok(Redirect::to(&format!("/console/upload/{owner}/{upload}")))
+}
+
+/// A short text field (a token, a tenant id), read no further than 256 bytes.
+pub async fn small_text(mut field: axum::extract::multipart::Field<'_>) -> Result<String, PageError> {
+    let mut value = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| PageError::new(StatusCode::BAD_REQUEST, e.body_text()))?
+    {
+        if value.len() + chunk.len() > 256 {
+            return Err(PageError::new(StatusCode::BAD_REQUEST, "A form field is too long."));
+        }
+        value.extend_from_slice(&chunk);
+    }
+    String::from_utf8(value).map_err(|_| PageError::new(StatusCode::BAD_REQUEST, "A form field is not text."))
 }
 
 /// Where a file of the batch goes: `api/<upload>/<its own name>`, if that is a name we take.

@@ -217,18 +217,33 @@ pub async fn retry(
     session.check_form(&headers, &form.csrf)?;
     let (catalog, scope) = (s.catalog.clone(), session.tenant().map(ToString::to_string));
     let grace = s.http.config.get().matching.grace.as_millis() as i64;
-    blocking(move || {
+    let retried = blocking(move || {
         let Some(detail) = catalog.console().call(id, scope.as_deref())? else {
-            return Ok(0);
+            return Ok(None);
         };
-        catalog.reports().retry(
-            Some(&detail.call.tenant),
-            detail.call.conversation_id.as_deref(),
-            crate::catalog::now_ms(),
-            grace,
-        )
+        // Only this conversation, and only if a retry can change it (a rejected row has no id,
+        // and a retry without one would take every failed conversation of the tenant).
+        let call = &detail.call;
+        let (Some(conversation), "failed" | "expired") = (call.conversation_id.as_deref(), call.state.as_str()) else {
+            return Ok(Some(0));
+        };
+        let now = crate::catalog::now_ms();
+        catalog
+            .reports()
+            .retry(Some(&call.tenant), Some(conversation), now, grace)
+            .map(Some)
     })
     .await?;
+    match retried {
+        None => return Err(PageError::not_found()),
+        Some(0) => {
+            return Err(PageError::new(
+                StatusCode::CONFLICT,
+                "Only a failed or expired call can be retried.",
+            ));
+        }
+        Some(_) => {}
+    }
     Ok(Redirect::to(&format!("/console/calls/{id}")))
 }
 
@@ -272,17 +287,14 @@ pub async fn audio(
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| byte_range(v, size));
+        .map_or(Range::Whole, |v| byte_range(v, size));
     let (status, start, len) = match range {
-        Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-        None if headers.contains_key(header::RANGE) && size > 0 => {
-            return Ok((
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                [(header::CONTENT_RANGE, format!("bytes */{size}"))],
-            )
-                .into_response());
+        Range::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        Range::Unsatisfiable => {
+            let unsatisfiable = [(header::CONTENT_RANGE, format!("bytes */{size}"))];
+            return Ok((StatusCode::RANGE_NOT_SATISFIABLE, unsatisfiable).into_response());
         }
-        None => (StatusCode::OK, 0, size),
+        Range::Whole => (StatusCode::OK, 0, size),
     };
     file.seek(SeekFrom::Start(start)).map_err(PageError::internal)?;
     let stream = tokio_util::io::ReaderStream::new(tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len));
@@ -310,20 +322,46 @@ pub async fn audio(
     Ok(response)
 }
 
-/// One range of `bytes=a-b`, `bytes=a-` or `bytes=-n` within `size`; `None` if none fits.
-pub fn byte_range(header: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = header.strip_prefix("bytes=")?.split(',').next()?.trim();
-    let (a, b) = spec.split_once('-')?;
-    let last = size.checked_sub(1)?;
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().ok()?;
-            (size.saturating_sub(n), last)
-        }
-        (a, "") => (a.parse().ok()?, last),
-        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(last)),
+/// What a `Range` header asks of a file (RFC 9110 §14).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Range {
+    /// Bytes `a` to `b`, both included.
+    Part(u64, u64),
+    /// A well-formed range that starts past the end: 416.
+    Unsatisfiable,
+    /// None, or one we do not read (another unit, malformed): the whole file, as RFC 9110 says.
+    Whole,
+}
+
+/// The first range of `bytes=a-b`, `bytes=a-` or `bytes=-n`, against a file of `size` bytes.
+pub fn byte_range(header: &str, size: u64) -> Range {
+    let Some(spec) = header.strip_prefix("bytes=").and_then(|s| s.split(',').next()) else {
+        return Range::Whole;
     };
-    (start <= end && start <= last).then_some((start, end))
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Range::Whole;
+    };
+    let number = |t: &str| t.trim().parse::<u64>().ok();
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => match number(n) {
+            Some(0) => return Range::Unsatisfiable,
+            Some(n) => (size.saturating_sub(n), size.saturating_sub(1)),
+            None => return Range::Whole,
+        },
+        (a, "") => match number(a) {
+            Some(a) => (a, size.saturating_sub(1)),
+            None => return Range::Whole,
+        },
+        (a, b) => match (number(a), number(b)) {
+            (Some(a), Some(b)) if a <= b => (a, b.min(size.saturating_sub(1))),
+            _ => return Range::Whole,
+        },
+    };
+    if size == 0 || start >= size {
+        Range::Unsatisfiable
+    } else {
+        Range::Part(start, end)
+    }
 }
 
 fn media_type(name: &str) -> &'static str {
@@ -344,17 +382,21 @@ fn media_type(name: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::byte_range;
+    use super::{Range, byte_range};
 
     #[test]
     fn ranges_are_read_as_browsers_send_them() {
-        assert_eq!(byte_range("bytes=0-", 100), Some((0, 99)));
-        assert_eq!(byte_range("bytes=10-19", 100), Some((10, 19)));
-        assert_eq!(byte_range("bytes=90-200", 100), Some((90, 99)));
-        assert_eq!(byte_range("bytes=-10", 100), Some((90, 99)));
-        assert_eq!(byte_range("bytes=100-", 100), None);
-        assert_eq!(byte_range("bytes=5-4", 100), None);
-        assert_eq!(byte_range("bytes=0-", 0), None);
-        assert_eq!(byte_range("items=0-1", 100), None);
+        assert_eq!(byte_range("bytes=0-", 100), Range::Part(0, 99));
+        assert_eq!(byte_range("bytes=10-19", 100), Range::Part(10, 19));
+        assert_eq!(byte_range("bytes=90-200", 100), Range::Part(90, 99));
+        assert_eq!(byte_range("bytes=-10", 100), Range::Part(90, 99));
+        assert_eq!(byte_range("bytes=-500", 100), Range::Part(0, 99));
+        assert_eq!(byte_range("bytes=100-", 100), Range::Unsatisfiable);
+        assert_eq!(byte_range("bytes=0-", 0), Range::Unsatisfiable);
+        // What is not a range we read is answered with the whole file (RFC 9110).
+        assert_eq!(byte_range("bytes=5-4", 100), Range::Whole);
+        assert_eq!(byte_range("items=0-1", 100), Range::Whole);
+        assert_eq!(byte_range("bytes=x-", 100), Range::Whole);
+        assert_eq!(byte_range("bytes=99999999999999999999-", 100), Range::Whole);
     }
 }

@@ -43,6 +43,12 @@ pub struct ConsoleState {
 }
 
 impl ConsoleState {
+    /// `[http] public_url`: where browsers reach the console.
+    fn public_url(&self) -> String {
+        let config = self.http.config.get();
+        config.http.as_ref().map(|h| h.public_url.clone()).unwrap_or_default()
+    }
+
     /// Cookies only over HTTPS when the console is served over it.
     fn secure_cookies(&self) -> bool {
         let config = self.http.config.get();
@@ -72,7 +78,13 @@ pub fn routes(state: ConsoleState) -> Router {
         .route("/console/calls/{id}", get(calls::one))
         .route("/console/calls/{id}/retry", post(calls::retry))
         .route("/console/audio/{tenant}/{file}", get(calls::audio))
-        .route("/console/upload", get(batch::form).post(batch::upload))
+        // The batch's files stream, each within `max_upload_bytes`, not the JSON limit.
+        .route(
+            "/console/upload",
+            get(batch::form)
+                .post(batch::upload)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/console/upload/{tenant}/{upload}", get(batch::result))
         .route("/console/static/console.css", get(style))
         .route("/console/static/console.js", get(script))

@@ -63,7 +63,7 @@ pub async fn sample(
     let bad = |e: axum::extract::multipart::MultipartError| PageError::new(StatusCode::BAD_REQUEST, e.body_text());
     // The CSRF field comes first, so nothing of the file is read for a forged form.
     let csrf = match form.next_field().await.map_err(bad)? {
-        Some(f) if f.name() == Some("csrf") => f.text().await.map_err(bad)?,
+        Some(f) if f.name() == Some("csrf") => super::batch::small_text(f).await?,
         _ => String::new(),
     };
     session.check_form(&headers, &csrf)?;
@@ -239,7 +239,7 @@ pub async fn create(
                     dt { "Host key fingerprints" }
                     dd { ul.plain { @for f in &onboarded.host_key_fingerprints { li { code.fingerprint { (f) } } } } }
                     dt { "Upload API token" }
-                    dd { code #api-token { (token) } p.hint { "Shown once: keep it now. It is stored hashed." } }
+                    dd { code #api-token { (token) } p.hint { "Shown once: keep it now (it is kept in tenants.d/" (id) ".tokens, mode 0600)." } }
                 }
             }
             (steps(3))

@@ -19,6 +19,8 @@ use crate::ingress::http::tokens::{Caller, hash};
 use crate::tenant::TenantId;
 
 const COOKIE: &str = "dropsync_session";
+/// Over HTTPS: a cookie only this host may set (no sibling subdomain can plant one).
+const SECURE_COOKIE: &str = "__Host-dropsync_session";
 /// A session lasts a working day.
 const LIFETIME_SECS: i64 = 12 * 3600;
 
@@ -28,6 +30,8 @@ pub struct Session {
     pub caller: Caller,
     /// Every form's hidden `csrf` field.
     pub csrf: String,
+    /// `[http] public_url`: an origin the forms may come from besides the request's host.
+    public_url: String,
 }
 
 impl Session {
@@ -57,7 +61,7 @@ impl Session {
 
     /// Checks a form's CSRF token, and that the browser did not send it from another site.
     pub fn check_form(&self, headers: &HeaderMap, presented: &str) -> Result<(), PageError> {
-        same_site(headers)?;
+        same_site(headers, &self.public_url)?;
         if bool::from(self.csrf.as_bytes().ct_eq(presented.as_bytes())) {
             Ok(())
         } else {
@@ -69,18 +73,20 @@ impl Session {
     }
 }
 
-/// Refuses a request a browser says was made by another site.
-fn same_site(headers: &HeaderMap) -> Result<(), PageError> {
+/// Refuses a request a browser says was made by another site: its `Origin` must be the host it
+/// asked (`Host`), or `public_url`'s (behind a proxy that rewrites `Host`).
+fn same_site(headers: &HeaderMap, public_url: &str) -> Result<(), PageError> {
     let refused = || PageError::new(StatusCode::FORBIDDEN, "Refused: the request came from another site.");
     let value = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     if value("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none") {
         return Err(refused());
     }
-    if let (Some(origin), Some(host)) = (value("origin"), value("host"))
-        && origin != "null"
-        && origin.split_once("://").map(|(_, h)| h) != Some(host)
-    {
-        return Err(refused());
+    let host_of = |url: &str| url.split_once("://").map(|(_, h)| h.trim_end_matches('/').to_owned());
+    if let Some(origin) = value("origin").filter(|o| *o != "null") {
+        let origin = host_of(origin);
+        if origin.is_none() || (origin.as_deref() != value("host") && origin != host_of(public_url)) {
+            return Err(refused());
+        }
     }
     Ok(())
 }
@@ -99,7 +105,12 @@ fn read_cookie(headers: &HeaderMap, state: &ConsoleState) -> Option<Session> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))?;
+        .find_map(|c| {
+            let c = c.trim();
+            c.strip_prefix(SECURE_COOKIE)
+                .or_else(|| c.strip_prefix(COOKIE))?
+                .strip_prefix('=')
+        })?;
     let mut parts = value.split('.');
     let (token_hash, csrf, expires, signature) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let expires: i64 = expires.parse().ok()?;
@@ -124,6 +135,7 @@ fn read_cookie(headers: &HeaderMap, state: &ConsoleState) -> Option<Session> {
     Some(Session {
         caller,
         csrf: csrf.to_owned(),
+        public_url: state.public_url(),
     })
 }
 
@@ -158,7 +170,7 @@ pub async fn sign_in(
     headers: HeaderMap,
     form: axum::Form<SignIn>,
 ) -> Result<Response, PageError> {
-    same_site(&headers)?;
+    same_site(&headers, &state.public_url())?;
     let peer = peer.map(|p| p.0.0.ip());
     let caller = match state.http.sign_in(peer, Some(form.token.trim())) {
         Ok(caller) => caller,
@@ -173,9 +185,13 @@ pub async fn sign_in(
     let expires = chrono::Utc::now().timestamp() + LIFETIME_SECS;
     let target = format!("{token_hash}.{csrf}");
     let signature = state.signer.sign_for(Purpose::Session, &target, expires);
-    let secure = if state.secure_cookies() { "; Secure" } else { "" };
+    let (name, secure) = if state.secure_cookies() {
+        (SECURE_COOKIE, "; Secure")
+    } else {
+        (COOKIE, "")
+    };
     let cookie = format!(
-        "{COOKIE}={target}.{expires}.{signature}; Path=/; HttpOnly; SameSite=Strict; Max-Age={LIFETIME_SECS}{secure}"
+        "{name}={target}.{expires}.{signature}; Path=/; HttpOnly; SameSite=Strict; Max-Age={LIFETIME_SECS}{secure}"
     );
     tracing::info!(who = ?caller, "console sign-in");
     let mut answer = Redirect::to("/console/").into_response();
@@ -195,9 +211,13 @@ pub struct CsrfOnly {
 pub async fn sign_out(session: Session, headers: HeaderMap, form: axum::Form<CsrfOnly>) -> Result<Response, PageError> {
     session.check_form(&headers, &form.csrf)?;
     let mut answer = Redirect::to("/console/login").into_response();
-    answer.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("dropsync_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    for gone in [
+        "dropsync_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        "__Host-dropsync_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0; Secure",
+    ] {
+        answer
+            .headers_mut()
+            .append(header::SET_COOKIE, HeaderValue::from_static(gone));
+    }
     Ok(answer)
 }

@@ -121,8 +121,9 @@ fn uploads_left_by_a_crash_are_completed_or_removed_at_start() {
     assert!(!drop_dir.join("x2.wav").exists());
 }
 
-/// Entries of the zip in the crash test: recordings of 20 to 60 KB.
-const ZIP_ENTRIES: usize = 600;
+/// Entries of the zip in the crash test: recordings of 8 to 24 KB. Enough of them that the
+/// unpack outlasts the test's look at the log (every 20 ms) by far, so each kill lands mid-way.
+const ZIP_ENTRIES: usize = 1500;
 
 /// Starts `d` and kills it (`kill -9`) as soon as the log shows `line` once more than before.
 fn kill_at(d: &mut Daemon, line: &str) {
@@ -148,7 +149,7 @@ fn a_zip_unpacked_across_kill_9s_loses_and_duplicates_no_entry() {
     let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for i in 0..ZIP_ENTRIES {
         let id = format!("Z-{i:04}");
-        let bytes = audio(&id, rng.usize(20_000..60_000));
+        let bytes = audio(&id, rng.usize(8_000..24_000));
         w.start_file(format!("{id}.wav"), opts).unwrap();
         std::io::Write::write_all(&mut w, &bytes).unwrap();
         csv.push_str(&csv_row(&id, &format!("{id}.wav")));

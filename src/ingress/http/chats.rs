@@ -10,13 +10,13 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use super::TenantCaller;
 use super::calls::UploadState;
 use super::error::{ApiError, ErrorBody};
-use super::fields::{json_field, local_time, request_fields, required, text};
+use super::fields::{conversation_id, json_field, local_time, request_fields, required, text};
 use super::upload::{file_stem, new_upload_id, one_row_file, place_all, tenant_row};
 use crate::dropbox::RelPath;
 use crate::matching::TRANSCRIPT_SUFFIX;
@@ -62,7 +62,7 @@ pub async fn post_chat(
         return Err(e);
     };
     let upload = new_upload_id();
-    let conversation_id = text(&metadata, "conversation_id").map_or_else(|| format!("chat-{upload}"), str::to_owned);
+    let conversation_id = conversation_id(&metadata)?.unwrap_or_else(|| format!("chat-{upload}"));
     let stem = file_stem(&t.mapping, &conversation_id)?;
     let transcript = format!("{stem}{TRANSCRIPT_SUFFIX}");
     let mut row = tenant_row(&metadata, &KNOWN, &t.mapping, &conversation_id, &agent, at);
@@ -125,10 +125,12 @@ fn messages(chats: Option<Value>, tz: chrono_tz::Tz, problems: &mut Vec<String>)
         if m.get("language").is_some_and(|l| !l.is_string()) {
             wrong("language: not text".into());
         }
-        match time_utc(&m, tz) {
-            Some(t) => {
+        let time = text(&m, "time").map(|t| time_utc(t, tz));
+        match time {
+            Some(Some(t)) => {
                 m.insert("time".into(), t.into());
             }
+            Some(None) => wrong(format!("time: not {WHEN}")),
             None => wrong(format!("time: required ({WHEN})")),
         }
         out.push(Value::Object(m));
@@ -136,13 +138,16 @@ fn messages(chats: Option<Value>, tz: chrono_tz::Tz, problems: &mut Vec<String>)
     out
 }
 
-/// A message's time as an ISO 8601 instant in UTC (a wall-clock time is the tenant's).
-fn time_utc(m: &Map<String, Value>, tz: chrono_tz::Tz) -> Option<String> {
+/// A message's time as an ISO 8601 instant in UTC: an instant as it is, a wall-clock time as
+/// the tenant's (in the hour a DST change repeats, the earlier).
+fn time_utc(text: &str, tz: chrono_tz::Tz) -> Option<String> {
     use chrono::TimeZone;
-    let local = local_time(text(m, "time")?, tz)?;
-    let at = tz.from_local_datetime(&local).earliest()?;
-    Some(
-        at.with_timezone(&chrono::Utc)
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    )
+    let at = match crate::matching::parse_time(text, None, tz) {
+        Ok(at) => at,
+        Err(_) => tz
+            .from_local_datetime(&local_time(text, tz)?)
+            .earliest()?
+            .with_timezone(&chrono::Utc),
+    };
+    Some(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }

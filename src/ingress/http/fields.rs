@@ -69,6 +69,17 @@ pub fn json_field(fields: &Map<String, Value>, key: &str) -> Result<Option<Value
     }
 }
 
+/// The `conversation_id` a client gave, if any: text, or a number as written.
+pub fn conversation_id(fields: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match fields.get("conversation_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::String(t)) if t.trim().is_empty() => Ok(None),
+        Some(Value::String(t)) => Ok(Some(t.trim().to_owned())),
+        Some(_) => Err(ApiError::bad_request("conversation_id: not text")),
+    }
+}
+
 /// A field's text, if it has any.
 pub fn text<'a>(fields: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     fields

@@ -2,7 +2,7 @@
 //! its key; HTTP/2 and HTTP/1.1 offered by ALPN. The pair is read again on every reload
 //! (SIGHUP, as certbot's deploy hook sends), so a renewed certificate is served from the next
 //! handshake without a restart; a pair that cannot be read, or whose key is not the
-//! certificate's, refuses the reload and the one in force stays.
+//! certificate's, is logged and the one in force stays.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::calls::UploadState;
 use super::error::ApiError;
-use super::fields::text;
+use super::fields::conversation_id;
 use crate::arrival::file::Background;
 use crate::arrival::{Arrived, ArrivingFile, Batch, Placement, Replace, Via, WriteStop};
 use crate::dropbox::RelPath;
@@ -83,7 +83,7 @@ pub async fn await_recording(
     at: chrono::NaiveDateTime,
 ) -> Result<(String, String), ApiError> {
     let upload = new_upload_id();
-    let conversation_id = text(fields, "conversation_id").map_or_else(|| format!("api-{upload}"), str::to_owned);
+    let conversation_id = conversation_id(fields)?.unwrap_or_else(|| format!("api-{upload}"));
     let stem = file_stem(mapping, &conversation_id)?;
     let row = tenant_row(fields, consumed, mapping, &conversation_id, agent, at);
     let call = PendingCall {
@@ -106,10 +106,14 @@ pub fn new_upload_id() -> String {
 /// the tenant's mapping finds a recording by the conversation id or the id by a file's stem.
 /// Otherwise a digest of the id, which is as stable.
 pub fn file_stem(mapping: &Mapping, conversation_id: &str) -> Result<String, ApiError> {
+    // `;` separates a row's recordings; `<id>.json` must stay a metadata file's name.
     let usable = !conversation_id.is_empty()
         && conversation_id.len() <= 200
         && !conversation_id.starts_with('.')
-        && !conversation_id.chars().any(|c| c == '/' || c == '\\' || c.is_control());
+        && !conversation_id
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c == ';' || c.is_control())
+        && !crate::matching::is_transcript(&format!("{conversation_id}.json"));
     if usable {
         return Ok(conversation_id.to_owned());
     }
@@ -121,8 +125,9 @@ pub fn file_stem(mapping: &Mapping, conversation_id: &str) -> Result<String, Api
         ));
     }
     Err(ApiError::bad_request(
-        "conversation_id: cannot name a file (a slash, a leading dot, control characters or over \
-         200 bytes), and this tenant's mapping finds recordings by the conversation id",
+        "conversation_id: cannot name a file (a slash, a semicolon, a leading dot, control characters, \
+         a .transcript ending or over 200 bytes), and this tenant's mapping finds recordings by the \
+         conversation id",
     ))
 }
 
@@ -223,7 +228,8 @@ pub fn one_row_file(row: Map<String, Value>) -> Result<Vec<u8>, ApiError> {
 /// Writes each of `small` (a call's metadata, a transcript: bytes already in memory) in the
 /// tenant's folder, makes them and `received` durable as one batch, and announces them in that
 /// order (recordings before the metadata that names them, the fast path): the
-/// SHA-256 (hex) of each by file name. Nothing of them is left if it fails.
+/// SHA-256 (hex) of each by file name. Nothing of them is left if writing fails; if putting some
+/// in place fails, those that were put in place are announced, and the answer is the failure.
 pub async fn place_all(
     s: &UploadState,
     tenant: &TenantId,
@@ -256,12 +262,11 @@ pub async fn place_all(
     })
     .await
     .map_err(|e| ApiError::internal("storing the upload failed", e))??;
-    if let Some((rel, e)) = placed.failed.first() {
-        return Err(ApiError::internal(
-            "storing the upload failed",
-            format!("{}: {e}", rel.as_str()),
-        ));
-    }
+    // What was put in place is announced even if some of it failed: it is in the folder.
+    let failed = placed
+        .failed
+        .first()
+        .map(|(rel, e)| ApiError::internal("storing the upload failed", format!("{}: {e}", rel.as_str())));
     let mut digests = Vec::new();
     for p in placed.placed {
         if let Some(d) = &p.digest {
@@ -277,7 +282,10 @@ pub async fn place_all(
             }))
             .await;
     }
-    Ok(digests)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(digests),
+    }
 }
 
 /// One small file written (not yet durable) under the tenant's quota.
@@ -457,5 +465,30 @@ fn sniff(head: &[u8]) -> &'static str {
         "mp3"
     } else {
         "bin"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_named_after_the_conversation_when_it_can_name_one() {
+        let both = Mapping::default();
+        assert_eq!(file_stem(&both, "C-1").unwrap(), "C-1");
+        // Ids that cannot name a file, or would be read as something else, are named by digest.
+        for id in ["a/b", "x.Transcript", "c;d", ".hidden", &"é".repeat(101)] {
+            let stem = file_stem(&both, id).unwrap();
+            assert!(stem.starts_with("id-") && stem.len() == 35, "{id}: {stem}");
+            assert_eq!(stem, file_stem(&both, id).unwrap(), "the same every time");
+        }
+        // Where the mapping finds the recording by the id itself, such an id is refused.
+        let by_id = Mapping {
+            recording: None,
+            ..Mapping::default()
+        };
+        assert_eq!(file_stem(&by_id, "C-1").unwrap(), "C-1");
+        assert!(file_stem(&by_id, "c;d").is_err());
+        assert!(file_stem(&by_id, "x.transcript").is_err());
     }
 }
