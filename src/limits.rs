@@ -112,6 +112,14 @@ impl Limits {
             });
             metrics::gauge!("dropsync_tenant_held_bytes", "tenant" => id.to_owned()).set(bytes as f64);
             metrics::gauge!("dropsync_tenant_held_files", "tenant" => id.to_owned()).set(files as f64);
+            // Beside what it holds, so that an alert can say "near its quota".
+            let quota = self.quota(id);
+            if let Some(max) = quota.bytes {
+                metrics::gauge!("dropsync_tenant_quota_bytes", "tenant" => id.to_owned()).set(max as f64);
+            }
+            if let Some(max) = quota.files {
+                metrics::gauge!("dropsync_tenant_quota_files", "tenant" => id.to_owned()).set(max as f64);
+            }
         }
         started.elapsed()
     }

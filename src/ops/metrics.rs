@@ -75,6 +75,10 @@ async fn answer(
         "/metrics" => {
             record_states(&catalog).await;
             record_minutes(&catalog, &config).await;
+            // What the systemd watchdog is told, for a dashboard and an alert.
+            let catalog_ok = catalog.run(|c| c.forward_queue().next_due()).await.is_ok();
+            let healthy = catalog_ok && liveness.check().is_ok();
+            metrics::gauge!("dropsync_healthy").set(if healthy { 1.0 } else { 0.0 });
             ("200 OK", "text/plain; version=0.0.4", handle.render())
         }
         "/healthz" => {

@@ -13,6 +13,7 @@ mod isolation;
 mod jsch;
 mod minutes;
 mod ops;
+mod packaging;
 mod pipeline;
 mod poison;
 mod quota;

@@ -322,6 +322,9 @@ impl Poller {
     }
 
     async fn record(&self, poll: &PollRecord) {
+        // For an alert on a source no longer polled (contrib/prometheus/alerts.yml).
+        metrics::gauge!("dropsync_ftp_last_poll_timestamp_seconds", "tenant" => self.tenant.to_string(), "source" => self.source.url.to_string())
+            .set(now_ms() as f64 / 1000.0);
         let (key, tenant, url, poll) = (
             self.key.clone(),
             self.tenant.to_string(),
