@@ -27,6 +27,8 @@ pub struct Daemon {
     pub config: PathBuf,
     child: Option<Child>,
     pub sftp_port: u16,
+    /// The binary `start` runs: this build's, unless a test runs another (an upgrade's).
+    pub bin: PathBuf,
 }
 
 impl Daemon {
@@ -177,6 +179,7 @@ impl Daemon {
             config,
             child: None,
             sftp_port: 0,
+            bin: PathBuf::from(BIN),
         }
     }
 
@@ -210,7 +213,7 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(&self.bin)
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -285,7 +288,7 @@ impl Daemon {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(&self.bin)
             .args(args)
             .arg("--config")
             .arg(&self.config)

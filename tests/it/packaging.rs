@@ -105,6 +105,39 @@ fn run(cmd: &mut std::process::Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// This commit's .deb (the debug build, stripped), built once for the tests that need it: two
+/// builds at once would share target/deb-staging.
+fn current_deb() -> PathBuf {
+    static DEB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DEB.get_or_init(|| {
+        for tool in ["cargo-deb", "cargo-deny"] {
+            assert!(
+                std::process::Command::new(tool).arg("--version").output().is_ok(),
+                "{tool} is missing: cargo install --locked {tool} (./scripts/test does)"
+            );
+        }
+        let built = run(
+            std::process::Command::new(repo().join("scripts/deb")).env("BIN_PROFILE", "dev"),
+            "scripts/deb",
+        );
+        PathBuf::from(built.lines().last().unwrap().trim())
+    })
+    .clone()
+}
+
+/// An empty root for dpkg: its database, and a passwd and group with root alone.
+fn throwaway_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "etc"] {
+        std::fs::create_dir_all(r.join(dir)).unwrap();
+    }
+    std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(r.join("etc/group"), "root:x:0:\n").unwrap();
+    root
+}
+
 /// `dpkg` on a throwaway root: maintainer scripts run outside a chroot with `DPKG_ROOT` set, as
 /// ours and cargo-deb's lines honour it, so nothing outside that root is touched.
 fn dpkg(root: &std::path::Path, args: &[&str]) -> String {
@@ -119,17 +152,7 @@ fn dpkg(root: &std::path::Path, args: &[&str]) -> String {
 
 #[test]
 fn the_deb_holds_what_a_service_needs_installs_into_a_throwaway_root_and_purges_clean() {
-    for tool in ["cargo-deb", "cargo-deny"] {
-        assert!(
-            std::process::Command::new(tool).arg("--version").output().is_ok(),
-            "{tool} is missing: cargo install --locked {tool} (./scripts/test does)"
-        );
-    }
-    let built = run(
-        std::process::Command::new(repo().join("scripts/deb")).env("BIN_PROFILE", "dev"),
-        "scripts/deb",
-    );
-    let deb = PathBuf::from(built.lines().last().unwrap().trim());
+    let deb = current_deb();
     let files = run(
         std::process::Command::new("dpkg-deb").arg("-c").arg(&deb),
         "dpkg-deb -c",
@@ -181,14 +204,8 @@ fn the_deb_holds_what_a_service_needs_installs_into_a_throwaway_root_and_purges_
 
     // Installed into a throwaway root: the user, the folders and a first admin token are made
     // there, the unit enabled there (not started), and the host is left alone.
-    let root = tempfile::tempdir().unwrap();
+    let root = throwaway_root();
     let r = root.path();
-    for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "etc"] {
-        std::fs::create_dir_all(r.join(dir)).unwrap();
-    }
-    std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
-    std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(r.join("etc/group"), "root:x:0:\n").unwrap();
     let host_enabled = std::path::Path::new("/etc/systemd/system/multi-user.target.wants/dropsync.service");
     let enabled_before = std::fs::symlink_metadata(host_enabled).is_ok();
     dpkg(r, &["-i", deb.to_str().unwrap()]);
@@ -198,12 +215,10 @@ fn the_deb_holds_what_a_service_needs_installs_into_a_throwaway_root_and_purges_
     let state = std::fs::metadata(r.join("var/lib/dropsync")).unwrap();
     assert_ne!(state.uid(), 0, "the state folder is the service user's");
     assert_eq!(state.mode() & 0o777, 0o750);
+    let token = std::fs::read_to_string(r.join("etc/dropsync/admin.tokens")).unwrap();
     assert!(
-        std::fs::read_to_string(r.join("etc/dropsync/admin.tokens"))
-            .unwrap()
-            .trim()
-            .len()
-            >= 40
+        token.trim().len() == 43 && token.trim().chars().all(|c| c.is_ascii_alphanumeric()),
+        "{token:?}"
     );
     // The API and the console write tenants.d as the service user.
     assert_eq!(
@@ -302,4 +317,102 @@ fn the_containerfile_passes_hadolint_and_runs_as_a_user_with_a_health_check() {
         "check-config on the container's configuration",
     );
     assert!(checked.contains("ok (0 tenants)"), "{checked}");
+}
+
+/// The states of `status --json`, per tenant.
+fn states(d: &Daemon) -> serde_json::Value {
+    let out = d.cli(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    serde_json::json!({
+        "acme": status["tenants"]["acme"]["states"],
+        "beta": status["tenants"]["beta"]["states"],
+    })
+}
+
+/// Every file in the outbox with its modification time: what was written, and when.
+fn outbox_snapshot(d: &Daemon) -> std::collections::BTreeMap<PathBuf, std::time::SystemTime> {
+    walk(&d.outbox())
+        .into_iter()
+        .map(|p| {
+            let at = std::fs::metadata(&p).unwrap().modified().unwrap();
+            (p, at)
+        })
+        .collect()
+}
+
+#[test]
+fn an_upgrade_from_the_previous_release_keeps_every_conversation_and_forwards_none_again() {
+    // The previous release's package (packaged around this one's staging), and this one's.
+    let current = current_deb();
+    let previous = run(
+        &mut std::process::Command::new(repo().join("scripts/previous-release")),
+        "scripts/previous-release",
+    );
+    let previous = PathBuf::from(previous.lines().last().unwrap().trim());
+    let root = throwaway_root();
+    let r = root.path();
+    dpkg(r, &["-i", previous.to_str().unwrap()]);
+
+    // The previous release, on the package's state folder, leaves conversations in every state
+    // that lasts: forwarded, held (over a one-minute allocation), rejected, expired and
+    // failed (an injected panic, with one attempt allowed).
+    let tenants = ACME.replace("timezone = \"UTC\"\n", "timezone = \"UTC\"\nminute_allocation = 1\n")
+        + "\n[[tenants]]\nid = \"beta\"\n";
+    let mut d = Daemon::new("2s", &tenants).with_replaced("[matching]", "[limits]\nmax_attempts = 1\n[matching]");
+    std::os::unix::fs::symlink(r.join("var/lib/dropsync"), d.dir.path().join("var")).unwrap();
+    d.bin = r.join("usr/bin/dropsync");
+    d.start_with_env(&[("DROPSYNC_INJECT_PANIC", "forward:X-1")]);
+    for (id, len) in [("F-1", 16_000), ("X-1", 16_000)] {
+        d.put("acme", &format!("{id}.wav"), &audio(id, len));
+    }
+    d.put("acme", "h-1.wav", &audio("H-1", 640_000));
+    let rows = [
+        csv_row("F-1", "F-1.wav"),
+        csv_row("X-1", "X-1.wav"),
+        csv_row("E-1", "never.wav"),
+        "R-1,r@acme.example,yesterday,F-1.wav".to_owned(),
+        csv_row("H-1", "h-1.wav"),
+    ];
+    d.put(
+        "acme",
+        "batch.csv",
+        format!("{HEADER}\n{}\n", rows.join("\n")).as_bytes(),
+    );
+    wait_for("every state", Duration::from_secs(60), || {
+        let s = states(&d);
+        ["forwarded", "held", "rejected", "expired", "failed"]
+            .iter()
+            .all(|st| s["acme"][st].as_i64() == Some(1))
+    });
+    d.stop();
+    let before_states = states(&d);
+    let before_outbox = outbox_snapshot(&d);
+    assert!(!before_outbox.is_empty());
+
+    // This release over it: the catalog migrates, every conversation keeps its state, and none
+    // is forwarded again (a new one is, as a barrier that the forwarder ran).
+    dpkg(r, &["-i", current.to_str().unwrap()]);
+    let status = std::fs::read_to_string(r.join("var/lib/dpkg/status")).unwrap();
+    assert!(status.contains("Version: 0.1.0-1"), "{status}");
+    d.start();
+    d.put("beta", "n-1.wav", &audio("N-1", 16_000));
+    d.put("beta", "n.csv", beta_csv("N-1", "n-1.wav").as_bytes());
+    wait_for("the new conversation forwarded", Duration::from_secs(60), || {
+        d.forwarded().contains_key("N-1")
+    });
+    let after_states = states(&d);
+    assert_eq!(after_states["acme"], before_states["acme"]);
+    let after_outbox = outbox_snapshot(&d);
+    for (path, at) in &before_outbox {
+        assert_eq!(after_outbox.get(path), Some(at), "{} was written again", path.display());
+    }
+    assert_eq!(
+        after_outbox.len(),
+        before_outbox.len() + 2,
+        "only N-1's recording and metadata.json are new"
+    );
+    let conn = rusqlite::Connection::open(r.join("var/lib/dropsync/dropsync.db")).unwrap();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+    assert!(version >= 11, "the catalog migrated: {version}");
+    d.stop();
 }
