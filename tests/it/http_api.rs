@@ -713,6 +713,11 @@ r = requests.post(BASE + '/api/v1/chats', headers=ACME,
 assert r.status_code == 200, r.text
 made = r.json()['conversation_id']
 assert made.startswith('chat-'), r.text
+# As multipart fields (requests' files=), past 2 MB: within the JSON limit, the form is read.
+big = [{{'message': 'x' * 2500000, 'time': '06/08/2024, 09:15', 'sender': 'user'}}]
+r = requests.post(BASE + '/api/v1/chats', headers=ACME,
+                  files={{'chats': (None, json.dumps(big)), 'metadata': (None, json.dumps({{'agent': 'bob', 'date': '06/08/2024, 10:00', 'conversation_id': 'big-chat'}}))}})
+assert r.status_code == 200 and r.json()['conversation_id'] == 'big-chat', r.text
 # What is wrong is named, per message and field.
 r = requests.post(BASE + '/api/v1/chats', headers=ACME,
                   json={{'chats': [{{'message': 'x', 'time': 'soon', 'sender': 'user'}}, {{'message': 'y', 'time': '06/08/2024, 09:15', 'sender': 'cat'}}],
@@ -749,7 +754,8 @@ print(made)
         CHAT_1 = chat_1()
     );
     let made = requests(port, &script).trim().to_owned();
-    let forwarded = d.wait_forwarded(4, Duration::from_secs(60));
+    let forwarded = d.wait_forwarded(5, Duration::from_secs(60));
+    assert!(forwarded.contains_key("big-chat"), "{forwarded:?}");
     let doc = &forwarded["chat-1"];
     assert_eq!(doc["recordings"], serde_json::json!([]), "{doc}");
     assert_eq!(doc["contact_time"], "2024-08-06T09:15:00Z", "{doc}");

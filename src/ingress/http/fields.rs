@@ -3,8 +3,7 @@
 //! required one parsed with its problem named, and a date-time as the platforms write it.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Multipart};
-use axum::http::{HeaderMap, Request, header};
+use axum::http::{HeaderMap, header};
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use serde_json::{Map, Value};
 
@@ -37,15 +36,12 @@ pub async fn request_fields(headers: &HeaderMap, body: Bytes) -> Result<Map<Stri
 }
 
 async fn multipart_fields(kind: &str, body: Bytes) -> Result<Map<String, Value>, ApiError> {
-    let request = Request::builder()
-        .header(header::CONTENT_TYPE, kind)
-        .body(axum::body::Body::from(body))
-        .map_err(|e| ApiError::bad_request(format!("the form cannot be read: {e}")))?;
-    let mut form = Multipart::from_request(request, &())
-        .await
-        .map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let bad =
-        |e: axum::extract::multipart::MultipartError| ApiError::bad_request(format!("the form cannot be read: {e}"));
+    let bad = |e: multer::Error| ApiError::bad_request(format!("the form cannot be read: {e}"));
+    let boundary = multer::parse_boundary(kind).map_err(bad)?;
+    // The body is whole already, within max_json_bytes: the form is read within it (axum's
+    // extractor would hold it to its own 2 MB).
+    let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
     let mut fields = Map::new();
     while let Some(field) = form.next_field().await.map_err(bad)? {
         if fields.len() >= MAX_FIELDS {
