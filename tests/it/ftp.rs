@@ -552,6 +552,12 @@ fn sighup_starts_and_stops_pollers_and_metrics_count_polls() {
         "{body}"
     );
     assert!(polls() >= 1.0, "{body}");
+    let last_poll = |body: &str| sample(body, &["dropsync_ftp_last_poll_timestamp_seconds{", "tenant=\"acme\""]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(last_poll(&body).is_some_and(|t| (now - t).abs() < 120.0), "{body}");
 
     // Removed from the config: its poller stops.
     std::fs::write(&d.config, &base).unwrap();
@@ -566,6 +572,9 @@ fn sighup_starts_and_stops_pollers_and_metrics_count_polls() {
     });
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(polls(), last, "still polling after the source was removed");
+    // Its last poll is cleared, so that no alert says it stopped being polled.
+    let (_, body) = http_get(port, "/metrics");
+    assert!(last_poll(&body).is_some_and(f64::is_nan), "{body}");
 }
 
 #[test]

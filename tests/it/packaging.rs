@@ -140,14 +140,37 @@ fn throwaway_root() -> tempfile::TempDir {
 
 /// `dpkg` on a throwaway root: maintainer scripts run outside a chroot with `DPKG_ROOT` set, as
 /// ours and cargo-deb's lines honour it, so nothing outside that root is touched.
+/// On a host that runs systemd, the lines cargo-deb adds would reach it (they look for
+/// /run/systemd/system, not at DPKG_ROOT): dpkg then runs in a mount namespace of its own with
+/// an empty /run/systemd.
 fn dpkg(root: &std::path::Path, args: &[&str]) -> String {
-    run(
-        std::process::Command::new("dpkg")
-            .arg(format!("--root={}", root.display()))
-            .args(["--force-script-chrootless", "--force-depends", "--log=/dev/null"])
-            .args(args),
-        &format!("dpkg {args:?}"),
-    )
+    let mut dpkg = vec![
+        "dpkg".to_owned(),
+        format!("--root={}", root.display()),
+        "--force-script-chrootless".into(),
+        "--force-depends".into(),
+        "--log=/dev/null".into(),
+    ];
+    dpkg.extend(args.iter().map(|a| a.to_string()));
+    let mut cmd = if std::path::Path::new("/run/systemd/system").exists() {
+        let mut c = std::process::Command::new("unshare");
+        c.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /run/systemd && exec \"$@\"",
+            "sh",
+        ]);
+        c.args(&dpkg);
+        c
+    } else {
+        let mut c = std::process::Command::new(&dpkg[0]);
+        c.args(&dpkg[1..]);
+        c
+    };
+    run(&mut cmd, &format!("dpkg {args:?}"))
 }
 
 #[test]
@@ -176,7 +199,13 @@ fn the_deb_holds_what_a_service_needs_installs_into_a_throwaway_root_and_purges_
         std::process::Command::new("dpkg-deb").arg("-I").arg(&deb),
         "dpkg-deb -I",
     );
-    for wanted in ["conffiles", "postinst", "postrm", "prerm", "Depends: adduser, libc6"] {
+    for wanted in [
+        "conffiles",
+        "postinst",
+        "postrm",
+        "prerm",
+        "systemd | systemd-standalone-sysusers",
+    ] {
         assert!(info.contains(wanted), "{wanted}:\n{info}");
     }
     let control = tempfile::tempdir().unwrap();
@@ -233,6 +262,11 @@ fn the_deb_holds_what_a_service_needs_installs_into_a_throwaway_root_and_purges_
         enabled_before,
         "the host was touched"
     );
+    let unit = std::fs::read_to_string(r.join("usr/lib/systemd/system/dropsync.service")).unwrap();
+    assert!(
+        unit.contains("\nExecStart=/usr/bin/dropsync run --config /etc/dropsync/dropsync.toml\n"),
+        "{unit}"
+    );
     let checked = run(
         std::process::Command::new(r.join("usr/bin/dropsync"))
             .args(["check-config", "--config"])
@@ -269,6 +303,12 @@ fn the_deb_holds_what_a_service_needs_installs_into_a_throwaway_root_and_purges_
         .arg(&deb)
         .output()
         .expect("lintian is missing: apt-get install lintian (./scripts/test does)");
+    // lintian exits 1 for an error tag (none are allowed), 2 when it could not run.
+    assert!(
+        out.status.code() == Some(0),
+        "lintian: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tags: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains(": dropsync: "))
@@ -300,7 +340,8 @@ fn the_containerfile_passes_hadolint_and_runs_as_a_user_with_a_health_check() {
         "USER 10001:10001",
         "VOLUME [\"/var/lib/dropsync\"]",
         "EXPOSE 2022 8080 9464",
-        "/healthz",
+        "http://127.0.0.1:9464/healthz",
+        "ln -s /var/lib/dropsync/tenants.d /etc/dropsync/tenants.d",
     ] {
         assert!(runtime.contains(wanted), "{wanted} missing from the runtime stage");
     }
@@ -317,6 +358,17 @@ fn the_containerfile_passes_hadolint_and_runs_as_a_user_with_a_health_check() {
         "check-config on the container's configuration",
     );
     assert!(checked.contains("ok (0 tenants)"), "{checked}");
+    assert!(
+        std::fs::read_to_string(repo().join("packaging/container.toml"))
+            .unwrap()
+            .contains("[metrics]\nlisten = \"0.0.0.0:9464\""),
+        "the health check asks the metrics listener"
+    );
+    let ignored = std::fs::read_to_string(repo().join(".containerignore")).unwrap();
+    assert!(
+        ignored.lines().any(|l| l == "target/"),
+        "the build context leaves out target/"
+    );
 }
 
 /// The states of `status --json`, per tenant.
@@ -385,6 +437,12 @@ fn an_upgrade_from_the_previous_release_keeps_every_conversation_and_forwards_no
             .all(|st| s["acme"][st].as_i64() == Some(1))
     });
     d.stop();
+    let schema = || {
+        let conn = rusqlite::Connection::open(r.join("var/lib/dropsync/dropsync.db")).unwrap();
+        conn.query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
+            .unwrap()
+    };
+    assert_eq!(schema(), 10, "the previous release's catalog");
     let before_states = states(&d);
     let before_outbox = outbox_snapshot(&d);
     assert!(!before_outbox.is_empty());
@@ -411,8 +469,6 @@ fn an_upgrade_from_the_previous_release_keeps_every_conversation_and_forwards_no
         before_outbox.len() + 2,
         "only N-1's recording and metadata.json are new"
     );
-    let conn = rusqlite::Connection::open(r.join("var/lib/dropsync/dropsync.db")).unwrap();
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-    assert!(version >= 11, "the catalog migrated: {version}");
+    assert_eq!(schema(), 11, "the catalog migrated");
     d.stop();
 }

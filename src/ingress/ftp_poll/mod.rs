@@ -67,6 +67,10 @@ struct Running {
     /// The source's settings as started; a reload that changes them restarts the poller.
     settings: String,
     stop: CancellationToken,
+    /// The labels of its last-poll gauge, cleared when it stops (a removed source must not
+    /// look like one no longer polled).
+    tenant: String,
+    url: String,
 }
 
 /// Identifies a source in the catalog: tenant and URL (which holds no password).
@@ -98,6 +102,8 @@ impl FtpPollers {
             let keep = wanted.get(key).is_some_and(|(_, s)| format!("{s:?}") == r.settings);
             if !keep {
                 r.stop.cancel();
+                metrics::gauge!("dropsync_ftp_last_poll_timestamp_seconds", "tenant" => r.tenant.clone(), "source" => r.url.clone())
+                    .set(f64::NAN);
                 stopped += 1;
             }
             keep
@@ -118,6 +124,7 @@ impl FtpPollers {
                 incomplete_said: Mutex::new(None),
             });
             let span = tracing::info_span!("ftp", tenant = %poller.tenant, source = %poller.source.url);
+            let (tenant_label, url_label) = (poller.tenant.to_string(), poller.source.url.to_string());
             let worker = PollWorker {
                 poller,
                 tls: None,
@@ -125,7 +132,15 @@ impl FtpPollers {
                 retry_soon: true,
             };
             self.workers.spawn_until_in(worker, stop.clone(), span);
-            running.insert(key, Running { settings, stop });
+            running.insert(
+                key,
+                Running {
+                    settings,
+                    stop,
+                    tenant: tenant_label,
+                    url: url_label,
+                },
+            );
             started += 1;
         }
         (started, stopped)
