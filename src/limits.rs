@@ -112,14 +112,12 @@ impl Limits {
             });
             metrics::gauge!("dropsync_tenant_held_bytes", "tenant" => id.to_owned()).set(bytes as f64);
             metrics::gauge!("dropsync_tenant_held_files", "tenant" => id.to_owned()).set(files as f64);
-            // Beside what it holds, so that an alert can say "near its quota".
+            // Beside what it holds, so that an alert can say "near its quota"; no quota is NaN
+            // (a quota removed by a reload must not keep its old value).
             let quota = self.quota(id);
-            if let Some(max) = quota.bytes {
-                metrics::gauge!("dropsync_tenant_quota_bytes", "tenant" => id.to_owned()).set(max as f64);
-            }
-            if let Some(max) = quota.files {
-                metrics::gauge!("dropsync_tenant_quota_files", "tenant" => id.to_owned()).set(max as f64);
-            }
+            let or_none = |max: Option<u64>| max.map_or(f64::NAN, |m| m as f64);
+            metrics::gauge!("dropsync_tenant_quota_bytes", "tenant" => id.to_owned()).set(or_none(quota.bytes));
+            metrics::gauge!("dropsync_tenant_quota_files", "tenant" => id.to_owned()).set(or_none(quota.files));
         }
         started.elapsed()
     }

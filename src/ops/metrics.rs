@@ -127,8 +127,8 @@ async fn record_minutes(catalog: &Catalog, config: &LiveConfig) {
     };
     for (tenant, m) in minutes {
         metrics::gauge!("dropsync_minutes_used", "tenant" => tenant.clone()).set(m.seconds_used as f64 / 60.0);
-        if let Some(a) = m.minute_allocation {
-            metrics::gauge!("dropsync_minute_allocation", "tenant" => tenant).set(a as f64);
-        }
+        // No allocation (one removed by a reload) is NaN, not its old value.
+        let allocation = m.minute_allocation.map_or(f64::NAN, |a| a as f64);
+        metrics::gauge!("dropsync_minute_allocation", "tenant" => tenant).set(allocation);
     }
 }
