@@ -127,6 +127,12 @@ fn current_deb() -> PathBuf {
 
 /// An empty root for dpkg: its database, and a passwd and group with root alone.
 fn throwaway_root() -> tempfile::TempDir {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "installing into a throwaway root takes root (dpkg sets owners): run the suite as root, as CI does"
+    );
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "etc"] {
