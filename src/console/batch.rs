@@ -12,7 +12,7 @@ use maud::{Markup, html};
 use super::session::Session;
 use super::{ConsoleState, PageError, blocking, csrf_field, page};
 use crate::dropbox::{FileKind, RelPath, is_temp_name};
-use crate::ingress::http::upload::{new_upload_id, place_all, receive};
+use crate::ingress::http::upload::{new_upload_id, place_all, receive, upload_session};
 use crate::tenant::TenantId;
 
 /// Files one batch may carry.
@@ -99,12 +99,8 @@ pub async fn upload(
             }
             let rel = batch_name(&upload, &name)?;
             if session_grant.is_none() {
-                // Counted with the tenant's SFTP sessions, as every upload is.
-                session_grant = Some(
-                    s.limits
-                        .open_session(&owner)
-                        .map_err(|e| PageError::new(StatusCode::FORBIDDEN, format!("Quota: {e}")))?,
-                );
+                session_grant =
+                    Some(upload_session(&s.uploads, &owner).map_err(|e| PageError::new(e.status, e.error))?);
             }
             let file = receive(
                 &s.uploads,

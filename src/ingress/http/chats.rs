@@ -17,7 +17,7 @@ use super::TenantCaller;
 use super::calls::UploadState;
 use super::error::{ApiError, ErrorBody};
 use super::fields::{conversation_id, json_field, local_time, request_fields, required, text};
-use super::upload::{file_stem, new_upload_id, one_row_file, place_all, tenant_row};
+use super::upload::{file_stem, new_upload_id, one_row_file, place_all, tenant_row, upload_session};
 use crate::dropbox::RelPath;
 use crate::matching::TRANSCRIPT_SUFFIX;
 
@@ -80,11 +80,7 @@ pub async fn post_chat(
         (in_folder(&transcript)?, transcript_bytes),
         (in_folder(&format!("{stem}.json"))?, one_row_file(row)?),
     ];
-    // Counted with the tenant's SFTP sessions (quota.sessions), as every upload is.
-    let _session = s
-        .limits
-        .open_session(&tenant)
-        .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
+    let _session = upload_session(&s, &tenant)?;
     place_all(&s, &tenant, Vec::new(), files).await?;
     tracing::info!(tenant = %tenant, conversation = %conversation_id, messages = messages.len(), "chat uploaded (http)");
     Ok(Json(ChatAccepted { conversation_id }))

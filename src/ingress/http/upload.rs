@@ -192,11 +192,7 @@ where
         .http
         .as_ref()
         .map_or(std::time::Duration::from_secs(60), |h| h.body_timeout);
-    // Counted with the tenant's SFTP sessions (quota.sessions).
-    let _session = s
-        .limits
-        .open_session(tenant)
-        .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
+    let _session = upload_session(s, tenant)?;
     let folder = format!("api/{upload}");
     let Pending { path, call } = pending;
     let stem = call.stem.clone().unwrap_or_else(|| upload.to_owned());
@@ -314,6 +310,13 @@ fn write_small(
     file.finish().map_err(io)
 }
 
+/// An upload in progress, counted with the tenant's SFTP sessions (`quota.sessions`); 403 past it.
+pub fn upload_session(s: &UploadState, tenant: &TenantId) -> Result<crate::limits::SessionGrant, ApiError> {
+    s.limits
+        .open_session(tenant)
+        .map_err(|e| ApiError::forbidden(format!("quota: {e}")))
+}
+
 pub fn too_large(max: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -339,10 +342,7 @@ where
         .http
         .as_ref()
         .ok_or_else(|| ApiError::not_found("no upload API"))?;
-    let _session = s
-        .limits
-        .open_session(tenant)
-        .map_err(|e| ApiError::forbidden(format!("quota: {e}")))?;
+    let _session = upload_session(s, tenant)?;
     let written = receive(
         s,
         tenant,
