@@ -259,7 +259,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             pending: config.pending_dir(),
         };
         let uploads = calls::routes(upload_state.clone());
-        let reload: Arc<dyn Fn() -> Result<String, Vec<String>> + Send + Sync> = Arc::new(move || apply.apply());
+        let reload: ops::admin_api::Reload = Arc::new(move || apply.apply());
         let console = crate::console::routes(crate::console::ConsoleState {
             http: shared.clone(),
             catalog: catalog.clone(),

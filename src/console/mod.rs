@@ -39,7 +39,7 @@ pub struct ConsoleState {
     /// The batch page stores files as the upload API does.
     pub uploads: UploadState,
     /// Applies the configuration files as they are now (what SIGHUP does).
-    pub reload: Arc<dyn Fn() -> Result<String, Vec<String>> + Send + Sync>,
+    pub reload: crate::ops::admin_api::Reload,
 }
 
 impl ConsoleState {
@@ -228,6 +228,17 @@ impl PageError {
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("Something failed on our side: {what}"),
         )
+    }
+}
+
+/// The operator API's answer to the same request, as a page: its status, and what it says.
+impl From<crate::ingress::http::error::ApiError> for PageError {
+    fn from(e: crate::ingress::http::error::ApiError) -> PageError {
+        if e.details.is_empty() {
+            PageError::new(e.status, e.error)
+        } else {
+            PageError::new(e.status, format!("{}: {}", e.error, e.details.join("; ")))
+        }
     }
 }
 

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
 use super::session::Session;
-use super::tenants::onboard_problem;
 use super::{ConsoleState, PageError, csrf_field, page};
 use crate::onboard::{self, NewTenant};
 use crate::ops::sample::{self, SampleReport};
@@ -204,8 +203,9 @@ pub async fn create(
         Ok((onboarded, Ok(_))) => onboarded,
         Ok((_, Err(problems))) => return Err(PageError::internal(problems.join("; "))),
         Err(e) => {
-            let PageError::Status(status, why) = onboard_problem(&e) else {
-                return Err(PageError::internal(e));
+            let (status, why) = match PageError::from(crate::ops::admin_api::onboard_error(e)) {
+                PageError::Status(status, why) => (status, why),
+                other => return Err(other),
             };
             // Shown again with what was typed, and why it was refused.
             let report = SampleReport {

@@ -385,39 +385,13 @@ pub async fn add_key(
     Ok(Redirect::to(&format!("/console/tenants/{id}")))
 }
 
-/// Runs a change to the tenant files on a blocking thread, then puts the configuration in
-/// force; what was wrong is a 400 page saying so.
-pub async fn apply(
+/// Runs a change to the tenant files and puts it in force, as the operator API does; what was
+/// wrong is a page saying so, with the API's status.
+async fn apply(
     s: &ConsoleState,
     change: impl FnOnce(&Config) -> Result<(), OnboardError> + Send + 'static,
 ) -> Result<(), PageError> {
-    let (config, reload) = (s.http.config.get(), s.reload.clone());
-    let done = tokio::task::spawn_blocking(move || change(&config).map(|()| reload()))
+    crate::ops::admin_api::apply_change(s.http.config.get(), s.reload.clone(), change)
         .await
-        .map_err(PageError::internal)?;
-    match done {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(problems)) => Err(PageError::internal(problems.join("; "))),
-        Err(e) => Err(onboard_problem(&e)),
-    }
-}
-
-pub fn onboard_problem(e: &OnboardError) -> PageError {
-    let text = match e {
-        OnboardError::WouldNotLoad(problems) => problems
-            .problems
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "),
-        e => e.to_string(),
-    };
-    let status = match e {
-        OnboardError::NoSuchTenant(_) => StatusCode::NOT_FOUND,
-        OnboardError::TenantExists(_) | OnboardError::FileExists(_) | OnboardError::NotOurs { .. } => {
-            StatusCode::CONFLICT
-        }
-        _ => StatusCode::BAD_REQUEST,
-    };
-    PageError::new(status, text)
+        .map_err(PageError::from)
 }

@@ -19,6 +19,10 @@ use crate::ingress::http::{Admin, HttpShared, blocking};
 use crate::onboard::{self, NewTenant, OnboardError};
 use crate::ops::sample::{self, SampleReport};
 
+/// Applies the configuration files as they are now (what SIGHUP does); the summary, or every
+/// problem.
+pub type Reload = Arc<dyn Fn() -> Result<String, Vec<String>> + Send + Sync>;
+
 /// What the operator API needs besides the HTTP side's shared state.
 #[derive(Clone)]
 pub struct AdminState {
@@ -26,7 +30,7 @@ pub struct AdminState {
     pub catalog: Catalog,
     /// Applies the configuration files as they are now (what SIGHUP does); the summary, or
     /// every problem.
-    pub reload: Arc<dyn Fn() -> Result<String, Vec<String>> + Send + Sync>,
+    pub reload: Reload,
 }
 
 impl axum::extract::FromRef<AdminState> for HttpShared {
@@ -187,7 +191,16 @@ async fn apply(
     s: &AdminState,
     change: impl FnOnce(&Config) -> Result<(), OnboardError> + Send + 'static,
 ) -> Result<(), ApiError> {
-    let (config, reload) = (s.http.config.get(), s.reload.clone());
+    apply_change(s.http.config.get(), s.reload.clone(), change).await
+}
+
+/// Runs a change to the tenant files (the operator API's, the console's) on a blocking thread,
+/// then puts the configuration in force.
+pub async fn apply_change(
+    config: Arc<Config>,
+    reload: Reload,
+    change: impl FnOnce(&Config) -> Result<(), OnboardError> + Send + 'static,
+) -> Result<(), ApiError> {
     let done = tokio::task::spawn_blocking(move || change(&config).map(|()| reload()))
         .await
         .map_err(|e| ApiError::internal("changing the tenant failed", e))?;
@@ -326,7 +339,8 @@ async fn sample(
     Ok(Json(report))
 }
 
-fn onboard_error(e: OnboardError) -> ApiError {
+/// A refused change to the tenant files, as the HTTP side answers it.
+pub fn onboard_error(e: OnboardError) -> ApiError {
     if let OnboardError::WouldNotLoad(problems) = &e {
         return ApiError {
             status: StatusCode::BAD_REQUEST,
