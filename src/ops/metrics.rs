@@ -75,24 +75,15 @@ async fn answer(
         "/metrics" => {
             record_states(&catalog).await;
             record_minutes(&catalog, &config).await;
-            // What the systemd watchdog is told, for a dashboard and an alert.
-            let catalog_ok = catalog.run(|c| c.forward_queue().next_due()).await.is_ok();
-            let healthy = catalog_ok && liveness.check().is_ok();
+            // What /healthz says, for a dashboard and an alert.
+            let healthy = health(&catalog, &liveness).await.is_ok();
             metrics::gauge!("dropsync_healthy").set(if healthy { 1.0 } else { 0.0 });
             ("200 OK", "text/plain; version=0.0.4", handle.render())
         }
-        "/healthz" => {
-            let catalog_ok = catalog.run(|c| c.forward_queue().next_due()).await.is_ok();
-            match (catalog_ok, liveness.check()) {
-                (true, Ok(())) => ("200 OK", "text/plain", "ok\n".to_string()),
-                (false, _) => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "catalog does not answer\n".to_string(),
-                ),
-                (_, Err(why)) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
-            }
-        }
+        "/healthz" => match health(&catalog, &liveness).await {
+            Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
+            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+        },
         _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
     };
     let head = format!(
@@ -102,6 +93,14 @@ async fn answer(
     write.write_all(head.as_bytes()).await?;
     write.write_all(body.as_bytes()).await?;
     write.shutdown().await
+}
+
+/// Whether the catalog answers and the work loops show progress (`/healthz`); why not.
+async fn health(catalog: &Catalog, liveness: &Liveness) -> Result<(), String> {
+    if catalog.run(|c| c.forward_queue().next_due()).await.is_err() {
+        return Err("catalog does not answer".into());
+    }
+    liveness.check().map_err(|why| why.to_string())
 }
 
 /// Conversations by tenant and state, from the catalog, as gauges.
