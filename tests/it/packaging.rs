@@ -179,6 +179,41 @@ fn dpkg(root: &std::path::Path, args: &[&str]) -> String {
     run(&mut cmd, &format!("dpkg {args:?}"))
 }
 
+/// `systemd-analyze verify` on the installed unit: no warning (an unknown key is only a
+/// warning, so the output must be empty) and every command it names is there. The root holds
+/// our package alone, so the host's own units (the targets ours orders after) and `kill` (from
+/// procps, which every Debian system has) are copied in first.
+fn verify_unit(r: &std::path::Path) {
+    let units = r.join("usr/lib/systemd/system");
+    for host in ["/usr/lib/systemd/system", "/lib/systemd/system"] {
+        for entry in std::fs::read_dir(host).into_iter().flatten().flatten() {
+            let to = units.join(entry.file_name());
+            if entry.file_type().is_ok_and(|t| t.is_file()) && !to.exists() {
+                std::fs::copy(entry.path(), to).unwrap();
+            }
+        }
+    }
+    std::fs::copy("/usr/bin/kill", r.join("usr/bin/kill")).expect("kill: apt-get install procps");
+    if !r.join("bin").exists() {
+        std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", r.display()))
+        .arg("dropsync.service")
+        .output()
+        .expect("systemd-analyze: apt-get install systemd");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+}
+
 #[test]
 fn the_deb_holds_what_a_service_needs_installs_into_a_throwaway_root_and_purges_clean() {
     let deb = current_deb();
@@ -294,6 +329,7 @@ fn the_deb_holds_what_a_service_needs_installs_into_a_throwaway_root_and_purges_
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{security}"));
     assert!(exposure <= 1.5, "exposure {exposure}");
+    verify_unit(r);
 
     // Removed: state and configuration stay. Purged: both go.
     std::fs::write(r.join("var/lib/dropsync/dropsync.db"), b"a catalog").unwrap();
