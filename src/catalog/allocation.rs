@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use super::sql::{Dialect, Optional, Sql, params};
 use serde::Serialize;
 
 use super::{Db, Result};
@@ -101,7 +101,7 @@ END;
 ";
 
 /// Installs the `held_room` count on a writer connection.
-pub(super) fn count_held_room(conn: &Connection) -> Result<()> {
+pub(super) fn count_held_room(conn: &rusqlite::Connection) -> Result<()> {
     Ok(conn.execute_batch(HELD_ROOM)?)
 }
 
@@ -109,12 +109,12 @@ pub(super) fn count_held_room(conn: &Connection) -> Result<()> {
 pub(super) type HeldDerived = Mutex<Option<(Allocations, i64)>>;
 
 /// The seconds a conversation counts: its longest recording, rounded up.
-fn seconds_of(tx: &Transaction<'_>, conv: i64) -> Result<u64> {
-    let ms: Option<i64> = tx
-        .prepare_cached(
-            "SELECT max(f.duration_ms) FROM recordings r JOIN files f ON f.id = r.file_id WHERE r.conversation = ?1",
-        )?
-        .query_row([conv], |r| r.get(0))?;
+fn seconds_of(tx: &dyn Sql, conv: i64) -> Result<u64> {
+    let ms: Option<i64> = tx.query_row(
+        "SELECT max(f.duration_ms) FROM recordings r JOIN files f ON f.id = r.file_id WHERE r.conversation = ?1",
+        params![conv],
+        |r| r.get(0),
+    )?;
     Ok((ms.unwrap_or(0).max(0) as u64).div_ceil(1000))
 }
 
@@ -138,14 +138,14 @@ impl Owed {
 /// What `conv` owes now. The sum over the conversation's sends is what it was charged in all:
 /// the length of its last charged send, whichever row carries which part, or more when a
 /// shorter re-send found fewer seconds in its month than it had to give back.
-fn owed(tx: &Transaction<'_>, conv: i64) -> Result<Owed> {
-    let counted: i64 = tx
-        .prepare_cached(
-            "SELECT coalesce(sum(o.charged_seconds), 0) FROM conversations c JOIN conversations o
+fn owed(tx: &dyn Sql, conv: i64) -> Result<Owed> {
+    let counted: i64 = tx.query_row(
+        "SELECT coalesce(sum(o.charged_seconds), 0) FROM conversations c JOIN conversations o
                ON o.tenant = c.tenant AND o.conversation_id = c.conversation_id
              WHERE c.id = ?1 AND o.charged_month IS NOT NULL",
-        )?
-        .query_row([conv], |r| r.get(0))?;
+        params![conv],
+        |r| r.get(0),
+    )?;
     Ok(Owed {
         seconds: seconds_of(tx, conv)?,
         counted,
@@ -153,10 +153,13 @@ fn owed(tx: &Transaction<'_>, conv: i64) -> Result<Owed> {
 }
 
 /// Seconds charged to `tenant` in `month`.
-fn used(conn: &Connection, tenant: &str, month: &str) -> Result<u64> {
+fn used(conn: &dyn Sql, tenant: &str, month: &str) -> Result<u64> {
     let s: Option<i64> = conn
-        .prepare_cached("SELECT seconds FROM minute_usage WHERE tenant = ?1 AND month = ?2")?
-        .query_row(params![tenant, month], |r| r.get(0))
+        .query_row(
+            "SELECT seconds FROM minute_usage WHERE tenant = ?1 AND month = ?2",
+            params![tenant, month],
+            |r| r.get(0),
+        )
         .optional()?;
     Ok(s.unwrap_or(0).max(0) as u64)
 }
@@ -170,7 +173,7 @@ fn minutes(seconds: u64) -> String {
 /// month changed by onto the row's `charged_seconds`. A re-send that adds seconds is held or
 /// rejected like a first send when they do not fit; one that gives seconds back always goes,
 /// giving back at most what the month has (a month never drops below zero).
-pub(super) fn charge(tx: &Transaction<'_>, conv: i64, tenant: &str, a: &AllocationNow) -> Result<Verdict> {
+pub(super) fn charge(tx: &dyn Sql, conv: i64, tenant: &str, a: &AllocationNow) -> Result<Verdict> {
     let owed = owed(tx, conv)?;
     let due = owed.due();
     if due > 0
@@ -185,15 +188,12 @@ pub(super) fn charge(tx: &Transaction<'_>, conv: i64, tenant: &str, a: &Allocati
         // later re-sends must take back and count only what was given.
         let before = used(tx, tenant, &a.month)? as i64;
         let applied = (before + due).max(0) - before;
-        tx.prepare_cached(
+        tx.execute(
             "INSERT INTO minute_usage (tenant, month, seconds) VALUES (?1, ?2, ?3)
              ON CONFLICT(tenant, month) DO UPDATE SET seconds = ?3",
-        )?
-        .execute(params![tenant, a.month, before + applied])?;
-        tx.prepare_cached(
-            "UPDATE conversations SET charged_month = ?2, charged_seconds = coalesce(charged_seconds, 0) + ?3 WHERE id = ?1",
-        )?
-        .execute(params![conv, a.month, applied])?;
+            params![tenant, a.month, before + applied],
+        )?;
+        tx.execute("UPDATE conversations SET charged_month = ?2, charged_seconds = coalesce(charged_seconds, 0) + ?3 WHERE id = ?1", params![conv, a.month, applied])?;
     }
     Ok(Verdict::Go)
 }
@@ -201,7 +201,7 @@ pub(super) fn charge(tx: &Transaction<'_>, conv: i64, tenant: &str, a: &Allocati
 /// Why `conv` (owing `owed.due()` > 0 seconds) may not go now under an allocation of
 /// `allocated` seconds.
 fn over_allocation(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     conv: i64,
     tenant: &str,
     a: &AllocationNow,
@@ -212,11 +212,8 @@ fn over_allocation(
         // Only one that arrived before it: those released with it arrived before the ones that
         // stay held, and must not be held again behind them.
         let earlier: Option<i64> = tx
-            .prepare_cached(
-                "SELECT h.id FROM conversations h, conversations c WHERE c.id = ?2 AND h.tenant = ?1 AND h.state = 'held'
-                   AND (h.received_at, h.id) < (c.received_at, c.id) LIMIT 1",
-            )?
-            .query_row(params![tenant, conv], |r| r.get(0))
+            .query_row("SELECT h.id FROM conversations h, conversations c WHERE c.id = ?2 AND h.tenant = ?1 AND h.state = 'held'
+                   AND (h.received_at, h.id) < (c.received_at, c.id) LIMIT 1", params![tenant, conv], |r| r.get(0))
             .optional()?;
         if earlier.is_some() {
             return Ok(Some(Verdict::Stop {
@@ -255,18 +252,19 @@ fn over_allocation(
 
 /// Gives back what a send that will not be forwarded was charged (taking back what a shorter
 /// re-send gave back).
-pub(super) fn refund(tx: &Transaction<'_>, conv: i64) -> Result<()> {
+pub(super) fn refund(tx: &dyn Sql, conv: i64) -> Result<()> {
     let charged: Option<(String, String, i64)> = tx
-        .prepare_cached(
-            "SELECT tenant, charged_month, charged_seconds FROM conversations WHERE id = ?1 AND charged_month IS NOT NULL",
-        )?
-        .query_row([conv], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row("SELECT tenant, charged_month, charged_seconds FROM conversations WHERE id = ?1 AND charged_month IS NOT NULL", params![conv], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     if let Some((tenant, month, seconds)) = charged {
-        tx.prepare_cached("UPDATE minute_usage SET seconds = max(0, seconds - ?3) WHERE tenant = ?1 AND month = ?2")?
-            .execute(params![tenant, month, seconds])?;
-        tx.prepare_cached("UPDATE conversations SET charged_month = NULL, charged_seconds = NULL WHERE id = ?1")?
-            .execute([conv])?;
+        tx.execute(
+            "UPDATE minute_usage SET seconds = max(0, seconds - ?3) WHERE tenant = ?1 AND month = ?2",
+            params![tenant, month, seconds],
+        )?;
+        tx.execute(
+            "UPDATE conversations SET charged_month = NULL, charged_seconds = NULL WHERE id = ?1",
+            params![conv],
+        )?;
     }
     Ok(())
 }
@@ -277,52 +275,59 @@ impl Minutes {
     /// without a transaction, unless the allocations or the `held_room` count changed since the
     /// held lists were last derived; the ones that do not fit are not touched.
     pub fn release_held(&self, allocations: &Allocations, now: i64) -> Result<usize> {
-        let mut conn = self.db.lock();
-        let changes: i64 = conn
-            .prepare_cached("SELECT changes FROM temp.held_room")?
-            .query_row([], |r| r.get(0))?;
+        // SQLite counts, on its one writer connection, what could make room; PostgreSQL has
+        // no such count (other nodes change rows too), so its held lists are derived each time.
         let mut derived = self.held_derived.lock().unwrap_or_else(|p| p.into_inner());
-        if derived.as_ref().is_some_and(|(a, c)| *c == changes && a == allocations) {
-            return Ok(0);
-        }
-        let tx = conn.transaction()?;
-        let tenants: Vec<String> = tx
-            .prepare_cached("SELECT DISTINCT tenant FROM conversations WHERE state = 'held'")?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut released = 0;
-        for tenant in tenants {
-            released += release_tenant(&tx, &tenant, allocations.get(&tenant), now)?;
-        }
-        tx.commit()?;
-        *derived = Some((allocations.clone(), changes));
-        Ok(released)
+        let released = self.db.write(|tx| {
+            let changes: Option<i64> = match tx.dialect() {
+                Dialect::Sqlite => Some(tx.query_row("SELECT changes FROM temp.held_room", params![], |r| r.get(0))?),
+                Dialect::Postgres => None,
+            };
+            if let Some(c) = changes
+                && derived.as_ref().is_some_and(|(a, was)| *was == c && a == allocations)
+            {
+                return Ok((0, changes));
+            }
+            let tenants: Vec<String> = tx.query_map(
+                "SELECT DISTINCT tenant FROM conversations WHERE state = 'held'",
+                params![],
+                |r| r.get(0),
+            )?;
+            let mut released = 0;
+            for tenant in tenants {
+                released += release_tenant(tx, &tenant, allocations.get(&tenant), now)?;
+            }
+            Ok((released, changes))
+        })?;
+        *derived = released.1.map(|c| (allocations.clone(), c));
+        Ok(released.0)
     }
 
     /// Each tenant's minutes forwarded this month, and its allocation.
     pub fn status(&self, allocations: &Allocations) -> Result<BTreeMap<String, MinutesStatus>> {
-        let conn = self.db.read()?;
-        let counted = super::has_table(&conn, "minute_usage")?;
-        let mut out = BTreeMap::new();
-        for (tenant, a) in allocations {
-            let seconds = if counted { used(&conn, tenant, &a.month)? } else { 0 };
-            out.insert(
-                tenant.clone(),
-                MinutesStatus {
-                    month: a.month.clone(),
-                    seconds_used: seconds,
-                    minutes_used: (seconds as f64 / 60.0 * 100.0).round() / 100.0,
-                    minute_allocation: a.seconds.map(|s| s / 60),
-                },
-            );
-        }
-        Ok(out)
+        self.db.read(|conn| {
+            let counted = super::has_table(&conn, "minute_usage")?;
+            let mut out = BTreeMap::new();
+            for (tenant, a) in allocations {
+                let seconds = if counted { used(&conn, tenant, &a.month)? } else { 0 };
+                out.insert(
+                    tenant.clone(),
+                    MinutesStatus {
+                        month: a.month.clone(),
+                        seconds_used: seconds,
+                        minutes_used: (seconds as f64 / 60.0 * 100.0).round() / 100.0,
+                        minute_allocation: a.seconds.map(|s| s / 60),
+                    },
+                );
+            }
+            Ok(out)
+        })
     }
 }
 
 /// Releases `tenant`'s held conversations in arrival order while they fit in `allocation`;
 /// stops at the first that does not, reading no further. Returns how many.
-fn release_tenant(tx: &Transaction<'_>, tenant: &str, allocation: Option<&AllocationNow>, now: i64) -> Result<usize> {
+fn release_tenant(tx: &dyn Sql, tenant: &str, allocation: Option<&AllocationNow>, now: i64) -> Result<usize> {
     let mut room = match allocation {
         Some(AllocationNow {
             seconds: Some(allocated),
@@ -332,28 +337,23 @@ fn release_tenant(tx: &Transaction<'_>, tenant: &str, allocation: Option<&Alloca
         _ => None,
     };
     let mut fit = Vec::new();
-    {
-        let mut held = tx.prepare_cached(
-            "SELECT id FROM conversations WHERE tenant = ?1 AND state = 'held' ORDER BY received_at, id",
-        )?;
-        let mut rows = held.query([tenant])?;
-        while let Some(row) = rows.next()? {
-            let conv: i64 = row.get(0)?;
-            if let Some(room) = room.as_mut() {
-                let seconds = seconds_of(tx, conv)?;
-                if seconds > *room {
-                    break;
-                }
-                *room -= seconds;
+    let held: Vec<i64> = tx.query_map(
+        "SELECT id FROM conversations WHERE tenant = ?1 AND state = 'held' ORDER BY received_at, id",
+        params![tenant],
+        |r| r.get(0),
+    )?;
+    for conv in held {
+        if let Some(room) = room.as_mut() {
+            let seconds = seconds_of(tx, conv)?;
+            if seconds > *room {
+                break;
             }
-            fit.push(conv);
+            *room -= seconds;
         }
+        fit.push(conv);
     }
     for conv in &fit {
-        tx.prepare_cached(
-            "UPDATE conversations SET state = 'ready', detail = NULL, next_attempt_at = ?2, changed_at = ?2 WHERE id = ?1",
-        )?
-        .execute(params![conv, now])?;
+        tx.execute("UPDATE conversations SET state = 'ready', detail = NULL, next_attempt_at = ?2, changed_at = ?2 WHERE id = ?1", params![conv, now])?;
     }
     Ok(fit.len())
 }

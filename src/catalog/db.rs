@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::Result;
+use super::sql::Sql;
 
 /// The shared database. Clones share one writer connection and a pool of read-only ones.
 ///
@@ -130,29 +131,44 @@ impl Db {
         Writer { conn, since, caller }
     }
 
-    /// A read-only connection of the pool.
-    pub(crate) fn read(&self) -> Result<ReadConn<'_>> {
+    /// Runs `f` in a transaction whose commit is durable when this returns: what a side effect
+    /// that follows relies on. `f` may run more than once (a store that detects a conflict
+    /// between concurrent transactions runs it again), so it only computes what it returns.
+    #[track_caller]
+    pub(crate) fn write<R>(&self, mut f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let r = f(&*tx)?;
+        tx.commit()?;
+        Ok(r)
+    }
+
+    /// Runs `f` on a read-only connection of the pool: it sees the last commit, and never
+    /// waits for the writer.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&dyn Sql) -> Result<R>) -> Result<R> {
         let pooled = self.readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
             None => open_reader(&self.readers.path)?,
         };
-        Ok(ReadConn {
+        let conn = ReadConn {
             conn: Some(conn),
             readers: &self.readers,
-        })
+        };
+        f(&*conn)
     }
 
     /// Runs `f` in a transaction whose commit is not fsynced: for records that the start-up
     /// scan rebuilds if a power cut loses them (intake work items). A later full commit makes
-    /// it durable too, as the write-ahead log is written in order.
+    /// it durable too, as the write-ahead log is written in order. `f` may run more than once,
+    /// as [`Db::write`]'s.
     #[track_caller]
-    pub(crate) fn light<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
+    pub(crate) fn light<R>(&self, mut f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
         let mut conn = self.lock();
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let result = (|| {
             let tx = conn.transaction()?;
-            let r = f(&tx)?;
+            let r = f(&*tx)?;
             tx.commit()?;
             Ok(r)
         })();
@@ -170,7 +186,7 @@ impl Db {
         &self,
         items: &[T],
         slice: Duration,
-        mut f: impl FnMut(&Transaction<'_>, &T) -> Result<R>,
+        mut f: impl FnMut(&dyn Sql, &T) -> Result<R>,
     ) -> (Vec<R>, Result<()>) {
         let mut done = Vec::with_capacity(items.len());
         while done.len() < items.len() {

@@ -9,7 +9,7 @@
 //! transaction, so a crash cannot take it without recording the new version, or the reverse.
 //! Helpers in `rows.rs` and `revisions.rs` work inside its transactions.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use super::sql::{Optional, Sql, params};
 
 use super::queue::OPEN_STATES;
 use super::revisions::{resend_with_revision, take_revision};
@@ -147,11 +147,14 @@ impl Files {
         let mut decided = Vec::new();
         let mut rest = rows;
         while !rest.is_empty() {
-            let taken = self.db.light(|tx| {
+            let (taken, slice_ready, slice_decided) = self.db.light(|tx| {
+                let (mut ready, mut decided) = (0, Vec::new());
                 let started = std::time::Instant::now();
-                let (tenant, dir, via, file_name): (String, String, String, String) = tx
-                    .prepare_cached("SELECT tenant, dir, via, rel_path FROM metadata_files WHERE id = ?1")?
-                    .query_row([metadata_file_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                let (tenant, dir, via, file_name): (String, String, String, String) = tx.query_row(
+                    "SELECT tenant, dir, via, rel_path FROM metadata_files WHERE id = ?1",
+                    params![metadata_file_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?;
                 let mut taken = 0;
                 for row in rest {
                     ready += add_row(
@@ -171,10 +174,14 @@ impl Files {
                         break;
                     }
                 }
-                tx.prepare_cached("UPDATE metadata_files SET rows_done = ?2 WHERE id = ?1")?
-                    .execute(params![metadata_file_id, rest[taken - 1].row_no as i64])?;
-                Ok(taken)
+                tx.execute(
+                    "UPDATE metadata_files SET rows_done = ?2 WHERE id = ?1",
+                    params![metadata_file_id, rest[taken - 1].row_no as i64],
+                )?;
+                Ok((taken, ready, decided))
             })?;
+            ready += slice_ready;
+            decided.extend(slice_decided);
             rest = &rest[taken..];
         }
         Ok((ready, decided))
@@ -183,29 +190,28 @@ impl Files {
     /// Ends parsing: the file is `parsed`, or rejected as a whole (its rows, if a resumed parse
     /// had committed any, are withdrawn).
     pub fn finish_metadata(&self, metadata_file_id: i64, outcome: std::result::Result<(), String>) -> Result<()> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        match outcome {
-            Ok(()) => {
-                tx.execute(
-                    "UPDATE metadata_files SET status = 'parsed' WHERE id = ?1",
-                    [metadata_file_id],
-                )?;
+        self.db.write(|tx| {
+            match &outcome {
+                Ok(()) => {
+                    tx.execute(
+                        "UPDATE metadata_files SET status = 'parsed' WHERE id = ?1",
+                        params![metadata_file_id],
+                    )?;
+                }
+                Err(reason) => {
+                    tx.execute(
+                        "DELETE FROM recordings WHERE conversation IN (SELECT id FROM conversations WHERE metadata_file_id = ?1)",
+                        params![metadata_file_id],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM conversations WHERE metadata_file_id = ?1",
+                        params![metadata_file_id],
+                    )?;
+                    reject_metadata_file(&tx, metadata_file_id, reason)?;
+                }
             }
-            Err(reason) => {
-                tx.execute(
-                    "DELETE FROM recordings WHERE conversation IN (SELECT id FROM conversations WHERE metadata_file_id = ?1)",
-                    [metadata_file_id],
-                )?;
-                tx.execute(
-                    "DELETE FROM conversations WHERE metadata_file_id = ?1",
-                    [metadata_file_id],
-                )?;
-                reject_metadata_file(&tx, metadata_file_id, &reason)?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Records what unpacking a zip batch gave: refused entries, or why the archive was rejected.
@@ -214,27 +220,26 @@ impl Files {
         metadata_file_id: i64,
         outcome: std::result::Result<&[(String, String)], String>,
     ) -> Result<()> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        match outcome {
-            Ok(refused) => {
-                for (i, (name, reason)) in refused.iter().enumerate() {
+        self.db.write(|tx| {
+            match &outcome {
+                Ok(refused) => {
+                    for (i, (name, reason)) in refused.iter().enumerate() {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO refusals (metadata_file_id, line, name, reason) VALUES (?1, ?2, ?3, ?4)",
+                            params![metadata_file_id, i as i64 + 1, name, reason],
+                        )?;
+                    }
                     tx.execute(
-                        "INSERT OR REPLACE INTO refusals (metadata_file_id, line, name, reason) VALUES (?1, ?2, ?3, ?4)",
-                        params![metadata_file_id, i as i64 + 1, name, reason],
+                        "UPDATE metadata_files SET status = 'parsed', report_stale = report_stale + 1 WHERE id = ?1",
+                        params![metadata_file_id],
                     )?;
                 }
-                tx.execute(
-                    "UPDATE metadata_files SET status = 'parsed', report_stale = report_stale + 1 WHERE id = ?1",
-                    [metadata_file_id],
-                )?;
+                Err(reason) => {
+                    reject_metadata_file(&tx, metadata_file_id, reason)?;
+                }
             }
-            Err(reason) => {
-                reject_metadata_file(&tx, metadata_file_id, &reason)?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Whether this very file (path, size, mtime, inode) is recorded as present or leaving
@@ -247,64 +252,61 @@ impl Files {
         mtime_ns: i64,
         ino: u64,
     ) -> Result<bool> {
-        let conn = self.db.read()?;
-        Ok(same_file_recorded(&conn, tenant, rel.as_str(), size, mtime_ns, ino)?.is_some())
+        self.db
+            .read(|conn| Ok(same_file_recorded(&conn, tenant, rel.as_str(), size, mtime_ns, ino)?.is_some()))
     }
 
     /// Metadata files and zips of a tenant still being parsed or unpacked (a crash or a failed
     /// attempt interrupted them), by path.
     pub fn parsing_files(&self, tenant: &str) -> Result<Vec<String>> {
-        let conn = self.db.read()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT m.rel_path FROM metadata_files m JOIN files f ON f.id = m.file_id
-             WHERE m.status = 'parsing' AND m.tenant = ?1 AND f.state = 'present' ORDER BY m.id",
-        )?;
-        let rows = stmt
-            .query_map([tenant], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        self.db.read(|conn| {
+            let query = "SELECT m.rel_path FROM metadata_files m JOIN files f ON f.id = m.file_id
+             WHERE m.status = 'parsing' AND m.tenant = ?1 AND f.state = 'present' ORDER BY m.id";
+            let rows = conn.query_map(query, params![tenant], |r| r.get(0))?;
+            Ok(rows)
+        })
     }
 
     /// The parse or unpack of this present file that has not finished, if any.
     pub fn pending_parse(&self, tenant: &str, rel: &RelPath) -> Result<Option<PendingParse>> {
-        let conn = self.db.read()?;
-        Ok(conn
-            .prepare_cached(
+        self.db.read(|conn| {
+            conn.query_row(
                 "SELECT m.file_id, m.id, m.format, m.rows_done FROM metadata_files m JOIN files f ON f.id = m.file_id
                  WHERE f.tenant = ?1 AND f.rel_path = ?2 AND f.state = 'present' AND m.status = 'parsing'",
-            )?
-            .query_row(params![tenant, rel.as_str()], |r| {
-                Ok(PendingParse {
-                    file_id: r.get(0)?,
-                    metadata_file_id: r.get(1)?,
-                    format: r.get(2)?,
-                    rows_done: r.get::<_, i64>(3)? as u64,
-                })
-            })
-            .optional()?)
+                params![tenant, rel.as_str()],
+                |r| {
+                    Ok(PendingParse {
+                        file_id: r.get(0)?,
+                        metadata_file_id: r.get(1)?,
+                        format: r.get(2)?,
+                        rows_done: r.get::<_, i64>(3)? as u64,
+                    })
+                },
+            )
+            .optional()
+        })
     }
 
     /// Waiting rows past their grace become `expired`; recordings nobody claimed within grace
     /// become orphans. Returns (expired, orphaned).
     pub fn expire(&self, now: i64, grace_ms: i64) -> Result<(usize, usize)> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        let expired = tx.execute(
-            "UPDATE conversations SET state = 'expired', changed_at = ?1,
+        self.db.write(|tx| {
+            let expired = tx.execute(
+                "UPDATE conversations SET state = 'expired', changed_at = ?1,
                 detail = 'recording never arrived in the same folder within the grace period: ' ||
                     (SELECT group_concat(coalesce(r.name, r.stem || '.*'), ', ') FROM recordings r
                      WHERE r.conversation = conversations.id AND r.file_id IS NULL)
              WHERE state = 'waiting' AND deadline <= ?1",
-            [now],
-        )?;
-        let orphaned = tx.execute(
-            "UPDATE files SET orphan_since = ?1
+                params![now],
+            )?;
+            let orphaned = tx.execute(
+                "UPDATE files SET orphan_since = ?1
              WHERE state = 'present' AND kind = 'recording' AND orphan_since IS NULL AND arrived_at <= ?1 - ?2
                AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.file_id = files.id)",
-            params![now, grace_ms],
-        )?;
-        tx.commit()?;
-        Ok((expired, orphaned))
+                params![now, grace_ms],
+            )?;
+            Ok((expired, orphaned))
+        })
     }
 }
 
@@ -320,33 +322,36 @@ pub(super) const SAME_FILE: &str = "SELECT id FROM files WHERE tenant = ?1 AND r
 /// The file recorded as present or leaving at `rel` if it is this very file (size, mtime and,
 /// when recorded, inode).
 fn same_file_recorded(
-    conn: &rusqlite::Connection,
+    conn: &dyn Sql,
     tenant: &str,
     rel: &str,
     size: u64,
     mtime_ns: i64,
     ino: u64,
 ) -> Result<Option<i64>> {
-    Ok(conn
-        .prepare_cached(SAME_FILE)?
-        .query_row(params![tenant, rel, size as i64, mtime_ns, ino as i64], |r| r.get(0))
-        .optional()?)
+    conn.query_row(
+        SAME_FILE,
+        params![tenant, rel, size as i64, mtime_ns, ino as i64],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
-fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: &str) -> Result<Registered> {
+fn register_in(tx: &dyn Sql, f: &NewFile<'_>, now: i64, unknown_reason: &str) -> Result<Registered> {
     if same_file_recorded(tx, f.tenant, f.rel.as_str(), f.size, f.mtime_ns, f.ino)?.is_some() {
         return Ok(Registered::Duplicate);
     }
     let revision = f.kind == FileKind::Recording && take_revision(tx, f.tenant, f.rel.as_str(), f.size)?;
     let existing: Option<(i64, String, bool)> = tx
-        .prepare_cached(&format!(
-            "SELECT id, kind, EXISTS (SELECT 1 FROM recordings r JOIN conversations c ON c.id = r.conversation
+        .query_row(
+            &format!(
+                "SELECT id, kind, EXISTS (SELECT 1 FROM recordings r JOIN conversations c ON c.id = r.conversation
                                       WHERE r.file_id = files.id AND c.state IN {OPEN_STATES})
              FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'"
-        ))?
-        .query_row(params![f.tenant, f.rel.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+            ),
+            params![f.tenant, f.rel.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .optional()?;
     let kind = kind_str(f.kind);
     let name = f.rel.file_name();
@@ -355,12 +360,9 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
             // Overwritten while open rows use it: same record, new content. Rows that were
             // complete with the old content are decided again with the new one. (A recording
             // only forwarded ones used is a new file: its record may be leaving for the archive.)
-            tx.prepare_cached(
-                "UPDATE files SET size = ?2, mtime_ns = ?3, ino = ?4, sha256 = ?5, arrived_at = ?6, via = ?7, orphan_since = NULL,
+            tx.execute("UPDATE files SET size = ?2, mtime_ns = ?3, ino = ?4, sha256 = ?5, arrived_at = ?6, via = ?7, orphan_since = NULL,
                         duration_ms = ?8, audio_error = ?9, dev = ?10
-                 WHERE id = ?1",
-            )?
-            .execute(params![
+                 WHERE id = ?1", params![
                 id,
                 f.size as i64,
                 f.mtime_ns,
@@ -372,13 +374,12 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
                 f.audio_error,
                 f.dev as i64
             ])?;
-            let convs: Vec<i64> = tx
-                .prepare_cached(
-                    "SELECT c.id FROM recordings r JOIN conversations c ON c.id = r.conversation
+            let convs: Vec<i64> = tx.query_map(
+                "SELECT c.id FROM recordings r JOIN conversations c ON c.id = r.conversation
                      WHERE r.file_id = ?1 AND c.state = 'ready'",
-                )?
-                .query_map([id], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                params![id],
+                |r| r.get(0),
+            )?;
             let mut decided = Vec::new();
             for c in &convs {
                 make_ready(tx, *c, now, &mut decided)?;
@@ -390,15 +391,14 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
             });
         }
         // Any other overwrite is a new file; the old record is closed.
-        tx.prepare_cached("UPDATE files SET state = 'gone', left_at = ?2 WHERE id = ?1")?
-            .execute(params![id, now])?;
+        tx.execute(
+            "UPDATE files SET state = 'gone', left_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
     }
-    tx.prepare_cached(
-        "INSERT INTO files (tenant, rel_path, dir, name, stem, kind, via, size, mtime_ns, sha256, arrived_at, ino, state,
+    let file_id: i64 = tx.query_row("INSERT INTO files (tenant, rel_path, dir, name, stem, kind, via, size, mtime_ns, sha256, arrived_at, ino, state,
                             duration_ms, audio_error, dev)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'present', ?13, ?14, ?15)",
-    )?
-    .execute(params![
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'present', ?13, ?14, ?15) RETURNING id", params![
         f.tenant,
         f.rel.as_str(),
         f.rel.dir(),
@@ -414,8 +414,7 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
         f.duration_ms.map(|d| d as i64),
         f.audio_error,
         f.dev as i64
-    ])?;
-    let file_id = tx.last_insert_rowid();
+    ], |r| r.get(0))?;
     let outcome = match f.kind {
         FileKind::Recording => {
             let mut decided = Vec::new();
@@ -445,16 +444,16 @@ fn register_in(tx: &Transaction<'_>, f: &NewFile<'_>, now: i64, unknown_reason: 
     Ok(outcome)
 }
 
-fn reject_metadata_file(tx: &Transaction<'_>, metadata_file_id: i64, reason: &str) -> Result<()> {
-    tx.prepare_cached(
+fn reject_metadata_file(tx: &dyn Sql, metadata_file_id: i64, reason: &str) -> Result<()> {
+    tx.execute(
         "UPDATE metadata_files SET status = 'rejected', reason = ?2, report_stale = report_stale + 1 WHERE id = ?1",
-    )?
-    .execute(params![metadata_file_id, reason])?;
+        params![metadata_file_id, reason],
+    )?;
     Ok(())
 }
 
 fn insert_metadata_file(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     file_id: i64,
     f: &NewFile<'_>,
     format: &str,
@@ -462,29 +461,29 @@ fn insert_metadata_file(
     reason: Option<&str>,
     now: i64,
 ) -> Result<i64> {
-    tx.prepare_cached(
+    tx.query_row(
         "INSERT INTO metadata_files (file_id, tenant, rel_path, dir, format, via, status, reason, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        file_id,
-        f.tenant,
-        f.rel.as_str(),
-        f.rel.dir(),
-        format,
-        f.via.as_str(),
-        status,
-        reason,
-        now
-    ])?;
-    Ok(tx.last_insert_rowid())
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+        params![
+            file_id,
+            f.tenant,
+            f.rel.as_str(),
+            f.rel.dir(),
+            format,
+            f.via.as_str(),
+            status,
+            reason,
+            now
+        ],
+        |r| r.get(0),
+    )
 }
 
 /// Attaches a newly arrived recording to the open recordings that name it; decides every
 /// conversation that is now complete. Expired rows are revived: a late recording is still
 /// forwarded rather than lost.
 fn attach_arrival(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     file_id: i64,
     tenant: &str,
     dir: &str,
@@ -511,8 +510,8 @@ fn attach_arrival(
             keys.stem,
         ),
     ] {
-        let mut stmt = tx.prepare_cached(sql)?;
-        let found: Vec<i64> = stmt.query_map(params![file_id, tenant, dir, key], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        let query = sql;
+        let found: Vec<i64> = tx.query_map(query, params![file_id, tenant, dir, key], |r| r.get(0))?;
         convs.extend(found.into_iter().filter(|c| seen.insert(*c)));
     }
     let mut completed = 0;

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::params;
+use super::sql::{Sql, params};
 use serde::Serialize;
 
 use super::{Db, Result};
@@ -159,34 +159,30 @@ impl FtpState {
         // holds the writer (everyone's intake and forwarding) for more than one batch. Only
         // this source's poller writes its rows, so nothing changes them between read and write,
         // and a crash between batches is repaired by the next poll's diff.
-        let mut known: HashMap<String, RemoteFileState> = HashMap::new();
-        {
-            let conn = self.db.read()?;
-            let mut stmt = conn.prepare_cached(
+        let mut known: HashMap<String, RemoteFileState> = self.db.read(|conn| {
+            let rows = conn.query_map(
                 "SELECT path, size, mtime, stable_since, partial, downloaded_size, downloaded_mtime
                  FROM ftp_files WHERE source = ?1",
+                params![source],
+                |r| {
+                    let downloaded = match (r.get::<_, Option<i64>>(5)?, r.get::<_, Option<i64>>(6)?) {
+                        (Some(s), Some(m)) => Some((s as u64, m)),
+                        _ => None,
+                    };
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        RemoteFileState {
+                            size: r.get::<_, i64>(1)? as u64,
+                            mtime_ms: r.get(2)?,
+                            stable_since: r.get(3)?,
+                            partial: r.get(4)?,
+                            downloaded,
+                        },
+                    ))
+                },
             )?;
-            let rows = stmt.query_map([source], |r| {
-                let downloaded = match (r.get::<_, Option<i64>>(5)?, r.get::<_, Option<i64>>(6)?) {
-                    (Some(s), Some(m)) => Some((s as u64, m)),
-                    _ => None,
-                };
-                Ok((
-                    r.get::<_, String>(0)?,
-                    RemoteFileState {
-                        size: r.get::<_, i64>(1)? as u64,
-                        mtime_ms: r.get(2)?,
-                        stable_since: r.get(3)?,
-                        partial: r.get(4)?,
-                        downloaded,
-                    },
-                ))
-            })?;
-            for row in rows {
-                let (path, state) = row?;
-                known.insert(path, state);
-            }
-        }
+            Ok(rows.into_iter().collect())
+        })?;
         let mut out = AppliedListing::default();
         let mut upserts = Vec::new();
         for f in listing {
@@ -228,34 +224,34 @@ impl FtpState {
             return Ok(out);
         }
         for batch in upserts.chunks(WRITE_BATCH) {
-            let mut conn = self.db.lock();
-            let tx = conn.transaction()?;
-            {
-                let mut upsert = tx.prepare_cached(
-                    "INSERT INTO ftp_files (source, path, size, mtime, first_seen_at, stable_since)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)
-                     ON CONFLICT(source, path) DO UPDATE SET
-                        size = excluded.size, mtime = excluded.mtime, stable_since = excluded.stable_since",
-                )?;
+            self.db.write(|tx| {
                 for f in batch {
-                    upsert.execute(params![source, f.path, f.size as i64, f.mtime_ms, now])?;
+                    tx.execute(
+                        "INSERT INTO ftp_files (source, path, size, mtime, first_seen_at, stable_since)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                         ON CONFLICT(source, path) DO UPDATE SET
+                            size = excluded.size, mtime = excluded.mtime, stable_since = excluded.stable_since",
+                        params![source, f.path, f.size as i64, f.mtime_ms, now],
+                    )?;
                 }
-            }
-            tx.commit()?;
+                Ok(())
+            })?;
         }
         let vanished: Vec<&String> = known.keys().collect();
         for batch in vanished.chunks(WRITE_BATCH) {
-            let mut conn = self.db.lock();
-            let tx = conn.transaction()?;
-            {
-                let mut delete = tx.prepare_cached("DELETE FROM ftp_files WHERE source = ?1 AND path = ?2")?;
-                let mut forget = tx.prepare_cached("DELETE FROM ftp_revisions WHERE source = ?1 AND rel_path = ?2")?;
+            self.db.write(|tx| {
                 for path in batch {
-                    delete.execute(params![source, path])?;
-                    forget.execute(params![source, path])?;
+                    tx.execute(
+                        "DELETE FROM ftp_files WHERE source = ?1 AND path = ?2",
+                        params![source, path],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM ftp_revisions WHERE source = ?1 AND rel_path = ?2",
+                        params![source, path],
+                    )?;
                 }
-            }
-            tx.commit()?;
+                Ok(())
+            })?;
         }
         Ok(out)
     }
@@ -271,71 +267,68 @@ impl FtpState {
         revisions: &[(String, u64)],
         now: i64,
     ) -> Result<()> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached("UPDATE ftp_files SET partial = ?3 WHERE source = ?1 AND path = ?2")?;
-            for (path, version) in marks {
-                stmt.execute(params![source, path, version])?;
+        self.db.write(|tx| {
+            {
+                let query = "UPDATE ftp_files SET partial = ?3 WHERE source = ?1 AND path = ?2";
+                for (path, version) in marks {
+                    tx.execute(query, params![source, path, version])?;
+                }
+                for (path, size) in revisions {
+                    tx.execute(
+                        "INSERT INTO ftp_revisions (tenant, rel_path, source, size, noted_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT(tenant, rel_path) DO UPDATE SET source = excluded.source, size = excluded.size,
+                            noted_at = excluded.noted_at",
+                        params![tenant, path, source, *size as i64, now],
+                    )?;
+                }
             }
-            let mut note = tx.prepare_cached(
-                "INSERT INTO ftp_revisions (tenant, rel_path, source, size, noted_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(tenant, rel_path) DO UPDATE SET source = excluded.source, size = excluded.size,
-                    noted_at = excluded.noted_at",
-            )?;
-            for (path, size) in revisions {
-                note.execute(params![tenant, path, source, *size as i64, now])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Records that `path` at (`size`, `mtime_ms`) is durably in the drop folder.
     pub fn ftp_mark_downloaded(&self, source: &str, path: &str, size: u64, mtime_ms: i64, now: i64) -> Result<()> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "UPDATE ftp_files SET partial = NULL, downloaded_at = ?5, downloaded_size = ?3, downloaded_mtime = ?4
+        self.db.write(|tx| {
+            tx.execute(
+                "UPDATE ftp_files SET partial = NULL, downloaded_at = ?5, downloaded_size = ?3, downloaded_mtime = ?4
              WHERE source = ?1 AND path = ?2",
-            params![source, path, size as i64, mtime_ms, now],
-        )?;
-        tx.execute(
-            "UPDATE ftp_sources SET files_pulled = files_pulled + 1, bytes_pulled = bytes_pulled + ?2
+                params![source, path, size as i64, mtime_ms, now],
+            )?;
+            tx.execute(
+                "UPDATE ftp_sources SET files_pulled = files_pulled + 1, bytes_pulled = bytes_pulled + ?2
              WHERE source = ?1",
-            params![source, size as i64],
-        )?;
-        tx.commit()?;
-        Ok(())
+                params![source, size as i64],
+            )?;
+            Ok(())
+        })
     }
 
     /// Records how a poll of `source` ended.
     pub fn ftp_record_poll(&self, source: &str, tenant: &str, url: &str, now: i64, poll: &PollRecord) -> Result<()> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        register_source(&tx, source, tenant, url)?;
-        tx.execute(
-            "UPDATE ftp_sources SET last_poll_at = ?2 WHERE source = ?1",
-            params![source, now],
-        )?;
-        if poll.listed {
+        self.db.write(|tx| {
+            register_source(&tx, source, tenant, url)?;
             tx.execute(
-                "UPDATE ftp_sources SET last_ok_at = ?2, remote_files = ?3, waiting = ?4, listing_incomplete = ?5
-                 WHERE source = ?1",
-                params![
-                    source,
-                    now,
-                    poll.remote_files as i64,
-                    poll.waiting as i64,
-                    poll.incomplete
-                ],
+                "UPDATE ftp_sources SET last_poll_at = ?2 WHERE source = ?1",
+                params![source, now],
             )?;
-        }
-        match &poll.error {
+            if poll.listed {
+                tx.execute(
+                    "UPDATE ftp_sources SET last_ok_at = ?2, remote_files = ?3, waiting = ?4, listing_incomplete = ?5
+                 WHERE source = ?1",
+                    params![
+                        source,
+                        now,
+                        poll.remote_files as i64,
+                        poll.waiting as i64,
+                        poll.incomplete
+                    ],
+                )?;
+            }
+            match &poll.error {
             // A good poll clears the error: status shows what is wrong now, not what was.
             None => tx.execute(
                 "UPDATE ftp_sources SET errors_in_row = 0, last_error = NULL, last_error_at = NULL WHERE source = ?1",
-                [source],
+                params![source],
             )?,
             Some(e) => tx.execute(
                 "UPDATE ftp_sources SET last_error = ?2, last_error_at = ?3, errors_in_row = errors_in_row + 1
@@ -343,29 +336,26 @@ impl FtpState {
                 params![source, e, now],
             )?,
         };
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Registers a source so that downloads can be counted before its first poll ends.
     pub fn ftp_register_source(&self, source: &str, tenant: &str, url: &str) -> Result<()> {
-        register_source(&self.db.lock(), source, tenant, url)
+        self.db.write(|tx| register_source(tx, source, tenant, url))
     }
 
     /// Every source the catalog has seen, optionally of one tenant.
     pub fn ftp_sources(&self, tenant: Option<&str>) -> Result<Vec<FtpSourceStatus>> {
-        let conn = self.db.read()?;
-        if !super::has_table(&conn, "ftp_sources")? {
-            return Ok(Vec::new());
-        }
-        let mut stmt = conn.prepare_cached(
-            "SELECT tenant, url, last_poll_at, last_ok_at, last_error, last_error_at, errors_in_row,
+        self.db.read(|conn| {
+            if !super::has_table(&conn, "ftp_sources")? {
+                return Ok(Vec::new());
+            }
+            let query = "SELECT tenant, url, last_poll_at, last_ok_at, last_error, last_error_at, errors_in_row,
                     files_pulled, bytes_pulled, remote_files, waiting, listing_incomplete
-             FROM ftp_sources WHERE (?1 IS NULL OR tenant = ?1) ORDER BY tenant, url",
-        )?;
-        let iso = |v: Option<i64>| v.map(super::views::iso);
-        let rows = stmt
-            .query_map([tenant], |r| {
+             FROM ftp_sources WHERE (?1 IS NULL OR tenant = ?1) ORDER BY tenant, url";
+            let iso = |v: Option<i64>| v.map(super::views::iso);
+            let rows = conn.query_map(query, params![tenant], |r| {
                 Ok(FtpSourceStatus {
                     tenant: r.get(0)?,
                     url: r.get(1)?,
@@ -380,14 +370,14 @@ impl FtpState {
                     waiting: r.get(10)?,
                     listing_incomplete: r.get(11)?,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+            })?;
+            Ok(rows)
+        })
     }
 }
 
 /// Adds `source` to `ftp_sources` unless it is there already.
-fn register_source(conn: &rusqlite::Connection, source: &str, tenant: &str, url: &str) -> Result<()> {
+fn register_source(conn: &dyn Sql, source: &str, tenant: &str, url: &str) -> Result<()> {
     conn.execute(
         "INSERT INTO ftp_sources (source, tenant, url) VALUES (?1, ?2, ?3) ON CONFLICT(source) DO NOTHING",
         params![source, tenant, url],

@@ -13,7 +13,7 @@
 //! size and mtime is a duplicate). The durable records that matter (files, rows,
 //! conversations) keep their own full commits.
 
-use rusqlite::{OptionalExtension, params};
+use super::sql::{Optional, Sql, params};
 
 use super::{Db, Result, Via};
 
@@ -168,26 +168,24 @@ const NEVER: i64 = i64::MAX;
 impl IntakeQueue {
     /// `dropsync retry`: failed intake items are due again, with their attempts forgotten, and
     /// a metadata file they left half-parsed resumes where it stopped. Returns how many.
-    pub(super) fn retry_failed_intake(tx: &rusqlite::Transaction<'_>, tenant: Option<&str>, now: i64) -> Result<usize> {
-        tx.prepare_cached(
+    pub(super) fn retry_failed_intake(tx: &dyn Sql, tenant: Option<&str>, now: i64) -> Result<usize> {
+        tx.execute(
             "UPDATE metadata_files SET status = 'parsing', reason = NULL, report_stale = report_stale + 1
              WHERE status = 'failed' AND (?1 IS NULL OR tenant = ?1)",
-        )?
-        .execute(params![tenant])?;
-        Ok(tx
-            .prepare_cached(
-                "UPDATE intake_queue SET failed_at = NULL, attempts = 0, next_attempt_at = ?2
+            params![tenant],
+        )?;
+        tx.execute(
+            "UPDATE intake_queue SET failed_at = NULL, attempts = 0, next_attempt_at = ?2
                  WHERE failed_at IS NOT NULL AND (?1 IS NULL OR tenant = ?1)",
-            )?
-            .execute(params![tenant, now])?)
+            params![tenant, now],
+        )
     }
 
     /// Records work items. A new event for an item already queued makes it due at once and
     /// bumps its version (so a lane processing the older event leaves it queued).
     pub fn enqueue_intake(&self, items: &[NewIntake], now: i64) -> Result<()> {
         self.db.light(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO intake_queue (tenant, kind, rel_path, via, rank, size, mtime_ns, sha256, enqueued_at, next_attempt_at)
+            let query = "INSERT INTO intake_queue (tenant, kind, rel_path, via, rank, size, mtime_ns, sha256, enqueued_at, next_attempt_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (tenant, kind, rel_path) DO UPDATE SET
                     via = CASE WHEN excluded.via = 'local' THEN via ELSE excluded.via END,
@@ -198,10 +196,9 @@ impl IntakeQueue {
                     -- A file failed for good and sent again gets a fresh set of attempts.
                     attempts = CASE WHEN failed_at IS NULL THEN attempts ELSE 0 END,
                     failed_at = NULL,
-                    next_attempt_at = min(next_attempt_at, excluded.next_attempt_at)",
-            )?;
+                    next_attempt_at = min(next_attempt_at, excluded.next_attempt_at)";
             for i in items {
-                stmt.execute(params![
+                tx.execute(query, params![
                     i.tenant,
                     i.kind.as_str(),
                     i.rel_path,
@@ -221,63 +218,62 @@ impl IntakeQueue {
     /// The first tenant after `after` (in id order) with work due now: one index seek per
     /// tenant passed over, however long the queue.
     pub fn next_intake_tenant(&self, after: &str, now: i64) -> Result<Option<String>> {
-        let conn = self.db.read()?;
-        Ok(conn
-            .prepare_cached(
+        self.db.read(|conn| {
+            conn.query_row(
                 "SELECT tenant FROM intake_queue WHERE tenant > ?1 AND next_attempt_at <= ?2 ORDER BY tenant LIMIT 1",
-            )?
-            .query_row(params![after, now], |r| r.get(0))
-            .optional()?)
+                params![after, now],
+                |r| r.get(0),
+            )
+            .optional()
+        })
     }
 
     /// When the next intake item falls due, if any is queued.
     pub fn next_intake_due(&self) -> Result<Option<i64>> {
-        let conn = self.db.read()?;
-        Ok(conn
-            .prepare_cached("SELECT min(next_attempt_at) FROM intake_queue")?
-            .query_row([], |r| r.get(0))?)
+        self.db
+            .read(|conn| conn.query_row("SELECT min(next_attempt_at) FROM intake_queue", params![], |r| r.get(0)))
     }
 
     /// Takes one unit of a tenant's due work: a scan or a heavy item alone, or up to `limit`
     /// light items. Scans come first, then light items (recordings before the metadata that
     /// names them is the fast path), then heavy ones, each in due order.
     pub fn claim_intake(&self, tenant: &str, now: i64, limit: usize) -> Result<Vec<IntakeItem>> {
-        let conn = self.db.read()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, version, kind, rel_path, via, size, mtime_ns, sha256, attempts, rank FROM intake_queue
+        self.db.read(|conn| {
+            let query =
+                "SELECT id, version, kind, rel_path, via, size, mtime_ns, sha256, attempts, rank FROM intake_queue
              WHERE tenant = ?1 AND next_attempt_at <= ?2
-             ORDER BY rank, next_attempt_at, id LIMIT ?3",
-        )?;
-        let mut out = Vec::new();
-        let rows = stmt.query_map(params![tenant, now, limit as i64], |r| {
-            Ok((
-                IntakeItem {
-                    id: r.get(0)?,
-                    version: r.get(1)?,
-                    tenant: tenant.to_owned(),
-                    kind: IntakeKind::parse(&r.get::<_, String>(2)?),
-                    rel_path: r.get(3)?,
-                    via: Via::parse(&r.get::<_, String>(4)?),
-                    size: r.get::<_, Option<i64>>(5)?.map(|s| s as u64),
-                    mtime_ns: r.get(6)?,
-                    sha256: r.get(7)?,
-                    attempts: r.get(8)?,
-                },
-                r.get::<_, i64>(9)?,
-            ))
-        })?;
-        for row in rows {
-            let (item, rank) = row?;
-            let alone = rank != RANK_LIGHT;
-            if alone && !out.is_empty() {
-                break;
+             ORDER BY rank, next_attempt_at, id LIMIT ?3";
+            let mut out = Vec::new();
+            let rows = conn.query_map(query, params![tenant, now, limit as i64], |r| {
+                Ok((
+                    IntakeItem {
+                        id: r.get(0)?,
+                        version: r.get(1)?,
+                        tenant: tenant.to_owned(),
+                        kind: IntakeKind::parse(&r.get::<_, String>(2)?),
+                        rel_path: r.get(3)?,
+                        via: Via::parse(&r.get::<_, String>(4)?),
+                        size: r.get::<_, Option<i64>>(5)?.map(|s| s as u64),
+                        mtime_ns: r.get(6)?,
+                        sha256: r.get(7)?,
+                        attempts: r.get(8)?,
+                    },
+                    r.get::<_, i64>(9)?,
+                ))
+            })?;
+            for row in rows {
+                let (item, rank) = row;
+                let alone = rank != RANK_LIGHT;
+                if alone && !out.is_empty() {
+                    break;
+                }
+                out.push(item);
+                if alone {
+                    break;
+                }
             }
-            out.push(item);
-            if alone {
-                break;
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Records how the items of one unit ended: done ones leave the queue (unless a newer
@@ -287,44 +283,28 @@ impl IntakeQueue {
             for (item, outcome) in outcomes {
                 match outcome {
                     IntakeOutcome::Done => {
-                        tx.prepare_cached("DELETE FROM intake_queue WHERE id = ?1 AND version = ?2")?
-                            .execute(params![item.id, item.version])?;
+                        tx.execute("DELETE FROM intake_queue WHERE id = ?1 AND version = ?2", params![item.id, item.version])?;
                     }
                     IntakeOutcome::Retry { error, at } => {
-                        tx.prepare_cached(
-                            "UPDATE intake_queue SET attempts = attempts + 1, last_error = ?2,
+                        tx.execute("UPDATE intake_queue SET attempts = attempts + 1, last_error = ?2,
                                 next_attempt_at = CASE WHEN version = ?4 THEN ?3 ELSE next_attempt_at END
-                             WHERE id = ?1",
-                        )?
-                        .execute(params![item.id, error, at, item.version])?;
+                             WHERE id = ?1", params![item.id, error, at, item.version])?;
                     }
                     IntakeOutcome::Failed { error, at } => {
                         // A newer event (the file sent again) gets a fresh try instead.
                         let failed = tx
-                            .prepare_cached(
-                                "UPDATE intake_queue SET attempts = attempts + 1, last_error = ?2, failed_at = ?3,
-                                    next_attempt_at = ?4 WHERE id = ?1 AND version = ?5",
-                            )?
-                            .execute(params![item.id, error, at, NEVER, item.version])?;
+                            .execute("UPDATE intake_queue SET attempts = attempts + 1, last_error = ?2, failed_at = ?3,
+                                    next_attempt_at = ?4 WHERE id = ?1 AND version = ?5", params![item.id, error, at, NEVER, item.version])?;
                         if failed > 0 {
-                            tx.prepare_cached(
-                                "UPDATE metadata_files SET status = 'failed', reason = ?3, report_stale = report_stale + 1
+                            tx.execute("UPDATE metadata_files SET status = 'failed', reason = ?3, report_stale = report_stale + 1
                                  WHERE status = 'parsing' AND file_id IN
-                                    (SELECT id FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present')",
-                            )?
-                            .execute(params![item.tenant, item.rel_path, error])?;
+                                    (SELECT id FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present')", params![item.tenant, item.rel_path, error])?;
                         } else {
-                            tx.prepare_cached(
-                                "UPDATE intake_queue SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
-                            )?
-                            .execute(params![item.id, error])?;
+                            tx.execute("UPDATE intake_queue SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1", params![item.id, error])?;
                         }
                     }
                     IntakeOutcome::Settling { size, mtime_ns, at } => {
-                        tx.prepare_cached(
-                            "UPDATE intake_queue SET size = ?2, mtime_ns = ?3, next_attempt_at = ?4 WHERE id = ?1 AND version = ?5",
-                        )?
-                        .execute(params![item.id, *size as i64, mtime_ns, at, item.version])?;
+                        tx.execute("UPDATE intake_queue SET size = ?2, mtime_ns = ?3, next_attempt_at = ?4 WHERE id = ?1 AND version = ?5", params![item.id, *size as i64, mtime_ns, at, item.version])?;
                     }
                 }
             }

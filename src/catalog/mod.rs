@@ -54,6 +54,7 @@ mod queue;
 mod revisions;
 mod rows;
 mod schema;
+pub(crate) mod sql;
 mod turns;
 mod views;
 
@@ -61,7 +62,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::backoff::Retry;
 use db::Db;
@@ -83,6 +84,9 @@ pub enum CatalogError {
     TooNew { path: String, found: i64, known: i64 },
     #[error("catalog: {0}")]
     Corrupt(String),
+    /// A query for one row found none (see [`sql::Optional`]).
+    #[error("catalog: no such row")]
+    NoRow,
 }
 
 /// A busy or locked database, a full disk or an I/O hiccup may clear; a broken constraint, a
@@ -103,7 +107,9 @@ impl Retry for CatalogError {
                     | SystemIoFailure
             ),
             // Reading a row into a type, a statement: our code or the data, the same next time.
-            CatalogError::Sqlite(_) | CatalogError::TooNew { .. } | CatalogError::Corrupt(_) => false,
+            CatalogError::Sqlite(_) | CatalogError::TooNew { .. } | CatalogError::Corrupt(_) | CatalogError::NoRow => {
+                false
+            }
         }
     }
 }
@@ -254,7 +260,15 @@ impl Catalog {
         History { db: self.db.clone() }
     }
 
-    /// The writer, for tests that look at or arrange rows directly.
+    /// Runs `f` in a transaction, for tests that look at or arrange rows directly, on either
+    /// store.
+    #[cfg(test)]
+    #[track_caller]
+    fn sql<R>(&self, f: impl FnMut(&dyn sql::Sql) -> Result<R>) -> R {
+        self.db.write(f).unwrap()
+    }
+
+    /// The SQLite writer, for tests of SQLite itself (pragmas, query plans).
     #[cfg(test)]
     #[track_caller]
     fn lock(&self) -> db::Writer<'_> {
@@ -308,11 +322,16 @@ fn migrate(conn: &Connection, path: &Path) -> Result<()> {
 
 /// Whether the database has table `name`: an old database opened read-only by the CLI may
 /// predate it.
-fn has_table(conn: &Connection, name: &str) -> Result<bool> {
+/// (A PostgreSQL catalog is always migrated before it is read.)
+fn has_table(conn: &dyn sql::Sql, name: &str) -> Result<bool> {
+    use sql::Optional;
+    if conn.dialect() == sql::Dialect::Postgres {
+        return Ok(true);
+    }
     Ok(conn
         .query_row(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [name],
+            sql::params![name],
             |r| r.get::<_, i64>(0),
         )
         .optional()?

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Transaction, params};
+use super::sql::{Sql, params};
 
 use super::{Db, Result};
 
@@ -74,9 +74,8 @@ impl History {
     /// Metadata files after `cursor` (in the order they left) whose file left before `before`
     /// and whose rows all ended before it, with where each stands in that order.
     fn prunable_metadata_files(&self, before: i64, cursor: Cursor) -> Result<Vec<(Cursor, i64)>> {
-        let conn = self.db.read()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT f.left_at, f.id, m.id FROM files f JOIN metadata_files m ON m.file_id = f.id
+        self.db.read(|conn| {
+            let query = "SELECT f.left_at, f.id, m.id FROM files f JOIN metadata_files m ON m.file_id = f.id
              WHERE f.state IN ('purged', 'gone') AND f.kind != 'recording' AND f.left_at < ?1
                AND (f.left_at > ?2 OR (f.left_at = ?2 AND f.id > ?3))
                AND m.status != 'parsing'
@@ -84,12 +83,12 @@ impl History {
                     AND c.state IN ('waiting', 'ready', 'forwarding', 'failed', 'held'))
                AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.metadata_file_id = m.id
                     AND c.state IN ('forwarded', 'rejected', 'expired') AND c.changed_at >= ?1)
-             ORDER BY f.left_at, f.id LIMIT ?4",
-        )?;
-        let rows = stmt.query_map(params![before, cursor.0, cursor.1, CANDIDATES as i64], |r| {
-            Ok(((r.get(0)?, r.get(1)?), r.get(2)?))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+             ORDER BY f.left_at, f.id LIMIT ?4";
+            let rows = conn.query_map(query, params![before, cursor.0, cursor.1, CANDIDATES as i64], |r| {
+                Ok(((r.get(0)?, r.get(1)?), r.get(2)?))
+            })?;
+            Ok(rows.into_iter().collect())
+        })
     }
 
     /// Forgets, in one transaction, up to [`BATCH`] conversations of `metadata_files`, in
@@ -97,74 +96,72 @@ impl History {
     /// is checked again here, on the writer: one queued again meanwhile (`dropsync retry`) is
     /// kept, and so is its file.
     fn prune_some(&self, metadata_files: &[i64], before: i64) -> Result<Step> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        let mut step = Step::default();
-        let mut counts: HashMap<(String, String), i64> = HashMap::new();
-        for &metadata_file in metadata_files {
-            let budget = BATCH - step.conversations;
-            let convs: Vec<(i64, String, String)> = tx
-                .prepare_cached(
+        self.db.write(|tx| {
+            let mut step = Step::default();
+            let mut counts: HashMap<(String, String), i64> = HashMap::new();
+            for &metadata_file in metadata_files {
+                let budget = BATCH - step.conversations;
+                let convs: Vec<(i64, String, String)> = tx.query_map(
                     "SELECT id, tenant, state FROM conversations WHERE metadata_file_id = ?1
                        AND state IN ('forwarded', 'rejected', 'expired') AND changed_at < ?2 LIMIT ?3",
-                )?
-                .query_map(params![metadata_file, before, budget as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            for (id, tenant, state) in &convs {
-                forget_conversation(&tx, *id)?;
-                *counts.entry((tenant.clone(), state.clone())).or_default() += 1;
+                    params![metadata_file, before, budget as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
+                for (id, tenant, state) in &convs {
+                    forget_conversation(&tx, *id)?;
+                    *counts.entry((tenant.clone(), state.clone())).or_default() += 1;
+                }
+                step.conversations += convs.len();
+                if convs.len() == budget {
+                    // Out of room: this file is taken up again by the next transaction.
+                    break;
+                }
+                step.consumed += 1;
+                let left: i64 = tx.query_row(
+                    "SELECT count(*) FROM conversations WHERE metadata_file_id = ?1",
+                    params![metadata_file],
+                    |r| r.get(0),
+                )?;
+                if left == 0 {
+                    forget_metadata_file(&tx, metadata_file)?;
+                    step.metadata_files += 1;
+                }
             }
-            step.conversations += convs.len();
-            if convs.len() == budget {
-                // Out of room: this file is taken up again by the next transaction.
-                break;
+            // The counts keep what is forgotten (the delete trigger took it off).
+            for ((tenant, state), n) in counts {
+                tx.execute(
+                    "UPDATE conversation_counts SET n = n + ?3 WHERE tenant = ?1 AND state = ?2",
+                    params![tenant, state, n],
+                )?;
             }
-            step.consumed += 1;
-            let left: i64 = tx
-                .prepare_cached("SELECT count(*) FROM conversations WHERE metadata_file_id = ?1")?
-                .query_row([metadata_file], |r| r.get(0))?;
-            if left == 0 {
-                forget_metadata_file(&tx, metadata_file)?;
-                step.metadata_files += 1;
-            }
-        }
-        // The counts keep what is forgotten (the delete trigger took it off).
-        for ((tenant, state), n) in counts {
-            tx.prepare_cached("UPDATE conversation_counts SET n = n + ?3 WHERE tenant = ?1 AND state = ?2")?
-                .execute(params![tenant, state, n])?;
-        }
-        tx.commit()?;
-        Ok(step)
+            Ok(step)
+        })
     }
 
     /// Orphan recordings (named by no row) deleted before `before`: their records go too.
     fn prune_orphans(&self, before: i64) -> Result<usize> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        let n = tx
-            .prepare_cached(
+        self.db.write(|tx| {
+            let n = tx.execute(
                 "DELETE FROM files WHERE id IN (
                     SELECT f.id FROM files f WHERE f.state IN ('purged', 'gone') AND f.left_at < ?1
                       AND f.orphan_since IS NOT NULL
                       AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.file_id = f.id)
                     LIMIT ?2)",
-            )?
-            .execute(params![before, BATCH as i64])?;
-        tx.commit()?;
-        Ok(n)
+                params![before, BATCH as i64],
+            )?;
+            Ok(n)
+        })
     }
 }
 
 /// Forgets a file's record once it has left the drop folder and nothing names it.
-fn forget_file_if_unnamed(tx: &Transaction<'_>, file: i64) -> Result<()> {
-    tx.prepare_cached(
+fn forget_file_if_unnamed(tx: &dyn Sql, file: i64) -> Result<()> {
+    tx.execute(
         "DELETE FROM files WHERE id = ?1 AND state IN ('purged', 'gone')
            AND NOT EXISTS (SELECT 1 FROM recordings WHERE file_id = ?1)
            AND NOT EXISTS (SELECT 1 FROM metadata_files WHERE file_id = ?1)",
-    )?
-    .execute([file])?;
+        params![file],
+    )?;
     Ok(())
 }
 
@@ -179,15 +176,14 @@ struct Step {
 
 /// A conversation with its recordings and deliveries; its recording files' records too, once
 /// nothing names them.
-fn forget_conversation(tx: &Transaction<'_>, id: i64) -> Result<()> {
-    let files: Vec<Option<i64>> = tx
-        .prepare_cached("DELETE FROM recordings WHERE conversation = ?1 RETURNING file_id")?
-        .query_map([id], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    tx.prepare_cached("DELETE FROM deliveries WHERE conversation = ?1")?
-        .execute([id])?;
-    tx.prepare_cached("DELETE FROM conversations WHERE id = ?1")?
-        .execute([id])?;
+fn forget_conversation(tx: &dyn Sql, id: i64) -> Result<()> {
+    let files: Vec<Option<i64>> = tx.query_map(
+        "DELETE FROM recordings WHERE conversation = ?1 RETURNING file_id",
+        params![id],
+        |r| r.get(0),
+    )?;
+    tx.execute("DELETE FROM deliveries WHERE conversation = ?1", params![id])?;
+    tx.execute("DELETE FROM conversations WHERE id = ?1", params![id])?;
     for file in files.into_iter().flatten() {
         forget_file_if_unnamed(tx, file)?;
     }
@@ -195,13 +191,18 @@ fn forget_conversation(tx: &Transaction<'_>, id: i64) -> Result<()> {
 }
 
 /// A metadata file none of whose rows is left: its refusals and records.
-fn forget_metadata_file(tx: &Transaction<'_>, metadata_file: i64) -> Result<()> {
-    use rusqlite::OptionalExtension;
-    tx.prepare_cached("DELETE FROM refusals WHERE metadata_file_id = ?1")?
-        .execute([metadata_file])?;
+fn forget_metadata_file(tx: &dyn Sql, metadata_file: i64) -> Result<()> {
+    use super::sql::{Optional, params};
+    tx.execute(
+        "DELETE FROM refusals WHERE metadata_file_id = ?1",
+        params![metadata_file],
+    )?;
     let file: Option<i64> = tx
-        .prepare_cached("DELETE FROM metadata_files WHERE id = ?1 RETURNING file_id")?
-        .query_row([metadata_file], |r| r.get(0))
+        .query_row(
+            "DELETE FROM metadata_files WHERE id = ?1 RETURNING file_id",
+            params![metadata_file],
+            |r| r.get(0),
+        )
         .optional()?;
     if let Some(file) = file {
         forget_file_if_unnamed(tx, file)?;
@@ -216,47 +217,42 @@ mod tests {
 
     /// A purged metadata file of `tenant` with conversations in `states`, all ended at 0.
     fn batch(cat: &Catalog, tenant: &str, states: &[&str]) -> i64 {
-        let conn = cat.lock();
-        conn.execute(
-            "INSERT INTO files (tenant, rel_path, dir, name, stem, kind, via, size, mtime_ns, arrived_at, state, left_at)
-             VALUES (?1, 'b.csv', '', 'b.csv', 'b', 'metadata', 'sftp', 1, 0, 0, 'purged', 0)",
-            [tenant],
-        )
-        .unwrap();
-        let file = conn.last_insert_rowid();
-        conn.execute(
-            "INSERT INTO metadata_files (file_id, tenant, rel_path, dir, format, via, status, received_at)
-             VALUES (?1, ?2, 'b.csv', '', 'csv', 'sftp', 'parsed', 0)",
-            params![file, tenant],
-        )
-        .unwrap();
-        let m = conn.last_insert_rowid();
-        for (row, state) in states.iter().enumerate() {
-            conn.execute(
-                "INSERT INTO conversations (tenant, conversation_id, metadata_file_id, row_no, dir, state, via, received_at, changed_at)
-                 VALUES (?1, ?2, ?3, ?4, '', ?5, 'sftp', 0, 0)",
-                params![tenant, format!("C-{m}-{row}"), m, row as i64 + 2, state],
-            )
-            .unwrap();
-        }
-        m
+        cat.sql(|conn| {
+            let file: i64 = conn.query_row(
+                "INSERT INTO files (tenant, rel_path, dir, name, stem, kind, via, size, mtime_ns, arrived_at, state, left_at)
+                 VALUES (?1, 'b.csv', '', 'b.csv', 'b', 'metadata', 'sftp', 1, 0, 0, 'purged', 0) RETURNING id",
+                params![tenant],
+                |r| r.get(0),
+            )?;
+            let m: i64 = conn.query_row(
+                "INSERT INTO metadata_files (file_id, tenant, rel_path, dir, format, via, status, received_at)
+                 VALUES (?1, ?2, 'b.csv', '', 'csv', 'sftp', 'parsed', 0) RETURNING id",
+                params![file, tenant],
+                |r| r.get(0),
+            )?;
+            for (row, state) in states.iter().enumerate() {
+                conn.execute(
+                    "INSERT INTO conversations (tenant, conversation_id, metadata_file_id, row_no, dir, state, via, received_at, changed_at)
+                     VALUES (?1, ?2, ?3, ?4, '', ?5, 'sftp', 0, 0)",
+                    params![tenant, format!("C-{m}-{row}"), m, row as i64 + 2, state],
+                )?;
+            }
+            Ok(m)
+        })
     }
 
     fn counts(cat: &Catalog) -> Vec<(String, String, i64)> {
-        let conn = cat.lock();
-        let mut stmt = conn
-            .prepare("SELECT tenant, state, n FROM conversation_counts WHERE n > 0 ORDER BY 1, 2")
-            .unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect()
+        cat.sql(|conn| {
+            conn.query_map(
+                "SELECT tenant, state, n FROM conversation_counts WHERE n > 0 ORDER BY 1, 2",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+        })
     }
 
     fn rows(cat: &Catalog) -> i64 {
-        cat.lock()
-            .query_row("SELECT count(*) FROM conversations", [], |r| r.get(0))
-            .unwrap()
+        cat.sql(|c| c.query_row("SELECT count(*) FROM conversations", params![], |r| r.get(0)))
     }
 
     #[test]
@@ -283,12 +279,13 @@ mod tests {
         );
         // Nothing is left to do: a second pass forgets nothing.
         assert_eq!(cat.history().prune(1000, usize::MAX).unwrap(), Pruned::default());
-        let m: i64 = cat
-            .lock()
-            .query_row("SELECT count(*) FROM metadata_files WHERE id = ?1", [open], |r| {
-                r.get(0)
-            })
-            .unwrap();
+        let m: i64 = cat.sql(|c| {
+            c.query_row(
+                "SELECT count(*) FROM metadata_files WHERE id = ?1",
+                params![open],
+                |r| r.get(0),
+            )
+        });
         assert_eq!(m, 1);
     }
 
@@ -300,9 +297,12 @@ mod tests {
         let found = cat.history().prunable_metadata_files(1000, (i64::MIN, 0)).unwrap();
         assert_eq!(found.iter().map(|(_, id)| *id).collect::<Vec<_>>(), [m]);
         // `dropsync retry` (another process) gives the expired row another grace meanwhile.
-        cat.lock()
-            .execute("UPDATE conversations SET state = 'waiting' WHERE state = 'expired'", [])
-            .unwrap();
+        cat.sql(|c| {
+            c.execute(
+                "UPDATE conversations SET state = 'waiting' WHERE state = 'expired'",
+                params![],
+            )
+        });
         let step = cat.history().prune_some(&[m], 1000).unwrap();
         assert_eq!((step.conversations, step.metadata_files, step.consumed), (1, 0, 1));
         assert_eq!(rows(&cat), 1);

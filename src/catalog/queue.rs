@@ -9,8 +9,8 @@
 //! transaction: a claim charges its minutes (none counted twice, none shared), a failure gives
 //! them back, and a completion decides which of its files the archive may take.
 
+use super::sql::{Optional, Row, Sql, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::allocation::{Allocations, Verdict, charge, refund};
 use super::{CatalogError, Db, Result, Via};
@@ -135,11 +135,12 @@ impl ForwardQueue {
     /// Start-up recovery: a conversation left `forwarding` by a crash is `ready` again. Its
     /// replay overwrites the same keys. Returns how many were recovered.
     pub fn recover(&self, now: i64) -> Result<usize> {
-        let conn = self.db.lock();
-        Ok(conn.execute(
-            "UPDATE conversations SET state = 'ready', next_attempt_at = ?1, changed_at = ?1 WHERE state = 'forwarding'",
-            [now],
-        )?)
+        self.db.write(|conn| {
+            conn.execute(
+                "UPDATE conversations SET state = 'ready', next_attempt_at = ?1, changed_at = ?1 WHERE state = 'forwarding'",
+                params![now],
+            )
+        })
     }
 
     /// Claims up to `limit` due conversations of the tenant whose turn it is after `after`
@@ -153,55 +154,61 @@ impl ForwardQueue {
         limit: usize,
         allocations: &Allocations,
     ) -> Result<Option<(String, Vec<Work>)>> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        let Some(tenant) = super::turns::next_due_tenant(&tx, after, now)? else {
-            return Ok(None);
-        };
-        let ids: Vec<i64> = tx
-            .prepare_cached(
-                "SELECT c.id FROM conversations c INDEXED BY conv_ready WHERE c.state = 'ready' AND c.tenant = ?3 AND c.next_attempt_at <= ?1
-                   AND NOT EXISTS (SELECT 1 FROM conversations o WHERE o.tenant = c.tenant
-                                   AND o.conversation_id = c.conversation_id AND o.state = 'forwarding')
-                 ORDER BY c.next_attempt_at, c.id LIMIT ?2",
-            )?
-            .query_map(params![now, limit as i64, tenant], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut out = Vec::with_capacity(ids.len());
-        let mut claimed_keys = std::collections::HashSet::new();
-        for id in ids {
-            let work = super::turns::load_work(&tx, id)?;
-            // Two sends of one conversation in the same batch: take the older, leave the other.
-            if !claimed_keys.insert((work.tenant.clone(), work.conversation_id.clone())) {
-                continue;
+        self.db.write(|tx| {
+            let Some(tenant) = super::turns::next_due_tenant(&tx, after, now)? else {
+                return Ok(None);
+            };
+            let from = tx.pick("conversations c INDEXED BY conv_ready", "conversations c");
+            let ids: Vec<i64> = tx.query_map(
+                &format!(
+                    "SELECT c.id FROM {from} WHERE c.state = 'ready' AND c.tenant = ?3 AND c.next_attempt_at <= ?1
+                       AND NOT EXISTS (SELECT 1 FROM conversations o WHERE o.tenant = c.tenant
+                                       AND o.conversation_id = c.conversation_id AND o.state = 'forwarding')
+                     ORDER BY c.next_attempt_at, c.id LIMIT ?2"
+                ),
+                params![now, limit as i64, tenant],
+                |r| r.get(0),
+            )?;
+            let mut out = Vec::with_capacity(ids.len());
+            let mut claimed_keys = std::collections::HashSet::new();
+            for id in ids {
+                let work = super::turns::load_work(&tx, id)?;
+                // Two sends of one conversation in the same batch: take the older, leave the other.
+                if !claimed_keys.insert((work.tenant.clone(), work.conversation_id.clone())) {
+                    continue;
+                }
+                // Counted against its tenant's minutes in this transaction, or held / rejected.
+                if let Some(a) = allocations.get(&work.tenant)
+                    && let Verdict::Stop { state, detail } = charge(&tx, id, &work.tenant, a)?
+                {
+                    tx.execute(
+                        "UPDATE conversations SET state = ?2, detail = ?3, changed_at = ?4 WHERE id = ?1",
+                        params![id, state, detail, now],
+                    )?;
+                    continue;
+                }
+                tx.execute(
+                    "UPDATE conversations SET state = 'forwarding', attempts = attempts + 1, changed_at = ?2 WHERE id = ?1",
+                    params![id, now],
+                )?;
+                out.push(Work {
+                    attempts: work.attempts + 1,
+                    ..work
+                });
             }
-            // Counted against its tenant's minutes in this transaction, or held / rejected.
-            if let Some(a) = allocations.get(&work.tenant)
-                && let Verdict::Stop { state, detail } = charge(&tx, id, &work.tenant, a)?
-            {
-                tx.prepare_cached("UPDATE conversations SET state = ?2, detail = ?3, changed_at = ?4 WHERE id = ?1")?
-                    .execute(params![id, state, detail, now])?;
-                continue;
-            }
-            tx.prepare_cached(
-                "UPDATE conversations SET state = 'forwarding', attempts = attempts + 1, changed_at = ?2 WHERE id = ?1",
-            )?
-            .execute(params![id, now])?;
-            out.push(Work {
-                attempts: work.attempts + 1,
-                ..work
-            });
-        }
-        tx.commit()?;
-        Ok(Some((tenant, out)))
+            Ok(Some((tenant, out)))
+        })
     }
 
     /// When the next queued conversation is due, if any.
     pub fn next_due(&self) -> Result<Option<i64>> {
-        let conn = self.db.read()?;
-        Ok(conn
-            .prepare_cached("SELECT min(next_attempt_at) FROM conversations WHERE state = 'ready'")?
-            .query_row([], |r| r.get(0))?)
+        self.db.read(|conn| {
+            conn.query_row(
+                "SELECT min(next_attempt_at) FROM conversations WHERE state = 'ready'",
+                params![],
+                |r| r.get(0),
+            )
+        })
     }
 
     /// `forwarding -> forwarded`, committed after the sink wrote everything. Returns the files
@@ -223,101 +230,86 @@ impl ForwardQueue {
     ) -> Result<Vec<i64>> {
         self.db.light(|tx| {
             for r in recordings {
-                tx.prepare_cached(
-                    "UPDATE recordings SET key = ?3, bytes = ?4, sha256 = ?5 WHERE conversation = ?1 AND position = ?2",
-                )?
-                .execute(params![conv, r.position, r.key, r.bytes as i64, r.sha256])?;
+                tx.execute("UPDATE recordings SET key = ?3, bytes = ?4, sha256 = ?5 WHERE conversation = ?1 AND position = ?2", params![conv, r.position, r.key, r.bytes as i64, r.sha256])?;
             }
             let changed = tx
-                .prepare_cached(
-                    "UPDATE conversations SET state = 'forwarded', forwarded_at = ?2, changed_at = ?2, detail = NULL
-                     WHERE id = ?1 AND state = 'forwarding'",
-                )?
-                .execute(params![conv, now])?;
+                .execute("UPDATE conversations SET state = 'forwarded', forwarded_at = ?2, changed_at = ?2, detail = NULL
+                     WHERE id = ?1 AND state = 'forwarding'", params![conv, now])?;
             if changed != 1 {
                 return Err(CatalogError::Corrupt(format!(
                     "conversation {conv} was not being forwarded"
                 )));
             }
-            tx.prepare_cached("INSERT INTO deliveries (conversation, sink, key_prefix, started_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                .execute(params![conv, sink, key_prefix, started_at, now])?;
+            tx.execute("INSERT INTO deliveries (conversation, sink, key_prefix, started_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5)", params![conv, sink, key_prefix, started_at, now])?;
             files_of(tx, conv)
         })
     }
 
     /// A transient failure: back to `ready`, due again at `retry_at`.
     pub fn retry_later(&self, conv: i64, error: &str, retry_at: i64, now: i64) -> Result<()> {
-        let conn = self.db.lock();
-        conn.prepare_cached(
-            "UPDATE conversations SET state = 'ready', next_attempt_at = ?3, detail = ?2, changed_at = ?4 WHERE id = ?1 AND state = 'forwarding'",
-        )?
-        .execute(params![conv, error, retry_at, now])?;
-        Ok(())
+        self.db.write(|conn| {
+            conn.execute("UPDATE conversations SET state = 'ready', next_attempt_at = ?3, detail = ?2, changed_at = ?4 WHERE id = ?1 AND state = 'forwarding'", params![conv, error, retry_at, now])?;
+            Ok(())
+        })
     }
 
     /// A permanent failure: `failed`, until `dropsync retry`.
     pub fn fail(&self, conv: i64, error: &str, now: i64) -> Result<()> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        let failed = tx
-            .prepare_cached("UPDATE conversations SET state = 'failed', detail = ?2, changed_at = ?3 WHERE id = ?1 AND state = 'forwarding'")?
-            .execute(params![conv, error, now])?;
-        // Minutes are for what went out: a retry is charged again.
-        if failed > 0 {
-            refund(&tx, conv)?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.db.write(|tx| {
+            let failed = tx
+                .execute("UPDATE conversations SET state = 'failed', detail = ?2, changed_at = ?3 WHERE id = ?1 AND state = 'forwarding'", params![conv, error, now])?;
+            // Minutes are for what went out: a retry is charged again.
+            if failed > 0 {
+                refund(&tx, conv)?;
+            }
+            Ok(())
+        })
     }
 
     /// A recording disappeared from the drop folder (deleted, or replaced while we read it):
     /// the file is gone, and the conversation waits for it again.
     pub fn recording_vanished(&self, conv: i64, file_id: i64, why: &str, now: i64, grace_ms: i64) -> Result<()> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        mark_gone(&tx, file_id, now)?;
-        tx.prepare_cached(
-            "UPDATE conversations SET state = 'waiting', detail = ?2, deadline = max(coalesce(deadline, 0), ?3), changed_at = ?4
-             WHERE id = ?1 AND state = 'forwarding'",
-        )?
-        .execute(params![conv, why, now.saturating_add(grace_ms), now])?;
-        tx.commit()?;
-        Ok(())
+        self.db.write(|tx| {
+            mark_gone(&tx, file_id, now)?;
+            tx.execute("UPDATE conversations SET state = 'waiting', detail = ?2, deadline = max(coalesce(deadline, 0), ?3), changed_at = ?4
+                 WHERE id = ?1 AND state = 'forwarding'", params![conv, why, now.saturating_add(grace_ms), now])?;
+            Ok(())
+        })
     }
 
     /// Files that vanished from the drop folders behind our back (seen by a scan).
     pub fn files_gone(&self, file_ids: &[i64], now: i64) -> Result<()> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        for id in file_ids {
-            mark_gone(&tx, *id, now)?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.db.write(|tx| {
+            for id in file_ids {
+                mark_gone(&tx, *id, now)?;
+            }
+            Ok(())
+        })
     }
 
     /// A path found missing when it was looked for: if it is recorded as present, it is gone.
     pub fn path_gone(&self, tenant: &str, rel: &crate::dropbox::RelPath, now: i64) -> Result<()> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        let id: Option<i64> = tx
-            .prepare_cached("SELECT id FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'")?
-            .query_row(params![tenant, rel.as_str()], |r| r.get(0))
-            .optional()?;
-        if let Some(id) = id {
-            mark_gone(&tx, id, now)?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.db.write(|tx| {
+            let id: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM files WHERE tenant = ?1 AND rel_path = ?2 AND state = 'present'",
+                    params![tenant, rel.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = id {
+                mark_gone(&tx, id, now)?;
+            }
+            Ok(())
+        })
     }
 
     /// Files of a tenant recorded as in its drop folder, for reconciliation: present ones and
     /// ones leaving for the archive (whose record the archiver settles, not the scan).
     pub fn recorded_files(&self, tenant: &str) -> Result<Vec<RecordedFile>> {
-        let conn = self.db.read()?;
-        let mut stmt = conn.prepare_cached(RECORDED_FILES)?;
-        let rows = stmt
-            .query_map([tenant], |r| {
+        self.db.read(|conn| {
+            let query = RECORDED_FILES;
+            let rows = conn.query_map(query, params![tenant], |r| {
                 Ok(RecordedFile {
                     file_id: r.get(0)?,
                     rel_path: r.get(1)?,
@@ -326,23 +318,23 @@ impl ForwardQueue {
                     ino: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
                     leaving: r.get::<_, i64>(5)? == 1,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+            })?;
+            Ok(rows)
+        })
     }
 
     /// Every present file of a tenant that may be ready to leave its drop folder (the
     /// reconciliation pass): candidates for [`ForwardQueue::claim_for_archive`].
     pub fn archive_candidates(&self, tenant: &str) -> Result<Vec<i64>> {
-        let conn = self.db.read()?;
-        let ids = conn
-            .prepare_cached(
+        self.db.read(|conn| {
+            let ids = conn.query_map(
                 "SELECT id FROM files WHERE tenant = ?1 AND state = 'present'
                    AND (kind != 'recording' OR EXISTS (SELECT 1 FROM recordings r WHERE r.file_id = files.id))",
-            )?
-            .query_map([tenant], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(ids)
+                params![tenant],
+                |r| r.get(0),
+            )?;
+            Ok(ids)
+        })
     }
 
     /// Claims those of `file_ids` that no open conversation needs any more: they become
@@ -357,16 +349,17 @@ impl ForwardQueue {
         if file_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        let mut out = archivable(&tx, file_ids)?;
-        for item in &mut out {
-            item.archive_path = plan(&item.tenant, item.file_id, &item.rel_path);
-            tx.prepare_cached("UPDATE files SET state = 'leaving', archive_path = ?2, left_at = ?3 WHERE id = ?1")?
-                .execute(params![item.file_id, item.archive_path, now])?;
-        }
-        tx.commit()?;
-        Ok(out)
+        self.db.write(|tx| {
+            let mut out = archivable(&tx, file_ids)?;
+            for item in &mut out {
+                item.archive_path = plan(&item.tenant, item.file_id, &item.rel_path);
+                tx.execute(
+                    "UPDATE files SET state = 'leaving', archive_path = ?2, left_at = ?3 WHERE id = ?1",
+                    params![item.file_id, item.archive_path, now],
+                )?;
+            }
+            Ok(out)
+        })
     }
 
     /// Records how the moves of claimed files ended, one transaction, not synced: a power cut
@@ -380,29 +373,17 @@ impl ForwardQueue {
             for (file_id, how) in ended {
                 match how {
                     Departure::Archived => {
-                        tx.prepare_cached(
-                            "UPDATE files SET state = 'archived', left_at = ?2 WHERE id = ?1 AND state = 'leaving'",
-                        )?
-                        .execute(params![file_id, now])?;
+                        tx.execute("UPDATE files SET state = 'archived', left_at = ?2 WHERE id = ?1 AND state = 'leaving'", params![file_id, now])?;
                     }
                     Departure::Gone => {
-                        tx.prepare_cached(
-                            "UPDATE files SET state = 'gone', archive_path = NULL, left_at = ?2 WHERE id = ?1 AND state = 'leaving'",
-                        )?
-                        .execute(params![file_id, now])?;
+                        tx.execute("UPDATE files SET state = 'gone', archive_path = NULL, left_at = ?2 WHERE id = ?1 AND state = 'leaving'", params![file_id, now])?;
                     }
                     Departure::Stayed => {
                         // Present again, unless a newer file holds its name by now.
-                        tx.prepare_cached(
-                            "UPDATE files SET state = 'gone', archive_path = NULL, left_at = ?2 WHERE id = ?1 AND state = 'leaving'
+                        tx.execute("UPDATE files SET state = 'gone', archive_path = NULL, left_at = ?2 WHERE id = ?1 AND state = 'leaving'
                                AND EXISTS (SELECT 1 FROM files n WHERE n.tenant = files.tenant AND n.rel_path = files.rel_path
-                                             AND n.state = 'present')",
-                        )?
-                        .execute(params![file_id, now])?;
-                        tx.prepare_cached(
-                            "UPDATE files SET state = 'present', archive_path = NULL, left_at = NULL WHERE id = ?1 AND state = 'leaving'",
-                        )?
-                        .execute([file_id])?;
+                                             AND n.state = 'present')", params![file_id, now])?;
+                        tx.execute("UPDATE files SET state = 'present', archive_path = NULL, left_at = NULL WHERE id = ?1 AND state = 'leaving'", params![file_id])?;
                     }
                 }
             }
@@ -413,10 +394,11 @@ impl ForwardQueue {
     /// Files claimed for the archive at or before `before` whose move was never settled (a
     /// crash, or a catalog error after the move).
     pub fn unsettled_departures(&self, before: i64) -> Result<Vec<ToArchive>> {
-        let conn = self.db.read()?;
-        let mut stmt = conn.prepare_cached(UNSETTLED)?;
-        let rows = stmt.query_map([before], to_archive)?.collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        self.db.read(|conn| {
+            let query = UNSETTLED;
+            let rows = conn.query_map(query, params![before], to_archive)?;
+            Ok(rows)
+        })
     }
 
     /// Archived copies older than their tenant's retention, and orphans unclaimed for as long:
@@ -425,21 +407,18 @@ impl ForwardQueue {
         let shortest = keep_for.iter().map(|(_, ms)| *ms).fold(keep_ms, i64::min);
         let keep_for: serde_json::Map<String, serde_json::Value> =
             keep_for.iter().map(|(t, ms)| ((*t).to_owned(), (*ms).into())).collect();
-        let conn = self.db.read()?;
-        // The shortest retention first (an index range), then each tenant's own.
-        let mut stmt = conn.prepare_cached(
-            "WITH keep(tenant, ms) AS (SELECT key, value FROM json_each(?4))
+        self.db.read(|conn| {
+            // The shortest retention first (an index range), then each tenant's own.
+            let query = "WITH keep(tenant, ms) AS (SELECT key, value FROM json_each(?4))
              SELECT id, f.tenant, archive_path, 1, ino, dev FROM files f LEFT JOIN keep k ON k.tenant = f.tenant
               WHERE state = 'archived' AND left_at <= ?1 - ?5 AND left_at <= ?1 - coalesce(k.ms, ?2)
              UNION ALL
              SELECT id, f.tenant, rel_path, 0, ino, dev FROM files f LEFT JOIN keep k ON k.tenant = f.tenant
               WHERE state = 'present' AND orphan_since IS NOT NULL AND orphan_since <= ?1 - ?5
                 AND orphan_since <= ?1 - coalesce(k.ms, ?2)
-             LIMIT ?3",
-        )?;
-        let keep_for = serde_json::Value::Object(keep_for).to_string();
-        let rows = stmt
-            .query_map(params![now, keep_ms, limit as i64, keep_for, shortest], |r| {
+             LIMIT ?3";
+            let keep_for = serde_json::Value::Object(keep_for).to_string();
+            let rows = conn.query_map(query, params![now, keep_ms, limit as i64, keep_for, shortest], |r| {
                 Ok(ToPurge {
                     file_id: r.get(0)?,
                     tenant: r.get(1)?,
@@ -448,9 +427,9 @@ impl ForwardQueue {
                     ino: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
                     dev: r.get::<_, Option<i64>>(5)?.map(|d| d as u64),
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+            })?;
+            Ok(rows)
+        })
     }
 
     /// Records the local copies `file_ids` as deleted, in one transaction (one fsync, not one
@@ -459,54 +438,50 @@ impl ForwardQueue {
         if file_ids.is_empty() {
             return Ok(());
         }
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt =
-                tx.prepare_cached("UPDATE files SET state = 'purged', left_at = coalesce(left_at, ?2) WHERE id = ?1")?;
-            for id in file_ids {
-                stmt.execute(params![id, now])?;
+        self.db.write(|tx| {
+            {
+                let query = "UPDATE files SET state = 'purged', left_at = coalesce(left_at, ?2) WHERE id = ?1";
+                for id in file_ids {
+                    tx.execute(query, params![id, now])?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 }
 
 /// The files a conversation used: its recordings and its metadata file.
-pub(super) fn files_of(tx: &Transaction<'_>, conv: i64) -> Result<Vec<i64>> {
-    Ok(tx
-        .prepare_cached(
-            "SELECT file_id FROM recordings WHERE conversation = ?1 AND file_id IS NOT NULL
-             UNION SELECT m.file_id FROM metadata_files m JOIN conversations c ON c.metadata_file_id = m.id WHERE c.id = ?1",
-        )?
-        .query_map([conv], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?)
+pub(super) fn files_of(tx: &dyn Sql, conv: i64) -> Result<Vec<i64>> {
+    tx
+        .query_map("SELECT file_id FROM recordings WHERE conversation = ?1 AND file_id IS NOT NULL
+             UNION SELECT m.file_id FROM metadata_files m JOIN conversations c ON c.metadata_file_id = m.id WHERE c.id = ?1", params![conv], |r| r.get(0))
 }
 
-fn mark_gone(tx: &Transaction<'_>, file_id: i64, now: i64) -> Result<()> {
-    tx.prepare_cached("UPDATE files SET state = 'gone', left_at = ?2 WHERE id = ?1 AND state = 'present'")?
-        .execute(params![file_id, now])?;
+fn mark_gone(tx: &dyn Sql, file_id: i64, now: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE files SET state = 'gone', left_at = ?2 WHERE id = ?1 AND state = 'present'",
+        params![file_id, now],
+    )?;
     // Conversations that counted on it wait for it again; finished ones keep their record.
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE conversations SET state = 'waiting', changed_at = ?2 WHERE state = 'ready'
            AND id IN (SELECT conversation FROM recordings WHERE file_id = ?1)",
-    )?
-    .execute(params![file_id, now])?;
-    tx.prepare_cached(
+        params![file_id, now],
+    )?;
+    tx.execute(
         "UPDATE recordings SET file_id = NULL WHERE file_id = ?1
            AND EXISTS (SELECT 1 FROM conversations c WHERE c.id = recordings.conversation
                        AND c.state IN ('waiting', 'expired', 'forwarding'))",
-    )?
-    .execute([file_id])?;
+        params![file_id],
+    )?;
     Ok(())
 }
 
 /// Of `candidates`, the present files no open conversation needs any more: recordings that a
 /// forwarded conversation used, and metadata, zip and unknown files whose rows are all decided.
-fn archivable(tx: &Transaction<'_>, candidates: &[i64]) -> Result<Vec<ToArchive>> {
+fn archivable(tx: &dyn Sql, candidates: &[i64]) -> Result<Vec<ToArchive>> {
     let mut out = Vec::new();
-    let mut stmt = tx.prepare_cached(&format!(
+    let query = &format!(
         "SELECT f.id, f.tenant, f.rel_path, '', f.ino, f.dev FROM files f WHERE f.id = ?1 AND f.state = 'present' AND (
            (f.kind = 'recording'
               AND EXISTS (SELECT 1 FROM recordings r JOIN conversations c ON c.id = r.conversation
@@ -516,16 +491,16 @@ fn archivable(tx: &Transaction<'_>, candidates: &[i64]) -> Result<Vec<ToArchive>
            OR (f.kind != 'recording'
               AND EXISTS (SELECT 1 FROM metadata_files m WHERE m.file_id = f.id AND m.status IN ('parsed', 'rejected')
                           AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.metadata_file_id = m.id AND c.state IN {OPEN_STATES}))))"
-    ))?;
+    );
     for id in candidates {
-        if let Some(a) = stmt.query_row([id], to_archive).optional()? {
+        if let Some(a) = tx.query_row(query, params![id], to_archive).optional()? {
             out.push(a);
         }
     }
     Ok(out)
 }
 
-fn to_archive(r: &rusqlite::Row<'_>) -> rusqlite::Result<ToArchive> {
+fn to_archive(r: &Row) -> Result<ToArchive> {
     Ok(ToArchive {
         file_id: r.get(0)?,
         tenant: r.get(1)?,

@@ -7,7 +7,7 @@
 //! Only a noted revision does this: a file of the same name that arrives otherwise (a new call
 //! that reuses a name after the old file was deleted from the server) is a new recording.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use super::sql::{Optional, Sql, params};
 
 use super::queue::OPEN_STATES;
 use super::rows::conversation_hash;
@@ -16,10 +16,13 @@ use crate::matching::join::{LastSent, Resend};
 
 /// Whether the recording arriving at `rel_path` with `size` bytes is the revision the poller
 /// noted; the note is used up either way.
-pub(super) fn take_revision(tx: &Transaction<'_>, tenant: &str, rel_path: &str, size: u64) -> Result<bool> {
+pub(super) fn take_revision(tx: &dyn Sql, tenant: &str, rel_path: &str, size: u64) -> Result<bool> {
     let noted: Option<i64> = tx
-        .prepare_cached("DELETE FROM ftp_revisions WHERE tenant = ?1 AND rel_path = ?2 RETURNING size")?
-        .query_row(params![tenant, rel_path], |r| r.get(0))
+        .query_row(
+            "DELETE FROM ftp_revisions WHERE tenant = ?1 AND rel_path = ?2 RETURNING size",
+            params![tenant, rel_path],
+            |r| r.get(0),
+        )
         .optional()?;
     Ok(noted == Some(size as i64))
 }
@@ -31,7 +34,7 @@ pub(super) fn take_revision(tx: &Transaction<'_>, tenant: &str, rel_path: &str, 
 /// re-send rule, [`Resend`]): the conversation is not sent again, and the new file is
 /// appended to `decided`, free to leave. Returns how many are sent again.
 pub(super) fn resend_with_revision(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     file_id: i64,
     tenant: &str,
     rel_path: &str,
@@ -39,8 +42,8 @@ pub(super) fn resend_with_revision(
     decided: &mut Vec<i64>,
 ) -> Result<usize> {
     type Used = (i64, i64, Option<String>, String, i64);
-    let used: Vec<Used> = tx
-        .prepare_cached(&format!(
+    let used: Vec<Used> = tx.query_map(
+        &format!(
             "SELECT r.conversation, r.file_id, c.content_hash, m.rel_path, c.row_no FROM files f
                JOIN recordings r ON r.file_id = f.id
                JOIN conversations c ON c.id = r.conversation
@@ -50,25 +53,26 @@ pub(super) fn resend_with_revision(
                                AND o.conversation_id = c.conversation_id AND o.id != c.id
                                AND (o.state IN {OPEN_STATES}
                                     OR (o.state = 'forwarded' AND (o.forwarded_at, o.id) > (c.forwarded_at, c.id))))"
-        ))?
-        .query_map(params![tenant, rel_path, file_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+        ),
+        params![tenant, rel_path, file_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )?;
     let name = rel_path.rsplit('/').next().unwrap_or(rel_path);
     let mut resent = 0;
     for (conv, old_file, sent_hash, metadata_file, row_no) in used {
-        let lost: i64 = tx
-            .prepare_cached(
-                "SELECT count(*) FROM recordings r JOIN files f ON f.id = r.file_id
+        let lost: i64 = tx.query_row(
+            "SELECT count(*) FROM recordings r JOIN files f ON f.id = r.file_id
                  WHERE r.conversation = ?1 AND r.file_id != ?2 AND f.state NOT IN ('present', 'leaving', 'archived')",
-            )?
-            .query_row(params![conv, old_file], |r| r.get(0))?;
+            params![conv, old_file],
+            |r| r.get(0),
+        )?;
         if lost > 0 {
             continue;
         }
-        tx.prepare_cached("UPDATE recordings SET file_id = ?3 WHERE conversation = ?1 AND file_id = ?2")?
-            .execute(params![conv, old_file, file_id])?;
+        tx.execute(
+            "UPDATE recordings SET file_id = ?3 WHERE conversation = ?1 AND file_id = ?2",
+            params![conv, old_file, file_id],
+        )?;
         let (_, _, hash) = conversation_hash(tx, conv)?;
         let last = sent_hash.as_deref().map(|content_hash| LastSent {
             content_hash,
@@ -81,11 +85,8 @@ pub(super) fn resend_with_revision(
             }
             continue;
         }
-        tx.prepare_cached(
-            "UPDATE conversations SET state = ?2, content_hash = ?3, updated = 1, next_attempt_at = ?4, attempts = 0,
-                    detail = ?5, changed_at = ?4 WHERE id = ?1",
-        )?
-        .execute(params![
+        tx.execute("UPDATE conversations SET state = ?2, content_hash = ?3, updated = 1, next_attempt_at = ?4, attempts = 0,
+                    detail = ?5, changed_at = ?4 WHERE id = ?1", params![
             conv,
             ConvState::Ready.as_str(),
             hash,

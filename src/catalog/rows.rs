@@ -1,23 +1,25 @@
 //! A metadata row becoming a submission of its conversation, and a conversation whose
 //! recordings are all in being decided: identical to what went out (done), or ready to forward.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use super::sql::{Optional, Sql, params};
 
 use super::files::RowInput;
 use super::{ConvState, Result};
 use crate::matching::join::{LastSent, Lookup, Resend, content_hash};
 use crate::matching::{RecordingRef, RowVerdict};
 
-pub(super) fn is_complete(tx: &Transaction<'_>, conv: i64) -> Result<bool> {
-    let open: i64 = tx
-        .prepare_cached("SELECT count(*) FROM recordings WHERE conversation = ?1 AND file_id IS NULL")?
-        .query_row([conv], |r| r.get(0))?;
+pub(super) fn is_complete(tx: &dyn Sql, conv: i64) -> Result<bool> {
+    let open: i64 = tx.query_row(
+        "SELECT count(*) FROM recordings WHERE conversation = ?1 AND file_id IS NULL",
+        params![conv],
+        |r| r.get(0),
+    )?;
     Ok(open == 0)
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn add_row(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     metadata_file_id: i64,
     tenant: &str,
     dir: &str,
@@ -29,11 +31,8 @@ pub(super) fn add_row(
     decided: &mut Vec<i64>,
 ) -> Result<usize> {
     let insert_rejected = |conv_id: Option<&str>, recording: Option<&str>, reason: &str| -> Result<usize> {
-        tx.prepare_cached(
-            "INSERT INTO conversations (tenant, conversation_id, metadata_file_id, row_no, dir, recording_text, state, detail, via, received_at, changed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'rejected', ?7, ?8, ?9, ?9)",
-        )?
-        .execute(params![tenant, conv_id, metadata_file_id, row.row_no as i64, dir, recording, reason, via, now])?;
+        tx.execute("INSERT INTO conversations (tenant, conversation_id, metadata_file_id, row_no, dir, recording_text, state, detail, via, received_at, changed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'rejected', ?7, ?8, ?9, ?9)", params![tenant, conv_id, metadata_file_id, row.row_no as i64, dir, recording, reason, via, now])?;
         Ok(0)
     };
     let sub = match &row.verdict {
@@ -49,10 +48,7 @@ pub(super) fn add_row(
     let recording_text: Vec<String> = sub.recordings.iter().map(RecordingRef::display).collect();
     let recording_text = recording_text.join(";");
     let earlier: Option<i64> = tx
-        .prepare_cached(
-            "SELECT row_no FROM conversations WHERE metadata_file_id = ?1 AND conversation_id = ?2 AND state != 'rejected' LIMIT 1",
-        )?
-        .query_row(params![metadata_file_id, sub.conversation_id], |r| r.get(0))
+        .query_row("SELECT row_no FROM conversations WHERE metadata_file_id = ?1 AND conversation_id = ?2 AND state != 'rejected' LIMIT 1", params![metadata_file_id, sub.conversation_id], |r| r.get(0))
         .optional()?;
     if let Some(earlier) = earlier {
         let reason = format!(
@@ -62,27 +58,24 @@ pub(super) fn add_row(
         return insert_rejected(Some(&sub.conversation_id), Some(&recording_text), &reason);
     }
     // A later send of the same conversation replaces an earlier one that has not gone out yet.
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE conversations SET state = 'rejected', changed_at = ?4, detail = ?3
          WHERE tenant = ?1 AND conversation_id = ?2 AND state IN ('waiting', 'ready', 'failed', 'expired', 'held')",
-    )?
-    .execute(params![
-        tenant,
-        sub.conversation_id,
-        format!("replaced by a later send: row {} of {file_name}", row.row_no),
-        now
-    ])?;
+        params![
+            tenant,
+            sub.conversation_id,
+            format!("replaced by a later send: row {} of {file_name}", row.row_no),
+            now
+        ],
+    )?;
     let fields = serde_json::Value::Object(
         sub.fields
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect(),
     );
-    tx.prepare_cached(
-        "INSERT INTO conversations (tenant, conversation_id, metadata_file_id, row_no, dir, recording_text, state, agent, contact_time, fields, via, received_at, deadline, changed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'waiting', ?7, ?8, ?9, ?10, ?11, ?12, ?11)",
-    )?
-    .execute(params![
+    let conv: i64 = tx.query_row("INSERT INTO conversations (tenant, conversation_id, metadata_file_id, row_no, dir, recording_text, state, agent, contact_time, fields, via, received_at, deadline, changed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'waiting', ?7, ?8, ?9, ?10, ?11, ?12, ?11) RETURNING id", params![
         tenant,
         sub.conversation_id,
         metadata_file_id,
@@ -95,8 +88,8 @@ pub(super) fn add_row(
         via,
         now,
         now.saturating_add(grace_ms)
-    ])?;
-    let conv = tx.last_insert_rowid();
+    ], |r| r.get(0))?;
+
     let mut all_present = true;
     for (pos, rec) in sub.recordings.iter().enumerate() {
         let (name, stem) = match rec.lookup() {
@@ -113,18 +106,16 @@ pub(super) fn add_row(
              ORDER BY arrived_at DESC, id DESC LIMIT 1"
         };
         let file: Option<i64> = tx
-            .prepare_cached(sql)?
-            .query_row(params![tenant, dir, name.or(stem)], |r| r.get(0))
+            .query_row(sql, params![tenant, dir, name.or(stem)], |r| r.get(0))
             .optional()?;
         if let Some(file) = file {
-            tx.prepare_cached("UPDATE files SET orphan_since = NULL WHERE id = ?1 AND orphan_since IS NOT NULL")?
-                .execute([file])?;
+            tx.execute(
+                "UPDATE files SET orphan_since = NULL WHERE id = ?1 AND orphan_since IS NOT NULL",
+                params![file],
+            )?;
         }
         all_present &= file.is_some();
-        tx.prepare_cached(
-            "INSERT INTO recordings (conversation, position, tenant, dir, name, stem, file_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![conv, pos as i64, tenant, dir, name, stem, file])?;
+        tx.execute("INSERT INTO recordings (conversation, position, tenant, dir, name, stem, file_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)", params![conv, pos as i64, tenant, dir, name, stem, file])?;
     }
     if all_present {
         make_ready(tx, conv, now, decided)?;
@@ -136,28 +127,28 @@ pub(super) fn add_row(
 /// A conversation whose recordings are all in, decided by the re-send rule
 /// ([`crate::matching::join::Resend`]) against the send forwarded last, and the verdict applied.
 /// Appends to `decided` the files an identical re-send no longer needs.
-pub(super) fn make_ready(tx: &Transaction<'_>, conv: i64, now: i64, decided: &mut Vec<i64>) -> Result<()> {
+pub(super) fn make_ready(tx: &dyn Sql, conv: i64, now: i64, decided: &mut Vec<i64>) -> Result<()> {
     // A recording that is not audio rejects its row, with the reason, before anything is sent.
     let not_audio: Option<(String, String)> = tx
-        .prepare_cached(
+        .query_row(
             "SELECT f.name, f.audio_error FROM recordings r JOIN files f ON f.id = r.file_id
              WHERE r.conversation = ?1 AND f.audio_error IS NOT NULL ORDER BY r.position LIMIT 1",
-        )?
-        .query_row([conv], |r| Ok((r.get(0)?, r.get(1)?)))
+            params![conv],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
     if let Some((name, why)) = not_audio {
-        tx.prepare_cached("UPDATE conversations SET state = 'rejected', detail = ?2, changed_at = ?3 WHERE id = ?1")?
-            .execute(params![conv, format!("{name} is {why}"), now])?;
+        tx.execute(
+            "UPDATE conversations SET state = 'rejected', detail = ?2, changed_at = ?3 WHERE id = ?1",
+            params![conv, format!("{name} is {why}"), now],
+        )?;
         return Ok(());
     }
     let (tenant, conversation_id, hash) = conversation_hash(tx, conv)?;
     let last: Option<(String, String, i64)> = tx
-        .prepare_cached(
-            "SELECT c.content_hash, m.rel_path, c.row_no FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
+        .query_row("SELECT c.content_hash, m.rel_path, c.row_no FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
              WHERE c.tenant = ?1 AND c.conversation_id = ?2 AND c.state = 'forwarded' AND c.id != ?3
-             ORDER BY c.forwarded_at DESC, c.id DESC LIMIT 1",
-        )?
-        .query_row(params![tenant, conversation_id, conv], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+             ORDER BY c.forwarded_at DESC, c.id DESC LIMIT 1", params![tenant, conversation_id, conv], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     let last = last.as_ref().map(|(content_hash, metadata_file, row_no)| LastSent {
         content_hash,
@@ -166,34 +157,27 @@ pub(super) fn make_ready(tx: &Transaction<'_>, conv: i64, now: i64, decided: &mu
     });
     match Resend::decide(last, &hash) {
         Resend::Identical { detail } => {
-            tx.prepare_cached(
-                "UPDATE conversations SET state = 'forwarded', content_hash = ?2, forwarded_at = ?3, changed_at = ?3, detail = ?4 WHERE id = ?1",
-            )?
-            .execute(params![conv, hash, now, detail])?;
+            tx.execute("UPDATE conversations SET state = 'forwarded', content_hash = ?2, forwarded_at = ?3, changed_at = ?3, detail = ?4 WHERE id = ?1", params![conv, hash, now, detail])?;
             decided.extend(super::queue::files_of(tx, conv)?);
         }
         resend => {
-            tx.prepare_cached(
-                "UPDATE conversations SET state = ?2, content_hash = ?3, updated = ?4, next_attempt_at = ?5, attempts = 0,
-                        detail = NULL, changed_at = ?5 WHERE id = ?1",
-            )?
-            .execute(params![conv, ConvState::Ready.as_str(), hash, resend == Resend::Updated, now])?;
+            tx.execute("UPDATE conversations SET state = ?2, content_hash = ?3, updated = ?4, next_attempt_at = ?5, attempts = 0,
+                        detail = NULL, changed_at = ?5 WHERE id = ?1", params![conv, ConvState::Ready.as_str(), hash, resend == Resend::Updated, now])?;
         }
     }
     Ok(())
 }
 
 /// A conversation's (tenant, conversation_id, content hash) as its recordings stand now.
-pub(super) fn conversation_hash(tx: &Transaction<'_>, conv: i64) -> Result<(String, String, String)> {
+pub(super) fn conversation_hash(tx: &dyn Sql, conv: i64) -> Result<(String, String, String)> {
     let (tenant, conversation_id, agent, contact_time, fields): (String, String, String, String, String) = tx
-        .prepare_cached("SELECT tenant, conversation_id, agent, contact_time, fields FROM conversations WHERE id = ?1")?
-        .query_row([conv], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+        .query_row(
+            "SELECT tenant, conversation_id, agent, contact_time, fields FROM conversations WHERE id = ?1",
+            params![conv],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
     let recordings: Vec<(String, Option<String>)> = tx
-        .prepare_cached(
-            "SELECT f.name, f.sha256 FROM recordings r JOIN files f ON f.id = r.file_id WHERE r.conversation = ?1 ORDER BY r.position",
-        )?
-        .query_map([conv], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .query_map("SELECT f.name, f.sha256 FROM recordings r JOIN files f ON f.id = r.file_id WHERE r.conversation = ?1 ORDER BY r.position", params![conv], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let hash = content_hash(
         &agent,
         &contact_time,

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::sql::params;
 use super::*;
 use crate::dropbox::{FileKind, RelPath};
 use crate::matching::{MetadataFormat, RecordingRef, RowVerdict, Submission};
@@ -101,9 +102,7 @@ pub(super) fn archive(cat: &Catalog, ids: &[i64], now: i64) -> Vec<i64> {
 }
 
 fn file_state(cat: &Catalog, id: i64) -> String {
-    cat.lock()
-        .query_row("SELECT state FROM files WHERE id = ?1", [id], |r| r.get(0))
-        .unwrap()
+    cat.sql(|c| c.query_row("SELECT state FROM files WHERE id = ?1", params![id], |r| r.get(0)))
 }
 
 impl Catalog {

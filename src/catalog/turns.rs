@@ -6,7 +6,7 @@
 //! due time), never a walk through a tenant's backlog. The conversation taken is then loaded
 //! whole ([`load_work`]): its rows, recordings and files.
 
-use rusqlite::{OptionalExtension, Transaction};
+use super::sql::{Optional, Sql, params};
 
 use chrono::{DateTime, Utc};
 
@@ -15,7 +15,7 @@ use super::{CatalogError, Result, Via};
 
 /// The first tenant after `after` in name order, wrapping round to the first, that has a
 /// conversation due at `now`; `after` itself comes last.
-pub(super) fn next_due_tenant(tx: &Transaction<'_>, after: &str, now: i64) -> Result<Option<String>> {
+pub(super) fn next_due_tenant(tx: &dyn Sql, after: &str, now: i64) -> Result<Option<String>> {
     if let Some(t) = due_after(tx, after, None, now)? {
         return Ok(Some(t));
     }
@@ -27,17 +27,23 @@ pub(super) fn next_due_tenant(tx: &Transaction<'_>, after: &str, now: i64) -> Re
 }
 
 /// The first tenant above `from` (and at most `upto`) whose earliest ready conversation is due.
-fn due_after(tx: &Transaction<'_>, from: &str, upto: Option<&str>, now: i64) -> Result<Option<String>> {
+fn due_after(tx: &dyn Sql, from: &str, upto: Option<&str>, now: i64) -> Result<Option<String>> {
     let mut cursor = from.to_owned();
     loop {
         // A tenant's earliest due time, first in its part of the index. Named, because the
         // planner otherwise takes `conv_state` and sorts the tenant's whole backlog each time.
+        // (PostgreSQL has no such hint; its planner takes the partial index for this query.)
         let next: Option<(String, i64)> = tx
-            .prepare_cached(
-                "SELECT tenant, next_attempt_at FROM conversations INDEXED BY conv_ready
-                 WHERE state = 'ready' AND tenant > ?1 ORDER BY tenant, next_attempt_at LIMIT 1",
-            )?
-            .query_row([&cursor], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                tx.pick(
+                    "SELECT tenant, next_attempt_at FROM conversations INDEXED BY conv_ready
+                     WHERE state = 'ready' AND tenant > ?1 ORDER BY tenant, next_attempt_at LIMIT 1",
+                    "SELECT tenant, next_attempt_at FROM conversations
+                     WHERE state = 'ready' AND tenant > ?1 ORDER BY tenant, next_attempt_at LIMIT 1",
+                ),
+                params![&cursor],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         match next {
             None => return Ok(None),
@@ -48,13 +54,10 @@ fn due_after(tx: &Transaction<'_>, from: &str, upto: Option<&str>, now: i64) -> 
     }
 }
 
-pub(super) fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
+pub(super) fn load_work(tx: &dyn Sql, id: i64) -> Result<Work> {
     let mut work = tx
-        .prepare_cached(
-            "SELECT c.tenant, c.conversation_id, c.agent, c.contact_time, c.fields, m.rel_path, c.row_no, c.via, c.received_at, c.attempts
-             FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id WHERE c.id = ?1",
-        )?
-        .query_row([id], |r| {
+        .query_row("SELECT c.tenant, c.conversation_id, c.agent, c.contact_time, c.fields, m.rel_path, c.row_no, c.via, c.received_at, c.attempts
+             FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id WHERE c.id = ?1", params![id], |r| {
             let contact_time: String = r.get(3)?;
             let fields: String = r.get(4)?;
             Ok((
@@ -85,14 +88,13 @@ pub(super) fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
             w.fields = serde_json::from_str(&f).map_err(|e| CatalogError::Corrupt(format!("conversation {id}: bad fields: {e}")))?;
             Ok(w)
         })?;
-    work.recordings = tx
-        .prepare_cached(
-            "SELECT r.position, f.id, f.rel_path, f.name, f.size, f.mtime_ns, f.sha256, f.archive_path, f.duration_ms,
+    work.recordings = tx.query_map(
+        "SELECT r.position, f.id, f.rel_path, f.name, f.size, f.mtime_ns, f.sha256, f.archive_path, f.duration_ms,
                     f.dev, f.ino
              FROM recordings r JOIN files f ON f.id = r.file_id
              WHERE r.conversation = ?1 ORDER BY r.position",
-        )?
-        .query_map([id], |r| {
+        params![id],
+        |r| {
             Ok(WorkRecording {
                 position: r.get(0)?,
                 file_id: r.get(1)?,
@@ -108,7 +110,7 @@ pub(super) fn load_work(tx: &Transaction<'_>, id: i64) -> Result<Work> {
                     _ => None,
                 },
             })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+        },
+    )?;
     Ok(work)
 }
