@@ -258,7 +258,7 @@ pub(super) fn refund(tx: &dyn Sql, conv: i64) -> Result<()> {
         .optional()?;
     if let Some((tenant, month, seconds)) = charged {
         tx.execute(
-            "UPDATE minute_usage SET seconds = max(0, seconds - ?3) WHERE tenant = ?1 AND month = ?2",
+            "UPDATE minute_usage SET seconds = CASE WHEN seconds > ?3 THEN seconds - ?3 ELSE 0 END WHERE tenant = ?1 AND month = ?2",
             params![tenant, month, seconds],
         )?;
         tx.execute(

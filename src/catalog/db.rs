@@ -12,15 +12,100 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::Result;
+use super::pg::Pg;
 use super::sql::Sql;
 
-/// The shared database. Clones share one writer connection and a pool of read-only ones.
+/// The catalog's database: SQLite in `state_dir` (one node), or PostgreSQL shared by several
+/// (`[catalog] url`). Clones share its connections.
+#[derive(Clone)]
+pub(crate) enum Db {
+    Sqlite(Lite),
+    Postgres(Pg),
+}
+
+impl Db {
+    /// Runs `f` in a transaction whose commit is durable when this returns: what a side effect
+    /// that follows relies on. `f` may run more than once (PostgreSQL runs a transaction
+    /// again when it lost a conflict with another), so it only computes what it returns.
+    #[track_caller]
+    pub(crate) fn write<R>(&self, f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
+        match self {
+            Db::Sqlite(lite) => lite.write(f),
+            Db::Postgres(pg) => pg.write(true, f),
+        }
+    }
+
+    /// Runs `f` in a transaction whose commit is not flushed before this returns: for records
+    /// that the start-up scan rebuilds if a power cut loses them (intake work items). A later
+    /// durable commit makes it durable too, as either store's log is written in order. `f` may
+    /// run more than once, as [`Db::write`]'s.
+    #[track_caller]
+    pub(crate) fn light<R>(&self, f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
+        match self {
+            Db::Sqlite(lite) => lite.light(f),
+            Db::Postgres(pg) => pg.write(false, f),
+        }
+    }
+
+    /// Runs `f` on a connection for reading: it sees the last commit, and never waits for a
+    /// writer.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&dyn Sql) -> Result<R>) -> Result<R> {
+        match self {
+            Db::Sqlite(lite) => lite.read(f),
+            Db::Postgres(pg) => pg.read(f),
+        }
+    }
+
+    /// The SQLite writer, for what only SQLite has (a busy timeout, pragmas in tests).
+    #[track_caller]
+    pub(crate) fn sqlite_writer(&self) -> Option<Writer<'_>> {
+        match self {
+            Db::Sqlite(lite) => Some(lite.lock()),
+            Db::Postgres(_) => None,
+        }
+    }
+
+    /// Applies `f` to each of `items` in transactions that each hold the writer for about
+    /// `slice`, letting other writers in between; their commits are not synced (see
+    /// [`Db::light`]: the caller's records must be ones a power cut may lose). Gives the
+    /// results of the items committed, in order, and the error that stopped the rest, if one
+    /// did; a failed slice is rolled back whole.
+    #[track_caller]
+    pub(crate) fn sliced<T, R>(
+        &self,
+        items: &[T],
+        slice: Duration,
+        mut f: impl FnMut(&dyn Sql, &T) -> Result<R>,
+    ) -> (Vec<R>, Result<()>) {
+        let mut done = Vec::with_capacity(items.len());
+        while done.len() < items.len() {
+            let committed = self.light(|tx| {
+                let started = Instant::now();
+                let mut results = Vec::new();
+                for item in &items[done.len()..] {
+                    results.push(f(tx, item)?);
+                    if started.elapsed() >= slice {
+                        break;
+                    }
+                }
+                Ok(results)
+            });
+            match committed {
+                Ok(results) => done.extend(results),
+                Err(e) => return (done, Err(e)),
+            }
+        }
+        (done, Ok(()))
+    }
+}
+
+/// The SQLite database. Clones share one writer connection and a pool of read-only ones.
 ///
 /// One writer is what SQLite wants anyway; its lock is held for one short transaction at a
 /// time. Readers (status, metrics, reports, the CLI's views) use their own connections, which
 /// WAL lets run beside the writer, so a report streamed to a slow disk never holds up intake.
 #[derive(Clone)]
-pub(crate) struct Db {
+pub(crate) struct Lite {
     conn: Arc<parking_lot::Mutex<Connection>>,
     readers: Arc<Readers>,
 }
@@ -101,10 +186,10 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-impl Db {
+impl Lite {
     /// Wraps an open connection as the writer; readers open `path` read-only on demand.
-    pub(super) fn new(conn: Connection, path: &Path) -> Db {
-        Db {
+    pub(super) fn new(conn: Connection, path: &Path) -> Lite {
+        Lite {
             conn: Arc::new(parking_lot::Mutex::new(conn)),
             readers: Arc::new(Readers {
                 path: path.to_path_buf(),
@@ -174,39 +259,6 @@ impl Db {
         })();
         conn.pragma_update(None, "synchronous", "FULL")?;
         result
-    }
-
-    /// Applies `f` to each of `items` in transactions that each hold the writer for about
-    /// `slice`, letting other writers in between; their commits are not synced (see
-    /// [`Db::light`]: the caller's records must be ones a power cut may lose). Gives the
-    /// results of the items committed, in order, and the error that stopped the rest, if one
-    /// did; a failed slice is rolled back whole.
-    #[track_caller]
-    pub(crate) fn sliced<T, R>(
-        &self,
-        items: &[T],
-        slice: Duration,
-        mut f: impl FnMut(&dyn Sql, &T) -> Result<R>,
-    ) -> (Vec<R>, Result<()>) {
-        let mut done = Vec::with_capacity(items.len());
-        while done.len() < items.len() {
-            let committed = self.light(|tx| {
-                let started = Instant::now();
-                let mut results = Vec::new();
-                for item in &items[done.len()..] {
-                    results.push(f(tx, item)?);
-                    if started.elapsed() >= slice {
-                        break;
-                    }
-                }
-                Ok(results)
-            });
-            match committed {
-                Ok(results) => done.extend(results),
-                Err(e) => return (done, Err(e)),
-            }
-        }
-        (done, Ok(()))
     }
 }
 

@@ -291,12 +291,15 @@ impl Files {
     /// become orphans. Returns (expired, orphaned).
     pub fn expire(&self, now: i64, grace_ms: i64) -> Result<(usize, usize)> {
         self.db.write(|tx| {
+            let concat = tx.pick("group_concat", "string_agg");
             let expired = tx.execute(
-                "UPDATE conversations SET state = 'expired', changed_at = ?1,
-                detail = 'recording never arrived in the same folder within the grace period: ' ||
-                    (SELECT group_concat(coalesce(r.name, r.stem || '.*'), ', ') FROM recordings r
-                     WHERE r.conversation = conversations.id AND r.file_id IS NULL)
-             WHERE state = 'waiting' AND deadline <= ?1",
+                &format!(
+                    "UPDATE conversations SET state = 'expired', changed_at = ?1,
+                    detail = 'recording never arrived in the same folder within the grace period: ' ||
+                        (SELECT {concat}(coalesce(r.name, r.stem || '.*'), ', ') FROM recordings r
+                         WHERE r.conversation = conversations.id AND r.file_id IS NULL)
+                 WHERE state = 'waiting' AND deadline <= ?1"
+                ),
                 params![now],
             )?;
             let orphaned = tx.execute(

@@ -1,7 +1,9 @@
 //! Tests of the catalog's FTP state: listings settled into pulls, and revisions of pulled
 //! recordings.
 
-use super::tests::{GRACE, archive, fixture, forward_all, metadata, recording, row, sent, states};
+use super::tests::{
+    Fixture, GRACE, archive, fixture, fixture_pg, forward_all, metadata, on_both_stores, recording, row, sent, states,
+};
 use super::*;
 
 fn remote(path: &str, size: u64, mtime_ms: i64) -> RemoteFile {
@@ -12,9 +14,8 @@ fn remote(path: &str, size: u64, mtime_ms: i64) -> RemoteFile {
     }
 }
 
-#[test]
-fn ftp_listing_settles_pulls_once_and_forgets_vanished_files() {
-    let f = fixture();
+on_both_stores! {
+fn ftp_listing_settles_pulls_once_and_forgets_vanished_files(f: Fixture) {
     let cat = &f.cat;
     let src = "acme ftp://u@h:21/out";
     cat.ftp_state()
@@ -81,12 +82,12 @@ fn ftp_listing_settles_pulls_once_and_forgets_vanished_files() {
     assert_eq!((s.files_pulled, s.bytes_pulled, s.errors_in_row), (1, 10, 1));
     assert_eq!(s.last_error.as_deref(), Some("530 Login incorrect"));
 }
+}
 
+on_both_stores! {
 /// Files under a folder the server would not list, or listed only in part, are neither
 /// forgotten nor have their partial downloads thrown away; elsewhere a missing file is gone.
-#[test]
-fn files_under_an_incomplete_folder_are_kept_not_taken_as_gone() {
-    let f = fixture();
+fn files_under_an_incomplete_folder_are_kept_not_taken_as_gone(f: Fixture) {
     let cat = &f.cat;
     let src = "acme ftp://u@h:21/";
     cat.ftp_state()
@@ -128,13 +129,13 @@ fn files_under_an_incomplete_folder_are_kept_not_taken_as_gone() {
         .unwrap();
     assert_eq!(a.vanished, 0);
 }
+}
 
+on_both_stores! {
 /// A recording pulled, forwarded and archived, then changed on the server: its new version,
 /// noted as a revision by the poller, sends the conversation again with the new bytes
 /// (`updated`); a file of the same name not noted as one is a new recording (an orphan here).
-#[test]
-fn a_revision_of_a_pulled_recording_sends_its_conversation_again() {
-    let fx = fixture();
+fn a_revision_of_a_pulled_recording_sends_its_conversation_again(fx: Fixture) {
     let cat = &fx.cat;
     let src = "acme ftp://u@h:21/";
     let old = recording(cat, "c1.wav", "aa", 1000);
@@ -181,13 +182,13 @@ fn a_revision_of_a_pulled_recording_sends_its_conversation_again() {
     recording(cat, "c1.wav", "ee", 1010);
     assert!(cat.claim(1011, 10, &Allocations::new()).unwrap().is_empty());
 }
+}
 
+on_both_stores! {
 /// A revision the poller noted whose bytes are those already sent (a file touched on the
 /// server) is the same conversation sent twice: nothing goes out again, it stays `forwarded`
 /// (not `updated`), and the new copy is free to leave.
-#[test]
-fn a_revision_with_the_bytes_already_sent_is_not_sent_again() {
-    let fx = fixture();
+fn a_revision_with_the_bytes_already_sent_is_not_sent_again(fx: Fixture) {
     let cat = &fx.cat;
     recording(cat, "c1.wav", "aa", 1000);
     let (_, m1) = metadata(cat, "b1.csv", 1000);
@@ -213,4 +214,5 @@ fn a_revision_with_the_bytes_already_sent_is_not_sent_again() {
     assert!(cat.claim(1005, 10, &Allocations::new()).unwrap().is_empty());
     assert_eq!(cat.reports().report_lines(m1).unwrap()[0].status, "forwarded");
     assert_eq!(states(cat), [("C1".to_string(), "forwarded".to_string())]);
+}
 }

@@ -188,15 +188,16 @@ impl IntakeQueue {
             let query = "INSERT INTO intake_queue (tenant, kind, rel_path, via, rank, size, mtime_ns, sha256, enqueued_at, next_attempt_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (tenant, kind, rel_path) DO UPDATE SET
-                    via = CASE WHEN excluded.via = 'local' THEN via ELSE excluded.via END,
-                    size = coalesce(excluded.size, size),
-                    mtime_ns = coalesce(excluded.mtime_ns, mtime_ns),
-                    sha256 = CASE WHEN excluded.size IS NOT NULL THEN excluded.sha256 ELSE sha256 END,
-                    version = version + 1,
+                    via = CASE WHEN excluded.via = 'local' THEN intake_queue.via ELSE excluded.via END,
+                    size = coalesce(excluded.size, intake_queue.size),
+                    mtime_ns = coalesce(excluded.mtime_ns, intake_queue.mtime_ns),
+                    sha256 = CASE WHEN excluded.size IS NOT NULL THEN excluded.sha256 ELSE intake_queue.sha256 END,
+                    version = intake_queue.version + 1,
                     -- A file failed for good and sent again gets a fresh set of attempts.
-                    attempts = CASE WHEN failed_at IS NULL THEN attempts ELSE 0 END,
+                    attempts = CASE WHEN intake_queue.failed_at IS NULL THEN intake_queue.attempts ELSE 0 END,
                     failed_at = NULL,
-                    next_attempt_at = min(next_attempt_at, excluded.next_attempt_at)";
+                    next_attempt_at = CASE WHEN excluded.next_attempt_at < intake_queue.next_attempt_at
+                        THEN excluded.next_attempt_at ELSE intake_queue.next_attempt_at END";
             for i in items {
                 tx.execute(query, params![
                     i.tenant,

@@ -49,11 +49,15 @@ mod db;
 mod files;
 mod ftp;
 mod intake_queue;
+mod pg;
+#[cfg(test)]
+pub(crate) mod pg_server;
 mod prune;
 mod queue;
 mod revisions;
 mod rows;
 mod schema;
+mod schema_pg;
 pub(crate) mod sql;
 mod turns;
 mod views;
@@ -80,6 +84,8 @@ pub use views::{ConversationView, OrphanLine, ReportLine, Reports, StaleReport, 
 pub enum CatalogError {
     #[error("catalog database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("catalog database: {0}")]
+    Postgres(#[from] postgres::Error),
     #[error("catalog database {path} was written by a newer dropsync (schema {found}, this one knows {known})")]
     TooNew { path: String, found: i64, known: i64 },
     #[error("catalog: {0}")]
@@ -106,6 +112,7 @@ impl Retry for CatalogError {
                     | DiskFull
                     | SystemIoFailure
             ),
+            CatalogError::Postgres(e) => pg::retry_helps(e),
             // Reading a row into a type, a statement: our code or the data, the same next time.
             CatalogError::Sqlite(_) | CatalogError::TooNew { .. } | CatalogError::Corrupt(_) | CatalogError::NoRow => {
                 false
@@ -204,9 +211,44 @@ impl Catalog {
         Ok(Catalog::with_writer(conn, path))
     }
 
+    /// Connects to the PostgreSQL catalog at `url` (`[catalog] url`, SPEC §12) and applies
+    /// pending migrations, once across the nodes: under an advisory lock, in one transaction.
+    pub fn open_postgres(url: &str) -> Result<Catalog> {
+        let pg = pg::Pg::connect(url)?;
+        pg.batch(|client| {
+            let mut tx = client.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+            tx.batch_execute("CREATE TABLE IF NOT EXISTS dropsync_schema (version bigint NOT NULL)")?;
+            let found: i64 = match tx.query_opt("SELECT version FROM dropsync_schema", &[])? {
+                Some(row) => row.get(0),
+                None => {
+                    tx.execute("INSERT INTO dropsync_schema (version) VALUES (0)", &[])?;
+                    0
+                }
+            };
+            let known = schema_pg::MIGRATIONS.len() as i64;
+            if found > known {
+                return Err(CatalogError::TooNew {
+                    path: "the PostgreSQL catalog".into(),
+                    found,
+                    known,
+                });
+            }
+            for sql in &schema_pg::MIGRATIONS[found as usize..] {
+                tx.batch_execute(sql)?;
+            }
+            tx.execute("UPDATE dropsync_schema SET version = $1", &[&known])?;
+            Ok(tx.commit()?)
+        })?;
+        Ok(Catalog {
+            db: Db::Postgres(pg),
+            held_derived: Arc::default(),
+        })
+    }
+
     fn with_writer(conn: Connection, path: &Path) -> Catalog {
         Catalog {
-            db: Db::new(conn, path),
+            db: Db::Sqlite(db::Lite::new(conn, path)),
             held_derived: Arc::default(),
         }
     }
@@ -214,7 +256,11 @@ impl Catalog {
     /// How long a writer waits for another process's write lock (the CLI's `retry`, a
     /// backup) before the transaction fails and its work is retried later.
     pub fn set_busy_timeout(&self, timeout: Duration) -> Result<()> {
-        Ok(self.db.lock().busy_timeout(timeout)?)
+        match self.db.sqlite_writer() {
+            Some(writer) => Ok(writer.busy_timeout(timeout)?),
+            // PostgreSQL waits for row locks as long as the transaction lives.
+            None => Ok(()),
+        }
     }
 
     /// Arrivals, metadata rows and the conversations they make (intake).
@@ -272,7 +318,7 @@ impl Catalog {
     #[cfg(test)]
     #[track_caller]
     fn lock(&self) -> db::Writer<'_> {
-        self.db.lock()
+        self.db.sqlite_writer().expect("a SQLite catalog")
     }
 
     /// Runs `f` on a blocking thread, for callers on the async runtime.
@@ -337,6 +383,9 @@ fn has_table(conn: &dyn sql::Sql, name: &str) -> Result<bool> {
         .optional()?
         .is_some())
 }
+
+/// The advisory lock migrations of a PostgreSQL catalog run under ("dropsync" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6472_6f70_7379_6e63;
 
 /// Milliseconds since the Unix epoch, the catalog's clock.
 pub fn now_ms() -> i64 {

@@ -271,7 +271,7 @@ impl ForwardQueue {
     pub fn recording_vanished(&self, conv: i64, file_id: i64, why: &str, now: i64, grace_ms: i64) -> Result<()> {
         self.db.write(|tx| {
             mark_gone(&tx, file_id, now)?;
-            tx.execute("UPDATE conversations SET state = 'waiting', detail = ?2, deadline = max(coalesce(deadline, 0), ?3), changed_at = ?4
+            tx.execute("UPDATE conversations SET state = 'waiting', detail = ?2, deadline = CASE WHEN deadline > ?3 THEN deadline ELSE ?3 END, changed_at = ?4
                  WHERE id = ?1 AND state = 'forwarding'", params![conv, why, now.saturating_add(grace_ms), now])?;
             Ok(())
         })
@@ -409,14 +409,20 @@ impl ForwardQueue {
             keep_for.iter().map(|(t, ms)| ((*t).to_owned(), (*ms).into())).collect();
         self.db.read(|conn| {
             // The shortest retention first (an index range), then each tenant's own.
-            let query = "WITH keep(tenant, ms) AS (SELECT key, value FROM json_each(?4))
+            let keep = conn.pick(
+                "SELECT key, value FROM json_each(?4)",
+                "SELECT key, value::bigint FROM json_each_text(?4::json)",
+            );
+            let query = &format!(
+                "WITH keep(tenant, ms) AS ({keep})
              SELECT id, f.tenant, archive_path, 1, ino, dev FROM files f LEFT JOIN keep k ON k.tenant = f.tenant
               WHERE state = 'archived' AND left_at <= ?1 - ?5 AND left_at <= ?1 - coalesce(k.ms, ?2)
              UNION ALL
              SELECT id, f.tenant, rel_path, 0, ino, dev FROM files f LEFT JOIN keep k ON k.tenant = f.tenant
               WHERE state = 'present' AND orphan_since IS NOT NULL AND orphan_since <= ?1 - ?5
                 AND orphan_since <= ?1 - coalesce(k.ms, ?2)
-             LIMIT ?3";
+             LIMIT ?3"
+            );
             let keep_for = serde_json::Value::Object(keep_for).to_string();
             let rows = conn.query_map(query, params![now, keep_ms, limit as i64, keep_for, shortest], |r| {
                 Ok(ToPurge {

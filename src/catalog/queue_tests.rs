@@ -1,16 +1,15 @@
 //! Tests of the catalog's work queues besides conversations: intake items, minute
 //! allocations and tenants taken in turn.
 
-use super::tests::{GRACE, archive, fixture, metadata, row, sent};
+use super::tests::{Fixture, GRACE, archive, fixture, fixture_pg, metadata, on_both_stores, row, sent};
 use super::*;
 
 fn queued(tenant: &str, rel: &str, heavy: bool, due: i64) -> NewIntake {
     NewIntake::file(tenant, rel, Via::Local, heavy, due)
 }
 
-#[test]
-fn intake_items_come_light_first_heavy_alone_and_retry_later() {
-    let fx = fixture();
+on_both_stores! {
+fn intake_items_come_light_first_heavy_alone_and_retry_later(fx: Fixture) {
     let now = 1_000;
     fx.cat
         .intake_queue()
@@ -83,6 +82,7 @@ fn intake_items_come_light_first_heavy_alone_and_retry_later() {
         Some("batch.csv: database is locked")
     );
 }
+}
 
 /// A recording of `ms` milliseconds.
 fn timed_recording(cat: &Catalog, rel: &str, ms: u64, now: i64) {
@@ -141,13 +141,12 @@ fn timed_calls(cat: &Catalog, file: &str, calls: &[(&str, u64)]) -> i64 {
     m
 }
 
+on_both_stores! {
 /// Two minutes: 61 s and 50 s go (rounded up: 60.2 s counts 61), 30 s is held, and the 5 s one
 /// after it waits behind it (arrival order); a raise releases both in order; a retry of a
 /// charged conversation is not charged twice; with "reject", each is decided on its own.
-#[test]
-fn a_minute_allocation_lets_through_what_fits_and_holds_the_rest_in_order() {
+fn a_minute_allocation_lets_through_what_fits_and_holds_the_rest_in_order(fx: Fixture) {
     use crate::tenant::OnExceeded;
-    let fx = fixture();
     let cat = &fx.cat;
     let m = timed_calls(
         cat,
@@ -199,6 +198,7 @@ fn a_minute_allocation_lets_through_what_fits_and_holds_the_rest_in_order() {
         lines[1].detail
     );
 }
+}
 
 /// The report-change counter of metadata file `m`.
 fn report_version(cat: &Catalog, m: i64) -> i64 {
@@ -206,13 +206,12 @@ fn report_version(cat: &Catalog, m: i64) -> i64 {
     stale.iter().find(|s| s.metadata_file_id == m).map_or(0, |s| s.version)
 }
 
+on_both_stores! {
 /// Five 35 s calls under one minute: one goes, four are held. Two minutes release the next two
 /// only (105 s), and they are not held again behind the two that stay, which are not touched.
 /// A new month releases what fits in it; seconds given back (a permanent failure) release more.
-#[test]
-fn held_calls_are_released_as_far_as_they_fit_and_the_rest_is_left_alone() {
+fn held_calls_are_released_as_far_as_they_fit_and_the_rest_is_left_alone(fx: Fixture) {
     use crate::tenant::OnExceeded;
-    let fx = fixture();
     let cat = &fx.cat;
     let calls = ["a", "b", "c", "d", "e"].map(|n| (n, 35_000));
     let m = timed_calls(cat, "batch.csv", &calls);
@@ -261,6 +260,7 @@ fn held_calls_are_released_as_far_as_they_fit_and_the_rest_is_left_alone() {
     assert_eq!(cat.minutes().release_held(&december, 1014).unwrap(), 1);
     assert_eq!(claimed_ids(cat, 1015, &december), ["E"]);
 }
+}
 
 /// Sends conversation R again in `file`, naming `rec` of `ms`; returns the metadata file's id.
 fn resend_timed(cat: &Catalog, file: &str, rec: &str, ms: u64, now: i64) -> i64 {
@@ -272,14 +272,13 @@ fn resend_timed(cat: &Catalog, file: &str, rec: &str, ms: u64, now: i64) -> i64 
     m
 }
 
+on_both_stores! {
 /// Each send of a conversation is charged the difference from what it was charged before: a
 /// longer re-send the seconds it adds, a shorter one gives some back, a retry nothing, an FTP
 /// revision sent again in the same row its difference too. A re-send that adds more than is
 /// left is decided like a first send; one that fails for good gives back what it changed.
-#[test]
-fn a_resend_is_charged_the_difference_from_what_was_charged_before() {
+fn a_resend_is_charged_the_difference_from_what_was_charged_before(fx: Fixture) {
     use crate::tenant::OnExceeded;
-    let fx = fixture();
     let cat = &fx.cat;
     let two = allocation(Some(2), OnExceeded::Reject);
     let used = |cat: &Catalog| cat.minutes().status(&two).unwrap()["acme"].seconds_used;
@@ -326,15 +325,15 @@ fn a_resend_is_charged_the_difference_from_what_was_charged_before() {
     cat.forward_queue().fail(work[0].id, "permission denied", 1015).unwrap();
     assert_eq!(used(cat), 50);
 }
+}
 
+on_both_stores! {
 /// A shorter re-send gives back only what the month it is sent in has (a month never drops
 /// below zero), and if it then fails for good it takes back only that: 100 s charged in
 /// November, a 10 s re-send in December (30 s used there) gives back 30, not 90, and its
 /// failure returns December to 30, not to 90.
-#[test]
-fn a_failed_shorter_resend_takes_back_only_what_its_month_gave() {
+fn a_failed_shorter_resend_takes_back_only_what_its_month_gave(fx: Fixture) {
     use crate::tenant::OnExceeded;
-    let fx = fixture();
     let cat = &fx.cat;
     let november = allocation(Some(10), OnExceeded::Hold);
     let mut december = november.clone();
@@ -353,6 +352,7 @@ fn a_failed_shorter_resend_takes_back_only_what_its_month_gave() {
     cat.forward_queue().fail(work[0].id, "permission denied", 1005).unwrap();
     assert_eq!(used(&december), 30, "the failed re-send took back more than it gave");
     assert_eq!(used(&november), 100);
+}
 }
 
 /// `tenant` sends calls `ids`, each with its recording, at `now`.
@@ -389,11 +389,10 @@ fn tenant_calls(cat: &Catalog, tenant: &str, ids: &[&str], now: i64) {
     cat.files().add_rows(metadata_file_id, &rows, now, GRACE).unwrap();
 }
 
+on_both_stores! {
 /// Tenants with due conversations are claimed in turn after the one served last, in name
 /// order and round again; one whose work is not due yet is passed over until it is.
-#[test]
-fn tenants_are_claimed_in_turn() {
-    let fx = fixture();
+fn tenants_are_claimed_in_turn(fx: Fixture) {
     let cat = &fx.cat;
     tenant_calls(cat, "acme", &["A1", "A2", "A3", "A4", "A5", "A6"], 1000);
     tenant_calls(cat, "beta", &["B1"], 1001);
@@ -416,6 +415,7 @@ fn tenants_are_claimed_in_turn() {
     assert_eq!(turn("acme", 2000), Some(("acme".into(), ids(&["A5", "A6"]))));
     assert_eq!(turn("acme", 2000), None);
     assert_eq!(turn("acme", 5000), Some(("gamma".into(), ids(&["G1"]))));
+}
 }
 
 /// The lookups every arrival and every archive pass make go through indexes: with `state IN

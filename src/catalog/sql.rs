@@ -13,15 +13,32 @@ use super::{CatalogError, Result};
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
     Null,
+    /// A NULL parameter that says what it stands for (an `Option<i64>` that is `None`), so
+    /// that PostgreSQL need not guess (`?1 IS NULL OR tenant = ?1`). Never read back.
+    NullOf(Kind),
     Int(i64),
     Real(f64),
     Text(String),
     Blob(Vec<u8>),
 }
 
+/// What a NULL parameter stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Int,
+    Real,
+    Text,
+    Blob,
+}
+
 /// A Rust value that binds as a statement parameter.
 pub(crate) trait ToValue {
     fn to_value(&self) -> Value;
+}
+
+/// The kind of SQL value a Rust type binds as (for its `None`).
+pub(crate) trait Typed {
+    const KIND: Kind;
 }
 
 /// A Rust value read from a column.
@@ -37,6 +54,9 @@ macro_rules! int_values {
                 // u64 and usize past i64::MAX (an inode) keep their bits, and read back the same.
                 Value::Int(*self as i64)
             }
+        }
+        impl Typed for $t {
+            const KIND: Kind = Kind::Int;
         }
         impl FromValue for $t {
             fn from_value(v: &Value) -> Option<Self> {
@@ -128,10 +148,28 @@ impl<T: ToValue + ?Sized> ToValue for &T {
         (**self).to_value()
     }
 }
-impl<T: ToValue> ToValue for Option<T> {
+impl<T: ToValue + Typed> ToValue for Option<T> {
     fn to_value(&self) -> Value {
-        self.as_ref().map_or(Value::Null, ToValue::to_value)
+        self.as_ref().map_or(Value::NullOf(T::KIND), ToValue::to_value)
     }
+}
+impl<T: Typed + ?Sized> Typed for &T {
+    const KIND: Kind = T::KIND;
+}
+impl Typed for bool {
+    const KIND: Kind = Kind::Int;
+}
+impl Typed for f64 {
+    const KIND: Kind = Kind::Real;
+}
+impl Typed for str {
+    const KIND: Kind = Kind::Text;
+}
+impl Typed for String {
+    const KIND: Kind = Kind::Text;
+}
+impl Typed for Vec<u8> {
+    const KIND: Kind = Kind::Blob;
 }
 impl<T: FromValue> FromValue for Option<T> {
     fn from_value(v: &Value) -> Option<Self> {
@@ -307,7 +345,7 @@ impl rusqlite::ToSql for Value {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         use rusqlite::types::{ToSqlOutput, ValueRef};
         Ok(ToSqlOutput::Borrowed(match self {
-            Value::Null => ValueRef::Null,
+            Value::Null | Value::NullOf(_) => ValueRef::Null,
             Value::Int(i) => ValueRef::Integer(*i),
             Value::Real(f) => ValueRef::Real(*f),
             Value::Text(s) => ValueRef::Text(s.as_bytes()),

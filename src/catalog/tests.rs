@@ -1,4 +1,5 @@
-//! Catalog tests on a real SQLite file with migrations applied.
+//! Catalog tests on a real SQLite file and on a real PostgreSQL database, each with its
+//! migrations applied: a test written with [`on_both_stores!`] runs on each.
 
 use chrono::{DateTime, Utc};
 
@@ -21,6 +22,41 @@ pub(super) fn fixture() -> Fixture {
     let cat = Catalog::open(&path).unwrap();
     Fixture { _dir: dir, path, cat }
 }
+
+/// A catalog on a database of its own in the tests' PostgreSQL (see `pg_server.rs`).
+pub(super) fn fixture_pg() -> Fixture {
+    let url = super::pg_server::server().database();
+    Fixture {
+        _dir: tempfile::tempdir().unwrap(),
+        path: std::path::PathBuf::new(),
+        cat: Catalog::open_postgres(&url).unwrap(),
+    }
+}
+
+/// `fn name(fx: Fixture) { … }` becomes two tests, `name::sqlite` and `name::postgres`, each
+/// given a fresh catalog on that store.
+macro_rules! on_both_stores {
+    ($($(#[$doc:meta])* fn $name:ident($fx:ident: Fixture) $body:block)*) => {$(
+        $(#[$doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($fx: Fixture) $body
+
+            #[test]
+            fn sqlite() {
+                run(fixture())
+            }
+
+            #[test]
+            fn postgres() {
+                run(fixture_pg())
+            }
+        }
+    )*};
+}
+pub(super) use on_both_stores;
 
 pub(super) fn arrive(cat: &Catalog, rel: &str, kind: FileKind, size: u64, sha: &str, now: i64) -> Registered {
     let rel = RelPath::parse(rel).unwrap();
@@ -154,9 +190,8 @@ fn migrations_apply_once_and_reopen() {
     assert!(Catalog::open_read_only(&fx.path).is_ok());
 }
 
-#[test]
-fn audio_then_metadata_is_ready_at_once_and_forwards() {
-    let fx = fixture();
+on_both_stores! {
+fn audio_then_metadata_is_ready_at_once_and_forwards(fx: Fixture) {
     let wav = recording(&fx.cat, "c1.wav", "aa", 1000);
     let (csv_file, meta) = metadata(&fx.cat, "batch.csv", 1001);
     let (ready, _) = fx
@@ -197,10 +232,10 @@ fn audio_then_metadata_is_ready_at_once_and_forwards() {
     let lines = fx.cat.reports().report_lines(meta).unwrap();
     assert_eq!((lines[0].status, lines[0].row), ("forwarded", Some(2)));
 }
+}
 
-#[test]
-fn metadata_then_audio_waits_then_completes() {
-    let fx = fixture();
+on_both_stores! {
+fn metadata_then_audio_waits_then_completes(fx: Fixture) {
     let (_, meta) = metadata(&fx.cat, "sub/batch.csv", 1000);
     fx.cat
         .files()
@@ -217,10 +252,10 @@ fn metadata_then_audio_waits_then_completes() {
     }
     assert_eq!(states(&fx.cat), [("C1".into(), "ready".into())]);
 }
+}
 
-#[test]
-fn repeated_events_are_duplicates() {
-    let fx = fixture();
+on_both_stores! {
+fn repeated_events_are_duplicates(fx: Fixture) {
     recording(&fx.cat, "c1.wav", "aa", 1000);
     assert_eq!(
         arrive(&fx.cat, "c1.wav", FileKind::Recording, 10, "aa", 1000),
@@ -244,10 +279,10 @@ fn repeated_events_are_duplicates() {
         "another inode is another file"
     );
 }
+}
 
-#[test]
-fn duplicate_conversation_id_in_one_file_is_rejected() {
-    let fx = fixture();
+on_both_stores! {
+fn duplicate_conversation_id_in_one_file_is_rejected(fx: Fixture) {
     let (_, meta) = metadata(&fx.cat, "batch.csv", 1000);
     fx.cat
         .files()
@@ -262,10 +297,10 @@ fn duplicate_conversation_id_in_one_file_is_rejected() {
     assert_eq!(lines[1].status, "rejected");
     assert!(lines[1].detail.contains("already used by row 2"), "{}", lines[1].detail);
 }
+}
 
-#[test]
-fn resend_identical_is_a_no_op_and_changed_is_an_update() {
-    let fx = fixture();
+on_both_stores! {
+fn resend_identical_is_a_no_op_and_changed_is_an_update(fx: Fixture) {
     recording(&fx.cat, "c1.wav", "aa", 1000);
     let (_, m1) = metadata(&fx.cat, "b1.csv", 1000);
     fx.cat
@@ -306,10 +341,10 @@ fn resend_identical_is_a_no_op_and_changed_is_an_update() {
     forward_all(&fx.cat, 1006);
     assert_eq!(fx.cat.reports().report_lines(m3).unwrap()[0].status, "updated");
 }
+}
 
-#[test]
-fn a_later_send_replaces_a_waiting_one_and_never_races_a_forwarding_one() {
-    let fx = fixture();
+on_both_stores! {
+fn a_later_send_replaces_a_waiting_one_and_never_races_a_forwarding_one(fx: Fixture) {
     let (_, m1) = metadata(&fx.cat, "b1.csv", 1000);
     fx.cat
         .files()
@@ -344,6 +379,7 @@ fn a_later_send_replaces_a_waiting_one_and_never_races_a_forwarding_one() {
         .unwrap();
     assert_eq!(fx.cat.claim(1007, 10, &Allocations::new()).unwrap().len(), 1);
 }
+}
 
 #[test]
 fn recovery_requeues_interrupted_forwards() {
@@ -362,9 +398,8 @@ fn recovery_requeues_interrupted_forwards() {
     assert_eq!((w.len(), w[0].attempts), (1, 2));
 }
 
-#[test]
-fn transient_failures_back_off_and_permanent_ones_wait_for_retry() {
-    let fx = fixture();
+on_both_stores! {
+fn transient_failures_back_off_and_permanent_ones_wait_for_retry(fx: Fixture) {
     recording(&fx.cat, "c1.wav", "aa", 1000);
     let (_, m) = metadata(&fx.cat, "b.csv", 1000);
     fx.cat
@@ -386,10 +421,10 @@ fn transient_failures_back_off_and_permanent_ones_wait_for_retry() {
     assert_eq!(fx.cat.reports().retry(Some("acme"), None, 6000, GRACE).unwrap(), 1);
     assert_eq!(fx.cat.claim(6000, 10, &Allocations::new()).unwrap().len(), 1);
 }
+}
 
-#[test]
-fn grace_expires_rows_and_orphans_recordings_and_late_audio_revives() {
-    let fx = fixture();
+on_both_stores! {
+fn grace_expires_rows_and_orphans_recordings_and_late_audio_revives(fx: Fixture) {
     let (_, m) = metadata(&fx.cat, "b.csv", 1000);
     fx.cat
         .files()
@@ -406,10 +441,10 @@ fn grace_expires_rows_and_orphans_recordings_and_late_audio_revives() {
     recording(&fx.cat, "c1.wav", "bb", 1000 + GRACE + 5);
     assert_eq!(states(&fx.cat), [("C1".into(), "ready".into())]);
 }
+}
 
-#[test]
-fn vanished_recordings_put_the_conversation_back_to_waiting() {
-    let fx = fixture();
+on_both_stores! {
+fn vanished_recordings_put_the_conversation_back_to_waiting(fx: Fixture) {
     let f = recording(&fx.cat, "c1.wav", "aa", 1000);
     let (_, m) = metadata(&fx.cat, "b.csv", 1000);
     fx.cat
@@ -425,10 +460,10 @@ fn vanished_recordings_put_the_conversation_back_to_waiting() {
     recording(&fx.cat, "c1.wav", "aa", 1003);
     assert_eq!(states(&fx.cat), [("C1".into(), "ready".into())]);
 }
+}
 
-#[test]
-fn whole_file_rejection_withdraws_rows_and_reports_one_line() {
-    let fx = fixture();
+on_both_stores! {
+fn whole_file_rejection_withdraws_rows_and_reports_one_line(fx: Fixture) {
     let (_, m) = metadata(&fx.cat, "b.csv", 1000);
     fx.cat
         .files()
@@ -443,10 +478,10 @@ fn whole_file_rejection_withdraws_rows_and_reports_one_line() {
         ("rejected", "not UTF-8 text", None)
     );
 }
+}
 
-#[test]
-fn report_staleness_survives_a_change_during_the_write() {
-    let fx = fixture();
+on_both_stores! {
+fn report_staleness_survives_a_change_during_the_write(fx: Fixture) {
     let (_, m) = metadata(&fx.cat, "b.csv", 1000);
     fx.cat
         .files()
@@ -466,10 +501,10 @@ fn report_staleness_survives_a_change_during_the_write() {
     fx.cat.reports().report_written(m, again[0].version).unwrap();
     assert!(fx.cat.reports().stale_reports(0, 10).unwrap().is_empty());
 }
+}
 
-#[test]
-fn a_file_resent_while_its_namesake_leaves_is_a_new_file() {
-    let fx = fixture();
+on_both_stores! {
+fn a_file_resent_while_its_namesake_leaves_is_a_new_file(fx: Fixture) {
     let old = recording(&fx.cat, "c1.wav", "aa", 1000);
     let (_, m1) = metadata(&fx.cat, "b1.csv", 1000);
     fx.cat
@@ -501,10 +536,10 @@ fn a_file_resent_while_its_namesake_leaves_is_a_new_file() {
         ("archived".into(), "present".into())
     );
 }
+}
 
-#[test]
-fn a_move_that_failed_leaves_the_file_present_unless_a_newer_one_took_its_name() {
-    let fx = fixture();
+on_both_stores! {
+fn a_move_that_failed_leaves_the_file_present_unless_a_newer_one_took_its_name(fx: Fixture) {
     let (a, ma) = metadata(&fx.cat, "a.csv", 1000);
     let (b, mb) = metadata(&fx.cat, "b.csv", 1000);
     for m in [ma, mb] {
@@ -521,10 +556,10 @@ fn a_move_that_failed_leaves_the_file_present_unless_a_newer_one_took_its_name()
     assert_eq!(file_state(&fx.cat, newer), "present");
     assert_eq!(fx.cat.forward_queue().unsettled_departures(i64::MAX).unwrap(), []);
 }
+}
 
-#[test]
-fn purge_after_retention() {
-    let fx = fixture();
+on_both_stores! {
+fn purge_after_retention(fx: Fixture) {
     let f = recording(&fx.cat, "c1.wav", "aa", 1000);
     let (_, m) = metadata(&fx.cat, "b.csv", 1000);
     fx.cat
@@ -578,4 +613,5 @@ fn purge_after_retention() {
             .unwrap()
             .is_empty()
     );
+}
 }

@@ -300,7 +300,7 @@ impl Reports {
                     let (t, s, n) = r;
                     view.tenants.entry(t).or_default().states.insert(s, n);
                 }
-                let query = "SELECT tenant, sum(orphan_since IS NOT NULL), count(*) FROM files
+                let query = "SELECT tenant, count(orphan_since), count(*) FROM files
                      WHERE state = 'present' AND (?1 IS NULL OR tenant = ?1) GROUP BY tenant";
                 for r in conn.query_map(query, params![tenant], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
@@ -326,6 +326,8 @@ impl Reports {
                     entry.intake_failed = failed;
                     entry.intake_last_error = last_error;
                 }
+                // SQLite's CROSS JOIN keeps this join order; PostgreSQL's planner finds it alone.
+                let join = conn.pick("CROSS JOIN", "JOIN");
                 let query = &format!(
                     // Each state from its index, then joined: with an OR the planner walked every
                     // conversation ever recorded (1.8 s at a million).
@@ -333,7 +335,7 @@ impl Reports {
                         SELECT id FROM conversations WHERE state = 'failed' AND (?1 IS NULL OR tenant = ?1)
                         UNION ALL
                         SELECT id FROM conversations WHERE state = 'ready' AND attempts > 0 AND (?1 IS NULL OR tenant = ?1)
-                     ) f CROSS JOIN conversations c ON c.id = f.id CROSS JOIN metadata_files m ON m.id = c.metadata_file_id
+                     ) f {join} conversations c ON c.id = f.id {join} metadata_files m ON m.id = c.metadata_file_id
                      ORDER BY c.changed_at DESC LIMIT 20"
                 );
                 view.recent_failures = conn.query_map(query, params![tenant], view_from_row)?;
