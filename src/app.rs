@@ -42,14 +42,22 @@ use crate::worker::{Liveness, Workers};
 /// default TimeoutStopSec of 90 s).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Opens the catalog `config` names: PostgreSQL at `[catalog] url` (SPEC §12), or SQLite in
+/// `state_dir`; created and migrated if need be.
+pub fn open_catalog(config: &Config) -> anyhow::Result<Catalog> {
+    match &config.catalog.url {
+        Some(url) => Catalog::open_postgres(url).context("opening the PostgreSQL catalog ([catalog] url)"),
+        None => Catalog::open(&config.db_path()).with_context(|| format!("opening {}", config.db_path().display())),
+    }
+}
+
 /// Runs the daemon until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     // SIGHUP's default action ends the process: take it over before anything else, so a reload
     // asked for during start-up waits for the reload task instead.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let config = Arc::new(config);
-    let catalog =
-        Catalog::open(&config.db_path()).with_context(|| format!("opening {}", config.db_path().display()))?;
+    let catalog = open_catalog(&config)?;
     catalog.set_busy_timeout(config.catalog.busy_timeout)?;
     let recovered = catalog.forward_queue().recover(now_ms())?;
     if recovered > 0 {

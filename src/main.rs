@@ -213,6 +213,9 @@ fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn open_catalog(config: &Config) -> anyhow::Result<Catalog> {
+    if config.catalog.url.is_some() {
+        return dropsync::app::open_catalog(config);
+    }
     let db = config.db_path();
     if !db.exists() {
         anyhow::bail!(
@@ -342,7 +345,10 @@ fn conversations(
 }
 
 fn retry(config: &Config, tenant: Option<&str>, conversation: Option<&str>) -> anyhow::Result<()> {
-    let catalog = Catalog::open_existing(&config.db_path())?;
+    let catalog = match config.catalog.url {
+        Some(_) => dropsync::app::open_catalog(config)?,
+        None => Catalog::open_existing(&config.db_path())?,
+    };
     let n = catalog
         .reports()
         .retry(tenant, conversation, now_ms(), ms(config.matching.grace))?;

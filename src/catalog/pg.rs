@@ -93,7 +93,7 @@ impl Pg {
                 returned: Condvar::new(),
             }),
         };
-        drop(pg.take()?);
+        blocking(|| pg.take().map(drop))?;
         Ok(pg)
     }
 
@@ -126,6 +126,10 @@ impl Pg {
     /// with a concurrent one. `durable`: the commit waits for the WAL flush (the default);
     /// otherwise `synchronous_commit` is off for it, as SQLite's light commits are not synced.
     pub(crate) fn write<R>(&self, durable: bool, mut f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
+        blocking(|| self.write_retrying(durable, &mut f))
+    }
+
+    fn write_retrying<R>(&self, durable: bool, mut f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
         let mut attempt = 0;
         loop {
             let started = Instant::now();
@@ -165,6 +169,10 @@ impl Pg {
     /// Runs `f` on a pooled connection, each statement in its own transaction (as SQLite's
     /// readers do).
     pub(crate) fn read<R>(&self, f: impl FnOnce(&dyn Sql) -> Result<R>) -> Result<R> {
+        blocking(|| self.read_now(f))
+    }
+
+    fn read_now<R>(&self, f: impl FnOnce(&dyn Sql) -> Result<R>) -> Result<R> {
         let mut taken = self.take()?;
         let PgConn { client, statements } = taken.conn.as_mut().expect("held until dropped");
         let sql = PgSql {
@@ -177,10 +185,24 @@ impl Pg {
     /// Runs `sql` (several statements, no parameters) on a connection of its own, outside the
     /// statement caches: migrations.
     pub(crate) fn batch(&self, f: impl FnOnce(&mut postgres::Client) -> Result<()>) -> Result<()> {
-        let mut taken = self.take()?;
-        let conn = taken.conn.as_mut().expect("held until dropped");
-        conn.statements.clear();
-        f(&mut conn.client)
+        blocking(|| {
+            let mut taken = self.take()?;
+            let conn = taken.conn.as_mut().expect("held until dropped");
+            conn.statements.clear();
+            f(&mut conn.client)
+        })
+    }
+}
+
+/// Runs `f`, which blocks on PostgreSQL, where blocking is allowed. The client drives its
+/// connection on a runtime of its own, which cannot start on a thread that is running async
+/// tasks: a catalog call made straight from one (rather than through [`super::Catalog::run`])
+/// hands that worker's tasks to another thread first (`block_in_place`).
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

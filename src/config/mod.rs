@@ -52,6 +52,15 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
 }
 
+/// This machine's host name, the default `node_id`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned())
+}
+
 impl Config {
     pub fn db_path(&self) -> PathBuf {
         self.state_dir.join("dropsync.db")
@@ -207,6 +216,10 @@ pub struct CatalogConfig {
     /// How long a write waits for a lock held by another process before it fails (and its
     /// work is retried).
     pub busy_timeout: Duration,
+    /// The PostgreSQL catalog several nodes share (SPEC §12); `None`: SQLite in `state_dir`.
+    pub url: Option<String>,
+    /// This node's name in the shared catalog: the host name unless set.
+    pub node_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -399,13 +412,27 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     if limits.stale_upload < Duration::from_secs(1) {
         p.add("limits.stale_upload", "must be at least 1s");
     }
+    let raw_catalog = raw.catalog.unwrap_or_default();
     let catalog = CatalogConfig {
         busy_timeout: p.duration(
             "catalog.busy_timeout",
-            raw.catalog.unwrap_or_default().busy_timeout.as_deref(),
+            raw_catalog.busy_timeout.as_deref(),
             Duration::from_secs(30),
         ),
+        url: raw_catalog.url.filter(|u| !u.is_empty()),
+        node_id: raw_catalog.node_id.unwrap_or_else(host_name),
     };
+    if let Some(url) = &catalog.url
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        p.add(
+            "catalog.url",
+            "must be a postgres:// URL (leave it out for SQLite in state_dir)",
+        );
+    }
+    if catalog.node_id.is_empty() || catalog.node_id.len() > 64 {
+        p.add("catalog.node_id", "must be 1 to 64 characters");
+    }
     let metrics = raw
         .metrics
         .and_then(|m| p.addr("metrics.listen", &m.listen))

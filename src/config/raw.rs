@@ -101,6 +101,8 @@ pub(super) struct RawIntake {
 #[derive(Deserialize, Default)]
 pub(super) struct RawCatalog {
     pub(super) busy_timeout: Option<String>,
+    pub(super) url: Option<String>,
+    pub(super) node_id: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -225,9 +225,11 @@ impl Daemon {
         self.child = Some(child);
         let drop = self.drop_dir("acme");
         let db = self.dir.path().join("var/dropsync.db");
+        // A catalog on PostgreSQL (`[catalog] url`) leaves no file in state_dir.
+        let shared = std::fs::read_to_string(&self.config).is_ok_and(|c| c.contains("[catalog]\nurl"));
         let port = self.sftp_port;
         wait_for("the daemon to start", Duration::from_secs(60), || {
-            drop.is_dir() && db.exists() && (port == 0 || speaks_ssh(port))
+            drop.is_dir() && (shared || db.exists()) && (port == 0 || speaks_ssh(port))
         });
     }
 

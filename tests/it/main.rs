@@ -12,8 +12,11 @@ mod http_api;
 mod isolation;
 mod jsch;
 mod minutes;
+mod nodes;
 mod ops;
 mod packaging;
+#[path = "../../src/catalog/pg_server.rs"]
+mod pg_server;
 mod pipeline;
 mod poison;
 mod quota;
