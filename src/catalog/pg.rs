@@ -357,6 +357,13 @@ impl ToSql for Value {
                 out.extend_from_slice(s.as_bytes());
                 Ok(IsNull::No)
             }
+            // PostgreSQL's text cannot hold NUL, which SQLite stores: a tenant's field that has
+            // one (an agent column, a refused zip entry's name) keeps the rest of its value, with
+            // U+FFFD where the NUL was, instead of failing the whole file on this store.
+            (Value::Text(s), _) if s.contains('\0') => {
+                out.extend_from_slice(s.replace('\0', "\u{FFFD}").as_bytes());
+                Ok(IsNull::No)
+            }
             (Value::Text(s), _) => {
                 out.extend_from_slice(s.as_bytes());
                 Ok(IsNull::No)
@@ -446,7 +453,43 @@ fn from_numeric(raw: &[u8]) -> std::result::Result<Value, Box<dyn std::error::Er
 
 #[cfg(test)]
 mod tests {
+    use super::super::sql::params;
     use super::*;
+
+    #[test]
+    fn values_round_trip_and_a_nul_in_text_does_not_fail_the_statement() {
+        let pg = Pg::connect(&super::super::pg_server::server().database()).unwrap();
+        let back = pg
+            .write(true, |tx| {
+                tx.execute(
+                    "CREATE TEMP TABLE t (i bigint, f double precision, s text, b bytea, n bigint)",
+                    params![],
+                )?;
+                tx.execute(
+                    "INSERT INTO t VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![-7i64, 2.5f64, "agent\0x", vec![0u8, 1], None::<i64>],
+                )?;
+                tx.query_row(
+                    "SELECT i, f, s, b, n, (SELECT sum(i) FROM t), i IS NULL, ?1 FROM t",
+                    params![None::<String>],
+                    |r| Ok(r.values.clone()),
+                )
+            })
+            .unwrap();
+        assert_eq!(
+            back,
+            [
+                Value::Int(-7),
+                Value::Real(2.5),
+                Value::Text("agent\u{FFFD}x".into()),
+                Value::Blob(vec![0, 1]),
+                Value::Null,
+                Value::Int(-7),
+                Value::Int(0),
+                Value::Null,
+            ]
+        );
+    }
 
     #[test]
     fn placeholders_become_dollars_outside_quotes() {

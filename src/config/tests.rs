@@ -224,3 +224,26 @@ fn tls_pins_are_read_as_hex_or_base64() {
     );
     assert!(parse_pin("abc").is_err());
 }
+
+#[test]
+fn a_catalog_url_must_be_postgres_and_the_node_defaults_to_the_host_name() {
+    let tenant = "[[tenants]]\nid = \"acme\"\n";
+    assert_eq!(
+        problems(&format!("[catalog]\nurl = \"mysql://db/x\"\nnode_id = \"\"\n{tenant}")),
+        [
+            "catalog.url: must be a postgres:// URL (leave it out for SQLite in state_dir)",
+            "catalog.node_id: must be 1 to 64 characters"
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "c.toml",
+        &format!("[catalog]\nurl = \"postgres://dropsync@db/dropsync\"\n{tenant}"),
+    );
+    let cfg = load(&f).unwrap();
+    assert_eq!(cfg.catalog.url.as_deref(), Some("postgres://dropsync@db/dropsync"));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(cfg.catalog.node_id, host.trim());
+    assert_eq!(load(&write(dir.path(), "d.toml", tenant)).unwrap().catalog.url, None);
+}
