@@ -57,7 +57,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // asked for during start-up waits for the reload task instead.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let config = Arc::new(config);
-    let catalog = open_catalog(&config)?;
+    let catalog = open_catalog(&config)?.for_node(&config.catalog.node_id, config.catalog.lease);
+    let started_at = now_ms();
     catalog.set_busy_timeout(config.catalog.busy_timeout)?;
     let recovered = catalog.forward_queue().recover(now_ms())?;
     if recovered > 0 {
@@ -222,6 +223,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config: live.clone(),
         limits: quotas.clone(),
         reports: reports_wake,
+    });
+    workers.spawn(ops::keeper::Keeper {
+        catalog: catalog.clone(),
+        started_at,
+        forwarders: forwarder_wake.clone(),
     });
     tracker.close();
     tracker.spawn(ops::watchdog(catalog.clone(), liveness.clone(), cancel.clone()));

@@ -58,12 +58,24 @@ impl Housekeeper {
     }
 }
 
+/// The lease of the node that does housekeeping.
+const HOUSEKEEPING_LEASE: &str = "housekeeping";
+
 impl Worker for Housekeeper {
     fn name(&self) -> String {
         "housekeeping".into()
     }
 
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
+        // One node sweeps for all that share the catalog: the one holding this lease, which its
+        // keeper renews while it lives (another takes it after a lease if it dies).
+        if !self
+            .catalog
+            .run(|c| c.leases().try_take(HOUSEKEEPING_LEASE, now_ms()))
+            .await?
+        {
+            return Ok(WorkerState::Idle);
+        }
         let catalog = self.catalog.clone();
         let drop = self.drop.clone();
         let config = self.config.get();

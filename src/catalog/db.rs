@@ -56,6 +56,11 @@ impl Db {
         }
     }
 
+    /// Whether several nodes may share this database (PostgreSQL).
+    pub(crate) fn is_shared(&self) -> bool {
+        matches!(self, Db::Postgres(_))
+    }
+
     /// The SQLite writer, for what only SQLite has (a busy timeout, pragmas in tests).
     #[track_caller]
     pub(crate) fn sqlite_writer(&self) -> Option<Writer<'_>> {

@@ -49,6 +49,7 @@ mod db;
 mod files;
 mod ftp;
 mod intake_queue;
+mod leases;
 mod pg;
 #[cfg(test)]
 pub(crate) mod pg_server;
@@ -76,6 +77,7 @@ pub use console::{BatchFile, CallDetail, CallFilter, CallRow, CallSend, Console,
 pub use files::{Files, NewFile, PendingParse, Registered, RowInput};
 pub use ftp::{AppliedListing, FtpSourceStatus, FtpState, PollRecord, RemoteFile, RemoteFileState, version_tag};
 pub use intake_queue::{IntakeItem, IntakeKind, IntakeOutcome, IntakeQueue, NewIntake};
+pub use leases::{Leases, NodeStatus};
 pub use prune::{History, Pruned};
 pub use queue::{Departure, ForwardQueue, Forwarded, RecordedFile, ToArchive, ToPurge, Work, WorkRecording};
 pub use views::{ConversationView, OrphanLine, ReportLine, Reports, StaleReport, StatusView, TenantStatus};
@@ -175,6 +177,27 @@ pub struct Catalog {
     db: Db,
     /// Taken only with the writer held.
     held_derived: Arc<allocation::HeldDerived>,
+    node: Arc<Node>,
+}
+
+/// This node, as the catalog's leases name it (SPEC §12).
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) id: String,
+    /// How long a lease lasts unless its node renews it.
+    pub(crate) lease_ms: i64,
+}
+
+/// The lease of a node that did not say otherwise (SPEC §12: 60 s).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+impl Default for Node {
+    fn default() -> Node {
+        Node {
+            id: "local".to_owned(),
+            lease_ms: ms(DEFAULT_LEASE),
+        }
+    }
 }
 
 impl Catalog {
@@ -243,6 +266,7 @@ impl Catalog {
         Ok(Catalog {
             db: Db::Postgres(pg),
             held_derived: Arc::default(),
+            node: Arc::default(),
         })
     }
 
@@ -250,6 +274,7 @@ impl Catalog {
         Catalog {
             db: Db::Sqlite(db::Lite::new(conn, path)),
             held_derived: Arc::default(),
+            node: Arc::default(),
         }
     }
 
@@ -260,6 +285,31 @@ impl Catalog {
             Some(writer) => Ok(writer.busy_timeout(timeout)?),
             // PostgreSQL waits for row locks as long as the transaction lives.
             None => Ok(()),
+        }
+    }
+
+    /// The same catalog as node `id` (`[catalog] node_id`), whose leases last `lease` unless
+    /// renewed.
+    pub fn for_node(self, id: &str, lease: Duration) -> Catalog {
+        Catalog {
+            node: Arc::new(Node {
+                id: id.to_owned(),
+                lease_ms: ms(lease),
+            }),
+            ..self
+        }
+    }
+
+    /// Whether several nodes may share this catalog (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.db.is_shared()
+    }
+
+    /// Leases and heartbeats of this node.
+    pub fn leases(&self) -> Leases {
+        Leases {
+            db: self.db.clone(),
+            node: self.node.clone(),
         }
     }
 
@@ -275,7 +325,10 @@ impl Catalog {
 
     /// The forwarding queue and the files it frees (forwarding, archiving, purging).
     pub fn forward_queue(&self) -> ForwardQueue {
-        ForwardQueue { db: self.db.clone() }
+        ForwardQueue {
+            db: self.db.clone(),
+            node: self.node.clone(),
+        }
     }
 
     /// What the FTP pollers know of each source.
@@ -398,6 +451,8 @@ pub fn ms(d: Duration) -> i64 {
 
 #[cfg(test)]
 mod ftp_tests;
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod queue_tests;
 #[cfg(test)]

@@ -13,12 +13,14 @@ use super::sql::{Optional, Row, Sql, params};
 use chrono::{DateTime, Utc};
 
 use super::allocation::{Allocations, Verdict, charge, refund};
-use super::{CatalogError, Db, Result, Via};
+use super::{Db, Result, Via};
 
 /// The forwarding queue and the files it frees: see the module doc.
 #[derive(Clone)]
 pub struct ForwardQueue {
     pub(super) db: Db,
+    /// The node whose lease a claim takes (see `leases.rs`).
+    pub(super) node: std::sync::Arc<super::Node>,
 }
 
 /// A conversation claimed for forwarding, with everything the sink needs.
@@ -128,17 +130,27 @@ pub(super) const RECORDED_FILES: &str =
 /// Claims for the archive made before ?1 (the few leaving files, through their index).
 pub(super) const UNSETTLED: &str = "SELECT id, tenant, rel_path, coalesce(archive_path, ''), ino, dev FROM files WHERE state = 'leaving' AND left_at <= ?1";
 
+/// A conversation this node is forwarding: `forwarding` under its lease, the node's id bound
+/// as parameter `node`. No owner: claimed before leases existed.
+fn held_here(node: u8) -> String {
+    format!("state = 'forwarding' AND (lease_owner IS NULL OR lease_owner = ?{node})")
+}
+
 /// States whose files must stay in the drop folder.
 pub(super) const OPEN_STATES: &str = "('waiting', 'ready', 'forwarding', 'failed', 'held')";
 
 impl ForwardQueue {
-    /// Start-up recovery: a conversation left `forwarding` by a crash is `ready` again. Its
-    /// replay overwrites the same keys. Returns how many were recovered.
+    /// Start-up recovery: a conversation this node left `forwarding` when it stopped (or one
+    /// whose node's lease ran out, or one claimed before leases existed) is `ready` again; one
+    /// another node is forwarding under a live lease is left to it. The replay overwrites the
+    /// same keys. Returns how many were recovered.
     pub fn recover(&self, now: i64) -> Result<usize> {
         self.db.write(|conn| {
             conn.execute(
-                "UPDATE conversations SET state = 'ready', next_attempt_at = ?1, changed_at = ?1 WHERE state = 'forwarding'",
-                params![now],
+                "UPDATE conversations SET state = 'ready', next_attempt_at = ?1, changed_at = ?1,
+                    lease_owner = NULL, lease_until = NULL
+                 WHERE state = 'forwarding' AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_until < ?1)",
+                params![now, self.node.id],
             )
         })
     }
@@ -159,12 +171,14 @@ impl ForwardQueue {
                 return Ok(None);
             };
             let from = tx.pick("conversations c INDEXED BY conv_ready", "conversations c");
+            // Two nodes claiming the same tenant's turn take different rows rather than collide.
+            let skip = tx.pick("", " FOR UPDATE OF c SKIP LOCKED");
             let ids: Vec<i64> = tx.query_map(
                 &format!(
                     "SELECT c.id FROM {from} WHERE c.state = 'ready' AND c.tenant = ?3 AND c.next_attempt_at <= ?1
                        AND NOT EXISTS (SELECT 1 FROM conversations o WHERE o.tenant = c.tenant
                                        AND o.conversation_id = c.conversation_id AND o.state = 'forwarding')
-                     ORDER BY c.next_attempt_at, c.id LIMIT ?2"
+                     ORDER BY c.next_attempt_at, c.id LIMIT ?2{skip}"
                 ),
                 params![now, limit as i64, tenant],
                 |r| r.get(0),
@@ -188,8 +202,9 @@ impl ForwardQueue {
                     continue;
                 }
                 tx.execute(
-                    "UPDATE conversations SET state = 'forwarding', attempts = attempts + 1, changed_at = ?2 WHERE id = ?1",
-                    params![id, now],
+                    "UPDATE conversations SET state = 'forwarding', attempts = attempts + 1, changed_at = ?2,
+                        lease_owner = ?3, lease_until = ?4 WHERE id = ?1",
+                    params![id, now, self.node.id, now.saturating_add(self.node.lease_ms)],
                 )?;
                 out.push(Work {
                     attempts: work.attempts + 1,
@@ -229,16 +244,22 @@ impl ForwardQueue {
         now: i64,
     ) -> Result<Vec<i64>> {
         self.db.light(|tx| {
+            let changed = tx.execute(
+                &format!(
+                    "UPDATE conversations SET state = 'forwarded', forwarded_at = ?2, changed_at = ?2, detail = NULL,
+                        lease_owner = NULL, lease_until = NULL WHERE id = ?1 AND {}",
+                    held_here(3)
+                ),
+                params![conv, now, self.node.id],
+            )?;
+            if changed != 1 {
+                // Its lease ran out and another node took it over (this node stalled for a whole
+                // lease): that node forwards it to the same keys and frees its files.
+                tracing::warn!(conv, "a forward finished after its lease was taken over: left to the node that took it");
+                return Ok(Vec::new());
+            }
             for r in recordings {
                 tx.execute("UPDATE recordings SET key = ?3, bytes = ?4, sha256 = ?5 WHERE conversation = ?1 AND position = ?2", params![conv, r.position, r.key, r.bytes as i64, r.sha256])?;
-            }
-            let changed = tx
-                .execute("UPDATE conversations SET state = 'forwarded', forwarded_at = ?2, changed_at = ?2, detail = NULL
-                     WHERE id = ?1 AND state = 'forwarding'", params![conv, now])?;
-            if changed != 1 {
-                return Err(CatalogError::Corrupt(format!(
-                    "conversation {conv} was not being forwarded"
-                )));
             }
             tx.execute("INSERT INTO deliveries (conversation, sink, key_prefix, started_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5)", params![conv, sink, key_prefix, started_at, now])?;
             files_of(tx, conv)
@@ -248,7 +269,14 @@ impl ForwardQueue {
     /// A transient failure: back to `ready`, due again at `retry_at`.
     pub fn retry_later(&self, conv: i64, error: &str, retry_at: i64, now: i64) -> Result<()> {
         self.db.write(|conn| {
-            conn.execute("UPDATE conversations SET state = 'ready', next_attempt_at = ?3, detail = ?2, changed_at = ?4 WHERE id = ?1 AND state = 'forwarding'", params![conv, error, retry_at, now])?;
+            conn.execute(
+                &format!(
+                    "UPDATE conversations SET state = 'ready', next_attempt_at = ?3, detail = ?2, changed_at = ?4,
+                        lease_owner = NULL, lease_until = NULL WHERE id = ?1 AND {}",
+                    held_here(5)
+                ),
+                params![conv, error, retry_at, now, self.node.id],
+            )?;
             Ok(())
         })
     }
@@ -256,8 +284,14 @@ impl ForwardQueue {
     /// A permanent failure: `failed`, until `dropsync retry`.
     pub fn fail(&self, conv: i64, error: &str, now: i64) -> Result<()> {
         self.db.write(|tx| {
-            let failed = tx
-                .execute("UPDATE conversations SET state = 'failed', detail = ?2, changed_at = ?3 WHERE id = ?1 AND state = 'forwarding'", params![conv, error, now])?;
+            let failed = tx.execute(
+                &format!(
+                    "UPDATE conversations SET state = 'failed', detail = ?2, changed_at = ?3,
+                            lease_owner = NULL, lease_until = NULL WHERE id = ?1 AND {}",
+                    held_here(4)
+                ),
+                params![conv, error, now, self.node.id],
+            )?;
             // Minutes are for what went out: a retry is charged again.
             if failed > 0 {
                 refund(&tx, conv)?;

@@ -295,4 +295,24 @@ CREATE INDEX conv_tenant_received ON conversations(tenant, received_at, id);
 -- A batch uploaded from the console: the metadata files of its folder.
 CREATE INDEX metadata_by_dir ON metadata_files(tenant, dir);
 "#,
+    // 12: several nodes (issue 24). A conversation being forwarded is held by a node until
+    // `lease_until` (renewed while that node lives); other work is held by name (`leases`);
+    // each node says it is alive in `nodes`. One SQLite node writes them too, so that a
+    // catalog moved to PostgreSQL later reads the same.
+    r#"
+ALTER TABLE conversations ADD COLUMN lease_owner TEXT;
+ALTER TABLE conversations ADD COLUMN lease_until INTEGER;
+CREATE INDEX conv_leases ON conversations(lease_until) WHERE state = 'forwarding';
+CREATE TABLE leases (
+    name  TEXT PRIMARY KEY,               -- "intake <tenant>", "ftp <source>", "housekeeping"
+    owner TEXT NOT NULL,                  -- a node_id
+    until INTEGER NOT NULL                -- unix ms
+) WITHOUT ROWID;
+CREATE TABLE nodes (
+    node_id      TEXT PRIMARY KEY,
+    started_at   INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL,
+    version      TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
 ];

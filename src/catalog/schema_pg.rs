@@ -247,4 +247,21 @@ END $$;
 CREATE TRIGGER orphan_report AFTER UPDATE OF orphan_since, state ON files
     FOR EACH ROW EXECUTE FUNCTION orphan_report();
 "#,
+    // 2: SQLite's migration 12: leases and nodes.
+    r#"
+ALTER TABLE conversations ADD COLUMN lease_owner text;
+ALTER TABLE conversations ADD COLUMN lease_until bigint;
+CREATE INDEX conv_leases ON conversations(lease_until) WHERE state = 'forwarding';
+CREATE TABLE leases (
+    name  text COLLATE "C" PRIMARY KEY,
+    owner text NOT NULL,
+    until bigint NOT NULL
+);
+CREATE TABLE nodes (
+    node_id      text COLLATE "C" PRIMARY KEY,
+    started_at   bigint NOT NULL,
+    heartbeat_at bigint NOT NULL,
+    version      text NOT NULL
+);
+"#,
 ];

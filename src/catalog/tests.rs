@@ -13,14 +13,31 @@ pub(super) const GRACE: i64 = 60_000;
 pub(super) struct Fixture {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
+    /// The PostgreSQL database's URL, on that store.
+    url: Option<String>,
     pub(super) cat: Catalog,
+}
+
+impl Fixture {
+    /// Another catalog on the same database, as a second node (or process) opens it.
+    pub(super) fn another(&self) -> Catalog {
+        match &self.url {
+            Some(url) => Catalog::open_postgres(url).unwrap(),
+            None => Catalog::open(&self.path).unwrap(),
+        }
+    }
 }
 
 pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db/dropsync.db");
     let cat = Catalog::open(&path).unwrap();
-    Fixture { _dir: dir, path, cat }
+    Fixture {
+        _dir: dir,
+        path,
+        url: None,
+        cat,
+    }
 }
 
 /// A catalog on a database of its own in the tests' PostgreSQL (see `pg_server.rs`).
@@ -30,6 +47,7 @@ pub(super) fn fixture_pg() -> Fixture {
         _dir: tempfile::tempdir().unwrap(),
         path: std::path::PathBuf::new(),
         cat: Catalog::open_postgres(&url).unwrap(),
+        url: Some(url),
     }
 }
 

@@ -220,6 +220,9 @@ pub struct CatalogConfig {
     pub url: Option<String>,
     /// This node's name in the shared catalog: the host name unless set.
     pub node_id: String,
+    /// How long work a node claimed stays its own unless renewed (a third of it between
+    /// renewals): how long a dead node's work waits before another takes it over.
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -421,7 +424,11 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         ),
         url: raw_catalog.url.filter(|u| !u.is_empty()),
         node_id: raw_catalog.node_id.unwrap_or_else(host_name),
+        lease: p.duration("catalog.lease", raw_catalog.lease.as_deref(), Duration::from_secs(60)),
     };
+    if catalog.lease < Duration::from_secs(3) {
+        p.add("catalog.lease", "must be at least 3s");
+    }
     if let Some(url) = &catalog.url
         && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
     {

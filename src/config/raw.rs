@@ -103,6 +103,7 @@ pub(super) struct RawCatalog {
     pub(super) busy_timeout: Option<String>,
     pub(super) url: Option<String>,
     pub(super) node_id: Option<String>,
+    pub(super) lease: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 
 use super::Intake;
-use crate::catalog::{Catalog, CatalogError, IntakeItem, IntakeOutcome, NewIntake, Via, now_ms};
+use crate::catalog::{Catalog, CatalogError, IntakeItem, IntakeOutcome, Leases, NewIntake, Via, now_ms};
 use crate::ingress::{Arrived, IngressEvent};
 use crate::worker::{Worker, WorkerError, WorkerState};
 
@@ -40,10 +40,24 @@ struct Turns {
 pub struct TenantSlot<'a> {
     scheduler: &'a Scheduler,
     tenant: String,
+    /// The cluster's lease on the tenant's intake, when nodes share the catalog.
+    lease: Option<Leases>,
+}
+
+/// The lease that makes a tenant's intake one lane's across the nodes sharing a catalog, as
+/// `in_lane` does across this node's lanes.
+fn intake_lease(tenant: &str) -> String {
+    format!("intake {tenant}")
 }
 
 impl Drop for TenantSlot<'_> {
     fn drop(&mut self) {
+        if let Some(leases) = &self.lease
+            && let Err(e) = leases.release(&intake_lease(&self.tenant))
+        {
+            // It runs out after a lease instead.
+            tracing::warn!(tenant = %self.tenant, error = %e, "cannot give back the intake lease");
+        }
         self.scheduler.turns().in_lane.remove(&self.tenant);
         // A lane may be waiting for this tenant's next unit.
         self.scheduler.wake.notify_one();
@@ -88,13 +102,24 @@ impl Scheduler {
             if wrapped && last.as_ref().is_some_and(|l| tenant > *l) {
                 return Ok(Err(held));
             }
-            let mut turns = self.turns();
-            if turns.in_lane.insert(tenant.clone()) {
-                turns.last = Some(tenant.clone());
-                return Ok(Ok(TenantSlot {
-                    scheduler: self,
-                    tenant,
-                }));
+            if self.turns().in_lane.insert(tenant.clone()) {
+                let leases = catalog.is_shared().then(|| catalog.leases());
+                // Another node's lane has this tenant: as if one of ours had.
+                let taken = match &leases {
+                    Some(l) => l.try_take(&intake_lease(&tenant), now).inspect_err(|_| {
+                        self.turns().in_lane.remove(&tenant);
+                    })?,
+                    None => true,
+                };
+                if taken {
+                    self.turns().last = Some(tenant.clone());
+                    return Ok(Ok(TenantSlot {
+                        scheduler: self,
+                        tenant,
+                        lease: leases,
+                    }));
+                }
+                self.turns().in_lane.remove(&tenant);
             }
             held = true;
             cursor = tenant;

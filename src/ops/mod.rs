@@ -3,6 +3,7 @@
 //! notifications are no-ops.
 
 pub mod admin_api;
+pub mod keeper;
 pub mod metrics;
 pub mod sample;
 pub mod status;

@@ -230,11 +230,26 @@ impl Worker for PollWorker {
             },
         };
         let started = Instant::now();
+        // One poll of a source at a time: across this node's pollers (a reload's old and new
+        // one), and across the nodes that share the catalog (its lease; renewed by the keeper
+        // while the poll runs, given back after it).
+        let lease = format!("ftp {}", p.key);
+        let ours = p.ctx.catalog.run({
+            let lease = lease.clone();
+            move |c| c.leases().try_take(&lease, now_ms())
+        });
+        if !ours.await? {
+            self.next_poll = p.source.poll_interval;
+            return Ok(WorkerState::Idle);
+        }
         let lock = source_lock(&p.key);
         let result = {
             let _held = lock.lock().await;
             p.poll_once(tls.as_ref()).await
         };
+        if let Err(e) = p.ctx.catalog.run(move |c| c.leases().release(&lease)).await {
+            tracing::warn!(error = %e, "cannot give back the source's lease: it runs out instead");
+        }
         match result {
             Ok(summary) => {
                 self.next_poll = p.polled(&summary, started.elapsed()).await;

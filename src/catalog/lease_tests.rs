@@ -1,0 +1,90 @@
+//! Leases on both stores: a forward stays its node's while the node renews it, is taken over
+//! when it stops, and the late node's outcome changes nothing; named leases are one node's.
+
+use std::time::Duration;
+
+use super::tests::{Fixture, GRACE, fixture, fixture_pg, metadata, on_both_stores, recording, row, sent, states};
+use super::*;
+
+const LEASE: Duration = Duration::from_secs(10);
+
+/// One ready conversation "C1" (its recording arrived first).
+fn one_ready(cat: &Catalog) {
+    recording(cat, "c1.wav", "aa", 1000);
+    let (_, meta) = metadata(cat, "batch.csv", 1001);
+    cat.files()
+        .add_rows(meta, &[row(2, "C1", &["c1.wav"], "a")], 1002, GRACE)
+        .unwrap();
+    cat.files().finish_metadata(meta, Ok(())).unwrap();
+}
+
+on_both_stores! {
+fn a_forward_is_taken_over_when_its_node_stops_renewing_and_the_late_outcome_changes_nothing(fx: Fixture) {
+    let a = fx.cat.clone().for_node("a", LEASE);
+    let b = fx.another().for_node("b", LEASE);
+    one_ready(&a);
+    let claimed = a.claim(2000, 10, &Allocations::new()).unwrap();
+    assert_eq!(claimed.len(), 1);
+    // A renews its lease; B finds nothing to take, neither when it starts nor on its ticks.
+    assert_eq!(a.leases().keep(8000, 0).unwrap(), 0);
+    assert_eq!(b.forward_queue().recover(9000).unwrap(), 0, "a live lease is left to its node");
+    assert_eq!(b.leases().keep(17_000, 0).unwrap(), 0, "renewed at 8000 until 18000");
+    assert!(b.claim(17_000, 10, &Allocations::new()).unwrap().is_empty());
+    // A stops renewing: after its lease, B's tick takes the conversation back; B forwards it.
+    assert_eq!(b.leases().keep(18_001, 0).unwrap(), 1);
+    assert_eq!(states(&b), [("C1".into(), "ready".into())]);
+    let work = b.claim(18_002, 10, &Allocations::new()).unwrap();
+    assert_eq!(work.len(), 1);
+    // A wakes up and finishes its copy: nothing changes, B's forward stands.
+    let late = a.forward_queue().complete(claimed[0].id, &sent(&claimed[0]), "dir:x", "p/", 2000, 18_003);
+    assert_eq!(late.unwrap(), Vec::<i64>::new());
+    a.forward_queue().retry_later(claimed[0].id, "late", 20_000, 18_003).unwrap();
+    a.forward_queue().fail(claimed[0].id, "late", 18_003).unwrap();
+    assert_eq!(states(&b), [("C1".into(), "forwarding".into())]);
+    let freed = b.forward_queue().complete(work[0].id, &sent(&work[0]), "dir:x", "p/", 18_002, 18_004).unwrap();
+    assert!(!freed.is_empty());
+    assert_eq!(states(&b), [("C1".into(), "forwarded".into())]);
+    let deliveries: i64 = fx.cat.sql(|c| c.query_row("SELECT count(*) FROM deliveries", sql::params![], |r| r.get(0)));
+    assert_eq!(deliveries, 1, "forwarded once");
+    // Both nodes are known, with their last heartbeat.
+    let nodes = a.leases().nodes().unwrap();
+    let seen: Vec<(&str, i64)> = nodes.iter().map(|n| (n.node_id.as_str(), n.heartbeat_at)).collect();
+    assert_eq!(seen, [("a", 8000), ("b", 18_001)]);
+}
+
+fn a_node_restarting_takes_back_its_own_forwards_and_no_one_elses(fx: Fixture) {
+    let a = fx.cat.clone().for_node("a", LEASE);
+    one_ready(&a);
+    assert_eq!(a.claim(2000, 10, &Allocations::new()).unwrap().len(), 1);
+    assert_eq!(fx.another().for_node("b", LEASE).forward_queue().recover(3000).unwrap(), 0);
+    assert_eq!(fx.another().for_node("a", LEASE).forward_queue().recover(3000).unwrap(), 1);
+    assert_eq!(states(&a), [("C1".into(), "ready".into())]);
+}
+}
+
+/// Named leases (a tenant's intake, an FTP source, housekeeping) are asked of PostgreSQL only:
+/// one SQLite node is alone with its database.
+#[test]
+fn a_named_lease_is_one_nodes_until_it_runs_out_or_is_given_back() {
+    let fx = fixture_pg();
+    let a = fx.cat.clone().for_node("a", LEASE).leases();
+    let b = fx.another().for_node("b", LEASE).leases();
+    assert!(a.try_take("intake acme", 1000).unwrap());
+    assert!(!b.try_take("intake acme", 1001).unwrap());
+    assert!(b.try_take("intake beta", 1001).unwrap(), "another name is free");
+    a.release("intake beta").unwrap();
+    assert!(
+        !a.try_take("intake beta", 1002).unwrap(),
+        "only its holder gives it back"
+    );
+    assert!(a.try_take("intake acme", 5000).unwrap(), "its holder renews it");
+    a.keep(9000, 0).unwrap();
+    assert!(!b.try_take("intake acme", 18_999).unwrap(), "renewed until 19000");
+    assert!(b.try_take("intake acme", 19_001).unwrap(), "run out: taken over");
+    assert!(!a.try_take("intake acme", 19_002).unwrap());
+    b.release("intake acme").unwrap();
+    assert!(a.try_take("intake acme", 19_003).unwrap(), "given back");
+
+    let lone = fixture().cat.leases();
+    assert!(lone.try_take("intake acme", 0).unwrap() && lone.try_take("intake acme", 0).unwrap());
+}
