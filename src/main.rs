@@ -263,6 +263,18 @@ fn status(config: &Config, tenant: Option<&str>, json: bool) -> anyhow::Result<(
             m.minutes_used, m.month
         );
     }
+    if view.nodes.len() > 1 {
+        println!("\nNodes:");
+        let now = now_ms();
+        for n in &view.nodes {
+            println!(
+                "  {} (dropsync {}): last heartbeat {:.1} s ago",
+                n.node_id,
+                n.version,
+                (now - n.heartbeat_at) as f64 / 1000.0
+            );
+        }
+    }
     if !view.ftp_sources.is_empty() {
         println!("\nFTP sources:");
         for s in &view.ftp_sources {

@@ -90,6 +90,8 @@ pub struct StatusView {
     pub ftp_sources: Vec<super::FtpSourceStatus>,
     /// Minutes forwarded this month and allocated, per configured tenant (filled by the CLI).
     pub minutes: BTreeMap<String, super::MinutesStatus>,
+    /// The nodes that share the catalog, with their last heartbeat (one, on SQLite).
+    pub nodes: Vec<super::NodeStatus>,
 }
 
 /// Report status as tenants see it (SPEC §3).

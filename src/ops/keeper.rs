@@ -25,7 +25,19 @@ impl Worker for Keeper {
 
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
         let started_at = self.started_at;
-        let taken = self.catalog.run(move |c| c.leases().keep(now_ms(), started_at)).await?;
+        let (taken, nodes) = self
+            .catalog
+            .run(move |c| {
+                let leases = c.leases();
+                Ok((leases.keep(now_ms(), started_at)?, leases.nodes()?))
+            })
+            .await?;
+        // Every node's, as this one last read them: a node whose heartbeat falls behind is dead
+        // or cut off, and its work is taken over a lease after its last renewal.
+        for n in nodes {
+            metrics::gauge!("dropsync_node_heartbeat_timestamp_seconds", "node" => n.node_id)
+                .set(n.heartbeat_at as f64 / 1000.0);
+        }
         if taken > 0 {
             tracing::warn!(
                 taken,

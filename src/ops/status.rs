@@ -28,5 +28,6 @@ pub fn view(config: &Config, catalog: &Catalog, tenant: Option<&str>) -> Result<
     let mut allocations = crate::catalog::allocations_for(&config.tenants, crate::catalog::now_ms());
     allocations.retain(|t, _| tenant.is_none_or(|id| t == id));
     view.minutes = catalog.minutes().status(&allocations)?;
+    view.nodes = catalog.leases().nodes()?;
     Ok(view)
 }

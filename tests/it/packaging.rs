@@ -511,6 +511,10 @@ fn an_upgrade_from_the_previous_release_keeps_every_conversation_and_forwards_no
         before_outbox.len() + 2,
         "only N-1's recording and metadata.json are new"
     );
-    assert_eq!(schema(), 11, "the catalog migrated");
+    assert_eq!(
+        schema(),
+        12,
+        "the catalog migrated (to the migrations of src/catalog/schema.rs)"
+    );
     d.stop();
 }
