@@ -2,11 +2,17 @@
 //! (SPEC §12): a pool of connections, transactions that behave as if run one at a time, and
 //! the [`Sql`] surface the handles speak.
 //!
-//! **Why transactions are `SERIALIZABLE`.** The handles were written for SQLite's one writer:
-//! each transaction reads, decides and writes as if nothing else ran meanwhile (an arrival
-//! completing a conversation, a claim and its minutes). PostgreSQL's serializable isolation
-//! keeps exactly that promise across connections and nodes, and refuses (SQLSTATE 40001) a
-//! transaction that would break it; [`Pg::write`] then runs it again from the start, which is
+//! **Why one writer at a time.** The handles were written for SQLite's one writer: each
+//! transaction reads, decides and writes as if nothing else ran meanwhile (an arrival
+//! completing a conversation, a claim and its minutes). Here every write transaction first
+//! takes one transaction-scoped advisory lock ([`WRITER_LOCK`]), so write transactions run one
+//! at a time across every connection and node, exactly as on SQLite, and readers never wait.
+//! `SERIALIZABLE` was tried first (same promise, concurrent writers): the catalog's counters
+//! (a metadata file's `report_stale`, `conversation_counts`) are rows every change of a batch
+//! updates, so concurrent transactions conflicted more than they committed (5,000 retries for
+//! 2,000 conversations, half the throughput of one writer; `benches/nodes.rs`). Writers that
+//! scale with nodes need those counters sharded first. A transaction that still fails for a
+//! deadlock or a serialization failure is run again from the start by [`Pg::write`], which is
 //! why the handles' transaction closures only compute what they return.
 //!
 //! **Why the blocking `postgres` client.** The catalog is synchronous code that callers on the
@@ -31,6 +37,9 @@ use super::{CatalogError, Result};
 /// Connections kept open per node at most: each blocking thread that works on the catalog at
 /// once holds one. Past this, a caller waits for one to come back.
 const MAX_CONNECTIONS: usize = 16;
+
+/// The advisory lock every write transaction takes first ("dropsync writer" in spirit).
+const WRITER_LOCK: i64 = 0x6472_6f70_7772_6974;
 
 /// How many times a transaction that lost a serialization conflict is run again before its
 /// error is returned (the caller's retry takes over from there).
@@ -107,7 +116,7 @@ impl Pg {
             if idle.open < MAX_CONNECTIONS {
                 idle.open += 1;
                 drop(idle);
-                let client = pool.config.connect(NoTls).inspect_err(|_| {
+                let client = connect(&pool.config).inspect_err(|_| {
                     pool.idle.lock().unwrap_or_else(|p| p.into_inner()).open -= 1;
                 })?;
                 return Ok(Taken {
@@ -122,8 +131,8 @@ impl Pg {
         }
     }
 
-    /// Runs `f` in a serializable transaction, again from the start when it loses a conflict
-    /// with a concurrent one. `durable`: the commit waits for the WAL flush (the default);
+    /// Runs `f` in a transaction under the writer lock, again from the start if it fails for a
+    /// conflict (a deadlock). `durable`: the commit waits for the WAL flush (the default);
     /// otherwise `synchronous_commit` is off for it, as SQLite's light commits are not synced.
     pub(crate) fn write<R>(&self, durable: bool, mut f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
         blocking(|| self.write_retrying(durable, &mut f))
@@ -138,6 +147,7 @@ impl Pg {
             match outcome {
                 Err(e) if is_conflict(&e) && attempt < CONFLICT_RETRIES => {
                     attempt += 1;
+                    tracing::debug!(attempt, error = %e, detail = ?conflict_detail(&e), "catalog transaction conflicted; running it again");
                     metrics::counter!("dropsync_catalog_conflicts_total").increment(1);
                     // A little later each time, jittered, so two nodes do not collide again in step.
                     let jitter = u64::from(rand::random::<u8>() % 8);
@@ -153,8 +163,9 @@ impl Pg {
         let PgConn { client, statements } = taken.conn.as_mut().expect("held until dropped");
         let mut tx = client
             .build_transaction()
-            .isolation_level(IsolationLevel::Serializable)
+            .isolation_level(IsolationLevel::ReadCommitted)
             .start()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])?;
         if !durable {
             tx.batch_execute("SET LOCAL synchronous_commit = off")?;
         }
@@ -194,6 +205,11 @@ impl Pg {
     }
 }
 
+/// A new connection for the pool.
+fn connect(config: &postgres::Config) -> Result<postgres::Client> {
+    Ok(config.connect(NoTls)?)
+}
+
 /// Runs `f`, which blocks on PostgreSQL, where blocking is allowed. The client drives its
 /// connection on a runtime of its own, which cannot start on a thread that is running async
 /// tasks: a catalog call made straight from one (rather than through [`super::Catalog::run`])
@@ -203,6 +219,15 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match Handle::try_current() {
         Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
+    }
+}
+
+fn conflict_detail(e: &CatalogError) -> Option<String> {
+    match e {
+        CatalogError::Postgres(e) => e
+            .as_db_error()
+            .map(|d| format!("{} {:?} {:?}", d.message(), d.detail(), d.where_())),
+        _ => None,
     }
 }
 
@@ -275,6 +300,7 @@ impl<C: GenericClient> Sql for PgSql<'_, C> {
     }
 
     fn run(&self, sql: &str, params: &[Value]) -> Result<usize> {
+        super::sql::counted();
         let stmt = self.statement(sql, params)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         let n = self.client.borrow_mut().execute(&stmt, &refs)?;
@@ -282,6 +308,7 @@ impl<C: GenericClient> Sql for PgSql<'_, C> {
     }
 
     fn each(&self, sql: &str, params: &[Value], f: &mut dyn FnMut(Row) -> Result<()>) -> Result<()> {
+        super::sql::counted();
         let stmt = self.statement(sql, params)?;
         let columns = stmt.columns().len();
         let mut client = self.client.borrow_mut();

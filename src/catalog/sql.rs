@@ -316,6 +316,12 @@ impl<T> Optional<T> for Result<T> {
     }
 }
 
+/// One statement run, on either store: `dropsync_catalog_statements_total`, the catalog's
+/// round trips (what a conversation costs a PostgreSQL catalog, `benches/nodes.rs`).
+pub(super) fn counted() {
+    metrics::counter!("dropsync_catalog_statements_total").increment(1);
+}
+
 // SQLite: statements from the connection's cache; values as rusqlite's.
 
 impl Sql for rusqlite::Connection {
@@ -324,10 +330,12 @@ impl Sql for rusqlite::Connection {
     }
 
     fn run(&self, sql: &str, params: &[Value]) -> Result<usize> {
+        counted();
         Ok(self.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params))?)
     }
 
     fn each(&self, sql: &str, params: &[Value], f: &mut dyn FnMut(Row) -> Result<()>) -> Result<()> {
+        counted();
         let mut stmt = self.prepare_cached(sql)?;
         let columns = stmt.column_count();
         let mut rows = stmt.query(rusqlite::params_from_iter(params))?;

@@ -43,6 +43,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait, Select
+from selenium.common.exceptions import StaleElementReferenceException
 BASE = 'http://127.0.0.1:{port}'
 options = webdriver.ChromeOptions()
 options.binary_location = '/usr/bin/chromium'
@@ -148,7 +149,8 @@ fn an_operator_onboards_a_tenant_whose_sftp_upload_then_shows_on_the_calls_page(
     field.clear()
     field.send_keys('File')
     driver.find_element(By.XPATH, '//button[text()="Save the mapping"]').click()
-    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, 'm-recording').get_attribute('value') == 'File')
+    # The page re-renders the form as it settles: an element found just before may be gone.
+    WebDriverWait(driver, 20, ignored_exceptions=[StaleElementReferenceException]).until(lambda d: d.find_element(By.ID, 'm-recording').get_attribute('value') == 'File')
     print(json.dumps(fingerprints))
 "#,
         sample = sample.to_str().unwrap(),

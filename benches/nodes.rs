@@ -1,0 +1,288 @@
+//! Several nodes benchmark (issue 24; run on demand, release build):
+//!
+//!     cargo bench --bench nodes -- [--conversations N] [--tenants K]
+//!
+//! The same work three ways, in one run: one node on SQLite, one node on PostgreSQL, and two
+//! nodes on one PostgreSQL sharing one state_dir (the tests' private PostgreSQL, started here).
+//! K tenants (default 4) share N conversations (default 20,000) of 1 KiB recordings that have
+//! already arrived; timed from their metadata files' arrival until all N are forwarded to the
+//! dir sink. Reported per setup: conversations/s, the catalog's statements per conversation
+//! (round trips: `dropsync_catalog_statements_total` from each node's /metrics), and CPU
+//! seconds per conversation of the dropsync processes and of PostgreSQL. The machine has two
+//! cores, which two nodes and PostgreSQL share.
+
+#[path = "../src/catalog/pg_server.rs"]
+mod pg_server;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dropsync");
+const HEADER: &str = "Contact Reference,Agent Email,Contact Date,Audio Filename";
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// utime + stime (+ the children's, reaped) of `pid`, in seconds.
+fn cpu_seconds(pid: u32, with_children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(") ").next().unwrap_or("").split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields after "(comm) ": state is 0, utime 11, stime 12, cutime 13, cstime 14.
+    let own = tick(11) + tick(12);
+    let children = if with_children { tick(13) + tick(14) } else { 0.0 };
+    // SAFETY: sysconf has no preconditions.
+    (own + children) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Every PostgreSQL process's CPU, exited backends included (reaped by the postmaster).
+fn postgres_cpu() -> f64 {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "postgres" {
+            let ppid_is_postgres = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(") ")
+                        .next()
+                        .and_then(|r| r.split_whitespace().nth(1))
+                        .map(str::to_owned)
+                })
+                .and_then(|ppid| std::fs::read_to_string(format!("/proc/{ppid}/comm")).ok())
+                .is_some_and(|c| c.trim() == "postgres");
+            total += cpu_seconds(pid, !ppid_is_postgres);
+        }
+    }
+    total
+}
+
+fn statements(metrics_port: u16) -> f64 {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    use std::io::{Read, Write};
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find(|l| l.starts_with("dropsync_catalog_statements_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn forwarded(config: &Path) -> i64 {
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["tenants"]
+        .as_object()
+        .map(|t| t.values().map(|s| s["states"]["forwarded"].as_i64().unwrap_or(0)).sum())
+        .unwrap_or(0)
+}
+
+fn waiting(config: &Path) -> i64 {
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["tenants"]
+        .as_object()
+        .map(|t| t.values().map(|s| s["files_waiting"].as_i64().unwrap_or(0)).sum())
+        .unwrap_or(0)
+}
+
+struct Node {
+    child: Child,
+    config: PathBuf,
+    metrics: u16,
+}
+
+fn start(dir: &Path, name: &str, state_dir: &Path, catalog: &str, tenants: usize) -> Node {
+    let metrics = free_port();
+    let config = dir.join(format!("{name}.toml"));
+    let mut text = format!(
+        "state_dir = \"{}\"\n{catalog}[sink]\ntype = \"dir\"\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+        state_dir.display(),
+        state_dir.join("outbox").display()
+    );
+    for t in 0..tenants {
+        text.push_str(&format!(
+            "[[tenants]]\nid = \"t{t}\"\n[tenants.mapping]\nconversation_id = \"Contact Reference\"\n\
+             agent = \"Agent Email\"\ncontact_time = \"Contact Date\"\nrecording = \"Audio Filename\"\n"
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env(
+            "RUST_LOG",
+            std::env::var("NODES_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    wait("a node's metrics", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", metrics)).is_ok()
+    });
+    Node { child, config, metrics }
+}
+
+/// One setup: `nodes` nodes on `url` (SQLite when `None`); prints its line.
+fn run(label: &str, url: Option<&str>, nodes: usize, n: usize, tenants: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = if std::env::var("NODES_BENCH_KEEP").is_ok() {
+        Box::leak(Box::new(dir)).path().to_path_buf()
+    } else {
+        dir.path().to_path_buf()
+    };
+    let state = dir.join("var");
+    let running: Vec<Node> = (0..nodes)
+        .map(|i| {
+            let catalog = url.map_or(String::new(), |u| {
+                format!("[catalog]\nurl = \"{u}\"\nnode_id = \"n{i}\"\n")
+            });
+            start(&dir, &format!("n{i}"), &state, &catalog, tenants)
+        })
+        .collect();
+    let config = &running[0].config;
+    let mut audio =
+        b"RIFF\xf8\x03\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0\x40\x1f\0\0\x40\x1f\0\0\x01\0\x08\0data\xd4\x03\0\0".to_vec();
+    audio.resize(1024, 0x55);
+    for i in 0..n {
+        let mut a = audio.clone();
+        a[44..52].copy_from_slice(&(i as u64).to_le_bytes());
+        std::fs::write(state.join(format!("drop/t{}/c{i:07}.wav", i % tenants)), &a).unwrap();
+    }
+    wait("recordings to arrive", Duration::from_secs(3600), || {
+        waiting(config) as usize >= n
+    });
+
+    let cpu_before: Vec<f64> = running.iter().map(|r| cpu_seconds(r.child.id(), false)).collect();
+    let statements_before: f64 = running.iter().map(|r| statements(r.metrics)).sum();
+    let pg_before = postgres_cpu();
+    let mut csvs = vec![format!("{HEADER}\n"); tenants];
+    for i in 0..n {
+        csvs[i % tenants].push_str(&format!(
+            "C-{i:07},agent{}@example.com,2019-05-03T09:{:02}:{:02}Z,c{i:07}.wav\n",
+            i % 97,
+            (i / 60) % 60,
+            i % 60
+        ));
+    }
+    // Statistics as autovacuum keeps them on a catalog in use (it would not have run yet on
+    // tables this new), so that the plans are those of a live catalog.
+    if let Some(u) = url {
+        postgres::Client::connect(u, postgres::NoTls)
+            .unwrap()
+            .batch_execute("ANALYZE")
+            .unwrap();
+    }
+    let t0 = Instant::now();
+    for (t, csv) in csvs.iter().enumerate() {
+        std::fs::write(state.join(format!("drop/t{t}/batch.csv")), csv).unwrap();
+    }
+    wait("conversations to be forwarded", Duration::from_secs(3600), || {
+        forwarded(config) as usize >= n
+    });
+    let took = t0.elapsed().as_secs_f64();
+    let cpu: f64 = running
+        .iter()
+        .zip(&cpu_before)
+        .map(|(r, before)| cpu_seconds(r.child.id(), false) - before)
+        .sum();
+    let statements: f64 = running.iter().map(|r| statements(r.metrics)).sum::<f64>() - statements_before;
+    let pg = if url.is_some() { postgres_cpu() - pg_before } else { 0.0 };
+    if let (Some(u), Ok(_)) = (url, std::env::var("NODES_BENCH_PG_STATS")) {
+        let mut c = postgres::Client::connect(u, postgres::NoTls).unwrap();
+        for r in c
+            .query(
+                "SELECT relname, seq_scan, seq_tup_read, idx_scan, n_tup_upd, n_tup_ins FROM pg_stat_user_tables ORDER BY seq_tup_read DESC LIMIT 8",
+                &[],
+            )
+            .unwrap()
+        {
+            println!(
+                "  {}: seq_scan {} seq_tup_read {} idx_scan {:?} upd {} ins {}",
+                r.get::<_, String>(0),
+                r.get::<_, i64>(1),
+                r.get::<_, i64>(2),
+                r.get::<_, Option<i64>>(3),
+                r.get::<_, i64>(4),
+                r.get::<_, i64>(5)
+            );
+        }
+        for r in running.iter() {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", r.metrics)).unwrap();
+            use std::io::{Read, Write};
+            write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            for l in body.lines().filter(|l| {
+                l.starts_with("dropsync_catalog_conflicts_total")
+                    || l.starts_with("dropsync_catalog_writer_hold_seconds{quantile=\"0.99\"}")
+            }) {
+                println!("  {l}");
+            }
+        }
+    }
+    for mut r in running {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(r.child.id() as i32, libc::SIGTERM) };
+        let _ = r.child.wait();
+    }
+    println!(
+        "nodes: {label}: {n} conversations ({tenants} tenants) in {took:.1} s = {:.0} conversations/s; \
+         {:.1} catalog statements, {:.2} ms dropsync CPU, {:.2} ms PostgreSQL CPU per conversation",
+        n as f64 / took,
+        statements / n as f64,
+        cpu * 1000.0 / n as f64,
+        pg * 1000.0 / n as f64,
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("nodes: benchmark");
+        return;
+    }
+    let n = arg("--conversations", 20_000);
+    let tenants = arg("--tenants", 4);
+    let server = pg_server::server();
+    if std::env::var("NODES_BENCH_PG_ONLY").is_err() {
+        run("one node, SQLite", None, 1, n, tenants);
+    }
+    run("one node, PostgreSQL", Some(&server.database()), 1, n, tenants);
+    run("two nodes, PostgreSQL", Some(&server.database()), 2, n, tenants);
+}
