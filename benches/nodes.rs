@@ -96,7 +96,8 @@ fn statements(metrics_port: u16) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn forwarded(config: &Path) -> i64 {
+/// Summed over tenants in `dropsync status --json`: `pick` of each tenant's entry.
+fn status_sum(config: &Path, pick: impl Fn(&serde_json::Value) -> &serde_json::Value) -> i64 {
     let out = Command::new(BIN)
         .args(["status", "--json", "--config"])
         .arg(config)
@@ -105,20 +106,7 @@ fn forwarded(config: &Path) -> i64 {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v["tenants"]
         .as_object()
-        .map(|t| t.values().map(|s| s["states"]["forwarded"].as_i64().unwrap_or(0)).sum())
-        .unwrap_or(0)
-}
-
-fn waiting(config: &Path) -> i64 {
-    let out = Command::new(BIN)
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["tenants"]
-        .as_object()
-        .map(|t| t.values().map(|s| s["files_waiting"].as_i64().unwrap_or(0)).sum())
+        .map(|t| t.values().map(|s| pick(s).as_i64().unwrap_or(0)).sum())
         .unwrap_or(0)
 }
 
@@ -186,7 +174,7 @@ fn run(label: &str, url: Option<&str>, nodes: usize, n: usize, tenants: usize) {
         std::fs::write(state.join(format!("drop/t{}/c{i:07}.wav", i % tenants)), &a).unwrap();
     }
     wait("recordings to arrive", Duration::from_secs(3600), || {
-        waiting(config) as usize >= n
+        status_sum(config, |s| &s["files_waiting"]) as usize >= n
     });
 
     let cpu_before: Vec<f64> = running.iter().map(|r| cpu_seconds(r.child.id(), false)).collect();
@@ -214,7 +202,7 @@ fn run(label: &str, url: Option<&str>, nodes: usize, n: usize, tenants: usize) {
         std::fs::write(state.join(format!("drop/t{t}/batch.csv")), csv).unwrap();
     }
     wait("conversations to be forwarded", Duration::from_secs(3600), || {
-        forwarded(config) as usize >= n
+        status_sum(config, |s| &s["states"]["forwarded"]) as usize >= n
     });
     let took = t0.elapsed().as_secs_f64();
     let cpu: f64 = running
