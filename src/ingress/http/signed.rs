@@ -44,7 +44,7 @@ impl Signer {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 key = rand::random();
-                let tmp = path.with_extension("tmp");
+                let tmp = path.with_extension(format!("tmp.{}.{:x}", std::process::id(), rand::random::<u64>()));
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create(true)
@@ -53,8 +53,15 @@ impl Signer {
                     .open(&tmp)?;
                 f.write_all(&key)?;
                 f.sync_all()?;
-                std::fs::rename(&tmp, path)?;
-                crate::fsutil::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+                // A link, not a rename: two nodes starting at once on one shared state_dir
+                // must end with one key, the first one linked, and both using it.
+                let linked = std::fs::hard_link(&tmp, path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => crate::fsutil::sync_dir(path.parent().unwrap_or(Path::new(".")))?,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Signer::load_or_create(path),
+                    Err(e) => return Err(e),
+                }
             }
             Err(e) => return Err(e),
         }
@@ -115,6 +122,26 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_starting_at_once_on_one_state_dir_end_with_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        let signatures: Vec<String> = std::thread::scope(|s| {
+            let started: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| Signer::load_or_create(&path).unwrap().sign("/u", 1)))
+                .collect();
+            started.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert!(signatures.iter().all(|s| *s == signatures[0]), "{signatures:?}");
+        assert_eq!(Signer::load_or_create(&path).unwrap().sign("/u", 1), signatures[0]);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from(KEY_FILE)], "no temp file left");
+    }
 
     #[test]
     fn a_signature_holds_for_its_target_until_it_expires() {

@@ -78,6 +78,8 @@ pub fn load_or_create(path: &Path) -> Result<PrivateKey, HostKeyError> {
     })?;
     let key = generate(kind).map_err(|e| err(e.to_string()))?;
     write_private(path, &key).map_err(|e| err(e.to_string()))?;
+    // Another node's key may have been linked first: the one on disk is the key.
+    let key = PrivateKey::read_openssh_file(path).map_err(|e| err(e.to_string()))?;
     tracing::info!(path = %path.display(), fingerprint = %key.public_key().fingerprint(HashAlg::Sha256),
         "created SSH host key ({})", type_name(key.public_key()));
     Ok(key)
@@ -114,11 +116,15 @@ fn write_private(path: &Path, key: &PrivateKey) -> std::io::Result<()> {
             f.write_all(text.as_bytes())?;
             f.sync_all()
         })
-        .and_then(|()| std::fs::rename(&tmp, path))
+        // A link, not a rename: nodes starting at once on one shared state_dir keep the key
+        // linked first (the caller reads it back), so clients see one host key whichever node
+        // answers.
+        .and_then(|()| match std::fs::hard_link(&tmp, path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        })
         .and_then(|()| crate::fsutil::sync_dir(dir));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let _ = std::fs::remove_file(&tmp);
     written
 }
 
