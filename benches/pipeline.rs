@@ -13,17 +13,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{arg, wait};
+
 const BIN: &str = env!("CARGO_BIN_EXE_dropsync");
 const HEADER: &str = "Contact Reference,Agent Email,Contact Date,Audio Filename,Queue,Notes";
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -56,14 +51,6 @@ fn status_count(config: &Path, state: &str) -> (i64, i64) {
         t["states"][state].as_i64().unwrap_or(0),
         t["files_waiting"].as_i64().unwrap_or(0),
     )
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn pipeline(n: usize) {

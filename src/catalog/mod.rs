@@ -450,6 +450,8 @@ pub fn ms(d: Duration) -> i64 {
 }
 
 #[cfg(test)]
+mod fixture;
+#[cfg(test)]
 mod ftp_tests;
 #[cfg(test)]
 mod lease_tests;

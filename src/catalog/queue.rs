@@ -171,14 +171,12 @@ impl ForwardQueue {
                 return Ok(None);
             };
             let from = tx.pick("conversations c INDEXED BY conv_ready", "conversations c");
-            // Two nodes claiming the same tenant's turn take different rows rather than collide.
-            let skip = tx.pick("", " FOR UPDATE OF c SKIP LOCKED");
             let ids: Vec<i64> = tx.query_map(
                 &format!(
                     "SELECT c.id FROM {from} WHERE c.state = 'ready' AND c.tenant = ?3 AND c.next_attempt_at <= ?1
                        AND NOT EXISTS (SELECT 1 FROM conversations o WHERE o.tenant = c.tenant
                                        AND o.conversation_id = c.conversation_id AND o.state = 'forwarding')
-                     ORDER BY c.next_attempt_at, c.id LIMIT ?2{skip}"
+                     ORDER BY c.next_attempt_at, c.id LIMIT ?2"
                 ),
                 params![now, limit as i64, tenant],
                 |r| r.get(0),
