@@ -138,7 +138,7 @@ fn wait_polled_after(d: &Daemon, since: &str) -> serde_json::Value {
 }
 
 /// Waits until more than 1 MiB of a download sits in its temp file.
-fn wait_partial_download(d: &Daemon) {
+pub fn wait_partial_download(d: &Daemon) {
     let drop_dir = d.drop_dir("acme");
     wait_for("a partial download", T, || {
         std::fs::read_dir(&drop_dir).unwrap().flatten().any(|e| {

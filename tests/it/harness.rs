@@ -65,10 +65,15 @@ impl Daemon {
 
     /// Runs OpenSSH `sftp -b` with `batch` as `user`, using the private key at `key`.
     pub fn sftp_batch_with(&self, user: &str, key: &Path, batch: &str) -> Output {
+        self.sftp_batch_at(self.sftp_port, user, key, batch)
+    }
+
+    /// Like [`Daemon::sftp_batch_with`], to `port` (a balancer in front of this daemon).
+    pub fn sftp_batch_at(&self, port: u16, user: &str, key: &Path, batch: &str) -> Output {
         let file = self.dir.path().join(format!("batch-{}", fastrand::u64(..)));
         std::fs::write(&file, batch).unwrap();
         let out = self
-            .sftp(user, key, file.as_os_str())
+            .sftp(port, user, key, file.as_os_str())
             .output()
             .expect("OpenSSH sftp is missing: install openssh-client (./scripts/test does)");
         let _ = std::fs::remove_file(file);
@@ -78,13 +83,13 @@ impl Daemon {
     /// An OpenSSH `sftp -b -` session as `user` with `key`, reading commands from its stdin, so
     /// a test can keep it open and drive it step by step.
     pub fn sftp_command(&self, user: &str, key: &Path) -> Command {
-        let mut c = self.sftp(user, key, std::ffi::OsStr::new("-"));
+        let mut c = self.sftp(self.sftp_port, user, key, std::ffi::OsStr::new("-"));
         c.stdin(Stdio::piped());
         c
     }
 
     /// OpenSSH `sftp -b BATCH` to this daemon as `user` with the private key at `key`.
-    fn sftp(&self, user: &str, key: &Path, batch: &std::ffi::OsStr) -> Command {
+    fn sftp(&self, port: u16, user: &str, key: &Path, batch: &std::ffi::OsStr) -> Command {
         let mut c = Command::new("sftp");
         c.arg("-b")
             .arg(batch)
@@ -92,7 +97,7 @@ impl Daemon {
             .arg("-i")
             .arg(key)
             .arg("-P")
-            .arg(self.sftp_port.to_string())
+            .arg(port.to_string())
             .arg(format!("{user}@127.0.0.1"))
             .current_dir(self.dir.path());
         c

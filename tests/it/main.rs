@@ -2,6 +2,7 @@
 
 mod arrivals;
 mod audio;
+mod balancer;
 mod console;
 mod crash;
 mod ftp;

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
+use crate::balancer::Haproxy;
+use crate::ftp::{FtpServer, daemon_polling, wait_partial_download};
 use crate::harness::*;
+use crate::http_api::{ACME_TOKEN, daemon_with_tenant_tokens, requests, wait_http};
 use crate::pg_server;
 
 const T: Duration = Duration::from_secs(60);
@@ -70,14 +73,21 @@ fn one_node_on_postgresql_forwards_reports_and_answers_status_as_on_sqlite() {
 /// shared storage would hold them), each with its own SFTP port, tenants and keys; leases of
 /// `lease`.
 fn two_nodes(lease: &str) -> (Daemon, Daemon, String) {
+    let (a, b, url) = two_nodes_of(lease, || Daemon::with_sftp(""));
+    (a, b, url)
+}
+
+/// Like [`two_nodes`], each node made by `make` (its own config folder); B gets A's tenant
+/// keys, so that a client may reach either.
+fn two_nodes_of(lease: &str, make: impl Fn() -> Daemon) -> (Daemon, Daemon, String) {
     let url = pg_server::server().database();
     let catalog = |node: &str| format!("[catalog]\nurl = \"{url}\"\nnode_id = \"{node}\"\nlease = \"{lease}\"\n");
-    let a = Daemon::with_sftp("").with_replaced(
+    let a = make().with_replaced(
         "state_dir = \"var\"\n",
         &format!("state_dir = \"var\"\n{}", catalog("node-a")),
     );
     let shared = a.dir.path().join("var");
-    let b = Daemon::with_sftp("")
+    let b = make()
         .with_replaced(
             "state_dir = \"var\"\n",
             &format!("state_dir = \"{}\"\n{}", shared.display(), catalog("node-b")),
@@ -86,6 +96,11 @@ fn two_nodes(lease: &str) -> (Daemon, Daemon, String) {
             "path = \"var/outbox\"",
             &format!("path = \"{}\"", shared.join("outbox").display()),
         );
+    for key in ["acme_key", "acme_key.pub", "beta_key", "beta_key.pub"] {
+        if a.dir.path().join(key).exists() {
+            std::fs::copy(a.dir.path().join(key), b.dir.path().join(key)).unwrap();
+        }
+    }
     // The harness waits for a node's own drop folder: B's is A's.
     std::fs::create_dir_all(b.drop_dir("acme")).unwrap();
     (a, b, url)
@@ -194,4 +209,237 @@ fn a_node_killed_mid_forward_has_its_forward_finished_by_the_other_within_the_le
         "{}",
         b.log()
     );
+}
+
+/// An HTTP daemon (acme's and beta's API tokens) whose upload URLs name `public` (the
+/// balancer); its own HTTP port is pushed to `ports`.
+fn http_node(public: u16, ports: &std::cell::RefCell<Vec<u16>>) -> Daemon {
+    let (d, port) = daemon_with_tenant_tokens(&format!("public_url = \"http://127.0.0.1:{public}\"\n"));
+    ports.borrow_mut().push(port);
+    d
+}
+
+#[test]
+fn behind_haproxy_either_node_takes_sftp_and_http_and_urls_signed_by_a_are_taken_by_b() {
+    let lb = Haproxy::ports(2);
+    let http = std::cell::RefCell::new(Vec::new());
+    let (mut a, mut b, url) = two_nodes_of("3s", || http_node(lb[1], &http));
+    let (http_a, http_b) = (http.borrow()[0], http.borrow()[1]);
+    a.start();
+    b.start();
+    wait_http(http_a);
+    wait_http(http_b);
+    let _lb = Haproxy::start(&lb, &[&[a.sftp_port, b.sftp_port], &[http_a, http_b]]);
+
+    // SFTP through the balancer's one address: four sessions, round robin over the nodes. The
+    // two recordings and their CSV each arrive in a session of their own.
+    let (w1, w2) = (audio("lb-1", 12_000), audio("lb-2", 16_000));
+    std::fs::write(a.dir.path().join("lb1.wav"), &w1).unwrap();
+    std::fs::write(a.dir.path().join("lb2.wav"), &w2).unwrap();
+    let csv = format!(
+        "{HEADER}\n{}\n{}\n",
+        csv_row("LB-1", "lb1.wav"),
+        csv_row("LB-2", "lb2.wav")
+    );
+    std::fs::write(a.dir.path().join("lb.csv"), csv).unwrap();
+    let beta = audio("lbb", 20_000);
+    std::fs::write(a.dir.path().join("lbb.wav"), &beta).unwrap();
+    std::fs::write(a.dir.path().join("lbb.csv"), beta_csv("lbb", "lbb.wav")).unwrap();
+    for (user, batch) in [
+        ("acme", "put lb1.wav\n"),
+        ("acme", "put lb2.wav\n"),
+        ("acme", "put lb.csv\n"),
+        ("beta", "put lbb.wav\nput lbb.csv\n"),
+    ] {
+        let out = a.sftp_batch_at(lb[0], user, &a.key(user), batch);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for node in [&a, &b] {
+        assert_eq!(
+            node.log().matches("sftp login").count(),
+            2,
+            "round robin: {}",
+            node.log()
+        );
+    }
+
+    // HTTP: a batch whose upload URLs node A signed, uploaded and processed through node B;
+    // then one call at a time through the balancer (its two requests reach both nodes).
+    let (h1, h2) = (audio("lbh-1", 24_000), audio("lbh-2", 8_000));
+    let script = format!(
+        r#"
+import io, zipfile
+ACME = {{'Authorization': 'Bearer {ACME_TOKEN}'}}
+A, B, LB = 'http://127.0.0.1:{http_a}', 'http://127.0.0.1:{http_b}', 'http://127.0.0.1:{lb_http}'
+out = io.BytesIO()
+with zipfile.ZipFile(out, 'w') as z:
+    z.writestr('h1.wav', open({h1p:?}, 'rb').read())
+r = requests.post(A + '/api/v1/calls/upload', json={{'metadata_filename': 'm.csv', 'audios_filename': 'a.zip'}}, headers=ACME)
+assert r.status_code == 200, r.text
+data = r.json()['data']
+assert data['metadata_upload_url'].startswith(LB + '/'), data
+r = requests.put(data['metadata_upload_url'].replace(LB, B), data={csv:?}.encode())
+assert r.status_code == 200, r.text
+r = requests.put(data['audio_upload_url'].replace(LB, B), data=out.getvalue())
+assert r.status_code == 200, r.text
+r = requests.post(B + '/api/v1/calls/process-upload', json={{'metadata_key': data['metadata_key'], 'audios_key': data['audio_key']}}, headers=ACME)
+assert r.status_code == 200, r.text
+call = {{'call_date': '2024-08-06', 'call_time': '09:15:00', 'agent': 'ann@acme.example', 'conversation_id': 'LBH-2'}}
+r = requests.post(LB + '/api/v2/workspace/acme/conversation/upload_data/', json=call, headers=ACME)
+assert r.status_code == 200, r.text
+r = requests.put(r.json()['upload_url'], data=open({h2p:?}, 'rb').read())
+assert r.status_code == 200, r.text
+print('ok')
+"#,
+        lb_http = lb[1],
+        csv = format!("{HEADER}\n{}\n", csv_row("LBH-1", "h1.wav")),
+        h1p = write(&a, "h1.wav", &h1),
+        h2p = write(&a, "h2.wav", &h2),
+    );
+    assert_eq!(requests(http_a, &script).trim(), "ok");
+    assert!(b.log().contains("batch queued (http)"), "{}", b.log());
+
+    let fwd = a.wait_forwarded(5, T);
+    assert_recordings(&a, &fwd["LB-1"], &[("lb1.wav", &w1)]);
+    assert_recordings(&a, &fwd["LB-2"], &[("lb2.wav", &w2)]);
+    assert_recordings(&a, &fwd["lbb"], &[("lbb.wav", &beta)]);
+    assert_recordings(&a, &fwd["LBH-1"], &[("h1.wav", &h1)]);
+    let key = fwd["LBH-2"]["recordings"][0]["key"].as_str().unwrap();
+    assert_eq!(std::fs::read(a.outbox().join(key)).unwrap(), h2);
+    wait_for("the deliveries", T, || deliveries(&url) == 5);
+    assert_eq!(a.wait_report("acme", "lb.csv.report.csv", 2)[1][3], "forwarded");
+}
+
+/// Writes `bytes` to `name` in `d`'s folder; returns the path, for a script.
+fn write(d: &Daemon, name: &str, bytes: &[u8]) -> String {
+    let path = d.dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn an_ftp_source_is_polled_by_one_node_at_a_time_and_survives_that_nodes_death() {
+    // 2 MiB/s: the 6 MiB file takes 3 s, so the kill lands inside the transfer.
+    let mut ftp = FtpServer::new(&["--throttle", "2097152"]);
+    ftp.start();
+    let big = audio("nodes-ftp", 6 << 20);
+    ftp.put("big.wav", &big);
+    ftp.put("big.csv", one_row_csv("NF-1", "big.wav").as_bytes());
+    let source = format!("ftp://calls@127.0.0.1:{}/", ftp.port);
+    let (mut a, mut b, url) = two_nodes_of("3s", || daemon_polling(&source, "connections = 1"));
+    a.start();
+    b.start();
+    // Both nodes poll every 300 ms; one holds the source's lease and downloads.
+    wait_partial_download(&a);
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let holder: String = c
+        .query_one("SELECT owner FROM leases WHERE name LIKE 'ftp %'", &[])
+        .unwrap()
+        .get(0);
+    if holder == "node-a" {
+        a.kill9();
+    } else {
+        b.kill9();
+    }
+    ftp.kill();
+    ftp.start_with(&["--throttle", "0"]);
+    // (The outbox is A's, shared by both.)
+    let fwd = a.wait_forwarded(1, T);
+    assert_recordings(&a, &fwd["NF-1"], &[("big.wav", &big)]);
+    let survivor = if holder == "node-a" { &b } else { &a };
+    wait_for("the delivery", T, || deliveries(&url) == 1);
+    let log = ftp.served_log();
+    // The survivor took over the source after the lease and resumed the dead node's download.
+    let rest: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("REST ") && l.ends_with(" 350"))
+        .collect();
+    assert_eq!(rest.len(), 1, "one resumed RETR: {log}");
+    assert!(
+        survivor.log().contains("resuming an interrupted download"),
+        "{}",
+        survivor.log()
+    );
+    // One poll at a time across the nodes: never two sessions logged in at once.
+    let most = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("sessions "))
+        .map(|n| n.parse::<u32>().unwrap())
+        .max();
+    assert_eq!(most, Some(1), "{log}");
+}
+
+#[test]
+fn nodes_killed_at_random_points_of_a_200_conversation_batch_lose_and_duplicate_nothing() {
+    let (mut a, mut b, url) = two_nodes("3s");
+    a.start();
+    b.start();
+    let seed = fastrand::u64(..);
+    eprintln!("kill points seed: {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let recordings: Vec<Vec<u8>> = (0..200).map(|i| audio(&format!("rk{i}"), 3_000 + i * 7)).collect();
+    let drop_dir = a.drop_dir("acme");
+    let mut outstanding = Vec::new();
+    std::thread::scope(|s| {
+        // The arrivals: four CSVs of 50 rows, each after its 50 recordings, written into the
+        // shared drop folder as a client of either node would leave them.
+        s.spawn(|| {
+            for (part, chunk) in recordings.chunks(50).enumerate() {
+                let mut csv = format!("{HEADER}\n");
+                for (i, audio) in chunk.iter().enumerate().map(|(i, a)| (part * 50 + i, a)) {
+                    std::fs::write(drop_dir.join(format!("rk{i}.wav")), audio).unwrap();
+                    csv += &format!("{}\n", csv_row(&format!("RK-{i}"), &format!("rk{i}.wav")));
+                }
+                std::fs::write(drop_dir.join(format!("rk{part}.csv")), csv).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        // Meanwhile, and while the batch is read, matched and forwarded: four kills of either
+        // node, each restarted at once. The first lands while the files arrive, the others
+        // once a random number of conversations is forwarded.
+        std::thread::sleep(Duration::from_millis(rng.u64(50..800)));
+        let mut points: Vec<i64> = (0..3).map(|_| rng.i64(0..180)).collect();
+        points.sort();
+        for point in std::iter::once(0).chain(points) {
+            wait_for("the kill point", T, || forwarded_in(&url) >= point);
+            let node = if rng.bool() { &mut a } else { &mut b };
+            node.kill9();
+            outstanding.push(200 - forwarded_in(&url));
+            node.start();
+        }
+    });
+    eprintln!("conversations not yet forwarded at each kill: {outstanding:?}");
+    // The kills landed inside the work, not after it.
+    assert!(outstanding[3] > 0, "seed {seed}: {outstanding:?}");
+    let fwd = a.wait_forwarded(200, Duration::from_secs(120));
+    for (i, audio) in recordings.iter().enumerate() {
+        assert_recordings(&a, &fwd[&format!("RK-{i}")], &[(&format!("rk{i}.wav"), audio)]);
+    }
+    wait_for("200 deliveries", T, || deliveries(&url) == 200);
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let (conversations, forwarded, delivered): (i64, i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE state = 'forwarded'), \
+                 (SELECT count(DISTINCT conversation) FROM deliveries) FROM conversations",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((conversations, forwarded, delivered), (200, 200, 200), "seed {seed}");
+    // Every key once in the sink: one recording and one metadata.json per conversation.
+    let outbox: Vec<_> = walk(&a.outbox());
+    assert_eq!(outbox.len(), 400, "seed {seed}: {outbox:?}");
+    for part in 0..4 {
+        let report = a.wait_report("acme", &format!("rk{part}.csv.report.csv"), 50);
+        assert!(report.iter().all(|r| r[3] == "forwarded"), "seed {seed}: {report:?}");
+    }
+}
+
+fn forwarded_in(url: &str) -> i64 {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    c.query_one("SELECT count(*) FROM conversations WHERE state = 'forwarded'", &[])
+        .unwrap()
+        .get(0)
 }

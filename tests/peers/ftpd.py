@@ -7,7 +7,8 @@
 --no-mlsd / --no-epsv remove those commands (and MLST from FEAT), as older servers lack them.
 --slow-logins answers a login only after SECONDS while another session is logged in (as a
 server that hashes passwords slowly, or throttles parallel logins, does).
---log records the transfer commands it served (RETR, REST, DELE, ...), one per line.
+--log records the transfer commands it served (RETR, REST, DELE, ...), one per line, and
+"sessions N" at each login, N the sessions logged in then.
 """
 import argparse
 import logging
@@ -60,8 +61,27 @@ if a.no_epsv:
     drop |= {"EPSV"}
 Handler.proto_cmds = {k: v for k, v in Handler.proto_cmds.items() if k not in drop}
 
+# Every logged-in session, so that --slow-logins can hold back a second one and the log can
+# show how many were open at once.
+live = set()
+on_login, on_disconnect = Handler.on_login, Handler.on_disconnect
+
+
+def logged_in(self, username):
+    live.add(self)
+    logging.info("sessions %d", len(live))
+    on_login(self, username)
+
+
+def gone(self):
+    live.discard(self)
+    on_disconnect(self)
+
+
+Handler.on_login = logged_in
+Handler.on_disconnect = gone
+
 if a.slow_logins:
-    live = set()
     answer = Handler.ftp_PASS
 
     def ftp_PASS(self, line):
@@ -74,15 +94,7 @@ if a.slow_logins:
 
         self.ioloop.call_later(a.slow_logins, later)
 
-    def on_login(self, username):
-        live.add(self)
-
-    def on_disconnect(self):
-        live.discard(self)
-
     Handler.ftp_PASS = ftp_PASS
-    Handler.on_login = on_login
-    Handler.on_disconnect = on_disconnect
 
 auth = DummyAuthorizer()
 auth.add_user(a.user, a.password, a.root, perm="elrafmwMT" if a.no_delete else "elradfmwMT")
