@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::balancer::Haproxy;
 use crate::ftp::{FtpServer, daemon_polling, wait_partial_download};
 use crate::harness::*;
-use crate::http_api::{ACME_TOKEN, daemon_with_tenant_tokens, requests, wait_http};
+use crate::http_api::{ACME_TOKEN, ADMIN_TOKEN, daemon_with_tenant_tokens, requests, wait_http};
 use crate::pg_server;
 
 const T: Duration = Duration::from_secs(60);
@@ -308,6 +308,36 @@ print('ok')
     assert_eq!(std::fs::read(a.outbox().join(key)).unwrap(), h2);
     wait_for("the deliveries", T, || deliveries(&url) == 5);
     assert_eq!(a.wait_report("acme", "lb.csv.report.csv", 2)[1][3], "forwarded");
+
+    // The console through the balancer, each page twice (so from both nodes), on PostgreSQL:
+    // a session signed in on one node is honoured by the other.
+    let pages = format!(
+        r#"
+import re
+LB = 'http://127.0.0.1:{lb_http}'
+s = requests.Session()
+# A connection per request: HAProxy balances connections, so the nodes take turns.
+s.headers['Connection'] = 'close'
+r = s.post(LB + '/console/login', data={{'token': {ADMIN_TOKEN:?}}})
+assert r.status_code == 200 and '/console/login' not in r.url, r.text
+for path in ['/console/', '/console/tenants', '/console/tenants/acme', '/console/tenants/beta',
+             '/console/calls', '/console/calls?tenant=acme', '/console/onboard', '/console/upload']:
+    for node in range(2):
+        r = s.get(LB + path)
+        assert r.status_code == 200 and '/console/login' not in r.url, (path, r.status_code, r.text[:500])
+calls = s.get(LB + '/console/calls').text
+for id in ['LB-1', 'LB-2', 'lbb', 'LBH-1', 'LBH-2']:
+    assert id in calls, (id, calls)
+ids = set(re.findall(r'/console/calls/([0-9]+)', calls))
+assert len(ids) == 5, ids
+for i in ids:
+    r = s.get(LB + '/console/calls/' + i)
+    assert r.status_code == 200 and 'forwarded' in r.text, (i, r.text[:500])
+print('ok')
+"#,
+        lb_http = lb[1]
+    );
+    assert_eq!(requests(http_a, &pages).trim(), "ok");
 }
 
 /// Writes `bytes` to `name` in `d`'s folder; returns the path, for a script.
