@@ -6,10 +6,16 @@
 //! nodes on one PostgreSQL sharing one state_dir (the tests' private PostgreSQL, started here).
 //! K tenants (default 4) share N conversations (default 20,000) of 1 KiB recordings that have
 //! already arrived; timed from their metadata files' arrival until all N are forwarded to the
-//! dir sink. Reported per setup: conversations/s, the catalog's statements per conversation
-//! (round trips: `dropsync_catalog_statements_total` from each node's /metrics), and CPU
-//! seconds per conversation of the dropsync processes and of PostgreSQL. The machine has two
-//! cores, which two nodes and PostgreSQL share.
+//! dir sink (polled on the nodes' /metrics). A first, untimed round of N gives the catalog a
+//! history, and `ANALYZE` then gives PostgreSQL the statistics autovacuum keeps on a catalog in
+//! use. Reported per setup: conversations/s, the catalog's statements per conversation (round
+//! trips: `dropsync_catalog_statements_total` from each node's /metrics), and CPU seconds per
+//! conversation of the dropsync processes and of PostgreSQL. The machine has two cores, which
+//! two nodes and PostgreSQL share.
+//!
+//! `NODES_BENCH_PG_ONLY=1` skips SQLite; `NODES_BENCH_PG_STATS=1` prints PostgreSQL's table
+//! statistics, and its costliest statements when the server runs with
+//! `DROPSYNC_TEST_PG_SETTINGS="shared_preload_libraries=pg_stat_statements pg_stat_statements.track=all"`.
 
 #[path = "../src/catalog/pg_server.rs"]
 mod pg_server;
@@ -70,17 +76,21 @@ fn postgres_cpu() -> f64 {
     total
 }
 
-fn statements(metrics_port: u16) -> f64 {
+/// The sum of the samples of `name` (every label set) on the node's /metrics.
+fn metric(metrics_port: u16, name: &str) -> f64 {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
     use std::io::{Read, Write};
     write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body.lines()
-        .find(|l| l.starts_with("dropsync_catalog_statements_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn statements(metrics_port: u16) -> f64 {
+    metric(metrics_port, "dropsync_catalog_statements_total")
 }
 
 /// Summed over tenants in `dropsync status --json`: `pick` of each tenant's entry.
@@ -134,6 +144,32 @@ fn start(dir: &Path, name: &str, state_dir: &Path, catalog: &str, tenants: usize
     Node { child, config, metrics }
 }
 
+/// `n` recordings of 1 KiB, numbered from `first`, into the tenants' drop folders.
+fn arrive(state: &Path, first: usize, n: usize, tenants: usize) {
+    let mut audio =
+        b"RIFF\xf8\x03\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0\x40\x1f\0\0\x40\x1f\0\0\x01\0\x08\0data\xd4\x03\0\0".to_vec();
+    audio.resize(1024, 0x55);
+    for i in first..first + n {
+        let mut a = audio.clone();
+        a[44..52].copy_from_slice(&(i as u64).to_le_bytes());
+        std::fs::write(state.join(format!("drop/t{}/c{i:07}.wav", i % tenants)), &a).unwrap();
+    }
+}
+
+/// Tenant `t`'s metadata CSV for conversations `first..first + n`.
+fn csv(first: usize, n: usize, tenants: usize, t: usize) -> String {
+    let mut csv = format!("{HEADER}\n");
+    for i in (first..first + n).filter(|i| i % tenants == t) {
+        csv.push_str(&format!(
+            "C-{i:07},agent{}@example.com,2019-05-03T09:{:02}:{:02}Z,c{i:07}.wav\n",
+            i % 97,
+            (i / 60) % 60,
+            i % 60
+        ));
+    }
+    csv
+}
+
 /// One setup: `nodes` nodes on `url` (SQLite when `None`); prints its line.
 fn run(label: &str, url: Option<&str>, nodes: usize, n: usize, tenants: usize) {
     let dir = tempfile::tempdir().unwrap();
@@ -152,45 +188,48 @@ fn run(label: &str, url: Option<&str>, nodes: usize, n: usize, tenants: usize) {
         })
         .collect();
     let config = &running[0].config;
-    let mut audio =
-        b"RIFF\xf8\x03\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0\x40\x1f\0\0\x40\x1f\0\0\x01\0\x08\0data\xd4\x03\0\0".to_vec();
-    audio.resize(1024, 0x55);
-    for i in 0..n {
-        let mut a = audio.clone();
-        a[44..52].copy_from_slice(&(i as u64).to_le_bytes());
-        std::fs::write(state.join(format!("drop/t{}/c{i:07}.wav", i % tenants)), &a).unwrap();
-    }
-    wait("recordings to arrive", Duration::from_secs(3600), || {
-        status_sum(config, |s| &s["files_waiting"]) as usize >= n
-    });
-
-    let cpu_before: Vec<f64> = running.iter().map(|r| cpu_seconds(r.child.id(), false)).collect();
-    let statements_before: f64 = running.iter().map(|r| statements(r.metrics)).sum();
-    let pg_before = postgres_cpu();
-    let mut csvs = vec![format!("{HEADER}\n"); tenants];
-    for i in 0..n {
-        csvs[i % tenants].push_str(&format!(
-            "C-{i:07},agent{}@example.com,2019-05-03T09:{:02}:{:02}Z,c{i:07}.wav\n",
-            i % 97,
-            (i / 60) % 60,
-            i % 60
-        ));
-    }
-    // Statistics as autovacuum keeps them on a catalog in use (it would not have run yet on
-    // tables this new), so that the plans are those of a live catalog.
-    if let Some(u) = url {
-        postgres::Client::connect(u, postgres::NoTls)
-            .unwrap()
-            .batch_execute("ANALYZE")
+    // A catalog in use has history: a first round as big as the measured one, untimed, then
+    // statistics as autovacuum keeps them (it would not have run yet on tables this new), so
+    // that the plans are those of a live catalog.
+    let round = |first: usize| {
+        arrive(&state, first, n, tenants);
+        wait("recordings to arrive", Duration::from_secs(3600), || {
+            status_sum(config, |s| &s["files_waiting"]) as usize >= n
+        });
+        if let Some(u) = url {
+            let mut c = postgres::Client::connect(u, postgres::NoTls).unwrap();
+            c.batch_execute("ANALYZE").unwrap();
+            // Counted from here (when the extension is loaded).
+            if c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                .is_ok()
+            {
+                let _ = c.batch_execute("SELECT pg_stat_statements_reset()");
+            }
+        }
+        let cpu_before: Vec<f64> = running.iter().map(|r| cpu_seconds(r.child.id(), false)).collect();
+        let statements_before: f64 = running.iter().map(|r| statements(r.metrics)).sum();
+        let pg_before = postgres_cpu();
+        let t0 = Instant::now();
+        for t in 0..tenants {
+            std::fs::write(
+                state.join(format!("drop/t{t}/batch{first}.csv")),
+                csv(first, n, tenants, t),
+            )
             .unwrap();
-    }
-    let t0 = Instant::now();
-    for (t, csv) in csvs.iter().enumerate() {
-        std::fs::write(state.join(format!("drop/t{t}/batch.csv")), csv).unwrap();
-    }
-    wait("conversations to be forwarded", Duration::from_secs(3600), || {
-        status_sum(config, |s| &s["states"]["forwarded"]) as usize >= n
-    });
+        }
+        // Polled on /metrics: a `status` each time would start a process and a PostgreSQL
+        // backend, and load the cores being measured.
+        wait("conversations to be forwarded", Duration::from_secs(3600), || {
+            running
+                .iter()
+                .map(|r| metric(r.metrics, "dropsync_forwarded_total"))
+                .sum::<f64>() as usize
+                >= first + n
+        });
+        (t0, cpu_before, statements_before, pg_before)
+    };
+    round(0);
+    let (t0, cpu_before, statements_before, pg_before) = round(n);
     let took = t0.elapsed().as_secs_f64();
     let cpu: f64 = running
         .iter()
@@ -217,6 +256,23 @@ fn run(label: &str, url: Option<&str>, nodes: usize, n: usize, tenants: usize) {
                 r.get::<_, i64>(4),
                 r.get::<_, i64>(5)
             );
+        }
+        // With DROPSYNC_TEST_PG_SETTINGS=shared_preload_libraries=pg_stat_statements.
+        if let Ok(rows) = c.query(
+            "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 160) \
+             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25",
+            &[],
+        ) {
+            for r in rows {
+                println!(
+                    "  {:>7} calls {:>9.1} ms {:>8} rows  {}",
+                    r.get::<_, i64>(0),
+                    r.get::<_, f64>(1),
+                    r.get::<_, i64>(2),
+                    r.get::<_, String>(3)
+                );
+            }
+            let _ = c.batch_execute("SELECT pg_stat_statements_reset()");
         }
         for r in running.iter() {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", r.metrics)).unwrap();

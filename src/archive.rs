@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::RenameFlags;
 
-use crate::catalog::{Catalog, CatalogError, Departure, ToArchive, now_ms};
+use crate::catalog::{Catalog, CatalogError, Departure, ForwardQueue, ToArchive, now_ms};
 use crate::confine::Confined;
 use crate::dropbox::{DropRoot, FileId, RelPath};
 use crate::tenant::TenantId;
@@ -39,6 +39,16 @@ impl Archiver {
     /// ([`Archiver::settle_stale`]). So archiving a batch costs one synced commit and one
     /// sync per folder, not three syncs per file.
     pub fn archive(&self, file_ids: &[i64]) -> Result<(), CatalogError> {
+        self.archive_with(self.catalog.forward_queue(), file_ids)
+    }
+
+    /// [`Archiver::archive`] for files all of `tenant` (a forwarder's batch): on PostgreSQL,
+    /// under that tenant's writer lock, beside other tenants' (see `ForwardQueue::of`).
+    pub fn archive_of(&self, tenant: &str, file_ids: &[i64]) -> Result<(), CatalogError> {
+        self.archive_with(self.catalog.forward_queue().of(tenant), file_ids)
+    }
+
+    fn archive_with(&self, queue: ForwardQueue, file_ids: &[i64]) -> Result<(), CatalogError> {
         if file_ids.is_empty() {
             return Ok(());
         }
@@ -52,10 +62,7 @@ impl Archiver {
                 .join(archive_name(file_id, name));
             dst.to_string_lossy().into_owned()
         };
-        let claimed = self
-            .catalog
-            .forward_queue()
-            .claim_for_archive(file_ids, now_ms(), &plan)?;
+        let claimed = queue.claim_for_archive(file_ids, now_ms(), &plan)?;
         let mut folders = Folders::default();
         let mut ended = Vec::with_capacity(claimed.len());
         let mut moved = Vec::new();
@@ -74,7 +81,7 @@ impl Archiver {
                 .filter(|(_, dirs)| dirs.iter().all(|d| synced.contains(d)))
                 .map(|(file_id, _)| (file_id, Departure::Archived)),
         );
-        self.catalog.forward_queue().settle_departures(&ended, now_ms())
+        queue.settle_departures(&ended, now_ms())
     }
 
     /// Settles claims older than `before` whose move was never recorded: done if the file is

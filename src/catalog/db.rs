@@ -29,9 +29,18 @@ impl Db {
     /// again when it lost a conflict with another), so it only computes what it returns.
     #[track_caller]
     pub(crate) fn write<R>(&self, f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
+        self.write_for(None, f)
+    }
+
+    /// [`Db::write`], for a transaction that reads and changes only rows of `tenant` (when
+    /// `Some`). On PostgreSQL such transactions of different tenants run at once (see
+    /// `pg.rs`); one of a tenant and one of everyone's still run one at a time, as every
+    /// transaction does on SQLite.
+    #[track_caller]
+    pub(crate) fn write_for<R>(&self, tenant: Option<&str>, f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
         match self {
             Db::Sqlite(lite) => lite.write(f),
-            Db::Postgres(pg) => pg.write(true, f),
+            Db::Postgres(pg) => pg.write(tenant, true, f),
         }
     }
 
@@ -41,9 +50,15 @@ impl Db {
     /// run more than once, as [`Db::write`]'s.
     #[track_caller]
     pub(crate) fn light<R>(&self, f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
+        self.light_for(None, f)
+    }
+
+    /// [`Db::light`], for a transaction of `tenant`'s rows only (see [`Db::write_for`]).
+    #[track_caller]
+    pub(crate) fn light_for<R>(&self, tenant: Option<&str>, f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
         match self {
             Db::Sqlite(lite) => lite.light(f),
-            Db::Postgres(pg) => pg.write(false, f),
+            Db::Postgres(pg) => pg.write(tenant, false, f),
         }
     }
 

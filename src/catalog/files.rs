@@ -23,6 +23,8 @@ use crate::matching::join::ArrivalKeys;
 #[derive(Clone)]
 pub struct Files {
     pub(super) db: Db,
+    /// Set by [`Files::of`]: the tenant whose metadata files this handle's parse calls change.
+    pub(super) tenant: Option<String>,
 }
 
 /// What recording an arrival did.
@@ -96,6 +98,15 @@ fn kind_str(kind: FileKind) -> &'static str {
 }
 
 impl Files {
+    /// This handle for `tenant`'s files only: the rows of a metadata file being parsed
+    /// (`add_rows`, `finish_metadata`) take that tenant's writer lock, so on PostgreSQL the
+    /// parses of different tenants run at once (see [`super::db::Db::write_for`]). Every
+    /// metadata file given to them must be `tenant`'s.
+    pub fn of(mut self, tenant: &str) -> Files {
+        self.tenant = Some(tenant.to_owned());
+        self
+    }
+
     /// Records an arrival. A recording is attached to every waiting row that names it in the
     /// same folder; a metadata, zip or unknown file gets an entry that will carry its report.
     pub fn register_file(&self, f: &NewFile<'_>, now: i64, unknown_reason: &str) -> Result<Registered> {
@@ -147,7 +158,7 @@ impl Files {
         let mut decided = Vec::new();
         let mut rest = rows;
         while !rest.is_empty() {
-            let (taken, slice_ready, slice_decided) = self.db.light(|tx| {
+            let (taken, slice_ready, slice_decided) = self.db.light_for(self.tenant.as_deref(), |tx| {
                 let (mut ready, mut decided) = (0, Vec::new());
                 let started = std::time::Instant::now();
                 let (tenant, dir, via, file_name): (String, String, String, String) = tx.query_row(
@@ -155,6 +166,12 @@ impl Files {
                     params![metadata_file_id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )?;
+                if self.tenant.as_ref().is_some_and(|t| *t != tenant) {
+                    return Err(super::CatalogError::Corrupt(format!(
+                        "metadata file {metadata_file_id} is {tenant}'s, not {:?}'s",
+                        self.tenant
+                    )));
+                }
                 let mut taken = 0;
                 for row in rest {
                     ready += add_row(
@@ -190,7 +207,7 @@ impl Files {
     /// Ends parsing: the file is `parsed`, or rejected as a whole (its rows, if a resumed parse
     /// had committed any, are withdrawn).
     pub fn finish_metadata(&self, metadata_file_id: i64, outcome: std::result::Result<(), String>) -> Result<()> {
-        self.db.write(|tx| {
+        self.db.write_for(self.tenant.as_deref(), |tx| {
             match &outcome {
                 Ok(()) => {
                     tx.execute(

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::sql::params;
 use super::tests::{Fixture, GRACE, fixture, fixture_pg, metadata, on_both_stores, recording, row, sent, states};
 use super::*;
 
@@ -87,4 +88,64 @@ fn a_named_lease_is_one_nodes_until_it_runs_out_or_is_given_back() {
 
     let lone = fixture().cat.leases();
     assert!(lone.try_take("intake acme", 0).unwrap() && lone.try_take("intake acme", 0).unwrap());
+}
+
+/// On PostgreSQL, a transaction of one tenant's rows waits only for that tenant's and for
+/// everyone's: tenant b commits while tenant a's is open; a second of a's, and one of
+/// everyone's, wait until a's ends.
+#[test]
+fn one_tenants_writes_run_beside_anothers_and_wait_for_their_own_and_for_everyones() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, mpsc};
+    let fx = fixture_pg();
+    let (inside, is_inside) = mpsc::channel();
+    let (go, wait_go) = mpsc::channel::<()>();
+    let db = fx.cat.db.clone();
+    let first = std::thread::spawn(move || {
+        db.write_for(Some("a"), |_| {
+            inside.send(()).unwrap();
+            wait_go.recv().unwrap();
+            Ok(())
+        })
+    });
+    is_inside.recv().unwrap();
+    let (db, (b_done, b_committed)) = (fx.cat.db.clone(), mpsc::channel());
+    std::thread::spawn(move || b_done.send(db.write_for(Some("b"), |_| Ok(()))));
+    let b = b_committed.recv_timeout(Duration::from_secs(30));
+    assert!(matches!(b, Ok(Ok(()))), "b waited for a: {b:?}");
+    let waiting = |scope: Option<&'static str>| {
+        let (db, done) = (fx.cat.db.clone(), Arc::new(AtomicBool::new(false)));
+        let flag = done.clone();
+        let t = std::thread::spawn(move || {
+            db.write_for(scope, |_| Ok(())).unwrap();
+            flag.store(true, Ordering::SeqCst);
+        });
+        (t, done)
+    };
+    let (second, second_done) = waiting(Some("a"));
+    let (everyone, everyone_done) = waiting(None);
+    let not_granted = || {
+        fx.cat
+            .db
+            .read(|c| {
+                c.query_row(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    params![],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .unwrap()
+    };
+    let started = std::time::Instant::now();
+    while not_granted() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the two did not queue");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!second_done.load(Ordering::SeqCst) && !everyone_done.load(Ordering::SeqCst));
+    go.send(()).unwrap();
+    first.join().unwrap().unwrap();
+    second.join().unwrap();
+    everyone.join().unwrap();
+    assert!(second_done.load(Ordering::SeqCst) && everyone_done.load(Ordering::SeqCst));
 }

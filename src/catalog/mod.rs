@@ -238,10 +238,28 @@ impl Catalog {
     /// pending migrations, once across the nodes: under an advisory lock, in one transaction.
     pub fn open_postgres(url: &str) -> Result<Catalog> {
         let pg = pg::Pg::connect(url)?;
+        let known = schema_pg::MIGRATIONS.len() as i64;
         pg.batch(|client| {
+            // Up to date (every start but the first, and every CLI call): no lock, no write.
+            let exists: bool = client
+                .query_one("SELECT to_regclass('dropsync_schema') IS NOT NULL", &[])?
+                .get(0);
+            if exists
+                && client
+                    .query_one("SELECT max(version) FROM dropsync_schema", &[])?
+                    .get::<_, Option<i64>>(0)
+                    == Some(known)
+            {
+                return Ok(());
+            }
             let mut tx = client.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-            tx.batch_execute("CREATE TABLE IF NOT EXISTS dropsync_schema (version bigint NOT NULL)")?;
+            if tx
+                .query_one("SELECT to_regclass('dropsync_schema') IS NULL", &[])?
+                .get(0)
+            {
+                tx.batch_execute("CREATE TABLE dropsync_schema (version bigint NOT NULL)")?;
+            }
             let found: i64 = match tx.query_opt("SELECT version FROM dropsync_schema", &[])? {
                 Some(row) => row.get(0),
                 None => {
@@ -249,7 +267,6 @@ impl Catalog {
                     0
                 }
             };
-            let known = schema_pg::MIGRATIONS.len() as i64;
             if found > known {
                 return Err(CatalogError::TooNew {
                     path: "the PostgreSQL catalog".into(),
@@ -260,7 +277,9 @@ impl Catalog {
             for sql in &schema_pg::MIGRATIONS[found as usize..] {
                 tx.batch_execute(sql)?;
             }
-            tx.execute("UPDATE dropsync_schema SET version = $1", &[&known])?;
+            if found < known {
+                tx.execute("UPDATE dropsync_schema SET version = $1", &[&known])?;
+            }
             Ok(tx.commit()?)
         })?;
         Ok(Catalog {
@@ -315,7 +334,10 @@ impl Catalog {
 
     /// Arrivals, metadata rows and the conversations they make (intake).
     pub fn files(&self) -> Files {
-        Files { db: self.db.clone() }
+        Files {
+            db: self.db.clone(),
+            tenant: None,
+        }
     }
 
     /// The intake work items (intake's lanes and scans; forwarding, for a recording that changed).
@@ -328,6 +350,7 @@ impl Catalog {
         ForwardQueue {
             db: self.db.clone(),
             node: self.node.clone(),
+            tenant: None,
         }
     }
 

@@ -2,18 +2,26 @@
 //! (SPEC §12): a pool of connections, transactions that behave as if run one at a time, and
 //! the [`Sql`] surface the handles speak.
 //!
-//! **Why one writer at a time.** The handles were written for SQLite's one writer: each
+//! **Why writer locks, and whose.** The handles were written for SQLite's one writer: each
 //! transaction reads, decides and writes as if nothing else ran meanwhile (an arrival
 //! completing a conversation, a claim and its minutes). Here every write transaction first
-//! takes one transaction-scoped advisory lock ([`WRITER_LOCK`]), so write transactions run one
-//! at a time across every connection and node, exactly as on SQLite, and readers never wait.
-//! `SERIALIZABLE` was tried first (same promise, concurrent writers): the catalog's counters
-//! (a metadata file's `report_stale`, `conversation_counts`) are rows every change of a batch
-//! updates, so concurrent transactions conflicted more than they committed (5,000 retries for
-//! 2,000 conversations, half the throughput of one writer; `benches/nodes.rs`). Writers that
-//! scale with nodes need those counters sharded first. A transaction that still fails for a
-//! deadlock or a serialization failure is run again from the start by [`Pg::write`], which is
-//! why the handles' transaction closures only compute what they return.
+//! takes transaction-scoped advisory locks, so that it still runs as if alone:
+//! - one of everyone's rows (recovery, the keeper, housekeeping, arrivals) takes
+//!   [`WRITER_LOCK`] exclusively, and runs alone;
+//! - one of a single tenant's rows (a claim of the tenant whose turn it is, a forward's outcome
+//!   and its archive claim, a metadata file's rows: the work each conversation costs; see
+//!   `ForwardQueue::claim_turn`, `ForwardQueue::of` and `Files::of`) takes [`WRITER_LOCK`]
+//!   shared and its tenant's lock exclusively, so it runs beside other tenants' and alone
+//!   among its own. Tenants share no rows (the counters are per tenant or
+//!   per file), so this is as if one at a time, under READ COMMITTED.
+//!
+//! Readers never wait. `SERIALIZABLE` was tried first (same promise, concurrent writers): a
+//! metadata file's `report_stale` and `conversation_counts` are rows every change of a batch
+//! updates, so concurrent transactions of one tenant conflicted more than they committed
+//! (5,000 retries for 2,000 conversations, half the throughput of one writer;
+//! `benches/nodes.rs`). A transaction that still fails for a deadlock or a serialization
+//! failure is run again from the start by [`Pg::write`], which is why the handles'
+//! transaction closures only compute what they return.
 //!
 //! **Why the blocking `postgres` client.** The catalog is synchronous code that callers on the
 //! runtime reach through `spawn_blocking` (see [`super::Catalog::run`]) and the CLI calls
@@ -29,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
-use postgres::{GenericClient, IsolationLevel, NoTls, Statement};
+use postgres::{GenericClient, NoTls, Statement};
 
 use super::sql::{Dialect, Kind, Row, Sql, Value};
 use super::{CatalogError, Result};
@@ -40,6 +48,19 @@ const MAX_CONNECTIONS: usize = 16;
 
 /// The advisory lock every write transaction takes first ("dropsync writer" in spirit).
 const WRITER_LOCK: i64 = 0x6472_6f70_7772_6974;
+
+/// The key space (the first key of the two-key form, apart from [`WRITER_LOCK`]'s one-key
+/// space) of the tenants' writer locks.
+const TENANT_LOCKS: i32 = 0x6474; // "dt"
+
+/// A tenant's writer lock, the second key: FNV-1a of its id. Two tenants that share a key
+/// only wait for each other.
+fn tenant_key(tenant: &str) -> i32 {
+    let hash = tenant
+        .bytes()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    hash as i32
+}
 
 /// How many times a transaction that lost a serialization conflict is run again before its
 /// error is returned (the caller's retry takes over from there).
@@ -66,6 +87,10 @@ struct Idle {
 struct PgConn {
     client: postgres::Client,
     statements: HashMap<String, Statement>,
+    /// Inside a write transaction: set from its `BEGIN` until its `COMMIT` or `ROLLBACK`. A
+    /// connection dropped so (a panic in between) is closed, not pooled, and the server rolls
+    /// the transaction back.
+    in_transaction: bool,
 }
 
 /// A connection taken from the pool; back to it when dropped, unless it broke.
@@ -78,7 +103,7 @@ impl Drop for Taken<'_> {
     fn drop(&mut self) {
         let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         match self.conn.take() {
-            Some(conn) if !conn.client.is_closed() => idle.conns.push(conn),
+            Some(conn) if !conn.client.is_closed() && !conn.in_transaction => idle.conns.push(conn),
             _ => idle.open -= 1,
         }
         self.pool.returned.notify_one();
@@ -123,6 +148,7 @@ impl Pg {
                     conn: Some(PgConn {
                         client,
                         statements: HashMap::new(),
+                        in_transaction: false,
                     }),
                     pool,
                 });
@@ -134,15 +160,38 @@ impl Pg {
     /// Runs `f` in a transaction under the writer lock, again from the start if it fails for a
     /// conflict (a deadlock). `durable`: the commit waits for the WAL flush (the default);
     /// otherwise `synchronous_commit` is off for it, as SQLite's light commits are not synced.
-    pub(crate) fn write<R>(&self, durable: bool, mut f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
-        blocking(|| self.write_retrying(durable, &mut f))
+    pub(crate) fn write<R>(
+        &self,
+        tenant: Option<&str>,
+        durable: bool,
+        mut f: impl FnMut(&dyn Sql) -> Result<R>,
+    ) -> Result<R> {
+        // One round trip (the simple protocol takes several statements): the transaction, the
+        // writer lock (shared, and the tenant's, for one tenant's rows), and for a light commit
+        // no wait for the WAL flush.
+        let lock = match tenant {
+            None => format!("pg_advisory_xact_lock({WRITER_LOCK})"),
+            Some(t) => format!(
+                "pg_advisory_xact_lock_shared({WRITER_LOCK}), pg_advisory_xact_lock({TENANT_LOCKS}, {})",
+                tenant_key(t)
+            ),
+        };
+        let begin = format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {lock};{}",
+            if durable {
+                ""
+            } else {
+                " SET LOCAL synchronous_commit = off;"
+            }
+        );
+        blocking(|| self.write_retrying(&begin, &mut f))
     }
 
-    fn write_retrying<R>(&self, durable: bool, mut f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
+    fn write_retrying<R>(&self, begin: &str, mut f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
         let mut attempt = 0;
         loop {
             let started = Instant::now();
-            let outcome = self.try_write(durable, &mut f);
+            let outcome = self.try_write(begin, &mut f);
             metrics::histogram!("dropsync_catalog_writer_hold_seconds").record(started.elapsed().as_secs_f64());
             match outcome {
                 Err(e) if is_conflict(&e) && attempt < CONFLICT_RETRIES => {
@@ -158,23 +207,19 @@ impl Pg {
         }
     }
 
-    fn try_write<R>(&self, durable: bool, f: &mut impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
+    fn try_write<R>(&self, begin: &str, f: &mut impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
         let mut taken = self.take()?;
-        let PgConn { client, statements } = taken.conn.as_mut().expect("held until dropped");
-        let mut tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::ReadCommitted)
-            .start()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])?;
-        if !durable {
-            tx.batch_execute("SET LOCAL synchronous_commit = off")?;
-        }
-        let r = f(&PgSql {
-            client: RefCell::new(&mut tx),
-            statements: RefCell::new(statements),
-        })?;
-        tx.commit()?;
-        Ok(r)
+        let conn = taken.conn.as_mut().expect("held until dropped");
+        conn.in_transaction = true;
+        conn.client.batch_execute(begin)?;
+        let outcome = f(&PgSql {
+            client: RefCell::new(&mut conn.client),
+            statements: RefCell::new(&mut conn.statements),
+        });
+        conn.client
+            .batch_execute(if outcome.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+        conn.in_transaction = false;
+        outcome
     }
 
     /// Runs `f` on a pooled connection, each statement in its own transaction (as SQLite's
@@ -185,7 +230,7 @@ impl Pg {
 
     fn read_now<R>(&self, f: impl FnOnce(&dyn Sql) -> Result<R>) -> Result<R> {
         let mut taken = self.take()?;
-        let PgConn { client, statements } = taken.conn.as_mut().expect("held until dropped");
+        let PgConn { client, statements, .. } = taken.conn.as_mut().expect("held until dropped");
         let sql = PgSql {
             client: RefCell::new(client),
             statements: RefCell::new(statements),
@@ -487,7 +532,7 @@ mod tests {
     fn values_round_trip_and_a_nul_in_text_does_not_fail_the_statement() {
         let pg = Pg::connect(&super::super::pg_server::server().database()).unwrap();
         let back = pg
-            .write(true, |tx| {
+            .write(None, true, |tx| {
                 tx.execute(
                     "CREATE TEMP TABLE t (i bigint, f double precision, s text, b bytea, n bigint)",
                     params![],

@@ -141,6 +141,11 @@ fn start() -> PgServer {
         std::os::unix::fs::chown(dir.join("server.log"), Some(uid), Some(gid)).unwrap();
     }
     let (program, dir_s, data_s) = (bin.join("postgres"), dir.clone(), data.clone());
+    let extra_settings: Vec<String> = std::env::var("DROPSYNC_TEST_PG_SETTINGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
     // The server's parent is a thread that never ends, so that it is stopped with the process
     // and not with whichever test happened to start it.
     let (started, child) = std::sync::mpsc::channel();
@@ -159,6 +164,8 @@ fn start() -> PgServer {
                 "max_connections=300",
             ])
             .args(["-c", "shared_buffers=64MB", "-c", "max_pred_locks_per_transaction=256"])
+            // More settings for a look inside (`shared_preload_libraries=pg_stat_statements`).
+            .args(extra_settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn();

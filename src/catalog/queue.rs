@@ -21,6 +21,9 @@ pub struct ForwardQueue {
     pub(super) db: Db,
     /// The node whose lease a claim takes (see `leases.rs`).
     pub(super) node: std::sync::Arc<super::Node>,
+    /// Set by [`ForwardQueue::of`]: the tenant whose conversations and files this handle's
+    /// per-conversation calls change.
+    pub(super) tenant: Option<String>,
 }
 
 /// A conversation claimed for forwarding, with everything the sink needs.
@@ -140,6 +143,15 @@ fn held_here(node: u8) -> String {
 pub(super) const OPEN_STATES: &str = "('waiting', 'ready', 'forwarding', 'failed', 'held')";
 
 impl ForwardQueue {
+    /// This handle for `tenant`'s conversations only: its outcomes of a forward (`complete`,
+    /// `retry_later`, `fail`) and its archive claims take that tenant's writer lock, so on
+    /// PostgreSQL those of different tenants run at once (see [`super::db::Db::write_for`]).
+    /// Every conversation and file given to them must be `tenant`'s.
+    pub fn of(mut self, tenant: &str) -> ForwardQueue {
+        self.tenant = Some(tenant.to_owned());
+        self
+    }
+
     /// Start-up recovery: a conversation this node left `forwarding` when it stopped (or one
     /// whose node's lease ran out, or one claimed before leases existed) is `ready` again; one
     /// another node is forwarding under a live lease is left to it. The replay overwrites the
@@ -166,51 +178,77 @@ impl ForwardQueue {
         limit: usize,
         allocations: &Allocations,
     ) -> Result<Option<(String, Vec<Work>)>> {
-        self.db.write(|tx| {
-            let Some(tenant) = super::turns::next_due_tenant(&tx, after, now)? else {
+        // On PostgreSQL, whose turn it is is read first, and only that tenant's rows are
+        // claimed, under its writer lock: claims of different tenants, and other tenants'
+        // forwards, go on meanwhile. The tenant may have nothing due any more by then (another
+        // node claimed it): an empty claim, and the next one starts after that tenant.
+        if self.db.is_shared() {
+            let Some(tenant) = self.db.read(|c| super::turns::next_due_tenant(c, after, now))? else {
                 return Ok(None);
             };
-            let from = tx.pick("conversations c INDEXED BY conv_ready", "conversations c");
-            let ids: Vec<i64> = tx.query_map(
-                &format!(
-                    "SELECT c.id FROM {from} WHERE c.state = 'ready' AND c.tenant = ?3 AND c.next_attempt_at <= ?1
-                       AND NOT EXISTS (SELECT 1 FROM conversations o WHERE o.tenant = c.tenant
-                                       AND o.conversation_id = c.conversation_id AND o.state = 'forwarding')
-                     ORDER BY c.next_attempt_at, c.id LIMIT ?2"
-                ),
-                params![now, limit as i64, tenant],
-                |r| r.get(0),
-            )?;
-            let mut out = Vec::with_capacity(ids.len());
-            let mut claimed_keys = std::collections::HashSet::new();
-            for id in ids {
-                let work = super::turns::load_work(&tx, id)?;
-                // Two sends of one conversation in the same batch: take the older, leave the other.
-                if !claimed_keys.insert((work.tenant.clone(), work.conversation_id.clone())) {
-                    continue;
-                }
-                // Counted against its tenant's minutes in this transaction, or held / rejected.
-                if let Some(a) = allocations.get(&work.tenant)
-                    && let Verdict::Stop { state, detail } = charge(&tx, id, &work.tenant, a)?
-                {
-                    tx.execute(
-                        "UPDATE conversations SET state = ?2, detail = ?3, changed_at = ?4 WHERE id = ?1",
-                        params![id, state, detail, now],
-                    )?;
-                    continue;
-                }
-                tx.execute(
-                    "UPDATE conversations SET state = 'forwarding', attempts = attempts + 1, changed_at = ?2,
-                        lease_owner = ?3, lease_until = ?4 WHERE id = ?1",
-                    params![id, now, self.node.id, now.saturating_add(self.node.lease_ms)],
-                )?;
-                out.push(Work {
-                    attempts: work.attempts + 1,
-                    ..work
-                });
-            }
-            Ok(Some((tenant, out)))
+            let work = self
+                .db
+                .write_for(Some(&tenant), |tx| self.claim_of(tx, &tenant, now, limit, allocations))?;
+            return Ok(Some((tenant, work)));
+        }
+        self.db.write(|tx| {
+            let Some(tenant) = super::turns::next_due_tenant(tx, after, now)? else {
+                return Ok(None);
+            };
+            let work = self.claim_of(tx, &tenant, now, limit, allocations)?;
+            Ok(Some((tenant, work)))
         })
+    }
+
+    /// Claims up to `limit` of `tenant`'s due conversations (see [`ForwardQueue::claim_turn`]).
+    fn claim_of(
+        &self,
+        tx: &dyn Sql,
+        tenant: &str,
+        now: i64,
+        limit: usize,
+        allocations: &Allocations,
+    ) -> Result<Vec<Work>> {
+        let from = tx.pick("conversations c INDEXED BY conv_ready", "conversations c");
+        let ids: Vec<i64> = tx.query_map(
+            &format!(
+                "SELECT c.id FROM {from} WHERE c.state = 'ready' AND c.tenant = ?3 AND c.next_attempt_at <= ?1
+                   AND NOT EXISTS (SELECT 1 FROM conversations o WHERE o.tenant = c.tenant
+                                   AND o.conversation_id = c.conversation_id AND o.state = 'forwarding')
+                 ORDER BY c.next_attempt_at, c.id LIMIT ?2"
+            ),
+            params![now, limit as i64, tenant],
+            |r| r.get(0),
+        )?;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut claimed_keys = std::collections::HashSet::new();
+        for id in ids {
+            let work = super::turns::load_work(tx, id)?;
+            // Two sends of one conversation in the same batch: take the older, leave the other.
+            if !claimed_keys.insert((work.tenant.clone(), work.conversation_id.clone())) {
+                continue;
+            }
+            // Counted against its tenant's minutes in this transaction, or held / rejected.
+            if let Some(a) = allocations.get(&work.tenant)
+                && let Verdict::Stop { state, detail } = charge(tx, id, &work.tenant, a)?
+            {
+                tx.execute(
+                    "UPDATE conversations SET state = ?2, detail = ?3, changed_at = ?4 WHERE id = ?1",
+                    params![id, state, detail, now],
+                )?;
+                continue;
+            }
+            tx.execute(
+                "UPDATE conversations SET state = 'forwarding', attempts = attempts + 1, changed_at = ?2,
+                    lease_owner = ?3, lease_until = ?4 WHERE id = ?1",
+                params![id, now, self.node.id, now.saturating_add(self.node.lease_ms)],
+            )?;
+            out.push(Work {
+                attempts: work.attempts + 1,
+                ..work
+            });
+        }
+        Ok(out)
     }
 
     /// When the next queued conversation is due, if any.
@@ -241,7 +279,7 @@ impl ForwardQueue {
         started_at: i64,
         now: i64,
     ) -> Result<Vec<i64>> {
-        self.db.light(|tx| {
+        self.db.light_for(self.tenant.as_deref(), |tx| {
             let changed = tx.execute(
                 &format!(
                     "UPDATE conversations SET state = 'forwarded', forwarded_at = ?2, changed_at = ?2, detail = NULL,
@@ -266,7 +304,7 @@ impl ForwardQueue {
 
     /// A transient failure: back to `ready`, due again at `retry_at`.
     pub fn retry_later(&self, conv: i64, error: &str, retry_at: i64, now: i64) -> Result<()> {
-        self.db.write(|conn| {
+        self.db.write_for(self.tenant.as_deref(), |conn| {
             conn.execute(
                 &format!(
                     "UPDATE conversations SET state = 'ready', next_attempt_at = ?3, detail = ?2, changed_at = ?4,
@@ -281,7 +319,7 @@ impl ForwardQueue {
 
     /// A permanent failure: `failed`, until `dropsync retry`.
     pub fn fail(&self, conv: i64, error: &str, now: i64) -> Result<()> {
-        self.db.write(|tx| {
+        self.db.write_for(self.tenant.as_deref(), |tx| {
             let failed = tx.execute(
                 &format!(
                     "UPDATE conversations SET state = 'failed', detail = ?2, changed_at = ?3,
@@ -381,7 +419,7 @@ impl ForwardQueue {
         if file_ids.is_empty() {
             return Ok(Vec::new());
         }
-        self.db.write(|tx| {
+        self.db.write_for(self.tenant.as_deref(), |tx| {
             let mut out = archivable(&tx, file_ids)?;
             for item in &mut out {
                 item.archive_path = plan(&item.tenant, item.file_id, &item.rel_path);
@@ -401,7 +439,7 @@ impl ForwardQueue {
         if ended.is_empty() {
             return Ok(());
         }
-        self.db.light(|tx| {
+        self.db.light_for(self.tenant.as_deref(), |tx| {
             for (file_id, how) in ended {
                 match how {
                     Departure::Archived => {
@@ -519,15 +557,18 @@ fn mark_gone(tx: &dyn Sql, file_id: i64, now: i64) -> Result<()> {
 /// forwarded conversation used, and metadata, zip and unknown files whose rows are all decided.
 fn archivable(tx: &dyn Sql, candidates: &[i64]) -> Result<Vec<ToArchive>> {
     let mut out = Vec::new();
+    // The subqueries name the file by ?1, not by `f.id`: uncorrelated, each is one index
+    // lookup. (Correlated inside the OR, PostgreSQL's generic plan hashed them: a scan of
+    // recordings and conversations per file.)
     let query = &format!(
         "SELECT f.id, f.tenant, f.rel_path, '', f.ino, f.dev FROM files f WHERE f.id = ?1 AND f.state = 'present' AND (
            (f.kind = 'recording'
               AND EXISTS (SELECT 1 FROM recordings r JOIN conversations c ON c.id = r.conversation
-                          WHERE r.file_id = f.id AND c.state = 'forwarded')
+                          WHERE r.file_id = ?1 AND c.state = 'forwarded')
               AND NOT EXISTS (SELECT 1 FROM recordings r JOIN conversations c ON c.id = r.conversation
-                              WHERE r.file_id = f.id AND c.state IN {OPEN_STATES}))
+                              WHERE r.file_id = ?1 AND c.state IN {OPEN_STATES}))
            OR (f.kind != 'recording'
-              AND EXISTS (SELECT 1 FROM metadata_files m WHERE m.file_id = f.id AND m.status IN ('parsed', 'rejected')
+              AND EXISTS (SELECT 1 FROM metadata_files m WHERE m.file_id = ?1 AND m.status IN ('parsed', 'rejected')
                           AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.metadata_file_id = m.id AND c.state IN {OPEN_STATES}))))"
     );
     for id in candidates {

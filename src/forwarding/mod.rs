@@ -212,7 +212,7 @@ impl Worker for ForwardWorker {
                 Ok(claimed)
             })
             .await?;
-        let Some((_, batch)) = claimed else {
+        let Some((tenant, batch)) = claimed else {
             return Ok(WorkerState::Idle);
         };
         if batch.is_empty() {
@@ -229,7 +229,7 @@ impl Worker for ForwardWorker {
             .map(|work| self.forwarder.forward_one_catching_panics(work));
         let to_archive: Vec<i64> = futures_util::future::join_all(sends).await.concat();
         let archiver = self.forwarder.archiver.clone();
-        match tokio::task::spawn_blocking(move || archiver.archive(&to_archive)).await {
+        match tokio::task::spawn_blocking(move || archiver.archive_of(&tenant, &to_archive)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot archive forwarded files; start-up will"),
             Err(e) => tracing::warn!(error = %e, "archive task failed; start-up will archive"),
@@ -257,7 +257,7 @@ impl Forwarder {
     /// Gives the files of a conversation forwarded that may now leave the drop folder.
     async fn forward_one_catching_panics(&self, work: Work) -> Vec<i64> {
         use futures_util::FutureExt;
-        let (id, attempts) = (work.id, work.attempts);
+        let (id, attempts, tenant) = (work.id, work.attempts, work.tenant.clone());
         let span = tracing::info_span!("forward", tenant = %work.tenant, conversation = %work.conversation_id);
         let payload = match std::panic::AssertUnwindSafe(self.forward_one(work))
             .catch_unwind()
@@ -272,12 +272,14 @@ impl Forwarder {
             span.in_scope(
                 || tracing::error!(%error, attempts, "forwarding failed for good; `dropsync retry` re-queues it"),
             );
-            self.catalog.run(move |c| c.forward_queue().fail(id, &error, now)).await
+            self.catalog
+                .run(move |c| c.forward_queue().of(&tenant).fail(id, &error, now))
+                .await
         } else {
             let at = now + ms(crate::backoff::exponential(attempts, self.retry_min, self.retry_max));
             span.in_scope(|| tracing::error!(%error, attempts, "forwarding failed; will retry"));
             self.catalog
-                .run(move |c| c.forward_queue().retry_later(id, &error, at, now))
+                .run(move |c| c.forward_queue().of(&tenant).retry_later(id, &error, at, now))
                 .await
         };
         if let Err(e) = recorded {
@@ -297,7 +299,7 @@ impl Forwarder {
         let started = now_ms();
         let result = self.attempt(&work, started).await;
         let now = now_ms();
-        let id = work.id;
+        let (id, tenant) = (work.id, work.tenant.clone());
         let recorded = match result {
             Ok(to_archive) => {
                 self.reports.notify_one();
@@ -314,7 +316,7 @@ impl Forwarder {
                 metrics::counter!("dropsync_sink_errors_total", "kind" => "permanent").increment(1);
                 tracing::error!(error = %e, "forwarding failed permanently; `dropsync retry` re-queues it");
                 self.catalog
-                    .run(move |c| c.forward_queue().fail(id, &e.message, now))
+                    .run(move |c| c.forward_queue().of(&tenant).fail(id, &e.message, now))
                     .await
             }
             Err(Outcome::Sink(e)) => {
@@ -323,32 +325,34 @@ impl Forwarder {
                 tracing::warn!(error = %e, retry_in = ?delay, "forwarding failed; will retry");
                 let at = now + ms(delay);
                 self.catalog
-                    .run(move |c| c.forward_queue().retry_later(id, &e.message, at, now))
+                    .run(move |c| c.forward_queue().of(&tenant).retry_later(id, &e.message, at, now))
                     .await
             }
             Err(Outcome::Changed { rel_path, why }) => {
                 tracing::warn!(reason = %why, "recording changed; intake takes it again before the next attempt");
                 let delay = crate::backoff::exponential(work.attempts, self.retry_min, self.retry_max);
-                let (tenant, at) = (work.tenant.clone(), now + ms(delay));
+                let at = now + ms(delay);
                 self.catalog
                     .run(move |c| {
                         c.intake_queue()
                             .enqueue_intake(&[NewIntake::file(&tenant, &rel_path, Via::Local, false, now)], now)?;
-                        c.forward_queue().retry_later(id, &why, at, now)
+                        c.forward_queue().of(&tenant).retry_later(id, &why, at, now)
                     })
                     .await
             }
             Err(Outcome::Catalog(e)) if !e.retry_helps() => {
                 tracing::error!(error = %e, "catalog error while forwarding, which no retry mends; `dropsync retry` re-queues it");
                 let msg = e.to_string();
-                self.catalog.run(move |c| c.forward_queue().fail(id, &msg, now)).await
+                self.catalog
+                    .run(move |c| c.forward_queue().of(&tenant).fail(id, &msg, now))
+                    .await
             }
             Err(Outcome::Catalog(e)) => {
                 tracing::error!(error = %e, "catalog error while forwarding; the conversation is replayed later");
                 let at = now + ms(self.retry_min);
                 let msg = e.to_string();
                 self.catalog
-                    .run(move |c| c.forward_queue().retry_later(id, &msg, at, now))
+                    .run(move |c| c.forward_queue().of(&tenant).retry_later(id, &msg, at, now))
                     .await
             }
         };
@@ -451,10 +455,12 @@ impl Forwarder {
             .map_err(Outcome::Sink)?;
 
         let (id, sink, key_prefix) = (work.id, self.sink.describe(), prefix.clone());
+        let tenant = work.tenant.clone();
         let to_archive = self
             .catalog
             .run(move |c| {
                 c.forward_queue()
+                    .of(&tenant)
                     .complete(id, &forwarded, &sink, &key_prefix, started, forwarded_at)
             })
             .await

@@ -453,6 +453,8 @@ impl Intake {
     ) -> Result<(), IntakeError> {
         tracing::info!(resume_after, "reading metadata file");
         crate::fault::panic_point("parse", rel.file_name());
+        // This tenant's parse: on PostgreSQL, beside other tenants' (see `Files::of`).
+        let files = self.catalog.files().of(tenant.id.as_str());
         let open = || self.drop.open_confined(&tenant.id, rel);
         let mapping = &tenant.mapping;
         let max_row_bytes = self.config.get().matching.max_field_bytes;
@@ -481,7 +483,7 @@ impl Intake {
         };
         if let Err(reason) = check {
             tracing::warn!(reason = %reason, "metadata file rejected");
-            self.catalog.files().finish_metadata(id, Err(reason))?;
+            files.finish_metadata(id, Err(reason))?;
             self.archiver.archive(&[file_id])?;
             return Ok(());
         }
@@ -532,7 +534,7 @@ impl Intake {
             });
             if chunk.len() >= ROWS_PER_CHUNK || chunk_cells >= CELLS_PER_CHUNK {
                 chunk_cells = 0;
-                let (n, d) = self.catalog.files().add_rows(id, &chunk, now_ms(), grace)?;
+                let (n, d) = files.add_rows(id, &chunk, now_ms(), grace)?;
                 ready += n;
                 decided.extend(d);
                 chunk.clear();
@@ -543,17 +545,17 @@ impl Intake {
         match result {
             Ok(()) => {
                 if !chunk.is_empty() {
-                    let (n, d) = self.catalog.files().add_rows(id, &chunk, now_ms(), grace)?;
+                    let (n, d) = files.add_rows(id, &chunk, now_ms(), grace)?;
                     ready += n;
                     decided.extend(d);
                 }
-                self.catalog.files().finish_metadata(id, Ok(()))?;
+                files.finish_metadata(id, Ok(()))?;
                 tracing::info!(accepted, rejected, ready, "metadata file read");
             }
             Err(ReadError::Callback(e)) => return Err(e.into()),
             // The file changed between the passes (it is being overwritten): the new version
             // arrives as its own event; this one is withdrawn.
-            Err(ReadError::File(reason)) => self.catalog.files().finish_metadata(id, Err(reason))?,
+            Err(ReadError::File(reason)) => files.finish_metadata(id, Err(reason))?,
         }
         if ready > 0 {
             self.forwarder.notify_one();
