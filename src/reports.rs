@@ -9,12 +9,15 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::backoff::Retry;
-use crate::catalog::{Catalog, CatalogError, OrphanLine, ReportLine};
+use crate::catalog::{Catalog, CatalogError, OrphanLine, ReportLine, now_ms};
 use crate::dropbox::{DropRoot, REPORTS_DIR, RelPath};
 use crate::fsutil;
 use crate::tenant::TenantId;
 use crate::worker::{Worker, WorkerError, WorkerState};
 use std::io::Write as _;
+
+/// The lease of the node writing reports (see `catalog/leases.rs`).
+const REPORTS_LEASE: &str = "reports";
 
 /// Changes within this window are written as one rewrite.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -297,7 +300,21 @@ impl Worker for Reporter {
 
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
         let this = self.clone();
-        self.slowest_report = tokio::task::spawn_blocking(move || this.write_stale()).await??;
+        // One node writes reports at a time across the nodes that share the catalog: a pass
+        // holds this lease (renewed by the keeper while it runs) and gives it back after, so
+        // the next pass is whichever node's is due first. Alone, a node takes it without a write.
+        if !self
+            .catalog
+            .run(|c| c.leases().try_take(REPORTS_LEASE, now_ms()))
+            .await?
+        {
+            return Ok(WorkerState::Idle);
+        }
+        let written = tokio::task::spawn_blocking(move || this.write_stale()).await;
+        if let Err(e) = self.catalog.run(|c| c.leases().release(REPORTS_LEASE)).await {
+            tracing::warn!(error = %e, "cannot give back the reports' lease: it runs out instead");
+        }
+        self.slowest_report = written??;
         Ok(WorkerState::Idle)
     }
 
