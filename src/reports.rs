@@ -302,7 +302,8 @@ impl Worker for Reporter {
         let this = self.clone();
         // One node writes reports at a time across the nodes that share the catalog: a pass
         // holds this lease (renewed by the keeper while it runs) and gives it back after, so
-        // the next pass is whichever node's is due first. Alone, a node takes it without a write.
+        // the next pass is whichever node's is due first. (On SQLite, with no other node, it is
+        // taken without a write.)
         if !self
             .catalog
             .run(|c| c.leases().try_take(REPORTS_LEASE, now_ms()))

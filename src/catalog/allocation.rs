@@ -277,17 +277,23 @@ impl Minutes {
     pub fn release_held(&self, allocations: &Allocations, now: i64) -> Result<usize> {
         // SQLite counts, on its one writer connection, what could make room; PostgreSQL has
         // no such count (other nodes change rows too), so its held lists are derived each time.
-        // There, a read first: most claims find nothing held, and need not wait for the writer.
-        if self.db.is_shared()
-            && !self.db.read(|c| {
-                c.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM conversations WHERE state = 'held')",
+        // There, which tenants have any is read first (most claims find none), and each one's
+        // are released under its own writer lock, beside other tenants' work.
+        if self.db.is_shared() {
+            let tenants: Vec<String> = self.db.read(|c| {
+                c.query_map(
+                    "SELECT DISTINCT tenant FROM conversations WHERE state = 'held'",
                     params![],
-                    |r| r.get::<_, bool>(0),
+                    |r| r.get(0),
                 )
-            })?
-        {
-            return Ok(0);
+            })?;
+            let mut released = 0;
+            for tenant in tenants {
+                released += self.db.write_for(Some(&tenant), |tx| {
+                    release_tenant(tx, &tenant, allocations.get(&tenant), now)
+                })?;
+            }
+            return Ok(released);
         }
         let mut derived = self.held_derived.lock().unwrap_or_else(|p| p.into_inner());
         let released = self.db.write(|tx| {

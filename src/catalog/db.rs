@@ -1,9 +1,11 @@
-//! The one SQLite database under every catalog handle: a writer connection behind a lock, the
-//! one place that lock is taken (and timed), and a pool of read-only connections.
+//! The database under every catalog handle: SQLite (a writer connection behind a lock, the one
+//! place that lock is taken and timed, and a pool of read-only connections) or PostgreSQL
+//! (`pg.rs`).
 //!
-//! Takes an open connection (from [`super::Catalog::open`] and friends) and gives out
-//! [`Db::lock`] (the writer, timed), [`Db::light`] (a transaction without an fsync of its own)
-//! and [`Db::read`] (a pooled reader). Handles hold a clone of a [`Db`].
+//! Gives out [`Db::write`] (a durable transaction), [`Db::light`] (one without a sync of its
+//! own), their `_for` forms (a transaction of one tenant's rows, which on PostgreSQL runs
+//! beside other tenants'), [`Db::write_statement`] (one atomic statement) and [`Db::read`] (a
+//! pooled reader). Handles hold a clone of a [`Db`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::Result;
-use super::pg::Pg;
+use super::pg::{Lock, Pg};
 use super::sql::Sql;
 
 /// The catalog's database: SQLite in `state_dir` (one node), or PostgreSQL shared by several
@@ -40,7 +42,7 @@ impl Db {
     pub(crate) fn write_for<R>(&self, tenant: Option<&str>, f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
         match self {
             Db::Sqlite(lite) => lite.write(f),
-            Db::Postgres(pg) => pg.write(tenant, true, f),
+            Db::Postgres(pg) => pg.write(tenant.map_or(Lock::Writer, Lock::Tenant), true, f),
         }
     }
 
@@ -58,7 +60,18 @@ impl Db {
     pub(crate) fn light_for<R>(&self, tenant: Option<&str>, f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
         match self {
             Db::Sqlite(lite) => lite.light(f),
-            Db::Postgres(pg) => pg.write(tenant, false, f),
+            Db::Postgres(pg) => pg.write(tenant.map_or(Lock::Writer, Lock::Tenant), false, f),
+        }
+    }
+
+    /// [`Db::write`] for one statement that is atomic by itself (a compare-and-set of one
+    /// row): on PostgreSQL it waits for no writer lock, as nothing can change between what it
+    /// reads and what it writes.
+    #[track_caller]
+    pub(crate) fn write_statement<R>(&self, f: impl FnMut(&dyn Sql) -> Result<R>) -> Result<R> {
+        match self {
+            Db::Sqlite(lite) => lite.write(f),
+            Db::Postgres(pg) => pg.write(Lock::None, true, f),
         }
     }
 

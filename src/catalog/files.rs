@@ -166,11 +166,11 @@ impl Files {
                     params![metadata_file_id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )?;
-                if self.tenant.as_ref().is_some_and(|t| *t != tenant) {
-                    return Err(super::CatalogError::Corrupt(format!(
-                        "metadata file {metadata_file_id} is {tenant}'s, not {:?}'s",
-                        self.tenant
-                    )));
+                if let Some(t) = self.tenant.as_ref().filter(|t| **t != tenant) {
+                    return Err(super::CatalogError::WrongTenant(
+                        format!("metadata file {metadata_file_id}"),
+                        t.clone(),
+                    ));
                 }
                 let mut taken = 0;
                 for row in rest {

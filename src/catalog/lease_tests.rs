@@ -1,5 +1,7 @@
 //! Leases on both stores: a forward stays its node's while the node renews it, is taken over
 //! when it stops, and the late node's outcome changes nothing; named leases are one node's.
+//! And PostgreSQL's write transactions: tenants' writer locks, an aborted transaction, a
+//! tenant's handle given another's row.
 
 use std::time::Duration;
 
@@ -148,4 +150,43 @@ fn one_tenants_writes_run_beside_anothers_and_wait_for_their_own_and_for_everyon
     second.join().unwrap();
     everyone.join().unwrap();
     assert!(second_done.load(Ordering::SeqCst) && everyone_done.load(Ordering::SeqCst));
+}
+
+/// A transaction whose closure set a failed statement's error aside is not reported committed:
+/// PostgreSQL rolled it back, and the caller hears so.
+#[test]
+fn a_transaction_a_failed_statement_aborted_is_an_error_not_a_silent_rollback() {
+    let fx = fixture_pg();
+    let outcome = fx.cat.db.write(|tx| {
+        tx.execute(
+            "INSERT INTO leases (name, owner, until) VALUES ('x', 'a', 1)",
+            params![],
+        )?;
+        let _ = tx.execute("INSERT INTO no_such_table VALUES (1)", params![]);
+        Ok(())
+    });
+    assert!(outcome.is_err(), "{outcome:?}");
+    let kept = fx
+        .cat
+        .db
+        .read(|c| c.query_row("SELECT count(*) FROM leases", params![], |r| r.get::<_, i64>(0)))
+        .unwrap();
+    assert_eq!(kept, 0);
+    // The connection it used went away; the next transaction commits.
+    fx.cat.leases().try_take("y", 0).unwrap();
+}
+
+/// A tenant's handle refuses another tenant's metadata file rather than change its rows
+/// beside that tenant's own transactions.
+#[test]
+fn a_tenants_handle_refuses_another_tenants_metadata_file() {
+    let fx = fixture_pg();
+    let (_, meta) = metadata(&fx.cat, "batch.csv", 1000);
+    let refused = fx
+        .cat
+        .files()
+        .of("beta")
+        .add_rows(meta, &[row(2, "C1", &["c1.wav"], "a")], 1001, GRACE);
+    assert!(matches!(refused, Err(CatalogError::WrongTenant(..))), "{refused:?}");
+    assert!(states(&fx.cat).is_empty());
 }

@@ -84,7 +84,7 @@ impl Leases {
             return Ok(true);
         }
         let (node, until) = (&self.node.id, now.saturating_add(self.node.lease_ms));
-        self.db.write(|tx| {
+        self.db.write_statement(|tx| {
             Ok(tx
                 .query_row(
                     "INSERT INTO leases (name, owner, until) VALUES (?1, ?2, ?3)
@@ -104,7 +104,7 @@ impl Leases {
         if !self.db.is_shared() {
             return Ok(());
         }
-        self.db.write(|tx| {
+        self.db.write_statement(|tx| {
             tx.execute(
                 "DELETE FROM leases WHERE name = ?1 AND owner = ?2",
                 params![name, self.node.id],

@@ -92,6 +92,10 @@ pub enum CatalogError {
     TooNew { path: String, found: i64, known: i64 },
     #[error("catalog: {0}")]
     Corrupt(String),
+    /// A handle of one tenant (`Files::of`, `ForwardQueue::of`) was given another's row: a
+    /// bug, refused rather than run beside that tenant's transactions.
+    #[error("catalog: {0} is not the tenant {1:?}'s")]
+    WrongTenant(String, String),
     /// A query for one row found none (see [`sql::Optional`]).
     #[error("catalog: no such row")]
     NoRow,
@@ -116,9 +120,11 @@ impl Retry for CatalogError {
             ),
             CatalogError::Postgres(e) => pg::retry_helps(e),
             // Reading a row into a type, a statement: our code or the data, the same next time.
-            CatalogError::Sqlite(_) | CatalogError::TooNew { .. } | CatalogError::Corrupt(_) | CatalogError::NoRow => {
-                false
-            }
+            CatalogError::Sqlite(_)
+            | CatalogError::TooNew { .. }
+            | CatalogError::Corrupt(_)
+            | CatalogError::WrongTenant(..)
+            | CatalogError::NoRow => false,
         }
     }
 }

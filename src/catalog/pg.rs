@@ -12,8 +12,15 @@
 //!   and its archive claim, a metadata file's rows: the work each conversation costs; see
 //!   `ForwardQueue::claim_turn`, `ForwardQueue::of` and `Files::of`) takes [`WRITER_LOCK`]
 //!   shared and its tenant's lock exclusively, so it runs beside other tenants' and alone
-//!   among its own. Tenants share no rows (the counters are per tenant or
-//!   per file), so this is as if one at a time, under READ COMMITTED.
+//!   among its own. Tenants share no rows (the counters are per tenant or per file), so this
+//!   is as if one at a time, under READ COMMITTED, provided a tenant's handle is given only
+//!   that tenant's rows: the callers pass the tenant their work was claimed or read for, and
+//!   `add_rows` and `claim_for_archive` refuse another's ([`super::CatalogError::WrongTenant`]);
+//! - one statement atomic by itself (a lease taken or given back, a report marked written)
+//!   takes no lock ([`Lock::None`]).
+//!
+//! The writer lock is always taken first, so no transaction holds a tenant's lock while it
+//! waits for the writer lock.
 //!
 //! Readers never wait. `SERIALIZABLE` was tried first (same promise, concurrent writers): a
 //! metadata file's `report_stale` and `conversation_counts` are rows every change of a batch
@@ -48,6 +55,17 @@ const MAX_CONNECTIONS: usize = 16;
 
 /// The advisory lock every write transaction takes first ("dropsync writer" in spirit).
 const WRITER_LOCK: i64 = 0x6472_6f70_7772_6974;
+
+/// The advisory locks a write transaction takes first (see the module's doc).
+#[derive(Clone, Copy)]
+pub(crate) enum Lock<'a> {
+    /// The writer lock: runs alone.
+    Writer,
+    /// The writer lock shared and the tenant's: runs beside other tenants' transactions.
+    Tenant(&'a str),
+    /// None: one statement that is atomic by itself.
+    None,
+}
 
 /// The key space (the first key of the two-key form, apart from [`WRITER_LOCK`]'s one-key
 /// space) of the tenants' writer locks.
@@ -162,22 +180,24 @@ impl Pg {
     /// otherwise `synchronous_commit` is off for it, as SQLite's light commits are not synced.
     pub(crate) fn write<R>(
         &self,
-        tenant: Option<&str>,
+        lock: Lock<'_>,
         durable: bool,
         mut f: impl FnMut(&dyn Sql) -> Result<R>,
     ) -> Result<R> {
-        // One round trip (the simple protocol takes several statements): the transaction, the
-        // writer lock (shared, and the tenant's, for one tenant's rows), and for a light commit
-        // no wait for the WAL flush.
-        let lock = match tenant {
-            None => format!("pg_advisory_xact_lock({WRITER_LOCK})"),
-            Some(t) => format!(
-                "pg_advisory_xact_lock_shared({WRITER_LOCK}), pg_advisory_xact_lock({TENANT_LOCKS}, {})",
+        // One round trip (the simple protocol takes several statements): the transaction, its
+        // locks, and for a light commit no wait for the WAL flush. The writer lock comes first
+        // for every transaction, so a tenant's never waits for its tenant lock while holding
+        // up a writer of everyone's.
+        let lock = match lock {
+            Lock::Writer => format!(" SELECT pg_advisory_xact_lock({WRITER_LOCK});"),
+            Lock::Tenant(t) => format!(
+                " SELECT pg_advisory_xact_lock_shared({WRITER_LOCK}), pg_advisory_xact_lock({TENANT_LOCKS}, {});",
                 tenant_key(t)
             ),
+            Lock::None => String::new(),
         };
         let begin = format!(
-            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {lock};{}",
+            "BEGIN ISOLATION LEVEL READ COMMITTED;{lock}{}",
             if durable {
                 ""
             } else {
@@ -216,10 +236,24 @@ impl Pg {
             client: RefCell::new(&mut conn.client),
             statements: RefCell::new(&mut conn.statements),
         });
-        conn.client
-            .batch_execute(if outcome.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
-        conn.in_transaction = false;
-        outcome
+        match outcome {
+            Ok(r) => {
+                // The `SELECT` first: a COMMIT of a transaction that a failed statement aborted
+                // (one whose error the closure set aside) rolls back without an error; the
+                // `SELECT` fails there instead, and the connection is not pooled.
+                conn.client.batch_execute("SELECT 1; COMMIT")?;
+                conn.in_transaction = false;
+                Ok(r)
+            }
+            Err(e) => {
+                // The closure's error is the one to return (a conflict to run again, say); a
+                // connection that cannot even roll back is closed, not pooled.
+                if conn.client.batch_execute("ROLLBACK").is_ok() {
+                    conn.in_transaction = false;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Runs `f` on a pooled connection, each statement in its own transaction (as SQLite's
@@ -532,7 +566,7 @@ mod tests {
     fn values_round_trip_and_a_nul_in_text_does_not_fail_the_statement() {
         let pg = Pg::connect(&super::super::pg_server::server().database()).unwrap();
         let back = pg
-            .write(None, true, |tx| {
+            .write(Lock::Writer, true, |tx| {
                 tx.execute(
                     "CREATE TEMP TABLE t (i bigint, f double precision, s text, b bytea, n bigint)",
                     params![],

@@ -179,8 +179,8 @@ impl ForwardQueue {
         allocations: &Allocations,
     ) -> Result<Option<(String, Vec<Work>)>> {
         // On PostgreSQL, whose turn it is is read first, and only that tenant's rows are
-        // claimed, under its writer lock: claims of different tenants, and other tenants'
-        // forwards, go on meanwhile. The tenant may have nothing due any more by then (another
+        // claimed, under its writer lock: other nodes' claims of other tenants, and other
+        // tenants' forwards and parses, go on meanwhile. The tenant may have nothing due any more by then (another
         // node claimed it): an empty claim, and the next one starts after that tenant.
         if self.db.is_shared() {
             let Some(tenant) = self.db.read(|c| super::turns::next_due_tenant(c, after, now))? else {
@@ -421,6 +421,14 @@ impl ForwardQueue {
         }
         self.db.write_for(self.tenant.as_deref(), |tx| {
             let mut out = archivable(&tx, file_ids)?;
+            if let Some(t) = &self.tenant
+                && let Some(other) = out.iter().find(|item| item.tenant != *t)
+            {
+                return Err(super::CatalogError::WrongTenant(
+                    format!("file {}", other.file_id),
+                    t.clone(),
+                ));
+            }
             for item in &mut out {
                 item.archive_path = plan(&item.tenant, item.file_id, &item.rel_path);
                 tx.execute(

@@ -219,7 +219,7 @@ impl Reports {
 
     /// Marks a report written as of `version`; a change since then keeps it stale.
     pub fn report_written(&self, metadata_file_id: i64, version: i64) -> Result<()> {
-        self.db.write(|conn| {
+        self.db.write_statement(|conn| {
             conn.execute(
                 "UPDATE metadata_files SET report_stale = 0 WHERE id = ?1 AND report_stale = ?2",
                 params![metadata_file_id, version],

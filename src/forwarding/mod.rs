@@ -199,9 +199,10 @@ impl Worker for ForwardWorker {
                 if released > 0 {
                     tracing::info!(released, "held conversations fit in their minute allocation again");
                 }
-                // Whose turn it is, and the claim, together: the next claim, by any worker,
-                // starts after this tenant, even if it claimed nothing (all of it held, or
-                // waiting for another send being forwarded).
+                // Whose turn it is, then the claim (in one transaction on SQLite; on PostgreSQL
+                // the turn is read first, see `claim_turn`). The next claim, by any of this
+                // node's workers (they take turns on `last_served`), starts after this tenant,
+                // even if it claimed nothing (all of it held, or waiting for another send).
                 let mut last = forwarder.last_served.lock().unwrap_or_else(|p| p.into_inner());
                 let claimed = c
                     .forward_queue()
