@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use super::sql::{Dialect, Optional, Sql, params};
+use super::sql::{Optional, Sql, params};
 use serde::Serialize;
 
 use super::{Db, Result};
@@ -295,14 +295,13 @@ impl Minutes {
             }
             return Ok(released);
         }
+        // SQLite from here.
         let mut derived = self.held_derived.lock().unwrap_or_else(|p| p.into_inner());
         let released = self.db.write(|tx| {
-            let changes: Option<i64> = match tx.dialect() {
-                Dialect::Sqlite => Some(tx.query_row("SELECT changes FROM temp.held_room", params![], |r| r.get(0))?),
-                Dialect::Postgres => None,
-            };
-            if let Some(c) = changes
-                && derived.as_ref().is_some_and(|(a, was)| *was == c && a == allocations)
+            let changes: i64 = tx.query_row("SELECT changes FROM temp.held_room", params![], |r| r.get(0))?;
+            if derived
+                .as_ref()
+                .is_some_and(|(a, was)| *was == changes && a == allocations)
             {
                 return Ok((0, changes));
             }
@@ -317,7 +316,7 @@ impl Minutes {
             }
             Ok((released, changes))
         })?;
-        *derived = released.1.map(|c| (allocations.clone(), c));
+        *derived = Some((allocations.clone(), released.1));
         Ok(released.0)
     }
 
