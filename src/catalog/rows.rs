@@ -129,22 +129,16 @@ pub(super) fn add_row(
 /// Appends to `decided` the files an identical re-send no longer needs.
 pub(super) fn make_ready(tx: &dyn Sql, conv: i64, now: i64, decided: &mut Vec<i64>) -> Result<()> {
     // A recording that is not audio rejects its row, with the reason, before anything is sent.
-    let not_audio: Option<(String, String)> = tx
-        .query_row(
-            "SELECT f.name, f.audio_error FROM recordings r JOIN files f ON f.id = r.file_id
-             WHERE r.conversation = ?1 AND f.audio_error IS NOT NULL ORDER BY r.position LIMIT 1",
-            params![conv],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    if let Some((name, why)) = not_audio {
+    let recordings = recordings_of(tx, conv)?;
+    if let Some(r) = recordings.iter().find(|r| r.audio_error.is_some()) {
+        let why = r.audio_error.as_deref().unwrap_or_default();
         tx.execute(
             "UPDATE conversations SET state = 'rejected', detail = ?2, changed_at = ?3 WHERE id = ?1",
-            params![conv, format!("{name} is {why}"), now],
+            params![conv, format!("{} is {why}", r.name), now],
         )?;
         return Ok(());
     }
-    let (tenant, conversation_id, hash) = conversation_hash(tx, conv)?;
+    let (tenant, conversation_id, hash) = hash_with(tx, conv, &recordings)?;
     let last: Option<(String, String, i64)> = tx
         .query_row("SELECT c.content_hash, m.rel_path, c.row_no FROM conversations c JOIN metadata_files m ON m.id = c.metadata_file_id
              WHERE c.tenant = ?1 AND c.conversation_id = ?2 AND c.state = 'forwarded' AND c.id != ?3
@@ -170,19 +164,46 @@ pub(super) fn make_ready(tx: &dyn Sql, conv: i64, now: i64, decided: &mut Vec<i6
 
 /// A conversation's (tenant, conversation_id, content hash) as its recordings stand now.
 pub(super) fn conversation_hash(tx: &dyn Sql, conv: i64) -> Result<(String, String, String)> {
+    hash_with(tx, conv, &recordings_of(tx, conv)?)
+}
+
+/// A recording of a conversation, as its file stands.
+struct RecordingFile {
+    name: String,
+    sha256: Option<String>,
+    /// Why its file is not audio, if it is not.
+    audio_error: Option<String>,
+}
+
+/// The files of `conv`'s recordings that are in, in position order.
+fn recordings_of(tx: &dyn Sql, conv: i64) -> Result<Vec<RecordingFile>> {
+    tx.query_map(
+        "SELECT f.name, f.sha256, f.audio_error FROM recordings r JOIN files f ON f.id = r.file_id
+         WHERE r.conversation = ?1 ORDER BY r.position",
+        params![conv],
+        |r| {
+            Ok(RecordingFile {
+                name: r.get(0)?,
+                sha256: r.get(1)?,
+                audio_error: r.get(2)?,
+            })
+        },
+    )
+}
+
+/// [`conversation_hash`] with `conv`'s recordings already read.
+fn hash_with(tx: &dyn Sql, conv: i64, recordings: &[RecordingFile]) -> Result<(String, String, String)> {
     let (tenant, conversation_id, agent, contact_time, fields): (String, String, String, String, String) = tx
         .query_row(
             "SELECT tenant, conversation_id, agent, contact_time, fields FROM conversations WHERE id = ?1",
             params![conv],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )?;
-    let recordings: Vec<(String, Option<String>)> = tx
-        .query_map("SELECT f.name, f.sha256 FROM recordings r JOIN files f ON f.id = r.file_id WHERE r.conversation = ?1 ORDER BY r.position", params![conv], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let hash = content_hash(
         &agent,
         &contact_time,
         &fields,
-        recordings.iter().map(|(n, sha)| (n.as_str(), sha.as_deref())),
+        recordings.iter().map(|r| (r.name.as_str(), r.sha256.as_deref())),
     );
     Ok((tenant, conversation_id, hash))
 }
