@@ -34,15 +34,12 @@ fn wait_log(d: &Daemon, what: &str, needle: &str) {
     wait_for(what, T, || d.log().contains(needle));
 }
 
-#[test]
-fn a_quiet_tenant_is_served_while_another_unpacks_a_zip_near_the_limit() {
-    let mut d = Daemon::new("1h", &two_tenants()).with_replaced(
-        "[matching]\n",
-        "[matching]\nzip_max_unpacked = \"1100MiB\"\nzip_max_ratio = 100000\n",
-    );
-    // 1 GiB of zeros in four entries: small to send, long to unpack.
-    let zip_path = d.dir.path().join("big.zip");
-    let mut w = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+/// The `[matching]` settings that let [`long_to_unpack`]'s zip in.
+pub const ROOM_FOR_A_BIG_ZIP: &str = "[matching]\nzip_max_unpacked = \"1100MiB\"\nzip_max_ratio = 100000\n";
+
+/// Writes a zip of 1 GiB of zeros in four entries to `path`: small to send, long to unpack.
+pub fn long_to_unpack(path: &Path) {
+    let mut w = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
     let opts = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated)
         .large_file(true);
@@ -54,6 +51,13 @@ fn a_quiet_tenant_is_served_while_another_unpacks_a_zip_near_the_limit() {
         }
     }
     w.finish().unwrap();
+}
+
+#[test]
+fn a_quiet_tenant_is_served_while_another_unpacks_a_zip_near_the_limit() {
+    let mut d = Daemon::new("1h", &two_tenants()).with_replaced("[matching]\n", ROOM_FOR_A_BIG_ZIP);
+    let zip_path = d.dir.path().join("big.zip");
+    long_to_unpack(&zip_path);
     d.start();
     std::fs::rename(&zip_path, d.drop_dir("acme").join("big.zip")).unwrap();
     wait_log(&d, "acme's zip to be unpacking", "unpacking zip batch");

@@ -7,6 +7,7 @@ use crate::balancer::Haproxy;
 use crate::ftp::{FtpServer, daemon_polling, wait_partial_download};
 use crate::harness::*;
 use crate::http_api::{ACME_TOKEN, ADMIN_TOKEN, daemon_with_tenant_tokens, requests, wait_http};
+use crate::isolation::{ROOM_FOR_A_BIG_ZIP, long_to_unpack};
 use crate::pg_server;
 
 const T: Duration = Duration::from_secs(60);
@@ -472,4 +473,34 @@ fn forwarded_in(url: &str) -> i64 {
     c.query_one("SELECT count(*) FROM conversations WHERE state = 'forwarded'", &[])
         .unwrap()
         .get(0)
+}
+
+#[test]
+fn a_tenants_long_unpack_on_one_node_holds_up_no_other_tenant_on_either_node() {
+    let (mut a, mut b, url) = two_nodes_of("3s", || {
+        Daemon::with_sftp("").with_replaced("[matching]\n", ROOM_FOR_A_BIG_ZIP)
+    });
+    let zip_path = a.dir.path().join("big.zip");
+    long_to_unpack(&zip_path);
+    a.start();
+    b.start();
+    std::fs::rename(&zip_path, a.drop_dir("acme").join("big.zip")).unwrap();
+    let unpacking = |d: &Daemon| d.log().contains("unpacking zip batch");
+    wait_for("acme's zip to be unpacking", T, || unpacking(&a) || unpacking(&b));
+    // beta, through each node in turn, while one of them unpacks acme's gigabyte.
+    let through_a = a.beta_uploads("iso-a");
+    let through_b = b.beta_uploads("iso-b");
+    let fwd = a.wait_forwarded(2, T);
+    assert_recordings(&a, &fwd["iso-a"], &[("iso-a.wav", &through_a)]);
+    assert_recordings(&a, &fwd["iso-b"], &[("iso-b.wav", &through_b)]);
+    // The logs are written in order: beta went out while the unpack still ran.
+    let unpacked = |d: &Daemon| d.log().contains("zip batch unpacked");
+    assert!(
+        !unpacked(&a) && !unpacked(&b),
+        "the zip was unpacked before beta was served"
+    );
+    wait_for("the zip's report", T, || {
+        a.report("acme", "big.zip.report.csv").exists()
+    });
+    assert_eq!(deliveries(&url), 2);
 }
