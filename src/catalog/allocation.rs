@@ -280,13 +280,7 @@ impl Minutes {
         // There, which tenants have any is read first (most claims find none), and each one's
         // are released under its own writer lock, beside other tenants' work.
         if self.db.is_shared() {
-            let tenants: Vec<String> = self.db.read(|c| {
-                c.query_map(
-                    "SELECT DISTINCT tenant FROM conversations WHERE state = 'held'",
-                    params![],
-                    |r| r.get(0),
-                )
-            })?;
+            let tenants = self.db.read(held_tenants)?;
             let mut released = 0;
             for tenant in tenants {
                 released += self.db.write_for(Some(&tenant), |tx| {
@@ -305,11 +299,7 @@ impl Minutes {
             {
                 return Ok((0, changes));
             }
-            let tenants: Vec<String> = tx.query_map(
-                "SELECT DISTINCT tenant FROM conversations WHERE state = 'held'",
-                params![],
-                |r| r.get(0),
-            )?;
+            let tenants = held_tenants(tx)?;
             let mut released = 0;
             for tenant in tenants {
                 released += release_tenant(tx, &tenant, allocations.get(&tenant), now)?;
@@ -340,6 +330,15 @@ impl Minutes {
             Ok(out)
         })
     }
+}
+
+/// The tenants with held conversations.
+fn held_tenants(tx: &dyn Sql) -> Result<Vec<String>> {
+    tx.query_map(
+        "SELECT DISTINCT tenant FROM conversations WHERE state = 'held'",
+        params![],
+        |r| r.get(0),
+    )
 }
 
 /// Releases `tenant`'s held conversations in arrival order while they fit in `allocation`;

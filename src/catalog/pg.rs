@@ -53,7 +53,8 @@ use super::{CatalogError, Result};
 /// once holds one. Past this, a caller waits for one to come back.
 const MAX_CONNECTIONS: usize = 16;
 
-/// The advisory lock every write transaction takes first ("dropsync writer" in spirit).
+/// The writer lock: every write transaction but a lone atomic statement takes it first,
+/// exclusively or (one tenant's) shared ("dropsync writer" in spirit).
 const WRITER_LOCK: i64 = 0x6472_6f70_7772_6974;
 
 /// The advisory locks a write transaction takes first (see the module's doc).
@@ -175,8 +176,8 @@ impl Pg {
         }
     }
 
-    /// Runs `f` in a transaction under the writer lock, again from the start if it fails for a
-    /// conflict (a deadlock). `durable`: the commit waits for the WAL flush (the default);
+    /// Runs `f` in a transaction under `lock`, again from the start if it fails for a conflict
+    /// (a deadlock). `durable`: the commit waits for the WAL flush (the default);
     /// otherwise `synchronous_commit` is off for it, as SQLite's light commits are not synced.
     pub(crate) fn write<R>(
         &self,

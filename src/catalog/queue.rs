@@ -180,8 +180,9 @@ impl ForwardQueue {
     ) -> Result<Option<(String, Vec<Work>)>> {
         // On PostgreSQL, whose turn it is is read first, and only that tenant's rows are
         // claimed, under its writer lock: other nodes' claims of other tenants, and other
-        // tenants' forwards and parses, go on meanwhile. The tenant may have nothing due any more by then (another
-        // node claimed it): an empty claim, and the next one starts after that tenant.
+        // tenants' forwards and parses, go on meanwhile. The tenant may have nothing due any
+        // more by then (another node claimed it): an empty claim, and the next one starts
+        // after that tenant.
         if self.db.is_shared() {
             let Some(tenant) = self.db.read(|c| super::turns::next_due_tenant(c, after, now))? else {
                 return Ok(None);
