@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{arg, wait};
+use common::{arg, status_json, wait};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dropsync");
 const HEADER: &str = "Contact Reference,Agent Email,Contact Date,Audio Filename";
@@ -95,12 +95,7 @@ fn statements(metrics_port: u16) -> f64 {
 
 /// Summed over tenants in `dropsync status --json`: `pick` of each tenant's entry.
 fn status_sum(config: &Path, pick: impl Fn(&serde_json::Value) -> &serde_json::Value) -> i64 {
-    let out = Command::new(BIN)
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let v = status_json(config);
     v["tenants"]
         .as_object()
         .map(|t| t.values().map(|s| pick(s).as_i64().unwrap_or(0)).sum())

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{arg, wait};
+use common::{arg, status_json, wait};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dropsync");
 const HEADER: &str = "Contact Reference,Agent Email,Contact Date,Audio Filename,Queue,Notes";
@@ -40,12 +40,7 @@ fn row(i: usize) -> String {
 }
 
 fn status_count(config: &Path, state: &str) -> (i64, i64) {
-    let out = Command::new(BIN)
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let v = status_json(config);
     let t = &v["tenants"]["acme"];
     (
         t["states"][state].as_i64().unwrap_or(0),

@@ -1,6 +1,10 @@
 //! What the benchmarks share: their command-line numbers and waiting on the daemon.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dropsync");
 
 /// The number after `name` on the command line, or `default`.
 pub fn arg(name: &str, default: usize) -> usize {
@@ -19,4 +23,14 @@ pub fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `dropsync status --json` for `config` (null if it could not be read).
+pub fn status_json(config: &Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
 }

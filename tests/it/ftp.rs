@@ -401,14 +401,30 @@ fn a_growing_file_is_pulled_once_complete() {
     assert_eq!(source_status(&d)["files_pulled"], 2);
 }
 
-#[test]
-fn the_server_going_away_mid_download_is_resumed_with_rest() {
-    // 2 MiB/s: the 6 MiB file takes 3 s, so the kill lands inside the transfer.
+/// A server sending 2 MiB/s, holding `big.wav` (6 MiB of audio seeded by `seed`) and
+/// `big.csv` naming it as conversation `id`: its download takes 3 s, so a kill lands inside the
+/// transfer. Returns the server, started, and the recording.
+pub fn slow_server_with_a_big_recording(seed: &str, id: &str) -> (FtpServer, Vec<u8>) {
     let mut ftp = FtpServer::new(&["--throttle", "2097152"]);
     ftp.start();
-    let big = audio("resume", 6 << 20);
+    let big = audio(seed, 6 << 20);
     ftp.put("big.wav", &big);
-    ftp.put("big.csv", one_row_csv("R-1", "big.wav").as_bytes());
+    ftp.put("big.csv", one_row_csv(id, "big.wav").as_bytes());
+    (ftp, big)
+}
+
+/// The offsets of the downloads the server resumed (`REST n` answered 350), from its log.
+pub fn resumed_at(ftp: &FtpServer) -> Vec<u64> {
+    ftp.served_log()
+        .lines()
+        .filter(|l| l.contains("REST ") && l.ends_with(" 350"))
+        .map(|l| l.split_whitespace().rev().nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_server_going_away_mid_download_is_resumed_with_rest() {
+    let (mut ftp, big) = slow_server_with_a_big_recording("resume", "R-1");
     let mut d = daemon_polling(&format!("ftp://calls@127.0.0.1:{}/", ftp.port), "connections = 1");
     d.start();
     wait_partial_download(&d);
@@ -420,14 +436,9 @@ fn the_server_going_away_mid_download_is_resumed_with_rest() {
     ftp.start_with(&["--throttle", "0"]);
     let fwd = d.wait_forwarded(1, T);
     assert_recordings(&d, &fwd["R-1"], &[("big.wav", &big)]);
-    let log = ftp.served_log();
-    let rest: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("REST ") && l.ends_with(" 350"))
-        .collect();
-    assert_eq!(rest.len(), 1, "one resumed RETR: {log}");
-    let offset: u64 = rest[0].split_whitespace().rev().nth(1).unwrap().parse().unwrap();
-    assert!(offset >= 1 << 20, "resumed from {offset}");
+    let resumed = resumed_at(&ftp);
+    assert_eq!(resumed.len(), 1, "one resumed RETR: {}", ftp.served_log());
+    assert!(resumed[0] >= 1 << 20, "resumed from {}", resumed[0]);
     // A good poll clears the error: status shows what is wrong now.
     wait_for("the error to be cleared", T, || {
         source_status(&d)["last_error"].is_null()
@@ -598,9 +609,5 @@ fn sigterm_mid_download_exits_0_and_the_next_start_resumes() {
     d.start();
     let fwd = d.wait_forwarded(1, T);
     assert_recordings(&d, &fwd["T-1"], &[("t.wav", &big)]);
-    let log = ftp.served_log();
-    assert!(
-        log.lines().any(|l| l.contains("REST ") && l.ends_with(" 350")),
-        "resumed: {log}"
-    );
+    assert!(!resumed_at(&ftp).is_empty(), "resumed: {}", ftp.served_log());
 }
